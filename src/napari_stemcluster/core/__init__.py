@@ -1,0 +1,27 @@
+"""The clustering algorithm as pure functions on numpy, dask or h5py arrays.
+
+Nothing in this subpackage imports napari, Qt or magicgui.
+"""
+
+from .averages import cluster_means, cluster_sums, cluster_table, means_from_sums
+from .masking import annular_mask, real_space_mask
+from .pipeline import segment
+from .regions import grow_regions
+from .result import ClusterTable, SegmentationResult
+from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
+
+__all__ = [
+    "NEIGHBOR_OFFSETS",
+    "ClusterTable",
+    "SegmentationResult",
+    "annular_mask",
+    "cluster_means",
+    "cluster_sums",
+    "cluster_table",
+    "grow_regions",
+    "mean_similarity",
+    "means_from_sums",
+    "neighbor_similarity",
+    "real_space_mask",
+    "segment",
+]

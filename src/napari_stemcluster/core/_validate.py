@@ -1,0 +1,60 @@
+"""Input checks and block iteration shared by every core stage."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Target size of one block of patterns read or converted at a time. Large
+#: enough to amortise per-block overhead, small enough to stay well below the
+#: size of the cube and to keep the working set near the CPU caches.
+BLOCK_BYTES = 64 * 2**20
+
+
+def check_cube(cube, ndim: int = 4, name: str = "cube") -> None:
+    """Raise a clear error unless ``cube`` is a real-valued ``ndim``-D array."""
+    shape = getattr(cube, "shape", None)
+    dtype = getattr(cube, "dtype", None)
+    if shape is None or dtype is None:
+        raise TypeError(
+            f"{name} must be an array with .shape and .dtype (numpy, dask, h5py); "
+            f"got {type(cube).__name__}"
+        )
+    if len(shape) != ndim:
+        want = "(Rx, Ry, Qx, Qy)" if ndim == 4 else "(T, Rx, Ry, Qx, Qy)"
+        raise ValueError(
+            f"{name} must be {ndim}-D {want}; got shape {tuple(shape)} ({len(shape)}-D)"
+        )
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "uif":
+        raise TypeError(f"{name} must hold integers or floats; got dtype {dtype}")
+    if any(s == 0 for s in shape):
+        raise ValueError(f"{name} has an empty axis: shape {tuple(shape)}")
+
+
+def check_finite_values(values: np.ndarray, what: str) -> None:
+    """Raise if per-pattern reductions reveal NaN or inf in the input.
+
+    Non-finite input propagates into every sum over a pattern, so checking
+    the (small) per-pattern sums finds it without another pass over the cube.
+    """
+    if not np.all(np.isfinite(values)):
+        bad = np.argwhere(~np.isfinite(values))[0]
+        raise ValueError(
+            f"{what}: the cube contains NaN or inf (first affected pattern at "
+            f"scan index {tuple(int(i) for i in bad)}); replace or mask those "
+            "values before clustering"
+        )
+
+
+def block_rows(cube_shape, itemsize: int, target_bytes: int = BLOCK_BYTES) -> int:
+    """Number of scan rows per block so that one block is about ``target_bytes``."""
+    row_bytes = int(np.prod(cube_shape[1:], dtype=np.int64)) * itemsize
+    return int(max(1, min(cube_shape[0], target_bytes // max(row_bytes, 1))))
+
+
+def read_rows(cube, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of any sliceable cube (numpy, memmap, h5py, dask) as numpy."""
+    block = cube[r0:r1]
+    if hasattr(block, "compute"):
+        block = block.compute()
+    return np.ascontiguousarray(block)

@@ -1,0 +1,199 @@
+"""Cluster-averaged diffraction patterns and per-cluster properties."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ._averages_numba import _accumulate
+from ._validate import block_rows, check_cube, check_finite_values, read_rows
+from .result import ClusterTable
+
+
+def _check_labels(labels, scan_shape) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != tuple(scan_shape):
+        raise ValueError(
+            f"labels must have the scan shape {tuple(scan_shape)}; got {labels.shape}"
+        )
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers; got dtype {labels.dtype}")
+    return labels
+
+
+def cluster_sums(
+    cube,
+    labels,
+    n_clusters: int | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    _block_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of the patterns and number of positions of every label.
+
+    Sums of separate parts of a scan simply add, so partial results from
+    chunks or workers merge by addition.
+
+    Parameters
+    ----------
+    cube : array_like, shape (Rx, Ry, Qx, Qy)
+        Any integer or float dtype; read in blocks of scan rows (blocks
+        without a labelled position are not read).
+    labels : ndarray of int, shape (Rx, Ry)
+        0 (or negative) is ignored.
+    n_clusters : int, optional
+        Number of labels ``1..n_clusters`` to accumulate (default
+        ``labels.max()``).
+    progress : callable, optional
+        ``progress(done, total)`` after each block; raise from it to cancel.
+
+    Returns
+    -------
+    sums : ndarray of float64, shape (N, Qx, Qy)
+    counts : ndarray of int64, shape (N,)
+
+    Examples
+    --------
+    >>> cube = np.arange(8, dtype=np.uint8).reshape(1, 2, 2, 2)
+    >>> sums, counts = cluster_sums(cube, np.array([[1, 1]]))
+    >>> sums[0], counts
+    (array([[ 4.,  6.],
+           [ 8., 10.]]), array([2]))
+    """
+    check_cube(cube, 4)
+    rx, ry, qx, qy = cube.shape
+    labels = _check_labels(labels, (rx, ry))
+    n = int(labels.max(initial=0)) if n_clusters is None else int(n_clusters)
+    sums = np.zeros((n, qx * qy), np.float64)
+    counts = np.bincount(np.clip(labels, 0, None).ravel(), minlength=n + 1)[1 : n + 1]
+    step = _block_rows or block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+    starts = range(0, rx, step)
+    for i, r0 in enumerate(starts):
+        r1 = min(r0 + step, rx)
+        lab = np.ascontiguousarray(labels[r0:r1], dtype=np.int64).ravel()
+        if n and np.any((lab > 0) & (lab <= n)):
+            block = read_rows(cube, r0, r1).reshape(-1, qx * qy)
+            _accumulate(block, lab, sums)
+        if progress is not None:
+            progress(i + 1, len(starts))
+    check_finite_values(sums.sum(axis=1), "cluster_sums")
+    return sums.reshape(n, qx, qy), counts.astype(np.int64)
+
+
+def means_from_sums(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """float32 averages from :func:`cluster_sums` output; empty labels give 0.
+
+    Examples
+    --------
+    >>> means_from_sums(np.array([[[4.0]], [[0.0]]]), np.array([2, 0]))
+    array([[[2.]],
+    <BLANKLINE>
+           [[0.]]], dtype=float32)
+    """
+    shape = (-1,) + (1,) * (sums.ndim - 1)
+    denom = np.maximum(counts, 1).reshape(shape)
+    return (sums / denom).astype(np.float32)
+
+
+def cluster_means(
+    cube,
+    labels,
+    n_clusters: int | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Mean diffraction pattern of every cluster.
+
+    Only the cube and the labels are needed, so averages of hand-edited
+    labels are recomputed without the similarity.
+
+    Parameters
+    ----------
+    cube : array_like, shape (Rx, Ry, Qx, Qy)
+        The cube to average: raw, prefiltered, or any other of the same scan.
+    labels : ndarray of int, shape (Rx, Ry)
+        Cluster labels; row ``i`` of the result is label ``i + 1``.
+    n_clusters : int, optional
+        Number of rows (default ``labels.max()``); labels without members
+        give an all-zero row.
+    progress : callable, optional
+        ``progress(done, total)`` after each block; raise from it to cancel.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, Qx, Qy)
+
+    Examples
+    --------
+    >>> cube = np.arange(8, dtype=np.uint8).reshape(1, 2, 2, 2)
+    >>> cluster_means(cube, np.array([[1, 1]]))
+    array([[[2., 3.],
+            [4., 5.]]], dtype=float32)
+    """
+    sums, counts = cluster_sums(cube, labels, n_clusters, progress=progress)
+    return means_from_sums(sums, counts)
+
+
+def cluster_table(
+    labels,
+    mean_similarity: np.ndarray | None = None,
+    n_clusters: int | None = None,
+) -> ClusterTable:
+    """Size, seed and mean similarity of every label.
+
+    The seed is the member of highest mean similarity (first in raster order
+    on ties), which is the position region growing started from; without a
+    mean-similarity map it is the member nearest the cluster centroid.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (Rx, Ry)
+    mean_similarity : ndarray, shape (Rx, Ry), optional
+    n_clusters : int, optional
+        Number of labels (default ``labels.max()``); empty labels get size 0,
+        seed (-1, -1) and NaN similarity.
+
+    Returns
+    -------
+    ClusterTable
+
+    Examples
+    --------
+    >>> t = cluster_table(np.array([[1, 1, 2]]), np.array([[0.5, 0.9, 0.7]]))
+    >>> t.size, t.seed.tolist(), t.mean_similarity
+    (array([2, 1]), [[0, 1], [0, 2]], array([0.7, 0.7], dtype=float32))
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0)) if n_clusters is None else int(n_clusters)
+    flat = labels.ravel()
+    valid = np.flatnonzero((flat > 0) & (flat <= n))
+    lab = flat[valid].astype(np.int64)
+    size = np.bincount(lab, minlength=n + 1)[1 : n + 1].astype(np.int64)
+    seed = np.full((n, 2), -1, np.int64)
+    msim = np.full(n, np.nan, np.float32)
+    if valid.size:
+        if mean_similarity is not None:
+            ms = np.asarray(mean_similarity, np.float64).ravel()
+            if ms.size != flat.size:
+                raise ValueError("mean_similarity must have the shape of labels")
+            tot = np.bincount(lab, weights=ms[valid], minlength=n + 1)[1 : n + 1]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                msim = (tot / size).astype(np.float32)
+            # Sort by (label, -similarity, raster index): first of each label wins.
+            key = np.lexsort((valid, -np.nan_to_num(ms[valid], nan=-np.inf), lab))
+        else:
+            rows, cols = np.unravel_index(valid, labels.shape)
+            cx = np.bincount(lab, weights=rows, minlength=n + 1) / np.maximum(
+                np.bincount(lab, minlength=n + 1), 1
+            )
+            cy = np.bincount(lab, weights=cols, minlength=n + 1) / np.maximum(
+                np.bincount(lab, minlength=n + 1), 1
+            )
+            dist = (rows - cx[lab]) ** 2 + (cols - cy[lab]) ** 2
+            key = np.lexsort((valid, dist, lab))
+        first = np.ones(key.size, bool)
+        first[1:] = lab[key][1:] != lab[key][:-1]
+        winners = valid[key[first]]
+        seed[lab[key[first]] - 1] = np.stack(np.unravel_index(winners, labels.shape), 1)
+    return ClusterTable(size=size, seed=seed, mean_similarity=msim)

@@ -1,0 +1,233 @@
+"""The whole segmentation of a 4D or 5D cube: :func:`segment`."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+
+from ._validate import check_cube
+from .averages import cluster_means, cluster_table
+from .masking import real_space_mask
+from .regions import grow_regions
+from .result import SegmentationResult
+from .similarity import mean_similarity, neighbor_similarity
+
+#: Prefilter settings used when ``prefilter=True``.
+PREFILTER_DEFAULTS = {
+    "sigma": 3.0,
+    "radius": 4,
+    "corr_range": (0.85, 0.95),
+    "edge": None,
+}
+
+
+def segment(
+    cube,
+    threshold: float = 0.9,
+    min_cluster_size: int = 5,
+    q_mask=None,
+    sigma: float = 0.0,
+    prefilter: bool | dict = False,
+    real_mask="triangle",
+    *,
+    mask_min_size: int = 0,
+    mask_hole_size: int = 0,
+    average: str = "raw",
+    progress: Callable[[int, int], None] | None = None,
+) -> SegmentationResult:
+    """Segment a 4D-STEM scan (or every time step of a 5D one) into clusters.
+
+    Stages: optional correlative prefilter, cosine similarity of each pattern
+    with its 8 neighbours, a real-space mask from the mean-similarity map,
+    region growing, and cluster-averaged diffraction patterns.
+
+    Parameters
+    ----------
+    cube : array_like, shape (Rx, Ry, Qx, Qy) or (T, Rx, Ry, Qx, Qy)
+        Any integer or float dtype; numpy, memory map, h5py or dask.
+    threshold : float
+        Minimum neighbour similarity for joining a cluster.
+    min_cluster_size : int
+        Smaller clusters are set to 0.
+    q_mask : ndarray of bool (Qx, Qy) or (inner, outer), optional
+        Diffraction-space mask for the similarity; radii select an annulus
+        about the pattern centre in detector pixels.
+    sigma : float
+        Gaussian blur (detector pixels) of the patterns before comparing.
+    prefilter : bool or dict
+        Run :func:`~napari_stemcluster.core.prefilter.correlative_prefilter`
+        first; a dict gives its keyword arguments.
+    real_mask : {"triangle", "otsu"}, float, ndarray of bool, or None
+        See :func:`~napari_stemcluster.core.masking.real_space_mask`. A
+        boolean array may be (Rx, Ry), or (T, Rx, Ry) for 5D.
+    mask_min_size, mask_hole_size : int
+        Remove mask regions / fill mask holes smaller than this.
+    average : {"raw", "prefiltered"}
+        Which cube the cluster averages are taken from.
+    progress : callable, optional
+        ``progress(done, total)`` as work advances; raise from it to cancel.
+
+    Returns
+    -------
+    SegmentationResult
+
+    Examples
+    --------
+    >>> cube = np.zeros((6, 6, 4, 4), np.uint16)
+    >>> cube[:, :3, 0, 0] = 100
+    >>> cube[:, 3:, 3, 3] = 100
+    >>> res = segment(cube, real_mask=None)
+    >>> res.labels
+    array([[1, 1, 1, 2, 2, 2],
+           [1, 1, 1, 2, 2, 2],
+           [1, 1, 1, 2, 2, 2],
+           [1, 1, 1, 2, 2, 2],
+           [1, 1, 1, 2, 2, 2],
+           [1, 1, 1, 2, 2, 2]], dtype=int32)
+    >>> res.cluster_means.shape
+    (2, 4, 4)
+    """
+    ndim = getattr(cube, "ndim", None)
+    if ndim not in (4, 5):
+        check_cube(cube, 4)  # raises with a clear message
+    check_cube(cube, ndim)
+    if average not in ("raw", "prefiltered"):
+        raise ValueError(f"average must be 'raw' or 'prefiltered'; got {average!r}")
+    if not int(min_cluster_size) >= 0:
+        raise ValueError("min_cluster_size must be >= 0")
+    pre = _prefilter_options(prefilter)
+    params = {
+        "threshold": float(threshold),
+        "min_cluster_size": int(min_cluster_size),
+        "q_mask": _describe(q_mask),
+        "sigma": float(sigma),
+        "prefilter": pre,
+        "real_mask": _describe(real_mask),
+        "mask_min_size": int(mask_min_size),
+        "mask_hole_size": int(mask_hole_size),
+        "average": average,
+    }
+    steps = [cube] if ndim == 4 else [cube[t] for t in range(cube.shape[0])]
+    masks = _per_step_masks(real_mask, len(steps), cube.shape[-4:-2], ndim)
+    track = _Progress(progress, len(steps) * (3 if pre else 2))
+    parts = [
+        _segment_one(
+            step,
+            threshold,
+            min_cluster_size,
+            q_mask,
+            sigma,
+            pre,
+            mask,
+            mask_min_size,
+            mask_hole_size,
+            average,
+            track,
+        )
+        for step, mask in zip(steps, masks, strict=True)
+    ]
+    if ndim == 4:
+        labels, ms, rmask, sim, means, table = parts[0]
+        return SegmentationResult(labels, ms, rmask, sim, means, table, params)
+    stack = [np.stack([p[i] for p in parts]) for i in range(4)]
+    return SegmentationResult(
+        *stack, [p[4] for p in parts], [p[5] for p in parts], params
+    )
+
+
+def _segment_one(
+    cube,
+    threshold,
+    min_size,
+    q_mask,
+    sigma,
+    pre,
+    real_mask,
+    mask_min_size,
+    mask_hole_size,
+    average,
+    track,
+):
+    source = cube
+    if pre:
+        from .prefilter import correlative_prefilter
+
+        source = correlative_prefilter(cube, **pre, progress=track.stage())
+    sim = neighbor_similarity(source, q_mask, sigma, progress=track.stage())
+    ms = mean_similarity(sim)
+    rmask = real_space_mask(
+        ms, real_mask, min_size=mask_min_size, hole_size=mask_hole_size
+    )
+    labels, _ = grow_regions(
+        sim, threshold, mean_similarity=ms, mask=rmask, min_cluster_size=min_size
+    )
+    n = int(labels.max(initial=0))
+    avg_cube = source if average == "prefiltered" else cube
+    means = cluster_means(avg_cube, labels, n, progress=track.stage())
+    return labels, ms, rmask, sim, means, cluster_table(labels, ms, n)
+
+
+def _prefilter_options(prefilter) -> dict | None:
+    if prefilter is False or prefilter is None:
+        return None
+    if prefilter is True:
+        return dict(PREFILTER_DEFAULTS)
+    if isinstance(prefilter, dict):
+        unknown = set(prefilter) - set(PREFILTER_DEFAULTS)
+        if unknown:
+            raise ValueError(
+                f"unknown prefilter option(s) {sorted(unknown)}; expected "
+                f"{sorted(PREFILTER_DEFAULTS)}"
+            )
+        return {**PREFILTER_DEFAULTS, **prefilter}
+    raise TypeError(
+        f"prefilter must be a bool or a dict; got {type(prefilter).__name__}"
+    )
+
+
+def _per_step_masks(real_mask, n_steps, scan_shape, ndim):
+    if isinstance(real_mask, np.ndarray) and ndim == 5 and real_mask.ndim == 3:
+        if real_mask.shape[0] != n_steps:
+            raise ValueError(
+                f"a 3-D real_mask needs one (Rx, Ry) mask per time step "
+                f"({n_steps}); got shape {real_mask.shape}"
+            )
+        return list(real_mask)
+    return [real_mask] * n_steps
+
+
+def _describe(value):
+    """JSON-friendly description of a parameter that may be an array."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, tuple | list) and all(
+        isinstance(v, numbers.Real) for v in value
+    ):
+        return [float(v) for v in value]
+    return f"array{tuple(np.shape(value))}"
+
+
+class _Progress:
+    """Maps each stage's ``(done, total)`` onto one overall bar of ``units``."""
+
+    SCALE = 1000
+
+    def __init__(self, callback, n_stages: int):
+        self.callback = callback
+        self.total = n_stages * self.SCALE
+        self.base = -self.SCALE
+
+    def stage(self):
+        self.base += self.SCALE
+        if self.callback is None:
+            return None
+        base = self.base
+
+        def report(done, total):
+            self.callback(base + (self.SCALE * done) // max(total, 1), self.total)
+
+        return report

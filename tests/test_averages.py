@@ -1,0 +1,104 @@
+import dask.array as da
+import numpy as np
+import pytest
+
+from napari_stemcluster.core import cluster_means, cluster_sums, cluster_table
+
+from _reference import DTYPES, random_cube
+from _reference import cluster_means as ref_means
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6, 7, 5, 9), (1, 9, 4, 4), (9, 1, 3, 5)])
+def test_means_match_reference(rng, dtype, shape):
+    cube = random_cube(rng, shape, dtype)
+    labels = rng.integers(0, 4, shape[:2]).astype(np.int32)
+    labels.flat[:3] = [1, 2, 3]  # every label present
+    got = cluster_means(cube, labels)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref_means(cube, labels), rtol=1e-6)
+
+
+def test_uint32_sums_do_not_overflow():
+    cube = np.full((4, 4, 2, 2), 2**32 - 1, np.uint32)
+    sums, counts = cluster_sums(cube, np.ones((4, 4), np.int32))
+    assert sums[0, 0, 0] == 16 * float(2**32 - 1)
+    assert counts.tolist() == [16]
+
+
+def test_empty_labels_and_background():
+    cube = np.arange(2 * 3 * 2 * 2, dtype=np.uint16).reshape(2, 3, 2, 2)
+    labels = np.array([[0, 3, 3], [0, 1, 0]])
+    means = cluster_means(cube, labels)
+    assert means.shape == (3, 2, 2)
+    np.testing.assert_array_equal(means[1], 0)  # label 2 has no member
+    np.testing.assert_allclose(means[2], cube[0, 1:].mean(axis=0))
+    assert cluster_means(cube, np.zeros((2, 3), int)).shape == (0, 2, 2)
+
+
+def test_partial_sums_merge_by_addition(rng):
+    cube = random_cube(rng, (10, 6, 4, 4))
+    labels = rng.integers(0, 5, (10, 6))
+    whole, counts = cluster_sums(cube, labels, 4)
+    top, ct = cluster_sums(cube[:3], labels[:3], 4)
+    bottom, cb = cluster_sums(cube[3:], labels[3:], 4)
+    np.testing.assert_allclose(top + bottom, whole)
+    np.testing.assert_array_equal(ct + cb, counts)
+
+
+def test_blocks_dask_and_threads_bit_for_bit(rng):
+    import numba
+
+    cube = random_cube(rng, (11, 7, 6, 5), np.float32)
+    labels = rng.integers(0, 6, (11, 7))
+    want = cluster_sums(cube, labels)[0]
+    np.testing.assert_array_equal(cluster_sums(cube, labels, _block_rows=2)[0], want)
+    np.testing.assert_array_equal(
+        cluster_sums(da.from_array(cube, chunks=3), labels)[0], want
+    )
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_array_equal(cluster_sums(cube, labels)[0], want)
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_nan_input_is_an_error(rng):
+    cube = random_cube(rng, (3, 3, 2, 2), np.float64)
+    cube[1, 1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        cluster_means(cube, np.ones((3, 3), int))
+
+
+def test_label_shape_and_dtype_errors(rng):
+    cube = random_cube(rng, (3, 3, 2, 2))
+    with pytest.raises(ValueError, match="scan shape"):
+        cluster_means(cube, np.ones((3, 2), int))
+    with pytest.raises(TypeError, match="integers"):
+        cluster_means(cube, np.ones((3, 3)))
+
+
+def test_table_seed_is_highest_similarity_member():
+    labels = np.array([[1, 1, 0], [2, 1, 2]])
+    ms = np.array([[0.5, 0.8, 0.9], [0.7, 0.8, 0.75]])
+    t = cluster_table(labels, ms)
+    assert t.size.tolist() == [3, 2]
+    assert t.seed.tolist() == [[0, 1], [1, 2]]  # tie 0.8: first in raster order
+    np.testing.assert_allclose(t.mean_similarity, [0.7, 0.725], rtol=1e-6)
+    feats = t.as_dict()
+    assert feats["label"].tolist() == [1, 2]
+
+
+def test_table_without_map_uses_centroid_and_handles_gaps():
+    labels = np.zeros((5, 5), int)
+    labels[1:4, 1:4] = 3
+    t = cluster_table(labels)
+    assert t.size.tolist() == [0, 0, 9]
+    assert t.seed.tolist() == [[-1, -1], [-1, -1], [2, 2]]
+    assert np.isnan(t.mean_similarity).all()
