@@ -14,10 +14,7 @@ def similarity(cube, q_mask=None, sigma=0.0):
     if sigma > 0:
         pats = np.stack(
             [
-                [
-                    ndimage.gaussian_filter(pats[x, y], sigma, mode="reflect")
-                    for y in range(ry)
-                ]
+                [ndimage.gaussian_filter(pats[x, y], sigma, mode="reflect") for y in range(ry)]
                 for x in range(rx)
             ]
         )
@@ -68,12 +65,7 @@ def grow(sim, ms, mask, threshold, min_size):
             for k, (dx, dy) in enumerate(OFFSETS):
                 u, v = x + dx, y + dy
                 inside = 0 <= u < rx and 0 <= v < ry
-                if (
-                    inside
-                    and mask[u, v]
-                    and labels[u, v] == 0
-                    and sim[x, y, k] >= threshold
-                ):
+                if inside and mask[u, v] and labels[u, v] == 0 and sim[x, y, k] >= threshold:
                     labels[u, v] = n
                     todo.append((u, v))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -89,9 +81,7 @@ def grow(sim, ms, mask, threshold, min_size):
 def cluster_means(cube, labels):
     n = labels.max()
     return (
-        np.stack(
-            [cube[labels == k].astype(np.float64).mean(axis=0) for k in range(1, n + 1)]
-        )
+        np.stack([cube[labels == k].astype(np.float64).mean(axis=0) for k in range(1, n + 1)])
         if n
         else np.zeros((0, *cube.shape[2:]))
     )
@@ -109,9 +99,7 @@ def random_cube(rng, shape, dtype=np.uint16, high=200):
     return cube.astype(dtype)
 
 
-def two_region_cube(
-    rng, scan=(8, 10), det=(6, 7), split=4, dose=500.0, dtype=np.uint16
-):
+def two_region_cube(rng, scan=(8, 10), det=(6, 7), split=4, dose=500.0, dtype=np.uint16):
     """Left and right halves with different mean patterns, Poisson noise."""
     a = np.zeros(det)
     b = np.zeros(det)
@@ -121,6 +109,4 @@ def two_region_cube(
     b += 0.05
     mean = np.where((np.arange(scan[1]) < split)[None, :, None, None], a, b)
     mean = np.broadcast_to(mean, scan + det)
-    return rng.poisson(dose * mean / mean.sum(axis=(-2, -1), keepdims=True)).astype(
-        dtype
-    )
+    return rng.poisson(dose * mean / mean.sum(axis=(-2, -1), keepdims=True)).astype(dtype)

@@ -58,9 +58,7 @@ def test_blocks_dask_and_threads_bit_for_bit(rng):
     labels = rng.integers(0, 6, (11, 7))
     want = cluster_sums(cube, labels)[0]
     np.testing.assert_array_equal(cluster_sums(cube, labels, _block_rows=2)[0], want)
-    np.testing.assert_array_equal(
-        cluster_sums(da.from_array(cube, chunks=3), labels)[0], want
-    )
+    np.testing.assert_array_equal(cluster_sums(da.from_array(cube, chunks=3), labels)[0], want)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)

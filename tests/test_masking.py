@@ -30,9 +30,7 @@ def bimodal():
 
 @pytest.mark.parametrize("method", ["triangle", "otsu"])
 def test_automatic_thresholds(bimodal, method):
-    func = (
-        filters.threshold_triangle if method == "triangle" else filters.threshold_otsu
-    )
+    func = filters.threshold_triangle if method == "triangle" else filters.threshold_otsu
     mask = real_space_mask(bimodal, method)
     np.testing.assert_array_equal(mask, bimodal > func(bimodal))
     assert mask[5:15, 8:22].mean() > 0.95 and mask.sum() < 200

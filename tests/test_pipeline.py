@@ -37,10 +37,7 @@ def test_4d_result_against_reference_stages(rng):
     assert res.mean_similarity.dtype == np.float32 and res.real_mask.dtype == bool
     # the two halves are recovered
     assert res.n_clusters == 2
-    assert (
-        len(np.unique(res.labels[:, :5])) == 1
-        and len(np.unique(res.labels[:, 5:])) == 1
-    )
+    assert len(np.unique(res.labels[:, :5])) == 1 and len(np.unique(res.labels[:, 5:])) == 1
     for k in (1, 2):
         np.testing.assert_allclose(
             res.cluster_means[k - 1], cube[res.labels == k].mean(axis=0), rtol=1e-5

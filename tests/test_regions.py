@@ -65,9 +65,7 @@ def test_matches_published_algorithm_bit_for_bit(rng, shape, threshold):
     sim = random_similarity(rng, shape, levels=10)
     ms = mean_similarity(sim)
     mask = rng.random(shape) > 0.2
-    labels, seeds = grow_regions(
-        sim, threshold, mean_similarity=ms, mask=mask, min_cluster_size=2
-    )
+    labels, seeds = grow_regions(sim, threshold, mean_similarity=ms, mask=mask, min_cluster_size=2)
     want = ref_grow(sim, ms, mask, threshold, 2)
     np.testing.assert_array_equal(labels, want)
     assert labels.dtype == np.int32

@@ -14,9 +14,7 @@ from .result import ClusterTable
 def _check_labels(labels, scan_shape) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.shape != tuple(scan_shape):
-        raise ValueError(
-            f"labels must have the scan shape {tuple(scan_shape)}; got {labels.shape}"
-        )
+        raise ValueError(f"labels must have the scan shape {tuple(scan_shape)}; got {labels.shape}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers; got dtype {labels.dtype}")
     return labels

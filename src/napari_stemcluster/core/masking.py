@@ -41,9 +41,7 @@ def annular_mask(
            [0, 0, 0, 0, 0]])
     """
     if inner < 0 or outer < inner:
-        raise ValueError(
-            f"annulus radii must satisfy 0 <= inner <= outer; got ({inner}, {outer})"
-        )
+        raise ValueError(f"annulus radii must satisfy 0 <= inner <= outer; got ({inner}, {outer})")
     qx, qy = detector_shape
     cx, cy = ((qx - 1) / 2, (qy - 1) / 2) if center is None else center
     x = np.arange(qx)[:, None] - cx
@@ -142,9 +140,7 @@ def _auto_threshold(ms: np.ndarray, method: str) -> np.ndarray:
     values = ms[np.isfinite(ms)]
     if np.unique(values).size < 2:
         return np.ones(ms.shape, bool)
-    func = (
-        filters.threshold_triangle if method == "triangle" else filters.threshold_otsu
-    )
+    func = filters.threshold_triangle if method == "triangle" else filters.threshold_otsu
     return ms > func(values)
 
 

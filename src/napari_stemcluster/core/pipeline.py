@@ -132,9 +132,7 @@ def segment(
         labels, ms, rmask, sim, means, table = parts[0]
         return SegmentationResult(labels, ms, rmask, sim, means, table, params)
     stack = [np.stack([p[i] for p in parts]) for i in range(4)]
-    return SegmentationResult(
-        *stack, [p[4] for p in parts], [p[5] for p in parts], params
-    )
+    return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params)
 
 
 def _segment_one(
@@ -157,9 +155,7 @@ def _segment_one(
         source = correlative_prefilter(cube, **pre, progress=track.stage())
     sim = neighbor_similarity(source, q_mask, sigma, progress=track.stage())
     ms = mean_similarity(sim)
-    rmask = real_space_mask(
-        ms, real_mask, min_size=mask_min_size, hole_size=mask_hole_size
-    )
+    rmask = real_space_mask(ms, real_mask, min_size=mask_min_size, hole_size=mask_hole_size)
     labels, _ = grow_regions(
         sim, threshold, mean_similarity=ms, mask=rmask, min_cluster_size=min_size
     )
@@ -182,9 +178,7 @@ def _prefilter_options(prefilter) -> dict | None:
                 f"{sorted(PREFILTER_DEFAULTS)}"
             )
         return {**PREFILTER_DEFAULTS, **prefilter}
-    raise TypeError(
-        f"prefilter must be a bool or a dict; got {type(prefilter).__name__}"
-    )
+    raise TypeError(f"prefilter must be a bool or a dict; got {type(prefilter).__name__}")
 
 
 def _per_step_masks(real_mask, n_steps, scan_shape, ndim):
@@ -204,9 +198,7 @@ def _describe(value):
         return value
     if isinstance(value, numbers.Real):
         return float(value)
-    if isinstance(value, tuple | list) and all(
-        isinstance(v, numbers.Real) for v in value
-    ):
+    if isinstance(value, tuple | list) and all(isinstance(v, numbers.Real) for v in value):
         return [float(v) for v in value]
     return f"array{tuple(np.shape(value))}"
 

@@ -7,9 +7,7 @@ import numpy as np
 from ._regions_numba import _DX, _DY, _grow
 
 
-def seed_order(
-    mean_similarity: np.ndarray, mask: np.ndarray | None = None
-) -> np.ndarray:
+def seed_order(mean_similarity: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Flat indices of allowed positions by decreasing mean similarity.
 
     Ties keep raster order, as ``argmax`` on the remaining positions would.
@@ -20,9 +18,7 @@ def seed_order(
     array([1, 2, 0, 3])
     """
     ms = np.asarray(mean_similarity, dtype=np.float64).ravel()
-    idx = (
-        np.arange(ms.size) if mask is None else np.flatnonzero(np.asarray(mask).ravel())
-    )
+    idx = np.arange(ms.size) if mask is None else np.flatnonzero(np.asarray(mask).ravel())
     key = np.nan_to_num(ms[idx], nan=-np.inf)
     return idx[np.argsort(-key, kind="stable")]
 
