@@ -6,6 +6,7 @@ Nothing in this subpackage imports napari, Qt or magicgui.
 from .averages import cluster_means, cluster_sums, cluster_table, means_from_sums
 from .masking import annular_mask, real_space_mask
 from .pipeline import segment
+from .prefilter import correlative_prefilter, prefilter_footprint, prefilter_weight
 from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
@@ -18,10 +19,13 @@ __all__ = [
     "cluster_means",
     "cluster_sums",
     "cluster_table",
+    "correlative_prefilter",
     "grow_regions",
     "mean_similarity",
     "means_from_sums",
     "neighbor_similarity",
+    "prefilter_footprint",
+    "prefilter_weight",
     "real_space_mask",
     "segment",
 ]
