@@ -1,0 +1,38 @@
+"""napari writer: save a segmentation Labels layer as a results file."""
+
+from __future__ import annotations
+
+from ._layers import get_stem_metadata, layers_to_result
+from .io.results import write_results
+
+
+def write_segmentation(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Labels layers made by napari-stemcluster.
+
+    The layer's ``metadata["stemcluster"]`` holds the SegmentationResult
+    (see :func:`napari_stemcluster._layers.result_to_layers`); edited labels
+    are saved with their cluster table and means recomputed. napari's save
+    dialog has already confirmed replacing an existing results file; data
+    files and the source file are never replaced.
+
+    Returns
+    -------
+    list of str
+        The file written.
+
+    Examples
+    --------
+    >>> write_segmentation("seg.h5", layer.data, {"metadata": layer.metadata})  # doctest: +SKIP
+    ['/.../seg.h5']
+    """
+    metadata = meta.get("metadata") or {}
+    result = layers_to_result(data, metadata)
+    st = get_stem_metadata(metadata) or {}
+    out = write_results(
+        path,
+        result,
+        source=st.get("source"),
+        calibration=st.get("calibration"),
+        overwrite=True,
+    )
+    return [str(out)]

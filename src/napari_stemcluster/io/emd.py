@@ -1,0 +1,228 @@
+"""py4DSTEM / emdfile EMD 1.0 files (``.h5``, ``.hdf5``, ``.emd``).
+
+An EMD 1.0 file carries ``emd_group_type = "file"`` on its root; each root
+group (``emd_group_type = "root"``) holds array groups
+(``emd_group_type = "array"``) with a ``data`` dataset and dim vectors
+``dim0, dim1, ...``. py4DSTEM writes a 4D-STEM cube as an array group of
+``python_class = "DataCube"`` and its calibration under the root's
+``metadatabundle/calibration`` (``R_pixel_size``, ``R_pixel_units``,
+``Q_pixel_size``, ``Q_pixel_units``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._h5util import as_str, check_filters, open_checked, scalar
+from ._lazy import FrameCube, H5Array
+from .dataset import Calibration, StemDataset, build_dataset, check_scan_shape_arg
+from .errors import StemFileError
+
+
+def is_emd(f) -> bool:
+    """True if the open h5py file is an EMD 1.0 file.
+
+    Examples
+    --------
+    >>> import h5py
+    >>> f = h5py.File("mem.h5", "w", driver="core", backing_store=False)
+    >>> f.attrs["emd_group_type"] = "file"
+    >>> is_emd(f)
+    True
+    """
+    return as_str(f.attrs.get("emd_group_type", b"")) == "file"
+
+
+def find_datacubes(f) -> list[dict]:
+    """Every 4D/5D numeric EMD array in an open file, DataCubes first.
+
+    Each entry: ``{"group", "data", "shape", "dtype", "root", "datacube"}``.
+
+    Examples
+    --------
+    >>> import h5py, numpy as np
+    >>> f = h5py.File("mem.h5", "w", driver="core", backing_store=False)
+    >>> f.create_group("root").attrs["emd_group_type"] = "root"
+    >>> g = f.create_group("root/cube")
+    >>> g.attrs["emd_group_type"] = "array"
+    >>> g["data"] = np.zeros((2, 2, 3, 3), np.uint16)
+    >>> [c["data"] for c in find_datacubes(f)]
+    ['/root/cube/data']
+    """
+    import h5py
+
+    found = []
+    for root_name in f:
+        root = f.get(root_name, getlink=False)
+        if not isinstance(root, h5py.Group):
+            continue
+        if as_str(root.attrs.get("emd_group_type", b"")) != "root":
+            continue
+
+        def visit(name, obj, root_name=root_name):
+            if not isinstance(obj, h5py.Group):
+                return
+            if as_str(obj.attrs.get("emd_group_type", b"")) != "array":
+                return
+            data = obj.get("data")
+            if not isinstance(data, h5py.Dataset):
+                return
+            if data.ndim in (4, 5) and data.dtype.kind in "uif":
+                found.append(
+                    {
+                        "group": obj.name,
+                        "data": data.name,
+                        "shape": tuple(data.shape),
+                        "dtype": data.dtype,
+                        "root": "/" + root_name,
+                        "datacube": as_str(obj.attrs.get("python_class", b"")) == "DataCube",
+                    }
+                )
+
+        root.visititems(visit)
+    found.sort(key=lambda c: (not c["datacube"], -int(_size(c["shape"]))))
+    return found
+
+
+def _size(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _calibration_group(f, cand):
+    for base in (cand["root"], cand["group"]):
+        g = f.get(f"{base}/metadatabundle/calibration")
+        if g is not None:
+            return g
+    return None
+
+
+def read_calibration(f, cand) -> tuple[Calibration, dict]:
+    """Calibration of an EMD array: the root's calibration, else its dim vectors.
+
+    Returns the :class:`Calibration` and the calibration group's values.
+
+    Examples
+    --------
+    >>> import h5py, numpy as np
+    >>> f = h5py.File("mem.h5", "w", driver="core", backing_store=False)
+    >>> f.create_group("root").attrs["emd_group_type"] = "root"
+    >>> g = f.create_group("root/cube")
+    >>> g.attrs["emd_group_type"] = "array"
+    >>> g["data"] = np.zeros((2, 2, 3, 3), np.uint16)
+    >>> g["dim0"] = np.array([0.0, 0.5]); g["dim0"].attrs["units"] = "nm"
+    >>> g["dim1"] = np.array([0.0, 0.5]); g["dim1"].attrs["units"] = "nm"
+    >>> cal, _ = read_calibration(f, find_datacubes(f)[0])
+    >>> cal.r_pixel_size, cal.r_units
+    (0.5, 'nm')
+    """
+    meta = {}
+    g = _calibration_group(f, cand)
+    values = {}
+    if g is not None:
+        for key in g:
+            obj = g[key]
+            if hasattr(obj, "shape") and obj.shape == ():
+                values[key] = scalar(obj[()])
+        meta = {k: v for k, v in values.items() if not k.startswith("_")}
+    cal = {}
+    if "R_pixel_size" in values:
+        cal["r_pixel_size"] = float(values["R_pixel_size"])
+        cal["r_units"] = str(values.get("R_pixel_units", "pixel"))
+    if "Q_pixel_size" in values:
+        cal["q_pixel_size"] = float(values["Q_pixel_size"])
+        cal["q_units"] = str(values.get("Q_pixel_units", "pixel"))
+    # fall back to the dim vectors of the array (first two values: origin, step)
+    ndim = len(cand["shape"])
+    dims = {}
+    grp = f[cand["group"]]
+    for i in range(ndim):
+        d = grp.get(f"dim{i}")
+        if d is not None and d.shape and d.shape[0] >= 2:
+            v = d[:2]
+            dims[i] = (float(v[1] - v[0]), as_str(d.attrs.get("units", b"pixel")))
+    nscan = ndim - 2
+    if "r_pixel_size" not in cal and nscan - 1 in dims:
+        cal["r_pixel_size"], cal["r_units"] = dims[nscan - 1]
+    if "q_pixel_size" not in cal and ndim - 1 in dims:
+        cal["q_pixel_size"], cal["q_units"] = dims[ndim - 1]
+    if ndim == 5 and 0 in dims:
+        cal["t_step"], cal["t_units"] = dims[0]
+    return Calibration(**cal), meta
+
+
+def open_emd(path: Path, scan_shape=None, *, dataset: str | None = None) -> StemDataset:
+    """Open the 4D/5D cube of an EMD 1.0 file lazily.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    scan_shape : tuple of int, optional
+        Reinterpret the scan axes (same number of patterns; or a 2-value
+        shape dividing it, for a time series).
+    dataset : str, optional
+        Internal path of the array group or its ``data`` dataset, when the
+        file holds several cubes (default: the largest DataCube).
+
+    Returns
+    -------
+    StemDataset
+
+    Examples
+    --------
+    >>> ds = open_emd(path)  # doctest: +SKIP
+    >>> ds.cube.shape  # doctest: +SKIP
+    (2, 3, 4, 5)
+    """
+    spath = str(path)
+    f = open_checked(spath)
+    cands = find_datacubes(f)
+    notes: list[str] = []
+    if dataset is not None:
+        want = "/" + dataset.strip("/")
+        match = [c for c in cands if want in (c["group"], c["data"])]
+        if not match:
+            raise StemFileError(
+                f"{path}: no 4D/5D EMD array at {dataset}; found "
+                f"{[c['data'] for c in cands] or 'none'}"
+            )
+        cand = match[0]
+    elif not cands:
+        raise StemFileError(
+            f"{path}: EMD 1.0 file without a 4D (Rx, Ry, Qx, Qy) or 5D (T, Rx, Ry, Qx, Qy) array"
+        )
+    else:
+        cand = cands[0]
+        if len(cands) > 1:
+            notes.append(
+                f"{len(cands)} cubes in the file; using {cand['data']} "
+                f"{cand['shape']} (others: {', '.join(c['data'] for c in cands[1:])}); "
+                "pass dataset= to choose"
+            )
+    ds = f[cand["data"]]
+    check_filters(ds, spath)
+    cal, meta = read_calibration(f, cand)
+    source = H5Array(spath, cand["data"], ds.shape, ds.dtype)
+    file_chunks = ds.chunks
+    user = check_scan_shape_arg(scan_shape, f"{path} ({cand['data']})")
+    if user is not None and user != tuple(ds.shape[:-2]):
+        from .dataset import resolve_scan_shape
+
+        n = _size(ds.shape[:-2])
+        shape = resolve_scan_shape(n, user, where=f"{path} ({cand['data']})", notes=notes)
+        source = FrameCube(source, shape)
+        file_chunks = None
+    meta["emd_group"] = cand["group"]
+    return build_dataset(
+        source,
+        path=Path(spath),
+        dataset=cand["data"],
+        format="emd",
+        file_chunks=file_chunks,
+        calibration=cal,
+        notes=notes,
+        metadata=meta,
+    )

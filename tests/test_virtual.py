@@ -1,0 +1,217 @@
+"""Virtual detector images against plain-python references."""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+
+from napari_stemcluster.core import _validate
+from napari_stemcluster.core.virtual import (
+    annular_mask,
+    default_radii,
+    detector_center,
+    virtual_adf,
+    virtual_bf,
+    virtual_image,
+)
+
+
+def _mask_reference(shape, inner, outer, center=None):
+    cx, cy = ((shape[0] - 1) / 2, (shape[1] - 1) / 2) if center is None else center
+    out = np.zeros(shape, bool)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            r = math.sqrt((i - cx) ** 2 + (j - cy) ** 2)
+            out[i, j] = inner <= r <= outer
+    return out
+
+
+def _image_reference(cube, mask):
+    cube = np.asarray(cube)
+    scan = cube.shape[:-2]
+    out = np.zeros(scan, dtype=object)
+    for idx in np.ndindex(*scan):
+        total = 0
+        for i, j in zip(*np.nonzero(mask), strict=True):
+            v = cube[idx][i, j]
+            total += int(v) if cube.dtype.kind in "ui" else float(v)
+        out[idx] = total
+    return out
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (6, 10), (1, 5), (9, 2)])
+@pytest.mark.parametrize(("inner", "outer"), [(0, 2), (1.5, 3), (2, 2.5)])
+def test_annular_mask_matches_reference(shape, inner, outer):
+    np.testing.assert_array_equal(
+        annular_mask(shape, inner, outer), _mask_reference(shape, inner, outer)
+    )
+    np.testing.assert_array_equal(
+        annular_mask(shape, inner, outer, center=(0.0, 1.0)),
+        _mask_reference(shape, inner, outer, center=(0.0, 1.0)),
+    )
+
+
+def test_annular_mask_rejects_bad_radii():
+    with pytest.raises(ValueError, match="inner <= outer"):
+        annular_mask((8, 8), 3, 2)
+    with pytest.raises(ValueError, match="inner <= outer"):
+        annular_mask((8, 8), -1, 2)
+
+
+def test_default_radii_use_smaller_side():
+    d = default_radii((40, 100))
+    assert d == {"adf_inner": 5.0, "adf_outer": 20.0, "bf_radius": 2.5}
+    assert detector_center((40, 100)) == (19.5, 49.5)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.uint16, np.uint32, np.int16, np.float32, np.float64]
+)
+@pytest.mark.parametrize("scan", [(3, 4), (1, 5), (5, 1), (2, 3, 2)])
+def test_virtual_image_matches_reference(dtype, scan):
+    rng = np.random.default_rng(3)
+    cube = rng.integers(0, 120, (*scan, 6, 9)).astype(dtype)
+    mask = annular_mask((6, 9), 1, 3)
+    got = virtual_image(cube, mask)
+    ref = _image_reference(cube, mask)
+    assert got.shape == scan
+    assert got.dtype == (np.float64 if np.dtype(dtype).kind == "f" else np.int64)
+    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=1e-12)
+    lazy = virtual_image(da.from_array(cube, chunks=(1,) * (len(scan) - 1) + (2, 6, 9)), mask)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_array_equal(lazy.compute(), got)
+
+
+def test_uint32_sums_do_not_overflow():
+    cube = np.full((2, 2, 16, 16), np.iinfo(np.uint32).max, np.uint32)
+    cube[1, 1] = 7
+    mask = np.ones((16, 16), bool)
+    expected = 256 * (2**32 - 1)
+    got = virtual_image(cube, mask)
+    assert got[0, 0] == expected and got[1, 1] == 7 * 256
+    assert virtual_image(da.from_array(cube, chunks=1), mask).compute()[0, 1] == expected
+
+
+def test_float32_sums_accumulate_in_float64():
+    cube = np.full((1, 1, 64, 64), 16777216.0, np.float32)  # 2**24
+    cube[0, 0, 0, 0] = 1.0
+    got = virtual_image(cube, np.ones((64, 64), bool))
+    assert got[0, 0] == 16777216.0 * (64 * 64 - 1) + 1.0
+
+
+def test_zero_and_constant_patterns():
+    cube = np.zeros((2, 3, 5, 5), np.uint16)
+    cube[1] = 4
+    got = virtual_image(cube, annular_mask((5, 5), 0, 1))
+    np.testing.assert_array_equal(got, [[0, 0, 0], [20, 20, 20]])
+
+
+def test_non_finite_values_raise():
+    cube = np.ones((2, 2, 4, 4), np.float32)
+    cube[1, 0, 2, 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf.*\(1, 0\)"):
+        virtual_image(cube, np.ones((4, 4), bool))
+    lazy = virtual_image(da.from_array(cube, chunks=(1, 2, 4, 4)), np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        lazy.compute()
+    out = virtual_image(cube, np.ones((4, 4), bool), check_finite=False)
+    assert np.isnan(out[1, 0]) and out[0, 0] == 16
+
+
+def test_bad_arguments():
+    cube = np.ones((2, 2, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="does not match the detector shape"):
+        virtual_image(cube, np.ones((4, 5), bool))
+    with pytest.raises(ValueError, match="selects no pixel"):
+        virtual_image(cube, np.zeros((4, 4), bool))
+    with pytest.raises(ValueError, match=r"4D .* or 5D"):
+        virtual_image(np.ones((4, 4, 4)), np.ones((4, 4), bool))
+    with pytest.raises(TypeError, match="integers or floats"):
+        virtual_image(np.ones((1, 1, 2, 2), complex), np.ones((2, 2), bool))
+
+
+def test_dask_image_is_lazy_and_one_block_per_time_step():
+    calls = []
+
+    def count(block):
+        calls.append(block.shape)
+        return block
+
+    cube = da.from_array(np.ones((4, 3, 5, 6, 6), np.uint16), chunks=(1, 3, 5, 6, 6))
+    cube = cube.map_blocks(count, dtype=np.uint16, meta=np.empty((0,) * 5, np.uint16))
+    image = virtual_adf(cube)
+    assert calls == [] and image.shape == (4, 3, 5) and image.chunks[0] == (1, 1, 1, 1)
+    image[2].compute()
+    assert calls == [(1, 3, 5, 6, 6)]  # only the time step asked for
+
+
+def test_dask_cube_split_over_the_detector_is_rechunked():
+    cube = np.random.default_rng(0).integers(0, 9, (3, 3, 8, 8)).astype(np.uint16)
+    lazy = da.from_array(cube, chunks=(2, 2, 4, 4))
+    mask = annular_mask((8, 8), 1, 3)
+    np.testing.assert_array_equal(virtual_image(lazy, mask).compute(), virtual_image(cube, mask))
+
+
+def test_h5py_cube_read_in_blocks_with_progress(tmp_path, monkeypatch):
+    cube = np.random.default_rng(1).integers(0, 1000, (2, 5, 4, 6, 7)).astype(np.uint32)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["c"] = cube
+    monkeypatch.setattr(_validate, "BLOCK_BYTES", 2 * 4 * 6 * 7 * 4)  # 2 rows per block
+    import napari_stemcluster.core.virtual as virtual_mod
+
+    monkeypatch.setattr(
+        virtual_mod,
+        "block_rows",
+        lambda shape, itemsize: _validate.block_rows(shape, itemsize, 2 * 4 * 6 * 7 * 4),
+    )
+    seen = []
+    mask = annular_mask((6, 7), 0, 2)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        got = virtual_image(f["c"], mask, progress=lambda d, t: seen.append((d, t)))
+        assert seen == [(i, 6) for i in range(1, 7)]  # 2 steps x 3 blocks of rows
+        np.testing.assert_array_equal(got, virtual_image(cube, mask))
+
+        def cancel(done, total):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            virtual_image(f["c"], mask, progress=cancel)
+
+
+def test_adf_and_bf_defaults_non_square_and_tiny():
+    rng = np.random.default_rng(2)
+    cube = rng.integers(0, 50, (2, 3, 20, 30)).astype(np.uint16)
+    d = default_radii((20, 30))
+    np.testing.assert_array_equal(
+        virtual_adf(cube), virtual_image(cube, annular_mask((20, 30), d["adf_inner"], 10))
+    )
+    np.testing.assert_array_equal(
+        virtual_bf(cube), virtual_image(cube, annular_mask((20, 30), 0, d["bf_radius"]))
+    )
+    np.testing.assert_array_equal(
+        virtual_adf(cube, inner=2, outer=4, center=(5, 5)),
+        virtual_image(cube, annular_mask((20, 30), 2, 4, (5, 5))),
+    )
+    tiny = rng.integers(0, 50, (2, 2, 1, 1)).astype(np.uint16)
+    np.testing.assert_array_equal(virtual_adf(tiny), tiny[..., 0, 0])
+    np.testing.assert_array_equal(virtual_bf(tiny), tiny[..., 0, 0])
+    two = rng.integers(0, 50, (2, 2, 2, 2)).astype(np.uint16)
+    np.testing.assert_array_equal(virtual_bf(two), two.sum(axis=(2, 3)))  # 4 nearest pixels
+
+
+def test_detector_mask_defaults_and_explicit_radii():
+    from napari_stemcluster.core.virtual import detector_mask
+
+    np.testing.assert_array_equal(detector_mask((16, 12), "adf"), annular_mask((16, 12), 1.5, 6))
+    np.testing.assert_array_equal(detector_mask((16, 12), "bf"), annular_mask((16, 12), 0, 0.75))
+    np.testing.assert_array_equal(
+        detector_mask((16, 12), "bf", outer=3), annular_mask((16, 12), 0, 3)
+    )
+    with pytest.raises(ValueError, match="selects no pixel"):
+        detector_mask((16, 12), "adf", inner=20, outer=21)
+    with pytest.raises(ValueError, match="'adf' or 'bf'"):
+        detector_mask((16, 12), "haadf")
