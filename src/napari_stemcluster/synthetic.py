@@ -18,12 +18,13 @@ components::
                            + sum_g w_g(x) G_g(q))
 
 where ``B`` is the direct-beam disk at the pattern centre, ``L`` the broad,
-diffuse scattering of the liquid (an amorphous ring over a weak halo) and
+diffuse scattering of the liquid (an amorphous ring over a broad halo) and
 ``G_g`` the Bragg-disk pattern of grain ``g`` (disk intensity decaying with
 ``|g|``), each normalised to unit sum. The weights encode the particle
 thickness, the soft particle edge and the mixing of two grains across a grain
-boundary over ``boundary_width`` scan pixels (the probe overlaps both). The
-recorded pattern is a Poisson draw of ``lambda``. A particle thus scatters
+boundary over ``boundary_width`` scan pixels (the probe overlaps both); larger
+particles are thicker and scatter more. The recorded pattern is a Poisson
+draw of ``lambda``. A particle thus scatters
 strongly into a few sharp disks, which makes neighbouring patterns of one
 grain nearly identical, whereas the liquid scatters weakly and diffusely, so
 its patterns are dominated by counting noise.
@@ -44,21 +45,33 @@ __all__ = ["SyntheticScan", "make_polycrystal"]
 #: fcc lattice parameter of gold, in angstrom; sets the reciprocal-space scale.
 AU_LATTICE_A = 4.078
 
-# Relative strength of the pattern components. At a particle's full
-# thickness a pattern holds ``dose`` expected counts, most of them in Bragg
-# disks; the direct beam is kept modest (a strong, identical direct beam would
-# make every pattern alike). Away from particles only the weak liquid
-# scattering and the direct beam remain, so liquid patterns hold fewer counts
-# spread over many pixels and are noisy.
-_BRAGG_WEIGHT = 0.67
-_BEAM_WEIGHT = 0.03
-_LIQUID_WEIGHT = 0.30
-#: |g| (in units of |g200|) over which Bragg intensities fall by 1/e.
-_BRAGG_DECAY = 0.8
-#: Fraction of the liquid signal that remains where a particle displaces it.
-_LIQUID_IN_PARTICLE = 0.5
+# Relative strength of the pattern components. Most counts of a particle
+# pattern fall into a few sharp Bragg disks; the direct beam is kept modest (a
+# strong direct beam, identical everywhere, would make every pattern alike).
+# Away from particles only the direct beam and the weak, diffuse liquid
+# scattering remain, so liquid patterns hold fewer counts spread over many
+# pixels and are dominated by counting noise. The values are tuned so that at
+# the default dose neighbouring patterns of one grain have a cosine
+# similarity of about 0.96, those across a grain boundary mostly below 0.9,
+# and the liquid's mean neighbour similarity (about 0.55) sits well below the
+# grains' (about 0.86), with the liquid forming the dominant histogram peak
+# (which the triangle threshold relies on).
+_BRAGG_WEIGHT = 0.725
+_BEAM_WEIGHT = 0.025
+_LIQUID_WEIGHT = 0.25
 #: Fraction of the direct beam that remains where a particle scatters it.
 _BEAM_IN_PARTICLE = 0.6
+#: Fraction of the liquid signal that remains where a particle displaces it.
+_LIQUID_IN_PARTICLE = 0.5
+#: Total weight at full particle thickness; dividing by it makes ``dose`` the
+#: expected count of such a pattern.
+_FULL_WEIGHT = (
+    _BRAGG_WEIGHT + _BEAM_WEIGHT * _BEAM_IN_PARTICLE + _LIQUID_WEIGHT * _LIQUID_IN_PARTICLE
+)
+#: |g| (in units of |g200|) over which Bragg intensities fall by 1/e.
+_BRAGG_DECAY = 0.7
+#: Radius of the direct-beam and Bragg disks, in units of |g200|.
+_DISK_RADIUS = 0.25
 #: Bragg templates of two grains of one particle must be at least this
 #: dissimilar (cosine), so that the grains are distinguishable.
 _MAX_GRAIN_COSINE = 0.25
@@ -117,8 +130,8 @@ def make_polycrystal(
     n_times: int | None = None,
     n_particles: int = 6,
     grains_per_particle: int | Sequence[int] = (1, 3),
-    dose: float = 1e4,
-    boundary_width: float = 1.5,
+    dose: float = 6000.0,
+    boundary_width: float = 0.5,
     growth: float = 2.0,
     radius_range: Sequence[float] | None = None,
     seed: int | None = 0,
@@ -149,15 +162,21 @@ def make_polycrystal(
     grains_per_particle : int or (int, int)
         Number of grains per particle, or an inclusive range to draw from.
     dose : float
-        Expected electron counts in a pattern at a particle's full thickness.
-        Liquid patterns collect about a quarter of that, spread over a broad
-        ring. The default is a moderate dose at which neighbouring patterns of
-        one grain have a cosine similarity of about 0.97; ten times less makes
-        single patterns noticeably noisy.
+        Expected electron counts of a pattern through the thickest part of a
+        particle of the largest size; thinner parts hold fewer, liquid
+        patterns about a third of it, spread thinly over a broad ring. The
+        default is a moderate dose: neighbouring raw patterns of one grain
+        have a cosine similarity of about 0.96, patterns across a grain
+        boundary mostly below 0.9, and the liquid's mean neighbour similarity
+        (about 0.55) lies well below the grains'. Ten times less (600) brings
+        the similarity within a grain down to about 0.7.
     boundary_width : float
         Width, in scan pixels, over which the pattern changes from one grain
         to the next (and from particle to liquid at a particle's edge), as
-        when the probe overlaps both. 0 gives sharp boundaries.
+        when the probe overlaps both. 0 gives sharp boundaries. Positions
+        within about a quarter of this width of a boundary hold nearly even
+        mixtures, and two such neighbours on either side of a boundary can be
+        more similar than 0.9; wider boundaries make that more frequent.
     growth : float
         Ratio of the final to the first particle radius in a 5D series
         (>= 1). Ignored for 4D.
@@ -187,11 +206,12 @@ def make_polycrystal(
     Notes
     -----
     Poisson counts are drawn with a tabulated inverse distribution function
-    for expectations below 16 (each expectation is randomly rounded to one of
-    two neighbouring tabulated values no more than 2.2 % apart, preserving
-    its mean; expectations below 1e-6 give 0 counts) and with numpy's
-    sampler above; this is several times faster than drawing every pixel with
-    ``numpy.random.Generator.poisson``.
+    for expectations below 16 and with numpy's sampler above, which is
+    several times faster than drawing every pixel with
+    ``numpy.random.Generator.poisson``. Each expectation below 16 is randomly
+    rounded to one of the two neighbouring tabulated values (at most 3.2 %
+    apart) so that its mean is kept; expectations below 1e-6 are raised to
+    1e-6.
 
     Examples
     --------
@@ -372,6 +392,7 @@ def _place_particles(rng, scan_shape, n_particles, radius_range, tries=2000):
                         "a": a,
                         "b": b,
                         "phi": rng.uniform(0.0, math.pi),
+                        "r_max": radius_range[1],
                     }
                 )
                 break
@@ -399,20 +420,14 @@ def _make_grains(rng, particles, gpp, detector_shape, g200):
         part["seeds"] = seeds
         part["grain_ids"] = []
         mine = []
-        for k in range(n):
-            for _ in range(200):
+        for _ in range(n):
+            for _attempt in range(200):
                 zone = "[001]" if rng.random() < 0.5 else "[011]"
                 angle = float(rng.uniform(0.0, 360.0))
                 template = _grain_pattern(rng, detector_shape, g200, zone, angle)
                 if all(_cosine(template, other["template"]) <= _MAX_GRAIN_COSINE for other in mine):
                     break
-            grain = {
-                "particle": pid,
-                "zone": zone,
-                "angle": angle,
-                "template": template,
-                "seed": seeds[k],
-            }
+            grain = {"particle": pid, "zone": zone, "angle": angle, "template": template}
             mine.append(grain)
             grains.append(grain)
             part["grain_ids"].append(len(grains))  # 1-based id
@@ -438,7 +453,7 @@ def _reciprocal_lattice(zone):
 
 
 def _disk_radius(g200):
-    return max(1.2, 0.25 * g200)
+    return max(1.2, _DISK_RADIUS * g200)
 
 
 def _detector_grid(detector_shape):
@@ -512,7 +527,9 @@ def _scan_weights(scan_shape, particles, grains, scale, boundary_width):
         edge = _ramp(dist, boundary_width)
         # Thicker in the middle, as for a rounded particle.
         t = edge * (0.6 + 0.4 * np.sqrt(np.clip(1.0 - rho**2, 0.0, 1.0)))
-        t *= _THICKNESS(part, scale)
+        # Larger particles are thicker and scatter more strongly (growing
+        # particles spread sideways, like platelets, keeping their thickness).
+        t *= 0.5 + 0.5 * min(1.0, math.sqrt(part["a"] * part["b"]) / part["r_max"])
         thick = np.maximum(thick, t)
 
         ids = part["grain_ids"]
@@ -541,21 +558,19 @@ def _scan_weights(scan_shape, particles, grains, scale, boundary_width):
             grain_w[..., gid - 1] += t * mix[..., k]
         truth[inside] = np.asarray(ids, np.int32)[own[inside]]
 
+    beam = _BEAM_WEIGHT * (1.0 - (1.0 - _BEAM_IN_PARTICLE) * thick)
+    liquid = _LIQUID_WEIGHT * (1.0 - (1.0 - _LIQUID_IN_PARTICLE) * thick)
     weights = np.empty((rx * ry, 2 + n_grains), np.float32)
-    weights[:, 0] = _BEAM_WEIGHT * (1.0 - (1.0 - _BEAM_IN_PARTICLE) * thick).ravel()
-    weights[:, 1] = _LIQUID_WEIGHT * (1.0 - (1.0 - _LIQUID_IN_PARTICLE) * thick).ravel()
-    weights[:, 2:] = _BRAGG_WEIGHT * grain_w.reshape(rx * ry, n_grains)
+    weights[:, 0] = beam.ravel() / _FULL_WEIGHT
+    weights[:, 1] = liquid.ravel() / _FULL_WEIGHT
+    weights[:, 2:] = grain_w.reshape(rx * ry, n_grains) * (_BRAGG_WEIGHT / _FULL_WEIGHT)
     return weights, truth, truth > 0
-
-
-def _THICKNESS(part, scale):
-    return 1.0
 
 
 def _ramp(dist, width):
     """Share of the near side at signed distance ``dist`` from a boundary."""
     if width <= 0:
-        return (dist > 0).astype(np.float64)
+        return np.where(dist > 0, 1.0, np.where(dist < 0, 0.0, 0.5))
     return np.clip(0.5 + dist / width, 0.0, 1.0)
 
 
