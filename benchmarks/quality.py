@@ -76,7 +76,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     base = make_polycrystal((args.scan, args.scan), (64, 64), seed=args.seed)
     dose0 = base.params["dose"]
-    rows = [(dose0 * f, 1.5) for f in (1.0, 0.3, 0.1, 0.03)] + [(dose0, w) for w in (0.0, 3.0, 5.0)]
+    width0 = base.params["boundary_width"]
+    rows = [(dose0 * f, width0) for f in (1.0, 0.3, 0.1, 0.03)]
+    rows += [(dose0, w) for w in (0.0, 1.5, 3.0)]
     head = (
         f"{'dose':>7} {'bnd width':>9} {'prefilter':>9} {'mask':>8} {'ARI':>6} {'bnd F1':>7} "
         f"{'coverage':>8} {'clust/grain':>11} {'grain/clust':>11} {'contrast':>9} {'N':>4}"

@@ -1,0 +1,22 @@
+"""napari dock widgets for the clustering workflow.
+
+Prefilter -> Similarity & mask -> Clustering, with a linked diffraction
+viewer and hand correction of the labels. Heavy work runs in background
+threads with a progress bar and a Cancel button; results appear as layers.
+"""
+
+from ._clustering import ClusteringWidget
+from ._correction import CorrectionWidget
+from ._diffraction import DiffractionViewer
+from ._prefilter import PrefilterWidget
+from ._similarity import SimilarityWidget
+from ._state import ClusterState
+
+__all__ = [
+    "ClusterState",
+    "ClusteringWidget",
+    "CorrectionWidget",
+    "DiffractionViewer",
+    "PrefilterWidget",
+    "SimilarityWidget",
+]

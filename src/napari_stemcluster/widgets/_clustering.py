@@ -1,0 +1,421 @@
+"""Dock widget: region growing into spatially contiguous clusters."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import Container, create_widget
+
+from ._common import (
+    JobRunner,
+    ask_replace,
+    connect_while_alive,
+    is_mask_layer,
+    is_similarity_layer,
+    layer_choices,
+    layer_step,
+    remember,
+    spatial_kwargs,
+    stem_meta,
+    unwrap,
+)
+from ._link import attach, link_for, seed_points
+from ._state import DEFAULT_SUMS_BUDGET, ClusterState
+
+if TYPE_CHECKING:
+    import napari
+
+#: Delay (ms) after the last threshold change before the preview recounts.
+PREVIEW_DELAY_MS = 120
+
+
+class ClusteringWidget(Container):
+    """Grow clusters from the similarity map; preview the cluster count live.
+
+    Outputs a Labels layer (``(Rx, Ry)``, or ``(T, Rx, Ry)`` for a time
+    series) whose ``features`` table lists every cluster of the time step on
+    screen (``index`` = label, ``size``, ``seed_rx``, ``seed_ry``,
+    ``mean_similarity``), and a Points layer with the seed of every cluster.
+    Cluster averages are computed in the same run and kept up to date while
+    the labels are edited.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Examples
+    --------
+    >>> widget = ClusteringWidget(viewer)  # doctest: +SKIP
+    >>> viewer.window.add_dock_widget(widget, name="Clustering")  # doctest: +SKIP
+    >>> widget.run()  # doctest: +SKIP
+    >>> widget.labels_layer.features  # once the job has ended  # doctest: +SKIP
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        from qtpy.QtCore import QTimer
+
+        super().__init__()
+        self._viewer = viewer = unwrap(viewer)
+        self._sim_combo = create_widget(
+            label="Similarity",
+            annotation="napari.layers.Image",
+            options={"choices": layer_choices(viewer, is_similarity_layer)},
+        )
+        self._mask_combo = create_widget(
+            label="Real-space mask",
+            annotation="napari.layers.Labels",
+            options={"choices": layer_choices(viewer, is_mask_layer, none="(none)")},
+        )
+        self._threshold = create_widget(
+            0.9,
+            label="Threshold",
+            annotation=float,
+            widget_type="FloatSlider",
+            options={"min": 0.0, "max": 1.0, "step": 0.001, "readout": True},
+        )
+        self._min_size = create_widget(
+            5,
+            label="Min. cluster size",
+            annotation=int,
+            widget_type="SpinBox",
+            options={"min": 0, "max": 1_000_000},
+        )
+        self._average = create_widget(
+            "raw",
+            label="Average from",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": ["raw", "prefiltered"]},
+        )
+        self._average.tooltip = (
+            "Cube of the cluster-averaged patterns: the raw data or the cube the "
+            "similarity was computed from"
+        )
+        self._preview = create_widget("", label="Preview", annotation=str, widget_type="Label")
+        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
+        self._run.text = "Run clustering"
+        self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
+        self._cancel.text = "Cancel"
+        self._cancel.enabled = False
+        self._export = create_widget(label="Export", annotation=None, widget_type="PushButton")
+        self._export.text = "Export parameters…"
+        self._status = create_widget("", label="", annotation=str, widget_type="Label")
+        self.extend(
+            [
+                self._sim_combo,
+                self._mask_combo,
+                self._threshold,
+                self._min_size,
+                self._average,
+                self._preview,
+                self._run,
+                self._cancel,
+                self._export,
+                self._status,
+            ]
+        )
+        self.runner = JobRunner(on_busy=self._on_busy)
+        #: Called as ``confirm(parent, text)`` before replacing an edited
+        #: layer; returns "replace", "new" or "cancel" (replaceable in tests).
+        self.confirm = ask_replace
+        #: Called as ``ask_path(parent)`` for the parameter file; returns a path or "".
+        self.ask_path = _ask_toml_path
+        self.labels_layer = None
+        self.seeds_layer = None
+        self.preview_count: int | None = None
+        self.sums_budget = DEFAULT_SUMS_BUDGET
+        self._timer = QTimer(self.native)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(PREVIEW_DELAY_MS)
+        self._timer.timeout.connect(self.update_preview)
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.runner.cancel)
+        self._export.changed.connect(self._on_export)
+        for w in (self._threshold, self._min_size, self._sim_combo, self._mask_combo):
+            w.changed.connect(self._schedule_preview)
+        self._sim_combo.changed.connect(self._on_layer)
+        connect_while_alive(
+            self.native,
+            [
+                (viewer.dims.events.current_step, self._schedule_preview),
+                (viewer.layers.events.inserted, self._on_inserted),
+                (viewer.layers.events.removed, self.reset_choices),
+            ],
+        )
+        self._save = remember(
+            "clustering",
+            {
+                "threshold": self._threshold,
+                "min_size": self._min_size,
+                "average": self._average,
+            },
+        )
+        self._on_layer()
+
+    # ------------------------------------------------------------------ ui
+    def _on_layer(self, *_):
+        layer = self._sim_combo.value
+        self._run.enabled = layer is not None and not self.runner.running
+        if layer is not None and self._mask_combo.value is None:
+            # Default to the mask computed with this similarity map.
+            for cand in self._viewer.layers:
+                if is_mask_layer(cand) and cand.data.shape == layer.data.shape:
+                    self._mask_combo.value = cand
+                    break
+
+    def _on_inserted(self, event=None):
+        self.reset_choices()
+        self._on_layer()
+
+    def _on_busy(self, busy: bool):
+        self._run.enabled = not busy and self._sim_combo.value is not None
+        self._cancel.enabled = busy
+        if busy:
+            self._status.value = "running…"
+
+    def _schedule_preview(self, *_):
+        self._timer.start()
+
+    def _inputs(self, t: int | None = None):
+        """Similarity, mean similarity and mask of one time step (or all when t is None)."""
+        layer = self._sim_combo.value
+        meta = stem_meta(layer)
+        sim = meta["similarity"]
+        ms = np.asarray(layer.data)
+        mask_layer = self._mask_combo.value
+        mask = None
+        if mask_layer is not None and mask_layer.data.shape == ms.shape:
+            mask = np.asarray(mask_layer.data) > 0
+        if t is None or ms.ndim == 2:
+            return sim, ms, mask
+        return sim[t], ms[t], None if mask is None else mask[t]
+
+    def update_preview(self, *_):
+        """Count the clusters of the current time step at the current threshold."""
+        from ..core.regions import grow_regions
+
+        layer = self._sim_combo.value
+        if layer is None:
+            self._preview.value = ""
+            self.preview_count = None
+            return
+        t = layer_step(self._viewer, layer)
+        sim, ms, mask = self._inputs(t)
+        t0 = time.perf_counter()
+        labels, _ = grow_regions(
+            sim,
+            float(self._threshold.value),
+            mean_similarity=ms,
+            mask=mask,
+            min_cluster_size=int(self._min_size.value),
+        )
+        ms_taken = 1000 * (time.perf_counter() - t0)
+        self.preview_count = int(labels.max(initial=0))
+        where = f" at t={t}" if layer.ndim == 3 else ""
+        self._preview.value = f"{self.preview_count} clusters{where} ({ms_taken:.0f} ms)"
+
+    # ----------------------------------------------------------------- run
+    def params(self) -> dict:
+        """Every parameter of the segmentation, in the parameter-file form."""
+        layer = self._sim_combo.value
+        meta = stem_meta(layer) if layer is not None else {}
+        sp = dict(meta.get("params") or {})
+        p = {
+            "threshold": float(self._threshold.value),
+            "min_cluster_size": int(self._min_size.value),
+            "q_mask": sp.get("q_mask"),
+            "sigma": float(sp.get("sigma") or 0.0),
+            "average": self._average.value,
+        }
+        pre = sp.get("prefilter")
+        p["prefilter"] = bool(pre)
+        if pre:
+            p["prefilter_sigma"] = float(pre["sigma"])
+            p["prefilter_radius"] = int(pre["radius"])
+            p["corr_range"] = [float(v) for v in pre["corr_range"]]
+            p["prefilter_edge"] = None if pre.get("edge") is None else int(pre["edge"])
+        mask_layer = self._mask_combo.value
+        mmeta = stem_meta(mask_layer) if mask_layer is not None else None
+        if mmeta is None:
+            p["real_mask"] = "none"
+        else:
+            p["real_mask"] = mmeta.get("real_mask", "triangle")
+            p["mask_min_size"] = int(mmeta.get("mask_min_size", 0))
+            p["mask_hole_size"] = int(mmeta.get("mask_hole_size", 0))
+        return p
+
+    def run(self, *_):
+        """Grow the clusters of every time step and their averages, in the background."""
+        from napari.utils.notifications import show_error
+
+        layer = self._sim_combo.value
+        if layer is None:
+            show_error("Clustering: compute the similarity first (Similarity & mask widget)")
+            return None
+        target = self.labels_layer
+        if target is not None and target not in self._viewer.layers:
+            target = None
+        mode = "new" if target is None else "replace"
+        if target is not None:
+            link = link_for(target)
+            if link is not None and link.state.edited:
+                mode = self.confirm(
+                    self.native,
+                    f"'{target.name}' has hand edits. Replace it with the new clusters, "
+                    "or keep it and add a new layer?",
+                )
+                if mode not in ("replace", "new"):
+                    return None
+        self._save()
+        meta = stem_meta(layer)
+        sim, ms, mask = self._inputs()
+        cube = meta["raw_cube"] if self._average.value == "raw" else meta["cube"]
+        threshold = float(self._threshold.value)
+        min_size = int(self._min_size.value)
+        params = self.params()
+        t_now = layer_step(self._viewer, layer)
+        budget = self.sums_budget
+
+        def work(progress):
+            from ..core.averages import cluster_sums, cluster_table, means_from_sums
+            from ..core.regions import grow_regions
+
+            five_d = ms.ndim == 3
+            n_steps = ms.shape[0] if five_d else 1
+            labels = np.zeros(ms.shape, np.int32)
+            means, tables, cached = [], [], {}
+            order = [t_now] + [t for t in range(n_steps) if t != t_now]
+            kept = 0
+            for i, t in enumerate(order):
+                s, m = (sim[t], ms[t]) if five_d else (sim, ms)
+                k = None if mask is None else (mask[t] if five_d else mask)
+                lab, _ = grow_regions(
+                    s, threshold, mean_similarity=m, mask=k, min_cluster_size=min_size
+                )
+                n = int(lab.max(initial=0))
+
+                def part(done, total, i=i):
+                    progress(i * max(total, 1) + done, n_steps * max(total, 1))
+
+                sums, counts = cluster_sums(cube[t] if five_d else cube, lab, n, progress=part)
+                if five_d:
+                    labels[t] = lab
+                else:
+                    labels = lab
+                means.append((t, means_from_sums(sums, counts)))
+                tables.append((t, cluster_table(lab, m, n)))
+                size = sums.nbytes + counts.nbytes + lab.nbytes
+                if i == 0 or kept + size <= budget:
+                    cached[t] = (sums, counts, lab.copy())
+                    kept += size
+            means = [m for _, m in sorted(means, key=lambda x: x[0])]
+            tables = [tb for _, tb in sorted(tables, key=lambda x: x[0])]
+            return labels, means, tables, cached
+
+        def done(value):
+            self._apply(layer, meta, value, sim, ms, mask, cube, params, mode, target)
+
+        self._status.value = ""
+        return self.runner.start(work, description="Clustering", on_returned=done)
+
+    def _apply(self, sim_layer, meta, value, sim, ms, mask, cube, params, mode, target):
+        from ..core.result import SegmentationResult
+        from ._state import _Sums
+
+        labels, means, tables, cached = value
+        five_d = labels.ndim == 3
+        result = SegmentationResult(
+            labels=labels.copy(),
+            mean_similarity=ms,
+            real_mask=np.ones(ms.shape, bool) if mask is None else mask,
+            similarity=sim,
+            cluster_means=means if five_d else means[0],
+            clusters=tables if five_d else tables[0],
+            params=params,
+        )
+        state = ClusterState(
+            labels,
+            cube,
+            similarity=sim,
+            mean_similarity=ms,
+            params=params,
+            sums_budget=self.sums_budget,
+        )
+        for t, (sums, counts, base) in cached.items():
+            state._sums[t] = _Sums(sums, counts, base)
+        new_meta = {
+            "kind": "segmentation",
+            "result": result,
+            "state": state,
+            "cube": cube,
+            "calibration": meta.get("calibration"),
+            "source": meta.get("source"),
+            "similarity_layer": sim_layer.name,
+        }
+        sk = spatial_kwargs(sim_layer, labels.ndim)
+        if mode == "replace" and target is not None:
+            old = link_for(target)
+            if old is not None:
+                old.disconnect()
+            target.data = labels
+            target.metadata = {**target.metadata, "stemcluster": new_meta}
+            layer = target
+        else:
+            layer = self._viewer.add_labels(
+                labels, name="clusters", metadata={"stemcluster": new_meta}, **sk
+            )
+        points, feats = seed_points(state)
+        seeds = self.seeds_layer
+        if seeds is None or seeds not in self._viewer.layers or seeds.ndim != points.shape[1]:
+            seeds = self._viewer.add_points(
+                points,
+                name=f"{layer.name} seeds",
+                features=feats,
+                size=max(1.0, 0.02 * max(labels.shape[-2:])),
+                face_color="white",
+                border_color="black",
+                border_width=0.15,
+                symbol="disc",
+                **{k: v for k, v in sk.items() if k != "axis_labels"},
+            )
+        else:
+            seeds.data, seeds.features = points, feats
+        self.seeds_layer = seeds
+        attach(self._viewer, layer, state, seeds_layer=seeds)
+        self.labels_layer = layer
+        self._viewer.layers.selection.active = layer
+        n = [len(tb) for tb in tables]
+        counts = f"{n[0]}" if len(n) == 1 else f"{min(n)}–{max(n)} per time step"
+        self._status.value = f"done: {counts} clusters in '{layer.name}'"
+
+    # -------------------------------------------------------------- export
+    def _on_export(self, *_):
+        path = self.ask_path(self.native)
+        if path:
+            self.export_parameters(path)
+
+    def export_parameters(self, path) -> dict:
+        """Write the parameters as TOML, the format of ``stemcluster segment --config``."""
+        from napari.utils.notifications import show_error, show_info
+
+        from ..config import save_params
+
+        params = self.params()
+        try:
+            save_params(path, params)
+        except Exception as exc:
+            show_error(f"Export parameters failed: {exc}")
+            raise
+        show_info(f"Parameters saved to {path}")
+        return params
+
+
+def _ask_toml_path(parent) -> str:
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(
+        parent, "Export parameters", "stemcluster.toml", "TOML files (*.toml)"
+    )
+    return path

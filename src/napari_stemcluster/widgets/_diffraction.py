@@ -1,0 +1,608 @@
+"""Dock widget: a second canvas showing reciprocal space next to the real-space view."""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import Container, create_widget
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ._common import (
+    connect_while_alive,
+    cube_step,
+    is_cluster_layer,
+    is_data_layer,
+    layer_choices,
+    layer_step,
+    remember,
+    scan_position,
+    session,
+    spatial_kwargs,
+    stem_meta,
+    unwrap,
+)
+from ._link import ensure_link
+
+if TYPE_CHECKING:
+    import napari
+
+#: Minimum interval (ms) between two pattern reads while the mouse moves.
+MOUSE_THROTTLE_MS = 25
+MARKER_NAME = "selected cluster"
+
+
+def scale_pattern(pattern: np.ndarray, mode: str, gamma: float = 0.5) -> np.ndarray:
+    """Display scaling of a diffraction pattern: ``linear``, ``log`` or ``power``.
+
+    ``log`` shows ``log1p(max(I, 0))``; ``power`` shows ``max(I, 0) ** gamma``.
+    Linear returns the pattern unchanged (same dtype), so the canvas holds
+    exactly the data.
+
+    Examples
+    --------
+    >>> scale_pattern(np.array([[0, 3], [8, -1]]), "log").round(3)
+    array([[0.   , 1.386],
+           [2.197, 0.   ]], dtype=float32)
+    """
+    if mode == "linear":
+        return pattern
+    p = np.clip(np.asarray(pattern, np.float32), 0, None)
+    if mode == "log":
+        return np.log1p(p)
+    if mode == "power":
+        return p ** np.float32(gamma)
+    raise ValueError(f"scaling must be 'linear', 'log' or 'power'; got {mode!r}")
+
+
+class DiffractionViewer(QWidget):
+    """Linked diffraction viewer: the pattern under the mouse and cluster averages.
+
+    Left: the raw pattern at the scan position under the mouse in the main
+    viewer (only that pattern is read), with the diffraction-space mask
+    (q-mask) drawn as two circles. Right: the average pattern of the cluster
+    under the mouse (or of the Labels layer's selected label) with its Bragg
+    disks as points; the cluster's seed and size are marked in the main view.
+    For a time series it follows the time slider.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Examples
+    --------
+    >>> widget = DiffractionViewer(viewer)  # doctest: +SKIP
+    >>> viewer.window.add_dock_widget(widget, name="Diffraction viewer")  # doctest: +SKIP
+    >>> widget.pattern, widget.average  # what is shown, unscaled  # doctest: +SKIP
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        from napari.components.viewer_model import ViewerModel
+        from napari.qt import QtViewer
+        from superqt.utils import qthrottled
+
+        super().__init__()
+        self._viewer = viewer = unwrap(viewer)
+        self._session = session(viewer)
+        self.model = ViewerModel(title="diffraction")
+        self.qt_viewer = QtViewer(self.model, show_welcome_screen=False)
+        self.controls = _Controls(viewer)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.controls.native)
+        layout.addWidget(self.qt_viewer, stretch=1)
+        self.setMinimumSize(360, 520)
+
+        empty = np.zeros((2, 2), np.float32)
+        self.pattern_layer = self.model.add_image(empty, name="pattern", colormap="gray")
+        self.q_mask_layer = self.model.add_shapes(
+            name="q-mask",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=0.6,
+            opacity=0.8,
+        )
+        self.average_layer = self.model.add_image(empty, name="cluster average", colormap="magma")
+        self.peaks_layer = self.model.add_points(
+            np.empty((0, 2)),
+            name="Bragg peaks",
+            face_color="transparent",
+            border_color="cyan",
+            border_width=0.15,
+            size=4,
+        )
+        grid = _grid(self.model)
+        grid.enabled = True
+        grid.stride = 2
+        self.text_overlay = _text_overlay(self.model)
+        self.text_overlay.visible = True
+        self.text_overlay.font_size = 9
+        self.text_overlay.color = "white"
+        self.text_overlay.position = "top_left"
+        self.model.layers.selection.active = self.pattern_layer
+
+        #: Raw (unscaled) pattern under the mouse, its scan index and time step.
+        self.pattern: np.ndarray | None = None
+        self.position: tuple[int, int] | None = None
+        self.t = 0
+        #: Label, time step and raw average pattern shown on the right.
+        self.label: int | None = None
+        self.average: np.ndarray | None = None
+        self.peaks = np.empty((0, 2))
+        self.peak_intensities = np.empty(0)
+        self._avg_key = None
+        self._detector = None
+        self._linked_state = None
+        self._watched = _none
+        self._marker = None
+
+        self._on_mouse_throttled = qthrottled(self.on_mouse_move, timeout=MOUSE_THROTTLE_MS)
+        connect_while_alive(
+            self,
+            [
+                (viewer.cursor.events.position, self._on_mouse_throttled),
+                (viewer.dims.events.current_step, self._on_step),
+                (viewer.layers.events.inserted, self._on_layers_changed),
+                (viewer.layers.events.removed, self._on_layers_changed),
+                (self._session.q_mask_changed, self._draw_q_mask),
+            ],
+        )
+        self.q_mask_layer.events.data.connect(self._on_q_mask_edited)
+        c = self.controls
+        c.data.changed.connect(self._on_data_layer)
+        c.clusters.changed.connect(self._on_cluster_layer)
+        c.source.changed.connect(self._refresh_average)
+        for w in (c.scaling, c.gamma, c.contrast):
+            w.changed.connect(self._redraw)
+        c.show_q_mask.changed.connect(self._on_show_q_mask)
+        c.edit_q_mask.changed.connect(self._on_edit_q_mask)
+        c.show_peaks.changed.connect(self._refresh_average)
+        c.disk_radius.changed.connect(self._refresh_average)
+        clusters = [x for x in viewer.layers if is_cluster_layer(x)]
+        if clusters and c.clusters.value is None:
+            c.clusters.value = clusters[-1]  # the most recent segmentation
+        self._on_data_layer()
+        self._on_cluster_layer()
+        self._draw_q_mask(self._session.q_mask)
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        self._forbid_floating()
+
+    def _forbid_floating(self):
+        """Keep the dock from floating unless OpenGL contexts are shared.
+
+        A canvas moved to a floating window needs a context shared with the
+        main window's (``Qt.AA_ShareOpenGLContexts`` set before the
+        application starts); without it the canvas stops drawing.
+        """
+        from qtpy.QtCore import QCoreApplication, Qt
+        from qtpy.QtWidgets import QDockWidget
+
+        if QCoreApplication.testAttribute(Qt.ApplicationAttribute.AA_ShareOpenGLContexts):
+            return
+        dock = self.parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        if dock is not None:
+            floatable = QDockWidget.DockWidgetFeature.DockWidgetFloatable
+            dock.setFeatures(dock.features() & ~floatable)
+
+    # -------------------------------------------------------------- layers
+    @property
+    def data_layer(self):
+        return self.controls.data.value
+
+    @property
+    def cluster_layer(self):
+        return self.controls.clusters.value
+
+    @property
+    def state(self):
+        layer = self.cluster_layer
+        if layer is None:
+            return None
+        link = ensure_link(self._viewer, layer)
+        state = None if link is None else link.state
+        if state is not self._linked_state:
+            # A new layer, or clustering was run again into the same layer.
+            if self._linked_state is not None:
+                self._linked_state.changed.disconnect(self._on_state_changed)
+            if state is not None:
+                state.changed.connect(self._on_state_changed)
+            self._linked_state = state
+            self._avg_key = None
+        return state
+
+    def _on_layers_changed(self, event=None):
+        self.controls.reset_choices()
+        if event is not None and event.type == "inserted":
+            # Pick up a data or cluster layer as soon as one appears.
+            layer = event.value
+            if self.controls.data.value is None and is_data_layer(layer):
+                self.controls.data.value = layer
+            if is_cluster_layer(layer) and layer is not self.controls.clusters.value:
+                self.controls.clusters.value = layer
+
+    def _on_data_layer(self, *_):
+        layer = self.data_layer
+        cube = None if layer is None else stem_meta(layer)["cube"]
+        det = None if cube is None else tuple(int(s) for s in cube.shape[-2:])
+        if det != self._detector:
+            self._detector = det
+            self.pattern = None
+            self._set_image(self.pattern_layer, None)
+            self._draw_q_mask(self._session.q_mask)
+            self.model.reset_view()
+
+    def _on_cluster_layer(self, *_):
+        layer = self.cluster_layer
+        old = self._watched()
+        if old is not layer:
+            if old is not None:
+                old.events.selected_label.disconnect(self._on_selected_label)
+                old.events.metadata.disconnect(self._on_cluster_metadata)
+            if layer is not None:
+                layer.events.selected_label.connect(self._on_selected_label)
+                layer.events.metadata.connect(self._on_cluster_metadata)
+            self._watched = weakref.ref(layer) if layer is not None else _none
+        self._avg_key = None
+        self._refresh_average()
+
+    def _on_cluster_metadata(self, event=None):
+        self._avg_key = None
+        self._refresh_average()
+
+    # --------------------------------------------------------------- mouse
+    def on_mouse_move(self, event=None):
+        """Show the pattern (and cluster) under the main viewer's cursor."""
+        layer = self.data_layer
+        if layer is None:
+            return
+        index = scan_position(layer, self._viewer.cursor.position)
+        if index is None:
+            return
+        cube = stem_meta(layer)["cube"]
+        if cube.ndim == 5 and len(index) == 3:
+            t, rx, ry = index
+        else:
+            rx, ry = index[-2:]
+            t = self._time_step()
+        if (rx, ry) == self.position and t == self.t and self.pattern is not None:
+            return
+        self.position, self.t = (rx, ry), t
+        self._show_pattern()
+        if self.controls.source.value == "label under mouse":
+            self._refresh_average()
+
+    def _time_step(self) -> int:
+        for layer in (self.cluster_layer, self.data_layer):
+            if layer is not None and layer.ndim == 3:
+                return layer_step(self._viewer, layer)
+        return 0
+
+    def _on_step(self, event=None):
+        t = self._time_step()
+        if t == self.t:
+            return
+        self.t = t
+        self._avg_key = None
+        self._refresh_average()
+        if self.position is not None:
+            self._show_pattern()
+
+    def _show_pattern(self):
+        layer = self.data_layer
+        if layer is None or self.position is None:
+            return
+        cube = stem_meta(layer)["cube"]
+        rx, ry = self.position
+        step = cube_step(cube, min(self.t, cube.shape[0] - 1) if cube.ndim == 5 else 0)
+        pattern = step[rx, ry]
+        if hasattr(pattern, "compute"):
+            pattern = pattern.compute()
+        self.pattern = np.asarray(pattern)
+        self._set_image(self.pattern_layer, self.pattern)
+        self._update_text()
+
+    # ------------------------------------------------------------- average
+    def _on_selected_label(self, event=None):
+        if self.controls.source.value == "selected label":
+            self._refresh_average()
+
+    def _on_state_changed(self, steps):
+        if self.t in steps or not steps:
+            self._avg_key = None
+            self._refresh_average()
+
+    def current_label(self) -> int | None:
+        """The label whose average is shown (None when there is none)."""
+        layer, state = self.cluster_layer, self.state
+        if layer is None or state is None:
+            return None
+        t = min(self.t, state.n_steps - 1)
+        if self.controls.source.value == "selected label":
+            return int(layer.selected_label)
+        if self.position is None:
+            return None
+        return int(state.step_labels(t)[self.position])
+
+    def _refresh_average(self, *_):
+        state = self.state
+        label = self.current_label()
+        t = 0 if state is None else min(self.t, state.n_steps - 1)
+        key = (id(state), t, label, self.controls.show_peaks.value, self.controls.disk_radius.value)
+        if key == self._avg_key:
+            return
+        mean = None if state is None or not label else state.mean(t, label)
+        if state is not None and label and mean is None and not state.has_sums(t):
+            self._avg_key = None  # averages of this time step are being computed
+        else:
+            self._avg_key = key
+        self.label = label if mean is not None else None
+        self.average = mean
+        if mean is not None and self.controls.show_peaks.value:
+            from ..core.peaks import find_peaks
+
+            self.peaks, self.peak_intensities = find_peaks(
+                mean, disk_radius=float(self.controls.disk_radius.value)
+            )
+        else:
+            self.peaks, self.peak_intensities = np.empty((0, 2)), np.empty(0)
+        self._set_image(self.average_layer, mean)
+        self.peaks_layer.data = self.peaks
+        self.peaks_layer.size = max(3.0, 2.4 * float(self.controls.disk_radius.value))
+        self._update_marker(state, t, self.label)
+        self._update_text()
+
+    def _update_marker(self, state, t, label):
+        """Mark the cluster's seed in the main view, with its label and size."""
+        layer = self.cluster_layer
+        if state is None or layer is None or not label:
+            if self._marker is not None and self._marker in self._viewer.layers:
+                self._marker.data = np.empty((0, self._marker.ndim))
+            return
+        table = state.table(t)
+        seed = table.seed[label - 1]
+        size = int(table.size[label - 1])
+        point = [float(seed[0]), float(seed[1])]
+        if state.time_series:
+            point = [float(t)] + point
+        marker = self._marker
+        if marker is None or marker not in self._viewer.layers or marker.ndim != len(point):
+            active = self._viewer.layers.selection.active
+            sk = spatial_kwargs(layer, len(point))
+            sk.pop("axis_labels", None)
+            marker = self._viewer.add_points(
+                np.empty((0, len(point))),
+                name=MARKER_NAME,
+                symbol="square",
+                face_color="transparent",
+                border_color="yellow",
+                border_width=0.2,
+                size=max(2.0, 0.04 * max(layer.data.shape[-2:])),
+                text={
+                    "string": "cluster {label}: {size} positions",
+                    "color": "yellow",
+                    "size": 10,
+                    "anchor": "upper_left",
+                    "translation": [0.0] * (len(point) - 2) + [-1.5, 1.5],
+                },
+                features={"label": np.empty(0, int), "size": np.empty(0, int)},
+                **sk,
+            )
+            self._marker = marker
+            if active is not None:
+                self._viewer.layers.selection.active = active
+        marker.data = np.array([point])
+        marker.features = {"label": [int(label)], "size": [size]}
+
+    # ---------------------------------------------------------- display
+    def _redraw(self, *_):
+        self._set_image(self.pattern_layer, self.pattern)
+        self._set_image(self.average_layer, self.average)
+
+    def _set_image(self, layer, raw):
+        c = self.controls
+        if raw is None:
+            shape = self._detector or (2, 2)
+            layer.data = np.zeros(shape, np.float32)
+            layer.contrast_limits = (0.0, 1.0)
+            return
+        shown = scale_pattern(raw, c.scaling.value, float(c.gamma.value))
+        reset = layer.data.shape != shown.shape
+        layer.data = shown
+        lo, hi = c.contrast.value
+        vals = np.asarray(shown, np.float64)
+        a, b = (float(v) for v in np.percentile(vals, [lo, hi]))
+        if not b > a:
+            a, b = float(vals.min()), float(vals.max())
+            if not b > a:
+                a, b = a - 0.5, a + 0.5
+        layer.contrast_limits = (a, b)
+        if reset:
+            self.model.reset_view()
+
+    def _update_text(self):
+        parts = []
+        if self.position is not None:
+            rx, ry = self.position
+            parts.append(f"scan ({rx}, {ry})")
+        if self._time_step_count() > 1:
+            parts.append(f"t = {self.t}")
+        state = self.state
+        table = None if state is None else state.table(min(self.t, state.n_steps - 1))
+        if self.label is not None and table is not None and self.label <= len(table):
+            seed = table.seed[self.label - 1]
+            parts.append(
+                f"cluster {self.label}: {int(table.size[self.label - 1])} positions, "
+                f"seed ({int(seed[0])}, {int(seed[1])}), {len(self.peaks)} disks"
+            )
+        elif state is not None and not state.has_sums(min(self.t, state.n_steps - 1)):
+            parts.append("computing cluster averages…")
+        self.text_overlay.text = "   ".join(parts)
+
+    def _time_step_count(self) -> int:
+        layer = self.data_layer
+        if layer is None:
+            return 1
+        cube = stem_meta(layer)["cube"]
+        return cube.shape[0] if cube.ndim == 5 else 1
+
+    # -------------------------------------------------------------- q-mask
+    def _draw_q_mask(self, q):
+        layer = self.q_mask_layer
+        layer.events.data.disconnect(self._on_q_mask_edited)
+        try:
+            if q is None or self._detector is None or not self.controls.show_q_mask.value:
+                layer.data = []
+                return
+            qx, qy = self._detector
+            cx, cy = q.get("center") or ((qx - 1) / 2, (qy - 1) / 2)
+            shapes = []
+            for r in (q["inner"], min(q["outer"], float(np.hypot(qx, qy)))):
+                if r > 0:
+                    shapes.append(
+                        np.array(
+                            [[cx - r, cy - r], [cx - r, cy + r], [cx + r, cy + r], [cx + r, cy - r]]
+                        )
+                    )
+            layer.data = []
+            if shapes:
+                layer.add_ellipses(shapes, edge_color="yellow", face_color="transparent")
+        finally:
+            layer.events.data.connect(self._on_q_mask_edited)
+
+    def _on_q_mask_edited(self, event=None):
+        """The user moved the circles: new radii about the detector centre."""
+        if self._detector is None or getattr(event, "action", "changed") not in (
+            "changed",
+            "added",
+            "removed",
+        ):
+            return
+        radii = []
+        qx, qy = self._detector
+        centre = np.array([(qx - 1) / 2, (qy - 1) / 2])
+        for data in self.q_mask_layer.data:
+            half = (data.max(0) - data.min(0)) / 2
+            offset = np.linalg.norm(data.mean(0) - centre)
+            radii.append(float(half.mean() + offset))
+        if not radii:
+            return
+        inner = min(radii) if len(radii) > 1 else 0.0
+        self._session.set_q_mask(inner, max(radii))
+
+    def _on_show_q_mask(self, *_):
+        self._draw_q_mask(self._session.q_mask)
+
+    def _on_edit_q_mask(self, value=None):
+        if self.controls.edit_q_mask.value:
+            self.model.layers.selection.active = self.q_mask_layer
+            self.q_mask_layer.mode = "direct"
+        else:
+            self.q_mask_layer.mode = "pan_zoom"
+            self.model.layers.selection.active = self.pattern_layer
+
+
+def _none():
+    return None
+
+
+def _grid(model):
+    """The grid settings of a viewer model (napari >= 0.9 moved them to the canvas)."""
+    canvas = getattr(model, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else model.grid
+
+
+def _text_overlay(model):
+    canvas = getattr(model, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return overlays.text if overlays is not None else model.text_overlay
+
+
+class _Controls(Container):
+    """Layer choice and display controls of the diffraction viewer."""
+
+    def __init__(self, viewer):
+        super().__init__(labels=False)
+        self.data = create_widget(
+            label="Data",
+            annotation="napari.layers.Image",
+            options={"choices": layer_choices(viewer, is_data_layer)},
+        )
+        self.clusters = create_widget(
+            label="Clusters",
+            annotation="napari.layers.Labels",
+            options={"choices": layer_choices(viewer, is_cluster_layer, none="(none)")},
+        )
+        self.source = create_widget(
+            "label under mouse",
+            label="Average",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": ["label under mouse", "selected label"]},
+        )
+        self.scaling = create_widget(
+            "log",
+            label="Scaling",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": ["linear", "log", "power"]},
+        )
+        self.gamma = create_widget(
+            0.5,
+            label="γ",
+            annotation=float,
+            widget_type="FloatSpinBox",
+            options={"min": 0.05, "max": 2.0, "step": 0.05},
+        )
+        self.contrast = create_widget(
+            (0.5, 99.8),
+            label="Contrast (%)",
+            annotation=tuple[float, float],
+            widget_type="FloatRangeSlider",
+            options={"min": 0.0, "max": 100.0, "step": 0.1},
+        )
+        self.contrast.tooltip = "Contrast limits as percentiles of the displayed pattern"
+        self.show_q_mask = create_widget(True, label="q-mask", annotation=bool)
+        self.edit_q_mask = create_widget(False, label="edit", annotation=bool)
+        self.edit_q_mask.tooltip = "Drag the circles' handles to set the annulus radii"
+        self.show_peaks = create_widget(True, label="Bragg disks", annotation=bool)
+        self.disk_radius = create_widget(
+            1.5,
+            label="radius (px)",
+            annotation=float,
+            widget_type="FloatSpinBox",
+            options={"min": 0.5, "max": 50.0, "step": 0.5},
+        )
+        # Compact rows, so that the canvas below gets the height.
+        rows = [
+            [self.data, self.clusters],
+            [self.source, self.scaling, self.gamma],
+            [self.contrast],
+            [self.show_q_mask, self.edit_q_mask, self.show_peaks, self.disk_radius],
+        ]
+        for row in rows:
+            box = Container(layout="horizontal", labels=True, widgets=row)
+            box.margins = (0, 0, 0, 0)
+            self.append(box)
+        self.margins = (4, 2, 4, 2)
+        self.scaling.changed.connect(self._on_scaling)
+        self._on_scaling()
+        remember(
+            "diffraction",
+            {
+                "source": self.source,
+                "scaling": self.scaling,
+                "gamma": self.gamma,
+                "contrast": self.contrast,
+                "show_q_mask": self.show_q_mask,
+                "show_peaks": self.show_peaks,
+                "disk_radius": self.disk_radius,
+            },
+        )
+
+    def _on_scaling(self, *_):
+        self.gamma.enabled = self.scaling.value == "power"

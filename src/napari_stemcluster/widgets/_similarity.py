@@ -1,0 +1,365 @@
+"""Dock widget: neighbour similarity, mean-similarity map and real-space mask."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import Container, create_widget
+
+from ._common import (
+    JobRunner,
+    connect_while_alive,
+    is_data_layer,
+    layer_choices,
+    remember,
+    session,
+    spatial_kwargs,
+    stem_meta,
+    unwrap,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+MASK_METHODS = ("triangle", "otsu", "manual", "none")
+
+
+class SimilarityWidget(Container):
+    """Cosine similarity of each pattern with its 8 neighbours, and the real-space mask.
+
+    Outputs a "mean similarity" Image layer (which keeps the full neighbour
+    similarity in its metadata for the clustering widget) and a "real-space
+    mask" Labels layer (1 = may join a cluster) that can be painted. The
+    mask follows the method controls (triangle, Otsu, or a manual value set
+    with the slider) until it is computed again.
+
+    The diffraction-space mask is an annulus given by its radii here, or
+    drawn by editing the circles of the "q-mask" layer in the diffraction
+    viewer; both stay in step.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Examples
+    --------
+    >>> widget = SimilarityWidget(viewer)  # doctest: +SKIP
+    >>> viewer.window.add_dock_widget(widget, name="Similarity & mask")  # doctest: +SKIP
+    >>> widget.run()  # doctest: +SKIP
+    >>> widget.similarity_layer, widget.mask_layer  # once the job has ended  # doctest: +SKIP
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer = unwrap(viewer)
+        self._session = session(viewer)
+        self._layer_combo = create_widget(
+            label="Data",
+            annotation="napari.layers.Image",
+            options={"choices": layer_choices(viewer, is_data_layer)},
+        )
+        self._use_q_mask = create_widget(
+            True, label="Annular q-mask", annotation=bool, widget_type="CheckBox"
+        )
+        self._inner = create_widget(
+            0.0,
+            label="Inner radius (px)",
+            annotation=float,
+            widget_type="FloatSpinBox",
+            options={"min": 0.0, "max": 10000.0, "step": 1.0},
+        )
+        self._outer = create_widget(
+            1000.0,
+            label="Outer radius (px)",
+            annotation=float,
+            widget_type="FloatSpinBox",
+            options={"min": 0.0, "max": 10000.0, "step": 1.0},
+        )
+        self._sigma = create_widget(
+            0.0,
+            label="Blur σ (px)",
+            annotation=float,
+            widget_type="FloatSpinBox",
+            options={"min": 0.0, "max": 50.0, "step": 0.5},
+        )
+        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
+        self._run.text = "Compute similarity"
+        self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
+        self._cancel.text = "Cancel"
+        self._cancel.enabled = False
+        self._method = create_widget(
+            "triangle",
+            label="Mask method",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": list(MASK_METHODS)},
+        )
+        self._value = create_widget(
+            0.5,
+            label="Manual value",
+            annotation=float,
+            widget_type="FloatSlider",
+            options={"min": -1.0, "max": 1.0, "step": 0.005, "readout": True},
+        )
+        self._min_size = create_widget(
+            0,
+            label="Remove regions <",
+            annotation=int,
+            widget_type="SpinBox",
+            options={"min": 0, "max": 100000},
+        )
+        self._hole_size = create_widget(
+            0,
+            label="Fill holes <",
+            annotation=int,
+            widget_type="SpinBox",
+            options={"min": 0, "max": 100000},
+        )
+        self._status = create_widget("", label="", annotation=str, widget_type="Label")
+        self.extend(
+            [
+                self._layer_combo,
+                self._use_q_mask,
+                self._inner,
+                self._outer,
+                self._sigma,
+                self._run,
+                self._cancel,
+                self._method,
+                self._value,
+                self._min_size,
+                self._hole_size,
+                self._status,
+            ]
+        )
+        self.runner = JobRunner(on_busy=self._on_busy)
+        self.similarity_layer = None
+        self.mask_layer = None
+        self._syncing = False
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.runner.cancel)
+        self._layer_combo.changed.connect(self._on_layer)
+        for w in (self._use_q_mask, self._inner, self._outer):
+            w.changed.connect(self._push_q_mask)
+        for w in (self._method, self._value, self._min_size, self._hole_size):
+            w.changed.connect(self.update_mask)
+        self._method.changed.connect(self._on_method)
+        connect_while_alive(
+            self.native,
+            [
+                (self._session.q_mask_changed, self._pull_q_mask),
+                (viewer.layers.events.inserted, self.reset_choices),
+                (viewer.layers.events.removed, self.reset_choices),
+            ],
+        )
+        self._save = remember(
+            "similarity",
+            {
+                "use_q_mask": self._use_q_mask,
+                "inner": self._inner,
+                "outer": self._outer,
+                "sigma": self._sigma,
+                "method": self._method,
+                "value": self._value,
+                "min_size": self._min_size,
+                "hole_size": self._hole_size,
+            },
+        )
+        self._on_layer()
+        self._on_method()
+        self._push_q_mask()
+
+    # ------------------------------------------------------------------ ui
+    def _on_layer(self, *_):
+        layer = self._layer_combo.value
+        self._run.enabled = layer is not None and not self.runner.running
+        if layer is not None:
+            qx, qy = stem_meta(layer)["cube"].shape[-2:]
+            r = float(np.hypot(qx, qy) / 2)
+            self._outer.max = self._inner.max = max(r, 1.0)
+
+    def _on_method(self, *_):
+        self._value.enabled = self._method.value == "manual"
+
+    def _on_busy(self, busy: bool):
+        self._run.enabled = not busy and self._layer_combo.value is not None
+        self._cancel.enabled = busy
+        if busy:
+            self._status.value = "running…"
+
+    def q_mask(self) -> tuple[float, float] | None:
+        """The annulus radii ``(inner, outer)``, or None for the whole detector."""
+        if not self._use_q_mask.value:
+            return None
+        return float(self._inner.value), float(self._outer.value)
+
+    def _push_q_mask(self, *_):
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            radii = self.q_mask()
+            if radii is None:
+                self._session.clear_q_mask()
+            else:
+                inner, outer = radii
+                if outer < inner:
+                    inner, outer = outer, inner
+                self._session.set_q_mask(inner, outer)
+        finally:
+            self._syncing = False
+
+    def _pull_q_mask(self, q):
+        """The q-mask was edited elsewhere (the diffraction viewer's circles)."""
+        if self._syncing or q is None:
+            return
+        self._syncing = True
+        try:
+            self._use_q_mask.value = True
+            self._outer.value = min(float(q["outer"]), self._outer.max)
+            self._inner.value = min(float(q["inner"]), self._outer.value)
+        finally:
+            self._syncing = False
+
+    # ----------------------------------------------------------------- run
+    def run(self, *_):
+        """Compute the neighbour similarity of every time step in the background."""
+        from napari.utils.notifications import show_error
+
+        layer = self._layer_combo.value
+        if layer is None:
+            show_error("Similarity: choose a layer of 4D-STEM data first")
+            return None
+        meta = stem_meta(layer)
+        cube = meta["cube"]
+        q_mask = self.q_mask()
+        if q_mask is not None and q_mask[1] < q_mask[0]:
+            show_error("Similarity: the outer radius must not be smaller than the inner one")
+            return None
+        sigma = float(self._sigma.value)
+        self._save()
+
+        def work(progress):
+            from ..core.similarity import mean_similarity, neighbor_similarity
+
+            steps = [cube] if cube.ndim == 4 else [cube[t] for t in range(cube.shape[0])]
+            n = len(steps)
+            sims = []
+            for i, step in enumerate(steps):
+
+                def part(done, total, i=i):
+                    progress(i * max(total, 1) + done, n * max(total, 1))
+
+                sims.append(neighbor_similarity(step, q_mask, sigma, progress=part))
+            sim = sims[0] if cube.ndim == 4 else np.stack(sims)
+            ms = np.stack([mean_similarity(s) for s in sims]) if cube.ndim == 5 else None
+            if ms is None:
+                ms = mean_similarity(sim)
+            return sim, ms.astype(np.float32)
+
+        def done(value):
+            self._add_layers(layer, meta, value, q_mask, sigma)
+
+        return self.runner.start(work, description="Similarity", on_returned=done)
+
+    def _add_layers(self, src, meta, value, q_mask, sigma):
+        sim, ms = value
+        params = {
+            "q_mask": None if q_mask is None else [float(v) for v in q_mask],
+            "sigma": sigma,
+            "prefilter": meta.get("prefilter"),
+        }
+        new_meta = {
+            "kind": "mean_similarity",
+            "similarity": sim,
+            "cube": meta["cube"],
+            "raw_cube": meta.get("raw_cube", meta["cube"]),
+            "calibration": meta.get("calibration"),
+            "source": meta.get("source"),
+            "params": params,
+            "data_layer": src.name,
+        }
+        finite = ms[np.isfinite(ms)]
+        limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if limits[0] >= limits[1]:
+            limits = (limits[0] - 0.5, limits[0] + 0.5)
+        sk = spatial_kwargs(src, ms.ndim)
+        old = self.similarity_layer
+        # Computing again for the same data updates its layers; other data gets new ones.
+        same = (
+            old is not None
+            and old in self._viewer.layers
+            and old.data.shape == ms.shape
+            and (stem_meta(old) or {}).get("data_layer") == src.name
+        )
+        if not same:
+            self.mask_layer = None
+        if same:
+            old.data = ms
+            old.metadata = {**old.metadata, "stemcluster": new_meta}
+            old.contrast_limits = limits
+            layer = old
+        else:
+            layer = self._viewer.add_image(
+                ms,
+                name=f"{src.name} mean similarity",
+                colormap="viridis",
+                contrast_limits=limits,
+                metadata={"stemcluster": new_meta},
+                **sk,
+            )
+        self.similarity_layer = layer
+        # The manual slider's range follows the map.
+        lo, hi = limits
+        self._value.min, self._value.max = min(lo, -1.0), max(hi, 1.0)
+        self._make_mask_layer(src, ms, sk)
+        self._status.value = f"done: '{layer.name}' and '{self.mask_layer.name}'"
+
+    def _make_mask_layer(self, src, ms, sk):
+        mask = self.compute_mask(ms)
+        old = self.mask_layer
+        meta = {"stemcluster": {"kind": "real_mask", **self.mask_params()}}
+        if old is not None and old in self._viewer.layers and old.data.shape == mask.shape:
+            old.data = mask
+            old.metadata = {**old.metadata, **meta}
+        else:
+            self.mask_layer = self._viewer.add_labels(
+                mask,
+                name=f"{src.name} real-space mask",
+                opacity=0.35,
+                metadata=meta,
+                **sk,
+            )
+
+    def mask_params(self) -> dict:
+        """The real-space mask settings in the parameter-file form."""
+        method = self._method.value
+        real_mask = float(self._value.value) if method == "manual" else method
+        return {
+            "real_mask": real_mask,
+            "mask_min_size": int(self._min_size.value),
+            "mask_hole_size": int(self._hole_size.value),
+        }
+
+    def compute_mask(self, ms: np.ndarray) -> np.ndarray:
+        """Real-space mask (uint8, 1 = allowed) of a (T,) Rx, Ry mean-similarity map."""
+        from ..core.masking import real_space_mask
+
+        p = self.mask_params()
+        method = None if p["real_mask"] == "none" else p["real_mask"]
+        kw = {"min_size": p["mask_min_size"], "hole_size": p["mask_hole_size"]}
+        if ms.ndim == 2:
+            return real_space_mask(ms, method, **kw).astype(np.uint8)
+        return np.stack([real_space_mask(m, method, **kw) for m in ms]).astype(np.uint8)
+
+    def update_mask(self, *_):
+        """Recompute the mask layer from the current method (replaces painted edits)."""
+        layer, mask_layer = self.similarity_layer, self.mask_layer
+        if layer is None or mask_layer is None or mask_layer not in self._viewer.layers:
+            return
+        mask = self.compute_mask(np.asarray(layer.data))
+        if mask.shape == mask_layer.data.shape:
+            mask_layer.data = mask
+            meta = {**(stem_meta(mask_layer) or {}), "kind": "real_mask", **self.mask_params()}
+            mask_layer.metadata = {**mask_layer.metadata, "stemcluster": meta}
