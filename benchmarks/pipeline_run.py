@@ -1,0 +1,69 @@
+"""One benchmark run in its own process; prints a JSON line with the figures.
+
+``python benchmarks/pipeline_run.py '{"path": ..., "mode": "engine", ...}'``
+
+mode "memory" loads the whole cube with h5py and runs ``core.segment``;
+mode "engine" runs ``engine.segment_chunked`` on the file, on threads
+(``workers`` null) or on a local cluster of ``workers`` processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import sys
+import time
+
+
+def main(spec: dict) -> dict:
+    import h5py
+    import numpy as np
+
+    from napari_stemcluster import segment
+    from napari_stemcluster.engine import RunStats, get_executor, segment_chunked
+    from napari_stemcluster.io import open_dataset
+
+    kwargs = {"prefilter": bool(spec["prefilter"])}
+    out = {"spec": spec}
+    # Load the compiled kernels (numba's cache) before timing, in every process.
+    with h5py.File(spec["path"], "r") as f:
+        tiny = f["data"][0, :6, :6]
+    segment(tiny, **kwargs)
+    if spec["mode"] == "memory":
+        t0 = time.perf_counter()
+        with h5py.File(spec["path"], "r") as f:
+            cube = f["data"][()]
+        out["load_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = segment(cube, **kwargs)
+        out["seconds"] = time.perf_counter() - t0
+        out["bytes"] = cube.nbytes
+    else:
+        ds = open_dataset(spec["path"])
+        t0 = time.perf_counter()
+        with get_executor(workers=spec["workers"]) as ex:
+            segment_chunked(tiny, **kwargs, executor=ex, chunks=(3, 3))
+            out["start_seconds"] = time.perf_counter() - t0
+            stats = RunStats()
+            t0 = time.perf_counter()
+            res = segment_chunked(
+                ds, **kwargs, executor=ex, memory_limit=spec["memory_limit"], stats=stats
+            )
+            out["seconds"] = time.perf_counter() - t0
+        out["bytes"] = ds.nbytes
+        out["plan"] = stats.plan.describe()
+        out["plan_peak_bytes"] = stats.plan.peak_bytes
+        out["stage_seconds"] = stats.stage_seconds
+        out["task_seconds"] = stats.task_seconds
+        out["bytes_read"] = stats.bytes_read
+    out["clusters"] = res.n_clusters
+    out["labels_sha1"] = hashlib.sha1(np.ascontiguousarray(res.labels)).hexdigest()
+    out["maxrss_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["maxrss_children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return out
+
+
+if __name__ == "__main__":
+    result = main(json.loads(sys.argv[1]))
+    print("RESULT " + json.dumps(result), flush=True)

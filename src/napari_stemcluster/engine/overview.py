@@ -1,0 +1,234 @@
+"""A PNG overview of a segmentation, drawn without a display or matplotlib.
+
+One row per time step (at most :data:`MAX_ROWS`, evenly spaced): the
+virtual annular dark-field image, the mean-similarity map, the cluster map,
+and the averaged diffraction patterns of the largest clusters, each framed
+in its cluster's colour. Pictures are composed as numpy RGB arrays; Pillow
+(a dependency of scikit-image) adds the captions and writes the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+#: Time steps shown at most (evenly spaced over the series).
+MAX_ROWS = 5
+#: Cluster averages shown per time step (the largest clusters).
+N_AVERAGES = 4
+#: Height of one panel in pixels.
+PANEL = 160
+_GAP = 6
+_HEADER = 22
+_ROW_LABEL = 46
+_BACKGROUND = (255, 255, 255)
+
+# viridis at 0, 1/8, ..., 1
+_VIRIDIS = np.array(
+    [
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 82, 139),
+        (44, 114, 142),
+        (33, 145, 140),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ],
+    np.float64,
+)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """uint8 RGB (viridis) of values in [0, 1]; NaN is drawn black.
+
+    Examples
+    --------
+    >>> colormap(np.array([0.0, 1.0])).tolist()
+    [[68, 1, 84], [253, 231, 37]]
+    """
+    v = np.asarray(values, np.float64)
+    nan = ~np.isfinite(v)
+    v = np.clip(np.nan_to_num(v), 0, 1) * (len(_VIRIDIS) - 1)
+    i = np.minimum(v.astype(int), len(_VIRIDIS) - 2)
+    f = (v - i)[..., None]
+    rgb = _VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f
+    rgb[nan] = 0
+    return np.round(rgb).astype(np.uint8)
+
+
+def label_colors(n: int) -> np.ndarray:
+    """Distinct uint8 RGB colours for labels ``1..n`` (row 0 is black, label 0).
+
+    Hues follow the golden ratio, so neighbouring label numbers differ.
+
+    Examples
+    --------
+    >>> label_colors(2).shape
+    (3, 3)
+    """
+    k = np.arange(n)
+    h = (k * 0.618033988749895 + 0.1) % 1.0
+    s = 0.55 + 0.35 * ((k * 7) % 3) / 2
+    v = np.full(n, 0.95)
+    i = np.floor(h * 6).astype(int) % 6
+    f = h * 6 - np.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    table = np.stack(
+        [
+            np.choose(i, [v, q, p, p, t, v]),
+            np.choose(i, [t, v, v, q, p, p]),
+            np.choose(i, [p, p, t, v, v, q]),
+        ],
+        axis=1,
+    )
+    return np.vstack([[0, 0, 0], np.round(255 * table)]).astype(np.uint8)
+
+
+def _scaled(img: np.ndarray, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W, 3) image to ``height`` rows."""
+    h, w = img.shape[:2]
+    width = max(1, round(w * height / h))
+    rows = (np.arange(height) * h // height).clip(0, h - 1)
+    cols = (np.arange(width) * w // width).clip(0, w - 1)
+    return img[rows][:, cols]
+
+
+def _normalised(a: np.ndarray, lo_pct=1.0, hi_pct=99.5) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        return np.zeros_like(a)
+    lo, hi = np.percentile(finite, [lo_pct, hi_pct])
+    if hi <= lo:
+        return np.zeros_like(a)
+    return (a - lo) / (hi - lo)
+
+
+def _gray(a: np.ndarray) -> np.ndarray:
+    g = np.round(255 * np.clip(np.nan_to_num(a), 0, 1)).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=2)
+
+
+def _framed(img: np.ndarray, color, width: int = 4) -> np.ndarray:
+    out = img.copy()
+    out[:width] = out[-width:] = color
+    out[:, :width] = out[:, -width:] = color
+    return out
+
+
+def _row_panels(vimg, ms, labels, means, sizes) -> list[np.ndarray]:
+    colors = label_colors(int(labels.max(initial=0)))
+    panels = [
+        _scaled(_gray(_normalised(vimg)), PANEL),
+        _scaled(colormap(_normalised(ms, 2, 100)), PANEL),
+        _scaled(colors[labels], PANEL),
+    ]
+    order = np.argsort(-np.asarray(sizes), kind="stable")[:N_AVERAGES]
+    for k in order:
+        pattern = np.log1p(np.clip(np.asarray(means[k], np.float64), 0, None))
+        img = _scaled(_gray(_normalised(pattern, 0.0, 99.9)), PANEL)
+        panels.append(_framed(img, colors[k + 1]))
+    return panels
+
+
+def render_overview(cube, result, path: str | os.PathLike) -> Path:
+    """Draw a PNG overview of ``result`` computed from ``cube``.
+
+    Parameters
+    ----------
+    cube : array_like
+        The segmented cube (numpy or dask), ``(Rx, Ry, Qx, Qy)`` or
+        ``(T, Rx, Ry, Qx, Qy)``; read once for the virtual image.
+    result : SegmentationResult
+        Its segmentation.
+    path : str or Path
+        PNG file to write.
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> from napari_stemcluster import segment
+    >>> cube = np.random.default_rng(0).poisson(5, (8, 8, 16, 16))
+    >>> render_overview(cube, segment(cube), "overview.png")  # doctest: +SKIP
+    PosixPath('overview.png')
+    """
+    from PIL import Image, ImageDraw
+
+    from ..core.virtual import virtual_adf
+
+    vimg = virtual_adf(cube)
+    if hasattr(vimg, "compute"):
+        vimg = vimg.compute()
+    vimg = np.asarray(vimg)
+    if result.is_time_series:
+        n = result.labels.shape[0]
+        steps = sorted(set(np.linspace(0, n - 1, min(n, MAX_ROWS)).round().astype(int)))
+        rows = [
+            (
+                f"t={t}",
+                _row_panels(
+                    vimg[t],
+                    result.mean_similarity[t],
+                    result.labels[t],
+                    result.cluster_means[t],
+                    result.clusters[t].size,
+                ),
+            )
+            for t in steps
+        ]
+        t0 = result.params.get("time_range", [0])[0]
+        rows = [(f"t={t0 + int(lab[2:])}", p) for lab, p in rows]
+    else:
+        rows = [
+            (
+                "",
+                _row_panels(
+                    vimg,
+                    result.mean_similarity,
+                    result.labels,
+                    result.cluster_means,
+                    result.clusters.size,
+                ),
+            )
+        ]
+    widths = [[p.shape[1] for p in panels] for _, panels in rows]
+    map_w = widths[0][0]
+    avg_w = max((w for ws in widths for w in ws[3:]), default=PANEL)
+    left = _ROW_LABEL if result.is_time_series else _GAP
+    width = left + 3 * (map_w + _GAP) + N_AVERAGES * (avg_w + _GAP) + _GAP
+    height = _HEADER + len(rows) * (PANEL + _GAP) + _GAP
+    canvas = np.full((height, width, 3), _BACKGROUND, np.uint8)
+    for r, (_, panels) in enumerate(rows):
+        y = _HEADER + r * (PANEL + _GAP)
+        x = left
+        for i, p in enumerate(panels):
+            canvas[y : y + p.shape[0], x : x + p.shape[1]] = p
+            x += (map_w if i < 3 else avg_w) + _GAP
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    titles = ["virtual ADF", "mean similarity", "clusters"]
+    for i, title in enumerate(titles):
+        draw.text((left + i * (map_w + _GAP) + 2, 5), title, fill=(0, 0, 0))
+    draw.text(
+        (left + 3 * (map_w + _GAP) + 2, 5),
+        f"averages of the {N_AVERAGES} largest clusters (log scale)",
+        fill=(0, 0, 0),
+    )
+    for r, (label, _) in enumerate(rows):
+        draw.text((6, _HEADER + r * (PANEL + _GAP) + PANEL // 2 - 6), label, fill=(0, 0, 0))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,520 @@
+"""The segmentation pipeline run block by block: :func:`segment_chunked`."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core._validate import check_cube
+from ..core.averages import cluster_table, means_from_sums
+from ..core.masking import THRESHOLD_METHODS, real_space_mask, resolve_q_mask
+from ..core.pipeline import _describe, _per_step_masks, _prefilter_options
+from ..core.regions import grow_regions
+from ..core.result import SegmentationResult
+from ..core.similarity import mean_similarity, neighbor_similarity
+from ._tasks import BlockSource, similarity_task, sums_task
+from .executors import DistributedExecutor, Executor, ThreadExecutor
+from .planning import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
+
+#: Stage names passed to ``on_stage``.
+STAGES = ("similarity", "regions", "averages")
+
+#: Seconds between checks for finished tasks (keeps Ctrl-C responsive).
+_POLL = 0.2
+
+
+@dataclass
+class RunStats:
+    """What a chunked run did and how long it took (filled in by the engine).
+
+    Attributes
+    ----------
+    plan : ChunkPlan
+        Block shape, concurrency and memory estimate.
+    executor : str
+        Where the tasks ran.
+    stage_seconds : dict
+        Wall time from the first task of a stage to its last, per stage.
+    task_seconds : dict
+        ``{stage: [read, compute]}``: time summed over the tasks.
+    bytes_read : int
+        Bytes of patterns read (halos and second passes included).
+    input_bytes : int
+        Size of the part of the cube segmented.
+    seconds : float
+        Total wall time.
+    """
+
+    plan: ChunkPlan | None = None
+    executor: str = ""
+    stage_seconds: dict = field(default_factory=dict)
+    task_seconds: dict = field(default_factory=dict)
+    bytes_read: int = 0
+    input_bytes: int = 0
+    seconds: float = 0.0
+
+
+def segment_chunked(
+    cube,
+    threshold: float = 0.9,
+    min_cluster_size: int = 5,
+    q_mask=None,
+    sigma: float = 0.0,
+    prefilter: bool | dict = False,
+    real_mask="triangle",
+    *,
+    mask_min_size: int = 0,
+    mask_hole_size: int = 0,
+    average: str = "raw",
+    times=None,
+    executor: Executor | None = None,
+    memory_limit=None,
+    chunks: tuple[int, int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_stage: Callable[[str, int, int], None] | None = None,
+    stats: RunStats | None = None,
+) -> SegmentationResult:
+    """Segment a cube block by block with bounded memory, on threads or a cluster.
+
+    Runs the same pipeline as :func:`napari_stemcluster.core.segment` and
+    gives the same result (labels and similarity bit for bit, averages to
+    float32 rounding), but never holds the cube: blocks of whole patterns
+    are read with a halo of neighbouring scan positions (1 for the
+    similarity, plus the prefilter radius), and only the similarity and the
+    per-cluster sums come back. Region growing runs on the gathered
+    similarity of each time step; the cluster averages are a second pass
+    that adds up per-block sums. Blocks of different time steps run at the
+    same time. The prefiltered cube is never stored: each pass recomputes it
+    for its block.
+
+    Parameters
+    ----------
+    cube : array_like, StemDataset
+        ``(Rx, Ry, Qx, Qy)`` or ``(T, Rx, Ry, Qx, Qy)``: a dask array (e.g.
+        ``open_dataset(path).cube``), a
+        :class:`~napari_stemcluster.io.StemDataset`, an h5py dataset or a
+        numpy array.
+    threshold, min_cluster_size, q_mask, sigma, prefilter, real_mask
+        As for :func:`napari_stemcluster.core.segment`.
+    mask_min_size, mask_hole_size, average
+        As for :func:`napari_stemcluster.core.segment`.
+    times : slice or (int, int), optional
+        Time steps ``A:B`` of a 5D cube to segment (default: all).
+    executor : Executor or distributed.Client, optional
+        Where blocks run (default: a :class:`ThreadExecutor` for this call).
+    memory_limit : int or str, optional
+        Memory budget for the data, e.g. ``"4GB"``; default a fraction of
+        RAM (:func:`~napari_stemcluster.engine.planning.default_memory_limit`).
+        It sets the block size and how many blocks run at once.
+    chunks : (int, int), optional
+        Force the block shape in scan positions (rows, columns).
+    progress : callable, optional
+        ``progress(done, total)`` as blocks finish; raise from it to cancel
+        (running blocks finish, queued ones are dropped).
+    on_stage : callable, optional
+        ``on_stage(stage, done, total)`` per stage (:data:`STAGES`).
+    stats : RunStats, optional
+        Filled in with the plan and timings.
+
+    Returns
+    -------
+    SegmentationResult
+
+    Examples
+    --------
+    >>> cube = np.zeros((6, 6, 4, 4), np.uint16)
+    >>> cube[:, :3, 0, 0] = 100
+    >>> cube[:, 3:, 3, 3] = 100
+    >>> res = segment_chunked(cube, real_mask=None, chunks=(2, 4))
+    >>> res.labels[0], res.cluster_means.shape
+    (array([1, 1, 1, 2, 2, 2], dtype=int32), (2, 4, 4))
+    """
+    started = time.perf_counter()
+    data, source_chunks = _unwrap(cube)
+    ndim = getattr(data, "ndim", None)
+    if ndim not in (4, 5):
+        check_cube(data, 4)  # raises with a clear message
+    check_cube(data, ndim)
+    steps = _time_steps(times, data.shape, ndim)
+    if average not in ("raw", "prefiltered"):
+        raise ValueError(f"average must be 'raw' or 'prefiltered'; got {average!r}")
+    if not int(min_cluster_size) >= 0:
+        raise ValueError("min_cluster_size must be >= 0")
+    pre = _prefilter_options(prefilter)
+    scan = tuple(int(s) for s in data.shape[-4:-2])
+    det = tuple(int(s) for s in data.shape[-2:])
+    qmask = _check_stage_options(pre, q_mask, sigma, det)
+    real_mask = _selected_mask(real_mask, steps, data.shape, ndim)
+    masks = _per_step_masks(real_mask, len(steps), scan, ndim)
+    for m in masks:
+        real_space_mask(
+            np.zeros(scan, np.float32), m, min_size=mask_min_size, hole_size=mask_hole_size
+        )
+    params = {
+        "threshold": float(threshold),
+        "min_cluster_size": int(min_cluster_size),
+        "q_mask": _describe(q_mask),
+        "sigma": float(sigma),
+        "prefilter": pre,
+        "real_mask": _describe(real_mask),
+        "mask_min_size": int(mask_min_size),
+        "mask_hole_size": int(mask_hole_size),
+        "average": average,
+    }
+    if times is not None:
+        params["time_range"] = [steps[0], steps[-1] + 1]
+
+    own = executor is None
+    if own:
+        executor = ThreadExecutor()
+    elif not isinstance(executor, Executor):
+        executor = DistributedExecutor(client=executor)
+    try:
+        limit = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
+        shape = (len(steps), *scan, *det) if ndim == 5 else data.shape
+        plan = plan_chunks(
+            shape,
+            data.dtype,
+            memory_limit=limit * executor.memory_scale,
+            concurrency=executor.slots,
+            prefilter_radius=pre["radius"] if pre else None,
+            block_shape=chunks,
+            source_chunks=source_chunks,
+        )
+        run = _Run(
+            executor,
+            BlockSource(data),
+            steps if ndim == 5 else [None],
+            plan,
+            spec={
+                "prefilter": pre,
+                "q_mask": qmask,
+                "sigma": float(sigma),
+                "average": average,
+                "numba_threads": _numba_threads(executor, plan),
+            },
+            grow={
+                "threshold": threshold,
+                "min_cluster_size": int(min_cluster_size),
+                "mask_min_size": int(mask_min_size),
+                "mask_hole_size": int(mask_hole_size),
+            },
+            masks=masks,
+            progress=progress,
+            on_stage=on_stage,
+            stats=stats if stats is not None else RunStats(),
+        )
+        parts = run.execute()
+    finally:
+        if own:
+            executor.close()
+        elif isinstance(executor, DistributedExecutor):
+            executor.release()
+    if stats is not None:
+        stats.seconds = time.perf_counter() - started
+        stats.input_bytes = (
+            len(steps) * int(np.prod(scan)) * int(np.prod(det)) * data.dtype.itemsize
+        )
+    if ndim == 4:
+        labels, ms, rmask, sim, means, table = parts[0]
+        return SegmentationResult(labels, ms, rmask, sim, means, table, params)
+    stack = [np.stack([p[i] for p in parts]) for i in range(4)]
+    return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params)
+
+
+def _numba_threads(executor, plan) -> int | None:
+    """Threads per task: the executor's share, more when fewer tasks run at once."""
+    n = executor.numba_threads
+    if not n:
+        return None
+    return max(1, n * executor.slots // plan.concurrency)
+
+
+def _unwrap(cube):
+    """The array to read from and its chunk shape along the scan axes."""
+    data = cube
+    if hasattr(cube, "cube") and hasattr(cube, "calibration"):  # a StemDataset
+        data = cube.source if getattr(cube, "source", None) is not None else cube.cube
+        cube = cube.cube
+    chunks = getattr(cube, "chunks", None)
+    if chunks is None or not hasattr(cube, "shape"):
+        return data, None
+    # dask gives the sizes of every chunk per axis, h5py one chunk shape
+    dask_like = isinstance(chunks[0], tuple)
+    first = [c[0] if dask_like else c for c in chunks[-4:-2]]
+    return data, tuple(int(c) for c in first)
+
+
+def _time_steps(times, shape, ndim) -> list[int]:
+    if ndim == 4:
+        if times is not None:
+            raise ValueError("times selects time steps of a 5D cube; this cube is 4D")
+        return [0]
+    n = int(shape[0])
+    if times is None:
+        return list(range(n))
+    if isinstance(times, slice):
+        sel = range(n)[times]
+    else:
+        try:
+            a, b = (int(v) for v in times)
+        except (TypeError, ValueError):
+            raise ValueError(f"times must be a slice or (start, stop); got {times!r}") from None
+        if not 0 <= a < b <= n:
+            raise ValueError(
+                f"times {a}:{b} is outside the {n} time steps of the cube "
+                f"(need 0 <= start < stop <= {n})"
+            )
+        sel = range(a, b)
+    if len(sel) == 0:
+        raise ValueError(f"times {times!r} selects no time step of {n}")
+    if sel.step != 1:
+        raise ValueError("times must select consecutive time steps (step 1)")
+    return list(sel)
+
+
+def _check_stage_options(pre, q_mask, sigma, det):
+    """Validate prefilter, q_mask and sigma now, before any block is read."""
+    tiny = np.zeros((1, 1, *det), np.float32)
+    if pre:
+        from ..core.prefilter import correlative_prefilter
+
+        correlative_prefilter(tiny, **pre)
+    sigma = float(sigma)
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite number >= 0; got {sigma}")
+    mask = resolve_q_mask(q_mask, det)
+    neighbor_similarity(tiny, mask, sigma)
+    return mask
+
+
+def _selected_mask(real_mask, steps, shape, ndim):
+    """Validate a mask method; per-step masks of all steps follow ``times``."""
+    if isinstance(real_mask, str) and real_mask not in THRESHOLD_METHODS:
+        raise ValueError(
+            f"unknown real-space mask method {real_mask!r}; expected one of "
+            f"{THRESHOLD_METHODS}, a float, a boolean array or None"
+        )
+    per_step = ndim == 5 and isinstance(real_mask, np.ndarray) and real_mask.ndim == 3
+    if per_step and real_mask.shape[0] == shape[0] and len(steps) != shape[0]:
+        real_mask = real_mask[steps[0] : steps[-1] + 1]
+    return real_mask
+
+
+class _Step:
+    """State of one time step while its blocks are in flight."""
+
+    def __init__(self, scan):
+        self.sim = np.empty((*scan, 8), np.float32)
+        self.sim_left = 0
+        self.labels = None
+        self.sums = None
+        self.next_sum = 0  # index of the next partial sum to merge
+        self.pending = {}  # partial sums that finished ahead of their turn
+        self.sums_left = 0
+        self.result = None
+
+
+class _Run:
+    """Schedules the block tasks of all time steps and assembles the results.
+
+    Similarity blocks are queued for every time step; when the last block of
+    a step is back, its regions grow here and its averaging blocks are put
+    ahead of the remaining similarity blocks, so steps finish in order and
+    few accumulators are open at once. At most ``2 * slots`` tasks are
+    submitted at a time (queued tasks hold no data), so memory stays within
+    ``concurrency`` blocks whatever the size of the cube (exactly
+    ``concurrency`` when the budget allows fewer tasks than the executor's
+    slots).
+    """
+
+    def __init__(
+        self,
+        executor,
+        source,
+        steps,
+        plan,
+        spec,
+        grow,
+        masks,
+        progress,
+        on_stage,
+        stats,
+    ):
+        self.ex = executor
+        self.source = source
+        self.steps = steps
+        self.plan = plan
+        self.spec = spec
+        self.grow = grow
+        self.masks = masks
+        self.progress = progress
+        self.on_stage = on_stage
+        self.stats = stats
+        self.boxes = plan.boxes()
+        nb = len(self.boxes)
+        self.total = {"similarity": nb * len(steps), "regions": len(steps)}
+        self.total["averages"] = nb * len(steps)
+        self.done = dict.fromkeys(STAGES, 0)
+        self.span = {}
+        self.pattern_bytes = int(np.prod(source.shape[-2:])) * source.dtype.itemsize
+        stats.plan = plan
+        stats.executor = executor.describe()
+        stats.task_seconds = {s: [0.0, 0.0] for s in ("similarity", "averages")}
+
+    # ------------------------------------------------------------------
+    def execute(self):
+        ex = self.ex
+        scan = self.plan.scan_shape
+        states = [_Step(scan) for _ in self.steps]
+        order = itertools.count()
+        low = deque()
+        for i in range(len(self.steps)):
+            states[i].sim_left = len(self.boxes)
+            for b in range(len(self.boxes)):
+                low.append(("similarity", i, b, None))
+        high = deque()
+        # Queued tasks hold no data, so keep more in flight than can run
+        # (no idle worker between tasks) -- unless the budget allows fewer
+        # tasks at once than the executor would run: then exactly that many.
+        conc, slots = self.plan.concurrency, self.ex.slots
+        window = conc if conc < slots else 2 * slots
+        in_flight = {}
+        src = ex.share(self.source)
+        self._report()
+        try:
+            while low or high or in_flight:
+                while len(in_flight) < window and (high or low):
+                    kind, i, b, extra = high.popleft() if high else low.popleft()
+                    fut = self._submit(src, kind, i, b, extra)
+                    in_flight[fut] = (next(order), kind, i, b)
+                    self.span.setdefault(kind, [time.perf_counter(), None])
+                done = ex.wait(list(in_flight), _POLL)
+                for fut in sorted(done, key=lambda f: in_flight[f][0]):
+                    _, kind, i, b = in_flight.pop(fut)
+                    out = fut.result()
+                    if kind == "similarity":
+                        self._similarity_done(states, i, b, out, high)
+                    else:
+                        self._sums_done(states, i, b, out)
+                    self._report()
+        except BaseException:
+            ex.cancel(list(in_flight))
+            raise
+        for kind in ("similarity", "averages"):
+            if kind in self.span and self.span[kind][1] is not None:
+                start, end = self.span[kind]
+                self.stats.stage_seconds[kind] = end - start
+        self.stats.stage_seconds.setdefault("regions", 0.0)
+        return [s.result for s in states]
+
+    def _submit(self, src, kind, i, b, extra):
+        box = self.boxes[b]
+        t = self.steps[i]
+        if kind == "similarity":
+            return self.ex.submit(similarity_task, src, t, box, self.spec)
+        return self.ex.submit(sums_task, src, t, box, extra, self.spec)
+
+    def _read_bytes(self, box, halo):
+        rx, ry = self.plan.scan_shape
+        r0, r1, c0, c1 = box
+        h = min(rx, r1 + halo) - max(0, r0 - halo)
+        w = min(ry, c1 + halo) - max(0, c0 - halo)
+        return h * w * self.pattern_bytes
+
+    # ------------------------------------------------------------------
+    def _similarity_done(self, states, i, b, out, high):
+        sim, (t_read, t_comp) = out
+        r0, r1, c0, c1 = self.boxes[b]
+        st = states[i]
+        st.sim[r0:r1, c0:c1] = sim
+        st.sim_left -= 1
+        self._count("similarity", 1, t_read, t_comp)
+        pre = self.spec["prefilter"]
+        self.stats.bytes_read += self._read_bytes(self.boxes[b], 1 + (pre["radius"] if pre else 0))
+        if st.sim_left:
+            return
+        # All blocks of the step are back: grow its regions here (small).
+        t0 = time.perf_counter()
+        ms = mean_similarity(st.sim)
+        rmask = real_space_mask(
+            ms,
+            self.masks[i],
+            min_size=self.grow["mask_min_size"],
+            hole_size=self.grow["mask_hole_size"],
+        )
+        labels, _ = grow_regions(
+            st.sim,
+            self.grow["threshold"],
+            mean_similarity=ms,
+            mask=rmask,
+            min_cluster_size=self.grow["min_cluster_size"],
+        )
+        n = int(labels.max(initial=0))
+        st.labels, st.ms, st.rmask, st.n = labels, ms, rmask, n
+        st.table = cluster_table(labels, ms, n)
+        st.sums = np.zeros((n, *self.source.shape[-2:]), np.float64)
+        self.stats.stage_seconds["regions"] = self.stats.stage_seconds.get("regions", 0.0) + (
+            time.perf_counter() - t0
+        )
+        self.done["regions"] += 1
+        # Averaging blocks of this step, ahead of other steps' similarity;
+        # blocks without a labelled position are not read.
+        todo = []
+        for bb, (a0, a1, d0, d1) in enumerate(self.boxes):
+            lab = labels[a0:a1, d0:d1]
+            if n and np.any(lab > 0):
+                todo.append(("averages", i, bb, np.ascontiguousarray(lab)))
+        st.sums_left = len(todo)
+        st.order = [bb for _, _, bb, _ in todo]
+        self.done["averages"] += len(self.boxes) - len(todo)
+        high.extend(todo)
+        if not todo:
+            self._finish(st)
+
+    def _sums_done(self, states, i, b, out):
+        ids, sums, (t_read, t_comp) = out
+        st = states[i]
+        self._count("averages", 1, t_read, t_comp)
+        halo = (
+            self.spec["prefilter"]["radius"]
+            if (self.spec["prefilter"] and self.spec["average"] == "prefiltered")
+            else 0
+        )
+        self.stats.bytes_read += self._read_bytes(self.boxes[b], halo)
+        # Merge in block order, whatever order blocks finish in, so that the
+        # float64 sums (and so the averages) do not depend on timing.
+        st.pending[b] = (ids, sums)
+        while st.next_sum < len(st.order) and st.order[st.next_sum] in st.pending:
+            pid, psum = st.pending.pop(st.order[st.next_sum])
+            st.sums[pid - 1] += psum
+            st.next_sum += 1
+        st.sums_left -= 1
+        if not st.sums_left:
+            self._finish(st)
+
+    def _finish(self, st):
+        counts = np.bincount(st.labels.ravel(), minlength=st.n + 1)[1 : st.n + 1]
+        means = means_from_sums(st.sums, counts.astype(np.int64))
+        st.result = (st.labels, st.ms, st.rmask, st.sim, means, st.table)
+        st.sums = None
+
+    # ------------------------------------------------------------------
+    def _count(self, stage, n, t_read, t_comp):
+        self.done[stage] += n
+        acc = self.stats.task_seconds[stage]
+        acc[0] += t_read
+        acc[1] += t_comp
+        self.span[stage][1] = time.perf_counter()
+
+    def _report(self):
+        if self.on_stage is not None:
+            for s in STAGES:
+                self.on_stage(s, self.done[s], self.total[s])
+        if self.progress is not None:
+            self.progress(sum(self.done.values()), sum(self.total.values()))

@@ -1,0 +1,93 @@
+"""A run on a dask.distributed cluster of worker processes gives the in-memory result.
+
+One local cluster (2 single-threaded worker processes on the loopback
+interface) serves the whole module.
+"""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from napari_stemcluster import segment
+from napari_stemcluster.engine import DistributedExecutor, RunStats, segment_chunked
+from napari_stemcluster.io import open_dataset
+from test_engine import assert_same, grains_cube
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with DistributedExecutor(n_workers=2) as ex:
+        scratch = ex._scratch
+        assert os.path.isdir(scratch)
+        yield ex
+    assert not os.path.exists(scratch)  # the workers' scratch space is removed
+
+
+@pytest.fixture(scope="module")
+def series():
+    return grains_cube(7, (10, 12), (16, 16), n_grains=4, n_times=3)
+
+
+def test_cluster_is_local_processes(cluster):
+    assert cluster.slots == 2
+    assert cluster.numba_threads >= 1
+    addresses = list(cluster.client.nthreads())
+    assert len(addresses) == 2
+    assert all(a.startswith("tcp://127.0.0.1:") for a in addresses)
+    pids = cluster.client.run(os.getpid)
+    assert len(set(pids.values())) == 2  # two processes, not threads
+
+
+def test_file_backed_5d_with_prefilter_equals_in_memory(cluster, series, tmp_path):
+    path = tmp_path / "series.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=series, chunks=(1, 3, 12, 16, 16))
+    kw = {"threshold": 0.8, "min_cluster_size": 2, "prefilter": {"radius": 2}}
+    ref = segment(series, **kw)
+    assert sum(ref.n_clusters) >= 4
+    stats = RunStats()
+    ds = open_dataset(path)  # workers open the file themselves
+    res = segment_chunked(ds, **kw, executor=cluster, chunks=(3, 5), stats=stats)
+    assert_same(res, ref)
+    assert "local worker processes" in stats.executor
+    # an h5py dataset is sent to the workers as its file name and path
+    with h5py.File(path, "r") as f:
+        res = segment_chunked(
+            f["data"], threshold=0.8, min_cluster_size=2, executor=cluster, chunks=(4, 4)
+        )
+    assert_same(res, segment(series, threshold=0.8, min_cluster_size=2))
+
+
+def test_numpy_input_and_client_as_executor(cluster, series):
+    ref = segment(series[1], threshold=0.85, min_cluster_size=2, sigma=1.0)
+    res = segment_chunked(
+        series[1],
+        threshold=0.85,
+        min_cluster_size=2,
+        sigma=1.0,
+        executor=cluster.client,
+        chunks=(1, 12),
+    )
+    assert_same(res, ref)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_cancel_and_worker_errors(cluster, series):
+    def progress(done, total):
+        if done >= 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        segment_chunked(series, executor=cluster, chunks=(2, 2), progress=progress)
+    bad = series[0].astype(np.float32)
+    bad[5, 6, 2, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        segment_chunked(bad, executor=cluster, chunks=(3, 3))
+    # the cluster still works after both
+    res = segment_chunked(series[2], executor=cluster, chunks=(5, 5))
+    assert_same(res, segment(series[2]))
