@@ -24,6 +24,8 @@ def _accumulate(block, labels, sums):
             lab = labels[p]
             if lab <= 0 or lab > n_lab:
                 continue
-            row = sums[lab - 1]
-            for k in range(q0, q1):
-                row[k] += np.float64(block[p, k])
+            # Loop over slices: LLVM vectorises this, not a computed range.
+            dst = sums[lab - 1, q0:q1]
+            src = block[p, q0:q1]
+            for k in range(src.shape[0]):
+                dst[k] += np.float64(src[k])
