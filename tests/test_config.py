@@ -37,6 +37,7 @@ FULL = {
     "mask_min_size": 4,
     "mask_hole_size": 9,
     "average": "prefiltered",
+    "mask_source": "prefiltered",
     "times": [2, 9],
     "scan_shape": [64, 32],
     "scheduler": "tcp://10.0.0.5:8786",

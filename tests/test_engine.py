@@ -120,6 +120,21 @@ def test_prefilter_and_prefiltered_averages_with_awkward_blocks(cube4):
     assert_same(segment_chunked(cube4, **kw, chunks=(3, 5)), segment(cube4, **kw))
 
 
+@pytest.mark.parametrize("source", ["raw", "prefiltered"])
+@pytest.mark.parametrize("mask", ["triangle", 0.9])
+def test_mask_source_with_awkward_blocks(cube4, source, mask):
+    kw = {
+        "threshold": 0.8,
+        "min_cluster_size": 2,
+        "prefilter": {"radius": 2},
+        "real_mask": mask,
+        "mask_source": source,
+    }
+    ref = segment(cube4, **kw)
+    for chunks in [(3, 5), (1, 13)]:
+        assert_same(segment_chunked(cube4, **kw, chunks=chunks), ref)
+
+
 def test_q_mask_sigma_and_mask_options(cube4):
     kw = {
         "threshold": 0.7,

@@ -113,3 +113,25 @@ def test_bad_arguments(rng, kwargs, match):
 def test_wrong_dimensionality():
     with pytest.raises(ValueError, match="4-D"):
         segment(np.zeros((3, 3, 3)))
+
+
+@pytest.mark.parametrize("source", ["raw", "prefiltered"])
+def test_mask_source_with_prefilter(rng, source):
+    from napari_stemcluster.core import (
+        correlative_prefilter,
+        mean_similarity,
+        neighbor_similarity,
+        real_space_mask,
+    )
+
+    cube = two_region_cube(rng, scan=(12, 12), split=6, dose=300)
+    res = segment(cube, prefilter={"radius": 2}, real_mask="otsu", mask_source=source)
+    filtered = correlative_prefilter(cube, radius=2)
+    ms_pre = mean_similarity(neighbor_similarity(filtered))
+    ms_raw = mean_similarity(neighbor_similarity(cube))
+    np.testing.assert_array_equal(res.mean_similarity, ms_pre)  # seeds: prefiltered
+    want = real_space_mask(ms_raw if source == "raw" else ms_pre, "otsu")
+    np.testing.assert_array_equal(res.real_mask, want)
+    assert res.params["mask_source"] == source
+    with pytest.raises(ValueError, match="mask_source must be"):
+        segment(cube, mask_source="both")

@@ -185,6 +185,12 @@ def _add_parameters(p):
         metavar="raw|prefiltered",
         help="cube the cluster averages are taken from (raw)",
     )
+    g.add_argument(
+        "--mask-source",
+        type=_typed("mask_source"),
+        metavar="raw|prefiltered",
+        help="with --prefilter: whose mean similarity the real-space mask thresholds (raw)",
+    )
 
 
 def _add_run_options(p):

@@ -49,6 +49,7 @@ PARAMETERS = {
     "mask_min_size": 0,
     "mask_hole_size": 0,
     "average": "raw",
+    "mask_source": "raw",
 }
 
 #: Options of a run that are not part of the algorithm.
@@ -75,6 +76,7 @@ DESCRIPTIONS = {
     "mask_min_size": "an integer >= 0",
     "mask_hole_size": "an integer >= 0",
     "average": "'raw' or 'prefiltered'",
+    "mask_source": "'raw' or 'prefiltered'",
     "times": "time steps 'A:B' (or [A, B]) with 0 <= A < B",
     "scan_shape": "[Rx, Ry] or [T, Rx, Ry], positive integers",
     "scheduler": "a dask scheduler address such as 'tcp://host:8786'",
@@ -193,7 +195,7 @@ def validate(key: str, value, where: str = ""):
                 return v
             _fail(key, value, where)
         return _number(key, value, where)
-    if key == "average":
+    if key in ("average", "mask_source"):
         if value not in ("raw", "prefiltered"):
             _fail(key, value, where)
         return value
@@ -463,6 +465,7 @@ def segment_kwargs(params: dict) -> dict:
         "mask_min_size": p["mask_min_size"],
         "mask_hole_size": p["mask_hole_size"],
         "average": p["average"],
+        "mask_source": p["mask_source"],
     }
 
 
@@ -486,7 +489,7 @@ def params_from_result(params: dict) -> dict:
     for key in ("threshold", "min_cluster_size", "sigma", "mask_min_size"):
         if key in params:
             out[key] = params[key]
-    for key in ("mask_hole_size", "average"):
+    for key in ("mask_hole_size", "average", "mask_source"):
         if key in params:
             out[key] = params[key]
     q = params.get("q_mask")

@@ -35,6 +35,7 @@ def segment(
     mask_min_size: int = 0,
     mask_hole_size: int = 0,
     average: str = "raw",
+    mask_source: str = "raw",
     progress: Callable[[int, int], None] | None = None,
 ) -> SegmentationResult:
     """Segment a 4D-STEM scan (or every time step of a 5D one) into clusters.
@@ -66,6 +67,13 @@ def segment(
         Remove mask regions / fill mask holes smaller than this.
     average : {"raw", "prefiltered"}
         Which cube the cluster averages are taken from.
+    mask_source : {"raw", "prefiltered"}
+        With the prefilter, whose mean-similarity map ``real_mask``'s
+        automatic or value threshold is applied to. The raw cube's map
+        (default) separates particles from background much better: after
+        prefiltering, particles and background both pile up near 1 (see the
+        README's quality table). Region growing and seeding always use the
+        prefiltered similarity. Without the prefilter both are the same.
     progress : callable, optional
         ``progress(done, total)`` as work advances; raise from it to cancel.
 
@@ -93,8 +101,9 @@ def segment(
     if ndim not in (4, 5):
         check_cube(cube, 4)  # raises with a clear message
     check_cube(cube, ndim)
-    if average not in ("raw", "prefiltered"):
-        raise ValueError(f"average must be 'raw' or 'prefiltered'; got {average!r}")
+    for name, value in (("average", average), ("mask_source", mask_source)):
+        if value not in ("raw", "prefiltered"):
+            raise ValueError(f"{name} must be 'raw' or 'prefiltered'; got {value!r}")
     if not int(min_cluster_size) >= 0:
         raise ValueError("min_cluster_size must be >= 0")
     pre = _prefilter_options(prefilter)
@@ -108,10 +117,12 @@ def segment(
         "mask_min_size": int(mask_min_size),
         "mask_hole_size": int(mask_hole_size),
         "average": average,
+        "mask_source": mask_source,
     }
     steps = [cube] if ndim == 4 else [cube[t] for t in range(cube.shape[0])]
     masks = _per_step_masks(real_mask, len(steps), cube.shape[-4:-2], ndim)
-    track = _Progress(progress, len(steps) * (3 if pre else 2))
+    raw_maps = [bool(pre) and mask_source == "raw" and thresholds_a_map(m) for m in masks]
+    track = _Progress(progress, len(steps) * (2 + bool(pre)) + sum(raw_maps))
     parts = [
         _segment_one(
             step,
@@ -124,9 +135,10 @@ def segment(
             mask_min_size,
             mask_hole_size,
             average,
+            raw_map,
             track,
         )
-        for step, mask in zip(steps, masks, strict=True)
+        for step, mask, raw_map in zip(steps, masks, raw_maps, strict=True)
     ]
     if ndim == 4:
         labels, ms, rmask, sim, means, table = parts[0]
@@ -146,6 +158,7 @@ def _segment_one(
     mask_min_size,
     mask_hole_size,
     average,
+    raw_map,
     track,
 ):
     source = cube
@@ -155,7 +168,10 @@ def _segment_one(
         source = correlative_prefilter(cube, **pre, progress=track.stage())
     sim = neighbor_similarity(source, q_mask, sigma, progress=track.stage())
     ms = mean_similarity(sim)
-    rmask = real_space_mask(ms, real_mask, min_size=mask_min_size, hole_size=mask_hole_size)
+    mask_map = ms
+    if raw_map:
+        mask_map = mean_similarity(neighbor_similarity(cube, q_mask, sigma, progress=track.stage()))
+    rmask = real_space_mask(mask_map, real_mask, min_size=mask_min_size, hole_size=mask_hole_size)
     labels, _ = grow_regions(
         sim, threshold, mean_similarity=ms, mask=rmask, min_cluster_size=min_size
     )
@@ -179,6 +195,13 @@ def _prefilter_options(prefilter) -> dict | None:
             )
         return {**PREFILTER_DEFAULTS, **prefilter}
     raise TypeError(f"prefilter must be a bool or a dict; got {type(prefilter).__name__}")
+
+
+def thresholds_a_map(real_mask) -> bool:
+    """True when ``real_mask`` is computed from a mean-similarity map."""
+    if isinstance(real_mask, str):
+        return True
+    return isinstance(real_mask, numbers.Real) and not isinstance(real_mask, bool)
 
 
 def _per_step_masks(real_mask, n_steps, scan_shape, ndim):

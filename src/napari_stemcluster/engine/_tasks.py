@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..core.averages import cluster_sums
-from ..core.similarity import neighbor_similarity
+from ..core.similarity import mean_similarity, neighbor_similarity
 
 
 class BlockSource:
@@ -139,6 +139,9 @@ def similarity_task(source, t, box, spec):
     Returns
     -------
     sim : ndarray of float32, shape (h, w, 8)
+    mask_map : ndarray of float32, shape (h, w), or None
+        With ``spec["raw_mask_map"]``: the mean similarity of the raw
+        (unprefiltered) patterns, which the real-space mask thresholds.
     seconds : (float, float)
         Time spent reading and computing.
     """
@@ -149,13 +152,22 @@ def similarity_task(source, t, box, spec):
     t0 = time.perf_counter()
     raw = source.read(t, *read_ext)
     t1 = time.perf_counter()
+    r0, r1, c0, c1 = box
+    mask_map = None
     with _numba_threads(spec["numba_threads"]):
+        if pre and spec.get("raw_mask_map"):
+            a0, a1, b0, b1 = near
+            x0, _, y0, _ = read_ext
+            near_raw = raw[a0 - x0 : a1 - x0, b0 - y0 : b1 - y0]
+            raw_sim = neighbor_similarity(near_raw, spec["q_mask"], spec["sigma"])
+            mask_map = np.ascontiguousarray(
+                mean_similarity(raw_sim)[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
+            )
         data = _prefiltered(raw, pre, near, read_ext) if pre else raw
         del raw
         sim = neighbor_similarity(data, spec["q_mask"], spec["sigma"])
-    r0, r1, c0, c1 = box
     sim = np.ascontiguousarray(sim[r0 - near[0] : r1 - near[0], c0 - near[2] : c1 - near[2]])
-    return sim, (t1 - t0, time.perf_counter() - t1)
+    return sim, mask_map, (t1 - t0, time.perf_counter() - t1)
 
 
 def sums_task(source, t, box, labels, spec):

@@ -13,7 +13,7 @@ import numpy as np
 from ..core._validate import check_cube
 from ..core.averages import cluster_table, means_from_sums
 from ..core.masking import THRESHOLD_METHODS, real_space_mask, resolve_q_mask
-from ..core.pipeline import _describe, _per_step_masks, _prefilter_options
+from ..core.pipeline import _describe, _per_step_masks, _prefilter_options, thresholds_a_map
 from ..core.regions import grow_regions
 from ..core.result import SegmentationResult
 from ..core.similarity import mean_similarity, neighbor_similarity
@@ -71,6 +71,7 @@ def segment_chunked(
     mask_min_size: int = 0,
     mask_hole_size: int = 0,
     average: str = "raw",
+    mask_source: str = "raw",
     times=None,
     executor: Executor | None = None,
     memory_limit=None,
@@ -141,8 +142,9 @@ def segment_chunked(
         check_cube(data, 4)  # raises with a clear message
     check_cube(data, ndim)
     steps = _time_steps(times, data.shape, ndim)
-    if average not in ("raw", "prefiltered"):
-        raise ValueError(f"average must be 'raw' or 'prefiltered'; got {average!r}")
+    for name, value in (("average", average), ("mask_source", mask_source)):
+        if value not in ("raw", "prefiltered"):
+            raise ValueError(f"{name} must be 'raw' or 'prefiltered'; got {value!r}")
     if not int(min_cluster_size) >= 0:
         raise ValueError("min_cluster_size must be >= 0")
     pre = _prefilter_options(prefilter)
@@ -165,6 +167,7 @@ def segment_chunked(
         "mask_min_size": int(mask_min_size),
         "mask_hole_size": int(mask_hole_size),
         "average": average,
+        "mask_source": mask_source,
     }
     if times is not None:
         params["time_range"] = [steps[0], steps[-1] + 1]
@@ -196,6 +199,7 @@ def segment_chunked(
                 "q_mask": qmask,
                 "sigma": float(sigma),
                 "average": average,
+                "raw_mask_map": bool(pre) and mask_source == "raw",
                 "numba_threads": _numba_threads(executor, plan),
             },
             grow={
@@ -311,6 +315,7 @@ class _Step:
 
     def __init__(self, scan):
         self.sim = np.empty((*scan, 8), np.float32)
+        self.mask_map = None  # raw mean similarity, when the mask thresholds it
         self.sim_left = 0
         self.labels = None
         self.sums = None
@@ -429,10 +434,14 @@ class _Run:
 
     # ------------------------------------------------------------------
     def _similarity_done(self, states, i, b, out, high):
-        sim, (t_read, t_comp) = out
+        sim, mask_map, (t_read, t_comp) = out
         r0, r1, c0, c1 = self.boxes[b]
         st = states[i]
         st.sim[r0:r1, c0:c1] = sim
+        if mask_map is not None:
+            if st.mask_map is None:
+                st.mask_map = np.zeros(st.sim.shape[:2], np.float32)
+            st.mask_map[r0:r1, c0:c1] = mask_map
         st.sim_left -= 1
         self._count("similarity", 1, t_read, t_comp)
         pre = self.spec["prefilter"]
@@ -442,8 +451,11 @@ class _Run:
         # All blocks of the step are back: grow its regions here (small).
         t0 = time.perf_counter()
         ms = mean_similarity(st.sim)
+        # With the prefilter the mask may threshold the raw cube's map (see
+        # core.segment's mask_source); arrays given as masks ignore the map.
+        use_raw = st.mask_map is not None and thresholds_a_map(self.masks[i])
         rmask = real_space_mask(
-            ms,
+            st.mask_map if use_raw else ms,
             self.masks[i],
             min_size=self.grow["mask_min_size"],
             hole_size=self.grow["mask_hole_size"],
