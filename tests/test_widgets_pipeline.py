@@ -142,6 +142,22 @@ def test_similarity_layers_and_mask_methods(make_napari_viewer, qtbot, scan4d):
     assert len(viewer.layers) == n_layers and w.similarity_layer is sim_layer
 
 
+def test_mask_of_prefiltered_data_thresholds_the_raw_map(make_napari_viewer, qtbot, scan4d):
+    viewer, _ = _viewer_with(make_napari_viewer, scan4d)
+    pre = PrefilterWidget(viewer)
+    pre._sigma.value, pre._radius.value = 1.0, 2
+    pre.run()
+    _wait(qtbot, pre)
+    w = _similarity(qtbot, viewer, pre.last_layer, inner=2.0, outer=14.0)
+    filtered = stem_meta(pre.last_layer)["cube"]
+    ms_pre = mean_similarity(neighbor_similarity(filtered, (2.0, 14.0)))
+    ms_raw = mean_similarity(neighbor_similarity(scan4d.cube, (2.0, 14.0)))
+    np.testing.assert_allclose(w.similarity_layer.data, ms_pre, rtol=1e-6)  # shown: prefiltered
+    np.testing.assert_array_equal(w.mask_layer.data, real_space_mask(ms_raw, "triangle"))
+    w._method.value = "otsu"  # changing the method keeps using the raw map
+    np.testing.assert_array_equal(w.mask_layer.data, real_space_mask(ms_raw, "otsu"))
+
+
 def _cluster(qtbot, viewer, sim_widget, threshold=0.8, min_size=3):
     w = ClusteringWidget(viewer)
     w.reset_choices()

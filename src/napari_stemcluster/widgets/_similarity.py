@@ -239,24 +239,37 @@ class SimilarityWidget(Container):
             return None
         sigma = float(self._sigma.value)
         self._save()
+        # For a prefiltered layer the mask thresholds the raw cube's map (the
+        # prefilter lifts particles and background alike; see segment's
+        # mask_source), so that map is computed too.
+        raw = meta.get("raw_cube")
+        raw = raw if raw is not None and raw is not cube and raw.shape == cube.shape else None
 
         def work(progress):
             from ..core.similarity import mean_similarity, neighbor_similarity
 
-            steps = [cube] if cube.ndim == 4 else [cube[t] for t in range(cube.shape[0])]
+            cubes = [cube] if raw is None else [cube, raw]
+            steps = [
+                (c, t) for c in cubes for t in ([None] if cube.ndim == 4 else range(cube.shape[0]))
+            ]
             n = len(steps)
+            maps = {id(c): [] for c in cubes}
             sims = []
-            for i, step in enumerate(steps):
+            for i, (c, t) in enumerate(steps):
 
                 def part(done, total, i=i):
                     progress(i * max(total, 1) + done, n * max(total, 1))
 
-                sims.append(neighbor_similarity(step, q_mask, sigma, progress=part))
+                s = neighbor_similarity(c if t is None else c[t], q_mask, sigma, progress=part)
+                maps[id(c)].append(mean_similarity(s))
+                if c is cube:
+                    sims.append(s)
             sim = sims[0] if cube.ndim == 4 else np.stack(sims)
-            ms = np.stack([mean_similarity(s) for s in sims]) if cube.ndim == 5 else None
-            if ms is None:
-                ms = mean_similarity(sim)
-            return sim, ms.astype(np.float32)
+            ms, mask_map = (
+                (m[0] if cube.ndim == 4 else np.stack(m)).astype(np.float32)
+                for m in (maps[id(cube)], maps[id(cubes[-1])])
+            )
+            return sim, ms, (mask_map if raw is not None else None)
 
         def done(value):
             self._add_layers(layer, meta, value, q_mask, sigma)
@@ -264,7 +277,7 @@ class SimilarityWidget(Container):
         return self.runner.start(work, description="Similarity", on_returned=done)
 
     def _add_layers(self, src, meta, value, q_mask, sigma):
-        sim, ms = value
+        sim, ms, mask_map = value
         params = {
             "q_mask": None if q_mask is None else [float(v) for v in q_mask],
             "sigma": sigma,
@@ -279,6 +292,8 @@ class SimilarityWidget(Container):
             "source": meta.get("source"),
             "params": params,
             "data_layer": src.name,
+            # the raw cube's mean similarity, thresholded by the mask (prefiltered data)
+            "mask_map": mask_map,
         }
         finite = ms[np.isfinite(ms)]
         limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -313,7 +328,7 @@ class SimilarityWidget(Container):
         # The manual slider's range follows the map.
         lo, hi = limits
         self._value.min, self._value.max = min(lo, -1.0), max(hi, 1.0)
-        self._make_mask_layer(src, ms, sk)
+        self._make_mask_layer(src, ms if mask_map is None else mask_map, sk)
         self._status.value = f"done: '{layer.name}' and '{self.mask_layer.name}'"
 
     def _make_mask_layer(self, src, ms, sk):
@@ -358,7 +373,8 @@ class SimilarityWidget(Container):
         layer, mask_layer = self.similarity_layer, self.mask_layer
         if layer is None or mask_layer is None or mask_layer not in self._viewer.layers:
             return
-        mask = self.compute_mask(np.asarray(layer.data))
+        mask_map = (stem_meta(layer) or {}).get("mask_map")
+        mask = self.compute_mask(np.asarray(layer.data if mask_map is None else mask_map))
         if mask.shape == mask_layer.data.shape:
             mask_layer.data = mask
             meta = {**(stem_meta(mask_layer) or {}), "kind": "real_mask", **self.mask_params()}
