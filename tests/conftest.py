@@ -82,3 +82,27 @@ def blocks_labels(shape=(6, 7)) -> np.ndarray:
     lab[h // 2 :, : w // 2] = 3
     lab[h // 2 :, w // 2 :] = 4
     return lab
+
+
+@pytest.fixture
+def widget_settings(tmp_path, monkeypatch):
+    """Keep the widgets' remembered parameters out of the user's settings."""
+    from napari_stemcluster.widgets._common import SETTINGS_ENV
+
+    monkeypatch.setenv(SETTINGS_ENV, str(tmp_path / "settings.json"))
+
+
+@pytest.fixture(scope="module")
+def scan4d():
+    """A small synthetic 4D scan (32x32 scan, 32x32 detector, 3 particles)."""
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    return make_polycrystal((32, 32), (32, 32), n_particles=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def scan5d():
+    """Its 3-step growth series."""
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    return make_polycrystal((32, 32), (32, 32), n_particles=3, n_times=3, seed=0)

@@ -9,35 +9,20 @@ pytest.importorskip("pytestqt")
 from napari_stemcluster._layers import sample_to_layers
 from napari_stemcluster.core import cluster_sums, cluster_table
 from napari_stemcluster.core.peaks import find_peaks
-from napari_stemcluster.synthetic import make_polycrystal
 from napari_stemcluster.widgets import (
     ClusteringWidget,
     CorrectionWidget,
     DiffractionViewer,
     SimilarityWidget,
 )
-from napari_stemcluster.widgets._common import SETTINGS_ENV, stem_meta
+from napari_stemcluster.widgets._common import stem_meta
 from napari_stemcluster.widgets._diffraction import MARKER_NAME, scale_pattern
 from napari_stemcluster.widgets._link import link_for
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
 
+#: Milliseconds to wait for a background job.
 WAIT = 30_000
-
-
-@pytest.fixture(autouse=True)
-def _settings(tmp_path, monkeypatch):
-    monkeypatch.setenv(SETTINGS_ENV, str(tmp_path / "settings.json"))
-
-
-@pytest.fixture(scope="module")
-def scan4d():
-    return make_polycrystal((32, 32), (32, 32), n_particles=3, seed=0)
-
-
-@pytest.fixture(scope="module")
-def scan5d():
-    return make_polycrystal((32, 32), (32, 32), n_particles=3, n_times=3, seed=0)
 
 
 def _workflow(make_napari_viewer, qtbot, sample, show=False):

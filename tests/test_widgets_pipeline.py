@@ -20,29 +20,14 @@ from napari_stemcluster.core import (
     real_space_mask,
 )
 from napari_stemcluster.core.prefilter import correlative_prefilter
-from napari_stemcluster.synthetic import make_polycrystal
 from napari_stemcluster.widgets import ClusteringWidget, PrefilterWidget, SimilarityWidget
-from napari_stemcluster.widgets._common import SETTINGS_ENV, stem_meta
+from napari_stemcluster.widgets._common import stem_meta
 from napari_stemcluster.widgets._link import link_for
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
 
+#: Milliseconds to wait for a background job.
 WAIT = 30_000
-
-
-@pytest.fixture(autouse=True)
-def _settings(tmp_path, monkeypatch):
-    monkeypatch.setenv(SETTINGS_ENV, str(tmp_path / "settings.json"))
-
-
-@pytest.fixture(scope="module")
-def scan4d():
-    return make_polycrystal((32, 32), (32, 32), n_particles=3, seed=0)
-
-
-@pytest.fixture(scope="module")
-def scan5d():
-    return make_polycrystal((32, 32), (32, 32), n_particles=3, n_times=3, seed=0)
 
 
 def _viewer_with(make_napari_viewer, sample):
