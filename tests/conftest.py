@@ -19,7 +19,7 @@ MISSING_DATA = (
 def shared_data() -> Path:
     """``<repo>/../shared/data`` (read-only real detector files)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(MISSING_DATA)
+        pytest.skip(reason=MISSING_DATA)
     return SHARED_DATA
 
 
