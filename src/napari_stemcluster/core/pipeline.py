@@ -97,28 +97,19 @@ def segment(
     >>> res.cluster_means.shape
     (2, 4, 4)
     """
-    ndim = getattr(cube, "ndim", None)
-    if ndim not in (4, 5):
-        check_cube(cube, 4)  # raises with a clear message
-    check_cube(cube, ndim)
-    for name, value in (("average", average), ("mask_source", mask_source)):
-        if value not in ("raw", "prefiltered"):
-            raise ValueError(f"{name} must be 'raw' or 'prefiltered'; got {value!r}")
-    if not int(min_cluster_size) >= 0:
-        raise ValueError("min_cluster_size must be >= 0")
-    pre = _prefilter_options(prefilter)
-    params = {
-        "threshold": float(threshold),
-        "min_cluster_size": int(min_cluster_size),
-        "q_mask": _describe(q_mask),
-        "sigma": float(sigma),
-        "prefilter": pre,
-        "real_mask": _describe(real_mask),
-        "mask_min_size": int(mask_min_size),
-        "mask_hole_size": int(mask_hole_size),
-        "average": average,
-        "mask_source": mask_source,
-    }
+    ndim, pre, params = segment_params(
+        cube,
+        threshold=threshold,
+        min_cluster_size=min_cluster_size,
+        q_mask=q_mask,
+        sigma=sigma,
+        prefilter=prefilter,
+        real_mask=real_mask,
+        mask_min_size=mask_min_size,
+        mask_hole_size=mask_hole_size,
+        average=average,
+        mask_source=mask_source,
+    )
     steps = [cube] if ndim == 4 else [cube[t] for t in range(cube.shape[0])]
     masks = _per_step_masks(real_mask, len(steps), cube.shape[-4:-2], ndim)
     raw_maps = [bool(pre) and mask_source == "raw" and thresholds_a_map(m) for m in masks]
@@ -145,6 +136,68 @@ def segment(
         return SegmentationResult(labels, ms, rmask, sim, means, table, params)
     stack = [np.stack([p[i] for p in parts]) for i in range(4)]
     return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params)
+
+
+def segment_params(
+    cube,
+    *,
+    threshold,
+    min_cluster_size,
+    q_mask,
+    sigma,
+    prefilter,
+    real_mask,
+    mask_min_size,
+    mask_hole_size,
+    average,
+    mask_source,
+) -> tuple[int, dict | None, dict]:
+    """Validate :func:`segment`'s arguments and record them.
+
+    Shared by every path that runs the pipeline (in memory or chunked), so
+    they accept the same arguments and write the same ``params``.
+
+    Returns
+    -------
+    ndim : int
+        4 or 5.
+    prefilter : dict or None
+        Full prefilter options, or None without the prefilter.
+    params : dict
+        Every parameter, JSON-serialisable, for ``SegmentationResult.params``.
+
+    Examples
+    --------
+    >>> ndim, pre, params = segment_params(
+    ...     np.zeros((2, 2, 3, 3)), threshold=0.9, min_cluster_size=5, q_mask=(1, 2),
+    ...     sigma=0.0, prefilter=False, real_mask="triangle", mask_min_size=0,
+    ...     mask_hole_size=0, average="raw", mask_source="raw")
+    >>> ndim, pre, params["q_mask"]
+    (4, None, [1.0, 2.0])
+    """
+    ndim = getattr(cube, "ndim", None)
+    if ndim not in (4, 5):
+        check_cube(cube, 4)  # raises with a clear message
+    check_cube(cube, ndim)
+    for name, value in (("average", average), ("mask_source", mask_source)):
+        if value not in ("raw", "prefiltered"):
+            raise ValueError(f"{name} must be 'raw' or 'prefiltered'; got {value!r}")
+    if not int(min_cluster_size) >= 0:
+        raise ValueError("min_cluster_size must be >= 0")
+    pre = _prefilter_options(prefilter)
+    params = {
+        "threshold": float(threshold),
+        "min_cluster_size": int(min_cluster_size),
+        "q_mask": _describe(q_mask),
+        "sigma": float(sigma),
+        "prefilter": pre,
+        "real_mask": _describe(real_mask),
+        "mask_min_size": int(mask_min_size),
+        "mask_hole_size": int(mask_hole_size),
+        "average": average,
+        "mask_source": mask_source,
+    }
+    return ndim, pre, params
 
 
 def _segment_one(
