@@ -14,30 +14,11 @@ import numba
 import numpy as np
 
 from ._blur import blur_flat, padded_index
+from ._reduce import FASTMATH as _FASTMATH
+from ._reduce import dot as _dot
 
-# Reductions over a pattern sum float32 products in chunks (vectorised, with
-# reassociation allowed) and add the chunk sums in float64: near float64
-# accuracy at float32 speed. No "nnan"/"ninf": non-finite input must survive
-# to the finiteness check.
-_FASTMATH = {"reassoc", "nsz", "contract"}
-_CHUNK = 512
 # Squared norms below this fraction of the squared weighted spread count as 0.
 _ZERO_NORM2 = 1e-24
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
-def _dot(a, b):
-    n = a.shape[0]
-    total = 0.0
-    for c0 in range(0, n, _CHUNK):
-        c1 = min(c0 + _CHUNK, n)
-        x = a[c0:c1]
-        y = b[c0:c1]
-        part = np.float32(0.0)
-        for i in range(c1 - c0):
-            part += x[i] * y[i]
-        total += part
-    return total
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FASTMATH)

@@ -5,28 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-#: Pixels summed in float32 before the partial sum is added in float64: long
-#: enough for 8-lane SIMD with unrolling, short enough that float32 rounding
-#: stays near 1e-7 relative whatever the detector size.
-_RUN = 256
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _dot(a, b):
-    # fastmath lets LLVM vectorise the inner reduction; the order is fixed by
-    # the compiled code, so results do not depend on the thread count. The
-    # inner loop must run over slices: with a computed bound LLVM does not
-    # vectorise it (10x slower). Not inline="always": numba would compile the
-    # inlined body with the caller's (non-fastmath) flags.
-    acc = 0.0
-    for k0 in range(0, a.shape[0], _RUN):
-        x = a[k0 : k0 + _RUN]
-        y = b[k0 : k0 + _RUN]
-        part = np.float32(0.0)
-        for k in range(x.shape[0]):
-            part += np.float32(x[k]) * np.float32(y[k])
-        acc += np.float64(part)
-    return acc
+from ._reduce import dot as _dot
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)

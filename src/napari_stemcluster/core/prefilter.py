@@ -51,7 +51,7 @@ def prefilter_footprint(radius: int) -> np.ndarray:
     >>> len(prefilter_footprint(4))
     69
     """
-    radius = _check_radius(radius)
+    radius = _check_int(radius, "radius")
     d = np.arange(-radius, radius + 1, dtype=np.int64)
     dx, dy = np.meshgrid(d, d, indexing="ij")
     inside = dx**2 + dy**2 <= (radius + 0.5) ** 2
@@ -352,10 +352,6 @@ def _check_int(value, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must be a non-negative integer; got {value}")
     return value
-
-
-def _check_radius(radius) -> int:
-    return _check_int(radius, "radius")
 
 
 def _check_sigma(sigma) -> float:
