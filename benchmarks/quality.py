@@ -30,25 +30,7 @@ import numpy as np
 
 from napari_stemcluster import segment
 from napari_stemcluster.core import metrics
-from napari_stemcluster.core.similarity import NEIGHBOR_OFFSETS
 from napari_stemcluster.synthetic import make_polycrystal
-
-
-def similarity_contrast(similarity: np.ndarray, grains: np.ndarray) -> float:
-    """Median in-grain minus median cross-boundary neighbour similarity."""
-    rx, ry = grains.shape
-    inside, across = [], []
-    for n in (4, 5, 6, 7):
-        dx, dy = NEIGHBOR_OFFSETS[n]
-        xs = slice(max(0, -dx), rx - max(0, dx))
-        ys = slice(max(0, -dy), ry - max(0, dy))
-        xd = slice(max(0, dx), rx - max(0, -dx))
-        yd = slice(max(0, dy), ry - max(0, -dy))
-        a, b, s = grains[xs, ys], grains[xd, yd], similarity[xs, ys, n]
-        both = (a > 0) & (b > 0)
-        inside.append(s[both & (a == b)])
-        across.append(s[both & (a != b)])
-    return float(np.median(np.concatenate(inside)) - np.median(np.concatenate(across)))
 
 
 def evaluate(scan, **kwargs) -> dict:
@@ -68,7 +50,7 @@ def evaluate(scan, **kwargs) -> dict:
         "ari": metrics.adjusted_rand_index(grains, res.labels, mask=on_grains),
         "bf1": metrics.boundary_f1(grains, res.labels, tolerance=1),
         "split": split,
-        "contrast": similarity_contrast(res.similarity, grains),
+        "contrast": metrics.similarity_contrast(res.similarity, grains),
         "clusters": res.n_clusters,
         "seconds": seconds,
     }

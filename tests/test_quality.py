@@ -4,19 +4,17 @@ These answer three objections to the method: that it had no quantitative
 metric, that noise breaks it, and that gradual transitions chain grains.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from napari_stemcluster import segment
 from napari_stemcluster.core import correlative_prefilter, neighbor_similarity
-from napari_stemcluster.core.metrics import adjusted_rand_index, over_under_segmentation
+from napari_stemcluster.core.metrics import (
+    adjusted_rand_index,
+    over_under_segmentation,
+    similarity_contrast,
+)
 from napari_stemcluster.synthetic import make_polycrystal
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from quality import similarity_contrast
 
 
 def in_grain_and_across(similarity, grains):

@@ -19,6 +19,7 @@ __all__ = [
     "boundary_f1",
     "contingency",
     "over_under_segmentation",
+    "similarity_contrast",
 ]
 
 
@@ -262,6 +263,55 @@ def over_under_segmentation(labels_true, labels_pred, mask=None) -> dict:
         "n_true": int(true_ids.size),
         "n_pred": int(pred_ids.size),
     }
+
+
+def similarity_contrast(similarity, labels_true) -> float:
+    """Median neighbour similarity inside regions minus that across them.
+
+    What a similarity threshold has to separate: pairs of neighbouring
+    positions in the same true region against pairs in two different ones.
+    Pairs touching label 0 (background) are left out.
+
+    Parameters
+    ----------
+    similarity : ndarray, shape (Rx, Ry, 8)
+        Output of :func:`~napari_stemcluster.core.similarity.neighbor_similarity`.
+    labels_true : array_like of int, shape (Rx, Ry)
+
+    Returns
+    -------
+    float
+        NaN when there are no pairs of one kind.
+
+    Examples
+    --------
+    >>> from napari_stemcluster.core.similarity import neighbor_similarity
+    >>> cube = np.zeros((1, 4, 2, 2))
+    >>> cube[0, :2, 0, 0] = cube[0, 2:, 1, 1] = 1
+    >>> cube[0, :, 0, 1] = 1
+    >>> sim = neighbor_similarity(cube)
+    >>> round(similarity_contrast(sim, [[1, 1, 2, 2]]), 3)
+    0.5
+    """
+    from .similarity import NEIGHBOR_OFFSETS
+
+    grains = _labels(labels_true, "labels_true")
+    rx, ry = grains.shape
+    inside, across = [], []
+    for n in (4, 5, 6, 7):  # each unordered pair once
+        dx, dy = NEIGHBOR_OFFSETS[n]
+        xs = slice(max(0, -dx), rx - max(0, dx))
+        ys = slice(max(0, -dy), ry - max(0, dy))
+        xd = slice(max(0, dx), rx - max(0, -dx))
+        yd = slice(max(0, dy), ry - max(0, -dy))
+        a, b, s = grains[xs, ys], grains[xd, yd], similarity[xs, ys, n]
+        both = (a > 0) & (b > 0)
+        inside.append(s[both & (a == b)])
+        across.append(s[both & (a != b)])
+    inside, across = np.concatenate(inside), np.concatenate(across)
+    if not inside.size or not across.size:
+        return float("nan")
+    return float(np.median(inside) - np.median(across))
 
 
 # --------------------------------------------------------------------------
