@@ -73,19 +73,15 @@ def neighbor_similarity(
     pix = None if mask is None or mask.all() else np.flatnonzero(mask)
 
     out = np.full((rx, ry, 8), np.nan, np.float32)
-    forward = np.empty((0, ry, 4), np.float32)
     itemsize = max(np.dtype(cube.dtype).itemsize, 4)
     step = _block_rows or block_rows(cube.shape, itemsize)
     starts = range(0, rx, step)
     for i, r0 in enumerate(starts):
         r1 = min(r0 + step, rx)
         block = _prepare(read_rows(cube, r0, min(r1 + 1, rx)), sigma, pix)
-        if forward.shape[0] != r1 - r0:
-            forward = np.empty((r1 - r0, ry, 4), np.float32)
-        forward.fill(np.nan)
-        sq = _block_similarity(block, r1 - r0, forward)
+        # The kernel fills the forward offsets in place; out-of-scan ones stay NaN.
+        sq = _block_similarity(block, r1 - r0, out[r0:r1, :, 4:])
         check_finite_values(sq, "neighbor_similarity")
-        out[r0:r1, :, 4:] = forward
         if progress is not None:
             progress(i + 1, len(starts))
     _mirror(out)
