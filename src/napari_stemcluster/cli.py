@@ -343,14 +343,16 @@ def _sample_dataset(params):
     if params.get("scan_shape") is not None:
         raise UserError("--scan-shape applies to a FILE, not to the bundled sample")
     sample = make_polycrystal(**SAMPLE)
-    cal = {
-        "r_pixel_size": sample.r_pixel_size,
-        "r_units": sample.r_units,
-        "q_pixel_size": sample.q_pixel_size,
-        "q_units": sample.q_units,
-    }
     args = ", ".join(f"{k}={v!r}" for k, v in SAMPLE.items())
-    return StemDataset.from_array(sample.cube, cal), f"synthetic sample: make_polycrystal({args})"
+    return (
+        StemDataset.from_array(sample.cube, _calibration(sample)),
+        f"synthetic sample: make_polycrystal({args})",
+    )
+
+
+def _calibration(sample) -> dict:
+    """Pixel sizes and units of a synthetic sample."""
+    return {k: getattr(sample, k) for k in ("r_pixel_size", "r_units", "q_pixel_size", "q_units")}
 
 
 def _run(ds, params, *, quiet, first):
@@ -507,10 +509,7 @@ def _demo(args) -> int:
                 compression_opts=4,
                 shuffle=True,
             )
-            d.attrs["r_pixel_size"] = sample.r_pixel_size
-            d.attrs["r_units"] = sample.r_units
-            d.attrs["q_pixel_size"] = sample.q_pixel_size
-            d.attrs["q_units"] = sample.q_units
+            d.attrs.update(_calibration(sample))
         os.replace(tmp, data_path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -85,6 +85,26 @@ DESCRIPTIONS = {
 }
 
 
+#: Keys holding an integer >= 0.
+_COUNTS = (
+    "min_cluster_size",
+    "mask_min_size",
+    "mask_hole_size",
+    "prefilter_radius",
+    "prefilter_edge",
+)
+#: Keys of ``SegmentationResult.params`` that are parameters as they are.
+_SCALARS = (
+    "threshold",
+    "min_cluster_size",
+    "sigma",
+    "mask_min_size",
+    "mask_hole_size",
+    "average",
+    "mask_source",
+)
+
+
 class ConfigError(ValueError):
     """A parameter file or value that cannot be used.
 
@@ -126,9 +146,7 @@ def _integer(key, value, where, minimum=0):
 
 
 def _pair(key, value, where):
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        _fail(key, value, where)
-    return [_number(key, v, where) for v in value]
+    return [_number(key, v, where) for v in _pair_any(key, value, where)]
 
 
 def validate(key: str, value, where: str = ""):
@@ -163,9 +181,7 @@ def validate(key: str, value, where: str = ""):
         if not -1.0 <= v <= 1.0:
             _fail(key, value, where)
         return v
-    if key in ("min_cluster_size", "mask_min_size", "mask_hole_size"):
-        return _integer(key, value, where)
-    if key in ("prefilter_radius", "prefilter_edge"):
+    if key in _COUNTS:
         return _integer(key, value, where)
     if key == "workers":
         return _integer(key, value, where, minimum=1)
@@ -285,14 +301,7 @@ def parse_text(key: str, text: str):
             value = float(text)
         except ValueError:
             _fail(key, text)
-    elif key in (
-        "min_cluster_size",
-        "mask_min_size",
-        "mask_hole_size",
-        "prefilter_radius",
-        "prefilter_edge",
-        "workers",
-    ):
+    elif key in (*_COUNTS, "workers"):
         try:
             value = int(text)
         except ValueError:
@@ -485,13 +494,7 @@ def params_from_result(params: dict) -> dict:
     >>> p["prefilter"], p["prefilter_radius"], p["real_mask"]
     (True, 1, 'none')
     """
-    out = {}
-    for key in ("threshold", "min_cluster_size", "sigma", "mask_min_size"):
-        if key in params:
-            out[key] = params[key]
-    for key in ("mask_hole_size", "average", "mask_source"):
-        if key in params:
-            out[key] = params[key]
+    out = {key: params[key] for key in _SCALARS if key in params}
     q = params.get("q_mask")
     if isinstance(q, list | tuple):
         out["q_mask"] = list(q)

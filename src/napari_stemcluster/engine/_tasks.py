@@ -7,11 +7,8 @@ everything they need as (picklable) arguments and return only small arrays.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from contextlib import contextmanager
-from typing import ClassVar
 
 import numpy as np
 
@@ -53,7 +50,11 @@ class BlockSource:
     def __getstate__(self):
         state = self.__dict__.copy()
         if self._kind == "h5py":
-            state["data"] = _H5Dataset(self.data.file.filename, self.data.name)
+            from ..io._lazy import H5Array
+
+            # Sent as file name and dataset path; workers open the file through
+            # the readers' per-process handle cache.
+            state["data"] = H5Array(self.data.file.filename, self.data.name, self.shape, self.dtype)
             state["_kind"] = "array"
         return state
 
@@ -65,36 +66,6 @@ def _kind(data) -> str:
     if module == "h5py":
         return "h5py"
     return "array"
-
-
-class _H5Dataset:
-    """An HDF5 dataset by file name and path, opened once per process."""
-
-    _handles: ClassVar[dict] = {}
-    _lock = threading.Lock()
-
-    def __init__(self, filename: str, name: str):
-        self.filename = filename
-        self.name = name
-
-    def __getitem__(self, key):
-        import h5py
-
-        handle_key = (self.filename, os.getpid())
-        with self._lock:
-            f = self._handles.get(handle_key)
-            if f is None or not f.id.valid:
-                import hdf5plugin  # noqa: F401  (registers compression filters)
-
-                try:
-                    f = h5py.File(self.filename, "r")
-                except OSError:
-                    # Already open in this process with other locking flags
-                    # (HDF5 requires them to match), or on a file system
-                    # without locks: read without locking.
-                    f = h5py.File(self.filename, "r", locking=False)
-                self._handles[handle_key] = f
-        return f[self.name][key]
 
 
 @contextmanager

@@ -170,9 +170,10 @@ def render_overview(cube, result, path: str | os.PathLike) -> Path:
     if result.is_time_series:
         n = result.labels.shape[0]
         steps = sorted(set(np.linspace(0, n - 1, min(n, MAX_ROWS)).round().astype(int)))
+        t0 = result.params.get("time_range", [0])[0]
         rows = [
             (
-                f"t={t}",
+                f"t={t0 + t}",
                 _row_panels(
                     vimg[t],
                     result.mean_similarity[t],
@@ -183,8 +184,6 @@ def render_overview(cube, result, path: str | os.PathLike) -> Path:
             )
             for t in steps
         ]
-        t0 = result.params.get("time_range", [0])[0]
-        rows = [(f"t={t0 + int(lab[2:])}", p) for lab, p in rows]
     else:
         rows = [
             (

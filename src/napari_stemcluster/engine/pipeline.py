@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core._validate import check_cube
 from ..core.averages import cluster_table, means_from_sums
 from ..core.masking import THRESHOLD_METHODS, real_space_mask, resolve_q_mask
-from ..core.pipeline import _describe, _per_step_masks, _prefilter_options, thresholds_a_map
+from ..core.pipeline import _describe, _per_step_masks, segment_params, thresholds_a_map
 from ..core.regions import grow_regions
 from ..core.result import SegmentationResult
 from ..core.similarity import mean_similarity, neighbor_similarity
-from ._tasks import BlockSource, similarity_task, sums_task
+from ._tasks import BlockSource, _extended, similarity_task, sums_task
 from .executors import DistributedExecutor, Executor, ThreadExecutor
 from .planning import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
 
@@ -137,38 +136,30 @@ def segment_chunked(
     """
     started = time.perf_counter()
     data, source_chunks = _unwrap(cube)
-    ndim = getattr(data, "ndim", None)
-    if ndim not in (4, 5):
-        check_cube(data, 4)  # raises with a clear message
-    check_cube(data, ndim)
+    ndim, pre, params = segment_params(
+        data,
+        threshold=threshold,
+        min_cluster_size=min_cluster_size,
+        q_mask=q_mask,
+        sigma=sigma,
+        prefilter=prefilter,
+        real_mask=real_mask,
+        mask_min_size=mask_min_size,
+        mask_hole_size=mask_hole_size,
+        average=average,
+        mask_source=mask_source,
+    )
     steps = _time_steps(times, data.shape, ndim)
-    for name, value in (("average", average), ("mask_source", mask_source)):
-        if value not in ("raw", "prefiltered"):
-            raise ValueError(f"{name} must be 'raw' or 'prefiltered'; got {value!r}")
-    if not int(min_cluster_size) >= 0:
-        raise ValueError("min_cluster_size must be >= 0")
-    pre = _prefilter_options(prefilter)
+    real_mask = _selected_mask(real_mask, steps, data.shape, ndim)
     scan = tuple(int(s) for s in data.shape[-4:-2])
     det = tuple(int(s) for s in data.shape[-2:])
     qmask = _check_stage_options(pre, q_mask, sigma, det)
-    real_mask = _selected_mask(real_mask, steps, data.shape, ndim)
     masks = _per_step_masks(real_mask, len(steps), scan, ndim)
     for m in masks:
         real_space_mask(
             np.zeros(scan, np.float32), m, min_size=mask_min_size, hole_size=mask_hole_size
         )
-    params = {
-        "threshold": float(threshold),
-        "min_cluster_size": int(min_cluster_size),
-        "q_mask": _describe(q_mask),
-        "sigma": float(sigma),
-        "prefilter": pre,
-        "real_mask": _describe(real_mask),
-        "mask_min_size": int(mask_min_size),
-        "mask_hole_size": int(mask_hole_size),
-        "average": average,
-        "mask_source": mask_source,
-    }
+    params["real_mask"] = _describe(real_mask)  # the masks of the selected steps
     if times is not None:
         params["time_range"] = [steps[0], steps[-1] + 1]
 
@@ -426,11 +417,8 @@ class _Run:
         return self.ex.submit(sums_task, src, t, box, extra, self.spec)
 
     def _read_bytes(self, box, halo):
-        rx, ry = self.plan.scan_shape
-        r0, r1, c0, c1 = box
-        h = min(rx, r1 + halo) - max(0, r0 - halo)
-        w = min(ry, c1 + halo) - max(0, c0 - halo)
-        return h * w * self.pattern_bytes
+        r0, r1, c0, c1 = _extended(box, halo, self.plan.scan_shape)
+        return (r1 - r0) * (c1 - c0) * self.pattern_bytes
 
     # ------------------------------------------------------------------
     def _similarity_done(self, states, i, b, out, high):
@@ -444,8 +432,7 @@ class _Run:
             st.mask_map[r0:r1, c0:c1] = mask_map
         st.sim_left -= 1
         self._count("similarity", 1, t_read, t_comp)
-        pre = self.spec["prefilter"]
-        self.stats.bytes_read += self._read_bytes(self.boxes[b], 1 + (pre["radius"] if pre else 0))
+        self.stats.bytes_read += self._read_bytes(self.boxes[b], self.plan.halo)
         if st.sim_left:
             return
         # All blocks of the step are back: grow its regions here (small).
@@ -493,11 +480,8 @@ class _Run:
         ids, sums, (t_read, t_comp) = out
         st = states[i]
         self._count("averages", 1, t_read, t_comp)
-        halo = (
-            self.spec["prefilter"]["radius"]
-            if (self.spec["prefilter"] and self.spec["average"] == "prefiltered")
-            else 0
-        )
+        # the prefilter's halo when the averages are of the prefiltered cube
+        halo = self.plan.halo - 1 if self.spec["average"] == "prefiltered" else 0
         self.stats.bytes_read += self._read_bytes(self.boxes[b], halo)
         # Merge in block order, whatever order blocks finish in, so that the
         # float64 sums (and so the averages) do not depend on timing.
