@@ -104,7 +104,8 @@ def workflow_4d(out: Path) -> None:
     sim.runner.wait(120)
     viewer.layers[f"{data.name} prefiltered"].visible = False
     grains = viewer.layers["true grains"].data
-    hover(viewer, data, tuple(np.argwhere(grains > 0)[len(np.argwhere(grains > 0)) // 3]))
+    inside = np.argwhere(grains > 0)
+    hover(viewer, data, tuple(inside[len(inside) // 3]))
     docks["similarity"].raise_()
     save(docks["similarity"], out / "similarity.png")
     save(viewer.window._qt_window, out / "similarity_window.png")
@@ -123,7 +124,8 @@ def workflow_4d(out: Path) -> None:
 
     # 4. the diffraction viewer following the mouse over a grain
     label = grain_label(labels.data, grains)
-    rx, ry = np.argwhere(labels.data == label)[len(np.argwhere(labels.data == label)) // 2]
+    members = np.argwhere(labels.data == label)
+    rx, ry = members[len(members) // 2]
     hover(viewer, data, (rx, ry))
     viewer.layers.selection.active = labels
     save(dif_dock, out / "diffraction.png")

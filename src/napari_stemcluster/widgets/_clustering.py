@@ -19,6 +19,7 @@ from ._common import (
     remember,
     spatial_kwargs,
     stem_meta,
+    step_progress,
     unwrap,
 )
 from ._link import attach, link_for, seed_points
@@ -295,10 +296,7 @@ class ClusteringWidget(Container):
                     s, threshold, mean_similarity=m, mask=k, min_cluster_size=min_size
                 )
                 n = int(lab.max(initial=0))
-
-                def part(done, total, i=i):
-                    progress(i * max(total, 1) + done, n_steps * max(total, 1))
-
+                part = step_progress(progress, i, n_steps)
                 sums, counts = cluster_sums(cube[t] if five_d else cube, lab, n, progress=part)
                 if five_d:
                     labels[t] = lab

@@ -207,6 +207,15 @@ def cube_step(cube, t: int):
 # background jobs
 
 
+def step_progress(progress: Callable[[int, int], None], i: int, n: int):
+    """The progress callback of step ``i`` of ``n`` equal steps of one job."""
+
+    def part(done, total):
+        progress(i * max(total, 1) + done, n * max(total, 1))
+
+    return part
+
+
 class Cancelled(Exception):
     """Raised from a progress callback to stop a job."""
 

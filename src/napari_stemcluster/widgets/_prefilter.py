@@ -21,6 +21,7 @@ from ._common import (
     remember,
     spatial_kwargs,
     stem_meta,
+    step_progress,
     unwrap,
 )
 
@@ -206,11 +207,9 @@ class PrefilterWidget(Container):
             for i, step in enumerate(steps):
                 src = cube if step is None else cube[step]
                 dst = out if (step is None or t is not None) else out[step]
-
-                def part(done, total, i=i):
-                    progress(i * max(total, 1) + done, n * max(total, 1))
-
-                correlative_prefilter(src, **params, out=dst, progress=part)
+                correlative_prefilter(
+                    src, **params, out=dst, progress=step_progress(progress, i, n)
+                )
             return out, _virtual(out, detector)
 
         def done(value):
@@ -242,8 +241,10 @@ class PrefilterWidget(Container):
 
             out.flush()
             mm = np.load(Path(tmpdir) / "prefiltered.npy", mmap_mode="r")
-            rows = max(1, (64 << 20) // max(1, int(np.prod(mm.shape[-3:])) * 4))
-            chunks = (1,) * (mm.ndim - 4) + (min(rows, mm.shape[-4]), -1, -1, -1)
+            from ..core._validate import block_rows
+
+            rows = block_rows(mm.shape[-4:], mm.dtype.itemsize)
+            chunks = (1,) * (mm.ndim - 4) + (rows, -1, -1, -1)
             cube = da.from_array(mm, chunks=chunks, name=f"prefiltered-{Path(tmpdir).name}")
             # The file goes with the cube (when its layer is deleted) or at exit.
             weakref.finalize(cube, shutil.rmtree, tmpdir, True)

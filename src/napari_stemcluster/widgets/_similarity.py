@@ -10,12 +10,14 @@ from magicgui.widgets import Container, create_widget
 from ._common import (
     JobRunner,
     connect_while_alive,
+    cube_step,
     is_data_layer,
     layer_choices,
     remember,
     session,
     spatial_kwargs,
     stem_meta,
+    step_progress,
     unwrap,
 )
 
@@ -248,28 +250,23 @@ class SimilarityWidget(Container):
         def work(progress):
             from ..core.similarity import mean_similarity, neighbor_similarity
 
-            cubes = [cube] if raw is None else [cube, raw]
-            steps = [
-                (c, t) for c in cubes for t in ([None] if cube.ndim == 4 else range(cube.shape[0]))
-            ]
-            n = len(steps)
-            maps = {id(c): [] for c in cubes}
-            sims = []
-            for i, (c, t) in enumerate(steps):
+            n_steps = cube.shape[0] if cube.ndim == 5 else 1
+            n = n_steps if raw is None else 2 * n_steps
 
-                def part(done, total, i=i):
-                    progress(i * max(total, 1) + done, n * max(total, 1))
+            def similarity(c, t, i):
+                part = step_progress(progress, i, n)
+                return neighbor_similarity(cube_step(c, t), q_mask, sigma, progress=part)
 
-                s = neighbor_similarity(c if t is None else c[t], q_mask, sigma, progress=part)
-                maps[id(c)].append(mean_similarity(s))
-                if c is cube:
-                    sims.append(s)
-            sim = sims[0] if cube.ndim == 4 else np.stack(sims)
-            ms, mask_map = (
-                (m[0] if cube.ndim == 4 else np.stack(m)).astype(np.float32)
-                for m in (maps[id(cube)], maps[id(cubes[-1])])
-            )
-            return sim, ms, (mask_map if raw is not None else None)
+            def stacked(maps):
+                return maps[0] if cube.ndim == 4 else np.stack(maps)
+
+            sim = stacked([similarity(cube, t, t) for t in range(n_steps)])
+            ms = mean_similarity(sim)
+            mask_map = None
+            if raw is not None:  # the raw cube's maps only: its similarity is not kept
+                maps = [mean_similarity(similarity(raw, t, n_steps + t)) for t in range(n_steps)]
+                mask_map = stacked(maps)
+            return sim, ms, mask_map
 
         def done(value):
             self._add_layers(layer, meta, value, q_mask, sigma)
