@@ -33,7 +33,7 @@ import numpy as np
 
 from .core.averages import cluster_means, cluster_table
 from .core.result import ClusterTable, SegmentationResult
-from .core.virtual import default_radii, detector_mask, virtual_image
+from .core.virtual import detector_center, detector_mask, detector_radii, virtual_image
 from .io.dataset import Calibration, StemDataset
 
 METADATA_KEY = "stemcluster"
@@ -100,13 +100,7 @@ def dataset_to_layers(
     """
     det = dataset.detector_shape
     mask = detector_mask(det, detector, inner, outer)
-    radii = default_radii(det)
-    if detector == "adf":
-        r_in = radii["adf_inner"] if inner is None else float(inner)
-        r_out = radii["adf_outer"] if outer is None else float(outer)
-    else:
-        r_in = 0.0 if inner is None else float(inner)
-        r_out = radii["bf_radius"] if outer is None else float(outer)
+    r_in, r_out = (float(r) for r in detector_radii(det, detector, inner, outer))
     image = virtual_image(dataset.cube, mask, check_finite=False)
     scale, units = dataset.calibration.real_space_scale(image.ndim)
     if name is None:
@@ -123,7 +117,7 @@ def dataset_to_layers(
             "type": detector,
             "inner": r_in,
             "outer": r_out,
-            "center": tuple(float(c) for c in ((det[0] - 1) / 2, (det[1] - 1) / 2)),
+            "center": detector_center(det),
             "n_pixels": int(mask.sum()),
         },
         "flatfield": dataset.flatfield,

@@ -75,13 +75,14 @@ def read_stem(path) -> list[tuple]:
     layers: list[tuple] = []
     for p in paths:
         p = os.fspath(p)
-        if detect_format(p) == "results":
+        kind = detect_format(p)
+        if kind == "results":
             result, info = read_results(p)
             layers += result_to_layers(
                 result, info["calibration"], name=Path(p).stem, source=info["source"]
             )
-        else:
-            layers += dataset_to_layers(open_dataset(p))
+        else:  # the format just detected: open_dataset need not detect it again
+            layers += dataset_to_layers(open_dataset(p, format=kind))
     return layers
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._validate import block_rows, check_finite_values, read_rows
+from ._validate import block_rows, check_finite_values
 from .masking import annular_mask
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "default_radii",
     "detector_center",
     "detector_mask",
+    "detector_radii",
     "virtual_adf",
     "virtual_bf",
     "virtual_image",
@@ -140,12 +141,39 @@ def virtual_image(
     steps = [(t, r0) for t in np.ndindex(*lead) for r0 in range(0, rows, step)]
     for done, (t, r0) in enumerate(steps, start=1):
         r1 = min(rows, r0 + step)
-        block = cube[(*t, slice(r0, r1))] if t else read_rows(cube, r0, r1)
+        block = cube[(*t, slice(r0, r1))]
         block = np.asarray(block.compute() if hasattr(block, "compute") else block)
         out[(*t, slice(r0, r1))] = _masked_sum_block(block, mask, check_finite)
         if progress is not None:
             progress(done, len(steps))
     return out
+
+
+def detector_radii(
+    detector_shape: tuple[int, int],
+    detector: str = "adf",
+    inner: float | None = None,
+    outer: float | None = None,
+) -> tuple[float, float]:
+    """``(inner, outer)`` radii of a detector: those given, else :func:`default_radii`.
+
+    For ``"bf"``, ``outer`` is the disk radius and ``inner`` defaults to 0.
+
+    Examples
+    --------
+    >>> detector_radii((128, 96), "bf")
+    (0.0, 6.0)
+    """
+    d = default_radii(detector_shape)
+    if detector == "adf":
+        r_in = d["adf_inner"] if inner is None else inner
+        r_out = d["adf_outer"] if outer is None else outer
+    elif detector == "bf":
+        r_in = 0.0 if inner is None else inner
+        r_out = d["bf_radius"] if outer is None else outer
+    else:
+        raise ValueError(f"detector must be 'adf' or 'bf'; got {detector!r}")
+    return r_in, r_out
 
 
 def detector_mask(
@@ -169,15 +197,7 @@ def detector_mask(
     [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
     """
     det = tuple(int(s) for s in detector_shape)
-    d = default_radii(det)
-    if detector == "adf":
-        r_in = d["adf_inner"] if inner is None else inner
-        r_out = d["adf_outer"] if outer is None else outer
-    elif detector == "bf":
-        r_in = 0.0 if inner is None else inner
-        r_out = d["bf_radius"] if outer is None else outer
-    else:
-        raise ValueError(f"detector must be 'adf' or 'bf'; got {detector!r}")
+    r_in, r_out = detector_radii(det, detector, inner, outer)
     mask = annular_mask(det, r_in, r_out, center)
     if mask.any():
         return mask

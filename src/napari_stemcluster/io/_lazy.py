@@ -13,6 +13,7 @@ import contextlib
 import os
 import threading
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,51 +51,48 @@ def _close_h5(handle) -> None:
         handle.close()
 
 
-def open_h5(path: str):
-    """An open, read-only ``h5py.File`` for ``path``, cached per process.
+def _cached(cache: OrderedDict, key: tuple, path: str, open_, close):
+    """The handle of ``key`` in ``cache``, opened with ``open_()`` if missing.
 
     Handles inherited across ``fork`` are never reused: the cache records the
     process id that opened each handle.
     """
+    pid = os.getpid()
+    with _lock:
+        entry = cache.get(key)
+        if entry is not None and entry[0] == pid:
+            cache.move_to_end(key)
+            return entry[1]
+        # an older version of the same file, or a handle of another process
+        _evict(cache, path, close)
+        handle = open_()
+        cache[key] = (pid, handle)
+        while len(cache) > _MAX_OPEN:
+            _, (old_pid, old) = cache.popitem(last=False)
+            if old_pid == pid:
+                close(old)
+        return handle
+
+
+def _close_memmap(_mm) -> None:
+    """Memory maps close when no longer referenced."""
+
+
+def open_h5(path: str):
+    """An open, read-only ``h5py.File`` for ``path``, cached per process."""
     import h5py
     import hdf5plugin  # noqa: F401  (registers bitshuffle, LZ4, ... filters)
 
-    key = _file_key(path)
-    pid = os.getpid()
-    with _lock:
-        entry = _h5_handles.get(key)
-        if entry is not None and entry[0] == pid:
-            _h5_handles.move_to_end(key)
-            return entry[1]
-        # an older version of the same file, or a handle of another process
-        _evict(_h5_handles, path, _close_h5)
-        handle = h5py.File(path, "r")
-        _h5_handles[key] = (pid, handle)
-        while len(_h5_handles) > _MAX_OPEN:
-            _, (old_pid, old) = _h5_handles.popitem(last=False)
-            if old_pid == pid:
-                _close_h5(old)
-        return handle
+    return _cached(_h5_handles, _file_key(path), path, partial(h5py.File, path, "r"), _close_h5)
 
 
 def open_memmap(path: str, kind: str = "raw"):
     """A read-only memory map of ``path`` (``kind`` "raw" bytes or "npy"), cached."""
-    key = (*_file_key(path), kind)
-    pid = os.getpid()
-    with _lock:
-        entry = _memmaps.get(key)
-        if entry is not None and entry[0] == pid:
-            _memmaps.move_to_end(key)
-            return entry[1]
-        _evict(_memmaps, path, lambda m: None)
-        if kind == "npy":
-            mm = np.load(path, mmap_mode="r", allow_pickle=False)
-        else:
-            mm = np.memmap(path, dtype=np.uint8, mode="r")
-        _memmaps[key] = (pid, mm)
-        while len(_memmaps) > _MAX_OPEN:
-            _memmaps.popitem(last=False)
-        return mm
+    if kind == "npy":
+        open_ = partial(np.load, path, mmap_mode="r", allow_pickle=False)
+    else:
+        open_ = partial(np.memmap, path, dtype=np.uint8, mode="r")
+    return _cached(_memmaps, (*_file_key(path), kind), path, open_, _close_memmap)
 
 
 def close_cached_handles(path: str | os.PathLike | None = None) -> None:
@@ -108,7 +106,7 @@ def close_cached_handles(path: str | os.PathLike | None = None) -> None:
     p = None if path is None else str(Path(path).resolve())
     with _lock:
         _evict(_h5_handles, p, _close_h5)
-        _evict(_memmaps, p, lambda m: None)
+        _evict(_memmaps, p, _close_memmap)
 
 
 # --------------------------------------------------------------------------

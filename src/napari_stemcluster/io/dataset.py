@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ._lazy import LazyArray, as_dask, choose_chunks
+from ._lazy import FrameCube, LazyArray, as_dask, choose_chunks
 from .errors import StemFileError
 
 #: Units spelled the way detector software writes them, mapped to names that
@@ -471,6 +471,30 @@ def resolve_scan_shape(
         "open_dataset(path, scan_shape=(rows, cols)), or set it in the "
         "'Open 4D-STEM file' widget"
     )
+
+
+def apply_scan_shape(source: LazyArray, scan_shape, *, where: str, notes: list[str]) -> LazyArray:
+    """``source`` with the user's scan shape: given to a 3D frame stack
+    ``(N, Qx, Qy)``, or reinterpreting the scan axes of a 4D/5D cube.
+
+    Returns ``source`` itself when nothing changes (so its file chunks still
+    apply), else a :class:`FrameCube` over it.
+
+    Examples
+    --------
+    >>> from napari_stemcluster.io._lazy import NpyArray
+    >>> src = NpyArray("c.npy", (4, 2, 3, 3), np.uint8)
+    >>> apply_scan_shape(src, (2, 4), where="c.npy", notes=[]).shape
+    (2, 4, 3, 3)
+    """
+    user = check_scan_shape_arg(scan_shape, where)
+    if source.ndim == 3:
+        shape = resolve_scan_shape(source.shape[0], user, where=where, square_ok=False, notes=notes)
+        return FrameCube(source, shape)
+    if user is None or user == source.shape[:-2]:
+        return source
+    n = math.prod(source.shape[:-2])
+    return FrameCube(source, resolve_scan_shape(n, user, where=where, notes=notes))
 
 
 def build_dataset(

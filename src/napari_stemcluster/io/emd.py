@@ -11,11 +11,12 @@ group (``emd_group_type = "root"``) holds array groups
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ._h5util import as_str, check_filters, open_checked, scalar
-from ._lazy import FrameCube, H5Array
-from .dataset import Calibration, StemDataset, build_dataset, check_scan_shape_arg
+from ._lazy import H5Array
+from .dataset import Calibration, StemDataset, apply_scan_shape, build_dataset
 from .errors import StemFileError
 
 
@@ -80,15 +81,8 @@ def find_datacubes(f) -> list[dict]:
                 )
 
         root.visititems(visit)
-    found.sort(key=lambda c: (not c["datacube"], -int(_size(c["shape"]))))
+    found.sort(key=lambda c: (not c["datacube"], -math.prod(c["shape"])))
     return found
-
-
-def _size(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def _calibration_group(f, cand):
@@ -205,23 +199,15 @@ def open_emd(path: Path, scan_shape=None, *, dataset: str | None = None) -> Stem
     ds = f[cand["data"]]
     check_filters(ds, spath)
     cal, meta = read_calibration(f, cand)
-    source = H5Array(spath, cand["data"], ds.shape, ds.dtype)
-    file_chunks = ds.chunks
-    user = check_scan_shape_arg(scan_shape, f"{path} ({cand['data']})")
-    if user is not None and user != tuple(ds.shape[:-2]):
-        from .dataset import resolve_scan_shape
-
-        n = _size(ds.shape[:-2])
-        shape = resolve_scan_shape(n, user, where=f"{path} ({cand['data']})", notes=notes)
-        source = FrameCube(source, shape)
-        file_chunks = None
+    raw = H5Array(spath, cand["data"], ds.shape, ds.dtype)
+    source = apply_scan_shape(raw, scan_shape, where=f"{path} ({cand['data']})", notes=notes)
     meta["emd_group"] = cand["group"]
     return build_dataset(
         source,
         path=Path(spath),
         dataset=cand["data"],
         format="emd",
-        file_chunks=file_chunks,
+        file_chunks=ds.chunks if source is raw else None,
         calibration=cal,
         notes=notes,
         metadata=meta,

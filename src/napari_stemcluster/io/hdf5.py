@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from ._h5util import check_filters, numeric_datasets, open_checked, scalar
-from ._lazy import FrameCube, H5Array
-from .dataset import (
-    Calibration,
-    StemDataset,
-    build_dataset,
-    check_scan_shape_arg,
-    resolve_scan_shape,
-)
+from ._lazy import H5Array
+from .dataset import Calibration, StemDataset, apply_scan_shape, build_dataset
 from .errors import StemFileError
 
 logger = logging.getLogger(__name__)
@@ -33,10 +28,7 @@ _CAL_ATTRS = {
 
 
 def _nbytes(c) -> int:
-    n = c[2].itemsize
-    for s in c[1]:
-        n *= int(s)
-    return n
+    return math.prod(c[1]) * c[2].itemsize
 
 
 def candidates(f) -> tuple[list, list]:
@@ -154,26 +146,14 @@ def open_hdf5(path: Path, scan_shape=None, *, dataset: str | None = None) -> Ste
     ds = f[chosen[0]]
     check_filters(ds, spath)
     where = f"{path} ({chosen[0]})"
-    source = H5Array(spath, chosen[0], ds.shape, ds.dtype)
-    file_chunks = ds.chunks
-    user = check_scan_shape_arg(scan_shape, where)
-    if ds.ndim == 3:
-        shape = resolve_scan_shape(ds.shape[0], user, where=where, square_ok=False, notes=notes)
-        source = FrameCube(source, shape)
-        file_chunks = None
-    elif user is not None and user != tuple(ds.shape[:-2]):
-        n = 1
-        for s in ds.shape[:-2]:
-            n *= int(s)
-        shape = resolve_scan_shape(n, user, where=where, notes=notes)
-        source = FrameCube(source, shape)
-        file_chunks = None
+    raw = H5Array(spath, chosen[0], ds.shape, ds.dtype)
+    source = apply_scan_shape(raw, scan_shape, where=where, notes=notes)
     return build_dataset(
         source,
         path=Path(spath),
         dataset=chosen[0],
         format="hdf5",
-        file_chunks=file_chunks,
+        file_chunks=ds.chunks if source is raw else None,
         calibration=_calibration(ds),
         notes=notes,
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._lazy import FrameCube, LazyArray, _file_key, normalize_key, open_memmap
+from ._lazy import FrameCube, LazyArray, _file_key, _finish, normalize_key, open_memmap
 from .dataset import Calibration, StemDataset, build_dataset, resolve_scan_shape
 from .errors import StemFileError
 
@@ -175,9 +175,7 @@ class MibArray(LazyArray):
             block = block[idx - lo, self.header_size : self.header_size + self.payload]
             out = decode_frames(block, self.pixel_type, self.depth, h * w)
             out = out.reshape(-1, h, w)
-        out = out[(slice(None), *slices[1:])]
-        if int_axes:
-            out = out.squeeze(axis=tuple(int_axes))
+        out = _finish(out[(slice(None), *slices[1:])], int_axes)
         return np.ascontiguousarray(out, dtype=self.dtype)
 
 

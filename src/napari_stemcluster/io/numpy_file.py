@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._lazy import FrameCube, NpyArray
-from .dataset import StemDataset, build_dataset, check_scan_shape_arg, resolve_scan_shape
+from ._lazy import NpyArray, open_memmap
+from .dataset import StemDataset, apply_scan_shape, build_dataset
 from .errors import StemFileError
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -76,27 +76,19 @@ def open_npy(path: Path, scan_shape=None, *, dataset: str | None = None) -> Stem
             f"{path}: holds {dtype} values; expected a numeric array (object "
             "arrays are never loaded: that would need pickle)"
         )
-    # open once now, so a truncated file fails here rather than on first read
+    # map it now (kept in the cache for the first read), so a truncated file
+    # fails here rather than on first read
     try:
-        mm = np.load(path, mmap_mode="r", allow_pickle=False)
+        open_memmap(str(path), "npy")
     except ValueError as e:
         raise StemFileError(f"{path}: cannot be memory-mapped ({e})") from None
-    del mm
-    where = str(path)
-    source = NpyArray(str(path), shape, dtype)
-    notes: list[str] = []
-    user = check_scan_shape_arg(scan_shape, where)
-    if len(shape) == 3:
-        scan = resolve_scan_shape(shape[0], user, where=where, square_ok=False, notes=notes)
-        source = FrameCube(source, scan)
-    elif len(shape) in (4, 5):
-        if user is not None and user != shape[:-2]:
-            n = int(np.prod(shape[:-2]))
-            scan = resolve_scan_shape(n, user, where=where, notes=notes)
-            source = FrameCube(source, scan)
-    else:
+    if len(shape) not in (3, 4, 5):
         raise StemFileError(
             f"{path}: array of shape {shape}; expected 4D (Rx, Ry, Qx, Qy), 5D "
             "(T, Rx, Ry, Qx, Qy) or, with a scan shape, 3D (N, Qx, Qy)"
         )
+    notes: list[str] = []
+    source = apply_scan_shape(
+        NpyArray(str(path), shape, dtype), scan_shape, where=str(path), notes=notes
+    )
     return build_dataset(source, path=path, dataset=None, format="npy", notes=notes)
