@@ -37,13 +37,16 @@ def open_checked(path: str, cached: bool = True):
     """
     import h5py
 
+    from ._guard import check_regular_file
+
+    check_regular_file(path)
     try:
         if not cached:
             return h5py.File(path, "r")
         return open_h5(path)
     except FileNotFoundError:
         raise StemFileError(f"{path}: file not found") from None
-    except OSError as e:
+    except (OSError, RuntimeError, ValueError) as e:
         msg = str(e)
         if "truncated" in msg:
             why = "the file is truncated (incomplete copy or interrupted write)"
@@ -60,6 +63,9 @@ def check_filters(ds, path: str) -> None:
     """Raise if ``ds`` needs a compression filter that is not available."""
     import h5py
 
+    from ._guard import check_h5_dataset
+
+    check_h5_dataset(ds, path)  # links, external storage, declared vs stored size
     try:
         plist = ds.id.get_create_plist()
         n = plist.get_nfilters()

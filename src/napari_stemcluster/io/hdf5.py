@@ -6,7 +6,8 @@ import logging
 import math
 from pathlib import Path
 
-from ._h5util import check_filters, numeric_datasets, open_checked, scalar
+from ._guard import real_value, safe_get, text_value
+from ._h5util import check_filters, numeric_datasets, open_checked
 from ._lazy import H5Array
 from .dataset import Calibration, StemDataset, apply_scan_shape, build_dataset
 from .errors import StemFileError
@@ -53,17 +54,15 @@ def candidates(f) -> tuple[list, list]:
 def _calibration(ds) -> Calibration:
     cal = {}
     for obj in (ds.parent, ds):
-        for key, value in obj.attrs.items():
+        for key in list(obj.attrs)[:256]:
             field = _CAL_ATTRS.get(key.lower())
             if field is None:
                 continue
-            try:
-                v = scalar(value)
-                cal[field] = (
-                    float(v) if field in ("r_pixel_size", "q_pixel_size", "t_step") else str(v)
-                )
-            except (TypeError, ValueError):
-                continue
+            value = obj.attrs[key]
+            numeric = field in ("r_pixel_size", "q_pixel_size", "t_step")
+            v = real_value(value) if numeric else text_value(value)
+            if v is not None:
+                cal[field] = v
     return Calibration(**cal)
 
 
@@ -97,13 +96,12 @@ def open_hdf5(path: Path, scan_shape=None, *, dataset: str | None = None) -> Ste
     notes: list[str] = []
     if dataset is not None:
         name = "/" + dataset.strip("/")
-        try:
-            obj = f[name]
-        except KeyError as e:
+        obj = safe_get(f, name, spath)
+        if obj is None:
             raise StemFileError(
-                f"{path}: no dataset {dataset} ({e}); if it is an external link, "
-                "its target file may be missing"
-            ) from None
+                f"{path}: no dataset {dataset}; expected the internal path of a "
+                "4D/5D dataset (`stemcluster info FILE` lists what the file holds)"
+            )
         if not hasattr(obj, "shape"):
             raise StemFileError(f"{path}: {dataset} is a group, expected a dataset")
         chosen = (name, tuple(obj.shape), obj.dtype)
@@ -143,7 +141,7 @@ def open_hdf5(path: Path, scan_shape=None, *, dataset: str | None = None) -> Ste
                 f"{path}: no numeric 4D (Rx, Ry, Qx, Qy) or 5D (T, Rx, Ry, Qx, Qy) "
                 "dataset in this HDF5 file (nor a 3D frame stack)"
             )
-    ds = f[chosen[0]]
+    ds = safe_get(f, chosen[0], spath)
     check_filters(ds, spath)
     where = f"{path} ({chosen[0]})"
     raw = H5Array(spath, chosen[0], ds.shape, ds.dtype)
