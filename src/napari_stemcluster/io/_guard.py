@@ -225,7 +225,10 @@ def check_linked_file(owner: Path, target: Path, where: str, what: str) -> Path:
             f"{owner}: {where} points to {what} {target}, which does not exist; "
             "expected the linked file beside it"
         )
-    check_regular_file(target, what)
+    try:
+        check_regular_file(target, what)
+    except StemFileError as e:
+        raise StemFileError(f"{owner}: {where} points to {what}: {e}") from None
     return Path(target)
 
 
@@ -354,7 +357,13 @@ def text_value(value, limit: int = 200) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         return None
-    value = value.strip()
+    return clean_text(value, limit)
+
+
+def clean_text(value: str, limit: int = 200) -> str:
+    """Printable text: undecodable bytes (surrogates) and control characters replaced."""
+    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    value = "".join(c if c.isprintable() else "\ufffd" for c in value.strip())
     return value[:limit]
 
 

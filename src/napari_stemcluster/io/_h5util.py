@@ -101,14 +101,15 @@ def as_str(value) -> str:
         value = value.item() if value.shape == () else value.ravel()[0]
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value).decode("utf-8", "replace")
-    return str(value)
+    # h5py hands undecodable bytes of text attributes over as surrogates
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def scalar(value):
     """A Python scalar from an HDF5 scalar dataset value."""
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
-    if isinstance(value, (bytes, np.bytes_)):
+    if isinstance(value, (bytes, np.bytes_, str)):
         return as_str(value)
     if isinstance(value, np.generic):
         return value.item()
@@ -135,4 +136,16 @@ def numeric_datasets(group) -> list[tuple[str, tuple[int, ...], np.dtype]]:
                 found.append(("/" + name.lstrip("/"), tuple(shape), dtype))
 
     group.visititems(visit)
+    # datasets behind external links: followed only after checking the target
+    from ._guard import safe_get
+
+    links = []
+    if hasattr(group, "visititems_links"):
+        group.visititems_links(
+            lambda name, link: links.append(name) if isinstance(link, h5py.ExternalLink) else None
+        )
+    for name in links[:64]:
+        obj = safe_get(group.file, f"{group.name.rstrip('/')}/{name}")
+        if obj is not None:
+            visit(obj.name if obj.file == group.file else name, obj)
     return found

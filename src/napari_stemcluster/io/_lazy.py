@@ -169,8 +169,12 @@ def _finish(out: np.ndarray, int_axes: list[int]) -> np.ndarray:
 
 
 def native_dtype(dtype) -> np.dtype:
-    """``dtype`` in the byte order of this machine (``>u2`` -> ``uint16``)."""
+    """The dtype a file's values are handed on in: native byte order
+    (``>u2`` -> ``uint16``), and float16 widened to float32 (a storage
+    format only: no kernel computes in half precision)."""
     dtype = np.dtype(dtype)
+    if dtype.kind == "f" and dtype.itemsize < 4:
+        return np.dtype(np.float32)
     return dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
 
 

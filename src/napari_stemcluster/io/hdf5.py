@@ -9,7 +9,13 @@ from pathlib import Path
 from ._guard import real_value, safe_get, text_value
 from ._h5util import check_filters, numeric_datasets, open_checked
 from ._lazy import H5Array
-from .dataset import Calibration, StemDataset, apply_scan_shape, build_dataset
+from .dataset import (
+    SCAN_SHAPE_HINT,
+    Calibration,
+    StemDataset,
+    apply_scan_shape,
+    build_dataset,
+)
 from .errors import StemFileError
 
 logger = logging.getLogger(__name__)
@@ -128,8 +134,8 @@ def open_hdf5(path: Path, scan_shape=None, *, dataset: str | None = None) -> Ste
             if scan_shape is None:
                 raise StemFileError(
                     f"{path}: dataset {chosen[0]} is a 3D stack of {chosen[1][0]} "
-                    f"frames of {chosen[1][1]}x{chosen[1][2]}; pass "
-                    "scan_shape=(Rx, Ry) (or (T, Rx, Ry)) to open it as 4D/5D-STEM"
+                    f"frames of {chosen[1][1]}x{chosen[1][2]} without a scan shape"
+                    + SCAN_SHAPE_HINT
                 )
             if len(stacks) > 1:
                 notes.append(
