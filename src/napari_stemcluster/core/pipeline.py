@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import params as _params
 from ._validate import check_cube
 from .averages import cluster_means, cluster_table
 from .masking import real_space_mask
@@ -14,28 +15,25 @@ from .regions import grow_regions
 from .result import SegmentationResult
 from .similarity import mean_similarity, neighbor_similarity
 
-#: Prefilter settings used when ``prefilter=True``.
-PREFILTER_DEFAULTS = {
-    "sigma": 3.0,
-    "radius": 4,
-    "corr_range": (0.85, 0.95),
-    "edge": None,
-}
+#: Prefilter settings used when ``prefilter=True`` (from the parameter model).
+PREFILTER_DEFAULTS = _params.PREFILTER_DEFAULTS
+
+_D = _params.DEFAULTS
 
 
 def segment(
     cube,
-    threshold: float = 0.9,
-    min_cluster_size: int = 5,
-    q_mask=None,
-    sigma: float = 0.0,
-    prefilter: bool | dict = False,
-    real_mask="triangle",
+    threshold: float = _D["threshold"],
+    min_cluster_size: int = _D["min_cluster_size"],
+    q_mask=_D["q_mask"],
+    sigma: float = _D["sigma"],
+    prefilter: bool | dict = _D["prefilter"],
+    real_mask=_D["real_mask"],
     *,
-    mask_min_size: int = 0,
-    mask_hole_size: int = 0,
-    average: str = "raw",
-    mask_source: str = "raw",
+    mask_min_size: int = _D["mask_min_size"],
+    mask_hole_size: int = _D["mask_hole_size"],
+    average: str = _D["average"],
+    mask_source: str = _D["mask_source"],
     progress: Callable[[int, int], None] | None = None,
 ) -> SegmentationResult:
     """Segment a 4D-STEM scan (or every time step of a 5D one) into clusters.
@@ -179,12 +177,19 @@ def segment_params(
     if ndim not in (4, 5):
         check_cube(cube, 4)  # raises with a clear message
     check_cube(cube, ndim)
-    for name, value in (("average", average), ("mask_source", mask_source)):
-        if value not in ("raw", "prefiltered"):
-            raise ValueError(f"{name} must be 'raw' or 'prefiltered'; got {value!r}")
-    if not int(min_cluster_size) >= 0:
-        raise ValueError("min_cluster_size must be >= 0")
-    pre = _prefilter_options(prefilter)
+    check = _params.check
+    threshold = check("threshold", threshold)
+    min_cluster_size = check("min_cluster_size", min_cluster_size)
+    sigma = check("sigma", sigma)
+    mask_min_size = check("mask_min_size", mask_min_size)
+    mask_hole_size = check("mask_hole_size", mask_hole_size)
+    check("average", average)
+    check("mask_source", mask_source)
+    if _is_radii(q_mask):
+        check("q_mask", q_mask)
+    if isinstance(real_mask, numbers.Real) and not isinstance(real_mask, bool | np.bool_):
+        check("real_mask", real_mask)
+    pre = _params.prefilter_options(prefilter)
     params = {
         "threshold": float(threshold),
         "min_cluster_size": int(min_cluster_size),
@@ -234,20 +239,8 @@ def _segment_one(
     return labels, ms, rmask, sim, means, cluster_table(labels, ms, n)
 
 
-def _prefilter_options(prefilter) -> dict | None:
-    if prefilter is False or prefilter is None:
-        return None
-    if prefilter is True:
-        return dict(PREFILTER_DEFAULTS)
-    if isinstance(prefilter, dict):
-        unknown = set(prefilter) - set(PREFILTER_DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"unknown prefilter option(s) {sorted(unknown)}; expected "
-                f"{sorted(PREFILTER_DEFAULTS)}"
-            )
-        return {**PREFILTER_DEFAULTS, **prefilter}
-    raise TypeError(f"prefilter must be a bool or a dict; got {type(prefilter).__name__}")
+def _is_radii(q_mask) -> bool:
+    return isinstance(q_mask, tuple | list) and all(isinstance(v, numbers.Real) for v in q_mask)
 
 
 def thresholds_a_map(real_mask) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..core.averages import cluster_table, means_from_sums
 from ..core.masking import THRESHOLD_METHODS, real_space_mask, resolve_q_mask
+from ..core.params import DEFAULTS
 from ..core.pipeline import _describe, _per_step_masks, segment_params, thresholds_a_map
 from ..core.regions import grow_regions
 from ..core.result import SegmentationResult
@@ -19,6 +20,8 @@ from ..core.similarity import mean_similarity, neighbor_similarity
 from ._tasks import BlockSource, _extended, similarity_task, sums_task
 from .executors import DistributedExecutor, Executor, ThreadExecutor
 from .planning import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
+
+_D = DEFAULTS
 
 #: Stage names passed to ``on_stage``.
 STAGES = ("similarity", "regions", "averages")
@@ -60,17 +63,17 @@ class RunStats:
 
 def segment_chunked(
     cube,
-    threshold: float = 0.9,
-    min_cluster_size: int = 5,
-    q_mask=None,
-    sigma: float = 0.0,
-    prefilter: bool | dict = False,
-    real_mask="triangle",
+    threshold: float = _D["threshold"],
+    min_cluster_size: int = _D["min_cluster_size"],
+    q_mask=_D["q_mask"],
+    sigma: float = _D["sigma"],
+    prefilter: bool | dict = _D["prefilter"],
+    real_mask=_D["real_mask"],
     *,
-    mask_min_size: int = 0,
-    mask_hole_size: int = 0,
-    average: str = "raw",
-    mask_source: str = "raw",
+    mask_min_size: int = _D["mask_min_size"],
+    mask_hole_size: int = _D["mask_hole_size"],
+    average: str = _D["average"],
+    mask_source: str = _D["mask_source"],
     times=None,
     executor: Executor | None = None,
     memory_limit=None,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
+from ..core.params import BY_NAME, DEFAULTS
 from ._common import (
     JobRunner,
     ask_replace,
@@ -70,25 +71,25 @@ class ClusteringWidget(Container):
             options={"choices": layer_choices(viewer, is_mask_layer, none="(none)")},
         )
         self._threshold = create_widget(
-            0.9,
+            DEFAULTS["threshold"],
             label="Threshold",
             annotation=float,
             widget_type="FloatSlider",
             options={"min": 0.0, "max": 1.0, "step": 0.001, "readout": True},
         )
         self._min_size = create_widget(
-            5,
+            DEFAULTS["min_cluster_size"],
             label="Min. cluster size",
             annotation=int,
             widget_type="SpinBox",
             options={"min": 0, "max": 1_000_000},
         )
         self._average = create_widget(
-            "raw",
+            DEFAULTS["average"],
             label="Average from",
             annotation=str,
             widget_type="ComboBox",
-            options={"choices": ["raw", "prefiltered"]},
+            options={"choices": list(BY_NAME["average"].choices)},
         )
         self._average.tooltip = (
             "Cube of the cluster-averaged patterns: the raw data or the cube the "

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
+from ..core.params import DEFAULTS
 from ._common import (
     JobRunner,
     connect_while_alive,
@@ -79,7 +80,7 @@ class SimilarityWidget(Container):
             options={"min": 0.0, "max": 10000.0, "step": 1.0},
         )
         self._sigma = create_widget(
-            0.0,
+            DEFAULTS["sigma"],
             label="Blur σ (px)",
             annotation=float,
             widget_type="FloatSpinBox",
@@ -91,7 +92,7 @@ class SimilarityWidget(Container):
         self._cancel.text = "Cancel"
         self._cancel.enabled = False
         self._method = create_widget(
-            "triangle",
+            DEFAULTS["real_mask"],
             label="Mask method",
             annotation=str,
             widget_type="ComboBox",
@@ -105,14 +106,14 @@ class SimilarityWidget(Container):
             options={"min": -1.0, "max": 1.0, "step": 0.005, "readout": True},
         )
         self._min_size = create_widget(
-            0,
+            DEFAULTS["mask_min_size"],
             label="Remove regions <",
             annotation=int,
             widget_type="SpinBox",
             options={"min": 0, "max": 100000},
         )
         self._hole_size = create_widget(
-            0,
+            DEFAULTS["mask_hole_size"],
             label="Fill holes <",
             annotation=int,
             widget_type="SpinBox",
