@@ -9,11 +9,15 @@ import numpy as np
 
 from . import params as _params
 from ._validate import check_cube
-from .averages import cluster_means, cluster_table
-from .masking import real_space_mask
-from .regions import grow_regions
+from .masking import resolve_q_mask
+from .passes import (
+    assemble,
+    make_spec,
+    needs_raw_map,
+    run_in_process,
+    thresholds_a_map,  # noqa: F401 - re-exported for older imports
+)
 from .result import SegmentationResult
-from .similarity import mean_similarity, neighbor_similarity
 
 #: Prefilter settings used when ``prefilter=True`` (from the parameter model).
 PREFILTER_DEFAULTS = _params.PREFILTER_DEFAULTS
@@ -108,32 +112,35 @@ def segment(
         average=average,
         mask_source=mask_source,
     )
-    steps = [cube] if ndim == 4 else [cube[t] for t in range(cube.shape[0])]
+    # One orchestration: the passes of core.passes, here block after block.
+    steps = [None] if ndim == 4 else list(range(cube.shape[0]))
     masks = _per_step_masks(real_mask, len(steps), cube.shape[-4:-2], ndim)
-    raw_maps = [bool(pre) and mask_source == "raw" and thresholds_a_map(m) for m in masks]
-    track = _Progress(progress, len(steps) * (2 + bool(pre)) + sum(raw_maps))
-    parts = [
-        _segment_one(
-            step,
-            threshold,
-            min_cluster_size,
-            q_mask,
-            sigma,
-            pre,
-            mask,
-            mask_min_size,
-            mask_hole_size,
-            average,
-            raw_map,
-            track,
-        )
-        for step, mask, raw_map in zip(steps, masks, raw_maps, strict=True)
-    ]
-    if ndim == 4:
-        labels, ms, rmask, sim, means, table = parts[0]
-        return SegmentationResult(labels, ms, rmask, sim, means, table, params)
-    stack = [np.stack([p[i] for p in parts]) for i in range(4)]
-    return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params)
+    qmask = resolve_q_mask(q_mask, tuple(cube.shape[-2:]))
+    if qmask is not None and not qmask.any():
+        raise ValueError("q_mask selects no detector pixel; nothing to compare")
+    parts = run_in_process(
+        cube,
+        steps,
+        masks,
+        make_spec(pre, qmask, params["sigma"], average),
+        grow_options(params),
+        [needs_raw_map(pre, mask_source, m) for m in masks],
+        progress,
+    )
+    return assemble(parts, params, time_axis=ndim == 5)
+
+
+def grow_options(params: dict) -> dict:
+    """The options of :func:`~napari_stemcluster.core.passes.grow_step` from ``params``.
+
+    Examples
+    --------
+    >>> grow_options({"threshold": 0.9, "min_cluster_size": 5, "mask_min_size": 0,
+    ...               "mask_hole_size": 0})["threshold"]
+    0.9
+    """
+    keys = ("threshold", "min_cluster_size", "mask_min_size", "mask_hole_size")
+    return {k: params[k] for k in keys}
 
 
 def segment_params(
@@ -205,49 +212,8 @@ def segment_params(
     return ndim, pre, params
 
 
-def _segment_one(
-    cube,
-    threshold,
-    min_size,
-    q_mask,
-    sigma,
-    pre,
-    real_mask,
-    mask_min_size,
-    mask_hole_size,
-    average,
-    raw_map,
-    track,
-):
-    source = cube
-    if pre:
-        from .prefilter import correlative_prefilter
-
-        source = correlative_prefilter(cube, **pre, progress=track.stage())
-    sim = neighbor_similarity(source, q_mask, sigma, progress=track.stage())
-    ms = mean_similarity(sim)
-    mask_map = ms
-    if raw_map:
-        mask_map = mean_similarity(neighbor_similarity(cube, q_mask, sigma, progress=track.stage()))
-    rmask = real_space_mask(mask_map, real_mask, min_size=mask_min_size, hole_size=mask_hole_size)
-    labels, _ = grow_regions(
-        sim, threshold, mean_similarity=ms, mask=rmask, min_cluster_size=min_size
-    )
-    n = int(labels.max(initial=0))
-    avg_cube = source if average == "prefiltered" else cube
-    means = cluster_means(avg_cube, labels, n, progress=track.stage())
-    return labels, ms, rmask, sim, means, cluster_table(labels, ms, n)
-
-
 def _is_radii(q_mask) -> bool:
     return isinstance(q_mask, tuple | list) and all(isinstance(v, numbers.Real) for v in q_mask)
-
-
-def thresholds_a_map(real_mask) -> bool:
-    """True when ``real_mask`` is computed from a mean-similarity map."""
-    if isinstance(real_mask, str):
-        return True
-    return isinstance(real_mask, numbers.Real) and not isinstance(real_mask, bool)
 
 
 def _per_step_masks(real_mask, n_steps, scan_shape, ndim):
@@ -270,25 +236,3 @@ def _describe(value):
     if isinstance(value, tuple | list) and all(isinstance(v, numbers.Real) for v in value):
         return [float(v) for v in value]
     return f"array{tuple(np.shape(value))}"
-
-
-class _Progress:
-    """Maps each stage's ``(done, total)`` onto one overall bar of ``units``."""
-
-    SCALE = 1000
-
-    def __init__(self, callback, n_stages: int):
-        self.callback = callback
-        self.total = n_stages * self.SCALE
-        self.base = -self.SCALE
-
-    def stage(self):
-        self.base += self.SCALE
-        if self.callback is None:
-            return None
-        base = self.base
-
-        def report(done, total):
-            self.callback(base + (self.SCALE * done) // max(total, 1), self.total)
-
-        return report
