@@ -245,7 +245,7 @@ def _gather_params(args) -> dict:
 def _segment(args) -> int:
     params = _gather_params(args)
     out = Path(args.output)
-    _check_output(out, args.file)
+    _check_output(out, args.file, args.overwrite)
     opened = time.perf_counter()
     if args.file is None:
         ds, source = _sample_dataset(params)
@@ -258,36 +258,23 @@ def _segment(args) -> int:
     t_open = time.perf_counter() - opened
     first = "open" if args.file else "generate sample"
     result, stats, seconds = _run(ds, params, quiet=args.quiet, first={first: t_open})
-    written = _write(out, result, source, ds, seconds)
+    written = _write(out, result, source, ds, seconds, args.overwrite)
     if not args.quiet:
         _summary(ds, result, stats, seconds, written)
     return 0
 
 
-def _check_output(out: Path, source) -> None:
-    """Refuse a results path that cannot be written, before any work is done."""
-    if out.is_dir():
-        raise UserError(f"{out}: is a directory; give the results file name with -o")
-    if not out.parent.resolve().is_dir():
-        raise UserError(f"{out.parent}: directory does not exist")
-    if not out.exists():
-        return
-    if source is not None and out.resolve() == Path(source).resolve():
-        raise UserError(
-            f"{out}: is the source data file; refusing to overwrite it, choose "
-            "another results file name"
-        )
-    from .io import StemFileError, detect_format
+def _check_output(out: Path, source, overwrite: bool) -> None:
+    """Refuse a results path that cannot be written, before any work is done.
+
+    The rule is the API's (:func:`napari_stemcluster.io.output.check_output`).
+    """
+    from .io.output import check_output
 
     try:
-        kind = detect_format(out)
-    except StemFileError:
-        kind = None
-    if kind not in (None, "results"):
-        raise UserError(
-            f"{out}: holds 4D/5D-STEM data ({kind}); refusing to overwrite it with "
-            "results, choose another file name"
-        )
+        check_output(out, source=source, overwrite=overwrite, option="--overwrite")
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
 
 
 def _sample_dataset(params):
@@ -346,11 +333,16 @@ def _run(ds, params, *, quiet, first):
     return result, stats, seconds
 
 
-def _write(out: Path, result, source, ds, seconds):
+def _write(out: Path, result, source, ds, seconds, overwrite):
     from .io import write_results
 
     t0 = time.perf_counter()
-    path = write_results(out, result, source=source, calibration=ds.calibration, overwrite=True)
+    try:
+        path = write_results(
+            out, result, source=source, calibration=ds.calibration, overwrite=overwrite
+        )
+    except FileExistsError as e:  # appeared while segmenting
+        raise UserError(f"{e} (--overwrite)") from None
     seconds["write"] = time.perf_counter() - t0
     return path
 
@@ -442,6 +434,7 @@ def _demo(args) -> int:
     from .engine import RunStats, segment_chunked
     from .engine.overview import render_overview
     from .io import open_dataset, write_results
+    from .io.output import atomic_output
     from .synthetic import make_polycrystal
 
     out = Path(args.output)
@@ -452,21 +445,16 @@ def _demo(args) -> int:
     t0 = time.perf_counter()
     sample = make_polycrystal(**SAMPLE)
     data_path = out / "sample.h5"
-    tmp = out / ".sample.h5.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            d = f.create_dataset(
-                "data",
-                data=sample.cube,
-                chunks=(1, min(8, sample.cube.shape[1]), *sample.cube.shape[2:]),
-                compression="gzip",
-                compression_opts=4,
-                shuffle=True,
-            )
-            d.attrs.update(_calibration(sample))
-        os.replace(tmp, data_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(data_path) as tmp, h5py.File(tmp, "w") as f:
+        d = f.create_dataset(
+            "data",
+            data=sample.cube,
+            chunks=(1, min(8, sample.cube.shape[1]), *sample.cube.shape[2:]),
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+        )
+        d.attrs.update(_calibration(sample))
     say(
         f"sample: {data_path} ({SAMPLE['n_times']} time steps of "
         f"{SAMPLE['scan_shape'][0]}x{SAMPLE['scan_shape'][1]} scan positions, "

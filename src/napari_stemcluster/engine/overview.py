@@ -222,12 +222,9 @@ def render_overview(cube, result, path: str | os.PathLike) -> Path:
     )
     for r, (label, _) in enumerate(rows):
         draw.text((6, _HEADER + r * (PANEL + _GAP) + PANEL // 2 - 6), label, fill=(0, 0, 0))
+    from ..io.output import atomic_output
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
