@@ -173,3 +173,23 @@ def test_widgets_give_the_same_labels_and_similarity(make_napari_viewer, qtbot, 
     np.testing.assert_array_equal(s.mask_layer.data > 0, ref.real_mask)
     np.testing.assert_array_equal(c.labels_layer.data, ref.labels)
     assert c.params()["mask_source"] == "raw"
+
+
+# ---------------------------------------------------------------------------
+# one data model: steps inside, squeezed only at the public API
+
+
+@pytest.mark.parametrize("ndim", [4, 5])
+def test_results_are_steps_inside(cube5, ndim):
+    from napari_stemcluster import SegmentationResult
+
+    cube = cube5 if ndim == 5 else cube5[0]
+    res = segment(cube, **KW)
+    steps = res.steps()
+    assert len(steps) == res.n_steps == (2 if ndim == 5 else 1)
+    for s in steps:
+        assert s.labels.shape == (17, 19) and s.similarity.shape == (17, 19, 8)
+        assert s.cluster_means.shape == (len(s.clusters), 16, 16)
+    again = SegmentationResult.from_steps(steps, res.params, time_axis=ndim == 5)
+    _same(res, again)
+    assert again.n_clusters == res.n_clusters

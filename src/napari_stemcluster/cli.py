@@ -382,8 +382,7 @@ class _StageBars:
 def _summary(ds, result, stats, seconds, path):
     from .engine.planning import format_bytes
 
-    n = result.n_clusters
-    counts = n if isinstance(n, list) else [n]
+    counts = [len(step.clusters) for step in result.steps()]
     raw = stats.input_bytes
     size = os.path.getsize(path)
     total = sum(seconds.values())

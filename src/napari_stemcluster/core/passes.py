@@ -17,38 +17,27 @@ where blocks run and how results travel. The passes, per time step:
    patterns of each labelled block are added per cluster; the merged sums
    give the cluster averages.
 
-Results of a step are a :class:`StepResult`; :func:`assemble` turns the steps
-into a :class:`~napari_stemcluster.core.result.SegmentationResult` (with a
-time axis for a 5D cube, without for 4D: the only place the two differ).
+Results are always a list of per-step
+:class:`~napari_stemcluster.core.result.StepResult` (one for a 4D scan);
+:func:`assemble` turns them into the public
+:class:`~napari_stemcluster.core.result.SegmentationResult`, with a time axis
+for a 5D cube and without for 4D: the only place the two differ.
 """
 
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
 
 import numpy as np
 
 from .averages import cluster_sums, cluster_table, means_from_sums
 from .masking import real_space_mask
 from .regions import grow_regions
-from .result import ClusterTable, SegmentationResult
+from .result import SegmentationResult, StepResult
 from .similarity import mean_similarity, neighbor_similarity
 
 #: Largest float32 value: patterns whose squared norm exceeds it overflow.
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-@dataclass
-class StepResult:
-    """What the passes give for one time step (always one scan, no time axis)."""
-
-    labels: np.ndarray
-    mean_similarity: np.ndarray
-    real_mask: np.ndarray
-    similarity: np.ndarray
-    cluster_means: np.ndarray
-    clusters: ClusterTable
 
 
 def make_spec(prefilter, q_mask, sigma, average="raw") -> dict:
@@ -360,7 +349,7 @@ def finish_step(labels, ms, rmask, sim, table, sums) -> StepResult:
 
 
 def assemble(steps: list[StepResult], params: dict, time_axis: bool) -> SegmentationResult:
-    """The public result: maps with a time axis for a 5D cube, without for 4D.
+    """The public result of the steps (:meth:`SegmentationResult.from_steps`).
 
     Examples
     --------
@@ -371,19 +360,7 @@ def assemble(steps: list[StepResult], params: dict, time_axis: bool) -> Segmenta
     >>> assemble([step], {}, time_axis=True).labels.shape
     (1, 1, 2)
     """
-    if not time_axis:
-        (s,) = steps
-        return SegmentationResult(
-            s.labels, s.mean_similarity, s.real_mask, s.similarity, s.cluster_means, s.clusters,
-            params,
-        )  # fmt: skip
-    maps = [
-        np.stack([getattr(s, name) for s in steps])
-        for name in ("labels", "mean_similarity", "real_mask", "similarity")
-    ]
-    return SegmentationResult(
-        *maps, [s.cluster_means for s in steps], [s.clusters for s in steps], params
-    )
+    return SegmentationResult.from_steps(steps, params, time_axis)
 
 
 def row_boxes(scan_shape, rows: int) -> list[tuple[int, int, int, int]]:
