@@ -54,7 +54,7 @@ def _start(workdir: Path, out: Path, scratch: Path, workers: bool) -> subprocess
     }
     # small blocks: many tasks, each cancelled quickly
     argv = ["segment", str(workdir / "scan.h5"), "-o", str(out), "--prefilter", "-q"]
-    argv += ["--memory-limit", "48MB"]
+    argv += ["--memory-limit", "48MB", "--overwrite"]
     if workers:
         argv += ["--workers", "2"]
     return subprocess.Popen(
@@ -132,7 +132,7 @@ def test_signal_while_writing_keeps_the_previous_file(workdir, tmp_path, monkeyp
 
     monkeypatch.setattr("napari_stemcluster.io.write_results", write_then_signal)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        code = cli.main(["segment", str(workdir / "tiny.h5"), "-o", str(out), "-q"])
+        code = cli.main(["segment", str(workdir / "tiny.h5"), "-o", str(out), "-q", "--overwrite"])
         err = capsys.readouterr().err
         assert code == STATUS[sig], err
         assert [ln for ln in err.splitlines() if ln.strip()] == [
