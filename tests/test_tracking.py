@@ -412,3 +412,82 @@ def test_merge_relabel_and_split_tracks():
         split_track(tr, 2, 1)
     with pytest.raises(ValueError, match="at least two"):
         merge_tracks(tr, [1])
+
+
+# --------------------------------------------------------------------------
+# results file, CSV and command line
+
+
+def test_results_file_round_trip(series, segmented, tmp_path):
+    from napari_stemcluster.core.tracking import track_series
+    from napari_stemcluster.io import read_results, write_results
+
+    tracking, kinetics = track_series(segmented, series.calibration)
+    path = write_results(
+        tmp_path / "r.h5",
+        segmented,
+        calibration=series.calibration,
+        tracking=tracking,
+        kinetics=kinetics,
+    )
+    _, info = read_results(path)
+    back, kin = info["tracking"], info["kinetics"]
+    assert [a.tolist() for a in back.track_of] == [a.tolist() for a in tracking.track_of]
+    assert np.array_equal(back.tracks, tracking.tracks)
+    assert _events(back) == _events(tracking)
+    assert back.params == tracking.params
+    assert list(kin.table) == list(kinetics.table)
+    for k in kinetics.table:
+        np.testing.assert_array_equal(kin.table[k], kinetics.table[k])
+    for k in kinetics.rates:
+        np.testing.assert_array_equal(kin.rates[k], kinetics.rates[k])
+    assert kin.units == kinetics.units
+    # A file without tracks says so.
+    plain = write_results(tmp_path / "p.h5", segmented)
+    _, info = read_results(plain)
+    assert info["tracking"] is None and info["kinetics"] is None
+    # Tracks that do not fit the clusters are refused.
+    bad = link_clusters(segmented.labels[:, :, ::-1] * 0)
+    with pytest.raises(ValueError, match="clusters per step"):
+        write_results(tmp_path / "b.h5", segmented, tracking=bad)
+    assert not (tmp_path / "b.h5").exists()
+
+
+def test_csv_round_trip(series, segmented, tmp_path):
+    from napari_stemcluster.core.tracking import track_series
+    from napari_stemcluster.io._analysis_tracking import read_kinetics_csv, write_kinetics_csv
+
+    tracking, kinetics = track_series(segmented, series.calibration)
+    paths = write_kinetics_csv(tmp_path / "kin", kinetics, tracking)
+    assert [p.name for p in paths] == ["kin.csv", "kin_rates.csv", "kin_events.csv"]
+    table, units = read_kinetics_csv(paths[0])
+    assert units["area"] == "nm^2" and units["time"] == "s"
+    for k, v in kinetics.table.items():
+        np.testing.assert_allclose(table[k], v, equal_nan=True)
+    rates, _ = read_kinetics_csv(paths[1])
+    np.testing.assert_allclose(rates["growth_rate"], kinetics.rates["growth_rate"])
+    events, _ = read_kinetics_csv(paths[2])
+    assert events["kind"].tolist() == tracking.events["kind"].tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+
+
+def test_cli_segment_5d_writes_tracks(series, tmp_path):
+    import h5py
+
+    from napari_stemcluster import cli
+    from napari_stemcluster.io import read_results
+
+    data = tmp_path / "series.h5"
+    with h5py.File(data, "w") as f:
+        d = f.create_dataset("data", data=series.cube[:, :48, :48, :16, :16])
+        d.attrs.update({"r_pixel_size": 0.5, "r_units": "nm", "t_step": 2.0, "t_units": "s"})
+    out = tmp_path / "res.h5"
+    assert cli.main(["segment", str(data), "-o", str(out), "--real-mask", "0.5", "-q"]) == 0
+    result, info = read_results(out)
+    tracking = info["tracking"]
+    assert tracking is not None and tracking.n_tracks >= max(result.n_clusters)
+    assert info["kinetics"].units["area"] == "nm^2"
+    assert info["kinetics"].units["growth_rate"] == "nm^2/s"
+    np.testing.assert_array_equal(info["kinetics"].table["time"] % 2.0, 0.0)
+    assert (tmp_path / "res_kinetics.csv").is_file()
+    assert (tmp_path / "res_kinetics_events.csv").is_file()

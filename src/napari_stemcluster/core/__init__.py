@@ -10,7 +10,14 @@ from .prefilter import correlative_prefilter, prefilter_footprint, prefilter_wei
 from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
-from .tracking import Kinetics, Tracking, grain_kinetics, link_clusters, link_result
+from .tracking import (
+    Kinetics,
+    Tracking,
+    grain_kinetics,
+    link_clusters,
+    link_result,
+    track_series,
+)
 
 __all__ = [
     "NEIGHBOR_OFFSETS",
@@ -34,4 +41,5 @@ __all__ = [
     "prefilter_weight",
     "real_space_mask",
     "segment",
+    "track_series",
 ]

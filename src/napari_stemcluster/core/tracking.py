@@ -62,6 +62,7 @@ __all__ = [
     "merge_tracks",
     "relabel_track",
     "split_track",
+    "track_series",
 ]
 
 #: Kinds of events, in the order they are reported within a step.
@@ -588,6 +589,8 @@ def grain_kinetics(
             "rotation_rate": f"deg/{t_units}",
             "first_time": t_units,
             "last_time": t_units,
+            "area_first": units["area"],
+            "area_last": units["area"],
         }
     )
     return Kinetics(table=table, rates=rates, units=units)
@@ -809,3 +812,41 @@ def split_track(tracking: Tracking, track: int, step: int) -> tuple[Tracking, li
     order = np.argsort(ev["time"], kind="stable")
     ev = {k: v[order] for k, v in ev.items()}
     return _with(tracking, track_of, ev), _changed(tracking.track_of, track_of)
+
+
+def track_series(
+    result, calibration: dict | None = None, *, orientations=None, intensity=None, **kwargs
+) -> tuple[Tracking, Kinetics]:
+    """Link a 5D result and measure its grains: :func:`link_result` + :func:`grain_kinetics`.
+
+    Parameters
+    ----------
+    result : SegmentationResult
+        A 5D segmentation.
+    calibration : dict, optional
+        ``r_pixel_size``, ``r_units``, ``t_step``, ``t_units``.
+    orientations, intensity
+        As in :func:`link_clusters` and :func:`grain_kinetics`.
+    **kwargs
+        Linking parameters of :func:`link_clusters`.
+
+    Returns
+    -------
+    tracking : Tracking
+    kinetics : Kinetics
+
+    Examples
+    --------
+    >>> from napari_stemcluster import segment
+    >>> from napari_stemcluster.synthetic_series import make_growth_events
+    >>> series = make_growth_events((48, 48), (16, 16))
+    >>> res = segment(series.cube, threshold=0.9, real_mask=0.5)
+    >>> tracking, kinetics = track_series(res, series.calibration)
+    >>> kinetics.units["area"], kinetics.units["growth_rate"]
+    ('nm^2', 'nm^2/s')
+    """
+    tracking = link_result(result, orientations=orientations, **kwargs)
+    kinetics = grain_kinetics(
+        tracking, result, intensity=intensity, orientations=orientations, calibration=calibration
+    )
+    return tracking, kinetics
