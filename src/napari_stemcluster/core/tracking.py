@@ -158,24 +158,28 @@ def _as_orientations(orientations, counts):
     return out
 
 
-def _unit_patterns(means, counts):
+def _check_patterns(means, counts):
     if means is None:
         return None
     if len(means) != len(counts):
         raise ValueError(
             f"cluster_means must have one array per time step ({len(counts)}); got {len(means)}"
         )
-    out = []
     for t, (m, n) in enumerate(zip(means, counts, strict=True)):
-        m = np.asarray(m, np.float32)
-        if m.ndim < 2 or m.shape[0] != n:
+        shape = np.shape(m)
+        if len(shape) < 2 or shape[0] != n:
             raise ValueError(
-                f"cluster_means[{t}] must be (N, Qx, Qy) with N = {n} clusters; got {m.shape}"
+                f"cluster_means[{t}] must be (N, Qx, Qy) with N = {n} clusters; got {shape}"
             )
-        m = m.reshape(n, -1).astype(np.float64)
-        norm = np.linalg.norm(m, axis=1, keepdims=True)
-        out.append(np.divide(m, norm, out=np.zeros_like(m), where=norm > 0))
-    return out
+    return means
+
+
+def _unit(m) -> np.ndarray:
+    """Rows of ``m`` (N, ...) as float32 unit vectors (zero rows stay zero)."""
+    m = np.asarray(m, np.float32)
+    m = m.reshape(m.shape[0], -1)
+    norm = np.sqrt(np.einsum("ij,ij->i", m, m, dtype=np.float64)).astype(np.float32)
+    return np.divide(m, norm[:, None], out=np.zeros_like(m), where=norm[:, None] > 0)
 
 
 def link_clusters(
@@ -269,9 +273,10 @@ def link_clusters(
     sizes = [np.bincount(labels[t].ravel()).astype(np.int64) for t in range(n_t)]
     counts = [max(len(s) - 1, 0) for s in sizes]
     sizes = [np.pad(s, (0, counts[t] + 1 - len(s))) for t, s in enumerate(sizes)]
-    units = _unit_patterns(cluster_means, counts)
+    means = _check_patterns(cluster_means, counts)
+    units: dict[int, np.ndarray] = {}  # unit patterns of the steps still in use
     orient = _as_orientations(orientations, counts)
-    if units is None:
+    if means is None:
         w[1] = 0.0
     if orient is None:
         w[2] = 0.0
@@ -325,9 +330,20 @@ def link_clusters(
         smaller = np.minimum(prev_size[:, None], cur_size[None, :])
         admissible = (inter > 0) & (inter >= min_overlap * smaller)
         score = w[0] * iou
-        if units is not None:
-            prev_u = np.stack([units[alive[c][0]][alive[c][1] - 1] for c in cand])
-            score = score + w[1] * np.clip(prev_u @ units[t].T, -1.0, 1.0)
+        if means is not None:
+            for s in {alive[c][0] for c in cand} | {t}:
+                if s not in units:
+                    units[s] = _unit(means[s])
+            for s in [s for s in units if s < t - max_gap - 1]:
+                del units[s]
+            # Pattern similarity of the admissible pairs only: each track
+            # overlaps a few clusters, so this is far less than a full product.
+            ri, ci = np.nonzero(admissible)
+            prev_u = np.stack([units[alive[cand[r]][0]][alive[cand[r]][1] - 1] for r in ri])
+            cos = np.einsum("ij,ij->i", prev_u, units[t][ci]) if ri.size else np.zeros(0)
+            pattern = np.zeros(score.shape)
+            pattern[ri, ci] = np.clip(cos, -1.0, 1.0)
+            score = score + w[1] * pattern
         if orient is not None:
             prev_o = np.array([orient[alive[c][0]][alive[c][1] - 1] for c in cand])
             d = np.abs(prev_o[:, None] - orient[t][None, :]) % orientation_period
@@ -391,7 +407,7 @@ def link_clusters(
         "weights": [float(x) for x in weights],
         "gap_penalty": float(gap_penalty),
         "orientation_period": float(orientation_period),
-        "used_patterns": units is not None,
+        "used_patterns": means is not None,
         "used_orientations": orient is not None,
     }
     return Tracking(track_of=track_of, step_labels=labels, events=ev, params=params)
