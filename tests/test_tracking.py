@@ -491,3 +491,28 @@ def test_cli_segment_5d_writes_tracks(series, tmp_path):
     np.testing.assert_array_equal(info["kinetics"].table["time"] % 2.0, 0.0)
     assert (tmp_path / "res_kinetics.csv").is_file()
     assert (tmp_path / "res_kinetics_events.csv").is_file()
+
+
+def test_overview_follows_grains_and_plots_kinetics(series, segmented, tmp_path):
+    from PIL import Image
+
+    from napari_stemcluster.core.tracking import track_series
+    from napari_stemcluster.engine.overview import PANEL, label_colors, render_overview
+
+    cube = series.cube[:, :, :, ::2, ::2]  # the virtual image only needs a smaller cube
+    tracking, kinetics = track_series(segmented, series.calibration)
+    plain = np.asarray(Image.open(render_overview(cube, segmented, tmp_path / "a.png")))
+    tracked = np.asarray(
+        Image.open(render_overview(cube, segmented, tmp_path / "b.png", tracking, kinetics))
+    )
+    assert tracked.shape[1] == plain.shape[1]
+    assert tracked.shape[0] >= plain.shape[0] + 2 * PANEL  # the kinetics plot
+    colors = label_colors(tracking.n_tracks)
+    # The steady grain has the same colour in every row of the cluster maps.
+    g = series.roles["steady"]
+    ids = {int(np.bincount(tracking.tracks[t][series.grains[t] == g]).argmax()) for t in range(8)}
+    assert len(ids) == 1
+    rgb = colors[ids.pop()]
+    panel_rows = [tracked[22 + r * (PANEL + 6) : 22 + r * (PANEL + 6) + PANEL] for r in range(5)]
+    for row in panel_rows:
+        assert np.all(row == rgb, axis=-1).sum() > 100

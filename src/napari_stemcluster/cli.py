@@ -565,14 +565,17 @@ def _demo(args) -> int:
     ds = open_dataset(data_path)
     stats = RunStats()
     result = segment_chunked(ds, **segment_kwargs(params), stats=stats)
+    tracking, kinetics = _track(result, ds.calibration, {})
     results_path = write_results(
         out / "results.h5",
         result,
         source=str(data_path.resolve()),
         calibration=ds.calibration,
         overwrite=True,
+        tracking=tracking,
+        kinetics=kinetics,
     )
-    png = render_overview(ds.cube, result, out / "overview.png")
+    png = render_overview(ds.cube, result, out / "overview.png", tracking, kinetics)
     say(
         f"clusters per time step: {', '.join(str(c) for c in result.n_clusters)} "
         f"({sample.n_grains} grains in the ground truth)"
