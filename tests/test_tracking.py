@@ -516,3 +516,20 @@ def test_overview_follows_grains_and_plots_kinetics(series, segmented, tmp_path)
     panel_rows = [tracked[22 + r * (PANEL + 6) : 22 + r * (PANEL + 6) + PANEL] for r in range(5)]
     for row in panel_rows:
         assert np.all(row == rgb, axis=-1).sum() > 100
+
+
+def test_same_grains_across_steps():
+    from napari_stemcluster.core.tracking import same_grains
+
+    a = np.array([[1, 1, 0, 2, 2, 0, 3]])
+    b = np.array([[2, 2, 0, 1, 1, 0, 0]])
+    c = np.array([[0, 0, 0, 1, 1, 0, 2]])
+    tr = link_clusters(_stack(a, b, c))
+    # Grain of label 1 at step 0 is label 2 at step 1 and absent at step 2.
+    assert same_grains(tr, 0, [1]) == {0: [1], 1: [2]}
+    assert same_grains(tr, 1, [1, 2]) == {0: [1, 2], 1: [1, 2], 2: [1]}
+    assert same_grains(tr, 2, [2]) == {0: [3], 2: [2]}  # re-linked across the gap
+    with pytest.raises(ValueError, match="no label 3"):
+        same_grains(tr, 1, [3])
+    with pytest.raises(ValueError, match="outside"):
+        same_grains(tr, 5, [1])

@@ -174,3 +174,80 @@ def test_export_csv_and_reopen(make_napari_viewer, qtbot, series, segmented, tmp
     w2._layer_combo.value = reopened
     assert w2.tracking is not None and len(w2._lines) == len(w._lines)
     assert w2.table.rowCount() == w.table.rowCount()
+
+
+def test_label_correction_carries_merges_and_splits_over_all_steps(
+    make_napari_viewer, qtbot, series, segmented
+):
+    from napari_stemcluster.widgets import CorrectionWidget
+    from napari_stemcluster.widgets._state import ClusterState
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in result_to_layers(segmented, series.calibration, "series"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    clusters = viewer.layers["series"]
+    meta = stem_meta(clusters)
+    meta["cube"] = series.cube
+    meta["state"] = ClusterState(
+        clusters.data,
+        series.cube,
+        similarity=segmented.similarity,
+        mean_similarity=segmented.mean_similarity,
+    )
+    cor = CorrectionWidget(viewer)
+    cor._layer_combo.value = clusters
+    cor._all_steps.value = True
+    # Before linking, the widget says what to do.
+    cor._merge_list.value = "1, 2"
+    assert cor.merge() is None
+    kin = KineticsWidget(viewer)
+    kin._layer_combo.value = clusters
+    kin.link()
+    qtbot.waitUntil(lambda: not kin.runner.running, timeout=WAIT)
+    tracking = meta["tracking"]
+    before = np.array(clusters.data)
+    # Merge the steady and the rotating grain (labels at step 2) at every step.
+    steady, rotating = series.roles["steady"], series.roles["rotating"]
+    lab = [int(np.bincount(before[2][series.grains[2] == g]).argmax()) for g in (steady, rotating)]
+    viewer.dims.set_point(0, clusters.data_to_world([2, 0, 0])[0])
+    cor._merge_list.value = ", ".join(map(str, lab))
+    target = cor.merge()
+    assert target == min(lab)
+    assert "at steps 0, 1, 2, 3, 4, 5, 6, 7" in cor._status.value
+    for t in range(8):
+        both = (series.grains[t] == steady) | (series.grains[t] == rotating)
+        assert len(np.unique(clusters.data[t][both])) == 1  # one cluster at every step
+    # The tracking follows: the two grains are one track now.
+    assert meta["tracking"].n_tracks == tracking.n_tracks
+    assert (
+        len(
+            {
+                int(v)
+                for v in np.unique(
+                    meta["tracking"].tracks[0][
+                        (series.grains[0] == steady) | (series.grains[0] == rotating)
+                    ]
+                )
+            }
+        )
+        == 1
+    )
+    # One undo reverts every step and names them.
+    assert cor.undo() == tuple(range(8))
+    assert "0, 1, 2, 3, 4, 5, 6, 7" in cor._status.value
+    assert np.array_equal(clusters.data, before)
+    # Splitting after the labels changed asks to link again.
+    kin.link()
+    qtbot.waitUntil(lambda: not kin.runner.running, timeout=WAIT)
+    g = series.roles["splitting"]
+    label = int(np.bincount(before[2][series.grains[2] == g]).argmax())
+    clusters.selected_label = label
+    cor._threshold.value = 0.999
+    cor._min_size.value = 3
+    new_ids = cor.split()
+    assert new_ids is not None
+    assert "steps" in cor._status.value
+    changed = [t for t in range(8) if not np.array_equal(clusters.data[t], before[t])]
+    assert len(changed) > 1  # the same grain split at several steps
+    assert cor.undo() == tuple(changed)
+    assert np.array_equal(clusters.data, before)

@@ -61,6 +61,7 @@ __all__ = [
     "link_result",
     "merge_tracks",
     "relabel_track",
+    "same_grains",
     "split_track",
     "track_series",
 ]
@@ -866,3 +867,48 @@ def track_series(
         tracking, result, intensity=intensity, orientations=orientations, calibration=calibration
     )
     return tracking, kinetics
+
+
+def same_grains(tracking: Tracking, t: int, labels: Sequence[int]) -> dict[int, list[int]]:
+    """The labels of every time step that belong to the grains of ``labels`` at step ``t``.
+
+    Used to carry a correction made at one step (merging or splitting
+    clusters) over to every step.
+
+    Parameters
+    ----------
+    tracking : Tracking
+    t : int
+        The step the labels are given at.
+    labels : sequence of int
+        Per-step labels at step ``t``.
+
+    Returns
+    -------
+    dict
+        ``{step: [labels]}`` for every step where at least one of the grains
+        is present (labels sorted).
+
+    Examples
+    --------
+    >>> labels = np.zeros((2, 1, 4), np.int32)
+    >>> labels[0, 0] = [1, 1, 2, 2]; labels[1, 0] = [2, 2, 1, 1]
+    >>> same_grains(link_clusters(labels), 0, [1, 2])
+    {0: [1, 2], 1: [1, 2]}
+    >>> same_grains(link_clusters(labels), 1, [1])
+    {0: [2], 1: [1]}
+    """
+    t = int(t)
+    if not 0 <= t < tracking.n_steps:
+        raise ValueError(f"time step {t} is outside 0..{tracking.n_steps - 1}")
+    lut = tracking.track_of[t]
+    bad = [int(v) for v in labels if not 1 <= int(v) <= len(lut)]
+    if bad:
+        raise ValueError(f"no label {', '.join(map(str, bad))} at time step {t}")
+    tracks = {int(lut[int(v) - 1]) for v in labels}
+    out = {}
+    for s, ids in enumerate(tracking.track_of):
+        mine = np.flatnonzero(np.isin(ids, list(tracks))) + 1
+        if mine.size:
+            out[s] = [int(v) for v in mine]
+    return out

@@ -241,6 +241,9 @@ class KineticsWidget(Container):
 
         def done(value):
             res, tracking, kinetics = value
+            if meta.get("kind") == "segmentation":
+                # The Label correction widget carries edits over the same grains.
+                meta["tracking"] = tracking
             self._show(res, tracking, kinetics, cal, source, meta.get("source"))
 
         self._status.value = "linking…"
