@@ -533,3 +533,28 @@ def test_same_grains_across_steps():
         same_grains(tr, 1, [3])
     with pytest.raises(ValueError, match="outside"):
         same_grains(tr, 5, [1])
+
+
+def test_napari_writer_saves_tracks(series, segmented, tmp_path):
+    from napari_stemcluster._layers import result_to_layers
+    from napari_stemcluster._tracking_layers import tracking_layer
+    from napari_stemcluster._writer import write_segmentation
+    from napari_stemcluster.core.tracking import merge_tracks
+    from napari_stemcluster.io import read_results
+
+    tracking = link_result(segmented)
+    fixed, _ = merge_tracks(tracking, [1, 2])
+    data, kwargs, _ = tracking_layer(fixed, None, segmented, series.calibration)
+    (path,) = write_segmentation(str(tmp_path / "t.h5"), data, {"metadata": kwargs["metadata"]})
+    result, info = read_results(path)
+    assert np.array_equal(result.labels, segmented.labels)
+    assert np.array_equal(info["tracking"].tracks, fixed.tracks)
+    assert 2 not in info["kinetics"].table["track"]
+    # A clusters layer saves its tracks while they still fit its labels.
+    labels, kw, _ = result_to_layers(segmented, series.calibration)[0]
+    kw["metadata"]["stemcluster"]["tracking"] = tracking
+    (path,) = write_segmentation(str(tmp_path / "c.h5"), labels, {"metadata": kw["metadata"]})
+    assert np.array_equal(read_results(path)[1]["tracking"].tracks, tracking.tracks)
+    kw["metadata"]["stemcluster"]["tracking"] = link_clusters(segmented.labels[:, ::-1])
+    (path,) = write_segmentation(str(tmp_path / "d.h5"), labels, {"metadata": kw["metadata"]})
+    assert read_results(path)[1]["tracking"] is None

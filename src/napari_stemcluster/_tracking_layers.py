@@ -46,3 +46,36 @@ def tracking_layer(
         "metadata": {METADATA_KEY: meta},
     }
     return tracks, kwargs, "labels"
+
+
+def tracks_to_save(data, stem_meta: dict, result_of):
+    """``(result, tracking, kinetics)`` to save for a Labels layer.
+
+    A tracked-grain layer saves the segmentation it was linked from with its
+    (possibly corrected) tracks; a clusters layer saves its tracks when they
+    still describe its labels. ``result_of()`` gives a clusters layer's
+    result.
+
+    Examples
+    --------
+    >>> tracks_to_save(layer.data, meta, lambda: result)  # doctest: +SKIP
+    (SegmentationResult(...), Tracking(...), Kinetics(...))
+    """
+    import numpy as np
+
+    from .core.tracking import grain_kinetics
+
+    if stem_meta.get("kind") == "tracks":
+        result = stem_meta.get("result")
+        if result is None:
+            raise ValueError("this tracked-grain layer holds no segmentation to save")
+        tracking = stem_meta["tracking"]
+        kinetics = stem_meta.get("kinetics")
+    else:
+        result = result_of()
+        tracking, kinetics = stem_meta.get("tracking"), None
+        if tracking is not None and not np.array_equal(tracking.step_labels, result.labels):
+            tracking = None  # edited since linking: the tracks no longer fit
+    if tracking is not None and kinetics is None:
+        kinetics = grain_kinetics(tracking, result, calibration=stem_meta.get("calibration"))
+    return result, tracking, kinetics
