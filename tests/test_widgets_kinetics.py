@@ -100,6 +100,9 @@ def test_clicks_link_viewer_and_plot(make_napari_viewer, qtbot, series, segmente
     assert layer.selected_label == k
     assert w.highlighted == k
     assert viewer.dims.current_step[0] == int(w.kinetics.table["step"][rows[i]])
+    # The dashed line marks the time step on screen, in seconds.
+    step = int(w.kinetics.table["step"][rows[i]])
+    assert w._cursor.get_xdata()[0] == pytest.approx(step * series.t_step)
     # A row of the event table does the same for the grain of the event.
     ev = w.tracking.events
     row = int(np.flatnonzero(ev["kind"] == "appear")[0])

@@ -358,12 +358,10 @@ class KineticsWidget(Container):
         if self.kinetics is None or self.tracks_layer is None:
             return
         t = self._current_step()
-        time = t * (self.kinetics.table["time"][0] / max(self.kinetics.table["step"][0], 1))
-        times = self.kinetics.table["time"]
-        steps = self.kinetics.table["step"]
-        hit = np.flatnonzero(steps == t)
-        if hit.size:
-            time = times[hit[0]]
+        times, steps = self.kinetics.table["time"], self.kinetics.table["step"]
+        later = np.flatnonzero(steps > 0)
+        # Time per step from the table (t_step, or 1 when time counts steps).
+        time = t * (times[later[0]] / steps[later[0]] if later.size else 1.0)
         if self._cursor is not None:
             self._cursor.remove()
         self._cursor = self.axes.axvline(time, color="0.5", lw=0.8, ls="--")
