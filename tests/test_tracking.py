@@ -558,3 +558,15 @@ def test_napari_writer_saves_tracks(series, segmented, tmp_path):
     kw["metadata"]["stemcluster"]["tracking"] = link_clusters(segmented.labels[:, ::-1])
     (path,) = write_segmentation(str(tmp_path / "d.h5"), labels, {"metadata": kw["metadata"]})
     assert read_results(path)[1]["tracking"] is None
+
+
+def test_empty_labels_get_no_track():
+    # Label 2 is empty at step 0 and label 1 at step 1 (merged away by an edit).
+    a = np.array([[1, 1, 0, 3, 3]])
+    b = np.array([[2, 2, 0, 3, 3]])
+    tr = link_clusters(_stack(a, b))
+    assert [x.tolist() for x in tr.track_of] == [[1, 0, 2], [0, 1, 2]]
+    assert _events(tr) == []
+    assert np.array_equal(tr.tracks, _stack([[1, 1, 0, 2, 2]], [[1, 1, 0, 2, 2]]))
+    kin = grain_kinetics(tr)
+    assert kin.table["track"].tolist() == [1, 1, 2, 2]

@@ -90,7 +90,7 @@ class Tracking:
     ----------
     track_of : list of ndarray of int32
         One array per time step: ``track_of[t][i]`` is the track id of label
-        ``i + 1`` at step ``t`` (ids start at 1).
+        ``i + 1`` at step ``t`` (ids start at 1; 0 for an empty label).
     step_labels : ndarray of int32, shape (T, Rx, Ry)
         The per-step labels the tracks refer to (not modified).
     events : dict of ndarray
@@ -289,9 +289,10 @@ def link_clusters(
     # Tracks that may still be matched: id -> (last step, label there).
     alive: dict[int, tuple[int, int]] = {}
     next_id = 1
-    for j in range(counts[0]):
+    # Empty labels (e.g. merged away by an edit) get no track (id 0).
+    for j in np.flatnonzero(sizes[0][1:]):
         track_of[0][j] = next_id
-        alive[next_id] = (0, j + 1)
+        alive[next_id] = (0, int(j) + 1)
         next_id += 1
 
     for t in range(1, n_t):
@@ -303,9 +304,9 @@ def link_clusters(
         cand = sorted(alive)
         m = counts[t]
         if not cand or m == 0:
-            for j in range(m):
+            for j in np.flatnonzero(sizes[t][1:]):
                 track_of[t][j] = next_id
-                alive[next_id] = (t, j + 1)
+                alive[next_id] = (t, int(j) + 1)
                 events.append((t, kind["appear"], next_id, 0))
                 next_id += 1
             continue
@@ -367,7 +368,7 @@ def link_clusters(
             if gaps[r] > 0:
                 events.append((t, kind["reappear"], tid, int(gaps[r])))
         # Unmatched clusters: split-off pieces or nuclei.
-        for c in np.flatnonzero(matched_col < 0):
+        for c in np.flatnonzero((matched_col < 0) & (cur_size > 0)):
             share = inter[:, c] / max(cur_size[c], 1)
             share = np.where((matched_row >= 0) & (gaps == 0), share, 0.0)
             r = int(np.argmax(share))
@@ -385,8 +386,8 @@ def link_clusters(
             if gaps[r] == 0 and m and share[c] >= event_overlap and share[c] > 0:
                 events.append((t, kind["merge"], int(track_of[t][c]), cand[r]))
                 del alive[cand[r]]
-        for c in range(m):
-            alive[int(track_of[t][c])] = (t, c + 1)
+        for c in np.flatnonzero(track_of[t]):
+            alive[int(track_of[t][c])] = (t, int(c) + 1)
     for tid, (s, _) in alive.items():
         if s + 1 < n_t:
             events.append((s + 1, kind["disappear"], tid, 0))
