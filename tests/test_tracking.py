@@ -570,3 +570,13 @@ def test_empty_labels_get_no_track():
     assert np.array_equal(tr.tracks, _stack([[1, 1, 0, 2, 2]], [[1, 1, 0, 2, 2]]))
     kin = grain_kinetics(tr)
     assert kin.table["track"].tolist() == [1, 1, 2, 2]
+
+
+def test_empty_labels_are_no_grain_for_corrections():
+    from napari_stemcluster.core.tracking import same_grains
+
+    tr = link_clusters(_stack([[1, 1, 0, 3, 3]], [[2, 2, 0, 3, 3]]))
+    assert same_grains(tr, 0, [2]) == {}
+    assert same_grains(tr, 0, [1, 2]) == {0: [1], 1: [2]}
+    with pytest.raises(ValueError, match="no such track: 0"):
+        merge_tracks(tr, [0, 1])

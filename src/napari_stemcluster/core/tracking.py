@@ -737,7 +737,7 @@ def merge_tracks(
     existing = set(
         np.concatenate([a for a in tracking.track_of] + [np.zeros(0, np.int32)]).tolist()
     )
-    missing = [i for i in ids if i not in existing]
+    missing = [i for i in ids if i not in existing or i <= 0]
     if missing:
         raise ValueError(f"no such track: {', '.join(map(str, missing))}")
     target = ids[0] if target is None else int(target)
@@ -906,7 +906,7 @@ def same_grains(tracking: Tracking, t: int, labels: Sequence[int]) -> dict[int, 
     bad = [int(v) for v in labels if not 1 <= int(v) <= len(lut)]
     if bad:
         raise ValueError(f"no label {', '.join(map(str, bad))} at time step {t}")
-    tracks = {int(lut[int(v) - 1]) for v in labels}
+    tracks = {int(lut[int(v) - 1]) for v in labels} - {0}  # empty labels: no grain
     out = {}
     for s, ids in enumerate(tracking.track_of):
         mine = np.flatnonzero(np.isin(ids, list(tracks))) + 1
