@@ -580,3 +580,81 @@ def test_empty_labels_are_no_grain_for_corrections():
     assert same_grains(tr, 0, [1, 2]) == {0: [1], 1: [2]}
     with pytest.raises(ValueError, match="no such track: 0"):
         merge_tracks(tr, [0, 1])
+
+
+# --------------------------------------------------------------------------
+# orientation from the cluster averages
+
+
+def _orientation_loop(pattern, order, inner):
+    qx, qy = pattern.shape
+    half = min(qx, qy) / 2
+    ring = []
+    for i in range(qx):
+        for j in range(qy):
+            dx, dy = i - (qx - 1) / 2, j - (qy - 1) / 2
+            r = (dx * dx + dy * dy) ** 0.5
+            if inner * half < r < half:
+                ring.append((pattern[i, j], np.arctan2(dy, dx)))
+    med = np.median([v for v, _ in ring])
+    z, total = 0j, 0.0
+    for v, th in ring:
+        w = max(v - med, 0.0)
+        z += w * np.exp(1j * order * th)
+        total += w
+    if total == 0:
+        return np.nan, 0.0
+    z /= total
+    return np.degrees(np.angle(z)) / order % (360 / order), abs(z)
+
+
+@pytest.mark.parametrize("shape", [(9, 9), (12, 17), (16, 16)])
+@pytest.mark.parametrize("order", [2, 4, 6])
+def test_pattern_orientation_against_a_loop(shape, order):
+    from napari_stemcluster.core.tracking import pattern_orientation
+
+    rng = np.random.default_rng(order)
+    pats = rng.poisson(3.0, (3, *shape)).astype(np.uint16)
+    pats = np.concatenate([pats, np.zeros((1, *shape), np.uint16), np.full((1, *shape), 7)])
+    angle, strength = pattern_orientation(pats, order, inner=0.2)
+    for k in range(len(pats)):
+        a, s = _orientation_loop(pats[k].astype(float), order, 0.2)
+        if np.isnan(a):
+            assert np.isnan(angle[k]) and strength[k] == 0
+        else:
+            assert angle[k] == pytest.approx(a, abs=1e-9)
+            assert strength[k] == pytest.approx(s, abs=1e-12)
+    assert np.isnan(angle[-2:]).all()  # blank and constant patterns
+    with pytest.raises(ValueError, match=r"\(N, Qx, Qy\)"):
+        pattern_orientation(pats[0])
+
+
+def test_pattern_orientation_of_a_rotated_lattice():
+    from napari_stemcluster import synthetic as syn
+    from napari_stemcluster.core.tracking import pattern_orientation
+
+    rng = np.random.default_rng(0)
+    for angle in (3.0, 17.0, 44.0, 71.0, 133.0):
+        pat = syn._grain_pattern(rng, (48, 48), 0.16 * 48, "[001]", angle)
+        est, strength = pattern_orientation(pat[None])
+        d = abs(est[0] - angle % 90)
+        assert min(d, 90 - d) < 1.0, (angle, est)
+        assert strength[0] > 0.3
+
+
+def test_orientation_from_patterns_follows_the_rotating_grain(series, segmented):
+    from napari_stemcluster.core.tracking import track_series
+
+    tracking, kinetics = track_series(segmented, series.calibration, orientations="pattern")
+    _, usual = _grain_to_track(series.grains, tracking.tracks)
+    rates = kinetics.rates
+    rot = rates["rotation_rate"][rates["track"] == usual[series.roles["rotating"]]][0]
+    still = rates["rotation_rate"][rates["track"] == usual[series.roles["steady"]]][0]
+    assert rot == pytest.approx(series.params["rotation_per_step"] / series.t_step, rel=0.25)
+    assert abs(still) < 0.1 * abs(rot)
+    # The steady [001]-or-[011] grain: constant orientation, within [0, 90).
+    rows = kinetics.rows(usual[series.roles["steady"]])
+    o = kinetics.table["orientation"][rows]
+    assert np.all((o >= 0) & (o < 90)) and np.ptp(o) < 1.0
+    with pytest.raises(ValueError, match="pattern"):
+        track_series(segmented, orientations="bragg")

@@ -67,6 +67,11 @@ def test_link_adds_a_tracked_layer_with_persistent_ids(
     # Other measures plot too.
     w._measure.value = "mean_similarity"
     assert "similarity" in w.axes.get_ylabel()
+    # Orientations are measured from the cluster averages (modulo 90 degrees).
+    w._measure.value = "orientation"
+    assert "deg" in w.axes.get_ylabel()
+    y = np.concatenate([line.get_ydata() for line in w._lines.values()])
+    assert np.isfinite(y).all() and np.all((y >= 0) & (y < 90))
 
 
 def test_clicks_link_viewer_and_plot(make_napari_viewer, qtbot, series, segmented):

@@ -77,5 +77,7 @@ def tracks_to_save(data, stem_meta: dict, result_of):
         if tracking is not None and not np.array_equal(tracking.step_labels, result.labels):
             tracking = None  # edited since linking: the tracks no longer fit
     if tracking is not None and kinetics is None:
-        kinetics = grain_kinetics(tracking, result, calibration=stem_meta.get("calibration"))
+        kinetics = grain_kinetics(
+            tracking, result, orientations="pattern", calibration=stem_meta.get("calibration")
+        )
     return result, tracking, kinetics

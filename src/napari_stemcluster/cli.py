@@ -428,7 +428,9 @@ def _track(result, calibration, seconds):
     from .io import Calibration
 
     t0 = time.perf_counter()
-    tracking, kinetics = track_series(result, Calibration.from_dict(calibration).as_dict())
+    tracking, kinetics = track_series(
+        result, Calibration.from_dict(calibration).as_dict(), orientations="pattern"
+    )
     seconds["track"] = time.perf_counter() - t0
     seconds["n_tracks"] = tracking.n_tracks
     seconds["n_events"] = {k: int((tracking.events["kind"] == k).sum()) for k in EVENT_KINDS}

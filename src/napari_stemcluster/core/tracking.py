@@ -60,6 +60,7 @@ __all__ = [
     "link_clusters",
     "link_result",
     "merge_tracks",
+    "pattern_orientation",
     "relabel_track",
     "same_grains",
     "split_track",
@@ -482,6 +483,7 @@ def grain_kinetics(
     intensity=None,
     orientations: Sequence[np.ndarray] | None = None,
     calibration: dict | None = None,
+    orientation_period: float | None = None,
 ) -> Kinetics:
     """Area, radius, intensity, similarity and orientation of every tracked grain.
 
@@ -496,13 +498,18 @@ def grain_kinetics(
     intensity : array_like (T, Rx, Ry), optional
         An intensity map (e.g. a virtual image) to average over each grain
         instead.
-    orientations : sequence of ndarray (N_t,), optional
+    orientations : sequence of ndarray (N_t,), or "pattern", optional
         Lattice orientation (degrees) of each cluster per step; a grain's is
-        the size-weighted circular mean of its clusters'.
+        the size-weighted circular mean of its clusters'. ``"pattern"``
+        measures it from the result's cluster averages
+        (:func:`pattern_orientation`, order 4, period 90 degrees).
     calibration : dict, optional
         ``r_pixel_size``, ``r_units``, ``t_step``, ``t_units`` (as
         :class:`~napari_stemcluster.io.Calibration`); without ``t_step``
         time is counted in steps.
+    orientation_period : float, optional
+        Period of the orientations in degrees (default: the linking's
+        ``orientation_period``), for averaging and unwrapping them.
 
     Returns
     -------
@@ -526,8 +533,18 @@ def grain_kinetics(
     t_step = float(t_step) if t_step else None
     t_units = str(cal.get("t_units") or "s") if t_step else "step"
     n_t = tracking.n_steps
+    if isinstance(orientations, str):
+        if orientations != "pattern":
+            raise ValueError(f"orientations must be arrays or 'pattern'; got {orientations!r}")
+        if result is None:
+            raise ValueError("orientations='pattern' needs the result's cluster averages")
+        orientations = [pattern_orientation(m)[0] for m in result.cluster_means]
+        if orientation_period is None:
+            orientation_period = 90.0
+    if orientation_period is None:
+        orientation_period = tracking.params.get("orientation_period", 360.0)
+    period = float(orientation_period)
     orient = _as_orientations(orientations, [len(a) for a in tracking.track_of])
-    period = float(tracking.params.get("orientation_period", 360.0))
     labels = tracking.step_labels
     if intensity is not None:
         intensity = np.asarray(intensity)
@@ -599,7 +616,7 @@ def grain_kinetics(
         "mean_intensity": "counts/pattern" if intensity is None else "",
         "orientation": "deg",
     }
-    rates = growth_rates(table)
+    rates = growth_rates(table, period)
     units.update(
         {
             "growth_rate": f"{units['area']}/{t_units}",
@@ -832,6 +849,72 @@ def split_track(tracking: Tracking, track: int, step: int) -> tuple[Tracking, li
     return _with(tracking, track_of, ev), _changed(tracking.track_of, track_of)
 
 
+def pattern_orientation(
+    means, order: int = 4, inner: float = 0.25
+) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane orientation of diffraction patterns from their angular harmonic.
+
+    The Bragg intensity above each pattern's median (beyond ``inner`` of the
+    detector's half-width, so the direct beam does not count) is weighted by
+    ``exp(i * order * theta)`` around the detector centre; the phase of the
+    sum divided by ``order`` is the orientation, modulo ``360 / order``
+    degrees. For a pattern with an ``order``-fold axis (e.g. ``order=4`` and
+    an fcc [001] zone) it is the lattice rotation; for others it is a fixed
+    offset from it, so its changes still follow a rotation. A single,
+    centred zone axis is assumed.
+
+    Parameters
+    ----------
+    means : array_like (N, Qx, Qy)
+        Patterns, e.g. cluster averages of one time step.
+    order : int
+        Harmonic order (2, 4 or 6 for two-, four- and six-fold patterns).
+    inner : float
+        Inner radius of the ring used, as a fraction of half the smaller
+        detector side.
+
+    Returns
+    -------
+    angle : ndarray of float64 (N,)
+        Degrees in ``[0, 360 / order)``; NaN for a pattern without Bragg
+        intensity.
+    strength : ndarray of float64 (N,)
+        Magnitude of the normalised harmonic in [0, 1]: near 0 when the
+        angle is meaningless.
+
+    Examples
+    --------
+    >>> q = np.zeros((1, 21, 21)); q[0, 10, 10] = 50
+    >>> for x, y in [(16, 13), (4, 7), (7, 16), (13, 4)]:  # four spots, 26.6 deg
+    ...     q[0, x, y] = 10
+    >>> angle, strength = pattern_orientation(q)
+    >>> round(float(angle[0]), 1), round(float(strength[0]), 2)
+    (26.6, 1.0)
+    """
+    m = np.asarray(means, np.float64)
+    if m.ndim != 3:
+        raise ValueError(f"means must be (N, Qx, Qy); got shape {m.shape}")
+    if order < 1:
+        raise ValueError(f"order must be >= 1; got {order}")
+    n, qx, qy = m.shape
+    x = np.arange(qx) - (qx - 1) / 2
+    y = np.arange(qy) - (qy - 1) / 2
+    gx, gy = np.meshgrid(x, y, indexing="ij")
+    r = np.hypot(gx, gy)
+    half = min(qx, qy) / 2
+    ring = (r > inner * half) & (r < half)
+    if n == 0 or not ring.any():
+        return np.full(n, np.nan), np.zeros(n)
+    vals = m.reshape(n, -1)[:, ring.ravel()]
+    w = np.clip(vals - np.median(vals, axis=1, keepdims=True), 0.0, None)
+    phase = np.exp(1j * order * np.arctan2(gy, gx)[ring])
+    total = w.sum(axis=1)
+    z = (w @ phase) / np.where(total > 0, total, 1.0)
+    angle = np.degrees(np.angle(z)) / order % (360.0 / order)
+    angle[total <= 0] = np.nan
+    return angle, np.abs(z)
+
+
 def track_series(
     result, calibration: dict | None = None, *, orientations=None, intensity=None, **kwargs
 ) -> tuple[Tracking, Kinetics]:
@@ -844,7 +927,10 @@ def track_series(
     calibration : dict, optional
         ``r_pixel_size``, ``r_units``, ``t_step``, ``t_units``.
     orientations, intensity
-        As in :func:`link_clusters` and :func:`grain_kinetics`.
+        As in :func:`link_clusters` and :func:`grain_kinetics`;
+        ``orientations="pattern"`` measures them from the cluster averages
+        (:func:`pattern_orientation`, order 4) for the kinetics only, with a
+        period of 90 degrees.
     **kwargs
         Linking parameters of :func:`link_clusters`.
 
@@ -863,7 +949,10 @@ def track_series(
     >>> kinetics.units["area"], kinetics.units["growth_rate"]
     ('nm^2', 'nm^2/s')
     """
-    tracking = link_result(result, orientations=orientations, **kwargs)
+    # Measured orientations serve the kinetics only: linking by them would
+    # need the same reference for every zone axis.
+    measured = isinstance(orientations, str)
+    tracking = link_result(result, orientations=None if measured else orientations, **kwargs)
     kinetics = grain_kinetics(
         tracking, result, intensity=intensity, orientations=orientations, calibration=calibration
     )

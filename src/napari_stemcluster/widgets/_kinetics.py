@@ -46,6 +46,14 @@ def is_series_layer(layer) -> bool:
     )
 
 
+def _kinetics_of(tracking, result, calibration):
+    """Kinetics with orientations measured from the cluster averages when known."""
+    from ..core.tracking import grain_kinetics
+
+    how = "pattern" if result is not None else None
+    return grain_kinetics(tracking, result, orientations=how, calibration=calibration)
+
+
 def _steps_text(steps) -> str:
     steps = list(steps)
     return ", ".join(map(str, steps)) if steps else "none"
@@ -230,13 +238,13 @@ class KineticsWidget(Container):
         max_gap = int(self._max_gap.value)
 
         def work(progress):
-            from ..core.tracking import grain_kinetics, link_result
+            from ..core.tracking import link_result
 
             res = result if result is not None else layers_to_result(labels, md)
             progress(1, 3)
             tracking = link_result(res, max_gap=max_gap)
             progress(2, 3)
-            kinetics = grain_kinetics(tracking, res, calibration=cal)
+            kinetics = _kinetics_of(tracking, res, cal)
             return res, tracking, kinetics
 
         def done(value):
@@ -272,11 +280,7 @@ class KineticsWidget(Container):
         self.tracking = meta["tracking"]
         self.kinetics = meta.get("kinetics")
         if self.kinetics is None:
-            from ..core.tracking import grain_kinetics
-
-            self.kinetics = grain_kinetics(
-                self.tracking, meta.get("result"), calibration=meta.get("calibration")
-            )
+            self.kinetics = _kinetics_of(self.tracking, meta.get("result"), meta.get("calibration"))
             meta["kinetics"] = self.kinetics
         if getattr(layer, "_stemcluster_kinetics_bound", None) is not self:
             layer.mouse_drag_callbacks.append(self._on_click)
@@ -449,13 +453,10 @@ class KineticsWidget(Container):
         return changed
 
     def _set_tracking(self, tracking, kinetics=None):
-        from ..core.tracking import grain_kinetics
 
         meta = stem_meta(self.tracks_layer)
         if kinetics is None:
-            kinetics = grain_kinetics(
-                tracking, meta.get("result"), calibration=meta.get("calibration")
-            )
+            kinetics = _kinetics_of(tracking, meta.get("result"), meta.get("calibration"))
         self.tracking, self.kinetics = tracking, kinetics
         meta["tracking"], meta["kinetics"] = tracking, kinetics
         self.tracks_layer.data = tracking.tracks
