@@ -491,6 +491,13 @@ def test_cli_segment_5d_writes_tracks(series, tmp_path):
     np.testing.assert_array_equal(info["kinetics"].table["time"] % 2.0, 0.0)
     assert (tmp_path / "res_kinetics.csv").is_file()
     assert (tmp_path / "res_kinetics_events.csv").is_file()
+    # The CSV files follow the results file's rule: replaced only with --overwrite.
+    out.unlink()
+    args = ["segment", str(data), "-o", str(out), "--real-mask", "0.5", "-q"]
+    assert cli.main(args) == 1
+    assert not out.exists()
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert read_results(out)[1]["tracking"] is not None
 
 
 def test_overview_follows_grains_and_plots_kinetics(series, segmented, tmp_path):

@@ -236,46 +236,35 @@ def render_overview(cube, result, path: str | os.PathLike, tracking=None, kineti
     if hasattr(vimg, "compute"):
         vimg = vimg.compute()
     vimg = np.asarray(vimg)
-    colors = None
-    if result.is_time_series:
-        n = result.labels.shape[0]
-        steps = sorted(set(np.linspace(0, n - 1, min(n, MAX_ROWS)).round().astype(int)))
-        t0 = result.params.get("time_range", [0])[0]
-        columns = tracks = None
-        if tracking is not None:
-            colors = label_colors(tracking.n_tracks)
-            tracks = tracking.tracks
-            area = np.bincount(tracks.ravel(), minlength=tracking.n_tracks + 1)[1:]
-            columns = list(np.argsort(-area, kind="stable")[:N_AVERAGES] + 1)
-        rows = [
-            (
-                f"t={t0 + t}",
-                _row_panels(
-                    vimg[t],
-                    result.mean_similarity[t],
-                    result.labels[t] if tracks is None else tracks[t],
-                    result.cluster_means[t],
-                    result.clusters[t].size,
-                    colors,
-                    None if tracking is None else tracking.track_of[t],
-                    columns,
-                ),
-            )
-            for t in steps
-        ]
-    else:
-        rows = [
-            (
-                "",
-                _row_panels(
-                    vimg,
-                    result.mean_similarity,
-                    result.labels,
-                    result.cluster_means,
-                    result.clusters.size,
-                ),
-            )
-        ]
+    per_step = result.steps()
+    if vimg.ndim == 2:
+        vimg = vimg[None]  # one time step: the passes' form
+    n = len(per_step)
+    picked = sorted(set(np.linspace(0, n - 1, min(n, MAX_ROWS)).round().astype(int)))
+    t0 = result.params.get("time_range", [0])[0]
+    colors = columns = tracks = None
+    if tracking is not None:
+        # Colours and average columns follow the tracked grains.
+        colors = label_colors(tracking.n_tracks)
+        tracks = tracking.tracks
+        area = np.bincount(tracks.ravel(), minlength=tracking.n_tracks + 1)[1:]
+        columns = list(np.argsort(-area, kind="stable")[:N_AVERAGES] + 1)
+    rows = [
+        (
+            f"t={t0 + t}" if result.is_time_series else "",
+            _row_panels(
+                vimg[t],
+                per_step[t].mean_similarity,
+                per_step[t].labels if tracks is None else tracks[t],
+                per_step[t].cluster_means,
+                per_step[t].clusters.size,
+                colors,
+                None if tracking is None else tracking.track_of[t],
+                columns,
+            ),
+        )
+        for t in picked
+    ]
     widths = [[p.shape[1] for p in panels] for _, panels in rows]
     map_w = widths[0][0]
     avg_w = max((w for ws in widths for w in ws[3:]), default=PANEL)
@@ -309,12 +298,9 @@ def render_overview(cube, result, path: str | os.PathLike, tracking=None, kineti
     )
     for r, (label, _) in enumerate(rows):
         draw.text((6, _HEADER + r * (PANEL + _GAP) + PANEL // 2 - 6), label, fill=(0, 0, 0))
+    from ..io.output import atomic_output
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -165,14 +164,11 @@ def _csv_text(table: dict, units: dict) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
+    from .output import atomic_output
+
     path = Path(os.path.abspath(path))
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
