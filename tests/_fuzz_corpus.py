@@ -388,11 +388,11 @@ def build_corpus(folder: Path, seed: int = 2026) -> list[Case]:
     # the .hdr: a link to /dev/zero, huge, binary garbage, nonsense values
     write_mib(mb / "hdrzero.mib", mframes)
     os.symlink("/dev/zero", mb / "hdrzero.hdr")
-    case("merlin-hdrzero", "merlin", "ok", mb / "hdrzero.mib", data=mframes.reshape(4, 4, 8, 8))
+    case("merlin-hdrzero", "merlin", "error", mb / "hdrzero.mib")
     write_mib(mb / "hdrbig.mib", mframes)
     with open(mb / "hdrbig.hdr", "wb") as fh:
         fh.truncate(3 * 2**20)
-    case("merlin-hdrbig", "merlin", "ok", mb / "hdrbig.mib", data=mframes.reshape(4, 4, 8, 8))
+    case("merlin-hdrbig", "merlin", "error", mb / "hdrbig.mib")
     write_mib(mb / "hdrjunk.mib", mframes)
     (mb / "hdrjunk.hdr").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
     case("merlin-hdrjunk", "merlin", "ok", mb / "hdrjunk.mib", data=mframes.reshape(4, 4, 8, 8))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._guard import MAX_HEADER_BYTES, check_regular_file, read_head, read_sidecar
+from ._guard import MAX_HEADER_BYTES, check_regular_file, read_head
 from ._lazy import FrameCube, LazyArray, _file_key, _finish, normalize_key, open_memmap
 from .dataset import Calibration, StemDataset, build_dataset, resolve_scan_shape
 from .errors import StemFileError
@@ -43,8 +43,11 @@ def parse_hdr(path: Path) -> dict[str, str]:
     >>> parse_hdr(Path("scan.hdr"))["Frames per Trigger (Number)"]  # doctest: +SKIP
     '1'
     """
+    from ..config import read_small_file
+
     out = {}
-    raw = read_sidecar(path, what="Merlin .hdr header")  # regular file, size-limited
+    # a regular file of at most 1 MiB (a link to /dev/zero must not fill the memory)
+    raw = read_small_file(path, "Merlin .hdr header", error=StemFileError)
     text = raw.replace(b"\x00", b"").decode("ascii", "replace")
     for line in text.splitlines():
         if line.startswith(("HDR", "End")) or "\t" not in line:
@@ -251,14 +254,9 @@ def open_merlin(path: Path, scan_shape=None, *, dataset: str | None = None) -> S
     size = check_regular_file(mib).st_size
     first = read_head(mib, MAX_HEADER_BYTES)
     info = parse_frame_header(first, where)
-    # the .hdr only helps: one that is not a small regular file is ignored, with a note
-    hdr = {}
+    # a .hdr that is not a small regular file is refused (parse_hdr says why)
+    hdr = {} if hdr_path is None else parse_hdr(hdr_path)
     notes = []
-    if hdr_path is not None:
-        try:
-            hdr = parse_hdr(hdr_path)
-        except StemFileError as e:
-            notes.append(f"acquisition header ignored: {e}")
     depth = info["depth"]
     if depth is None:
         try:
