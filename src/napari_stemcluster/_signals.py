@@ -141,4 +141,8 @@ def run() -> None:
         unmute()
         print(message(e), file=sys.stderr)
         code = status(e)
+    # the run is over and has said so: a signal during the interpreter's own
+    # shutdown must not turn a finished run into a traceback or a silent death
+    for sig in EXIT_STATUS:
+        signal.signal(sig, signal.SIG_IGN)
     sys.exit(code)
