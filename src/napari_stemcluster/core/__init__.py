@@ -4,7 +4,19 @@ Nothing in this subpackage imports napari, Qt or magicgui.
 """
 
 from .averages import cluster_means, cluster_sums, cluster_table, means_from_sums
+from .crystal import Structure, load_structure, structure_factors
 from .masking import annular_mask, real_space_mask
+from .orientation import (
+    ORIENTATION_DTYPE,
+    OrientationLibrary,
+    ipf_color_key,
+    ipf_colors,
+    match_orientations,
+    misorientation_deg,
+    orientation_library,
+    orientation_maps,
+    reference_lattice,
+)
 from .pipeline import segment
 from .prefilter import correlative_prefilter, prefilter_footprint, prefilter_weight
 from .regions import grow_regions
@@ -13,19 +25,31 @@ from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
 
 __all__ = [
     "NEIGHBOR_OFFSETS",
+    "ORIENTATION_DTYPE",
     "ClusterTable",
+    "OrientationLibrary",
     "SegmentationResult",
+    "Structure",
     "annular_mask",
     "cluster_means",
     "cluster_sums",
     "cluster_table",
     "correlative_prefilter",
     "grow_regions",
+    "ipf_color_key",
+    "ipf_colors",
+    "load_structure",
+    "match_orientations",
     "mean_similarity",
     "means_from_sums",
+    "misorientation_deg",
     "neighbor_similarity",
+    "orientation_library",
+    "orientation_maps",
     "prefilter_footprint",
     "prefilter_weight",
     "real_space_mask",
+    "reference_lattice",
     "segment",
+    "structure_factors",
 ]
