@@ -5,8 +5,8 @@ al. (2022, *Microsc. Microanal.* 28:390), written from the paper:
 
 1. **Library.** Beam directions are sampled evenly (a Fibonacci sphere with
    the user's angular step) and kept when they lie in the fundamental zone of
-   the crystal's Laue group (its Dirichlet cell about a point inside the
-   standard triangle), plus the low-index zone axes. For each direction the
+   the rotations of the crystal's Laue group (their Dirichlet cell about a
+   point inside the standard triangle), plus the low-index zone axes. For each direction the
    kinematical spots are computed: positions from the reciprocal lattice,
    intensities ``|F|²`` weighted by a Gaussian in the excitation error ``s``
    whose width combines the crystal's ``σ_s`` and the probe convergence
@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._orientation_numba import _angular_series
 from .crystal import IPF_CORNERS, Structure, electron_wavelength, reciprocal_lattice
 
 __all__ = [
@@ -124,9 +125,9 @@ def _fz_weight(structure: Structure) -> np.ndarray:
 
 
 def _to_fundamental(structure: Structure, v: np.ndarray) -> np.ndarray:
-    """Symmetry-equivalent directions inside the fundamental zone."""
+    """Symmetry-equivalent beam directions inside the fundamental zone."""
     w = _fz_weight(structure)
-    images = np.einsum("kij,...j->...ki", structure.laue_ops, v)
+    images = np.einsum("kij,...j->...ki", structure.proper_ops, v)
     best = np.argmax(images @ w, axis=-1)
     return np.take_along_axis(images, best[..., None, None], axis=-2)[..., 0, :]
 
@@ -195,11 +196,11 @@ def misorientation_deg(rot_a, rot_b, structure: Structure) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- spots
-def _excitation_weight(g_lab: np.ndarray, wavelength: float, sigma_s: float, alpha: float):
+def _excitation_weight(g_lab: np.ndarray, wavelength: float, sigma_s, alpha: float):
     gz = g_lab[..., 2]
     g2 = np.einsum("...i,...i->...", g_lab, g_lab)
     s = gz + 0.5 * wavelength * g2  # distance from the Ewald sphere
-    sig2 = sigma_s**2 + alpha**2 * (g2 - gz * gz)
+    sig2 = np.square(sigma_s) + alpha**2 * (g2 - gz * gz)
     return np.exp(-0.5 * s * s / sig2)
 
 
@@ -269,7 +270,7 @@ def orientation_library(
     sigma_excitation: float = 0.02,
     convergence_mrad: float = 0.0,
     intensity_power: float = 0.5,
-    n_angles: int = 360,
+    n_angles: int = 180,
     min_weight: float = 0.01,
     zone_axis_index: int = 3,
 ) -> OrientationLibrary:
@@ -317,7 +318,7 @@ def orientation_library(
     >>> from napari_stemcluster.data import builtin_cif
     >>> au = load_structure(builtin_cif("Au"))
     >>> lib = orientation_library(au, 300.0, 0.02, step_deg=3.0, g_max=1.2)
-    >>> 50 < len(lib) < 150, lib.shells.round(3)[:3]
+    >>> 100 < len(lib) < 300, lib.shells.round(3)[:3]
     (True, array([0.425, 0.49 , 0.694]))
     """
     if not isinstance(structure, Structure):
@@ -350,7 +351,10 @@ def orientation_library(
     # directions in the fundamental zone
     w = _fz_weight(structure)
     v = _fibonacci_sphere(step)
-    images = np.einsum("kij,nj->nki", structure.laue_ops, v) @ w
+    # Beam directions related by a rotation of the Laue group give the same
+    # patterns; those related by a mirror give mirror-image patterns, which
+    # no in-plane rotation reproduces: reduce by the rotations only.
+    images = np.einsum("kij,nj->nki", structure.proper_ops, v) @ w
     v = v[images.max(axis=1) <= v @ w + 1e-12]
     _, za = _zone_axes(structure, int(zone_axis_index))
     za = _to_fundamental(structure, za)
@@ -369,28 +373,34 @@ def orientation_library(
         shell_of[grp] = i
 
     m = np.arange(n_angles // 2)
-    offsets = [0]
-    e_shell, e_fft, e_norm = [], [], []
-    chunk = max(1, 2_000_000 // max(1, len(g)))
+    sig_search = np.sqrt(sigma_excitation**2 + (0.6 * np.radians(step) * gn) ** 2)
+    n_shells = len(shells)
+    counts, e_shell, e_fft, e_norm = [], [], [], []
+    chunk = max(1, min(256, 2_000_000 // max(1, len(g))))
     for c0 in range(0, len(dirs), chunk):
         gl = np.einsum("tij,nj->tni", base[c0 : c0 + chunk], g)
-        wt = _excitation_weight(gl, lam, sigma_excitation, alpha)
-        amp = (f2[None, :] * wt) ** intensity_power
-        for t in range(gl.shape[0]):
-            sel = np.flatnonzero(wt[t] >= min_weight)
-            sh = shell_of[sel]
-            theta = np.arctan2(gl[t, sel, 1], gl[t, sel, 0])
-            a = amp[t, sel]
-            coef = a[:, None] * np.exp(1j * np.outer(theta, m))
-            ush, inv = np.unique(sh, return_inverse=True)
-            acc = np.zeros((len(ush), len(m)), np.complex128)
-            np.add.at(acc, inv, coef)
-            nrm = np.zeros(len(ush))
-            np.add.at(nrm, inv, a * a)
-            e_shell.append(ush)
-            e_fft.append(acc.astype(np.complex64))
-            e_norm.append(nrm)
-            offsets.append(offsets[-1] + len(ush))
+        # Templates tolerate the sampling step: an orientation between two
+        # sampled directions tilts the Ewald sphere by up to ~0.6 step, which
+        # moves s by that angle times |g|. The refinement uses the true width.
+        wt = _excitation_weight(gl, lam, sig_search, alpha)
+        tt, jj = np.nonzero(wt >= min_weight)
+        key = tt * n_shells + shell_of[jj]
+        order = np.argsort(key, kind="stable")
+        tt, jj, key = tt[order], jj[order], key[order]
+        a = (f2[jj] * wt[tt, jj]) ** intensity_power
+        theta = np.arctan2(gl[tt, jj, 1], gl[tt, jj, 0])
+        new = np.r_[True, key[1:] != key[:-1]] if len(key) else np.zeros(0, bool)
+        starts = np.flatnonzero(new)
+        if len(key):
+            entry = np.cumsum(new) - 1
+            fft = _angular_series(theta, a, entry, len(starts), len(m))
+            e_fft.append(fft.astype(np.complex64))
+            e_norm.append(np.add.reduceat(a * a, starts))
+            e_shell.append(key[starts] % n_shells)
+        counts.append(np.bincount(key[starts] // n_shells, minlength=gl.shape[0]))
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
+    if not e_fft:
+        e_fft, e_norm, e_shell = [np.zeros((0, len(m)), np.complex64)], [np.zeros(0)], [[]]
     return OrientationLibrary(
         structure=structure,
         energy_kev=float(energy_kev),
@@ -519,8 +529,11 @@ def _polar_fft(library: OrientationLibrary, q: np.ndarray, amp: np.ndarray, sigm
     theta = np.arctan2(q[:, 1], q[:, 0])
     m = np.arange(library.n_angles // 2)
     rad = np.exp(-0.5 * ((r[None, :] - library.shells[:, None]) / sigma) ** 2)  # (S, K)
-    sig_t = np.maximum(sigma / r, 2.0 * np.pi / library.n_angles)
+    # angular width of a disk (at least 1.5 in-plane steps, so that the
+    # truncated series stays a Gaussian); coefficients of a peak-1 Gaussian
+    sig_t = np.maximum(sigma / np.maximum(r, 1e-12), 3.0 * np.pi / library.n_angles)
     ang = np.exp(-1j * np.outer(theta, m) - 0.5 * np.outer(sig_t**2, m * m))  # (K, M)
+    ang *= (sig_t / np.sqrt(2.0 * np.pi))[:, None]
     return (rad * amp[None, :]) @ ang  # (S, M)
 
 
@@ -619,7 +632,7 @@ def _match_one(library, q, amp, sigma, q_limit, distinct_deg, n_candidates, refi
     # second-best distinct: other directions, and other in-plane peaks of the best
     st = library.structure
     v_best = rot1[2]
-    cos_dir = np.max(np.einsum("kij,j->ki", st.laue_ops, v_best) @ library.directions.T, axis=0)
+    cos_dir = np.max(np.einsum("kij,j->ki", st.proper_ops, v_best) @ library.directions.T, axis=0)
     far = np.flatnonzero(cos_dir < np.cos(np.radians(distinct_deg)))
     others = far[np.argsort(-score[far])[:n_candidates]]
     alt = [_rot_z(_peak_angle(corr[t], int(best_p[t]))) @ library.base[t] for t in others]
@@ -651,7 +664,7 @@ def match_orientations(
     max_disks: int = 100,
     refine: bool = True,
     distinct_deg: float | None = None,
-    n_candidates: int = 8,
+    n_candidates: int = 16,
 ) -> np.ndarray:
     """Orientation and phase of each pattern by sparse template correlation.
 
