@@ -410,3 +410,111 @@ def test_reference_lattice(au_lib):
         np.testing.assert_allclose(sp["q"][i[0]], gv, atol=1e-9)
     with pytest.raises(ValueError, match="rotation"):
         reference_lattice(np.full((3, 3), np.nan), au_lib)
+
+
+# ------------------------------------------------------------------ per cluster, file, CLI
+def _grain_result(lib, truths, calibration_units="1/angstrom"):
+    """A 6x8 scan of three grains whose cluster averages are kinematical patterns."""
+    from napari_stemcluster.core import ClusterTable, SegmentationResult
+
+    labels = np.zeros((6, 8), np.int32)
+    labels[:, :3], labels[:3, 3:], labels[3:, 3:] = 1, 2, 3
+    labels[0, 0] = 0
+    means = np.stack(
+        [simulate_pattern(lib, t, (96, 96), counts=2e5, rng=i) for i, t in enumerate(truths)]
+    )
+    n = len(truths)
+    table = ClusterTable(
+        size=np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64),
+        seed=np.zeros((n, 2), np.int64),
+        mean_similarity=np.ones(n, np.float32),
+    )
+    return SegmentationResult(
+        labels=labels,
+        mean_similarity=np.ones(labels.shape, np.float32),
+        real_mask=labels > 0,
+        similarity=np.ones((*labels.shape, 8), np.float32),
+        cluster_means=means,
+        clusters=table,
+    )
+
+
+def test_orient_clusters_save_and_restore(au_lib, rutile_lib, tmp_path):
+    from napari_stemcluster.core import orient_clusters
+    from napari_stemcluster.io import read_results, save_orientation, write_results
+
+    rng = np.random.default_rng(2)
+    truths = [
+        near_axis(au_lib.structure, (0, 0, 1), 0.8, rng),
+        near_axis(rutile_lib.structure, (0, 0, 1), 0.8, rng),
+        near_axis(au_lib.structure, (0, 1, 1), 0.8, rng),
+    ]
+    libs = (au_lib, rutile_lib, au_lib)
+    result = _grain_result(au_lib, truths[:1] * 3)
+    result.cluster_means = np.stack(
+        [
+            simulate_pattern(lb, t, (96, 96), counts=2e5, rng=i)
+            for i, (lb, t) in enumerate(zip(libs, truths, strict=True))
+        ]
+    )
+    structures = [au_lib.structure, rutile_lib.structure]
+    calls = []
+    res = orient_clusters(
+        result.cluster_means,
+        structures,
+        KEV,
+        QPIX,
+        step_deg=2.0,
+        g_max=GMAX,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    assert res.records["phase"].tolist() == [0, 1, 0]
+    for rec, t, lb in zip(res.records, truths, libs, strict=True):
+        assert misorientation_deg(rec["rotation"], t, lb.structure) < 0.3
+    assert calls[-1] == (3, 3)
+    maps = res.maps(result.labels)
+    assert maps["phase"][0, 0] == -1 and maps["phase"][5, 7] == 0 and maps["phase"][0, 5] == 1
+
+    path = write_results(tmp_path / "seg.h5", result)
+    before = read_results(path)[1]["orientation"]
+    assert before is None
+    save_orientation(path, res)
+    _, info = read_results(path)
+    back = info["orientation"]
+    np.testing.assert_array_equal(back.records, res.records)
+    np.testing.assert_array_equal(back.offsets, res.offsets)
+    assert [s.spacegroup for s in back.structures] == ["F m -3 m", "P 42/m n m"]
+    np.testing.assert_array_equal(back.maps(result.labels)["ipf_z"], maps["ipf_z"])
+    # written together with the segmentation, too
+    path2 = write_results(tmp_path / "seg2.h5", result, orientation=res)
+    np.testing.assert_array_equal(read_results(path2)[1]["orientation"].records, res.records)
+    with pytest.raises(ValueError, match="3 clusters"):
+        short = type(res)(res.records[:2], np.array([0, 2]), res.structures, {})
+        save_orientation(path, short)
+
+
+def test_cli_orient(au_lib, tmp_path, capsys):
+    from napari_stemcluster.cli import main
+    from napari_stemcluster.io import read_results, write_results
+
+    rng = np.random.default_rng(5)
+    truths = [
+        near_axis(au_lib.structure, uvw, 0.8, rng) for uvw in [(0, 0, 1), (0, 1, 1), (1, 1, 2)]
+    ]
+    result = _grain_result(au_lib, truths)
+    path = write_results(
+        tmp_path / "seg.h5",
+        result,
+        calibration={"q_pixel_size": QPIX * 10, "q_units": "1/nm"},
+    )
+    cif = str(builtin_cif("Au"))
+    args = ["orient", str(path), "--cif", cif, "--step", "2", "--max-angle", str(GMAX * 19.687)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 clusters" in out and "indexed: 3" in out
+    rec = read_results(path)[1]["orientation"].records
+    _check_accuracy(au_lib, rec, truths, 0.3)
+    # a file calibrated in pixels needs --q-pixel-size
+    bare = write_results(tmp_path / "bare.h5", result)
+    assert main(["orient", str(bare), "--cif", cif, "-q"]) == 1
+    assert "q-pixel-size" in capsys.readouterr().err

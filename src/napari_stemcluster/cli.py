@@ -112,7 +112,43 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"output directory (default: {DEFAULT_DEMO_DIR})",
     )
     demo.add_argument("-q", "--quiet", action="store_true")
+    _add_orient_parser(sub)
     return parser
+
+
+def _add_orient_parser(sub):
+    orient = sub.add_parser(
+        "orient",
+        help="orientation and phase of every cluster of a results file, from CIF files",
+        description=(
+            "Match the cluster-averaged patterns of RESULTS.h5 against kinematical "
+            "templates of one or more crystal structures (CIF files; several give a "
+            "phase map) and store orientation, phase, score and confidence of each "
+            "cluster in the results file."
+        ),
+    )
+    orient.add_argument("results", metavar="RESULTS.h5", help="results file of 'segment'")
+    orient.add_argument(
+        "--cif", action="append", required=True, metavar="FILE.cif", help="a candidate phase"
+    )
+    orient.add_argument("--energy", type=float, default=300.0, help="beam energy, keV")
+    orient.add_argument(
+        "--q-pixel-size",
+        type=float,
+        default=None,
+        help="1/Å per detector pixel (default: the results file's calibration, if in 1/Å)",
+    )
+    orient.add_argument("--step", type=float, default=1.0, help="library step, degrees")
+    orient.add_argument(
+        "--max-angle", type=float, default=30.0, help="largest scattering angle 2θ, mrad"
+    )
+    orient.add_argument(
+        "--sigma-excitation", type=float, default=0.02, help="excitation-error width, 1/Å"
+    )
+    orient.add_argument("--convergence", type=float, default=0.0, help="semi-angle, mrad")
+    orient.add_argument("--disk-radius", type=float, default=2.0, help="Bragg disk radius, px")
+    orient.add_argument("--min-disks", type=int, default=4, help="fewer: not indexed")
+    orient.add_argument("-q", "--quiet", action="store_true")
 
 
 def _add_parameters(p):
@@ -250,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args)
         if args.command == "segment":
             return _segment(args)
+        if args.command == "orient":
+            return _orient(args)
         return _demo(args)
     except KeyboardInterrupt:
         print("\nstemcluster: interrupted; no results written", file=sys.stderr)
@@ -546,3 +584,59 @@ def _demo(args) -> int:
 
 
 __all__ = ["DESCRIPTIONS", "SAMPLE", "build_parser", "main"]
+
+
+def _orient(args) -> int:
+    """``stemcluster orient``: orientation of every cluster, saved into the results file."""
+    import time
+
+    import numpy as np
+
+    from .core.orientation import orient_clusters
+    from .io import normalize_units, read_results, save_orientation
+
+    result, info = read_results(args.results)
+    cal = info["calibration"]
+    qp = args.q_pixel_size
+    if qp is None:
+        units = normalize_units(cal.get("q_units"))
+        scale = {"1/angstrom": 1.0, "1/nm": 0.1}.get(units)
+        if scale is None:
+            raise UserError(
+                f"{args.results}: Q calibration is in {cal.get('q_units')!r}, not 1/Å "
+                "or 1/nm; give --q-pixel-size"
+            )
+        qp = float(cal["q_pixel_size"]) * scale
+    t0 = time.perf_counter()
+
+    def progress(done, total):
+        if not args.quiet:
+            print(f"\rmatched {done}/{total} clusters", end="", file=sys.stderr, flush=True)
+
+    res = orient_clusters(
+        result.cluster_means,
+        args.cif,
+        args.energy,
+        qp,
+        step_deg=args.step,
+        max_angle_mrad=args.max_angle,
+        sigma_excitation=args.sigma_excitation,
+        convergence_mrad=args.convergence,
+        disk_radius=args.disk_radius,
+        min_disks=args.min_disks,
+        progress=progress,
+    )
+    save_orientation(args.results, res)
+    if not args.quiet:
+        rec = res.records
+        print(file=sys.stderr)
+        print(f"{args.results}: {len(rec)} clusters in {time.perf_counter() - t0:.1f} s")
+        print(f"  indexed: {int(rec['indexed'].sum())}")
+        for k, st in enumerate(res.structures):
+            sel = rec["phase"] == k
+            if sel.any():
+                print(
+                    f"  {st.name} ({st.spacegroup}): {int(sel.sum())} clusters, "
+                    f"median score {np.median(rec['score'][sel]):.3f}"
+                )
+    return 0

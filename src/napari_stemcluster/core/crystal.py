@@ -28,6 +28,7 @@ __all__ = [
     "load_structure",
     "reciprocal_lattice",
     "structure_factors",
+    "structure_from_cif_text",
 ]
 
 # Holohedral Laue group of each crystal system, for the colour key of
@@ -115,6 +116,7 @@ class Structure:
     b_iso: np.ndarray
     laue_ops: np.ndarray
     source: str = ""
+    cif_text: str = field(default="", repr=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -174,13 +176,49 @@ def load_structure(cif_path, *, b_iso_default: float = 0.5, block: str | None = 
     >>> au.spacegroup, au.laue, len(au.positions), len(au.proper_ops)
     ('F m -3 m', 'm-3m', 4, 24)
     """
-    import gemmi
 
     path = Path(os.fspath(cif_path))
     if not path.is_file():
         raise FileNotFoundError(f"CIF file {path} does not exist")
     try:
-        doc = gemmi.cif.read(str(path))
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc})") from exc
+    return structure_from_cif_text(text, source=str(path), b_iso_default=b_iso_default, block=block)
+
+
+def structure_from_cif_text(
+    text: str, *, source: str = "", b_iso_default: float = 0.5, block: str | None = None
+) -> Structure:
+    """Like :func:`load_structure`, from the text of a CIF file.
+
+    Parameters
+    ----------
+    text : str
+        The CIF file's content.
+    source : str
+        Where it came from (used in messages and kept in the structure).
+    b_iso_default : float
+        Debye-Waller ``B`` (Å²) for atoms without a displacement parameter.
+    block : str, optional
+        Name of the data block (default: the first).
+
+    Returns
+    -------
+    Structure
+
+    Examples
+    --------
+    >>> from napari_stemcluster.data import builtin_cif
+    >>> st = structure_from_cif_text(builtin_cif("TiO2").read_text())
+    >>> st.spacegroup, len(st.positions)
+    ('P 42/m n m', 6)
+    """
+    import gemmi
+
+    path = Path(source or "<CIF text>")
+    try:
+        doc = gemmi.cif.read_string(text)
         blk = doc.sole_block() if block is None and len(doc) == 1 else None
         if blk is None:
             blk = doc[0] if block is None else doc.find_block(block)
@@ -215,6 +253,7 @@ def load_structure(cif_path, *, b_iso_default: float = 0.5, block: str | None = 
     c = st.cell
     return Structure(
         name=str(st.name or path.stem),
+        cif_text=text,
         cell=(c.a, c.b, c.c, c.alpha, c.beta, c.gamma),
         spacegroup=sg.hm,
         crystal_system=sg.crystal_system_str(),
@@ -226,7 +265,7 @@ def load_structure(cif_path, *, b_iso_default: float = 0.5, block: str | None = 
         occupancy=occ,
         b_iso=b,
         laue_ops=_laue_ops(sg, direct),
-        source=str(path),
+        source=str(source),
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._analysis_orientation import save_orientation
 from ._lazy import close_cached_handles
 from .dataset import Calibration, StemDataset, normalize_units
 from .errors import StemFileError
@@ -33,6 +34,7 @@ __all__ = [
     "normalize_units",
     "open_dataset",
     "read_results",
+    "save_orientation",
     "write_results",
 ]
 

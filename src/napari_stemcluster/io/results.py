@@ -190,6 +190,7 @@ def write_results(
     calibration: Calibration | dict | None = None,
     overwrite: bool = False,
     compression: str | None = "gzip",
+    orientation=None,
 ) -> Path:
     """Save a segmentation to one HDF5 file, atomically.
 
@@ -214,6 +215,8 @@ def write_results(
         the source file are never replaced.
     compression : {"gzip", "lz4", None}
         Compression of the maps and cluster patterns.
+    orientation : OrientationResult, optional
+        Orientation and phase of the clusters (the ``/orientation`` group).
 
     Returns
     -------
@@ -330,6 +333,10 @@ def write_results(
                 )
             data = _write_emd(f, cube, cal, dsopts)
             g["cluster_means"] = data  # hard link: stored once
+            if orientation is not None:
+                from ._analysis_orientation import write_orientation
+
+                write_orientation(f, orientation)
         from ._lazy import close_cached_handles
 
         close_cached_handles(path)
@@ -350,8 +357,9 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         tuples become lists).
     info : dict
         ``path``, ``source``, ``software_version``, ``created``,
-        ``format_version`` and ``calibration`` (a dict, see
-        :class:`~napari_stemcluster.io.Calibration`).
+        ``format_version``, ``calibration`` (a dict, see
+        :class:`~napari_stemcluster.io.Calibration`) and ``orientation`` (an
+        :class:`~napari_stemcluster.core.OrientationResult`, or None).
 
     Examples
     --------
@@ -408,6 +416,9 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
         }
+        from ._analysis_orientation import read_orientation
+
+        info["orientation"] = read_orientation(f)
     ts = labels.ndim == 3
 
     def table(a, b):
