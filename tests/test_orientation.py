@@ -518,3 +518,21 @@ def test_cli_orient(au_lib, tmp_path, capsys):
     bare = write_results(tmp_path / "bare.h5", result)
     assert main(["orient", str(bare), "--cif", cif, "-q"]) == 1
     assert "q-pixel-size" in capsys.readouterr().err
+
+
+def test_compiled_score_equals_numpy(au_lib):
+    from napari_stemcluster.core.orientation import _exact_score_numpy
+
+    rng = np.random.default_rng(9)
+    for k in range(6):
+        rot = Rotation.random(random_state=k).as_matrix()
+        sp = kinematical_spots(au_lib, rot)
+        q = sp["q"] * QPIX + rng.normal(scale=0.005, size=sp["q"].shape)
+        amp = rng.uniform(0.1, 2, size=len(q))
+        for limit in (np.inf, 0.7):
+            a = _exact_score(au_lib, rot, q, amp, 0.03, limit)
+            b = _exact_score_numpy(au_lib, rot, q, amp, 0.03, limit)
+            assert a == pytest.approx(b, rel=1e-6, abs=1e-12)
+    empty = np.zeros((0, 2))
+    assert _exact_score(au_lib, np.eye(3), empty, np.zeros(0), 0.03, np.inf) == 0.0
+    assert _exact_score_numpy(au_lib, np.eye(3), empty, np.zeros(0), 0.03, np.inf) == 0.0

@@ -78,9 +78,17 @@ def read_stem(path) -> list[tuple]:
         kind = detect_format(p)
         if kind == "results":
             result, info = read_results(p)
-            layers += result_to_layers(
+            new = result_to_layers(
                 result, info["calibration"], name=Path(p).stem, source=info["source"]
             )
+            if info.get("orientation") is not None:
+                from .io._analysis_orientation import orientation_to_layers
+
+                new[0][1]["metadata"]["stemcluster"]["orientation"] = info["orientation"]
+                new += orientation_to_layers(
+                    result.labels, info["orientation"], info["calibration"], Path(p).stem
+                )
+            layers += new
         else:  # the format just detected: open_dataset need not detect it again
             layers += dataset_to_layers(open_dataset(p, format=kind))
     return layers

@@ -28,11 +28,18 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
     metadata = meta.get("metadata") or {}
     result = layers_to_result(data, metadata)
     st = get_stem_metadata(metadata) or {}
+    orientation = st.get("orientation")
+    n_clusters = sum(
+        len(c) for c in (result.clusters if result.is_time_series else [result.clusters])
+    )
+    if orientation is not None and len(orientation.records) != n_clusters:
+        orientation = None  # the labels were edited after matching: stale
     out = write_results(
         path,
         result,
         source=st.get("source"),
         calibration=st.get("calibration"),
         overwrite=True,
+        orientation=orientation,
     )
     return [str(out)]

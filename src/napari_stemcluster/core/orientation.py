@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._orientation_numba import _angular_series
+from ._orientation_numba import _angular_series, _overlap_score
 from .crystal import IPF_CORNERS, Structure, electron_wavelength, reciprocal_lattice
 
 __all__ = [
@@ -539,19 +539,37 @@ def _polar_fft(library: OrientationLibrary, q: np.ndarray, amp: np.ndarray, sigm
     return (rad * amp[None, :]) @ ang  # (S, M)
 
 
-def _exact_score(library, rotation, q, amp, sigma, q_limit, min_weight=0.01):
-    """Cosine similarity of Gaussian-spot images of template and disks."""
+def _exact_score_numpy(library, rotation, q, amp, sigma, q_limit, min_weight=0.01):
+    """Cosine similarity of Gaussian-spot images of template and disks (reference)."""
     gl = library.g @ rotation.T
     wt = _excitation_weight(
         gl, library.wavelength, library.sigma_excitation, library.convergence_mrad * 1e-3
     )
     sel = (wt >= min_weight) & (np.hypot(gl[:, 0], gl[:, 1]) <= q_limit)
-    if not sel.any():
+    if not sel.any() or not len(q):
         return 0.0
     a = (library.f2[sel] * wt[sel]) ** library.intensity_power
     d2 = np.sum((gl[sel, None, :2] - q[None, :, :]) ** 2, axis=-1)
     num = a @ np.exp(-d2 / (4.0 * sigma * sigma)) @ amp
     return float(num / (np.sqrt(a @ a) * np.sqrt(amp @ amp)))
+
+
+def _exact_score(library, rotation, q, amp, sigma, q_limit, min_weight=0.01):
+    """Cosine similarity of Gaussian-spot images of template and disks (compiled)."""
+    return _overlap_score(
+        library.g,
+        library.f2,
+        np.ascontiguousarray(rotation, np.float64),
+        np.ascontiguousarray(q, np.float64).reshape(-1, 2),
+        np.ascontiguousarray(amp, np.float64),
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.intensity_power,
+        float(sigma),
+        float(min(q_limit, 1e30)),
+        float(min_weight),
+    )
 
 
 def _template_matrix(library: OrientationLibrary):

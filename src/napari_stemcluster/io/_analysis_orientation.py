@@ -33,7 +33,12 @@ from .errors import StemFileError
 GROUP = "orientation"
 VERSION = 1
 
-__all__ = ["read_orientation", "save_orientation", "write_orientation"]
+__all__ = [
+    "orientation_to_layers",
+    "read_orientation",
+    "save_orientation",
+    "write_orientation",
+]
 
 
 def write_orientation(f, orientation: OrientationResult) -> None:
@@ -162,3 +167,79 @@ def save_orientation(path: str | os.PathLike, orientation: OrientationResult) ->
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def orientation_to_layers(
+    labels, orientation: OrientationResult, calibration=None, name="clusters"
+):
+    """napari layer tuples of the orientation maps (no napari import).
+
+    IPF colours along ``z`` (beam), ``x`` and ``y`` as RGB images, the phase
+    as labels, and the match score; a leading time axis for 5D labels.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (Rx, Ry) or (T, Rx, Ry)
+    orientation : OrientationResult
+    calibration : Calibration or dict, optional
+    name : str
+        Prefix of the layer names.
+
+    Returns
+    -------
+    list of (data, kwargs, layer_type)
+
+    Examples
+    --------
+    >>> layers = orientation_to_layers(labels, result)  # doctest: +SKIP
+    >>> [t[0].shape for t in layers][:1]  # doctest: +SKIP
+    [(64, 64, 3)]
+    """
+    from .dataset import Calibration
+
+    lab = np.asarray(labels)
+    steps = [lab] if lab.ndim == 2 else list(lab)
+    maps = [orientation.maps(s, t) for t, s in enumerate(steps)]
+
+    def stack(key):
+        arrs = [m[key] for m in maps]
+        return arrs[0] if lab.ndim == 2 else np.stack(arrs)
+
+    cal = Calibration.from_dict(calibration)
+    scale, units = cal.real_space_scale(lab.ndim)
+    meta = {"stemcluster": {"kind": "orientation_map"}}
+    common = {"scale": scale, "units": units, "metadata": meta}
+    out = []
+    for axis, visible in (("z", True), ("x", False), ("y", False)):
+        out.append(
+            (
+                stack(f"ipf_{axis}"),
+                {"name": f"{name} IPF {axis}", "rgb": True, "visible": visible, **common},
+                "image",
+            )
+        )
+    phase = stack("phase").astype(np.int32) + 1  # 0: not indexed / background
+    names = ["not indexed"] + [st.name for st in orientation.structures]
+    features = {"index": np.arange(len(names)), "phase": names}
+    out.append(
+        (
+            phase,
+            {"name": f"{name} phase", "visible": False, "features": features, **common},
+            "labels",
+        )
+    )
+    score = stack("score")
+    out.append(
+        (
+            score,
+            {
+                "name": f"{name} orientation score",
+                "colormap": "magma",
+                "contrast_limits": (0.0, 1.0),
+                "visible": False,
+                **common,
+            },
+            "image",
+        )
+    )
+    return out
