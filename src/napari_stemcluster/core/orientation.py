@@ -59,6 +59,7 @@ __all__ = [
     "orientation_maps",
     "reference_lattice",
     "simulate_pattern",
+    "zone_axis_twin",
 ]
 
 ORIENTATION_DTYPE = np.dtype(
@@ -197,6 +198,42 @@ def misorientation_deg(rot_a, rot_b, structure: Structure) -> np.ndarray:
     return np.degrees(np.arccos(c))
 
 
+def zone_axis_twin(rotation, structure: Structure) -> np.ndarray:
+    """The orientation rotated 180° about its zone axis.
+
+    Reflections of the zero-order Laue zone of ``[uvw]`` are perpendicular
+    to it, so this rotation takes each of them to its Friedel mate ``-g``,
+    which has the same kinematical intensity and excitation error: the two
+    orientations give the same pattern whenever only that zone is excited.
+    When ``[uvw]`` is an even-fold axis of the crystal they are the same
+    orientation; otherwise (for example ``[111]`` of a cubic crystal) no
+    kinematical template matching tells them apart, and
+    :func:`match_orientations` reports a confidence near 0.
+
+    Parameters
+    ----------
+    rotation : array_like, shape (3, 3)
+        Crystal → lab.
+    structure : Structure
+
+    Returns
+    -------
+    ndarray, shape (3, 3)
+
+    Examples
+    --------
+    >>> from napari_stemcluster.core import load_structure
+    >>> from napari_stemcluster.data import builtin_cif
+    >>> au = load_structure(builtin_cif("Au"))
+    >>> float(misorientation_deg(np.eye(3), zone_axis_twin(np.eye(3), au), au))  # [001]: 4-fold
+    0.0
+    """
+    r = np.asarray(rotation, np.float64)
+    u = structure.direct @ _zone_axis(structure, r[2]).astype(np.float64)
+    u /= np.linalg.norm(u)
+    return r @ (2.0 * np.outer(u, u) - np.eye(3))
+
+
 # ---------------------------------------------------------------- spots
 def _excitation_weight(g_lab: np.ndarray, wavelength: float, sigma_s, alpha: float):
     gz = g_lab[..., 2]
@@ -271,7 +308,7 @@ def orientation_library(
     g_max: float | None = None,
     sigma_excitation: float = 0.02,
     convergence_mrad: float = 0.0,
-    intensity_power: float = 0.5,
+    intensity_power: float = 1.0,
     n_angles: int = 180,
     min_weight: float = 0.01,
     zone_axis_index: int = 3,
@@ -301,7 +338,9 @@ def orientation_library(
         ``α|g|`` off the Ewald sphere.
     intensity_power : float
         Templates (and measured disks) are compared as intensity to this
-        power (0.5: amplitudes), which keeps weak high-angle disks relevant.
+        power. 1 (intensities) locates the tilt best on kinematical data;
+        0.5 (amplitudes) gives weak high-angle disks more say and tolerates
+        dynamical intensities better.
     n_angles : int
         In-plane angles of the polar correlation (even, >= 36).
     min_weight : float
@@ -629,7 +668,7 @@ def _refine(library, rot0, q, amp, sigma, q_limit, step_rad):
     return u @ vt, -float(res.fun)
 
 
-def _match_one(library, q, amp, sigma, q_limit, distinct_deg, n_candidates, refine):
+def _match_one(library, q, amp, sigma, q_limit, distinct_deg, n_candidates, refine, n_refine=3):
     corr, tnorm = _search(library, q, amp, sigma, q_limit)
     enorm = np.sqrt(amp @ amp)
     best_p = np.argmax(corr, axis=1)
@@ -645,9 +684,20 @@ def _match_one(library, q, amp, sigma, q_limit, distinct_deg, n_candidates, refi
     cands.sort(key=lambda c: -c[0])
     s1, t1, rot1 = cands[0]
     if refine:
-        rot_r, s_r = _refine(library, rot1, q, amp, sigma, q_limit, np.radians(library.step_deg))
-        if s_r >= s1:
-            rot1, s1 = rot_r, s_r
+        # refine the best few distinct candidates: with few disks the true
+        # orientation's nearest template is not always the top-ranked one
+        tried = []
+        for s0, t0, r0 in cands:
+            if len(tried) == n_refine:
+                break
+            if tried and np.min(misorientation_deg(np.array(tried), r0, library.structure)) < 1.0:
+                continue
+            tried.append(r0)
+            rot_r, s_r = _refine(library, r0, q, amp, sigma, q_limit, np.radians(library.step_deg))
+            if s_r < s0:
+                rot_r, s_r = r0, s0
+            if s_r >= s1:
+                s1, t1, rot1 = s_r, t0, rot_r
 
     # second-best distinct: other directions, and other in-plane peaks of the best
     st = library.structure
@@ -684,7 +734,7 @@ def match_orientations(
     max_disks: int = 100,
     refine: bool = True,
     distinct_deg: float | None = None,
-    n_candidates: int = 16,
+    n_candidates: int = 24,
 ) -> np.ndarray:
     """Orientation and phase of each pattern by sparse template correlation.
 
@@ -836,8 +886,10 @@ def reference_lattice(rotation, library: OrientationLibrary, *, min_rel: float =
     """Two reciprocal-lattice vectors of a matched orientation, in detector pixels.
 
     The two shortest strong, non-collinear reflections of the zero-order
-    Laue zone of the orientation's zone axis, projected on the detector: a
-    reference lattice for strain mapping.
+    Laue zone of the orientation's zone axis (for a high-index zone with
+    too few of those, of the excited reflections), projected on the
+    detector: a reference lattice for strain mapping. ``g2`` is
+    counter-clockwise from ``g1`` (``g1 × g2 > 0`` in ``(qx, qy)``).
 
     Parameters
     ----------
@@ -871,19 +923,24 @@ def reference_lattice(rotation, library: OrientationLibrary, *, min_rel: float =
     st = library.structure
     uvw = _zone_axis(st, r[2])
     hkl, f2 = library.hkl, library.f2
-    zolz = (hkl @ uvw == 0) & (f2 >= min_rel * f2.max())
-    g = (library.g[zolz] @ r.T)[:, :2] / library.q_pixel_size
-    h = hkl[zolz]
-    if len(g) < 2:
-        raise ValueError(f"fewer than two reflections in the zero-order zone of {uvw.tolist()}")
-    order = np.lexsort((-f2[zolz], np.round(np.hypot(g[:, 0], g[:, 1]), 6)))
-    g, h = g[order], h[order]
-    g1 = g[0]
-    for j in range(1, len(g)):
-        cross = g1[0] * g[j, 1] - g1[1] * g[j, 0]
-        if abs(cross) > 0.3 * np.linalg.norm(g1) * np.linalg.norm(g[j]) and cross > 0:
-            return np.array([g1, g[j]]), np.array([h[0], h[j]], np.int32)
-    raise ValueError(f"no two non-collinear reflections in the zone {uvw.tolist()}")
+    strong = f2 >= min_rel * f2.max()
+    gl = library.g @ r.T
+    wt = _excitation_weight(
+        gl, library.wavelength, library.sigma_excitation, library.convergence_mrad * 1e-3
+    )
+    # the lattice plane of the zone axis; else (a high-index zone) the excited spots
+    for sel in ((hkl @ uvw == 0) & strong, strong & (wt >= 0.1)):
+        g = gl[sel, :2] / library.q_pixel_size
+        h = hkl[sel]
+        order = np.lexsort((-f2[sel], np.round(np.hypot(g[:, 0], g[:, 1]), 6)))
+        g, h = g[order], h[order]
+        for j in range(1, len(g)):
+            cross = g[0, 0] * g[j, 1] - g[0, 1] * g[j, 0]
+            if abs(cross) > 0.3 * np.linalg.norm(g[0]) * np.linalg.norm(g[j]) and cross > 0:
+                return np.array([g[0], g[j]]), np.array([h[0], h[j]], np.int32)
+    raise ValueError(
+        f"no two non-collinear strong reflections near zone {uvw.tolist()} within g_max"
+    )
 
 
 def simulate_pattern(
