@@ -551,3 +551,12 @@ def test_compiled_score_equals_numpy(au_lib):
     empty = np.zeros((0, 2))
     assert _exact_score(au_lib, np.eye(3), empty, np.zeros(0), 0.03, np.inf) == 0.0
     assert _exact_score_numpy(au_lib, np.eye(3), empty, np.zeros(0), 0.03, np.inf) == 0.0
+
+
+def test_compiled_rodrigues_equals_scipy():
+    from napari_stemcluster.core._orientation_numba import _rodrigues
+
+    for w in ([0.0, 0.0, 0.0], [0.1, -0.2, 0.3], [2.0, 1.0, -1.5], [0.0, 0.0, np.pi]):
+        expected = Rotation.from_rotvec(w).as_matrix()
+        np.testing.assert_allclose(_rodrigues(np.array(w)), expected, atol=1e-12)
+        np.testing.assert_allclose(_rotvec(np.array(w)), expected, atol=1e-12)

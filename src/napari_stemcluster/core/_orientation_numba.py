@@ -60,3 +60,26 @@ def _overlap_score(
     if norm_t <= 0.0 or norm_e <= 0.0:
         return 0.0
     return num / (np.sqrt(norm_t) * np.sqrt(norm_e))
+
+
+@numba.njit(cache=True, nogil=True)
+def _rodrigues(w):  # pragma: no cover - compiled
+    """Rotation matrix of the rotation vector ``w`` (radians)."""
+    t = np.sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2])
+    out = np.eye(3)
+    if t < 1e-15:
+        return out
+    kx, ky, kz = w[0] / t, w[1] / t, w[2] / t
+    k = np.array([[0.0, -kz, ky], [kz, 0.0, -kx], [-ky, kx, 0.0]])
+    return out + np.sin(t) * k + (1.0 - np.cos(t)) * (k @ k)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rotated_score(
+    w, rot0, g, f2, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
+):  # pragma: no cover - compiled
+    """:func:`_overlap_score` at the orientation ``rodrigues(w) @ rot0``."""
+    rot = _rodrigues(w) @ rot0
+    return _overlap_score(
+        g, f2, rot, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
+    )

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._orientation_numba import _angular_series, _overlap_score
+from ._orientation_numba import _angular_series, _overlap_score, _rotated_score
 from .crystal import IPF_CORNERS, Structure, electron_wavelength, reciprocal_lattice
 
 __all__ = [
@@ -653,8 +653,23 @@ def _peak_angle(row: np.ndarray, p: int) -> float:
 def _refine(library, rot0, q, amp, sigma, q_limit, step_rad):
     from scipy.optimize import minimize
 
+    args = (
+        np.ascontiguousarray(rot0, np.float64),
+        library.g,
+        library.f2,
+        np.ascontiguousarray(q, np.float64).reshape(-1, 2),
+        np.ascontiguousarray(amp, np.float64),
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.intensity_power,
+        float(sigma),
+        float(min(q_limit, 1e30)),
+        0.01,
+    )
+
     def cost(w):
-        return -_exact_score(library, _rotvec(w) @ rot0, q, amp, sigma, q_limit)
+        return -_rotated_score(np.asarray(w, np.float64), *args)
 
     simplex = np.vstack([np.zeros(3), 0.5 * step_rad * np.eye(3)])
     res = minimize(
