@@ -560,3 +560,26 @@ def test_compiled_rodrigues_equals_scipy():
         expected = Rotation.from_rotvec(w).as_matrix()
         np.testing.assert_allclose(_rodrigues(np.array(w)), expected, atol=1e-12)
         np.testing.assert_allclose(_rotvec(np.array(w)), expected, atol=1e-12)
+
+
+def test_orient_clusters_time_series(au_lib):
+    from napari_stemcluster.core import orient_clusters
+    from napari_stemcluster.io._analysis_orientation import orientation_to_layers
+
+    rng = np.random.default_rng(6)
+    truths = [near_axis(au_lib.structure, (0, 0, 1), 0.7, rng) for _ in range(3)]
+    means = [simulate_pattern(au_lib, t, (96, 96), counts=2e5, rng=i) for i, t in enumerate(truths)]
+    steps = [np.stack(means[:2]), np.stack(means[2:])]
+    res = orient_clusters(steps, builtin_cif("Au"), KEV, QPIX, step_deg=3.0, g_max=GMAX)
+    assert res.offsets.tolist() == [0, 2, 3]
+    assert len(res.step(0)) == 2 and len(res.step(1)) == 1
+    labels = np.array([[[1, 2], [0, 2]], [[1, 1], [0, 0]]], np.int32)
+    layers = orientation_to_layers(labels, res, {"r_pixel_size": 2.0, "r_units": "nm"}, "s")
+    ipf = layers[0][0]
+    assert ipf.shape == (2, 2, 2, 3)
+    expected = res.maps(labels[1], 1)["ipf_z"]
+    np.testing.assert_array_equal(ipf[1], expected)
+    assert (
+        ipf[1, 0, 0].tolist() == ipf_colors(res.records["rotation"][2], au_lib.structure).tolist()
+    )
+    assert layers[0][1]["scale"] == (1.0, 2.0, 2.0)
