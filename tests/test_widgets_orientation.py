@@ -82,7 +82,14 @@ def test_widget_matches_and_shows_maps(make_napari_viewer, qtbot, grains, tmp_pa
     assert rec["phase"].tolist() == [0, 1, 0]
     for r, t, st in zip(rec, truths, structures, strict=True):
         assert misorientation_deg(r["rotation"], t, st) < 0.3
-    for name in ("grains IPF z", "grains IPF x", "grains IPF y", "grains phase"):
+    names = (
+        "grains IPF z",
+        "grains IPF x",
+        "grains IPF y",
+        "grains phase",
+        "grains in-plane angle",
+    )
+    for name in names:
         assert name in viewer.layers
     ipf = viewer.layers["grains IPF z"].data
     assert ipf.shape == (12, 16, 3) and ipf.dtype == np.uint8
@@ -90,6 +97,8 @@ def test_widget_matches_and_shows_maps(make_napari_viewer, qtbot, grains, tmp_pa
     phase = viewer.layers["grains phase"].data
     assert phase[2, 2] == 1 and phase[2, 10] == 2 and phase[0, 0] == 0
     assert stem_meta(viewer.layers["grains"])["orientation"] is w.result
+    inplane = viewer.layers["grains in-plane angle"].data
+    assert inplane[2, 2] == pytest.approx(rec["inplane_deg"][0]) and np.isnan(inplane[0, 0])
     # the dock's plot: the cluster average with its template and (hkl) labels
     w._cluster.value = 2
     w.draw()

@@ -174,8 +174,9 @@ def orientation_to_layers(
 ):
     """napari layer tuples of the orientation maps (no napari import).
 
-    IPF colours along ``z`` (beam), ``x`` and ``y`` as RGB images, the phase
-    as labels, and the match score; a leading time axis for 5D labels.
+    IPF colours along ``z`` (beam: the out-of-plane orientation), ``x`` and
+    ``y`` as RGB images, the phase as labels, the in-plane angle (degrees)
+    and the match score; a leading time axis for 5D labels.
 
     Parameters
     ----------
@@ -226,6 +227,19 @@ def orientation_to_layers(
             phase,
             {"name": f"{name} phase", "visible": False, "features": features, **common},
             "labels",
+        )
+    )
+    out.append(
+        (
+            stack("inplane_deg"),
+            {
+                "name": f"{name} in-plane angle",
+                "colormap": "twilight",  # cyclic, like the angle
+                "contrast_limits": (0.0, 360.0),
+                "visible": False,
+                **common,
+            },
+            "image",
         )
     )
     score = stack("score")
