@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._layers import get_stem_metadata, layers_to_result
+from ._tracking_layers import tracks_to_save
 from .io.results import write_results
 
 
@@ -26,8 +27,9 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
     ['/.../seg.h5']
     """
     metadata = meta.get("metadata") or {}
-    result = layers_to_result(data, metadata)
     st = get_stem_metadata(metadata) or {}
+    # Tracked grains (5D) go into the file's /tracking group.
+    result, tracking, kinetics = tracks_to_save(data, st, lambda: layers_to_result(data, metadata))
     orientation = st.get("orientation")
     n_clusters = sum(
         len(c) for c in (result.clusters if result.is_time_series else [result.clusters])
@@ -40,6 +42,8 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
         source=st.get("source"),
         calibration=st.get("calibration"),
         overwrite=True,
+        tracking=tracking,
+        kinetics=kinetics,
         orientation=orientation,
     )
     return [str(out)]

@@ -24,23 +24,36 @@ from .prefilter import correlative_prefilter, prefilter_footprint, prefilter_wei
 from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
+from .tracking import (
+    Kinetics,
+    Tracking,
+    grain_kinetics,
+    link_clusters,
+    link_result,
+    track_series,
+)
 
 __all__ = [
     "NEIGHBOR_OFFSETS",
     "ORIENTATION_DTYPE",
     "ClusterTable",
+    "Kinetics",
     "OrientationLibrary",
     "OrientationResult",
     "SegmentationResult",
     "Structure",
+    "Tracking",
     "annular_mask",
     "cluster_means",
     "cluster_sums",
     "cluster_table",
     "correlative_prefilter",
+    "grain_kinetics",
     "grow_regions",
     "ipf_color_key",
     "ipf_colors",
+    "link_clusters",
+    "link_result",
     "load_structure",
     "match_orientations",
     "mean_similarity",
@@ -56,4 +69,5 @@ __all__ = [
     "reference_lattice",
     "segment",
     "structure_factors",
+    "track_series",
 ]

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from ._analysis_orientation import save_orientation
+from ._analysis_tracking import read_kinetics_csv, write_kinetics_csv
 from ._lazy import close_cached_handles
 from .dataset import Calibration, StemDataset, normalize_units
 from .errors import StemFileError
@@ -33,8 +34,10 @@ __all__ = [
     "is_results_file",
     "normalize_units",
     "open_dataset",
+    "read_kinetics_csv",
     "read_results",
     "save_orientation",
+    "write_kinetics_csv",
     "write_results",
 ]
 

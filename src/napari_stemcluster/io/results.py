@@ -184,6 +184,8 @@ def write_results(
     overwrite: bool = False,
     compression: str | None = "gzip",
     orientation=None,
+    tracking=None,
+    kinetics=None,
 ) -> Path:
     """Save a segmentation to one HDF5 file, atomically.
 
@@ -210,6 +212,10 @@ def write_results(
         Compression of the maps and cluster patterns.
     orientation : OrientationResult, optional
         Orientation and phase of the clusters (the ``/orientation`` group).
+    tracking, kinetics : Tracking, Kinetics, optional
+        Persistent grain ids, events and kinetics of a 5D result (from
+        :mod:`napari_stemcluster.core.tracking`), stored in ``/tracking``
+        (layout in :mod:`napari_stemcluster.io._analysis_tracking`).
 
     Returns
     -------
@@ -311,6 +317,10 @@ def write_results(
                 from ._analysis_orientation import write_orientation
 
                 write_orientation(f, orientation)
+            if tracking is not None:
+                from ._analysis_tracking import write_tracking
+
+                write_tracking(f, tracking, kinetics)
         from ._lazy import close_cached_handles
 
         close_cached_handles(path)
@@ -327,9 +337,11 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         tuples become lists).
     info : dict
         ``path``, ``source``, ``software_version``, ``created``,
-        ``format_version``, ``calibration`` (a dict, see
-        :class:`~napari_stemcluster.io.Calibration`) and ``orientation`` (an
-        :class:`~napari_stemcluster.core.OrientationResult`, or None).
+        ``format_version`` and ``calibration`` (a dict, see
+        :class:`~napari_stemcluster.io.Calibration`); ``tracking`` and
+        ``kinetics`` when the file holds grain tracks (else None);
+        ``orientation`` (an :class:`~napari_stemcluster.core.OrientationResult`,
+        or None).
 
     Examples
     --------
@@ -371,6 +383,12 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             means = np.ascontiguousarray(g["cluster_means"][()][:, 0])
         except (KeyError, OSError) as e:
             raise StemFileError(f"{path}: incomplete results file ({e})") from None
+        from ._analysis_tracking import read_tracking
+
+        try:
+            tracking, kinetics = read_tracking(f, labels)
+        except (KeyError, OSError, ValueError) as e:
+            raise StemFileError(f"{path}: unreadable /tracking group ({e})") from None
 
         def attr(name, default=""):
             v = f.attrs.get(name, default)
@@ -385,6 +403,8 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             "created": attr("created"),
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
+            "tracking": tracking,
+            "kinetics": kinetics,
         }
         from ._analysis_orientation import read_orientation
 

@@ -8,6 +8,7 @@ threads with a progress bar and a Cancel button; results appear as layers.
 from ._clustering import ClusteringWidget
 from ._correction import CorrectionWidget
 from ._diffraction import DiffractionViewer
+from ._kinetics import KineticsWidget
 from ._orientation import OrientationWidget
 from ._prefilter import PrefilterWidget
 from ._similarity import SimilarityWidget
@@ -18,6 +19,7 @@ __all__ = [
     "ClusteringWidget",
     "CorrectionWidget",
     "DiffractionViewer",
+    "KineticsWidget",
     "OrientationWidget",
     "PrefilterWidget",
     "SimilarityWidget",
