@@ -9,8 +9,8 @@ import numpy as np
 
 from ._validate import check_cube
 from .averages import cluster_means, cluster_table
-from .masking import real_space_mask
-from .regions import grow_regions
+from .clustering import cluster_scan
+from .masking import IMAGE_METHODS, dark_field_image
 from .result import SegmentationResult
 from .similarity import mean_similarity, neighbor_similarity
 
@@ -25,13 +25,14 @@ PREFILTER_DEFAULTS = {
 
 def segment(
     cube,
-    threshold: float = 0.9,
+    threshold: float | str = "auto",
     min_cluster_size: int = 5,
     q_mask=None,
     sigma: float = 0.0,
     prefilter: bool | dict = False,
-    real_mask="triangle",
+    real_mask="dark_field",
     *,
+    linkage: str = "pair",
     mask_min_size: int = 0,
     mask_hole_size: int = 0,
     average: str = "raw",
@@ -48,8 +49,11 @@ def segment(
     ----------
     cube : array_like, shape (Rx, Ry, Qx, Qy) or (T, Rx, Ry, Qx, Qy)
         Any integer or float dtype; numpy, memory map, h5py or dask.
-    threshold : float
-        Minimum neighbour similarity for joining a cluster.
+    threshold : float or "auto"
+        Minimum neighbour similarity for joining a cluster; ``"auto"``
+        chooses it for each time step from the data
+        (:func:`~napari_stemcluster.core.threshold.auto_threshold`); the
+        value used is in ``result.diagnostics`` and ``params["threshold_used"]``.
     min_cluster_size : int
         Smaller clusters are set to 0.
     q_mask : ndarray of bool (Qx, Qy) or (inner, outer), optional
@@ -60,9 +64,16 @@ def segment(
     prefilter : bool or dict
         Run :func:`~napari_stemcluster.core.prefilter.correlative_prefilter`
         first; a dict gives its keyword arguments.
-    real_mask : {"triangle", "otsu"}, float, ndarray of bool, or None
-        See :func:`~napari_stemcluster.core.masking.real_space_mask`. A
+    real_mask : {"dark_field", "triangle", "otsu"}, float, ndarray of bool, or None
+        See :func:`~napari_stemcluster.core.masking.real_space_mask`.
+        ``"dark_field"`` thresholds the raw cube's counts outside the direct
+        beam (:func:`~napari_stemcluster.core.masking.dark_field_image`). A
         boolean array may be (Rx, Ry), or (T, Rx, Ry) for 5D.
+    linkage : {"pair", "mean"}
+        Growth criterion (:func:`~napari_stemcluster.core.regions.grow_regions`);
+        ``"mean"`` also compares each candidate with its cluster's running
+        mean pattern (features from
+        :func:`~napari_stemcluster.core.linkage.pattern_features`).
     mask_min_size, mask_hole_size : int
         Remove mask regions / fill mask holes smaller than this.
     average : {"raw", "prefiltered"}
@@ -109,6 +120,7 @@ def segment(
         mask_hole_size=mask_hole_size,
         average=average,
         mask_source=mask_source,
+        linkage=linkage,
     )
     steps = [cube] if ndim == 4 else [cube[t] for t in range(cube.shape[0])]
     masks = _per_step_masks(real_mask, len(steps), cube.shape[-4:-2], ndim)
@@ -128,14 +140,30 @@ def segment(
             average,
             raw_map,
             track,
+            linkage,
         )
         for step, mask, raw_map in zip(steps, masks, raw_maps, strict=True)
     ]
+    return assemble_result(parts, params, ndim)
+
+
+def assemble_result(parts, params: dict, ndim: int) -> SegmentationResult:
+    """One result from per-step ``(labels, ms, mask, sim, means, table, diagnostics)``.
+
+    Records the thresholds used and the diagnostics in ``params`` too (so
+    the results file keeps them).
+    """
+    diags = [p[6] for p in parts]
+    used = [d.threshold for d in diags]
+    params["threshold_used"] = used[0] if ndim == 4 else used
+    params["diagnostics"] = diags[0].as_dict() if ndim == 4 else [d.as_dict() for d in diags]
     if ndim == 4:
-        labels, ms, rmask, sim, means, table = parts[0]
-        return SegmentationResult(labels, ms, rmask, sim, means, table, params)
+        labels, ms, rmask, sim, means, table, diag = parts[0]
+        return SegmentationResult(labels, ms, rmask, sim, means, table, params, diag)
     stack = [np.stack([p[i] for p in parts]) for i in range(4)]
-    return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params)
+    return SegmentationResult(
+        *stack, [p[4] for p in parts], [p[5] for p in parts], params, diags
+    )
 
 
 def segment_params(
@@ -151,6 +179,7 @@ def segment_params(
     mask_hole_size,
     average,
     mask_source,
+    linkage="pair",
 ) -> tuple[int, dict | None, dict]:
     """Validate :func:`segment`'s arguments and record them.
 
@@ -184,9 +213,11 @@ def segment_params(
             raise ValueError(f"{name} must be 'raw' or 'prefiltered'; got {value!r}")
     if not int(min_cluster_size) >= 0:
         raise ValueError("min_cluster_size must be >= 0")
+    _check_growth(threshold, linkage)
     pre = _prefilter_options(prefilter)
     params = {
-        "threshold": float(threshold),
+        "threshold": threshold if isinstance(threshold, str) else float(threshold),
+        "linkage": linkage,
         "min_cluster_size": int(min_cluster_size),
         "q_mask": _describe(q_mask),
         "sigma": float(sigma),
@@ -213,6 +244,7 @@ def _segment_one(
     average,
     raw_map,
     track,
+    linkage="pair",
 ):
     source = cube
     if pre:
@@ -224,14 +256,46 @@ def _segment_one(
     mask_map = ms
     if raw_map:
         mask_map = mean_similarity(neighbor_similarity(cube, q_mask, sigma, progress=track.stage()))
-    rmask = real_space_mask(mask_map, real_mask, min_size=mask_min_size, hole_size=mask_hole_size)
-    labels, _ = grow_regions(
-        sim, threshold, mean_similarity=ms, mask=rmask, min_cluster_size=min_size
+    labels, rmask, diag = cluster_scan(
+        sim,
+        ms,
+        threshold=threshold,
+        min_cluster_size=min_size,
+        real_mask=real_mask,
+        mask_map=mask_map,
+        signal=dark_field_image(cube) if _uses_image(real_mask) else None,
+        mask_min_size=mask_min_size,
+        mask_hole_size=mask_hole_size,
+        linkage=linkage,
+        features=_features(source, q_mask, sigma) if linkage == "mean" else None,
     )
     n = int(labels.max(initial=0))
     avg_cube = source if average == "prefiltered" else cube
     means = cluster_means(avg_cube, labels, n, progress=track.stage())
-    return labels, ms, rmask, sim, means, cluster_table(labels, ms, n)
+    return labels, ms, rmask, sim, means, cluster_table(labels, ms, n), diag
+
+
+def _uses_image(real_mask) -> bool:
+    """True when the real-space mask thresholds a virtual image of the cube."""
+    return isinstance(real_mask, str) and real_mask in IMAGE_METHODS
+
+
+def _features(cube, q_mask, sigma):
+    from .linkage import pattern_features
+
+    return pattern_features(cube, q_mask, sigma)
+
+
+def _check_growth(threshold, linkage) -> None:
+    from .regions import LINKAGES
+
+    if isinstance(threshold, str):
+        if threshold != "auto":
+            raise ValueError(f"threshold must be a number or 'auto'; got {threshold!r}")
+    elif not (isinstance(threshold, numbers.Real) and np.isfinite(threshold)):
+        raise ValueError(f"threshold must be a number or 'auto'; got {threshold!r}")
+    if linkage not in LINKAGES:
+        raise ValueError(f"linkage must be one of {LINKAGES}; got {linkage!r}")
 
 
 def _prefilter_options(prefilter) -> dict | None:
@@ -253,7 +317,7 @@ def _prefilter_options(prefilter) -> dict | None:
 def thresholds_a_map(real_mask) -> bool:
     """True when ``real_mask`` is computed from a mean-similarity map."""
     if isinstance(real_mask, str):
-        return True
+        return real_mask not in IMAGE_METHODS
     return isinstance(real_mask, numbers.Real) and not isinstance(real_mask, bool)
 
 

@@ -70,6 +70,11 @@ class SegmentationResult:
         Size, seed and mean similarity of each cluster.
     params : dict
         Every parameter used, JSON-serialisable.
+    diagnostics : Diagnostics, or a list of them, or None
+        What each scan's segmentation did (positions in the mask, fraction
+        clustered, clusters kept and dropped, threshold used) and, when no
+        cluster was found, the likely reason
+        (:class:`~napari_stemcluster.core.clustering.Diagnostics`).
     """
 
     labels: np.ndarray
@@ -79,6 +84,7 @@ class SegmentationResult:
     cluster_means: np.ndarray | list[np.ndarray]
     clusters: ClusterTable | list[ClusterTable]
     params: dict = field(default_factory=dict)
+    diagnostics: object = None
 
     @property
     def is_time_series(self) -> bool:
