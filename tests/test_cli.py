@@ -121,7 +121,7 @@ def test_demo_writes_results_parameters_and_picture(small_sample, tmp_path):
     assert cli.main(["demo", "-o", str(out), "-q"]) == 0
     assert listing(out) == ["overview.png", "params.toml", "results.h5", "sample.h5"]
     result, _ = read_results(out / "results.h5")
-    assert load_params(out / "params.toml")["threshold"] == 0.9
+    assert load_params(out / "params.toml")["threshold"] == "auto"
     img = np.asarray(Image.open(out / "overview.png"))
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 600
     assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 50  # a picture

@@ -16,6 +16,9 @@ from napari_stemcluster.core.metrics import (
 )
 from napari_stemcluster.synthetic import make_polycrystal
 
+#: The paper's method: pair rule, fixed threshold, triangle mask.
+PAPER = {"threshold": 0.9, "real_mask": "triangle", "linkage": "pair"}
+
 
 def in_grain_and_across(similarity, grains):
     """Median neighbour similarity inside grains and across grain boundaries."""
@@ -36,8 +39,8 @@ def low_dose(moderate):
     return make_polycrystal(dose=moderate.params["dose"] / 10, seed=0)
 
 
-def test_defaults_recover_true_grains_at_moderate_dose(moderate):
-    res = segment(moderate.cube)
+def test_paper_method_recovers_true_grains_at_moderate_dose(moderate):
+    res = segment(moderate.cube, **PAPER)
     on_grains = moderate.grains > 0
     ari = adjusted_rand_index(moderate.grains, res.labels, mask=on_grains)
     assert ari >= 0.9
@@ -62,19 +65,19 @@ def test_prefilter_recovers_grains_at_low_dose(low_dose):
     # Defaults but for the prefilter: the real-space mask thresholds the raw
     # cube's mean similarity (mask_source="raw"), clustering the prefiltered one.
     on_grains = low_dose.grains > 0
-    plain = segment(low_dose.cube)
-    filtered = segment(low_dose.cube, prefilter=True)  # triangle on the raw map
+    plain = segment(low_dose.cube, **PAPER)
+    filtered = segment(low_dose.cube, prefilter=True, **PAPER)  # triangle on the raw map
     ari_plain = adjusted_rand_index(low_dose.grains, plain.labels, mask=on_grains)
     ari_filtered = adjusted_rand_index(low_dose.grains, filtered.labels, mask=on_grains)
     assert ari_plain < 0.2
     assert ari_filtered >= 0.9
-    on_prefiltered_map = segment(low_dose.cube, prefilter=True, mask_source="prefiltered")
+    on_prefiltered_map = segment(low_dose.cube, prefilter=True, mask_source="prefiltered", **PAPER)
     assert adjusted_rand_index(low_dose.grains, on_prefiltered_map.labels, mask=on_grains) < 0.5
 
 
 def test_every_time_step_of_a_growth_series():
     scan = make_polycrystal(n_times=3, seed=2)
-    res = segment(scan.cube)
+    res = segment(scan.cube, **PAPER)
     assert res.labels.shape == scan.grains.shape
     clustered = []
     for t in range(3):

@@ -120,8 +120,8 @@ def _add_parameters(p):
     g.add_argument(
         "--threshold",
         type=_typed("threshold"),
-        metavar="S",
-        help="minimum neighbour similarity to join a cluster (0.9)",
+        metavar="S|auto",
+        help="minimum neighbour similarity to join a cluster (auto: from the data)",
     )
     g.add_argument(
         "--min-cluster-size",
@@ -174,8 +174,8 @@ def _add_parameters(p):
     g.add_argument(
         "--real-mask",
         type=_typed("real_mask"),
-        metavar="triangle|otsu|none|VALUE",
-        help="real-space mask of the mean similarity (triangle)",
+        metavar="dark_field|triangle|otsu|none|VALUE",
+        help="real-space mask: dark-field image or mean similarity (dark_field)",
     )
     g.add_argument("--mask-min-size", type=_typed("mask_min_size"), metavar="N")
     g.add_argument("--mask-hole-size", type=_typed("mask_hole_size"), metavar="N")
@@ -190,6 +190,12 @@ def _add_parameters(p):
         type=_typed("mask_source"),
         metavar="raw|prefiltered",
         help="with --prefilter: whose mean similarity the real-space mask thresholds (raw)",
+    )
+    g.add_argument(
+        "--linkage",
+        type=_typed("linkage"),
+        metavar="mean|pair",
+        help="growth rule: also match the cluster's running mean, or pairs only (mean)",
     )
 
 
@@ -451,6 +457,7 @@ def _summary(ds, result, stats, seconds, path):
     )
     print(f"plan: {stats.plan.describe()}")
     print(f"ran on: {stats.executor}")
+    _print_diagnostics(result)
     if steps == 1:
         print(f"clusters: {counts[0]}")
     else:
@@ -546,3 +553,15 @@ def _demo(args) -> int:
 
 
 __all__ = ["DESCRIPTIONS", "SAMPLE", "build_parser", "main"]
+
+
+def _print_diagnostics(result) -> None:
+    """Threshold, mask, clustered fraction and, without clusters, why."""
+    diags = result.diagnostics
+    if diags is None:
+        return
+    diags = diags if isinstance(diags, list) else [diags]
+    t0 = result.params.get("time_range", [0])[0]
+    for i, d in enumerate(diags):
+        prefix = f"t={t0 + i}: " if len(diags) > 1 else ""
+        print(f"{prefix}{d.summary()}")

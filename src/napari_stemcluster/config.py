@@ -36,7 +36,7 @@ else:  # pragma: no cover - Python 3.10
 #: Algorithm parameters and their defaults (those of
 #: :func:`napari_stemcluster.core.segment`). ``None`` means "not set".
 PARAMETERS = {
-    "threshold": 0.9,
+    "threshold": "auto",
     "min_cluster_size": 5,
     "q_mask": None,
     "sigma": 0.0,
@@ -45,11 +45,12 @@ PARAMETERS = {
     "prefilter_radius": 4,
     "corr_range": [0.85, 0.95],
     "prefilter_edge": None,
-    "real_mask": "triangle",
+    "real_mask": "dark_field",
     "mask_min_size": 0,
     "mask_hole_size": 0,
     "average": "raw",
     "mask_source": "raw",
+    "linkage": "mean",
 }
 
 #: Options of a run that are not part of the algorithm.
@@ -63,7 +64,8 @@ RUN_OPTIONS = {
 
 #: What each key holds, for messages and ``--help``.
 DESCRIPTIONS = {
-    "threshold": "a similarity between -1 and 1",
+    "threshold": "'auto' or a similarity between -1 and 1",
+    "linkage": "'mean' or 'pair'",
     "min_cluster_size": "an integer >= 0",
     "q_mask": "two radii [inner, outer] with 0 <= inner <= outer",
     "sigma": "a number >= 0",
@@ -72,7 +74,7 @@ DESCRIPTIONS = {
     "prefilter_radius": "an integer >= 0",
     "corr_range": "two correlations [Rmin, Rmax] with Rmin < Rmax",
     "prefilter_edge": "an integer >= 0",
-    "real_mask": "'triangle', 'otsu', 'none' or a mean-similarity threshold",
+    "real_mask": "'dark_field', 'triangle', 'otsu', 'none' or a mean-similarity threshold",
     "mask_min_size": "an integer >= 0",
     "mask_hole_size": "an integer >= 0",
     "average": "'raw' or 'prefiltered'",
@@ -102,6 +104,7 @@ _SCALARS = (
     "mask_hole_size",
     "average",
     "mask_source",
+    "linkage",
 )
 
 
@@ -167,15 +170,21 @@ def validate(key: str, value, where: str = ""):
     [10.0, 40.0]
     >>> validate("real_mask", 0.5)
     0.5
-    >>> validate("threshold", 2)
+    >>> validate("linkage", "single")
     Traceback (most recent call last):
         ...
-    napari_stemcluster.config.ConfigError: threshold must be a similarity between -1 and 1; got 2
+    napari_stemcluster.config.ConfigError: linkage must be 'mean' or 'pair'; got 'single'
     """
     if key not in PARAMETERS and key not in RUN_OPTIONS:
         _unknown(key, where)
     if value is None:
         return None
+    if key == "threshold" and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if key == "linkage":
+        if value not in ("mean", "pair"):
+            _fail(key, value, where)
+        return value
     if key == "threshold":
         v = _number(key, value, where)
         if not -1.0 <= v <= 1.0:
@@ -207,7 +216,7 @@ def validate(key: str, value, where: str = ""):
     if key == "real_mask":
         if isinstance(value, str):
             v = value.strip().lower()
-            if v in ("triangle", "otsu", "none"):
+            if v in ("triangle", "otsu", "none", "dark_field"):
                 return v
             _fail(key, value, where)
         return _number(key, value, where)
@@ -296,6 +305,8 @@ def parse_text(key: str, text: str):
             value = float(text)
         except ValueError:
             value = text
+    elif key == "threshold" and text.lower() == "auto":
+        value = "auto"
     elif key in ("threshold", "sigma", "prefilter_sigma"):
         try:
             value = float(text)
@@ -475,6 +486,7 @@ def segment_kwargs(params: dict) -> dict:
         "mask_hole_size": p["mask_hole_size"],
         "average": p["average"],
         "mask_source": p["mask_source"],
+        "linkage": p["linkage"],
     }
 
 

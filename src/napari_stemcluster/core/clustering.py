@@ -74,8 +74,11 @@ class Diagnostics:
 
         Examples
         --------
-        >>> Diagnostics(100, 40, 30, 0.75, 2, 1, 3, 0.8, "auto").summary()
-        'threshold 0.80 (auto); mask 40/100 positions, 75% clustered; 2 clusters (1 dropped < min size)'
+        >>> d = Diagnostics(100, 40, 30, 0.75, 2, 1, 3, 0.8, "auto")
+        >>> print(d.summary().replace("; ", ";\n"))
+        threshold 0.80 (auto);
+        mask 40/100 positions, 75% clustered;
+        2 clusters (1 dropped < min size)
         """
         text = (
             f"threshold {self.threshold:.2f} ({self.threshold_source}); mask "

@@ -265,9 +265,10 @@ def _sample_mean(cube) -> np.ndarray:
     total = np.zeros(cube.shape[-2:], np.float64)
     n = 0
     for x in range(0, rx, stride):
-        row = np.asarray(cube[x, ::stride], dtype=np.float64)
-        total += row.sum(axis=0)
-        n += row.shape[0]
+        # slices only: some lazy array-likes support nothing else
+        row = np.asarray(cube[x : x + 1, ::stride], dtype=np.float64)
+        total += row.sum(axis=(0, 1))
+        n += row.shape[0] * row.shape[1]
     return total / max(n, 1)
 
 

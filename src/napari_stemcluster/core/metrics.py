@@ -332,10 +332,7 @@ def grain_scores(labels_true, labels_pred) -> dict:
     pc = pred_ids > 0
     grains = table[tg][:, pc]  # grain positions by cluster
     n_grain_pos = table[tg].sum(axis=1)
-    if grains.size:
-        grain_recall = grains.max(axis=1) / n_grain_pos
-    else:
-        grain_recall = np.zeros(int(tg.sum()))
+    grain_recall = grains.max(axis=1) / n_grain_pos if grains.size else np.zeros(int(tg.sum()))
     clustered = table[:, pc]
     n_clustered = int(clustered.sum())
     bg_clustered = int(table[~tg][:, pc].sum())

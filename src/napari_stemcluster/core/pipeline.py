@@ -10,7 +10,7 @@ import numpy as np
 from ._validate import check_cube
 from .averages import cluster_means, cluster_table
 from .clustering import cluster_scan
-from .masking import IMAGE_METHODS, dark_field_image
+from .masking import IMAGE_METHODS, _sample_mean, dark_field_image, direct_beam
 from .result import SegmentationResult
 from .similarity import mean_similarity, neighbor_similarity
 
@@ -32,7 +32,7 @@ def segment(
     prefilter: bool | dict = False,
     real_mask="dark_field",
     *,
-    linkage: str = "pair",
+    linkage: str = "mean",
     mask_min_size: int = 0,
     mask_hole_size: int = 0,
     average: str = "raw",
@@ -126,6 +126,8 @@ def segment(
     masks = _per_step_masks(real_mask, len(steps), cube.shape[-4:-2], ndim)
     raw_maps = [bool(pre) and mask_source == "raw" and thresholds_a_map(m) for m in masks]
     track = _Progress(progress, len(steps) * (2 + bool(pre)) + sum(raw_maps))
+    # One direct-beam position for the whole series, as the engine does.
+    beam = direct_beam(_sample_mean(steps[0])) if any(_uses_image(m) for m in masks) else None
     parts = [
         _segment_one(
             step,
@@ -141,6 +143,7 @@ def segment(
             raw_map,
             track,
             linkage,
+            beam,
         )
         for step, mask, raw_map in zip(steps, masks, raw_maps, strict=True)
     ]
@@ -161,9 +164,7 @@ def assemble_result(parts, params: dict, ndim: int) -> SegmentationResult:
         labels, ms, rmask, sim, means, table, diag = parts[0]
         return SegmentationResult(labels, ms, rmask, sim, means, table, params, diag)
     stack = [np.stack([p[i] for p in parts]) for i in range(4)]
-    return SegmentationResult(
-        *stack, [p[4] for p in parts], [p[5] for p in parts], params, diags
-    )
+    return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params, diags)
 
 
 def segment_params(
@@ -179,7 +180,7 @@ def segment_params(
     mask_hole_size,
     average,
     mask_source,
-    linkage="pair",
+    linkage="mean",
 ) -> tuple[int, dict | None, dict]:
     """Validate :func:`segment`'s arguments and record them.
 
@@ -244,7 +245,8 @@ def _segment_one(
     average,
     raw_map,
     track,
-    linkage="pair",
+    linkage="mean",
+    beam=None,
 ):
     source = cube
     if pre:
@@ -263,7 +265,7 @@ def _segment_one(
         min_cluster_size=min_size,
         real_mask=real_mask,
         mask_map=mask_map,
-        signal=dark_field_image(cube) if _uses_image(real_mask) else None,
+        signal=dark_field_image(cube, beam) if _uses_image(real_mask) else None,
         mask_min_size=mask_min_size,
         mask_hole_size=mask_hole_size,
         linkage=linkage,

@@ -125,6 +125,7 @@ def similarity_task(source, t, box, spec):
     t1 = time.perf_counter()
     r0, r1, c0, c1 = box
     mask_map = None
+    extras = _extras_raw(raw, box, read_ext, spec)
     with _numba_threads(spec["numba_threads"]):
         if pre and spec.get("raw_mask_map"):
             a0, a1, b0, b1 = near
@@ -137,8 +138,26 @@ def similarity_task(source, t, box, spec):
         data = _prefiltered(raw, pre, near, read_ext) if pre else raw
         del raw
         sim = neighbor_similarity(data, spec["q_mask"], spec["sigma"])
+        if spec.get("features"):
+            from ..core.linkage import pattern_features
+
+            core = data[r0 - near[0] : r1 - near[0], c0 - near[2] : c1 - near[2]]
+            extras["features"] = pattern_features(core, spec["q_mask"], spec["sigma"])
     sim = np.ascontiguousarray(sim[r0 - near[0] : r1 - near[0], c0 - near[2] : c1 - near[2]])
-    return sim, mask_map, (t1 - t0, time.perf_counter() - t1)
+    return sim, mask_map, (t1 - t0, time.perf_counter() - t1), extras
+
+
+def _extras_raw(raw, box, read_ext, spec) -> dict:
+    """Per-position inputs of the clustering step taken from the raw block."""
+    extras = {}
+    if spec.get("dark_field_beam") is not None:
+        from ..core.masking import dark_field_image
+
+        r0, r1, c0, c1 = box
+        x0, _, y0, _ = read_ext
+        core = raw[r0 - x0 : r1 - x0, c0 - y0 : c1 - y0]
+        extras["signal"] = dark_field_image(core, spec["dark_field_beam"])
+    return extras
 
 
 def sums_task(source, t, box, labels, spec):

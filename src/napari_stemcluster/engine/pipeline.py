@@ -11,9 +11,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.averages import cluster_table, means_from_sums
-from ..core.masking import THRESHOLD_METHODS, real_space_mask, resolve_q_mask
-from ..core.pipeline import _describe, _per_step_masks, segment_params, thresholds_a_map
-from ..core.regions import grow_regions
+from ..core.clustering import cluster_scan
+from ..core.masking import (
+    IMAGE_METHODS,
+    THRESHOLD_METHODS,
+    _sample_mean,
+    direct_beam,
+    real_space_mask,
+    resolve_q_mask,
+)
+from ..core.pipeline import (
+    _describe,
+    _per_step_masks,
+    _uses_image,
+    assemble_result,
+    segment_params,
+    thresholds_a_map,
+)
 from ..core.result import SegmentationResult
 from ..core.similarity import mean_similarity, neighbor_similarity
 from ._tasks import BlockSource, _extended, similarity_task, sums_task
@@ -60,13 +74,14 @@ class RunStats:
 
 def segment_chunked(
     cube,
-    threshold: float = 0.9,
+    threshold: float | str = "auto",
     min_cluster_size: int = 5,
     q_mask=None,
     sigma: float = 0.0,
     prefilter: bool | dict = False,
-    real_mask="triangle",
+    real_mask="dark_field",
     *,
+    linkage: str = "mean",
     mask_min_size: int = 0,
     mask_hole_size: int = 0,
     average: str = "raw",
@@ -101,8 +116,10 @@ def segment_chunked(
         numpy array.
     threshold, min_cluster_size, q_mask, sigma, prefilter, real_mask
         As for :func:`napari_stemcluster.core.segment`.
-    mask_min_size, mask_hole_size, average
-        As for :func:`napari_stemcluster.core.segment`.
+    mask_min_size, mask_hole_size, average, linkage
+        As for :func:`napari_stemcluster.core.segment`. With
+        ``linkage="mean"`` the similarity pass also returns binned patterns
+        (up to 4 KiB per scan position) for region growing.
     times : slice or (int, int), optional
         Time steps ``A:B`` of a 5D cube to segment (default: all).
     executor : Executor or distributed.Client, optional
@@ -148,6 +165,7 @@ def segment_chunked(
         mask_hole_size=mask_hole_size,
         average=average,
         mask_source=mask_source,
+        linkage=linkage,
     )
     steps = _time_steps(times, data.shape, ndim)
     real_mask = _selected_mask(real_mask, steps, data.shape, ndim)
@@ -157,7 +175,11 @@ def segment_chunked(
     masks = _per_step_masks(real_mask, len(steps), scan, ndim)
     for m in masks:
         real_space_mask(
-            np.zeros(scan, np.float32), m, min_size=mask_min_size, hole_size=mask_hole_size
+            np.zeros(scan, np.float32),
+            m,
+            min_size=mask_min_size,
+            hole_size=mask_hole_size,
+            signal=np.zeros(scan, np.float32),
         )
     params["real_mask"] = _describe(real_mask)  # the masks of the selected steps
     if times is not None:
@@ -192,12 +214,15 @@ def segment_chunked(
                 "average": average,
                 "raw_mask_map": bool(pre) and mask_source == "raw",
                 "numba_threads": _numba_threads(executor, plan),
+                "features": linkage == "mean",
+                "dark_field_beam": _beam(data, ndim, steps) if _uses_image(real_mask) else None,
             },
             grow={
                 "threshold": threshold,
                 "min_cluster_size": int(min_cluster_size),
                 "mask_min_size": int(mask_min_size),
                 "mask_hole_size": int(mask_hole_size),
+                "linkage": linkage,
             },
             masks=masks,
             progress=progress,
@@ -215,11 +240,23 @@ def segment_chunked(
         stats.input_bytes = (
             len(steps) * int(np.prod(scan)) * int(np.prod(det)) * data.dtype.itemsize
         )
-    if ndim == 4:
-        labels, ms, rmask, sim, means, table = parts[0]
-        return SegmentationResult(labels, ms, rmask, sim, means, table, params)
-    stack = [np.stack([p[i] for p in parts]) for i in range(4)]
-    return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params)
+    return assemble_result(parts, params, ndim)
+
+
+def _beam(data, ndim, steps):
+    """Direct beam of the first selected time step (as core.segment finds it)."""
+    return direct_beam(_sample_mean(data if ndim == 4 else _Step5(data, steps[0])))
+
+
+class _Step5:
+    """One time step of a 5D array-like, sliced lazily."""
+
+    def __init__(self, data, t):
+        self.data, self.t = data, t
+        self.shape = tuple(data.shape[1:])
+
+    def __getitem__(self, key):
+        return np.asarray(self.data[(self.t, *key)])
 
 
 def _numba_threads(executor, plan) -> int | None:
@@ -290,10 +327,10 @@ def _check_stage_options(pre, q_mask, sigma, det):
 
 def _selected_mask(real_mask, steps, shape, ndim):
     """Validate a mask method; per-step masks of all steps follow ``times``."""
-    if isinstance(real_mask, str) and real_mask not in THRESHOLD_METHODS:
+    if isinstance(real_mask, str) and real_mask not in THRESHOLD_METHODS + IMAGE_METHODS:
         raise ValueError(
             f"unknown real-space mask method {real_mask!r}; expected one of "
-            f"{THRESHOLD_METHODS}, a float, a boolean array or None"
+            f"{THRESHOLD_METHODS + IMAGE_METHODS}, a float, a boolean array or None"
         )
     per_step = ndim == 5 and isinstance(real_mask, np.ndarray) and real_mask.ndim == 3
     if per_step and real_mask.shape[0] == shape[0] and len(steps) != shape[0]:
@@ -307,6 +344,7 @@ class _Step:
     def __init__(self, scan):
         self.sim = np.empty((*scan, 8), np.float32)
         self.mask_map = None  # raw mean similarity, when the mask thresholds it
+        self.extras = {}  # dark-field image and features, when asked for
         self.sim_left = 0
         self.labels = None
         self.sums = None
@@ -422,10 +460,14 @@ class _Run:
 
     # ------------------------------------------------------------------
     def _similarity_done(self, states, i, b, out, high):
-        sim, mask_map, (t_read, t_comp) = out
+        sim, mask_map, (t_read, t_comp), extras = out
         r0, r1, c0, c1 = self.boxes[b]
         st = states[i]
         st.sim[r0:r1, c0:c1] = sim
+        for key, value in extras.items():
+            if key not in st.extras:
+                st.extras[key] = np.zeros((*st.sim.shape[:2], *value.shape[2:]), value.dtype)
+            st.extras[key][r0:r1, c0:c1] = value
         if mask_map is not None:
             if st.mask_map is None:
                 st.mask_map = np.zeros(st.sim.shape[:2], np.float32)
@@ -441,18 +483,18 @@ class _Run:
         # With the prefilter the mask may threshold the raw cube's map (see
         # core.segment's mask_source); arrays given as masks ignore the map.
         use_raw = st.mask_map is not None and thresholds_a_map(self.masks[i])
-        rmask = real_space_mask(
-            st.mask_map if use_raw else ms,
-            self.masks[i],
-            min_size=self.grow["mask_min_size"],
-            hole_size=self.grow["mask_hole_size"],
-        )
-        labels, _ = grow_regions(
+        labels, rmask, st.diag = cluster_scan(
             st.sim,
-            self.grow["threshold"],
-            mean_similarity=ms,
-            mask=rmask,
+            ms,
+            threshold=self.grow["threshold"],
             min_cluster_size=self.grow["min_cluster_size"],
+            real_mask=self.masks[i],
+            mask_map=st.mask_map if use_raw else None,
+            signal=st.extras.get("signal"),
+            mask_min_size=self.grow["mask_min_size"],
+            mask_hole_size=self.grow["mask_hole_size"],
+            linkage=self.grow["linkage"],
+            features=st.extras.pop("features", None),
         )
         n = int(labels.max(initial=0))
         st.labels, st.ms, st.rmask, st.n = labels, ms, rmask, n
@@ -497,7 +539,7 @@ class _Run:
     def _finish(self, st):
         counts = np.bincount(st.labels.ravel(), minlength=st.n + 1)[1 : st.n + 1]
         means = means_from_sums(st.sums, counts.astype(np.int64))
-        st.result = (st.labels, st.ms, st.rmask, st.sim, means, st.table)
+        st.result = (st.labels, st.ms, st.rmask, st.sim, means, st.table, st.diag)
         st.sums = None
 
     # ------------------------------------------------------------------
