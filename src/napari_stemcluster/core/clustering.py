@@ -75,9 +75,10 @@ class Diagnostics:
         Examples
         --------
         >>> d = Diagnostics(100, 40, 30, 0.75, 2, 1, 3, 0.8, "auto")
-        >>> print(d.summary().replace("; ", ";\n"))
-        threshold 0.80 (auto);
-        mask 40/100 positions, 75% clustered;
+        >>> for part in d.summary().split("; "):
+        ...     print(part)
+        threshold 0.80 (auto)
+        mask 40/100 positions, 75% clustered
         2 clusters (1 dropped < min size)
         """
         text = (
