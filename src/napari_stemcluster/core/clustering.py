@@ -18,8 +18,9 @@ from .regions import grow_regions
 from .threshold import auto_threshold
 
 #: ``linkage="mean"``: the squared cosine of a candidate with its cluster's
-#: running mean must reach ``LINK_FACTOR * threshold``.
-LINK_FACTOR = 1.0
+#: running mean must reach ``1 - (1 - LINK_MARGIN) * (1 - threshold)``: its
+#: distance from the mean must be a little smaller than a pair may be apart.
+LINK_MARGIN = 0.1
 
 
 @dataclass
@@ -91,6 +92,17 @@ class Diagnostics:
         for w in self.warnings:
             text += f". Warning: {w}"
         return text
+
+
+def link_threshold(threshold: float) -> float:
+    """Squared-cosine bound of the ``"mean"`` linkage for a pair threshold.
+
+    Examples
+    --------
+    >>> round(link_threshold(0.8), 3)
+    0.82
+    """
+    return 1.0 - (1.0 - LINK_MARGIN) * (1.0 - float(threshold))
 
 
 def cluster_scan(
@@ -176,7 +188,7 @@ def cluster_scan(
         min_cluster_size=1,
         linkage=linkage,
         features=features,
-        link_threshold=LINK_FACTOR * t,
+        link_threshold=link_threshold(t),
     )
     n = int(labels.max(initial=0))
     if min_cluster_size > 1 and n:

@@ -177,6 +177,10 @@ def _drop_small(mask: np.ndarray, size: int, structure) -> np.ndarray:
     return keep[lab]
 
 
+#: Background below this fraction of the particles' dark-field signal is
+#: taken for vacuum by :func:`signal_mask`.
+VACUUM_RATIO = 0.05
+
 #: Methods of :func:`signal_mask`.
 SIGNAL_METHODS = IMAGE_METHODS
 
@@ -275,9 +279,14 @@ def _sample_mean(cube) -> np.ndarray:
 def signal_mask(image: np.ndarray, method: str = "dark_field") -> np.ndarray:
     """Positions with scattering signal above the background's, from a virtual image.
 
-    Otsu's threshold of the logarithm of the image (plus one): vacuum, liquid
-    and particles differ by factors rather than by offsets. An image with
-    fewer than two distinct values keeps every position.
+    Otsu's threshold of the logarithm of the image (plus one): liquid and
+    particles differ by factors rather than by offsets, and the logarithmic
+    threshold keeps the thin rims of particles. When the background this
+    finds holds less than :data:`VACUUM_RATIO` of the particles' median
+    signal (vacuum), Otsu's threshold of the image itself is used instead,
+    which stops about halfway up each particle edge rather than in the faint
+    tail where the probe is mostly in vacuum. An image with fewer than two
+    distinct values keeps every position.
 
     Parameters
     ----------
@@ -300,8 +309,16 @@ def signal_mask(image: np.ndarray, method: str = "dark_field") -> np.ndarray:
 
     if method not in SIGNAL_METHODS:
         raise ValueError(f"signal_mask must be one of {SIGNAL_METHODS} or None; got {method!r}")
-    img = np.log1p(np.clip(np.asarray(image, np.float64), 0, None))
+    lin = np.clip(np.asarray(image, np.float64), 0, None)
+    img = np.log1p(lin)
     values = img[np.isfinite(img)]
     if np.unique(values).size < 2:
         return np.ones(img.shape, bool)
-    return img > filters.threshold_otsu(values)
+    mask = img > filters.threshold_otsu(values)
+    low, high = lin[~mask], lin[mask]
+    if low.size and high.size and np.median(low) < VACUUM_RATIO * np.median(high):
+        # Vacuum: the background is near 0 and on a log scale the faint tail
+        # of every particle edge (probe mostly in vacuum) looks like signal;
+        # the linear threshold cuts about halfway up the edge instead.
+        mask = lin > filters.threshold_otsu(lin[np.isfinite(lin)])
+    return mask
