@@ -4,19 +4,24 @@ Nothing in this subpackage imports napari, Qt or magicgui.
 """
 
 from .averages import cluster_means, cluster_sums, cluster_table, means_from_sums
+from .clustering import Diagnostics, cluster_scan
 from .masking import annular_mask, real_space_mask
 from .pipeline import segment
 from .prefilter import correlative_prefilter, prefilter_footprint, prefilter_weight
 from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
+from .threshold import auto_threshold
 
 __all__ = [
     "NEIGHBOR_OFFSETS",
     "ClusterTable",
+    "Diagnostics",
     "SegmentationResult",
     "annular_mask",
+    "auto_threshold",
     "cluster_means",
+    "cluster_scan",
     "cluster_sums",
     "cluster_table",
     "correlative_prefilter",
