@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._blur import blur_patterns
+from ._linkage_numba import _bin_patterns
 from ._validate import block_rows, check_cube, read_rows
 from .masking import resolve_q_mask
 
@@ -58,16 +59,20 @@ def pattern_features(cube, q_mask=None, sigma: float = 0.0, dims: int = FEATURE_
     while -(-qx // b) * -(-qy // b) > dims:
         b += 1
     bx, by = -(-qx // b), -(-qy // b)
+    xs, ys = np.indices((qx, qy))
+    index = ((xs // b) * by + ys // b).astype(np.int64)
+    if mask is not None:
+        index[~mask] = -1
+    index = index.ravel()
     out = np.empty((rx, ry, bx * by), np.float32)
     step = block_rows(cube.shape, max(np.dtype(cube.dtype).itemsize, 4))
     for r0 in range(0, rx, step):
         r1 = min(r0 + step, rx)
         block = read_rows(cube, r0, r1)
-        block = blur_patterns(block, sigma) if sigma > 0 else block.astype(np.float32)
-        if mask is not None:
-            block = block * mask
-        padded = np.zeros((r1 - r0, ry, bx * b, by * b), np.float32)
-        padded[..., :qx, :qy] = block
-        binned = padded.reshape(r1 - r0, ry, bx, b, by, b).sum(axis=(3, 5))
-        out[r0:r1] = binned.reshape(r1 - r0, ry, bx * by)
+        if sigma > 0:
+            block = blur_patterns(block, sigma)
+        elif block.dtype.kind == "f" and block.dtype.itemsize > 4:
+            block = block.astype(np.float32)
+        flat = np.ascontiguousarray(block).reshape(-1, qx * qy)
+        _bin_patterns(flat, index, out[r0:r1].reshape(-1, bx * by))
     return out

@@ -246,6 +246,7 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
     >>> dark_field_image(cube)
     array([[0., 3.]], dtype=float32)
     """
+    from ._linkage_numba import _masked_sums
     from ._validate import block_rows, check_cube, read_rows
 
     check_cube(cube, 4)
@@ -258,8 +259,10 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
     step = block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
     for r0 in range(0, rx, step):
         r1 = min(r0 + step, rx)
-        block = read_rows(cube, r0, r1)
-        out[r0:r1] = block[..., keep].sum(axis=-1, dtype=np.float64)
+        block = np.ascontiguousarray(read_rows(cube, r0, r1))
+        sums = np.empty((r1 - r0) * ry, np.float64)
+        _masked_sums(block.reshape(-1, qx, qy), keep, sums)
+        out[r0:r1] = sums.reshape(r1 - r0, ry)
     return out
 
 
