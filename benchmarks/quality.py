@@ -20,6 +20,9 @@ per grain (effective numbers: 1.00 is perfect).
 
 ``--mean-subtraction`` also measures the published similarity's
 subtraction of each pattern's mean (best-of-sweep ARI with and without).
+``--q-mask INNER,OUTER`` (radii in pixels of a 64-pixel detector, scaled
+with the detector size) and ``--sigma S`` apply a diffraction-space annulus
+and blur to all three methods, as users of the published code do.
 """
 
 from __future__ import annotations
@@ -85,13 +88,13 @@ def make(case: dict, scan: int, seed: int):
     )
 
 
-def sweep(cube, grains, q_mask=None, subtract_mean: bool = False):
+def sweep(cube, grains, q_mask=None, subtract_mean: bool = False, sigma: float = 0.0):
     """Pair rule with the triangle mask at every threshold of SWEEP: (T, scores) of the best."""
     if subtract_mean:
         # as the published find_similarity: each pattern's mean, then the q-mask
         cube = cube.astype(np.float32)
         cube -= cube.mean(axis=(-2, -1), keepdims=True)
-    sim = neighbor_similarity(cube, q_mask)
+    sim = neighbor_similarity(cube, q_mask, sigma)
     ms = mean_similarity(sim)
     mask = real_space_mask(ms, "triangle")
     best = None
@@ -132,17 +135,24 @@ HEAD = (
 
 
 def run_table(args) -> dict:
-    print(f"{args.scan}x{args.scan} scans, seed {args.seed}, default dose {DOSE:g} e-/pattern")
+    print(
+        f"{args.scan}x{args.scan} scans, seed {args.seed}, default dose {DOSE:g} e-/pattern, "
+        f"q-mask {args.q_mask} (for 64 px), sigma {args.sigma}"
+    )
     print(HEAD)
     summary = {"fail": [], "n": 0}
     for case in cases(args.quick):
         scan = make(case, args.scan, args.seed)
+        qm = None
+        if args.q_mask:
+            qm = tuple(r * case["det"] / 64 for r in args.q_mask)
+        opts = {"q_mask": qm, "sigma": args.sigma}
         t0 = time.perf_counter()
-        t_best, s_best = sweep(scan.cube, scan.grains)
+        t_best, s_best = sweep(scan.cube, scan.grains, qm, sigma=args.sigma)
         t1 = time.perf_counter()
-        paper = segment(scan.cube, **PAPER)
+        paper = segment(scan.cube, **PAPER, **opts)
         t2 = time.perf_counter()
-        res = segment(scan.cube)
+        res = segment(scan.cube, **opts)
         t3 = time.perf_counter()
         s_paper = grain_scores(scan.grains, paper.labels)
         s_def = grain_scores(scan.grains, res.labels)
@@ -187,6 +197,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a subset of the scans")
     ap.add_argument("--mean-subtraction", action="store_true")
+    ap.add_argument(
+        "--q-mask",
+        type=lambda t: tuple(float(v) for v in t.split(",")),
+        default=None,
+        metavar="INNER,OUTER",
+    )
+    ap.add_argument("--sigma", type=float, default=0.0)
     args = ap.parse_args(argv)
     summary = run_table(args)
     print(
