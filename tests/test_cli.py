@@ -113,6 +113,7 @@ def test_segment_reports_auto_threshold_and_diagnostics(data_file, small_sample,
             "100000",
             "--times",
             "0:1",
+            "--overwrite",
         ]
     )
     assert code == 0

@@ -22,13 +22,14 @@ from . import __version__
 from .config import (
     DESCRIPTIONS,
     PARAMETERS,
-    RUN_OPTIONS,
     ConfigError,
     load_params,
+    load_settings,
     parse_text,
     save_params,
     segment_kwargs,
 )
+from .core.params import PARAMS
 
 #: The bundled sample: a small in-situ growth series of polycrystalline
 #: nanoparticles (arguments of napari_stemcluster.synthetic.make_polycrystal).
@@ -115,122 +116,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_text(p) -> str:
+    d = p.default
+    if d is None:
+        return ""
+    if isinstance(d, bool):
+        return " (default: on)" if d else " (default: off)"
+    if isinstance(d, tuple | list):
+        return f" (default: {','.join(str(v) for v in d)})"
+    return f" (default: {d})"
+
+
+def _add_option(group, p):
+    flag = "--" + p.name.replace("_", "-")
+    if p.kind == "bool":
+        group.add_argument(
+            flag,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=p.help + _default_text(p),
+        )
+        return
+    group.add_argument(flag, type=_typed(p.name), metavar=p.metavar, help=p.help + _default_text(p))
+
+
 def _add_parameters(p):
+    """One option per parameter of the parameter model, help and defaults from it."""
     g = p.add_argument_group("segmentation parameters")
-    g.add_argument(
-        "--threshold",
-        type=_typed("threshold"),
-        metavar="S|auto",
-        help="minimum neighbour similarity to join a cluster (auto: from the data)",
-    )
-    g.add_argument(
-        "--min-cluster-size",
-        type=_typed("min_cluster_size"),
-        metavar="N",
-        help="drop smaller clusters (5)",
-    )
-    g.add_argument(
-        "--prefilter",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="run the correlative prefilter first (off)",
-    )
-    g.add_argument(
-        "--prefilter-sigma",
-        type=_typed("prefilter_sigma"),
-        metavar="S",
-        help="prefilter blur in detector pixels (3)",
-    )
-    g.add_argument(
-        "--prefilter-radius",
-        type=_typed("prefilter_radius"),
-        metavar="R",
-        help="prefilter neighbourhood radius in scan pixels (4)",
-    )
-    g.add_argument(
-        "--corr-range",
-        type=_typed("corr_range"),
-        metavar="A,B",
-        help="prefilter correlation range (0.85,0.95)",
-    )
-    g.add_argument(
-        "--prefilter-edge",
-        type=_typed("prefilter_edge"),
-        metavar="PX",
-        help="detector border ignored by the prefilter",
-    )
-    g.add_argument(
-        "--q-mask",
-        type=_typed("q_mask"),
-        metavar="INNER,OUTER",
-        help="compare only this annulus of the detector (pixels)",
-    )
-    g.add_argument(
-        "--sigma",
-        type=_typed("sigma"),
-        metavar="S",
-        help="blur patterns before comparing, detector pixels (0)",
-    )
-    g.add_argument(
-        "--real-mask",
-        type=_typed("real_mask"),
-        metavar="dark_field|triangle|otsu|none|VALUE",
-        help="real-space mask: dark-field image or mean similarity (dark_field)",
-    )
-    g.add_argument("--mask-min-size", type=_typed("mask_min_size"), metavar="N")
-    g.add_argument("--mask-hole-size", type=_typed("mask_hole_size"), metavar="N")
-    g.add_argument(
-        "--average",
-        type=_typed("average"),
-        metavar="raw|prefiltered",
-        help="cube the cluster averages are taken from (raw)",
-    )
-    g.add_argument(
-        "--mask-source",
-        type=_typed("mask_source"),
-        metavar="raw|prefiltered",
-        help="with --prefilter: whose mean similarity the real-space mask thresholds (raw)",
-    )
-    g.add_argument(
-        "--linkage",
-        type=_typed("linkage"),
-        metavar="mean|pair",
-        help="growth rule: also match the cluster's running mean, or pairs only (mean)",
-    )
+    for param in PARAMS:
+        if param.group == "science":
+            _add_option(g, param)
 
 
 def _add_run_options(p):
     g = p.add_argument_group("data and execution")
+    exclusive = g.add_mutually_exclusive_group()
+    for param in PARAMS:
+        if param.group == "science":
+            continue
+        _add_option(exclusive if param.name in ("scheduler", "workers") else g, param)
     g.add_argument(
-        "--times",
-        type=_typed("times"),
-        metavar="A:B",
-        help="time steps A..B-1 of a 5D file (default: all)",
-    )
-    g.add_argument(
-        "--scan-shape",
-        type=_typed("scan_shape"),
-        metavar="RX,RY",
-        help="scan shape of a flat stack of frames",
-    )
-    x = g.add_mutually_exclusive_group()
-    x.add_argument(
-        "--scheduler",
-        type=_typed("scheduler"),
-        metavar="ADDRESS",
-        help="run on the workers of this dask scheduler",
-    )
-    x.add_argument(
-        "--workers",
-        type=_typed("workers"),
-        metavar="N",
-        help="run on N local worker processes (default: threads)",
+        "--trust-config",
+        action="store_true",
+        help="accept execution settings (scheduler, workers, memory_limit) from the "
+        "--config file; only for files you wrote yourself",
     )
     g.add_argument(
-        "--memory-limit",
-        type=_typed("memory_limit"),
-        metavar="SIZE",
-        help="memory budget, e.g. 4GB (default: a quarter of RAM); with --scheduler, per worker",
+        "--overwrite",
+        action="store_true",
+        help="replace an existing results file given with -o",
     )
 
 
@@ -280,24 +214,38 @@ def _info(args) -> int:
 
 
 def _gather_params(args) -> dict:
-    params = {}
+    """Parameters: settings file < parameter file < command line.
+
+    Execution settings come from the user's settings file and the command
+    line; from the parameter file only with ``--trust-config`` (see
+    :func:`~napari_stemcluster.config.load_params`).
+    """
+    import warnings
+
+    params = dict(load_settings())
     if args.config:
-        params.update(load_params(args.config))
-    for key in [*PARAMETERS, *RUN_OPTIONS]:
-        value = getattr(args, key, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            params.update(load_params(args.config, trust=args.trust_config))
+        for w in caught:
+            print(f"stemcluster: warning: {w.message}", file=sys.stderr)
+    for param in PARAMS:
+        value = getattr(args, param.name, None)
         if value is not None:
-            params[key] = value
-    if args.scheduler is not None and params.get("workers") is not None:
-        params.pop("workers")  # the command line's --scheduler wins over the file
+            params[param.name] = value
+    if args.scheduler is not None:
+        params.pop("workers", None)  # the command line's --scheduler wins
     if args.workers is not None:
         params.pop("scheduler", None)
+    if params.get("scheduler") is not None and params.get("workers") is not None:
+        raise UserError("scheduler and workers are both set; give one of them")
     return params
 
 
 def _segment(args) -> int:
     params = _gather_params(args)
     out = Path(args.output)
-    _check_output(out, args.file)
+    _check_output(out, args.file, args.overwrite)
     opened = time.perf_counter()
     if args.file is None:
         ds, source = _sample_dataset(params)
@@ -310,36 +258,23 @@ def _segment(args) -> int:
     t_open = time.perf_counter() - opened
     first = "open" if args.file else "generate sample"
     result, stats, seconds = _run(ds, params, quiet=args.quiet, first={first: t_open})
-    written = _write(out, result, source, ds, seconds)
+    written = _write(out, result, source, ds, seconds, args.overwrite)
     if not args.quiet:
         _summary(ds, result, stats, seconds, written)
     return 0
 
 
-def _check_output(out: Path, source) -> None:
-    """Refuse a results path that cannot be written, before any work is done."""
-    if out.is_dir():
-        raise UserError(f"{out}: is a directory; give the results file name with -o")
-    if not out.parent.resolve().is_dir():
-        raise UserError(f"{out.parent}: directory does not exist")
-    if not out.exists():
-        return
-    if source is not None and out.resolve() == Path(source).resolve():
-        raise UserError(
-            f"{out}: is the source data file; refusing to overwrite it, choose "
-            "another results file name"
-        )
-    from .io import StemFileError, detect_format
+def _check_output(out: Path, source, overwrite: bool) -> None:
+    """Refuse a results path that cannot be written, before any work is done.
+
+    The rule is the API's (:func:`napari_stemcluster.io.output.check_output`).
+    """
+    from .io.output import check_output
 
     try:
-        kind = detect_format(out)
-    except StemFileError:
-        kind = None
-    if kind not in (None, "results"):
-        raise UserError(
-            f"{out}: holds 4D/5D-STEM data ({kind}); refusing to overwrite it with "
-            "results, choose another file name"
-        )
+        check_output(out, source=source, overwrite=overwrite, option="--overwrite")
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
 
 
 def _sample_dataset(params):
@@ -398,11 +333,16 @@ def _run(ds, params, *, quiet, first):
     return result, stats, seconds
 
 
-def _write(out: Path, result, source, ds, seconds):
+def _write(out: Path, result, source, ds, seconds, overwrite):
     from .io import write_results
 
     t0 = time.perf_counter()
-    path = write_results(out, result, source=source, calibration=ds.calibration, overwrite=True)
+    try:
+        path = write_results(
+            out, result, source=source, calibration=ds.calibration, overwrite=overwrite
+        )
+    except FileExistsError as e:  # appeared while segmenting
+        raise UserError(f"{e} (--overwrite)") from None
     seconds["write"] = time.perf_counter() - t0
     return path
 
@@ -442,8 +382,7 @@ class _StageBars:
 def _summary(ds, result, stats, seconds, path):
     from .engine.planning import format_bytes
 
-    n = result.n_clusters
-    counts = n if isinstance(n, list) else [n]
+    counts = [len(step.clusters) for step in result.steps()]
     raw = stats.input_bytes
     size = os.path.getsize(path)
     total = sum(seconds.values())
@@ -495,6 +434,7 @@ def _demo(args) -> int:
     from .engine import RunStats, segment_chunked
     from .engine.overview import render_overview
     from .io import open_dataset, write_results
+    from .io.output import atomic_output
     from .synthetic import make_polycrystal
 
     out = Path(args.output)
@@ -505,21 +445,16 @@ def _demo(args) -> int:
     t0 = time.perf_counter()
     sample = make_polycrystal(**SAMPLE)
     data_path = out / "sample.h5"
-    tmp = out / ".sample.h5.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            d = f.create_dataset(
-                "data",
-                data=sample.cube,
-                chunks=(1, min(8, sample.cube.shape[1]), *sample.cube.shape[2:]),
-                compression="gzip",
-                compression_opts=4,
-                shuffle=True,
-            )
-            d.attrs.update(_calibration(sample))
-        os.replace(tmp, data_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(data_path) as tmp, h5py.File(tmp, "w") as f:
+        d = f.create_dataset(
+            "data",
+            data=sample.cube,
+            chunks=(1, min(8, sample.cube.shape[1]), *sample.cube.shape[2:]),
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+        )
+        d.attrs.update(_calibration(sample))
     say(
         f"sample: {data_path} ({SAMPLE['n_times']} time steps of "
         f"{SAMPLE['scan_shape'][0]}x{SAMPLE['scan_shape'][1]} scan positions, "

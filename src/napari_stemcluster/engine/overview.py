@@ -167,36 +167,25 @@ def render_overview(cube, result, path: str | os.PathLike) -> Path:
     if hasattr(vimg, "compute"):
         vimg = vimg.compute()
     vimg = np.asarray(vimg)
-    if result.is_time_series:
-        n = result.labels.shape[0]
-        steps = sorted(set(np.linspace(0, n - 1, min(n, MAX_ROWS)).round().astype(int)))
-        t0 = result.params.get("time_range", [0])[0]
-        rows = [
-            (
-                f"t={t0 + t}",
-                _row_panels(
-                    vimg[t],
-                    result.mean_similarity[t],
-                    result.labels[t],
-                    result.cluster_means[t],
-                    result.clusters[t].size,
-                ),
-            )
-            for t in steps
-        ]
-    else:
-        rows = [
-            (
-                "",
-                _row_panels(
-                    vimg,
-                    result.mean_similarity,
-                    result.labels,
-                    result.cluster_means,
-                    result.clusters.size,
-                ),
-            )
-        ]
+    per_step = result.steps()
+    if vimg.ndim == 2:
+        vimg = vimg[None]  # one time step: the passes' form
+    n = len(per_step)
+    picked = sorted(set(np.linspace(0, n - 1, min(n, MAX_ROWS)).round().astype(int)))
+    t0 = result.params.get("time_range", [0])[0]
+    rows = [
+        (
+            f"t={t0 + t}" if result.is_time_series else "",
+            _row_panels(
+                vimg[t],
+                per_step[t].mean_similarity,
+                per_step[t].labels,
+                per_step[t].cluster_means,
+                per_step[t].clusters.size,
+            ),
+        )
+        for t in picked
+    ]
     widths = [[p.shape[1] for p in panels] for _, panels in rows]
     map_w = widths[0][0]
     avg_w = max((w for ws in widths for w in ws[3:]), default=PANEL)
@@ -222,12 +211,9 @@ def render_overview(cube, result, path: str | os.PathLike) -> Path:
     )
     for r, (label, _) in enumerate(rows):
         draw.text((6, _HEADER + r * (PANEL + _GAP) + PANEL // 2 - 6), label, fill=(0, 0, 0))
+    from ..io.output import atomic_output
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -123,13 +123,6 @@ def _per_step(result: SegmentationResult):
     return labels, means, tables, qshape
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _put_str(group, name: str, value: str):
     import h5py
 
@@ -232,29 +225,9 @@ def write_results(
     path = Path(os.path.abspath(path))
     labels, means, tables, qshape = _per_step(result)
     cal = Calibration.from_dict(calibration)
-    if source is not None and (
-        _same_file(path, Path(source)) or path == Path(os.path.abspath(source))
-    ):
-        raise StemFileError(
-            f"{path}: is the source data file of this result; refusing to overwrite "
-            "it, choose another file name"
-        )
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
-        from . import detect_format
+    from .output import check_output
 
-        try:
-            kind = detect_format(path)
-        except StemFileError:
-            kind = None
-        if kind not in (None, "results"):
-            raise StemFileError(
-                f"{path}: holds 4D/5D-STEM data ({kind}); refusing to overwrite it "
-                "with results, choose another file name"
-            )
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: directory does not exist")
+    check_output(path, source=source, overwrite=overwrite)
 
     if compression == "gzip":
         dsopts = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
@@ -278,8 +251,9 @@ def write_results(
     cube = all_means[:, None, :, :]
     params_json = json.dumps(result.params or {}, default=_json_default, sort_keys=True)
 
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    from .output import atomic_output
+
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["emd_group_type"] = "file"
             f.attrs["version_major"] = np.int64(1)
@@ -333,10 +307,6 @@ def write_results(
         from ._lazy import close_cached_handles
 
         close_cached_handles(path)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
