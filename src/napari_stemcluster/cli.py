@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Segment FILE block by block (memory bounded by --memory-limit) and write "
             "the results file. Without FILE, the bundled synthetic 5D sample is "
-            "segmented. Parameters come from --config (TOML), overridden by options."
+            "segmented. Parameters come from --config (TOML), overridden by options. "
+            "For 5D data the grains are followed through time: persistent ids, events "
+            "and kinetics go into the results file (/tracking) and RESULTS_kinetics.csv, "
+            "RESULTS_kinetics_rates.csv and RESULTS_kinetics_events.csv beside it."
         ),
     )
     seg.add_argument("file", metavar="FILE", nargs="?", help="4D/5D-STEM data file")
@@ -137,7 +140,16 @@ def _add_option(group, p):
             help=p.help + _default_text(p),
         )
         return
-    group.add_argument(flag, type=_typed(p.name), metavar=p.metavar, help=p.help + _default_text(p))
+    limits = ""
+    if p.kind in ("float", "int", "pair") and p.low is not None:
+        limits = f" [{_number(p.low)}..{_number(p.high)}]"
+    group.add_argument(
+        flag, type=_typed(p.name), metavar=p.metavar, help=p.help + limits + _default_text(p)
+    )
+
+
+def _number(v) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e12 else f"{v:g}"
 
 
 def _add_parameters(p):
@@ -336,15 +348,55 @@ def _run(ds, params, *, quiet, first):
 def _write(out: Path, result, source, ds, seconds, overwrite):
     from .io import write_results
 
+    tracking = kinetics = None
+    if result.is_time_series:
+        tracking, kinetics = _track(result, ds.calibration, seconds)
     t0 = time.perf_counter()
+    csvs = _kinetics_paths(out) if tracking is not None else []
+    if not overwrite:
+        existing = [p for p in csvs if p.exists()]
+        if existing:
+            raise UserError(f"{existing[0]}: exists; pass --overwrite to replace it")
     try:
         path = write_results(
-            out, result, source=source, calibration=ds.calibration, overwrite=overwrite
+            out,
+            result,
+            source=source,
+            calibration=ds.calibration,
+            overwrite=overwrite,
+            tracking=tracking,
+            kinetics=kinetics,
         )
     except FileExistsError as e:  # appeared while segmenting
         raise UserError(f"{e} (--overwrite)") from None
+    if tracking is not None:
+        from .io._analysis_tracking import write_kinetics_csv
+
+        # Beside the results file: <stem>_kinetics.csv, _rates.csv, _events.csv.
+        seconds["kinetics_csv"] = write_kinetics_csv(csvs[0], kinetics, tracking)
     seconds["write"] = time.perf_counter() - t0
     return path
+
+
+def _kinetics_paths(out: Path) -> list[Path]:
+    """The CSV files written beside a 5D results file."""
+    stem = f"{out.stem}_kinetics"
+    return [out.with_name(f"{stem}{tail}.csv") for tail in ("", "_rates", "_events")]
+
+
+def _track(result, calibration, seconds):
+    """Persistent grain ids, events and kinetics of a 5D result."""
+    from .core.tracking import EVENT_KINDS, track_series
+    from .io import Calibration
+
+    t0 = time.perf_counter()
+    tracking, kinetics = track_series(
+        result, Calibration.from_dict(calibration).as_dict(), orientations="pattern"
+    )
+    seconds["track"] = time.perf_counter() - t0
+    seconds["n_tracks"] = tracking.n_tracks
+    seconds["n_events"] = {k: int((tracking.events["kind"] == k).sum()) for k in EVENT_KINDS}
+    return tracking, kinetics
 
 
 class _StageBars:
@@ -385,6 +437,7 @@ def _summary(ds, result, stats, seconds, path):
     counts = [len(step.clusters) for step in result.steps()]
     raw = stats.input_bytes
     size = os.path.getsize(path)
+    tracked = {k: seconds.pop(k) for k in ("kinetics_csv", "n_tracks", "n_events") if k in seconds}
     total = sum(seconds.values())
     steps = len(counts)
     scan = "x".join(str(s) for s in ds.shape[-4:-2])
@@ -416,8 +469,15 @@ def _summary(ds, result, stats, seconds, path):
             if stage in read:
                 extra = f" (tasks: read {read[stage][0]:.2f} s, compute {read[stage][1]:.2f} s)"
             parts.append(f"{stage} {st[stage]:.2f} s{extra}")
+    if "track" in seconds:
+        parts.append(f"track grains {seconds['track']:.2f} s")
     parts.append(f"write {seconds['write']:.2f} s")
     print("time per stage: " + "; ".join(parts))
+    if tracked:
+        events = ", ".join(f"{n} {k}" for k, n in tracked["n_events"].items() if n)
+        print(f"grains followed through time: {tracked['n_tracks']} tracks; events: {events}")
+        csvs = ", ".join(str(p) for p in tracked["kinetics_csv"])
+        print(f"kinetics: {csvs} and {path}:/tracking")
     print(
         f"results: {path} ({format_bytes(size)}); compression ratio "
         f"{raw / max(size, 1):.1f} (raw cube bytes / results file bytes)"
@@ -465,14 +525,17 @@ def _demo(args) -> int:
     ds = open_dataset(data_path)
     stats = RunStats()
     result = segment_chunked(ds, **segment_kwargs(params), stats=stats)
+    tracking, kinetics = _track(result, ds.calibration, {})
     results_path = write_results(
         out / "results.h5",
         result,
         source=str(data_path.resolve()),
         calibration=ds.calibration,
         overwrite=True,
+        tracking=tracking,
+        kinetics=kinetics,
     )
-    png = render_overview(ds.cube, result, out / "overview.png")
+    png = render_overview(ds.cube, result, out / "overview.png", tracking, kinetics)
     say(
         f"clusters per time step: {', '.join(str(c) for c in result.n_clusters)} "
         f"({sample.n_grains} grains in the ground truth)"

@@ -12,12 +12,22 @@ from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
 from .threshold import auto_threshold
+from .tracking import (
+    Kinetics,
+    Tracking,
+    grain_kinetics,
+    link_clusters,
+    link_result,
+    track_series,
+)
 
 __all__ = [
     "NEIGHBOR_OFFSETS",
     "ClusterTable",
     "Diagnostics",
+    "Kinetics",
     "SegmentationResult",
+    "Tracking",
     "annular_mask",
     "auto_threshold",
     "cluster_means",
@@ -25,7 +35,10 @@ __all__ = [
     "cluster_sums",
     "cluster_table",
     "correlative_prefilter",
+    "grain_kinetics",
     "grow_regions",
+    "link_clusters",
+    "link_result",
     "mean_similarity",
     "means_from_sums",
     "neighbor_similarity",
@@ -33,4 +46,5 @@ __all__ = [
     "prefilter_weight",
     "real_space_mask",
     "segment",
+    "track_series",
 ]

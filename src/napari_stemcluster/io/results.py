@@ -183,6 +183,8 @@ def write_results(
     calibration: Calibration | dict | None = None,
     overwrite: bool = False,
     compression: str | None = "gzip",
+    tracking=None,
+    kinetics=None,
 ) -> Path:
     """Save a segmentation to one HDF5 file, atomically.
 
@@ -207,6 +209,10 @@ def write_results(
         the source file are never replaced.
     compression : {"gzip", "lz4", None}
         Compression of the maps and cluster patterns.
+    tracking, kinetics : Tracking, Kinetics, optional
+        Persistent grain ids, events and kinetics of a 5D result (from
+        :mod:`napari_stemcluster.core.tracking`), stored in ``/tracking``
+        (layout in :mod:`napari_stemcluster.io._analysis_tracking`).
 
     Returns
     -------
@@ -304,6 +310,10 @@ def write_results(
                 )
             data = _write_emd(f, cube, cal, dsopts)
             g["cluster_means"] = data  # hard link: stored once
+            if tracking is not None:
+                from ._analysis_tracking import write_tracking
+
+                write_tracking(f, tracking, kinetics)
         from ._lazy import close_cached_handles
 
         close_cached_handles(path)
@@ -321,7 +331,8 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
     info : dict
         ``path``, ``source``, ``software_version``, ``created``,
         ``format_version`` and ``calibration`` (a dict, see
-        :class:`~napari_stemcluster.io.Calibration`).
+        :class:`~napari_stemcluster.io.Calibration`); ``tracking`` and
+        ``kinetics`` when the file holds grain tracks (else None).
 
     Examples
     --------
@@ -363,6 +374,12 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             means = np.ascontiguousarray(g["cluster_means"][()][:, 0])
         except (KeyError, OSError) as e:
             raise StemFileError(f"{path}: incomplete results file ({e})") from None
+        from ._analysis_tracking import read_tracking
+
+        try:
+            tracking, kinetics = read_tracking(f, labels)
+        except (KeyError, OSError, ValueError) as e:
+            raise StemFileError(f"{path}: unreadable /tracking group ({e})") from None
 
         def attr(name, default=""):
             v = f.attrs.get(name, default)
@@ -377,6 +394,8 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             "created": attr("created"),
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
+            "tracking": tracking,
+            "kinetics": kinetics,
         }
     ts = labels.ndim == 3
 
