@@ -487,6 +487,7 @@ def _summary(ds, result, stats, seconds, path):
     )
     print(f"plan: {stats.plan.describe()}")
     print(f"ran on: {stats.executor}")
+    _print_diagnostics(result)
     if steps == 1:
         print(f"clusters: {counts[0]}")
     else:
@@ -644,3 +645,15 @@ def _orient(args) -> int:
                     f"median score {np.median(rec['score'][sel]):.3f}"
                 )
     return 0
+
+
+def _print_diagnostics(result) -> None:
+    """Threshold, mask, clustered fraction and, without clusters, why."""
+    diags = result.diagnostics
+    if diags is None:
+        return
+    diags = diags if isinstance(diags, list) else [diags]
+    t0 = result.params.get("time_range", [0])[0]
+    for i, d in enumerate(diags):
+        prefix = f"t={t0 + i}: " if len(diags) > 1 else ""
+        print(f"{prefix}{d.summary()}")

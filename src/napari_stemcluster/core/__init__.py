@@ -4,6 +4,7 @@ Nothing in this subpackage imports napari, Qt or magicgui.
 """
 
 from .averages import cluster_means, cluster_sums, cluster_table, means_from_sums
+from .clustering import Diagnostics, cluster_scan
 from .crystal import Structure, load_structure, structure_factors
 from .masking import annular_mask, real_space_mask
 from .orientation import (
@@ -24,6 +25,7 @@ from .prefilter import correlative_prefilter, prefilter_footprint, prefilter_wei
 from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
+from .threshold import auto_threshold
 from .tracking import (
     Kinetics,
     Tracking,
@@ -37,6 +39,7 @@ __all__ = [
     "NEIGHBOR_OFFSETS",
     "ORIENTATION_DTYPE",
     "ClusterTable",
+    "Diagnostics",
     "Kinetics",
     "OrientationLibrary",
     "OrientationResult",
@@ -44,7 +47,9 @@ __all__ = [
     "Structure",
     "Tracking",
     "annular_mask",
+    "auto_threshold",
     "cluster_means",
+    "cluster_scan",
     "cluster_sums",
     "cluster_table",
     "correlative_prefilter",
