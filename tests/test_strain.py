@@ -149,3 +149,97 @@ def test_bad_inputs():
         np.full((1, 2, 2), np.nan),
     )
     assert np.isnan(res.exx).all()
+
+
+# ------------------------------------------------------- results file and CLI
+def _segmented_sample(tmp_path):
+    from napari_stemcluster import segment
+    from napari_stemcluster.io import write_results
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    scan = make_polycrystal(scan_shape=(24, 24), n_particles=2, seed=3)
+    data = tmp_path / "scan.npy"
+    np.save(data, scan.cube)
+    res = segment(scan.cube, threshold=0.9, min_cluster_size=5)
+    seg = write_results(tmp_path / "seg.h5", res, source=data)
+    return scan, res, data, seg
+
+
+def test_results_file_round_trip_and_cli(tmp_path, capsys):
+    import h5py
+
+    from napari_stemcluster.cli import main
+    from napari_stemcluster.io import read_results
+
+    _scan, res, data, seg = _segmented_sample(tmp_path)
+    before = seg.read_bytes()
+    assert main(["strain", str(seg)]) == 0
+    assert seg.read_bytes() == before  # the input is never modified
+    out = tmp_path / "seg_bragg.h5"
+    text = capsys.readouterr().out
+    assert "clusters with a lattice" in text and "positions with strain" in text
+    result, info = read_results(out)
+    np.testing.assert_array_equal(result.labels, res.labels)
+    bragg = info["bragg"]
+    table = bragg["lattices"][0]
+    assert len(table) == len(res.clusters)
+    assert np.isfinite(table.g1).all(axis=1).sum() >= 1
+    strain = bragg["strain"]
+    assert strain.exx.shape == res.labels.shape
+    assert np.isnan(strain.exx[res.labels == 0]).all()
+    assert np.isfinite(strain.exx).sum() > 0.5 * (res.labels > 0).sum()
+    with h5py.File(out, "r") as f:
+        assert set(f["bragg"]) >= {"g1", "g2", "orientation", "disks", "strain", "offsets"}
+        omap = f["bragg/orientation"][()]
+    lab = res.labels
+    np.testing.assert_allclose(
+        omap[lab > 0], table.rotation[lab[lab > 0] - 1].astype(np.float32), equal_nan=True
+    )
+    # The disks and their indices come back as written.
+    from napari_stemcluster.core import cluster_lattices
+
+    again = cluster_lattices(res.cluster_means)
+    for a, b in zip(again.disks, table.disks, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(again.hk, table.hk, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Lattices only, and a clear error without the data.
+    assert main(["strain", str(seg), "--no-strain", "-o", str(tmp_path / "l.h5"), "-q"]) == 0
+    assert read_results(tmp_path / "l.h5")[1]["bragg"]["strain"] is None
+    data.unlink()
+    assert main(["strain", str(seg), "-o", str(tmp_path / "x.h5")]) == 1
+    assert "--data" in capsys.readouterr().err
+    assert main(["strain", str(seg), "-o", str(seg)]) == 1
+
+
+def test_results_without_bragg_read_as_none(tmp_path):
+    from napari_stemcluster.io import read_results
+
+    _, _, _, seg = _segmented_sample(tmp_path)
+    assert read_results(seg)[1]["bragg"] is None
+
+
+def test_time_series_analysis_round_trip(tmp_path):
+    from conftest import make_result
+    from napari_stemcluster.core import cluster_lattices
+    from napari_stemcluster.io import read_results, write_results
+
+    labels = np.array([[[1, 1], [2, 0]], [[1, 0], [0, 0]]], np.int32)
+    res = make_result(labels, qshape=(64, 64))
+    p, _ = disk_pattern((64, 64), *lattice_vectors(11.0, 30), dose=None)
+    res.cluster_means[0][0] = p
+    lattices = [cluster_lattices(m) for m in res.cluster_means]
+    cube = np.broadcast_to(p.astype(np.float32), (2, 2, 2, 64, 64))
+    strain = strain_map(cube, labels, lattices)
+    bragg = {"lattices": lattices, "strain": strain, "params": {"probe_radius": None}}
+    write_results(tmp_path / "r.h5", res, bragg=bragg)
+    back = read_results(tmp_path / "r.h5")[1]["bragg"]
+    assert len(back["lattices"]) == 2
+    for a, b in zip(back["lattices"], lattices, strict=True):
+        np.testing.assert_array_equal(a.g1, b.g1)
+        np.testing.assert_array_equal(a.n_indexed, b.n_indexed)
+    for name in StrainResult.MAPS:
+        np.testing.assert_array_equal(getattr(back["strain"], name), getattr(strain, name))
+    assert back["params"] == {"probe_radius": None}
+    with pytest.raises(ValueError, match="time steps"):
+        write_results(tmp_path / "s.h5", res, bragg={"lattices": lattices[:1]})

@@ -78,9 +78,18 @@ def read_stem(path) -> list[tuple]:
         kind = detect_format(p)
         if kind == "results":
             result, info = read_results(p)
-            layers += result_to_layers(
+            seg = result_to_layers(
                 result, info["calibration"], name=Path(p).stem, source=info["source"]
             )
+            layers += seg
+            if info.get("bragg") is not None:  # Bragg disks, orientation and strain
+                from .io._analysis_bragg import bragg_layer_data
+
+                kw = seg[0][1]
+                kw["metadata"]["stemcluster"]["bragg"] = info["bragg"]
+                layers += bragg_layer_data(
+                    info["bragg"], result.labels, scale=kw["scale"], units=kw["units"]
+                )
         else:  # the format just detected: open_dataset need not detect it again
             layers += dataset_to_layers(open_dataset(p, format=kind))
     return layers

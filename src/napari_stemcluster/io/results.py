@@ -190,6 +190,7 @@ def write_results(
     calibration: Calibration | dict | None = None,
     overwrite: bool = False,
     compression: str | None = "gzip",
+    bragg: dict | None = None,
 ) -> Path:
     """Save a segmentation to one HDF5 file, atomically.
 
@@ -214,6 +215,10 @@ def write_results(
         the source file are never replaced.
     compression : {"gzip", "lz4", None}
         Compression of the maps and cluster patterns.
+    bragg : dict, optional
+        Bragg disks, lattices and strain (``{"lattices", "strain",
+        "params"}``), stored under ``/bragg``; see
+        :mod:`napari_stemcluster.io._analysis_bragg` for the layout.
 
     Returns
     -------
@@ -330,6 +335,10 @@ def write_results(
                 )
             data = _write_emd(f, cube, cal, dsopts)
             g["cluster_means"] = data  # hard link: stored once
+            if bragg is not None:
+                from ._analysis_bragg import write_bragg
+
+                write_bragg(f, bragg, labels, dsopts)
         from ._lazy import close_cached_handles
 
         close_cached_handles(path)
@@ -350,8 +359,9 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         tuples become lists).
     info : dict
         ``path``, ``source``, ``software_version``, ``created``,
-        ``format_version`` and ``calibration`` (a dict, see
-        :class:`~napari_stemcluster.io.Calibration`).
+        ``format_version``, ``calibration`` (a dict, see
+        :class:`~napari_stemcluster.io.Calibration`) and ``bragg`` (the
+        Bragg analysis dict, or None).
 
     Examples
     --------
@@ -393,6 +403,12 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             means = np.ascontiguousarray(g["cluster_means"][()][:, 0])
         except (KeyError, OSError) as e:
             raise StemFileError(f"{path}: incomplete results file ({e})") from None
+        from ._analysis_bragg import read_bragg
+
+        try:
+            bragg = read_bragg(f)
+        except (KeyError, OSError, ValueError) as e:
+            raise StemFileError(f"{path}: incomplete Bragg analysis in /bragg ({e})") from None
 
         def attr(name, default=""):
             v = f.attrs.get(name, default)
@@ -407,6 +423,7 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             "created": attr("created"),
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
+            "bragg": bragg,
         }
     ts = labels.ndim == 3
 
