@@ -33,7 +33,10 @@ class LatticeFit:
     g1, g2 : ndarray of float64, shape (2,)
         Basis vectors in pixels, ``(qx, qy)`` components; NaN when no
         lattice was found. Reduced (shortest), right-handed (``g1 x g2 > 0``),
-        with an angle between them of at most 90 degrees.
+        with an angle between them of at most 90 degrees (to 2 degrees), and
+        among the equivalent choices ``g1`` the one closest to the qx axis
+        counter-clockwise, so that ``rotation`` is defined modulo the
+        lattice's symmetry (90 degrees for a square lattice).
     hk : ndarray of int64, shape (N, 2)
         Index of every disk (nearest lattice point, also for disks that are
         not ``indexed``).
@@ -144,23 +147,30 @@ def _reduce(g1, g2):
         if m == 0:
             break
         b = b - m * a
-    # Among the equivalent shortest bases, g1 is the one pointing closest to
-    # the qx axis counter-clockwise (its angle is the rotation modulo the
-    # lattice's symmetry), g2 the shortest vector making a right-handed cell.
+    # Among the equivalent shortest right-handed bases, prefer an acute cell,
+    # then g1 pointing closest to the qx axis counter-clockwise (its angle is
+    # then the rotation modulo the lattice's symmetry).
     vecs = [a, -a, b, -b, a + b, -a - b, a - b, b - a]
     la = float(np.hypot(*a))
     area = abs(float(a[0] * b[1] - a[1] * b[0]))
     short = [v for v in vecs if np.hypot(*v) <= 1.02 * la]
-    u = min(short, key=lambda v: math.atan2(v[1], v[0]) % (2 * math.pi))
-    best = None
-    for v in vecs:
-        det = float(u[0] * v[1] - u[1] * v[0])
-        if det <= 0 or abs(det - area) > 0.01 * area:
-            continue
-        key = (round(float(np.hypot(*v)) / la, 2), -float(u @ v))
-        if best is None or key < best[0]:
-            best = (key, v)
-    return u, best[1]
+    pairs = []
+    for u in short:
+        for v in vecs:
+            det = float(u[0] * v[1] - u[1] * v[0])
+            if det > 0 and abs(det - area) <= 0.01 * area:
+                pairs.append((float(np.hypot(*v)), u, v))
+    shortest = min(p[0] for p in pairs)
+    # g2 as short as possible (within 2 %), then an acute cell (to 2 degrees), then g1
+    # nearest the qx axis.
+    _, u, v = min(
+        (p for p in pairs if p[0] <= 1.02 * shortest),
+        key=lambda p: (
+            bool(p[1] @ p[2] < -0.035 * la * p[0]),
+            math.atan2(p[1][1], p[1][0]) % (2 * math.pi),
+        ),
+    )
+    return u, v
 
 
 def index_disks(pos, g1, g2, center, tolerance: float = 0.2):

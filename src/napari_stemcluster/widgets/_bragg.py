@@ -430,9 +430,10 @@ class BraggWidget(Container):
             new.colorbar.visible = True
             self.strain_layers[key] = new
         ok = np.isfinite(strain.exx)
+        inside = np.isfinite(strain.g1_ref).all(axis=-1)  # positions in a cluster
         self._status.value = (
-            f"strain at {int(ok.sum())} of {int((np.asarray(strain.n_indexed) >= 0).sum())} "
-            f"positions (NaN: background or < {min_indexed} indexed disks)"
+            f"strain at {int(ok.sum())} of {int(inside.sum())} clustered positions "
+            f"(NaN: fewer than {min_indexed} indexed disks)"
         )
 
     def _replace(self, name, data, kwargs):
@@ -457,6 +458,7 @@ class BraggWidget(Container):
             "rgb": True,
             "scale": scale * size / 64,
             "translate": translate,
+            "units": [str(u) for u in layer.units][-2:],
             "metadata": {"stemcluster": {"kind": "orientation_legend", "period": period}},
         }
         self._replace(LEGEND, wheel, kw)
