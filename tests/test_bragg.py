@@ -150,13 +150,13 @@ def test_dft_kernel_matches_the_explicit_inverse_dft():
     kx = np.fft.fftfreq(nx) * nx
     wy = np.full(ny // 2 + 1, 2.0)
     wy[0] = 1.0
-    kern._local_grid(spec, kx, wy, nx, ny, x0, y0, 0.25, 2, grid)
+    kern._local_grid(spec.real.copy(), spec.imag.copy(), kx, wy, nx, ny, x0, y0, 0.25, 2, grid)
     for i in range(5):
         for j in range(5):
             ref = corr_at(x0 + (i - 2) * 0.25, y0 + (j - 2) * 0.25)
             assert abs(grid[i, j] - ref) < 1e-9 * max(1, abs(ref))
     # On the integer grid the interpolant is the image itself.
-    kern._local_grid(spec, kx, wy, nx, ny, 3.0, 3.0, 1.0, 2, grid)
+    kern._local_grid(spec.real.copy(), spec.imag.copy(), kx, wy, nx, ny, 3.0, 3.0, 1.0, 2, grid)
     np.testing.assert_allclose(grid / (nx * ny), img[1:6, 1:6], atol=1e-12)
     # The refinement finds the maximum of a smooth peak to a fraction of the grid step.
     xx, yy = np.mgrid[:nx, :ny]

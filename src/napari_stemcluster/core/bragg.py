@@ -791,21 +791,28 @@ def _beam_index(pos, vals, hint, qshape, tol: float) -> int:
         d = np.hypot(*(pos - hint).T)
         i = int(np.argmin(d))
         return i if d[i] <= max(3.0, 2 * tol) else -1
-    m = min(n, 64)
-    cands = pos[:m]
-    # For each candidate centre c, count maxima p whose mirror 2c - p is a maximum.
-    mirror = 2 * cands[:, None, :] - pos[None, :, :]  # (m, n, 2)
-    d = np.sqrt(((mirror[:, :, None, :] - pos[None, None, :, :]) ** 2).sum(-1)).min(axis=2)
-    hit = d <= tol
-    hit[np.arange(m), np.arange(m)] = False
-    score = hit.sum(axis=1)
+    from scipy.spatial import cKDTree
+
     centre = (np.array(qshape) - 1) / 2
+    # Candidates: the strongest maxima and those nearest the detector centre
+    # (the beam may be weaker than the disks).
+    near = np.argsort(np.hypot(*(pos - centre).T), kind="stable")[:16]
+    which = np.unique(np.concatenate([np.arange(min(n, 16)), near]))
+    cands = pos[which]
+    m = len(which)
+    # For each candidate centre c, count maxima p whose mirror 2c - p is a maximum.
+    mirror = (2 * cands[:, None, :] - pos[None, :, :]).reshape(-1, 2)
+    d, _ = cKDTree(pos).query(mirror, distance_upper_bound=tol)
+    hit = np.isfinite(d).reshape(m, n)
+    hit[np.arange(m), which] = False
+    score = hit.sum(axis=1)
+    vals = vals[which]
     dist = np.hypot(*(cands - centre).T)
     if score.max() >= 2:
         best = np.flatnonzero(score == score.max())
         # Equal symmetry: the stronger, then the more central.
-        return int(best[np.lexsort((dist[best], -vals[best]))][0])
-    near = dist <= 0.25 * min(qshape)
-    if near.any():
-        return int(np.flatnonzero(near)[0])  # strongest near the centre
+        return int(which[best[np.lexsort((dist[best], -vals[best]))][0]])
+    inner = np.flatnonzero(dist <= 0.25 * min(qshape))
+    if inner.size:
+        return int(which[inner[np.argmax(vals[inner])]])  # strongest near the centre
     return -1
