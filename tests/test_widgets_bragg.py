@@ -71,6 +71,17 @@ def test_lattices_orientation_strain_and_save(make_napari_viewer, qtbot, scan64,
     assert np.isfinite(exx.data).sum() > 0
     lo, hi = exx.contrast_limits
     assert lo == -hi and exx.colorbar.visible
+    # Relative to a reference region: zero median strain inside it.
+    region = np.zeros(layer.data.shape, np.int32)
+    region[np.isfinite(w.strain.exx)] = 1
+    ref = viewer.add_labels(region, name="reference")
+    w._w["reference"].value = ref
+    w.run_strain()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    for lab in np.unique(layer.data[region > 0]):
+        inside = (layer.data == lab) & (region > 0) & np.isfinite(w.strain.exx)
+        if inside.sum() >= 3:
+            assert abs(np.median(w.strain.exx[inside])) < 2e-3
     # Saved with the segmentation and restored on open.
     out = write_segmentation(str(tmp_path / "seg.h5"), layer.data, {"metadata": layer.metadata})
     bragg = read_results(out[0])[1]["bragg"]

@@ -352,7 +352,7 @@ def find_bragg_disks(
     min_spacing: float | None = None,
     min_relative: float = 0.005,
     min_absolute: float = 0.0,
-    min_snr: float = 6.0,
+    min_snr: float = 5.0,
     edge: int | None = None,
     max_count: int = 200,
     subpixel: str = "dft",
@@ -696,22 +696,35 @@ class _Detector:
 
 
 def _pixel_noise(block: np.ndarray) -> np.ndarray:
-    """Per-pattern noise std of the background pixels (those up to the 75th percentile).
+    """Per-pattern noise std of the background pixels (up to the 75th percentile).
 
     From the differences of horizontally adjacent background pixels, so
     that disks and smooth backgrounds do not count as noise; 0 for a
-    noise-free pattern.
+    noise-free pattern. For sparse counts, at least the Poisson noise of the
+    background rate.
     """
     b = block.shape[0]
     v = block.reshape(b, block.shape[1], -1).astype(np.float32)
-    lim = np.percentile(v.reshape(b, -1), 75, axis=1)[:, None, None]
+    flat = v.reshape(b, -1)
+    low = flat.min(axis=1)
+    p75, p99 = np.percentile(flat, [75, 99], axis=1)
+    lim = p75[:, None, None]
     left, right = v[:, :, :-1], v[:, :, 1:]
     ok = (left <= lim) & (right <= lim)
     d = np.where(ok, right - left, 0.0)
     n = np.maximum(ok.sum(axis=(1, 2)), 1)
     mean = d.sum(axis=(1, 2)) / n
     var = np.where(ok, (d - mean[:, None, None]) ** 2, 0.0).sum(axis=(1, 2)) / n
-    return np.sqrt(var / 2.0)
+    sigma = np.sqrt(var / 2.0)
+    # Sparse counts (at low dose most pixels are 0, so are their differences):
+    # the Poisson noise of the background rate, from the pixels below the 99th
+    # percentile (the disks excluded).
+    sparse = p75 <= low
+    if sparse.any():
+        below = flat <= p99[:, None]
+        rate = np.where(below, flat - low[:, None], 0.0).sum(1) / np.maximum(below.sum(1), 1)
+        sigma = np.where(sparse, np.maximum(sigma, np.sqrt(rate)), sigma)
+    return sigma
 
 
 def _candidates(corr: np.ndarray, p: dict, noise: np.ndarray) -> list:

@@ -162,7 +162,7 @@ class BraggWidget(Container):
         w["min_spacing"] = _spin(0.0, "Min. spacing (px)", 0.0, 200.0, 0.5, float)
         w["min_spacing"].tooltip = "0: the disk radius (at least 2 px)"
         w["min_relative"] = _spin(0.005, "Min. relative", 0.0, 1.0, 0.001, float)
-        w["min_snr"] = _spin(6.0, "Min. signal/noise", 0.0, 100.0, 0.5, float)
+        w["min_snr"] = _spin(5.0, "Min. signal/noise", 0.0, 100.0, 0.5, float)
         w["edge"] = _spin(-1, "Edge margin (px)", -1, 1000, 1, int)
         w["edge"].tooltip = "-1: the disk radius"
         w["max_count"] = _spin(200, "Max. disks", 1, 10000, 1, int)
@@ -174,6 +174,15 @@ class BraggWidget(Container):
             options={"choices": ["dft", "parabolic", "none"]},
         )
         w["min_indexed"] = _spin(5, "Min. indexed (strain)", 3, 1000, 1, int)
+        w["reference"] = create_widget(
+            label="Strain reference",
+            annotation="napari.layers.Labels",
+            options={"choices": layer_choices(viewer, lambda x: True, none="(cluster average)")},
+        )
+        w["reference"].tooltip = (
+            "Strain relative to each cluster's average lattice, or to the median local "
+            "lattice of each cluster within the non-zero positions of a Labels layer"
+        )
         w["preview"] = create_widget(True, label="Live preview", annotation=bool)
         self._w = w
         self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
@@ -195,7 +204,7 @@ class BraggWidget(Container):
         self._strain.changed.connect(self.run_strain)
         self._cancel.changed.connect(self.runner.cancel)
         for key, widget in w.items():
-            if key not in ("clusters", "min_indexed"):
+            if key not in ("clusters", "min_indexed", "reference"):
                 widget.changed.connect(self.update_preview)
         w["template"].changed.connect(self._on_template)
         connect_while_alive(
@@ -207,7 +216,7 @@ class BraggWidget(Container):
         )
         remember(
             "bragg",
-            {k: v for k, v in w.items() if k not in ("clusters", "region")},
+            {k: v for k, v in w.items() if k not in ("clusters", "region", "reference")},
         )
         clusters = [x for x in viewer.layers if is_cluster_layer(x)]
         if clusters and w["clusters"].value is None:
@@ -361,7 +370,7 @@ class BraggWidget(Container):
         )
 
     def _run_strain(self):
-        from ..core import strain_map
+        from ..core import rereference, strain_map
 
         if self.lattices is None:
             raise ValueError("detect the cluster lattices first")
@@ -373,10 +382,23 @@ class BraggWidget(Container):
         min_indexed = int(self._w["min_indexed"].value)
         layer = self.cluster_layer
 
+        ref = self._w["reference"].value
+        region = None
+        if ref is not None:
+            region = np.asarray(ref.data) > 0
+            if region.shape != labels.shape:
+                raise ValueError(
+                    f"the strain reference {region.shape} must have the labels' shape "
+                    f"{labels.shape}"
+                )
+
         def work(progress):
-            return strain_map(
+            strain = strain_map(
                 cube, labels, lattices, min_indexed=min_indexed, progress=progress, **params
             )
+            if region is not None and (region & np.isfinite(strain.exx)).any():
+                strain = rereference(strain, labels, region)
+            return strain
 
         return self.runner.start(
             work,
