@@ -284,3 +284,25 @@ def test_dask_and_memmap_inputs(tmp_path):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
     assert math.isfinite(float(ref[0]["intensity"][0]))
+
+
+def test_low_dose_threshold_adapts_to_counts_and_averages():
+    """Sparse single patterns give no spurious disks; averages find many more."""
+    rng = np.random.default_rng(8)
+    single_found = avg_found = total = spurious = 0
+    for _ in range(6):
+        lam, truth = disk_pattern((64, 64), *lattice_vectors(11.0, rng.uniform(0, 90)), dose=None)
+        draws = rng.poisson(lam[None] * 300.0, size=(25, 64, 64))
+        for img, is_avg in ((draws[0].astype(np.uint16), False), (draws.mean(axis=0), True)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", BraggWarning)
+                d = find_bragg_disks(img)
+            m = match(_positions(d), truth.positions)
+            spurious += len(d) - int((m >= 0).sum())
+            if is_avg:
+                avg_found += int((m >= 0).sum())
+            else:
+                single_found += int((m >= 0).sum())
+        total += len(truth.positions)
+    assert spurious <= 2
+    assert avg_found / total >= single_found / total + 0.2

@@ -717,13 +717,18 @@ def _pixel_noise(block: np.ndarray) -> np.ndarray:
     var = np.where(ok, (d - mean[:, None, None]) ** 2, 0.0).sum(axis=(1, 2)) / n
     sigma = np.sqrt(var / 2.0)
     # Sparse counts (at low dose most pixels are 0, so are their differences):
-    # the Poisson noise of the background rate, from the pixels below the 99th
-    # percentile (the disks excluded).
+    # the Poisson noise of the background level, from the pixels below the
+    # 99th percentile (the disks excluded). Values are counts times a quantum
+    # q (1 for raw counts, 1/N for the mean of N patterns), so the variance
+    # is level * q.
     sparse = p75 <= low
     if sparse.any():
+        above = flat - low[:, None]
         below = flat <= p99[:, None]
-        rate = np.where(below, flat - low[:, None], 0.0).sum(1) / np.maximum(below.sum(1), 1)
-        sigma = np.where(sparse, np.maximum(sigma, np.sqrt(rate)), sigma)
+        level = np.where(below, above, 0.0).sum(1) / np.maximum(below.sum(1), 1)
+        quantum = np.where(above > 0, above, np.inf).min(axis=1)
+        quantum = np.where(np.isfinite(quantum), quantum, 0.0)
+        sigma = np.where(sparse, np.maximum(sigma, np.sqrt(level * quantum)), sigma)
     return sigma
 
 
