@@ -90,6 +90,19 @@ def read_stem(path) -> list[tuple]:
                 layers += bragg_layer_data(
                     info["bragg"], result.labels, scale=kw["scale"], units=kw["units"]
                 )
+            if info.get("tracking") is not None:
+                from ._tracking_layers import tracking_layer
+
+                layers.append(
+                    tracking_layer(
+                        info["tracking"],
+                        info["kinetics"],
+                        result,
+                        info["calibration"],
+                        f"{Path(p).stem} tracked",
+                        source=info["source"],
+                    )
+                )
         else:  # the format just detected: open_dataset need not detect it again
             layers += dataset_to_layers(open_dataset(p, format=kind))
     return layers

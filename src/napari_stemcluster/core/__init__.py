@@ -20,15 +20,25 @@ from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
 from .strain import StrainResult, rereference, strain_from_lattices, strain_map
+from .tracking import (
+    Kinetics,
+    Tracking,
+    grain_kinetics,
+    link_clusters,
+    link_result,
+    track_series,
+)
 
 __all__ = [
     "DISK_DTYPE",
     "NEIGHBOR_OFFSETS",
     "ClusterTable",
+    "Kinetics",
     "LatticeFit",
     "LatticeTable",
     "SegmentationResult",
     "StrainResult",
+    "Tracking",
     "annular_mask",
     "cluster_lattices",
     "cluster_means",
@@ -37,7 +47,10 @@ __all__ = [
     "correlative_prefilter",
     "find_bragg_disks",
     "fit_lattice",
+    "grain_kinetics",
     "grow_regions",
+    "link_clusters",
+    "link_result",
     "mean_similarity",
     "means_from_sums",
     "neighbor_similarity",
@@ -53,4 +66,5 @@ __all__ = [
     "strain_from_lattices",
     "strain_map",
     "synthetic_probe",
+    "track_series",
 ]

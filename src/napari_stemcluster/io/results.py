@@ -123,13 +123,6 @@ def _per_step(result: SegmentationResult):
     return labels, means, tables, qshape
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _put_str(group, name: str, value: str):
     import h5py
 
@@ -191,6 +184,8 @@ def write_results(
     overwrite: bool = False,
     compression: str | None = "gzip",
     bragg: dict | None = None,
+    tracking=None,
+    kinetics=None,
 ) -> Path:
     """Save a segmentation to one HDF5 file, atomically.
 
@@ -219,6 +214,10 @@ def write_results(
         Bragg disks, lattices and strain (``{"lattices", "strain",
         "params"}``), stored under ``/bragg``; see
         :mod:`napari_stemcluster.io._analysis_bragg` for the layout.
+    tracking, kinetics : Tracking, Kinetics, optional
+        Persistent grain ids, events and kinetics of a 5D result (from
+        :mod:`napari_stemcluster.core.tracking`), stored in ``/tracking``
+        (layout in :mod:`napari_stemcluster.io._analysis_tracking`).
 
     Returns
     -------
@@ -237,29 +236,9 @@ def write_results(
     path = Path(os.path.abspath(path))
     labels, means, tables, qshape = _per_step(result)
     cal = Calibration.from_dict(calibration)
-    if source is not None and (
-        _same_file(path, Path(source)) or path == Path(os.path.abspath(source))
-    ):
-        raise StemFileError(
-            f"{path}: is the source data file of this result; refusing to overwrite "
-            "it, choose another file name"
-        )
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
-        from . import detect_format
+    from .output import check_output
 
-        try:
-            kind = detect_format(path)
-        except StemFileError:
-            kind = None
-        if kind not in (None, "results"):
-            raise StemFileError(
-                f"{path}: holds 4D/5D-STEM data ({kind}); refusing to overwrite it "
-                "with results, choose another file name"
-            )
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: directory does not exist")
+    check_output(path, source=source, overwrite=overwrite)
 
     if compression == "gzip":
         dsopts = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
@@ -283,8 +262,9 @@ def write_results(
     cube = all_means[:, None, :, :]
     params_json = json.dumps(result.params or {}, default=_json_default, sort_keys=True)
 
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    from .output import atomic_output
+
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["emd_group_type"] = "file"
             f.attrs["version_major"] = np.int64(1)
@@ -339,13 +319,13 @@ def write_results(
                 from ._analysis_bragg import write_bragg
 
                 write_bragg(f, bragg, labels, dsopts)
+            if tracking is not None:
+                from ._analysis_tracking import write_tracking
+
+                write_tracking(f, tracking, kinetics)
         from ._lazy import close_cached_handles
 
         close_cached_handles(path)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -359,9 +339,10 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         tuples become lists).
     info : dict
         ``path``, ``source``, ``software_version``, ``created``,
-        ``format_version``, ``calibration`` (a dict, see
-        :class:`~napari_stemcluster.io.Calibration`) and ``bragg`` (the
-        Bragg analysis dict, or None).
+        ``format_version`` and ``calibration`` (a dict, see
+        :class:`~napari_stemcluster.io.Calibration`); ``tracking`` and
+        ``kinetics`` when the file holds grain tracks (else None); ``bragg``
+        (the Bragg analysis dict, or None).
 
     Examples
     --------
@@ -409,6 +390,12 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             bragg = read_bragg(f)
         except (KeyError, OSError, ValueError) as e:
             raise StemFileError(f"{path}: incomplete Bragg analysis in /bragg ({e})") from None
+        from ._analysis_tracking import read_tracking
+
+        try:
+            tracking, kinetics = read_tracking(f, labels)
+        except (KeyError, OSError, ValueError) as e:
+            raise StemFileError(f"{path}: unreadable /tracking group ({e})") from None
 
         def attr(name, default=""):
             v = f.attrs.get(name, default)
@@ -424,6 +411,8 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
             "bragg": bragg,
+            "tracking": tracking,
+            "kinetics": kinetics,
         }
     ts = labels.ndim == 3
 
