@@ -106,6 +106,16 @@ def test_cancel_strain_and_errors(make_napari_viewer, qtbot, scan64):
     assert w.runner.last_cancelled and w.strain is None
     w._w["template"].value = "vacuum region (Labels)"
     assert w.run_lattices() is None and "vacuum region" in w._status.value
+    # The central disk of the largest cluster's average as the template.
+    w._w["template"].value = "central disk of the cluster average"
+    t = w.params()["template"]
+    assert t.ndim == 2 and t.shape[0] % 2 == 1 and abs(float(t.sum()) - 1) < 1e-5
+    # A vacuum region: the liquid around the particles.
+    w._w["template"].value = "vacuum region (Labels)"
+    region = viewer.add_labels((np.asarray(_layer.data) == 0).astype(np.int32), name="vacuum")
+    w._w["region"].value = region
+    t = w.params()["template"]
+    assert t.ndim == 2 and abs(float(t.sum()) - 1) < 1e-5
 
 
 def test_live_preview_labels_disks_in_the_diffraction_viewer(make_napari_viewer, qtbot, scan64):

@@ -320,8 +320,6 @@ def _check_template(template) -> np.ndarray:
             "template is empty (no positive values): take it from a region with the direct "
             "beam, or use probe_radius for a synthetic disk"
         )
-    if t.sum() <= 0 and t.max() > 0:
-        return t  # a zero-sum (ring) kernel
     return t
 
 
