@@ -141,7 +141,16 @@ def _add_option(group, p):
             help=p.help + _default_text(p),
         )
         return
-    group.add_argument(flag, type=_typed(p.name), metavar=p.metavar, help=p.help + _default_text(p))
+    limits = ""
+    if p.kind in ("float", "int", "pair") and p.low is not None:
+        limits = f" [{_number(p.low)}..{_number(p.high)}]"
+    group.add_argument(
+        flag, type=_typed(p.name), metavar=p.metavar, help=p.help + limits + _default_text(p)
+    )
+
+
+def _number(v) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e12 else f"{v:g}"
 
 
 def _add_parameters(p):

@@ -154,7 +154,9 @@ def check_params(params: dict, where: str = "") -> dict:
     return out
 
 
-def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_small_file(
+    path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES, error=None
+) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes.
 
     Device files, FIFOs and directories are refused before anything is
@@ -164,7 +166,7 @@ def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BY
     Raises
     ------
     ConfigError
-        Naming the file and what was expected.
+        (or ``error``) naming the file and what was expected.
 
     Examples
     --------
@@ -173,20 +175,25 @@ def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BY
         ...
     napari_stemcluster.config.ConfigError: /dev/zero: the parameter file must be a regular file
     """
+    error = error or ConfigError
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ConfigError(f"{path}: the {what} must be a regular file")
-            data = f.read(limit + 1)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: the {what} must be a regular file") from None
+        raise error(f"{path}: {what} not found") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+        raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{path}: the {what} must be a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     if len(data) > limit:
-        raise ConfigError(f"{path}: the {what} is larger than {limit} bytes; not a {what}")
+        raise error(f"{path}: the {what} is larger than {limit} bytes; not a {what}")
     return data
 
 

@@ -224,7 +224,7 @@ def _locate_bad_values(raw, origin, t, exc) -> None:
             pos = (origin[0] + i, origin[1] + j)
             raise ValueError(
                 f"the pattern at {where}scan index {pos} holds values too large for the "
-                f"float32 arithmetic of the similarity (largest {float(np.abs(row[j]).max()):.3g}"
+                f"float32 arithmetic of the kernels (largest {float(np.abs(row[j]).max()):.3g}"
                 "); scale the data down before clustering"
             ) from exc
 

@@ -45,6 +45,10 @@ def segment(
     Stages: optional correlative prefilter, cosine similarity of each pattern
     with its 8 neighbours, a real-space mask from the mean-similarity map,
     region growing, and cluster-averaged diffraction patterns.
+    They run as the passes of :mod:`napari_stemcluster.core.passes`, in this
+    process: the same functions the chunked engine, the command line and the
+    napari widgets run, so every front end gives the same labels and
+    similarity bit for bit.
 
     Parameters
     ----------
