@@ -42,8 +42,21 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
         source=st.get("source"),
         calibration=st.get("calibration"),
         overwrite=True,
+        bragg=_bragg_if_unedited(st, result),
         tracking=tracking,
         kinetics=kinetics,
         orientation=orientation,
     )
     return [str(out)]
+
+
+def _bragg_if_unedited(st: dict, result) -> dict | None:
+    """The layer's Bragg analysis, unless the labels were edited since (then it is stale)."""
+    bragg = st.get("bragg")
+    stored = st.get("result")
+    if bragg is None or stored is None:
+        return None
+    import numpy as np
+
+    same = np.array_equal(np.asarray(stored.labels), np.asarray(result.labels))
+    return bragg if same else None

@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-q", "--quiet", action="store_true")
     _add_orient_parser(sub)
+    _add_strain_parser(sub)
     return parser
 
 
@@ -240,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return _segment(args)
         if args.command == "orient":
             return _orient(args)
+        if args.command == "strain":
+            return _strain(args)
         return _demo(args)
     except KeyboardInterrupt:
         print("\nstemcluster: interrupted; no results written", file=sys.stderr)
@@ -657,3 +660,103 @@ def _print_diagnostics(result) -> None:
     for i, d in enumerate(diags):
         prefix = f"t={t0 + i}: " if len(diags) > 1 else ""
         print(f"{prefix}{d.summary()}")
+
+
+# ---------------------------------------------------------------------------
+# stemcluster strain: Bragg disks, lattices, orientation and strain
+
+
+def _add_strain_parser(sub) -> None:
+    p = sub.add_parser(
+        "strain",
+        help="Bragg disks, lattice and orientation per cluster, and hybrid strain maps",
+        description=(
+            "Find the Bragg disks of every cluster average of RESULTS.h5, fit each "
+            "cluster's lattice (orientation map), and, unless --no-strain, index every "
+            "position's own disks against its cluster's lattice for strain maps. Writes "
+            "a new results file with the /bragg group; RESULTS.h5 is not modified."
+        ),
+    )
+    p.add_argument("results", metavar="RESULTS.h5", help="results file of `stemcluster segment`")
+    p.add_argument("--data", metavar="FILE", help="4D/5D-STEM file (default: the recorded source)")
+    p.add_argument("--scan-shape", type=_typed("scan_shape"), metavar="RX,RY")
+    p.add_argument("-o", "--output", metavar="OUT.h5", help="default: RESULTS_bragg.h5")
+    p.add_argument("--probe-radius", type=float, metavar="PX", help="disk radius (default: auto)")
+    p.add_argument("--min-indexed", type=int, default=5, metavar="N", help="default: 5")
+    p.add_argument("--no-strain", action="store_true", help="cluster lattices only (fast)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def _strain(args) -> int:
+    import numpy as np
+
+    from .core import cluster_lattices, strain_map
+    from .io import open_dataset, read_results, write_results
+
+    src = Path(args.results)
+    out = Path(args.output) if args.output else src.with_name(f"{src.stem}_bragg.h5")
+    if out.resolve() == src.resolve():
+        raise UserError(f"{out}: is the input results file; choose another output name")
+    _check_output(out, args.data, args.overwrite)
+    result, info = read_results(src)
+    detect = {} if args.probe_radius is None else {"probe_radius": args.probe_radius}
+    ts = result.is_time_series
+    means = list(result.cluster_means) if ts else [result.cluster_means]
+    started = time.perf_counter()
+    lattices = [cluster_lattices(np.asarray(m), **detect) for m in means]
+    strain = None
+    if not args.no_strain:
+        data = args.data or info.get("source")
+        if not data or not Path(data).exists():
+            raise UserError(
+                f"{src}: the source data {data!r} is not available; give it with --data "
+                "(or use --no-strain)"
+            )
+        ds = open_dataset(data, args.scan_shape)
+        if tuple(ds.cube.shape[:-2]) != tuple(result.labels.shape):
+            raise UserError(
+                f"{data}: scan shape {tuple(ds.cube.shape[:-2])} differs from the labels "
+                f"{tuple(result.labels.shape)} in {src}"
+            )
+
+        def report(done, total):
+            if not args.quiet:
+                print(f"\rstrain: {done}/{total} positions", end="", file=sys.stderr)
+
+        strain = strain_map(
+            ds.cube,
+            result.labels,
+            lattices,
+            min_indexed=args.min_indexed,
+            progress=report,
+            **detect,
+        )
+        if not args.quiet:
+            print(file=sys.stderr)
+    params = {"min_indexed": args.min_indexed, **detect}
+    written = write_results(
+        out,
+        result,
+        source=info.get("source"),
+        calibration=info.get("calibration"),
+        overwrite=args.overwrite,
+        bragg={"lattices": lattices, "strain": strain, "params": params},
+    )
+    if not args.quiet:
+        n = sum(len(t) for t in lattices)
+        found = sum(int(np.isfinite(t.g1).all(axis=1).sum()) for t in lattices)
+        print(f"clusters with a lattice: {found} of {n}")
+        if strain is not None:
+            ok = np.isfinite(strain.exx)
+            print(
+                f"positions with strain: {int(ok.sum())} of {int((result.labels > 0).sum())}"
+                + (
+                    f"; median |exx| {np.nanmedian(np.abs(strain.exx)) * 100:.3f} %"
+                    if ok.any()
+                    else ""
+                )
+            )
+        print(f"time: {time.perf_counter() - started:.2f} s")
+        print(f"written: {written}")
+    return 0

@@ -184,6 +184,7 @@ def write_results(
     overwrite: bool = False,
     compression: str | None = "gzip",
     orientation=None,
+    bragg: dict | None = None,
     tracking=None,
     kinetics=None,
 ) -> Path:
@@ -212,6 +213,10 @@ def write_results(
         Compression of the maps and cluster patterns.
     orientation : OrientationResult, optional
         Orientation and phase of the clusters (the ``/orientation`` group).
+    bragg : dict, optional
+        Bragg disks, lattices and strain (``{"lattices", "strain",
+        "params"}``), stored under ``/bragg``; see
+        :mod:`napari_stemcluster.io._analysis_bragg` for the layout.
     tracking, kinetics : Tracking, Kinetics, optional
         Persistent grain ids, events and kinetics of a 5D result (from
         :mod:`napari_stemcluster.core.tracking`), stored in ``/tracking``
@@ -317,6 +322,10 @@ def write_results(
                 from ._analysis_orientation import write_orientation
 
                 write_orientation(f, orientation)
+            if bragg is not None:
+                from ._analysis_bragg import write_bragg
+
+                write_bragg(f, bragg, labels, dsopts)
             if tracking is not None:
                 from ._analysis_tracking import write_tracking
 
@@ -341,7 +350,7 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         :class:`~napari_stemcluster.io.Calibration`); ``tracking`` and
         ``kinetics`` when the file holds grain tracks (else None);
         ``orientation`` (an :class:`~napari_stemcluster.core.OrientationResult`,
-        or None).
+        or None); ``bragg`` (the Bragg analysis dict, or None).
 
     Examples
     --------
@@ -383,6 +392,12 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             means = np.ascontiguousarray(g["cluster_means"][()][:, 0])
         except (KeyError, OSError) as e:
             raise StemFileError(f"{path}: incomplete results file ({e})") from None
+        from ._analysis_bragg import read_bragg
+
+        try:
+            bragg = read_bragg(f)
+        except (KeyError, OSError, ValueError) as e:
+            raise StemFileError(f"{path}: incomplete Bragg analysis in /bragg ({e})") from None
         from ._analysis_tracking import read_tracking
 
         try:
@@ -403,6 +418,7 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             "created": attr("created"),
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
+            "bragg": bragg,
             "tracking": tracking,
             "kinetics": kinetics,
         }

@@ -5,6 +5,7 @@ viewer and hand correction of the labels. Heavy work runs in background
 threads with a progress bar and a Cancel button; results appear as layers.
 """
 
+from ._bragg import BraggWidget
 from ._clustering import ClusteringWidget
 from ._correction import CorrectionWidget
 from ._diffraction import DiffractionViewer
@@ -15,6 +16,7 @@ from ._similarity import SimilarityWidget
 from ._state import ClusterState
 
 __all__ = [
+    "BraggWidget",
     "ClusterState",
     "ClusteringWidget",
     "CorrectionWidget",
