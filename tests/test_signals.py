@@ -34,8 +34,8 @@ def workdir(tmp_path_factory):
     """A cube that takes several seconds with the prefilter, and an earlier result."""
     d = tmp_path_factory.mktemp("signals")
     rng = np.random.default_rng(0)
-    with h5py.File(d / "scan.h5", "w") as f:
-        f["data"] = rng.integers(0, 40, (2, 40, 40, 48, 48), dtype=np.uint16)
+    with h5py.File(d / "scan.h5", "w") as f:  # several seconds of work even unloaded
+        f["data"] = rng.integers(0, 40, (8, 40, 40, 48, 48), dtype=np.uint16)
     with h5py.File(d / "tiny.h5", "w") as f:
         f["data"] = rng.integers(0, 40, (4, 4, 8, 8), dtype=np.uint16)
     write_results(d / "previous.h5", make_result(np.ones((4, 4), np.int32)))
@@ -151,7 +151,7 @@ def test_threads_run_without_workers_stop_too(workdir, tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     proc = _start(workdir, out, scratch, workers=False)
-    time.sleep(1.5)  # imports (under load) or blocks computing on threads
+    time.sleep(2.0)  # blocks computing on threads (or, under heavy load, imports)
     assert proc.poll() is None, "the run ended before the signal"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
