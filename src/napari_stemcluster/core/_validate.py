@@ -31,14 +31,18 @@ def check_cube(cube, ndim: int = 4, name: str = "cube") -> None:
         raise ValueError(f"{name} has an empty axis: shape {tuple(shape)}")
 
 
-def check_finite_values(values: np.ndarray, what: str) -> None:
+def check_finite_values(values: np.ndarray, what: str, offset=None) -> None:
     """Raise if per-pattern reductions reveal NaN or inf in the input.
 
     Non-finite input propagates into every sum over a pattern, so checking
     the (small) per-pattern sums finds it without another pass over the cube.
+    ``offset`` is added to the reported index when ``values`` covers a block
+    of the array passed in.
     """
     if not np.all(np.isfinite(values)):
         bad = np.argwhere(~np.isfinite(values))[0]
+        if offset is not None:
+            bad = bad + np.asarray(offset, np.int64)
         raise ValueError(
             f"{what}: the cube contains NaN or inf (first affected pattern at "
             f"scan index {tuple(int(i) for i in bad)}); replace or mask those "
