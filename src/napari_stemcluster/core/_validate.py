@@ -62,3 +62,17 @@ def read_rows(cube, r0: int, r1: int) -> np.ndarray:
     if hasattr(block, "compute"):
         block = block.compute()
     return np.ascontiguousarray(block)
+
+
+def native_dtype(dtype) -> np.dtype:
+    """The dtype the kernels read: native byte order, float16 as float32.
+
+    Examples
+    --------
+    >>> native_dtype(">u2"), native_dtype(np.float16)
+    (dtype('uint16'), dtype('float32'))
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:  # no float16 arithmetic in the kernels
+        return np.dtype(np.float32)
+    return dtype.newbyteorder("=")

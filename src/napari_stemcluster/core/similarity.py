@@ -10,7 +10,7 @@ import numpy as np
 
 from ._blur import gaussian_kernel1d
 from ._similarity_numba import fused_similarity
-from ._validate import block_rows, check_cube, check_finite_values, read_rows
+from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
 from .masking import resolve_q_mask
 
 #: Scan offsets ``(drx, dry)`` of the 8 neighbours, in the order of the last
@@ -224,20 +224,6 @@ def block_similarity(block, n_out: int, plan: SimilarityPlan, out=None) -> np.nd
         sq,
     )
     return sq
-
-
-def native_dtype(dtype) -> np.dtype:
-    """The dtype the kernels read: native byte order, float16 as float32.
-
-    Examples
-    --------
-    >>> native_dtype(">u2"), native_dtype(np.float16)
-    (dtype('uint16'), dtype('float32'))
-    """
-    dtype = np.dtype(dtype)
-    if dtype == np.float16:  # no float16 arithmetic in the kernels
-        return np.dtype(np.float32)
-    return dtype.newbyteorder("=")
 
 
 def _strip(ry: int, plan: SimilarityPlan) -> int:
