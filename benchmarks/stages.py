@@ -363,6 +363,7 @@ def child(shape, path) -> dict:
 def grow_child(shape) -> dict:
     from napari_stemcluster.core import grow_regions, mean_similarity
 
+    shape = tuple(shape)
     sim = grain_similarity(shape)
     ms = mean_similarity(sim)
     grow_regions(sim[:8, :8], 0.9)  # compile outside the timing
