@@ -81,6 +81,19 @@ def read_stem(path) -> list[tuple]:
             layers += result_to_layers(
                 result, info["calibration"], name=Path(p).stem, source=info["source"]
             )
+            if info.get("tracking") is not None:
+                from ._tracking_layers import tracking_layer
+
+                layers.append(
+                    tracking_layer(
+                        info["tracking"],
+                        info["kinetics"],
+                        result,
+                        info["calibration"],
+                        f"{Path(p).stem} tracked",
+                        source=info["source"],
+                    )
+                )
         else:  # the format just detected: open_dataset need not detect it again
             layers += dataset_to_layers(open_dataset(p, format=kind))
     return layers
