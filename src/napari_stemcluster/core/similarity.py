@@ -140,7 +140,7 @@ def similarity_plan(detector_shape, q_mask=None, sigma: float = 0.0, dtype=np.ui
     --------
     >>> plan = similarity_plan((8, 8), (1, 2), sigma=1.0)
     >>> plan.box.tolist(), len(plan.taps)
-    ([1, 7, 1, 7], 9)
+    ([2, 6, 2, 6], 9)
     """
     qx, qy = (int(s) for s in detector_shape)
     mask = resolve_q_mask(q_mask, (qx, qy))
