@@ -182,6 +182,34 @@ def pattern_scale(src):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _nine_taps(src, step, k, t, n, dst):
+    d = dst[0:n]
+    s0 = src[t * step : t * step + n]
+    s1 = src[(t + 1) * step : (t + 1) * step + n]
+    s2 = src[(t + 2) * step : (t + 2) * step + n]
+    s3 = src[(t + 3) * step : (t + 3) * step + n]
+    s4 = src[(t + 4) * step : (t + 4) * step + n]
+    s5 = src[(t + 5) * step : (t + 5) * step + n]
+    s6 = src[(t + 6) * step : (t + 6) * step + n]
+    s7 = src[(t + 7) * step : (t + 7) * step + n]
+    s8 = src[(t + 8) * step : (t + 8) * step + n]
+    w0, w1, w2, w3, w4 = k[t], k[t + 1], k[t + 2], k[t + 3], k[t + 4]
+    w5, w6, w7, w8 = k[t + 5], k[t + 6], k[t + 7], k[t + 8]
+    if t == 0:
+        for j in range(n):
+            d[j] = (
+                w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j] + w4 * s4[j]
+                + w5 * s5[j] + w6 * s6[j] + w7 * s7[j] + w8 * s8[j]
+            )  # fmt: skip
+    else:
+        for j in range(n):
+            d[j] += (
+                w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j] + w4 * s4[j]
+                + w5 * s5[j] + w6 * s6[j] + w7 * s7[j] + w8 * s8[j]
+            )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def taps_pass(src, step, k, n, dst):
     """``dst[j] = sum_t k[t] * src[j + t * step]`` for ``j < n``.
 
@@ -193,6 +221,10 @@ def taps_pass(src, step, k, n, dst):
     t = 0
     while t < nk:
         g = nk - t
+        if g == 9:  # sigma 1 (and the last 9 of sigma 3): one sweep, not 8 + 1
+            _nine_taps(src, step, k, t, n, dst)
+            t += 9
+            continue
         if g >= 8:
             g = 8
         elif g >= 4:
