@@ -297,15 +297,15 @@ def _prefilter(
     # (unless written in place) and the small weight ring allow.
     # Every parallel call ends in a wait for the slowest thread (long on a
     # busy machine), so vectors are made several rows per call when the
-    # budget allows: up to 8 % of the cube (at least 16 MiB) for them, 2.5 %
+    # budget allows: up to 6 % of the cube (at least 16 MiB) for them, 2.5 %
     # for the rest.
     cube_bytes = nx * ny * q * dtype.itemsize
     budget = max(1, min(BLOCK_BYTES, cube_bytes // 40))
     vec_row = ny * w_box.size * 4
-    vec_budget = min(BLOCK_BYTES, max(cube_bytes * 2 // 25, 16 * 2**20))
+    vec_budget = min(BLOCK_BYTES, max(cube_bytes * 6 // 100, 16 * 2**20))
     vec_block = max(1, min(nx, vec_budget // vec_row - radius))
     if block is None:
-        row_cost = ny * len(fwd) * 4
+        row_cost = ny * (len(fwd) + len(offsets)) * 4  # forward weights and wts
         row_cost += 0 if in_place else ny * q * dtype.itemsize
         row_cost += 0 if direct else ny * q * 4
         block = max(1, budget // max(row_cost, 1) - 2 * radius)
