@@ -207,10 +207,47 @@ def test_widget_defaults_come_from_the_model(make_napari_viewer, widget_settings
     assert pre._radius.max == model.BY_NAME["prefilter_radius"].high
     sim = SimilarityWidget(viewer)
     assert sim._sigma.value == model.DEFAULTS["sigma"]
+    # The widgets cannot yet show the dark-field mask nor an automatic
+    # threshold: they start at the paper's triangle mask and 0.9.
+    assert model.DEFAULTS["real_mask"] == "dark_field" and model.DEFAULTS["threshold"] == "auto"
     assert sim.mask_params() == {
-        k: model.DEFAULTS[k] for k in ("real_mask", "mask_min_size", "mask_hole_size")
+        "real_mask": "triangle",
+        **{k: model.DEFAULTS[k] for k in ("mask_min_size", "mask_hole_size")},
     }
     clus = ClusteringWidget(viewer)
-    assert clus._threshold.value == model.DEFAULTS["threshold"]
+    assert clus._threshold.value == 0.9
     assert clus._min_size.value == model.DEFAULTS["min_cluster_size"]
     assert clus._average.value == model.DEFAULTS["average"]
+
+
+def test_merlin_hdr_must_be_a_small_regular_file(tmp_path):
+    from napari_stemcluster.io import StemFileError, open_dataset
+    from test_io_formats import RNG, _write_mib
+
+    frames = RNG.integers(0, 4096, (4, 4, 6)).astype(np.uint32)
+    path = tmp_path / "scan.mib"
+    _write_mib(path, frames, "U16", 12)
+    os.symlink("/dev/zero", tmp_path / "scan.hdr")
+    with pytest.raises(
+        StemFileError, match=r"scan\.hdr: the Merlin \.hdr header must be a regular"
+    ):
+        open_dataset(path, scan_shape=(2, 2))
+    (tmp_path / "scan.hdr").unlink()
+    (tmp_path / "scan.hdr").write_bytes(b"HDR,\t\r\n" + b"x" * (config.MAX_FILE_BYTES + 1))
+    with pytest.raises(StemFileError, match="larger than"):
+        open_dataset(path, scan_shape=(2, 2))
+
+
+@pytest.mark.gui
+def test_widget_execution_settings_are_checked(widget_settings):
+    from napari_stemcluster.widgets._common import save_settings
+    from napari_stemcluster.widgets._execution import execution_settings, widget_executor
+
+    assert execution_settings() == {}
+    with widget_executor() as (ex, limit):
+        assert "thread" in ex.describe() and limit is None
+    save_settings("execution", {"scheduler": " tcp://10.0.0.5:8786 ", "memory_limit": "2GB"})
+    assert execution_settings() == {"scheduler": "tcp://10.0.0.5:8786", "memory_limit": "2GB"}
+    save_settings("execution", {"memory_limit": "1e400"})
+    with pytest.raises(model.ParameterError, match="widget settings: memory_limit must be"):
+        execution_settings()

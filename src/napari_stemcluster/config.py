@@ -69,6 +69,7 @@ _SCALARS = (
     "mask_hole_size",
     "average",
     "mask_source",
+    "linkage",
 )
 
 
@@ -103,10 +104,10 @@ def validate(key: str, value, where: str = ""):
     [10.0, 40.0]
     >>> validate("real_mask", 0.5)
     0.5
-    >>> validate("threshold", 2)
+    >>> validate("linkage", "single")
     Traceback (most recent call last):
         ...
-    napari_stemcluster.config.ConfigError: threshold must be a similarity between -1 and 1; got 2
+    napari_stemcluster.config.ConfigError: linkage must be 'mean' or 'pair'; got 'single'
     """
     return _model.check(key, value, where, ConfigError)
 
@@ -154,7 +155,9 @@ def check_params(params: dict, where: str = "") -> dict:
     return out
 
 
-def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_small_file(
+    path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES, error=None
+) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes.
 
     Device files, FIFOs and directories are refused before anything is
@@ -164,7 +167,7 @@ def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BY
     Raises
     ------
     ConfigError
-        Naming the file and what was expected.
+        (or ``error``) naming the file and what was expected.
 
     Examples
     --------
@@ -173,20 +176,25 @@ def read_small_file(path: str | os.PathLike, what: str, limit: int = MAX_FILE_BY
         ...
     napari_stemcluster.config.ConfigError: /dev/zero: the parameter file must be a regular file
     """
+    error = error or ConfigError
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ConfigError(f"{path}: the {what} must be a regular file")
-            data = f.read(limit + 1)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: the {what} must be a regular file") from None
+        raise error(f"{path}: {what} not found") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+        raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{path}: the {what} must be a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     if len(data) > limit:
-        raise ConfigError(f"{path}: the {what} is larger than {limit} bytes; not a {what}")
+        raise error(f"{path}: the {what} is larger than {limit} bytes; not a {what}")
     return data
 
 
@@ -420,6 +428,7 @@ def segment_kwargs(params: dict) -> dict:
         "mask_hole_size": p["mask_hole_size"],
         "average": p["average"],
         "mask_source": p["mask_source"],
+        "linkage": p["linkage"],
     }
 
 

@@ -27,6 +27,18 @@ if TYPE_CHECKING:
 MASK_METHODS = ("triangle", "otsu", "manual", "none")
 
 
+def _prefilter_options(recorded) -> dict | None:
+    """``correlative_prefilter`` keywords recorded by the Prefilter widget (None if absent)."""
+    if not isinstance(recorded, dict) or not {"sigma", "radius", "corr_range"} <= set(recorded):
+        return None
+    return {
+        "sigma": float(recorded["sigma"]),
+        "radius": int(recorded["radius"]),
+        "corr_range": tuple(float(v) for v in recorded["corr_range"]),
+        "edge": recorded.get("edge"),
+    }
+
+
 def _layer_shape(maps: np.ndarray, cube) -> np.ndarray:
     """Maps with a time axis (the passes' form) in the layer's form: squeezed for 4D."""
     return maps[0] if cube.ndim == 4 else maps
@@ -96,7 +108,8 @@ class SimilarityWidget(Container):
         self._cancel.text = "Cancel"
         self._cancel.enabled = False
         self._method = create_widget(
-            DEFAULTS["real_mask"],
+            # the widget thresholds the mean-similarity map (no dark-field image yet)
+            DEFAULTS["real_mask"] if DEFAULTS["real_mask"] in MASK_METHODS else "triangle",
             label="Mask method",
             annotation=str,
             widget_type="ComboBox",
@@ -251,6 +264,7 @@ class SimilarityWidget(Container):
         # mask_source), so that map is computed too.
         raw = meta.get("raw_cube")
         raw = raw if raw is not None and raw is not cube and raw.shape == cube.shape else None
+        pre = _prefilter_options(meta.get("prefilter")) if raw is not None else None
 
         def work(progress):
             # The similarity pass of the pipeline, block by block with bounded
@@ -266,6 +280,26 @@ class SimilarityWidget(Container):
             rows = _similarity.block_rows(cube.shape[-4:], max(cube.dtype.itemsize, 4))
             chunks = (rows, int(cube.shape[-3]))
             with widget_executor() as (ex, limit):
+                if pre:
+                    # One pass over the raw cube, as in segment(prefilter=...):
+                    # each block is prefiltered with its halo (never stored),
+                    # compared, and the raw map comes along.
+                    sim, raw_ms = similarity_chunked(
+                        raw,
+                        q_mask,
+                        sigma,
+                        prefilter=pre,
+                        raw_map=True,
+                        executor=ex,
+                        memory_limit=limit,
+                        chunks=chunks,
+                        progress=progress,
+                    )
+                    return (
+                        _layer_shape(sim, cube),
+                        _layer_shape(mean_similarity(sim), cube),
+                        _layer_shape(raw_ms, cube),
+                    )
                 sim, _ = similarity_chunked(
                     cube,
                     q_mask,
