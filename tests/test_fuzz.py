@@ -35,11 +35,6 @@ CASES = {c.name: c for c in build_corpus(_DIR, SEED)}
 #: sample of the others; all of them are opened, read and shown).
 SEGMENTED = [n for n, c in CASES.items() if c.expect == "ok" or n.endswith(("flip0", "flip1"))]
 TIMEOUT = 20
-#: Valid values that the float32 arithmetic of the similarity kernels still
-#: reports as "NaN or inf" (finite values beyond float32 range): the readers
-#: accept them; the kernels' overflow handling is tracked separately and
-#: checked by test_extreme_values_are_segmented below.
-KERNEL_OVERFLOW = {"h5-extreme-f8big.h5", "h5-extreme-i8ext.h5", "h5-extreme-u8big.h5", "npy-u64"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -151,7 +146,7 @@ def test_every_entry_point_keeps_the_contract(name, tmp_path, capsys, deadline):
             read_results(out)
         else:
             assert left == [], f"partial output left behind: {left}"
-        if case.expect == "ok" and name not in KERNEL_OVERFLOW:
+        if case.expect == "ok":
             assert code == 0, f"a valid file was not segmented: {name}: {err}"
 
     assert _snapshot(_DIR) == before, "an input file was modified"
@@ -190,15 +185,3 @@ def test_command_line_process_never_hangs_or_tracebacks(name, tmp_path):
         else:
             assert proc.returncode == 0, proc.stderr
     assert not out.exists() or case.expect == "ok"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="similarity kernels compute in float32: values beyond its range are reported "
-    "as NaN or inf (overflow handling belongs to the kernels)",
-)
-@pytest.mark.parametrize("name", sorted(KERNEL_OVERFLOW))
-def test_extreme_values_are_segmented(name, tmp_path, capsys):
-    case = CASES[name]
-    code, err = _check_cli(capsys, ["segment", str(case.path), "-o", str(tmp_path / "s.h5"), "-q"])
-    assert code == 0, err
