@@ -11,12 +11,16 @@ from ._diffraction import DiffractionViewer
 from ._prefilter import PrefilterWidget
 from ._similarity import SimilarityWidget
 from ._state import ClusterState
+from ._workflow import WORKFLOW_TABS, WorkflowDock, register_tab
 
 __all__ = [
+    "WORKFLOW_TABS",
     "ClusterState",
     "ClusteringWidget",
     "CorrectionWidget",
     "DiffractionViewer",
     "PrefilterWidget",
     "SimilarityWidget",
+    "WorkflowDock",
+    "register_tab",
 ]

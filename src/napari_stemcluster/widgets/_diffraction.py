@@ -192,6 +192,10 @@ class DiffractionViewer(QWidget):
         self._on_cluster_layer()
         self._draw_q_mask(self._session.q_mask)
 
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self.model.reset_view()  # keep both patterns whole in the panels
+
     def showEvent(self, event):
         super().showEvent(event)
         self._forbid_floating()
@@ -547,7 +551,8 @@ class DiffractionViewer(QWidget):
             shapes = []
             # beyond the farthest detector corner the circle means "everything"
             corner = float(np.hypot(max(cx, qx - 1 - cx), max(cy, qy - 1 - cy)))
-            for r in (q["inner"], min(q["outer"], corner)):
+            # an outer radius past the corners limits nothing: not drawn
+            for r in (q["inner"], q["outer"] if q["outer"] < corner else 0.0):
                 if r > 0:
                     shapes.append(
                         np.array(

@@ -190,10 +190,13 @@ class VirtualDetectorControls(Container):
             [self.enabled_box, self.kind, self.signal],
             [self.to_q_mask, self.from_q_mask, self.preset],
         ]
+        boxes = []
         for row in rows:
             box = Container(layout="horizontal", labels=True, widgets=row)
             box.margins = (0, 0, 0, 0)
             self.append(box)
+            boxes.append(box)
+        self.extra = boxes[1]
         self.append(self.status)
         self.margins = (4, 0, 4, 0)
 
@@ -298,6 +301,7 @@ class VirtualDetector:
         c.to_q_mask.changed.connect(self.send_to_q_mask)
         c.from_q_mask.changed.connect(self.take_from_q_mask)
         self._sync_buttons()
+        self._on_enabled()
 
     # ------------------------------------------------------------ helpers
     @property
@@ -322,6 +326,10 @@ class VirtualDetector:
     def _on_enabled(self, *_):
         on = self.enabled
         self.shapes_layer.visible = on
+        # the detector's controls take room only while it is in use
+        self.controls.extra.visible = on
+        self.controls.status.visible = on
+        self.histogram.canvas.setVisible(on)
         self._sync_buttons()
         dif = self.dif
         if on:
