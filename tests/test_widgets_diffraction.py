@@ -97,7 +97,7 @@ def test_pattern_under_the_mouse(make_napari_viewer, qtbot, scan4d):
     before = len(reads)
     _hover(qtbot, viewer, layer, dif, (18, 22))
     np.testing.assert_array_equal(dif.pattern, scan4d.cube[18, 22])
-    assert reads[before:before + 1] != [(18, 22)]
+    assert reads[before : before + 1] != [(18, 22)]
     _hover(qtbot, viewer, layer, dif, (17, 22))
     # outside the scan nothing changes
     viewer.cursor.position = (-5.0, 3.0)

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
 from .io.errors import StemFileError
@@ -78,12 +79,46 @@ def read_stem(path) -> list[tuple]:
         kind = detect_format(p)
         if kind == "results":
             result, info = read_results(p)
+            ds = open_source(info["source"], np.shape(result.labels))
+            if ds is not None:  # the data too: patterns, averages and edits work again
+                layers += dataset_to_layers(ds)
             layers += result_to_layers(
-                result, info["calibration"], name=Path(p).stem, source=info["source"]
+                result,
+                info["calibration"],
+                name=Path(p).stem,
+                source=info["source"],
+                cube=None if ds is None else ds.cube,
             )
         else:  # the format just detected: open_dataset need not detect it again
             layers += dataset_to_layers(open_dataset(p, format=kind))
     return layers
+
+
+def open_source(source: str | None, scan_shape: tuple[int, ...]):
+    """The data file a results file was made from, or None when it cannot be opened.
+
+    The stored path is tried as it is; when the file's own scan shape
+    differs from the labels' (a flat frame stack opened with a scan shape),
+    the labels' shape is applied.
+
+    Examples
+    --------
+    >>> open_source(None, (4, 4)) is None
+    True
+    """
+    from .io import open_dataset
+
+    if not source or not Path(source).is_file():
+        return None
+    scan_shape = tuple(int(s) for s in scan_shape)
+    for shape in (None, scan_shape):
+        try:
+            ds = open_dataset(source, scan_shape=shape)
+        except (StemFileError, ValueError, OSError):
+            continue
+        if tuple(ds.scan_shape) == scan_shape:
+            return ds
+    return None
 
 
 def parse_scan_shape(text: str) -> tuple[int, ...] | None:

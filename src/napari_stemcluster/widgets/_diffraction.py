@@ -130,8 +130,9 @@ class DiffractionViewer(QWidget):
         self.text_overlay.color = "white"
         self.text_overlay.position = "bottom_left"
         self.model.layers.selection.active = self.pattern_layer
-        self.model.axes.visible = True
-        self.model.axes.labels = True
+        axes = _axes(self.model)
+        axes.visible = True
+        axes.labels = True
         scale_bar = _scale_bar(self.model)
         scale_bar.visible = True
         if hasattr(scale_bar, "gridded"):
@@ -618,6 +619,14 @@ def _read(source, t, rx, ry) -> np.ndarray:
     if hasattr(pattern, "compute"):
         pattern = pattern.compute()
     return np.asarray(pattern)
+
+
+def _axes(model):
+    """The axes overlay (napari >= 0.9 moved it to the scene)."""
+    scene = getattr(model, "scene", None)
+    overlays = getattr(scene, "overlays", None)
+    axes = getattr(overlays, "axes", None)
+    return axes if axes is not None else model.axes
 
 
 def _scale_bar(model):

@@ -1,0 +1,216 @@
+"""The workflow dock, virtual detectors, threshold guidance, round trip and split confirmation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_stemcluster._layers import sample_to_layers
+from napari_stemcluster.core.virtual import roi_mask
+from napari_stemcluster.widgets import WORKFLOW_TABS, WorkflowDock, register_tab
+from napari_stemcluster.widgets._common import session, stem_meta
+from napari_stemcluster.widgets._link import link_for
+from napari_stemcluster.widgets._virtual import IMAGE_NAME, shapes_to_roi
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
+
+WAIT = 30_000
+
+
+def _dock(make_napari_viewer, qtbot, sample, cluster=True):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    for data, kwargs, kind in sample_to_layers(sample, "demo"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    dock = WorkflowDock(viewer)
+    viewer.window.add_dock_widget(dock, name="STEM cluster")
+    if cluster:
+        sim = dock.stage("2. Similarity")
+        sim._inner.value, sim._outer.value = 2.0, 14.0
+        sim.run()
+        qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
+        clu = dock.stage("3. Clustering")
+        clu._threshold.value, clu._min_size.value = 0.8, 3
+        clu.run()
+        qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
+        link = link_for(clu.labels_layer)
+        qtbot.waitUntil(lambda: not link.runner.running, timeout=WAIT)
+    return viewer, dock
+
+
+def test_workflow_dock_fits_the_screen_and_takes_new_tabs(make_napari_viewer, qtbot, scan4d):
+    viewer, dock = _dock(make_napari_viewer, qtbot, scan4d, cluster=False)
+    qtbot.wait(100)
+    titles = [dock.tabs.tabText(i) for i in range(dock.tabs.count())]
+    assert titles == [t.title for t in WORKFLOW_TABS]
+    assert {"2. Similarity", "3. Clustering", "Correct"} <= set(titles)
+    window = viewer.window._qt_window
+    assert window.height() <= 1000 and dock.height() <= 1000
+    # a new stage registers itself as a tab
+    from magicgui.widgets import Label
+
+    register_tab("Extra", lambda v: Label(value="extra stage"), after="3. Clustering")
+    try:
+        dock2 = WorkflowDock(viewer)
+        titles = [dock2.tabs.tabText(i) for i in range(dock2.tabs.count())]
+        assert titles[titles.index("3. Clustering") + 1] == "Extra"
+        assert dock2.stage("Extra").value == "extra stage"
+    finally:
+        from napari_stemcluster.widgets._workflow import unregister_tab
+
+        unregister_tab("Extra")
+    assert "Extra" not in [t.title for t in WORKFLOW_TABS]
+
+
+def test_virtual_detector_image_and_q_mask(make_napari_viewer, qtbot, scan4d):
+    viewer, dock = _dock(make_napari_viewer, qtbot, scan4d, cluster=False)
+    vd = dock.diffraction.virtual
+    vd.controls.kind.value = "circle"
+    vd.controls.enabled_box.value = True
+    qtbot.waitUntil(lambda: vd.stride_done == 1 and vd._job is None, timeout=WAIT)
+    layer = viewer.layers[IMAGE_NAME]
+    cube = np.asarray(scan4d.cube, np.float64)
+    mask = roi_mask(cube.shape[-2:], vd.roi)
+    np.testing.assert_allclose(layer.data, (cube * mask).sum(axis=(-2, -1)))
+    assert layer.scale[-1] == pytest.approx(viewer.layers["demo ADF"].scale[-1])
+    # drag: the shapes move, the image follows
+    shapes = [np.asarray(s) + [3.0, -2.0] for s in vd.shapes_layer.data]
+    vd.shapes_layer.data = shapes
+    roi = shapes_to_roi("circle", shapes)
+    qtbot.waitUntil(lambda: vd.stride_done == 1 and vd._job is None and vd.roi == roi, timeout=WAIT)
+    mask = roi_mask(cube.shape[-2:], roi)
+    np.testing.assert_allclose(layer.data, (cube * mask).sum(axis=(-2, -1)))
+    # centre of mass along qy, relative to the circle's centre
+    vd.controls.signal.value = "CoM y"
+    qy = np.arange(cube.shape[-1]) - roi["center"][1]
+    s = (cube * mask).sum(axis=(-2, -1))
+    want = np.where(s > 0, (cube * mask * qy).sum(axis=(-2, -1)) / np.where(s > 0, s, 1), 0)
+    np.testing.assert_allclose(layer.data, want, atol=1e-9)
+    lo, hi = layer.contrast_limits
+    assert lo == pytest.approx(np.percentile(want, 0.5)) and hi > lo
+    # to the q-mask and back
+    vd.controls.kind.value = "annulus"
+    vd.set_roi({"shape": "annulus", "center": (15.5, 15.5), "inner": 3.0, "outer": 9.0})
+    vd.send_to_q_mask()
+    q = session(viewer).q_mask
+    assert (q["inner"], q["outer"]) == (3.0, 9.0)
+    sim = dock.stage("2. Similarity")
+    assert (sim._inner.value, sim._outer.value) == (3.0, 9.0)
+    session(viewer).set_q_mask(1.0, 5.0)
+    vd.take_from_q_mask()
+    assert vd.roi["inner"] == 1.0 and vd.roi["outer"] == 5.0
+    qtbot.waitUntil(lambda: vd._job is None, timeout=WAIT)
+
+
+def test_threshold_guidance_follows_the_slider(make_napari_viewer, qtbot, scan4d):
+    from napari_stemcluster.core.regions import grow_regions
+
+    viewer, dock = _dock(make_napari_viewer, qtbot, scan4d)
+    clu = dock.stage("3. Clustering")
+    layer = clu._sim_combo.value
+    sim = stem_meta(layer)["similarity"]
+    ms = np.asarray(layer.data)
+    mask = np.asarray(clu._mask_combo.value.data) > 0
+    for thr, min_size in [(0.8, 3), (0.95, 5), (0.6, 1)]:
+        clu._threshold.value, clu._min_size.value = thr, min_size
+        clu.update_preview()
+        want, _ = grow_regions(sim, thr, mean_similarity=ms, mask=mask, min_cluster_size=min_size)
+        every, _ = grow_regions(sim, thr, mean_similarity=ms, mask=mask)
+        st = clu.stats
+        assert st.n_kept == want.max() == clu.preview_count
+        assert st.n_clustered == np.count_nonzero(want)
+        assert st.fraction == pytest.approx(np.count_nonzero(want) / mask.sum())
+        assert st.n_dropped == every.max() - want.max()
+        np.testing.assert_array_equal(st.sizes, np.bincount(want.ravel())[1:])
+        assert clu.guidance._line.get_xdata()[0] == pytest.approx(thr)
+    counts, _ = clu.guidance._hist
+    assert counts.sum() == np.isfinite(sim[mask]).sum()
+    # a click on a point selects its cluster; hovering a cluster rings its point
+    clu._threshold.value, clu._min_size.value = 0.8, 3
+    clu.update_preview()
+    labels = clu.labels_layer
+    last = int(labels.data.max())
+    assert last >= 2
+    clu.select_cluster(1)
+    assert labels.selected_label == 1 and clu.guidance.highlighted == 1
+    rx, ry = np.argwhere(labels.data == last)[0]
+    viewer.cursor.position = tuple(labels.data_to_world((rx, ry)))
+    assert clu.guidance.highlighted == last
+
+
+def test_results_reopen_with_their_source(make_napari_viewer, qtbot, scan4d, tmp_path):
+    import h5py
+
+    from napari_stemcluster.io import read_results
+
+    src = tmp_path / "scan.h5"
+    with h5py.File(src, "w") as f:
+        f["data"] = np.asarray(scan4d.cube)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(src), plugin="napari-stemcluster")
+    dock = WorkflowDock(viewer)
+    viewer.window.add_dock_widget(dock, name="STEM cluster")
+    sim = dock.stage("2. Similarity")
+    sim.run()
+    qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
+    clu = dock.stage("3. Clustering")
+    clu._threshold.value, clu._min_size.value = 0.8, 3
+    clu.run()
+    qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
+    out = tmp_path / "res.h5"
+    # "Save All Layers": the clusters layer among all is written
+    written = viewer.layers.save(str(out), plugin="napari-stemcluster")
+    assert written == [str(out)]
+    saved, info = read_results(out)
+    np.testing.assert_array_equal(saved.labels, clu.labels_layer.data)
+    assert info["source"] == str(src)
+
+    viewer2 = make_napari_viewer(show=True)
+    layers = viewer2.open(str(out), plugin="napari-stemcluster")
+    assert [type(x).__name__ for x in layers] == ["Image", "Labels", "Image"]
+    seg = layers[1]
+    assert stem_meta(seg)["cube"] is not None
+    dock2 = WorkflowDock(viewer2)
+    viewer2.window.add_dock_widget(dock2, name="STEM cluster")
+    dif = dock2.diffraction
+    assert dif.data_layer is layers[0] and dif.cluster_layer is seg
+    state = dif.state
+    assert state is not None and state.has_sums(0)  # the stored averages, no recompute
+    label = int(seg.data[seg.data > 0][0])
+    np.testing.assert_allclose(state.mean(0, label), saved.cluster_means[label - 1], rtol=1e-6)
+    dif.controls.source.value = "selected label"
+    seg.selected_label = label
+    np.testing.assert_allclose(dif.average, saved.cluster_means[label - 1], rtol=1e-6)
+    cor = dock2.stage("Correct")
+    assert cor._layer_combo.value is seg and cor._merge.enabled
+    # the source moved: the results still open (labels and map only)
+    src.rename(tmp_path / "moved.h5")
+    viewer3 = make_napari_viewer()
+    layers3 = viewer3.open(str(out), plugin="napari-stemcluster")
+    assert [type(x).__name__ for x in layers3] == ["Labels", "Image"]
+
+
+def test_split_asks_before_emptying_a_cluster(make_napari_viewer, qtbot, scan4d):
+    _viewer, dock = _dock(make_napari_viewer, qtbot, scan4d)
+    cor = dock.stage("Correct")
+    layer = dock.stage("3. Clustering").labels_layer
+    cor._layer_combo.value = layer
+    sizes = np.bincount(layer.data.ravel())[1:]
+    label = int(np.argmax(sizes)) + 1
+    layer.selected_label = label
+    cor._threshold.value, cor._min_size.value = 0.999, 50
+    asked = []
+    cor.confirm_split = lambda parent, text: asked.append(text) or False
+    before = layer.data.copy()
+    assert cor.split() is None
+    assert asked and f"cluster {label} ({sizes[label - 1]} positions)" in asked[0]
+    np.testing.assert_array_equal(layer.data, before)
+    assert "cancelled" in cor._status.value
+    cor.confirm_split = lambda parent, text: True
+    cor.split()
+    moved = int(np.count_nonzero((before == label) & (layer.data == 0)))
+    assert moved > 0.1 * sizes[label - 1]
+    assert f"{moved} positions to background" in cor._status.value
