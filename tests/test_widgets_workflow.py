@@ -214,3 +214,29 @@ def test_split_asks_before_emptying_a_cluster(make_napari_viewer, qtbot, scan4d)
     moved = int(np.count_nonzero((before == label) & (layer.data == 0)))
     assert moved > 0.1 * sizes[label - 1]
     assert f"{moved} positions to background" in cor._status.value
+
+
+def test_q_mask_settings_are_remembered_per_detector_shape(make_napari_viewer):
+    from napari_stemcluster.io import StemDataset
+    from napari_stemcluster.widgets import SimilarityWidget
+
+    viewer = make_napari_viewer()
+    from napari_stemcluster._layers import dataset_to_layers
+
+    for shape, name in [((4, 4, 48, 48), "small"), ((4, 4, 128, 128), "big")]:
+        ds = StemDataset.from_array(np.ones(shape, np.uint16))
+        for data, kwargs, kind in dataset_to_layers(ds, name=name):
+            viewer._add_layer_from_data(data, kwargs, kind)
+    sim = SimilarityWidget(viewer)
+    sim._layer_combo.value = viewer.layers["small"]
+    sim._inner.value, sim._outer.value = 4.0, 20.0
+    sim._layer_combo.value = viewer.layers["big"]
+    assert sim._inner.value == 0.0 and sim._outer.value == pytest.approx(
+        np.hypot(128, 128) / 2, abs=0.01
+    )
+    sim._outer.value = 50.0
+    sim._layer_combo.value = viewer.layers["small"]
+    assert (sim._inner.value, sim._outer.value) == (4.0, 20.0)
+    again = SimilarityWidget(viewer)  # a new widget (a new session) remembers both
+    again._layer_combo.value = viewer.layers["big"]
+    assert again._outer.value == 50.0

@@ -316,6 +316,12 @@ def roi_mask(detector_shape: tuple[int, int], roi: dict) -> np.ndarray:
     return (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
 
 
+def _as_numpy(block) -> np.ndarray:
+    if hasattr(block, "compute"):
+        block = block.compute()
+    return np.ascontiguousarray(block)
+
+
 class VirtualImages(NamedTuple):
     """Images of one virtual detector (see :func:`virtual_detector`)."""
 
@@ -406,11 +412,13 @@ def virtual_detector(
     steps = [(t, r0) for t in np.ndindex(*lead) for r0 in range(0, out_shape[-2], step)]
     for done, (t, r0) in enumerate(steps, start=1):
         r1 = min(out_shape[-2], r0 + step)
-        rsel = slice(r0 * stride, min(rows, r1 * stride), stride)
-        block = cube[(*t, rsel, slice(None, None, stride))]
-        if hasattr(block, "compute"):
-            block = block.compute()
-        block = np.ascontiguousarray(block)
+        if stride == 1:
+            block = _as_numpy(cube[(*t, slice(r0, r1))])
+        else:
+            # whole rows, subsampled in memory: files are chunked by scan rows,
+            # and a strided read through HDF5 is many times slower than that
+            picked = range(r0 * stride, min(rows, r1 * stride), stride)
+            block = np.stack([_as_numpy(cube[(*t, r)])[::stride] for r in picked])
         if block.dtype == bool:
             block = block.view(np.uint8)
         n = block.shape[0] * block.shape[1]

@@ -123,6 +123,10 @@ class ThresholdPlot:
         #: Called with a label when a point of the scatter is clicked.
         self.on_pick = None
         self.canvas.mpl_connect("pick_event", self._on_pick)
+        # the ring moves with the mouse: it is blitted onto a saved background
+        # instead of redrawing the figure (a full draw takes 50-200 ms)
+        self._background = None
+        self.canvas.mpl_connect("draw_event", self._on_draw)
         for ax in (self.hist_ax, self.scatter_ax):
             self._style(ax)
 
@@ -175,24 +179,42 @@ class ThresholdPlot:
         ax.set_ylabel("mean similarity", color="white", fontsize=7, labelpad=1)
         ax.set_title(stats.summary(), color="white", fontsize=7, loc="right", x=1.0, pad=3)
         self.highlight(self.highlighted)
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Draw the whole figure (after new data), the ring included."""
+        self._background = None
+        self.canvas.draw_idle()
+
+    def _on_draw(self, event=None):
+        self._background = self.canvas.copy_from_bbox(self.scatter_ax.bbox)
+        self._draw_ring()
 
     def highlight(self, label: int | None) -> None:
         """Ring the point of a cluster (None: no ring)."""
         self.highlighted = label
-        if self._ring is not None:
-            self._ring.remove()
-            self._ring = None
+        if self._ring is None:
+            self._ring = self.scatter_ax.scatter(
+                [1.0], [0.0], s=90, facecolors="none", edgecolors="yellow", linewidths=1.5
+            )
+            self._ring.set_animated(True)  # drawn only by _draw_ring
         st = self.stats
         if st is not None and label is not None and 1 <= label <= len(st.sizes):
-            self._ring = self.scatter_ax.scatter(
-                [st.sizes[label - 1]],
-                [st.mean_similarity[label - 1]],
-                s=90,
-                facecolors="none",
-                edgecolors="yellow",
-                linewidths=1.5,
-            )
-        self.canvas.draw_idle()
+            self._ring.set_offsets([[st.sizes[label - 1], st.mean_similarity[label - 1]]])
+            self._ring.set_visible(True)
+        else:
+            self._ring.set_visible(False)
+        if self._background is None:
+            self.canvas.draw_idle()
+        else:
+            self.canvas.restore_region(self._background)
+            self._draw_ring()
+
+    def _draw_ring(self):
+        if self._ring is None or self._background is None:
+            return
+        self.scatter_ax.draw_artist(self._ring)
+        self.canvas.blit(self.scatter_ax.bbox)
 
     def _on_pick(self, event):
         if event.artist is not self._points or not len(event.ind):
