@@ -240,3 +240,65 @@ def test_q_mask_settings_are_remembered_per_detector_shape(make_napari_viewer):
     again = SimilarityWidget(viewer)  # a new widget (a new session) remembers both
     again._layer_combo.value = viewer.layers["big"]
     assert again._outer.value == 50.0
+
+
+def test_results_tab_saves_exports_and_finds_a_moved_file(
+    make_napari_viewer, qtbot, scan4d, tmp_path
+):
+    import h5py
+    from PIL import Image
+
+    from napari_stemcluster.io import read_results
+
+    src = tmp_path / "scan.h5"
+    with h5py.File(src, "w") as f:
+        f["data"] = np.asarray(scan4d.cube)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(src), plugin="napari-stemcluster")
+    dock = WorkflowDock(viewer)
+    viewer.window.add_dock_widget(dock, name="STEM cluster")
+    sim = dock.stage("2. Similarity")
+    sim.run()
+    qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
+    clu = dock.stage("3. Clustering")
+    clu._threshold.value, clu._min_size.value = 0.8, 3
+    clu.run()
+    qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
+    labels_layer = clu.labels_layer
+    qtbot.waitUntil(lambda: not link_for(labels_layer).runner.running, timeout=WAIT)
+    res = dock.stage("Results")
+    res._clusters.value = labels_layer
+    # save in the background
+    out = tmp_path / "res.h5"
+    res.save_to(out)
+    qtbot.waitUntil(lambda: not res.runner.running, timeout=WAIT)
+    saved, _ = read_results(out)
+    np.testing.assert_array_equal(saved.labels, labels_layer.data)
+    # figures: a map with colour bar, the averages strip
+    res._map.value = sim.similarity_layer
+    res.export_map_to(tmp_path / "map.png")
+    qtbot.waitUntil(lambda: not res.runner.running, timeout=WAIT)
+    res.export_averages_to(tmp_path / "avg.tif")
+    qtbot.waitUntil(lambda: not res.runner.running, timeout=WAIT)
+    res._map.value = labels_layer
+    res.export_map_to(tmp_path / "labels.png")
+    qtbot.waitUntil(lambda: not res.runner.running, timeout=WAIT)
+    for name in ("map.png", "avg.tif", "labels.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] > 300 and im.size[1] > 100
+            assert len(np.unique(np.asarray(im.convert("L")))) > 5
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes left nothing behind
+    # the data file moves: reopen the results, then locate it
+    moved = tmp_path / "moved.h5"
+    src.rename(moved)
+    viewer2 = make_napari_viewer(show=True)
+    (seg, _) = viewer2.open(str(out), plugin="napari-stemcluster")
+    dock2 = WorkflowDock(viewer2)
+    viewer2.window.add_dock_widget(dock2, name="STEM cluster")
+    res2 = dock2.stage("Results")
+    res2._clusters.value = seg
+    assert not res2._locate.native.isHidden()
+    ds = res2.locate_source(moved)
+    assert ds is not None and stem_meta(seg)["cube"] is ds.cube
+    assert res2._locate.native.isHidden()
+    assert any((stem_meta(x) or {}).get("kind") == "virtual_image" for x in viewer2.layers)

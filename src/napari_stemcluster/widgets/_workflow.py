@@ -39,13 +39,14 @@ def _open_widget(viewer):
 
 def _lazy(name: str):
     def make(viewer):
-        from . import _clustering, _correction, _prefilter, _similarity
+        from . import _clustering, _correction, _export, _prefilter, _similarity
 
         modules = {
             "PrefilterWidget": _prefilter,
             "SimilarityWidget": _similarity,
             "ClusteringWidget": _clustering,
             "CorrectionWidget": _correction,
+            "ResultsWidget": _export,
         }
         return getattr(modules[name], name)(viewer)
 
@@ -60,6 +61,7 @@ WORKFLOW_TABS: list[TabSpec] = [
     TabSpec("2. Similarity", _lazy("SimilarityWidget"), "Similarity and real-space mask"),
     TabSpec("3. Clustering", _lazy("ClusteringWidget"), "Region growing, threshold guidance"),
     TabSpec("Correct", _lazy("CorrectionWidget"), "Merge and split clusters by hand"),
+    TabSpec("Results", _lazy("ResultsWidget"), "Save, export figures, find a moved data file"),
 ]
 
 
