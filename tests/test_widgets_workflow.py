@@ -55,6 +55,7 @@ def test_workflow_dock_fits_the_screen_and_takes_new_tabs(make_napari_viewer, qt
     register_tab("Extra", lambda v: Label(value="extra stage"), after="3. Clustering")
     try:
         dock2 = WorkflowDock(viewer)
+        viewer.window.add_dock_widget(dock2, name="STEM cluster 2")
         titles = [dock2.tabs.tabText(i) for i in range(dock2.tabs.count())]
         assert titles[titles.index("3. Clustering") + 1] == "Extra"
         assert dock2.stage("Extra").value == "extra stage"
@@ -302,3 +303,13 @@ def test_results_tab_saves_exports_and_finds_a_moved_file(
     assert ds is not None and stem_meta(seg)["cube"] is ds.cube
     assert res2._locate.native.isHidden()
     assert any((stem_meta(x) or {}).get("kind") == "virtual_image" for x in viewer2.layers)
+
+
+def test_kernels_are_prepared_in_the_background(make_napari_viewer, qtbot):
+    from napari_stemcluster.widgets._warmup import is_warm
+
+    viewer = make_napari_viewer()
+    dock = WorkflowDock(viewer)
+    viewer.window.add_dock_widget(dock, name="STEM cluster")
+    qtbot.waitUntil(is_warm, timeout=120_000)
+    qtbot.waitUntil(lambda: dock.note.isHidden(), timeout=5000)

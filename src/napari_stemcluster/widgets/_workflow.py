@@ -9,12 +9,13 @@ call to :func:`register_tab` (before the dock is created)::
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from ._common import unwrap
 
@@ -157,8 +158,37 @@ class WorkflowDock(QWidget):
         self.splitter.setSizes([600, 340])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        self.note = QLabel("")
+        self.note.setStyleSheet("color: #ffd866; padding: 2px 6px")
+        layout.addWidget(self.note)
         layout.addWidget(self.splitter)
         self.setMinimumWidth(420)
+        self._warm_up()
+
+    def _warm_up(self):
+        """Prepare the compute kernels in the background, saying so meanwhile."""
+        from qtpy.QtCore import QTimer
+
+        from ._warmup import is_warm, start_warm_up
+
+        start_warm_up()
+        if is_warm():
+            self.note.hide()
+            return
+        self.note.setText("Preparing the compute kernels (one time)…")
+        timer = QTimer(self.note)
+        timer.setInterval(200)
+        note = weakref.ref(self.note)  # the running timer must not keep the dock alive
+
+        def check():
+            label = note()
+            if label is not None and is_warm():
+                label.hide()
+                timer.stop()
+
+        timer.timeout.connect(check)
+        timer.start()
 
     def stage(self, title: str):
         """The stage widget of a tab (e.g. ``"3. Clustering"``)."""
