@@ -242,3 +242,31 @@ def test_arina_data_file_points_to_its_master(shared_data):
     with pytest.raises(StemFileError, match=r"Open its master file test_00_master\.h5"):
         reader(data_file)
     assert gui_message("no scan shape here") == "no scan shape here"
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("five_d", [False, True])
+def test_large_files_open_at_once_and_compute_in_the_background(
+    make_napari_viewer, tmp_path, monkeypatch, five_d
+):
+    import napari_stemcluster.widgets._background as background
+
+    monkeypatch.setattr(background, "BACKGROUND_BYTES", 0)  # every file counts as large
+    shape = (3, 6, 5, 8, 8) if five_d else (6, 5, 8, 8)
+    data = np.random.default_rng(0).integers(0, 100, shape).astype(np.uint16)
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cube", data=data, chunks=(1,) * (len(shape) - 3) + shape[-3:])
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    img = layer.data
+    assert isinstance(img, background.BackgroundImage)
+    t = 1 if five_d else 0
+    if five_d:
+        viewer.dims.set_current_step(0, t)
+    assert img.wait(t, timeout=30)
+    want = virtual_adf(data[t] if five_d else data).astype(np.int64)
+    np.testing.assert_array_equal(img[t] if five_d else img[:, :], want)
+    lo, hi = layer.contrast_limits
+    assert (lo, hi) != (0.0, 1.0) and hi > lo  # set from the computed image
+    np.testing.assert_array_equal(np.asarray(img), virtual_adf(data).astype(np.int64))

@@ -128,7 +128,7 @@ def read_stem(path) -> list[tuple]:
             result, info = read_results(p)
             ds = open_source(info["source"], np.shape(result.labels))
             if ds is not None:  # the data too: patterns, averages and edits work again
-                layers += dataset_to_layers(ds)
+                layers += _in_background(dataset_to_layers(ds), ds.nbytes)
             layers += result_to_layers(
                 result,
                 info["calibration"],
@@ -137,8 +137,23 @@ def read_stem(path) -> list[tuple]:
                 cube=None if ds is None else ds.cube,
             )
         else:  # the format just detected: open_dataset need not detect it again
-            layers += dataset_to_layers(_open_asking_scan_shape(p, kind))
+            ds = _open_asking_scan_shape(p, kind)
+            layers += _in_background(dataset_to_layers(ds), ds.nbytes)
     return layers
+
+
+def _in_background(layers: list[tuple], nbytes: int) -> list[tuple]:
+    """Large cubes: the virtual image is computed in the background, the window stays live."""
+    from .widgets._background import wrap_if_large
+
+    out = []
+    for data, kwargs, kind in layers:
+        wrapped = wrap_if_large(data, nbytes, kwargs.get("name", "virtual image"))
+        if wrapped is not data:
+            # napari would compute the whole image to find them
+            kwargs = {**kwargs, "contrast_limits": (0.0, 1.0)}
+        out.append((wrapped, kwargs, kind))
+    return out
 
 
 def _refuse(message: str):
