@@ -313,3 +313,15 @@ def test_kernels_are_prepared_in_the_background(make_napari_viewer, qtbot):
     viewer.window.add_dock_widget(dock, name="STEM cluster")
     qtbot.waitUntil(is_warm, timeout=120_000)
     qtbot.waitUntil(lambda: dock.note.isHidden(), timeout=5000)
+
+
+def test_similarity_takes_the_prefiltered_layer(make_napari_viewer, qtbot, scan4d):
+    viewer, dock = _dock(make_napari_viewer, qtbot, scan4d, cluster=False)
+    pre, sim = dock.stage("1. Prefilter"), dock.stage("2. Similarity")
+    raw = viewer.layers["demo ADF"]
+    assert sim._layer_combo.value is raw
+    pre._radius.value = 1
+    pre.run()
+    qtbot.waitUntil(lambda: not pre.runner.running, timeout=WAIT)
+    filtered = sim._layer_combo.value
+    assert filtered is not raw and stem_meta(filtered)["kind"] == "prefiltered"

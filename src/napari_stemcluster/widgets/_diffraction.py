@@ -137,6 +137,7 @@ class DiffractionViewer(QWidget):
         scale_bar.visible = True
         if hasattr(scale_bar, "gridded"):
             scale_bar.gridded = True  # one per panel
+        scale_bar.position = "top_right"  # the text overlay is at the bottom
         _scale_bar(viewer).visible = True
         self.virtual = VirtualDetector(self)  # its ROI layer joins the pattern panel
         # the q-mask drawn on the average too (and the third layer of its panel)
@@ -514,10 +515,7 @@ class DiffractionViewer(QWidget):
             self.model.reset_view()
 
     def _update_text(self):
-        parts = []
-        if self.position is not None:
-            rx, ry = self.position
-            parts.append(f"scan ({rx}, {ry})")
+        parts = []  # the scan position is in the pattern panel's title
         if self._time_step_count() > 1:
             parts.append(f"t = {self.t}")
         state = self.state

@@ -151,7 +151,7 @@ class SimilarityWidget(Container):
             self.native,
             [
                 (self._session.q_mask_changed, self._pull_q_mask),
-                (viewer.layers.events.inserted, self.reset_choices),
+                (viewer.layers.events.inserted, self._on_inserted),
                 (viewer.layers.events.removed, self.reset_choices),
             ],
         )
@@ -214,6 +214,14 @@ class SimilarityWidget(Container):
                     "outer": float(self._outer.value),
                 },
             )
+
+    def _on_inserted(self, event=None):
+        """A prefiltered cube appeared: compare it next, not the raw data it came from."""
+        self.reset_choices()
+        layer = getattr(event, "value", None)
+        meta = stem_meta(layer) if layer is not None else None
+        if meta is not None and meta.get("kind") == "prefiltered" and is_data_layer(layer):
+            self._layer_combo.value = layer
 
     def _on_method(self, *_):
         self._value.enabled = self._method.value == "manual"

@@ -104,15 +104,15 @@ def masked_similarities(similarity, mask) -> np.ndarray:
 class ThresholdPlot:
     """The matplotlib canvas of the guidance (histogram and cluster scatter)."""
 
-    def __init__(self, height_px: int = 190):
+    def __init__(self, height_px: int = 170):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
         self.figure = Figure(figsize=(5, 2), dpi=100, facecolor="#262930")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(height_px)
-        self.hist_ax = self.figure.add_axes((0.09, 0.2, 0.38, 0.68))
-        self.scatter_ax = self.figure.add_axes((0.6, 0.2, 0.38, 0.68))
+        self.hist_ax = self.figure.add_axes((0.1, 0.22, 0.37, 0.66))
+        self.scatter_ax = self.figure.add_axes((0.61, 0.22, 0.37, 0.66))
         self._hist = None  # (counts, edges) of the last histogram drawn
         self.stats: ThresholdStats | None = None
         self.colors = np.zeros((0, 4))
@@ -193,9 +193,12 @@ class ThresholdPlot:
     def highlight(self, label: int | None) -> None:
         """Ring the point of a cluster (None: no ring)."""
         self.highlighted = label
+        st = self.stats
         if self._ring is None:
+            # placed on a point of the plot so that it does not widen the axes
+            at = ([st.sizes[0]], [st.mean_similarity[0]]) if st and len(st.sizes) else ([1], [0])
             self._ring = self.scatter_ax.scatter(
-                [1.0], [0.0], s=90, facecolors="none", edgecolors="yellow", linewidths=1.5
+                *at, s=90, facecolors="none", edgecolors="yellow", linewidths=1.5
             )
             self._ring.set_animated(True)  # drawn only by _draw_ring
         st = self.stats

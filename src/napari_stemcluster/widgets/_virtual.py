@@ -330,6 +330,11 @@ class VirtualDetector:
         self.controls.extra.visible = on
         self.controls.status.visible = on
         self.histogram.canvas.setVisible(on)
+        dif = self.dif
+        if dif is not None:  # the canvas changed height: fit the patterns again
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(50, dif.model.reset_view)
         self._sync_buttons()
         dif = self.dif
         if on:
