@@ -325,3 +325,94 @@ def test_similarity_takes_the_prefiltered_layer(make_napari_viewer, qtbot, scan4
     qtbot.waitUntil(lambda: not pre.runner.running, timeout=WAIT)
     filtered = sim._layer_combo.value
     assert filtered is not raw and stem_meta(filtered)["kind"] == "prefiltered"
+
+
+def _mark_calls(obj, name, when=lambda *a: True):
+    """Record the time of each call of ``obj.<name>`` (before it runs) that ``when`` accepts."""
+    import time
+
+    times = []
+    original = getattr(obj, name)
+
+    def marked(*args):
+        if when(*args):
+            times.append(time.perf_counter())
+        return original(*args)
+
+    setattr(obj, name, marked)
+    return times
+
+
+def test_jobs_leave_the_event_loop_free(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """The longest pause of a 10 ms QTimer while jobs run on a file-backed cube.
+
+    Measured while each job computes: from its start to the delivery of its
+    (first) result; starting a job and showing its result are drawing, which
+    only the GUI thread can do, and are not measured. A responsiveness
+    property with a generous bound; ``benchmarks/interactive.py`` measures
+    the interactive figures on a 1 GiB file.
+    """
+    import time
+
+    import h5py
+    from qtpy.QtCore import QTimer
+
+    import napari_stemcluster.widgets._background as background
+    from napari_stemcluster.synthetic import make_polycrystal
+    from napari_stemcluster.widgets._warmup import start_warm_up
+
+    assert start_warm_up().wait(120)  # compiling is not what is measured here
+    monkeypatch.setattr(background, "BACKGROUND_BYTES", 0)  # compute it in the background
+    scan = make_polycrystal((64, 64), (64, 64), seed=3)
+    src = tmp_path / "scan.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("data", data=np.asarray(scan.cube), chunks=(1, 64, 64, 64))
+    viewer = make_napari_viewer(show=True)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    worst = {}
+
+    def measure(name, start, delivered):
+        timer.start()
+        start()  # what start() itself draws (new layers, dialogs) is not measured
+        qtbot.wait(20)
+        ticks.clear()
+        t0 = time.perf_counter()
+        qtbot.waitUntil(lambda: bool(delivered), timeout=WAIT)
+        timer.stop()
+        span = [t0, *(t for t in ticks if t <= delivered[0]), delivered[0]]
+        worst[name] = float(np.diff(span).max() * 1000)
+
+    opened = []
+    ready = []
+    original = background.BackgroundImage._on_ready
+
+    def on_ready(self, t):
+        ready.append(time.perf_counter())
+        return original(self, t)
+
+    monkeypatch.setattr(background.BackgroundImage, "_on_ready", on_ready)
+    measure(
+        "virtual image",
+        lambda: opened.extend(viewer.open(str(src), plugin="napari-stemcluster")),
+        ready,
+    )
+    dock = WorkflowDock(viewer)
+    viewer.window.add_dock_widget(dock, name="STEM cluster")
+    qtbot.wait(300)
+    sim, clu = dock.stage("2. Similarity"), dock.stage("3. Clustering")
+    measure("similarity", sim.run, _mark_calls(sim.runner, "_on_outcome"))
+    qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
+    clu._threshold.value = 0.85
+    clu.update_preview()  # the slider's live preview is not the job
+    qtbot.wait(300)
+    measure("clustering", clu.run, _mark_calls(clu.runner, "_on_outcome"))
+    qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
+    vd = dock.diffraction.virtual
+    coarse = _mark_calls(vd, "_on_image")
+    measure("virtual detector", lambda: setattr(vd.controls.enabled_box, "value", True), coarse)
+    qtbot.waitUntil(lambda: vd._job is None, timeout=WAIT)
+    print("longest event-loop pause per job (ms):", worst)
+    assert max(worst.values()) < 250, worst
