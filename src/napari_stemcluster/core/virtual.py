@@ -339,6 +339,7 @@ def virtual_detector(
     *,
     center: tuple[float, float] | None = None,
     stride: int = 1,
+    strided_reads: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_block: Callable[[tuple, VirtualImages], None] | None = None,
 ) -> VirtualImages:
@@ -356,6 +357,12 @@ def virtual_detector(
     stride : int
         Take every ``stride``-th scan row and column only: a coarse image
         read ``stride**2`` times faster, for a first look at large scans.
+    strided_reads : bool, optional
+        With ``stride > 1``, read only the strided positions (fast for
+        numpy and contiguous HDF5 datasets) rather than whole scan rows
+        subsampled in memory (faster for chunked HDF5 and dask, whose
+        strided reads go chunk by chunk). Default: strided when the cube
+        has no ``chunks`` (or they are None).
     progress : callable(done, total), optional
         Called after each block.
     on_block : callable(index, VirtualImages), optional
@@ -412,8 +419,13 @@ def virtual_detector(
     steps = [(t, r0) for t in np.ndindex(*lead) for r0 in range(0, out_shape[-2], step)]
     for done, (t, r0) in enumerate(steps, start=1):
         r1 = min(out_shape[-2], r0 + step)
+        if strided_reads is None:
+            strided_reads = getattr(cube, "chunks", None) is None
         if stride == 1:
             block = _as_numpy(cube[(*t, slice(r0, r1))])
+        elif strided_reads:
+            rsel = slice(r0 * stride, min(rows, r1 * stride), stride)
+            block = _as_numpy(cube[(*t, rsel, slice(None, None, stride))])
         else:
             # whole rows, subsampled in memory: files are chunked by scan rows,
             # and a strided read through HDF5 is many times slower than that

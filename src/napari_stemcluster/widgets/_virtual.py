@@ -60,6 +60,30 @@ def direct_source(meta: dict):
     return cube
 
 
+def strided_reads_fast(source) -> bool:
+    """Whether reading every n-th pattern of ``source`` is cheap (numpy, contiguous HDF5).
+
+    Chunked HDF5 datasets read strided selections chunk by chunk, many times
+    slower than whole rows.
+
+    Examples
+    --------
+    >>> strided_reads_fast(np.zeros((2, 2, 3, 3)))
+    True
+    """
+    if isinstance(source, np.ndarray):
+        return True
+    path, dataset = getattr(source, "path", None), getattr(source, "dataset", None)
+    if path is None or dataset is None:
+        return False
+    try:
+        from ..io._lazy import open_h5
+
+        return open_h5(path)[dataset].chunks is None
+    except Exception:  # not an HDF5 dataset: read whole rows
+        return False
+
+
 def coarse_stride(scan_shape, target: int = COARSE_PATTERNS) -> int:
     """Scan stride whose image reads about ``target`` patterns (1 for small scans).
 
@@ -496,6 +520,7 @@ class VirtualDetector:
         if coarse_only and stride == 1:
             strides = [1]
         center = roi.get("center") or detector_center(det)
+        strided = strided_reads_fast(source)
         cancel = threading.Event()
 
         class _Stop(Exception):
@@ -511,7 +536,14 @@ class VirtualDetector:
                     parts.append((where, part))
 
                 try:
-                    out = virtual_detector(cube, mask, center=center, stride=s, on_block=on_block)
+                    out = virtual_detector(
+                        cube,
+                        mask,
+                        center=center,
+                        stride=s,
+                        strided_reads=strided,
+                        on_block=on_block,
+                    )
                 except _Stop:
                     return
                 yield s, out
@@ -589,7 +621,8 @@ class VirtualDetector:
         lo, hi = contrast_limits(image, self.controls.preset.value)
         layer.contrast_limits_range = (min(lo, float(image.min())), max(hi, float(image.max())))
         layer.contrast_limits = (lo, hi)
-        self.histogram.show(image, (lo, hi))
+        if self.stride_done == 1:  # drawing a histogram of every coarse image stalls a drag
+            self.histogram.show(image, (lo, hi))
 
     def current_t(self) -> int:
         dif = self.dif
