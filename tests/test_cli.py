@@ -240,7 +240,12 @@ def test_python_m_runs_the_sample(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "clusters per time step: t=0:" in proc.stdout
     assert "compression ratio" in proc.stdout
-    assert listing(tmp_path) == ["stemcluster-results.h5"]
+    assert listing(tmp_path) == [
+        "stemcluster-results.h5",
+        "stemcluster-results_kinetics.csv",
+        "stemcluster-results_kinetics_events.csv",
+        "stemcluster-results_kinetics_rates.csv",
+    ]
     result, _ = read_results(tmp_path / "stemcluster-results.h5")
     assert result.labels.shape == (cli.SAMPLE["n_times"], *cli.SAMPLE["scan_shape"])
     assert min(result.n_clusters) >= 5  # the sample's grains are found

@@ -136,6 +136,19 @@ def read_stem(path) -> list[tuple]:
                 source=info["source"],
                 cube=None if ds is None else ds.cube,
             )
+            if info.get("tracking") is not None:
+                from ._tracking_layers import tracking_layer
+
+                layers.append(
+                    tracking_layer(
+                        info["tracking"],
+                        info["kinetics"],
+                        result,
+                        info["calibration"],
+                        f"{Path(p).stem} tracked",
+                        source=info["source"],
+                    )
+                )
         else:  # the format just detected: open_dataset need not detect it again
             ds = _open_asking_scan_shape(p, kind)
             layers += _in_background(dataset_to_layers(ds), ds.nbytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._layers import get_stem_metadata, layers_to_result
+from ._tracking_layers import tracks_to_save
 from .io.results import write_results
 
 
@@ -26,14 +27,17 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
     ['/.../seg.h5']
     """
     metadata = meta.get("metadata") or {}
-    result = layers_to_result(data, metadata)
     st = get_stem_metadata(metadata) or {}
+    # Tracked grains (5D) go into the file's /tracking group.
+    result, tracking, kinetics = tracks_to_save(data, st, lambda: layers_to_result(data, metadata))
     out = write_results(
         path,
         result,
         source=st.get("source"),
         calibration=st.get("calibration"),
         overwrite=True,
+        tracking=tracking,
+        kinetics=kinetics,
     )
     return [str(out)]
 

@@ -22,13 +22,14 @@ from . import __version__
 from .config import (
     DESCRIPTIONS,
     PARAMETERS,
-    RUN_OPTIONS,
     ConfigError,
     load_params,
+    load_settings,
     parse_text,
     save_params,
     segment_kwargs,
 )
+from .core.params import PARAMS
 
 #: The bundled sample: a small in-situ growth series of polycrystalline
 #: nanoparticles (arguments of napari_stemcluster.synthetic.make_polycrystal).
@@ -80,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Segment FILE block by block (memory bounded by --memory-limit) and write "
             "the results file. Without FILE, the bundled synthetic 5D sample is "
-            "segmented. Parameters come from --config (TOML), overridden by options."
+            "segmented. Parameters come from --config (TOML), overridden by options. "
+            "For 5D data the grains are followed through time: persistent ids, events "
+            "and kinetics go into the results file (/tracking) and RESULTS_kinetics.csv, "
+            "RESULTS_kinetics_rates.csv and RESULTS_kinetics_events.csv beside it."
         ),
     )
     seg.add_argument("file", metavar="FILE", nargs="?", help="4D/5D-STEM data file")
@@ -115,116 +119,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_text(p) -> str:
+    d = p.default
+    if d is None:
+        return ""
+    if isinstance(d, bool):
+        return " (default: on)" if d else " (default: off)"
+    if isinstance(d, tuple | list):
+        return f" (default: {','.join(str(v) for v in d)})"
+    return f" (default: {d})"
+
+
+def _add_option(group, p):
+    flag = "--" + p.name.replace("_", "-")
+    if p.kind == "bool":
+        group.add_argument(
+            flag,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=p.help + _default_text(p),
+        )
+        return
+    limits = ""
+    if p.kind in ("float", "int", "pair") and p.low is not None:
+        limits = f" [{_number(p.low)}..{_number(p.high)}]"
+    group.add_argument(
+        flag, type=_typed(p.name), metavar=p.metavar, help=p.help + limits + _default_text(p)
+    )
+
+
+def _number(v) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e12 else f"{v:g}"
+
+
 def _add_parameters(p):
+    """One option per parameter of the parameter model, help and defaults from it."""
     g = p.add_argument_group("segmentation parameters")
-    g.add_argument(
-        "--threshold",
-        type=_typed("threshold"),
-        metavar="S",
-        help="minimum neighbour similarity to join a cluster (0.9)",
-    )
-    g.add_argument(
-        "--min-cluster-size",
-        type=_typed("min_cluster_size"),
-        metavar="N",
-        help="drop smaller clusters (5)",
-    )
-    g.add_argument(
-        "--prefilter",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="run the correlative prefilter first (off)",
-    )
-    g.add_argument(
-        "--prefilter-sigma",
-        type=_typed("prefilter_sigma"),
-        metavar="S",
-        help="prefilter blur in detector pixels (3)",
-    )
-    g.add_argument(
-        "--prefilter-radius",
-        type=_typed("prefilter_radius"),
-        metavar="R",
-        help="prefilter neighbourhood radius in scan pixels (4)",
-    )
-    g.add_argument(
-        "--corr-range",
-        type=_typed("corr_range"),
-        metavar="A,B",
-        help="prefilter correlation range (0.85,0.95)",
-    )
-    g.add_argument(
-        "--prefilter-edge",
-        type=_typed("prefilter_edge"),
-        metavar="PX",
-        help="detector border ignored by the prefilter",
-    )
-    g.add_argument(
-        "--q-mask",
-        type=_typed("q_mask"),
-        metavar="INNER,OUTER",
-        help="compare only this annulus of the detector (pixels)",
-    )
-    g.add_argument(
-        "--sigma",
-        type=_typed("sigma"),
-        metavar="S",
-        help="blur patterns before comparing, detector pixels (0)",
-    )
-    g.add_argument(
-        "--real-mask",
-        type=_typed("real_mask"),
-        metavar="triangle|otsu|none|VALUE",
-        help="real-space mask of the mean similarity (triangle)",
-    )
-    g.add_argument("--mask-min-size", type=_typed("mask_min_size"), metavar="N")
-    g.add_argument("--mask-hole-size", type=_typed("mask_hole_size"), metavar="N")
-    g.add_argument(
-        "--average",
-        type=_typed("average"),
-        metavar="raw|prefiltered",
-        help="cube the cluster averages are taken from (raw)",
-    )
-    g.add_argument(
-        "--mask-source",
-        type=_typed("mask_source"),
-        metavar="raw|prefiltered",
-        help="with --prefilter: whose mean similarity the real-space mask thresholds (raw)",
-    )
+    for param in PARAMS:
+        if param.group == "science":
+            _add_option(g, param)
 
 
 def _add_run_options(p):
     g = p.add_argument_group("data and execution")
+    exclusive = g.add_mutually_exclusive_group()
+    for param in PARAMS:
+        if param.group == "science":
+            continue
+        _add_option(exclusive if param.name in ("scheduler", "workers") else g, param)
     g.add_argument(
-        "--times",
-        type=_typed("times"),
-        metavar="A:B",
-        help="time steps A..B-1 of a 5D file (default: all)",
-    )
-    g.add_argument(
-        "--scan-shape",
-        type=_typed("scan_shape"),
-        metavar="RX,RY",
-        help="scan shape of a flat stack of frames",
-    )
-    x = g.add_mutually_exclusive_group()
-    x.add_argument(
-        "--scheduler",
-        type=_typed("scheduler"),
-        metavar="ADDRESS",
-        help="run on the workers of this dask scheduler",
-    )
-    x.add_argument(
-        "--workers",
-        type=_typed("workers"),
-        metavar="N",
-        help="run on N local worker processes (default: threads)",
+        "--trust-config",
+        action="store_true",
+        help="accept execution settings (scheduler, workers, memory_limit) from the "
+        "--config file; only for files you wrote yourself",
     )
     g.add_argument(
-        "--memory-limit",
-        type=_typed("memory_limit"),
-        metavar="SIZE",
-        help="memory budget, e.g. 4GB (default: a quarter of RAM); with --scheduler, per worker",
+        "--overwrite",
+        action="store_true",
+        help="replace an existing results file given with -o",
     )
 
 
@@ -274,24 +226,38 @@ def _info(args) -> int:
 
 
 def _gather_params(args) -> dict:
-    params = {}
+    """Parameters: settings file < parameter file < command line.
+
+    Execution settings come from the user's settings file and the command
+    line; from the parameter file only with ``--trust-config`` (see
+    :func:`~napari_stemcluster.config.load_params`).
+    """
+    import warnings
+
+    params = dict(load_settings())
     if args.config:
-        params.update(load_params(args.config))
-    for key in [*PARAMETERS, *RUN_OPTIONS]:
-        value = getattr(args, key, None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            params.update(load_params(args.config, trust=args.trust_config))
+        for w in caught:
+            print(f"stemcluster: warning: {w.message}", file=sys.stderr)
+    for param in PARAMS:
+        value = getattr(args, param.name, None)
         if value is not None:
-            params[key] = value
-    if args.scheduler is not None and params.get("workers") is not None:
-        params.pop("workers")  # the command line's --scheduler wins over the file
+            params[param.name] = value
+    if args.scheduler is not None:
+        params.pop("workers", None)  # the command line's --scheduler wins
     if args.workers is not None:
         params.pop("scheduler", None)
+    if params.get("scheduler") is not None and params.get("workers") is not None:
+        raise UserError("scheduler and workers are both set; give one of them")
     return params
 
 
 def _segment(args) -> int:
     params = _gather_params(args)
     out = Path(args.output)
-    _check_output(out, args.file)
+    _check_output(out, args.file, args.overwrite)
     opened = time.perf_counter()
     if args.file is None:
         ds, source = _sample_dataset(params)
@@ -304,36 +270,23 @@ def _segment(args) -> int:
     t_open = time.perf_counter() - opened
     first = "open" if args.file else "generate sample"
     result, stats, seconds = _run(ds, params, quiet=args.quiet, first={first: t_open})
-    written = _write(out, result, source, ds, seconds)
+    written = _write(out, result, source, ds, seconds, args.overwrite)
     if not args.quiet:
         _summary(ds, result, stats, seconds, written)
     return 0
 
 
-def _check_output(out: Path, source) -> None:
-    """Refuse a results path that cannot be written, before any work is done."""
-    if out.is_dir():
-        raise UserError(f"{out}: is a directory; give the results file name with -o")
-    if not out.parent.resolve().is_dir():
-        raise UserError(f"{out.parent}: directory does not exist")
-    if not out.exists():
-        return
-    if source is not None and out.resolve() == Path(source).resolve():
-        raise UserError(
-            f"{out}: is the source data file; refusing to overwrite it, choose "
-            "another results file name"
-        )
-    from .io import StemFileError, detect_format
+def _check_output(out: Path, source, overwrite: bool) -> None:
+    """Refuse a results path that cannot be written, before any work is done.
+
+    The rule is the API's (:func:`napari_stemcluster.io.output.check_output`).
+    """
+    from .io.output import check_output
 
     try:
-        kind = detect_format(out)
-    except StemFileError:
-        kind = None
-    if kind not in (None, "results"):
-        raise UserError(
-            f"{out}: holds 4D/5D-STEM data ({kind}); refusing to overwrite it with "
-            "results, choose another file name"
-        )
+        check_output(out, source=source, overwrite=overwrite, option="--overwrite")
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
 
 
 def _sample_dataset(params):
@@ -392,13 +345,58 @@ def _run(ds, params, *, quiet, first):
     return result, stats, seconds
 
 
-def _write(out: Path, result, source, ds, seconds):
+def _write(out: Path, result, source, ds, seconds, overwrite):
     from .io import write_results
 
+    tracking = kinetics = None
+    if result.is_time_series:
+        tracking, kinetics = _track(result, ds.calibration, seconds)
     t0 = time.perf_counter()
-    path = write_results(out, result, source=source, calibration=ds.calibration, overwrite=True)
+    csvs = _kinetics_paths(out) if tracking is not None else []
+    if not overwrite:
+        existing = [p for p in csvs if p.exists()]
+        if existing:
+            raise UserError(f"{existing[0]}: exists; pass --overwrite to replace it")
+    try:
+        path = write_results(
+            out,
+            result,
+            source=source,
+            calibration=ds.calibration,
+            overwrite=overwrite,
+            tracking=tracking,
+            kinetics=kinetics,
+        )
+    except FileExistsError as e:  # appeared while segmenting
+        raise UserError(f"{e} (--overwrite)") from None
+    if tracking is not None:
+        from .io._analysis_tracking import write_kinetics_csv
+
+        # Beside the results file: <stem>_kinetics.csv, _rates.csv, _events.csv.
+        seconds["kinetics_csv"] = write_kinetics_csv(csvs[0], kinetics, tracking)
     seconds["write"] = time.perf_counter() - t0
     return path
+
+
+def _kinetics_paths(out: Path) -> list[Path]:
+    """The CSV files written beside a 5D results file."""
+    stem = f"{out.stem}_kinetics"
+    return [out.with_name(f"{stem}{tail}.csv") for tail in ("", "_rates", "_events")]
+
+
+def _track(result, calibration, seconds):
+    """Persistent grain ids, events and kinetics of a 5D result."""
+    from .core.tracking import EVENT_KINDS, track_series
+    from .io import Calibration
+
+    t0 = time.perf_counter()
+    tracking, kinetics = track_series(
+        result, Calibration.from_dict(calibration).as_dict(), orientations="pattern"
+    )
+    seconds["track"] = time.perf_counter() - t0
+    seconds["n_tracks"] = tracking.n_tracks
+    seconds["n_events"] = {k: int((tracking.events["kind"] == k).sum()) for k in EVENT_KINDS}
+    return tracking, kinetics
 
 
 class _StageBars:
@@ -436,10 +434,10 @@ class _StageBars:
 def _summary(ds, result, stats, seconds, path):
     from .engine.planning import format_bytes
 
-    n = result.n_clusters
-    counts = n if isinstance(n, list) else [n]
+    counts = [len(step.clusters) for step in result.steps()]
     raw = stats.input_bytes
     size = os.path.getsize(path)
+    tracked = {k: seconds.pop(k) for k in ("kinetics_csv", "n_tracks", "n_events") if k in seconds}
     total = sum(seconds.values())
     steps = len(counts)
     scan = "x".join(str(s) for s in ds.shape[-4:-2])
@@ -470,8 +468,15 @@ def _summary(ds, result, stats, seconds, path):
             if stage in read:
                 extra = f" (tasks: read {read[stage][0]:.2f} s, compute {read[stage][1]:.2f} s)"
             parts.append(f"{stage} {st[stage]:.2f} s{extra}")
+    if "track" in seconds:
+        parts.append(f"track grains {seconds['track']:.2f} s")
     parts.append(f"write {seconds['write']:.2f} s")
     print("time per stage: " + "; ".join(parts))
+    if tracked:
+        events = ", ".join(f"{n} {k}" for k, n in tracked["n_events"].items() if n)
+        print(f"grains followed through time: {tracked['n_tracks']} tracks; events: {events}")
+        csvs = ", ".join(str(p) for p in tracked["kinetics_csv"])
+        print(f"kinetics: {csvs} and {path}:/tracking")
     print(
         f"results: {path} ({format_bytes(size)}); compression ratio "
         f"{raw / max(size, 1):.1f} (raw cube bytes / results file bytes)"
@@ -488,6 +493,7 @@ def _demo(args) -> int:
     from .engine import RunStats, segment_chunked
     from .engine.overview import render_overview
     from .io import open_dataset, write_results
+    from .io.output import atomic_output
     from .synthetic import make_polycrystal
 
     out = Path(args.output)
@@ -498,21 +504,16 @@ def _demo(args) -> int:
     t0 = time.perf_counter()
     sample = make_polycrystal(**SAMPLE)
     data_path = out / "sample.h5"
-    tmp = out / ".sample.h5.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            d = f.create_dataset(
-                "data",
-                data=sample.cube,
-                chunks=(1, min(8, sample.cube.shape[1]), *sample.cube.shape[2:]),
-                compression="gzip",
-                compression_opts=4,
-                shuffle=True,
-            )
-            d.attrs.update(_calibration(sample))
-        os.replace(tmp, data_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(data_path) as tmp, h5py.File(tmp, "w") as f:
+        d = f.create_dataset(
+            "data",
+            data=sample.cube,
+            chunks=(1, min(8, sample.cube.shape[1]), *sample.cube.shape[2:]),
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+        )
+        d.attrs.update(_calibration(sample))
     say(
         f"sample: {data_path} ({SAMPLE['n_times']} time steps of "
         f"{SAMPLE['scan_shape'][0]}x{SAMPLE['scan_shape'][1]} scan positions, "
@@ -523,14 +524,17 @@ def _demo(args) -> int:
     ds = open_dataset(data_path)
     stats = RunStats()
     result = segment_chunked(ds, **segment_kwargs(params), stats=stats)
+    tracking, kinetics = _track(result, ds.calibration, {})
     results_path = write_results(
         out / "results.h5",
         result,
         source=str(data_path.resolve()),
         calibration=ds.calibration,
         overwrite=True,
+        tracking=tracking,
+        kinetics=kinetics,
     )
-    png = render_overview(ds.cube, result, out / "overview.png")
+    png = render_overview(ds.cube, result, out / "overview.png", tracking, kinetics)
     say(
         f"clusters per time step: {', '.join(str(c) for c in result.n_clusters)} "
         f"({sample.n_grains} grains in the ground truth)"

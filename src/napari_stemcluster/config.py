@@ -21,12 +21,17 @@ errors that name the file and the key.
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 import os
+import stat
 import sys
+import tempfile
+import warnings
 from pathlib import Path
+
+from .core import params as _model
+from .core.params import ParameterError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,65 +39,27 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 #: Algorithm parameters and their defaults (those of
-#: :func:`napari_stemcluster.core.segment`). ``None`` means "not set".
+#: :func:`napari_stemcluster.core.segment`), from the one parameter model
+#: :mod:`napari_stemcluster.core.params`. ``None`` means "not set".
 PARAMETERS = {
-    "threshold": 0.9,
-    "min_cluster_size": 5,
-    "q_mask": None,
-    "sigma": 0.0,
-    "prefilter": False,
-    "prefilter_sigma": 3.0,
-    "prefilter_radius": 4,
-    "corr_range": [0.85, 0.95],
-    "prefilter_edge": None,
-    "real_mask": "triangle",
-    "mask_min_size": 0,
-    "mask_hole_size": 0,
-    "average": "raw",
-    "mask_source": "raw",
+    p.name: list(p.default) if isinstance(p.default, tuple) else p.default
+    for p in _model.PARAMS
+    if p.group == "science"
 }
 
-#: Options of a run that are not part of the algorithm.
-RUN_OPTIONS = {
-    "times": None,
-    "scan_shape": None,
-    "scheduler": None,
-    "workers": None,
-    "memory_limit": None,
-}
+#: Options of a run that are not part of the algorithm: which data
+#: (``times``, ``scan_shape``) and the execution settings.
+RUN_OPTIONS = {p.name: p.default for p in _model.PARAMS if p.group != "science"}
+
+#: Execution settings: never taken from a shared parameter file.
+EXECUTION = _model.EXECUTION
 
 #: What each key holds, for messages and ``--help``.
-DESCRIPTIONS = {
-    "threshold": "a similarity between -1 and 1",
-    "min_cluster_size": "an integer >= 0",
-    "q_mask": "two radii [inner, outer] with 0 <= inner <= outer",
-    "sigma": "a number >= 0",
-    "prefilter": "true or false",
-    "prefilter_sigma": "a number >= 0",
-    "prefilter_radius": "an integer >= 0",
-    "corr_range": "two correlations [Rmin, Rmax] with Rmin < Rmax",
-    "prefilter_edge": "an integer >= 0",
-    "real_mask": "'triangle', 'otsu', 'none' or a mean-similarity threshold",
-    "mask_min_size": "an integer >= 0",
-    "mask_hole_size": "an integer >= 0",
-    "average": "'raw' or 'prefiltered'",
-    "mask_source": "'raw' or 'prefiltered'",
-    "times": "time steps 'A:B' (or [A, B]) with 0 <= A < B",
-    "scan_shape": "[Rx, Ry] or [T, Rx, Ry], positive integers",
-    "scheduler": "a dask scheduler address such as 'tcp://host:8786'",
-    "workers": "an integer >= 1",
-    "memory_limit": "a size such as '4GB' or a number of bytes",
-}
+DESCRIPTIONS = {p.name: p.requirement for p in _model.PARAMS}
 
+#: Largest parameter or settings file read (bytes).
+MAX_FILE_BYTES = 2**20
 
-#: Keys holding an integer >= 0.
-_COUNTS = (
-    "min_cluster_size",
-    "mask_min_size",
-    "mask_hole_size",
-    "prefilter_radius",
-    "prefilter_edge",
-)
 #: Keys of ``SegmentationResult.params`` that are parameters as they are.
 _SCALARS = (
     "threshold",
@@ -105,7 +72,7 @@ _SCALARS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ParameterError):
     """A parameter file or value that cannot be used.
 
     Examples
@@ -115,42 +82,11 @@ class ConfigError(ValueError):
     """
 
 
-# ----------------------------------------------------------------------
-# validation of single values
-
-
-def _fail(key, value, where=""):
-    prefix = f"{where}: " if where else ""
-    raise ConfigError(f"{prefix}{key} must be {DESCRIPTIONS[key]}; got {value!r}")
-
-
-def _number(key, value, where):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        _fail(key, value, where)
-    value = float(value)
-    if not math.isfinite(value):
-        _fail(key, value, where)
-    return value
-
-
-def _integer(key, value, where, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            _fail(key, value, where)
-    value = int(value)
-    if value < minimum:
-        _fail(key, value, where)
-    return value
-
-
-def _pair(key, value, where):
-    return [_number(key, v, where) for v in _pair_any(key, value, where)]
-
-
 def validate(key: str, value, where: str = ""):
     """The canonical form of one parameter value, or a :class:`ConfigError`.
+
+    The checks (and messages) are those of
+    :func:`napari_stemcluster.core.params.check`.
 
     Parameters
     ----------
@@ -172,100 +108,7 @@ def validate(key: str, value, where: str = ""):
         ...
     napari_stemcluster.config.ConfigError: threshold must be a similarity between -1 and 1; got 2
     """
-    if key not in PARAMETERS and key not in RUN_OPTIONS:
-        _unknown(key, where)
-    if value is None:
-        return None
-    if key == "threshold":
-        v = _number(key, value, where)
-        if not -1.0 <= v <= 1.0:
-            _fail(key, value, where)
-        return v
-    if key in _COUNTS:
-        return _integer(key, value, where)
-    if key == "workers":
-        return _integer(key, value, where, minimum=1)
-    if key in ("sigma", "prefilter_sigma"):
-        v = _number(key, value, where)
-        if v < 0:
-            _fail(key, value, where)
-        return v
-    if key == "prefilter":
-        if not isinstance(value, bool):
-            _fail(key, value, where)
-        return value
-    if key == "q_mask":
-        inner, outer = _pair(key, value, where)
-        if not 0 <= inner <= outer:
-            _fail(key, value, where)
-        return [inner, outer]
-    if key == "corr_range":
-        lo, hi = _pair(key, value, where)
-        if not lo < hi:
-            _fail(key, value, where)
-        return [lo, hi]
-    if key == "real_mask":
-        if isinstance(value, str):
-            v = value.strip().lower()
-            if v in ("triangle", "otsu", "none"):
-                return v
-            _fail(key, value, where)
-        return _number(key, value, where)
-    if key in ("average", "mask_source"):
-        if value not in ("raw", "prefiltered"):
-            _fail(key, value, where)
-        return value
-    if key == "times":
-        if isinstance(value, str):
-            return _parse_times(value, where)
-        a, b = (_integer(key, v, where) for v in _pair_any(key, value, where))
-        if not a < b:
-            _fail(key, value, where)
-        return [a, b]
-    if key == "scan_shape":
-        if not isinstance(value, list | tuple) or len(value) not in (2, 3):
-            _fail(key, value, where)
-        return [_integer(key, v, where, minimum=1) for v in value]
-    if key == "scheduler":
-        if not isinstance(value, str) or not value.strip():
-            _fail(key, value, where)
-        return value.strip()
-    if key == "memory_limit":
-        from .engine.planning import parse_memory
-
-        try:
-            parse_memory(value)
-        except ValueError:
-            _fail(key, value, where)
-        return value
-    raise AssertionError(key)  # pragma: no cover - every key handled above
-
-
-def _pair_any(key, value, where):
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        _fail(key, value, where)
-    return value
-
-
-def _parse_times(text, where):
-    a, sep, b = text.partition(":")
-    try:
-        start, stop = int(a), int(b)
-    except ValueError:
-        _fail("times", text, where)
-    if not sep or not 0 <= start < stop:
-        _fail("times", text, where)
-    return [start, stop]
-
-
-def _unknown(key, where):
-    known = [*PARAMETERS, *RUN_OPTIONS]
-    close = difflib.get_close_matches(str(key), known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    prefix = f"{where}: " if where else ""
-    raise ConfigError(
-        f"{prefix}unknown parameter {key!r}{hint}; expected one of {', '.join(known)}"
-    )
+    return _model.check(key, value, where, ConfigError)
 
 
 def parse_text(key: str, text: str):
@@ -282,33 +125,7 @@ def parse_text(key: str, text: str):
     >>> parse_text("real_mask", "otsu")
     'otsu'
     """
-    text = text.strip()
-    if key in ("q_mask", "corr_range", "scan_shape"):
-        parts = [p.strip() for p in text.split(",")]
-        try:
-            value = [int(p) if key == "scan_shape" else float(p) for p in parts if p]
-        except ValueError:
-            _fail(key, text)
-        if len(value) != len(parts):
-            _fail(key, text)
-    elif key == "real_mask":
-        try:
-            value = float(text)
-        except ValueError:
-            value = text
-    elif key in ("threshold", "sigma", "prefilter_sigma"):
-        try:
-            value = float(text)
-        except ValueError:
-            _fail(key, text)
-    elif key in (*_COUNTS, "workers"):
-        try:
-            value = int(text)
-        except ValueError:
-            _fail(key, text)
-    else:
-        value = text
-    return validate(key, value)
+    return _model.parse_text(key, text, error=ConfigError)
 
 
 # ----------------------------------------------------------------------
@@ -337,14 +154,75 @@ def check_params(params: dict, where: str = "") -> dict:
     return out
 
 
-def load_params(path: str | os.PathLike) -> dict:
-    """Read and validate a parameter file; returns only the keys it sets.
+def read_small_file(
+    path: str | os.PathLike, what: str, limit: int = MAX_FILE_BYTES, error=None
+) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes.
+
+    Device files, FIFOs and directories are refused before anything is
+    read, and no more than ``limit + 1`` bytes are ever read, so a path such
+    as ``/dev/zero`` (or a symbolic link to it) cannot exhaust memory.
 
     Raises
     ------
     ConfigError
-        For a missing or malformed file, unknown keys or bad values; the
-        message names the file and the key.
+        (or ``error``) naming the file and what was expected.
+
+    Examples
+    --------
+    >>> read_small_file("/dev/zero", "parameter file")
+    Traceback (most recent call last):
+        ...
+    napari_stemcluster.config.ConfigError: /dev/zero: the parameter file must be a regular file
+    """
+    error = error or ConfigError
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{path}: the {what} must be a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise error(f"{path}: the {what} is larger than {limit} bytes; not a {what}")
+    return data
+
+
+def _read_toml(path: Path, what: str) -> dict:
+    try:
+        text = read_small_file(path, what).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not a valid TOML file ({e})") from None
+
+
+def load_params(path: str | os.PathLike, *, trust: bool = False) -> dict:
+    """Read and validate a parameter file; returns only the keys it sets.
+
+    A parameter file is data that may come from someone else: it may not
+    set execution settings (:data:`EXECUTION`: a scheduler address, a
+    number of workers, a memory limit), which decide where the data is sent
+    and how much of this machine is used. ``trust=True`` (``--trust-config``)
+    accepts them with a warning, for files of one's own.
+
+    Raises
+    ------
+    ConfigError
+        For a missing, malformed or oversized file, unknown keys, bad values
+        or (without ``trust``) execution settings; the message names the
+        file and the key.
 
     Examples
     --------
@@ -355,24 +233,82 @@ def load_params(path: str | os.PathLike) -> dict:
     {'threshold': 0.85, 'prefilter': True}
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: parameter file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the parameter file ({e})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not a valid TOML file ({e})") from None
-    return check_params(data, str(path))
+    data = _read_toml(path, "parameter file")
+    params = check_params(data, str(path))
+    execution = [k for k in params if k in EXECUTION]
+    if execution and not trust:
+        raise ConfigError(
+            f"{path}: {', '.join(execution)}: execution settings are not accepted from "
+            "a parameter file (they decide where the data is sent); give them on the "
+            "command line or in your settings file, or pass --trust-config for a file "
+            "you wrote yourself"
+        )
+    if execution:
+        warnings.warn(
+            f"{path}: using execution settings from a parameter file "
+            f"({', '.join(execution)}) because it is trusted",
+            UserWarning,
+            stacklevel=2,
+        )
+    return params
+
+
+def settings_path() -> Path:
+    """The user's own settings file (execution settings of this machine).
+
+    ``$STEMCLUSTER_SETTINGS`` if set, else
+    ``$XDG_CONFIG_HOME/napari-stemcluster/settings.toml`` (default
+    ``~/.config/...``).
+
+    Examples
+    --------
+    >>> settings_path().name
+    'settings.toml'
+    """
+    env = os.environ.get("STEMCLUSTER_SETTINGS")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "napari-stemcluster" / "settings.toml"
+
+
+def load_settings(path: str | os.PathLike | None = None) -> dict:
+    """Execution settings from the user's settings file (empty if there is none).
+
+    The file holds only :data:`EXECUTION` keys and must belong to the user
+    who runs the program and not be writable by others.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "settings.toml"
+    >>> _ = p.write_text("workers = 2")
+    >>> load_settings(p)
+    {'workers': 2}
+    """
+    path = settings_path() if path is None else Path(path)
+    if not path.exists():
+        return {}
+    st = path.stat()
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        raise ConfigError(
+            f"{path}: the settings file must belong to you and not be writable by others"
+        )
+    params = check_params(_read_toml(path, "settings file"), str(path))
+    other = [k for k in params if k not in EXECUTION]
+    if other:
+        raise ConfigError(
+            f"{path}: a settings file holds only {', '.join(EXECUTION)}; got {', '.join(other)}"
+        )
+    return params
 
 
 def save_params(path: str | os.PathLike, params: dict) -> None:
     """Write parameters as a TOML file readable by :func:`load_params`.
 
     Keys set to None are left out (they take their defaults when read).
-    The file is replaced atomically.
+    The file is replaced atomically (a uniquely named temporary file in the
+    same folder, removed on every error).
 
     Examples
     --------
@@ -387,17 +323,33 @@ def save_params(path: str | os.PathLike, params: dict) -> None:
     """
     path = Path(path)
     clean = check_params(dict(params), str(path))
-    order = [*PARAMETERS, *RUN_OPTIONS]
+    order = list(_model.BY_NAME)
     lines = ["# napari-stemcluster segmentation parameters"]
     for key in sorted(clean, key=order.index):
         if clean[key] is not None:
             lines.append(f"{key} = {_toml(clean[key])}")
-    tmp = path.with_name(f".{path.name}.tmp")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` by ``data`` atomically, through a unique temporary file.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> atomic_write_bytes(p, b"x")
+    >>> p.read_bytes()
+    b'x'
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

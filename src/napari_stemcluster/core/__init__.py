@@ -10,17 +10,30 @@ from .prefilter import correlative_prefilter, prefilter_footprint, prefilter_wei
 from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
+from .tracking import (
+    Kinetics,
+    Tracking,
+    grain_kinetics,
+    link_clusters,
+    link_result,
+    track_series,
+)
 
 __all__ = [
     "NEIGHBOR_OFFSETS",
     "ClusterTable",
+    "Kinetics",
     "SegmentationResult",
+    "Tracking",
     "annular_mask",
     "cluster_means",
     "cluster_sums",
     "cluster_table",
     "correlative_prefilter",
+    "grain_kinetics",
     "grow_regions",
+    "link_clusters",
+    "link_result",
     "mean_similarity",
     "means_from_sums",
     "neighbor_similarity",
@@ -28,4 +41,5 @@ __all__ = [
     "prefilter_weight",
     "real_space_mask",
     "segment",
+    "track_series",
 ]

@@ -7,35 +7,37 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import params as _params
 from ._validate import check_cube
-from .averages import cluster_means, cluster_table
-from .masking import real_space_mask
-from .regions import grow_regions
+from .masking import resolve_q_mask
+from .passes import (
+    assemble,
+    make_spec,
+    needs_raw_map,
+    run_in_process,
+    thresholds_a_map,  # noqa: F401 - re-exported for older imports
+)
 from .result import SegmentationResult
-from .similarity import mean_similarity, neighbor_similarity
 
-#: Prefilter settings used when ``prefilter=True``.
-PREFILTER_DEFAULTS = {
-    "sigma": 3.0,
-    "radius": 4,
-    "corr_range": (0.85, 0.95),
-    "edge": None,
-}
+#: Prefilter settings used when ``prefilter=True`` (from the parameter model).
+PREFILTER_DEFAULTS = _params.PREFILTER_DEFAULTS
+
+_D = _params.DEFAULTS
 
 
 def segment(
     cube,
-    threshold: float = 0.9,
-    min_cluster_size: int = 5,
-    q_mask=None,
-    sigma: float = 0.0,
-    prefilter: bool | dict = False,
-    real_mask="triangle",
+    threshold: float = _D["threshold"],
+    min_cluster_size: int = _D["min_cluster_size"],
+    q_mask=_D["q_mask"],
+    sigma: float = _D["sigma"],
+    prefilter: bool | dict = _D["prefilter"],
+    real_mask=_D["real_mask"],
     *,
-    mask_min_size: int = 0,
-    mask_hole_size: int = 0,
-    average: str = "raw",
-    mask_source: str = "raw",
+    mask_min_size: int = _D["mask_min_size"],
+    mask_hole_size: int = _D["mask_hole_size"],
+    average: str = _D["average"],
+    mask_source: str = _D["mask_source"],
     progress: Callable[[int, int], None] | None = None,
 ) -> SegmentationResult:
     """Segment a 4D-STEM scan (or every time step of a 5D one) into clusters.
@@ -43,6 +45,10 @@ def segment(
     Stages: optional correlative prefilter, cosine similarity of each pattern
     with its 8 neighbours, a real-space mask from the mean-similarity map,
     region growing, and cluster-averaged diffraction patterns.
+    They run as the passes of :mod:`napari_stemcluster.core.passes`, in this
+    process: the same functions the chunked engine, the command line and the
+    napari widgets run, so every front end gives the same labels and
+    similarity bit for bit.
 
     Parameters
     ----------
@@ -110,32 +116,35 @@ def segment(
         average=average,
         mask_source=mask_source,
     )
-    steps = [cube] if ndim == 4 else [cube[t] for t in range(cube.shape[0])]
+    # One orchestration: the passes of core.passes, here block after block.
+    steps = [None] if ndim == 4 else list(range(cube.shape[0]))
     masks = _per_step_masks(real_mask, len(steps), cube.shape[-4:-2], ndim)
-    raw_maps = [bool(pre) and mask_source == "raw" and thresholds_a_map(m) for m in masks]
-    track = _Progress(progress, len(steps) * (2 + bool(pre)) + sum(raw_maps))
-    parts = [
-        _segment_one(
-            step,
-            threshold,
-            min_cluster_size,
-            q_mask,
-            sigma,
-            pre,
-            mask,
-            mask_min_size,
-            mask_hole_size,
-            average,
-            raw_map,
-            track,
-        )
-        for step, mask, raw_map in zip(steps, masks, raw_maps, strict=True)
-    ]
-    if ndim == 4:
-        labels, ms, rmask, sim, means, table = parts[0]
-        return SegmentationResult(labels, ms, rmask, sim, means, table, params)
-    stack = [np.stack([p[i] for p in parts]) for i in range(4)]
-    return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params)
+    qmask = resolve_q_mask(q_mask, tuple(cube.shape[-2:]))
+    if qmask is not None and not qmask.any():
+        raise ValueError("q_mask selects no detector pixel; nothing to compare")
+    parts = run_in_process(
+        cube,
+        steps,
+        masks,
+        make_spec(pre, qmask, params["sigma"], average),
+        grow_options(params),
+        [needs_raw_map(pre, mask_source, m) for m in masks],
+        progress,
+    )
+    return assemble(parts, params, time_axis=ndim == 5)
+
+
+def grow_options(params: dict) -> dict:
+    """The options of :func:`~napari_stemcluster.core.passes.grow_step` from ``params``.
+
+    Examples
+    --------
+    >>> grow_options({"threshold": 0.9, "min_cluster_size": 5, "mask_min_size": 0,
+    ...               "mask_hole_size": 0})["threshold"]
+    0.9
+    """
+    keys = ("threshold", "min_cluster_size", "mask_min_size", "mask_hole_size")
+    return {k: params[k] for k in keys}
 
 
 def segment_params(
@@ -179,12 +188,19 @@ def segment_params(
     if ndim not in (4, 5):
         check_cube(cube, 4)  # raises with a clear message
     check_cube(cube, ndim)
-    for name, value in (("average", average), ("mask_source", mask_source)):
-        if value not in ("raw", "prefiltered"):
-            raise ValueError(f"{name} must be 'raw' or 'prefiltered'; got {value!r}")
-    if not int(min_cluster_size) >= 0:
-        raise ValueError("min_cluster_size must be >= 0")
-    pre = _prefilter_options(prefilter)
+    check = _params.check
+    threshold = check("threshold", threshold)
+    min_cluster_size = check("min_cluster_size", min_cluster_size)
+    sigma = check("sigma", sigma)
+    mask_min_size = check("mask_min_size", mask_min_size)
+    mask_hole_size = check("mask_hole_size", mask_hole_size)
+    check("average", average)
+    check("mask_source", mask_source)
+    if _is_radii(q_mask):
+        check("q_mask", q_mask)
+    if isinstance(real_mask, numbers.Real) and not isinstance(real_mask, bool | np.bool_):
+        check("real_mask", real_mask)
+    pre = _params.prefilter_options(prefilter)
     params = {
         "threshold": float(threshold),
         "min_cluster_size": int(min_cluster_size),
@@ -200,61 +216,8 @@ def segment_params(
     return ndim, pre, params
 
 
-def _segment_one(
-    cube,
-    threshold,
-    min_size,
-    q_mask,
-    sigma,
-    pre,
-    real_mask,
-    mask_min_size,
-    mask_hole_size,
-    average,
-    raw_map,
-    track,
-):
-    source = cube
-    if pre:
-        from .prefilter import correlative_prefilter
-
-        source = correlative_prefilter(cube, **pre, progress=track.stage())
-    sim = neighbor_similarity(source, q_mask, sigma, progress=track.stage())
-    ms = mean_similarity(sim)
-    mask_map = ms
-    if raw_map:
-        mask_map = mean_similarity(neighbor_similarity(cube, q_mask, sigma, progress=track.stage()))
-    rmask = real_space_mask(mask_map, real_mask, min_size=mask_min_size, hole_size=mask_hole_size)
-    labels, _ = grow_regions(
-        sim, threshold, mean_similarity=ms, mask=rmask, min_cluster_size=min_size
-    )
-    n = int(labels.max(initial=0))
-    avg_cube = source if average == "prefiltered" else cube
-    means = cluster_means(avg_cube, labels, n, progress=track.stage())
-    return labels, ms, rmask, sim, means, cluster_table(labels, ms, n)
-
-
-def _prefilter_options(prefilter) -> dict | None:
-    if prefilter is False or prefilter is None:
-        return None
-    if prefilter is True:
-        return dict(PREFILTER_DEFAULTS)
-    if isinstance(prefilter, dict):
-        unknown = set(prefilter) - set(PREFILTER_DEFAULTS)
-        if unknown:
-            raise ValueError(
-                f"unknown prefilter option(s) {sorted(unknown)}; expected "
-                f"{sorted(PREFILTER_DEFAULTS)}"
-            )
-        return {**PREFILTER_DEFAULTS, **prefilter}
-    raise TypeError(f"prefilter must be a bool or a dict; got {type(prefilter).__name__}")
-
-
-def thresholds_a_map(real_mask) -> bool:
-    """True when ``real_mask`` is computed from a mean-similarity map."""
-    if isinstance(real_mask, str):
-        return True
-    return isinstance(real_mask, numbers.Real) and not isinstance(real_mask, bool)
+def _is_radii(q_mask) -> bool:
+    return isinstance(q_mask, tuple | list) and all(isinstance(v, numbers.Real) for v in q_mask)
 
 
 def _per_step_masks(real_mask, n_steps, scan_shape, ndim):
@@ -277,25 +240,3 @@ def _describe(value):
     if isinstance(value, tuple | list) and all(isinstance(v, numbers.Real) for v in value):
         return [float(v) for v in value]
     return f"array{tuple(np.shape(value))}"
-
-
-class _Progress:
-    """Maps each stage's ``(done, total)`` onto one overall bar of ``units``."""
-
-    SCALE = 1000
-
-    def __init__(self, callback, n_stages: int):
-        self.callback = callback
-        self.total = n_stages * self.SCALE
-        self.base = -self.SCALE
-
-    def stage(self):
-        self.base += self.SCALE
-        if self.callback is None:
-            return None
-        base = self.base
-
-        def report(done, total):
-            self.callback(base + (self.SCALE * done) // max(total, 1), self.total)
-
-        return report

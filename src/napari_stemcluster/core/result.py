@@ -45,6 +45,24 @@ class ClusterTable:
 
 
 @dataclass
+class StepResult:
+    """The result of one time step (one scan, no time axis).
+
+    Internally every result is a list of steps (one for a 4D scan); the
+    public :class:`SegmentationResult` is built from them by
+    :meth:`SegmentationResult.from_steps` and viewed as them by
+    :meth:`SegmentationResult.steps`.
+    """
+
+    labels: np.ndarray
+    mean_similarity: np.ndarray
+    real_mask: np.ndarray
+    similarity: np.ndarray
+    cluster_means: np.ndarray
+    clusters: ClusterTable
+
+
+@dataclass
 class SegmentationResult:
     """Everything :func:`napari_stemcluster.segment` computes.
 
@@ -86,8 +104,79 @@ class SegmentationResult:
         return self.labels.ndim == 3
 
     @property
+    def n_steps(self) -> int:
+        """Number of time steps (1 for a 4D scan)."""
+        return int(self.labels.shape[0]) if self.is_time_series else 1
+
+    def steps(self) -> list[StepResult]:
+        """The result as one :class:`StepResult` per time step (one for 4D).
+
+        The only place that tells 4D and 5D results apart: code that works
+        per time step uses this and needs no branch.
+
+        Examples
+        --------
+        >>> from napari_stemcluster import segment
+        >>> res = segment(np.ones((3, 4, 2, 2)), real_mask=None, min_cluster_size=1)
+        >>> [s.labels.shape for s in res.steps()], res.n_steps
+        ([(3, 4)], 1)
+        """
+        if not self.is_time_series:
+            return [
+                StepResult(
+                    self.labels,
+                    self.mean_similarity,
+                    self.real_mask,
+                    self.similarity,
+                    self.cluster_means,
+                    self.clusters,
+                )
+            ]
+        return [
+            StepResult(
+                self.labels[t],
+                self.mean_similarity[t],
+                self.real_mask[t],
+                self.similarity[t],
+                self.cluster_means[t],
+                self.clusters[t],
+            )
+            for t in range(self.n_steps)
+        ]
+
+    @classmethod
+    def from_steps(
+        cls, steps: list[StepResult], params: dict, time_axis: bool
+    ) -> SegmentationResult:
+        """The public result of ``steps``: with a time axis for a 5D cube, without for 4D.
+
+        Examples
+        --------
+        >>> from napari_stemcluster import segment
+        >>> res = segment(np.ones((2, 3, 3, 2, 2)), real_mask=None, min_cluster_size=1)
+        >>> again = SegmentationResult.from_steps(res.steps(), res.params, time_axis=True)
+        >>> again.labels.shape, again.n_clusters
+        ((2, 3, 3), [1, 1])
+        """
+        if not time_axis:
+            (s,) = steps
+            return cls(
+                s.labels,
+                s.mean_similarity,
+                s.real_mask,
+                s.similarity,
+                s.cluster_means,
+                s.clusters,
+                params,
+            )
+        maps = [
+            np.stack([getattr(s, name) for s in steps])
+            for name in ("labels", "mean_similarity", "real_mask", "similarity")
+        ]
+        return cls(*maps, [s.cluster_means for s in steps], [s.clusters for s in steps], params)
+
+    @property
     def n_clusters(self) -> int | list[int]:
         """Number of clusters (a list with one count per time step for 5D)."""
-        if self.is_time_series:
-            return [len(c) for c in self.clusters]
-        return len(self.clusters)
+        counts = [len(s.clusters) for s in self.steps()]
+        return counts if self.is_time_series else counts[0]

@@ -8,7 +8,7 @@ block shape comes from :func:`~.planning.plan_chunks`.
 """
 
 from .executors import DistributedExecutor, Executor, ThreadExecutor, get_executor
-from .pipeline import STAGES, RunStats, segment_chunked
+from .pipeline import STAGES, RunStats, segment_chunked, similarity_chunked
 from .planning import (
     ChunkPlan,
     default_memory_limit,
@@ -30,4 +30,5 @@ __all__ = [
     "parse_memory",
     "plan_chunks",
     "segment_chunked",
+    "similarity_chunked",
 ]

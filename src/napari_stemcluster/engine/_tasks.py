@@ -12,8 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..core.averages import cluster_sums
-from ..core.similarity import mean_similarity, neighbor_similarity
+from ..core import passes
 
 
 class BlockSource:
@@ -84,65 +83,34 @@ def _numba_threads(n: int | None):
         numba.set_num_threads(old)
 
 
-def _extended(box, halo, scan_shape):
-    r0, r1, c0, c1 = box
-    rx, ry = scan_shape
-    return max(0, r0 - halo), min(rx, r1 + halo), max(0, c0 - halo), min(ry, c1 + halo)
+def similarity_task(source, t, box, spec, raw_map=False):
+    """The similarity pass of one block (:func:`~napari_stemcluster.core.passes.similarity_block`).
 
-
-def _prefiltered(raw, pre, keep_ext, read_ext):
-    """Prefilter a block read with ``pre['radius']`` more than ``keep_ext``."""
-    from ..core.prefilter import correlative_prefilter
-
-    out = correlative_prefilter(raw, **pre)
-    a0, a1, b0, b1 = keep_ext
-    r0, _, c0, _ = read_ext
-    return out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0]
-
-
-def similarity_task(source, t, box, spec):
-    """Neighbour similarity of the positions of ``box`` (rows, cols of step t).
-
-    The block is read with a halo of 1 (plus the prefilter radius) so every
-    pair of neighbours is computed from the same two patterns as on the
-    whole scan: the values are bit-identical to the unchunked computation.
+    The block is read with the halo the pass needs, so values are
+    bit-identical to the unchunked computation, and errors name global scan
+    positions and the time step.
 
     Returns
     -------
     sim : ndarray of float32, shape (h, w, 8)
     mask_map : ndarray of float32, shape (h, w), or None
-        With ``spec["raw_mask_map"]``: the mean similarity of the raw
-        (unprefiltered) patterns, which the real-space mask thresholds.
+        With ``raw_map``: the mean similarity of the raw (unprefiltered)
+        patterns, which the real-space mask thresholds.
     seconds : (float, float)
         Time spent reading and computing.
     """
     scan = source.shape[-4:-2]
-    pre = spec["prefilter"]
-    near = _extended(box, 1, scan)  # similarity needs direct neighbours
-    read_ext = _extended(box, 1 + (pre["radius"] if pre else 0), scan)
+    read_ext = passes.extended(box, spec["halo"], scan)
     t0 = time.perf_counter()
     raw = source.read(t, *read_ext)
     t1 = time.perf_counter()
-    r0, r1, c0, c1 = box
-    mask_map = None
-    with _numba_threads(spec["numba_threads"]):
-        if pre and spec.get("raw_mask_map"):
-            a0, a1, b0, b1 = near
-            x0, _, y0, _ = read_ext
-            near_raw = raw[a0 - x0 : a1 - x0, b0 - y0 : b1 - y0]
-            raw_sim = neighbor_similarity(near_raw, spec["q_mask"], spec["sigma"])
-            mask_map = np.ascontiguousarray(
-                mean_similarity(raw_sim)[r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
-            )
-        data = _prefiltered(raw, pre, near, read_ext) if pre else raw
-        del raw
-        sim = neighbor_similarity(data, spec["q_mask"], spec["sigma"])
-    sim = np.ascontiguousarray(sim[r0 - near[0] : r1 - near[0], c0 - near[2] : c1 - near[2]])
+    with _numba_threads(spec.get("numba_threads")):
+        sim, mask_map, _ = passes.similarity_block(raw, read_ext, box, spec, raw_map=raw_map, t=t)
     return sim, mask_map, (t1 - t0, time.perf_counter() - t1)
 
 
 def sums_task(source, t, box, labels, spec):
-    """Sum of the patterns of every label present in ``box``.
+    """The sums pass of one block (:func:`~napari_stemcluster.core.passes.sums_block`).
 
     Returns
     -------
@@ -153,19 +121,14 @@ def sums_task(source, t, box, labels, spec):
         Time spent reading and computing.
     """
     scan = source.shape[-4:-2]
-    pre = spec["prefilter"] if spec["average"] == "prefiltered" else None
-    read_ext = _extended(box, pre["radius"] if pre else 0, scan)
+    read_ext = passes.extended(box, spec["sums_halo"], scan)
     t0 = time.perf_counter()
     raw = source.read(t, *read_ext)
     t1 = time.perf_counter()
-    ids = np.unique(labels)
-    ids = ids[ids > 0].astype(np.int64)
-    # Labels renumbered 1..k within the block: partial sums hold only the
-    # clusters present, not every cluster of the scan.
-    compact = np.searchsorted(ids, labels).astype(np.int64) + 1
-    compact[labels <= 0] = 0
-    with _numba_threads(spec["numba_threads"]):
-        data = _prefiltered(raw, pre, box, read_ext) if pre else raw
-        del raw
-        sums, _ = cluster_sums(data, compact, len(ids))
+    with _numba_threads(spec.get("numba_threads")):
+        ids, sums = passes.sums_block(raw, read_ext, box, labels, spec)
     return ids, sums, (t1 - t0, time.perf_counter() - t1)
+
+
+#: Kept for older imports: the block geometry lives in core.passes.
+_extended = passes.extended

@@ -1,10 +1,12 @@
-"""A PNG overview of a segmentation, drawn without a display or matplotlib.
+"""A PNG overview of a segmentation, drawn without a display.
 
 One row per time step (at most :data:`MAX_ROWS`, evenly spaced): the
 virtual annular dark-field image, the mean-similarity map, the cluster map,
 and the averaged diffraction patterns of the largest clusters, each framed
 in its cluster's colour. Pictures are composed as numpy RGB arrays; Pillow
-(a dependency of scikit-image) adds the captions and writes the file.
+(a dependency of scikit-image) adds the captions and writes the file. For a
+tracked time series, colours follow the grains and a plot of their areas
+(matplotlib's Agg canvas) is added below.
 """
 
 from __future__ import annotations
@@ -120,23 +122,86 @@ def _framed(img: np.ndarray, color, width: int = 4) -> np.ndarray:
     return out
 
 
-def _row_panels(vimg, ms, labels, means, sizes) -> list[np.ndarray]:
-    colors = label_colors(int(labels.max(initial=0)))
+def _row_panels(vimg, ms, labels, means, sizes, colors=None, ids=None, columns=None):
+    """Panels of one row; ``ids`` maps cluster ``k`` to its display id (default ``k + 1``),
+    ``columns`` lists the display ids whose averages to show (default: the largest)."""
+    if colors is None:
+        colors = label_colors(int(labels.max(initial=0)))
     panels = [
         _scaled(_gray(_normalised(vimg)), PANEL),
         _scaled(colormap(_normalised(ms, 2, 100)), PANEL),
         _scaled(colors[labels], PANEL),
     ]
-    order = np.argsort(-np.asarray(sizes), kind="stable")[:N_AVERAGES]
-    for k in order:
+    sizes = np.asarray(sizes)
+    if columns is None:
+        order = np.argsort(-sizes, kind="stable")[:N_AVERAGES]
+        items = [(k, k + 1 if ids is None else ids[k]) for k in order]
+    else:
+        items = []
+        for c in columns:
+            mine = np.flatnonzero(np.asarray(ids) == c)
+            items.append((mine[np.argmax(sizes[mine])] if mine.size else None, c))
+    for k, c in items:
+        if k is None:  # the grain is absent at this step
+            blank = np.full((PANEL, PANEL, 3), _BACKGROUND, np.uint8)
+            panels.append(_framed(blank, colors[c], width=1))
+            continue
         pattern = np.log1p(np.clip(np.asarray(means[k], np.float64), 0, None))
         img = _scaled(_gray(_normalised(pattern, 0.0, 99.9)), PANEL)
-        panels.append(_framed(img, colors[k + 1]))
+        panels.append(_framed(img, colors[c]))
     return panels
 
 
-def render_overview(cube, result, path: str | os.PathLike) -> Path:
+def kinetics_plot(kinetics, colors: np.ndarray, size: tuple[int, int], highlight=()) -> np.ndarray:
+    """uint8 RGB picture of every tracked grain's area against time.
+
+    Each grain is drawn in its colour (``colors[track]``); the tracks in
+    ``highlight`` are drawn thicker. Uses matplotlib's Agg canvas (no
+    display).
+
+    Examples
+    --------
+    >>> from napari_stemcluster.core.tracking import grain_kinetics, link_clusters
+    >>> labels = np.zeros((3, 4, 4), np.int32); labels[:, :2, :2] = 1; labels[2, :3, :3] = 1
+    >>> kinetics_plot(grain_kinetics(link_clusters(labels)), label_colors(1), (300, 120)).shape
+    (120, 300, 3)
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width, height = size
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    table, units = kinetics.table, kinetics.units
+    for g in np.unique(table["track"]):
+        rows = kinetics.rows(g)
+        bold = int(g) in {int(h) for h in highlight}
+        ax.plot(
+            table["time"][rows],
+            table["area"][rows],
+            "-o",
+            color=colors[int(g) % len(colors)] / 255.0,
+            lw=2.5 if bold else 1.0,
+            ms=3 if bold else 1.5,
+            zorder=3 if bold else 2,
+        )
+    ax.set_xlabel(f"time ({units.get('time', '')})")
+    ax.set_ylabel(f"area ({units.get('area', '')})")
+    ax.set_title("grain areas (colours as in the cluster maps)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def render_overview(cube, result, path: str | os.PathLike, tracking=None, kinetics=None) -> Path:
     """Draw a PNG overview of ``result`` computed from ``cube``.
+
+    With the ``tracking`` of a 5D result, clusters are coloured by their
+    persistent track id (a grain keeps its colour in every row) and the
+    average columns follow the largest grains through time; with its
+    ``kinetics`` too, a plot of every grain's area against time is added.
 
     Parameters
     ----------
@@ -147,6 +212,10 @@ def render_overview(cube, result, path: str | os.PathLike) -> Path:
         Its segmentation.
     path : str or Path
         PNG file to write.
+    tracking : Tracking, optional
+        From :func:`napari_stemcluster.core.tracking.link_result`.
+    kinetics : Kinetics, optional
+        From :func:`napari_stemcluster.core.tracking.grain_kinetics`.
 
     Returns
     -------
@@ -167,43 +236,48 @@ def render_overview(cube, result, path: str | os.PathLike) -> Path:
     if hasattr(vimg, "compute"):
         vimg = vimg.compute()
     vimg = np.asarray(vimg)
-    if result.is_time_series:
-        n = result.labels.shape[0]
-        steps = sorted(set(np.linspace(0, n - 1, min(n, MAX_ROWS)).round().astype(int)))
-        t0 = result.params.get("time_range", [0])[0]
-        rows = [
-            (
-                f"t={t0 + t}",
-                _row_panels(
-                    vimg[t],
-                    result.mean_similarity[t],
-                    result.labels[t],
-                    result.cluster_means[t],
-                    result.clusters[t].size,
-                ),
-            )
-            for t in steps
-        ]
-    else:
-        rows = [
-            (
-                "",
-                _row_panels(
-                    vimg,
-                    result.mean_similarity,
-                    result.labels,
-                    result.cluster_means,
-                    result.clusters.size,
-                ),
-            )
-        ]
+    per_step = result.steps()
+    if vimg.ndim == 2:
+        vimg = vimg[None]  # one time step: the passes' form
+    n = len(per_step)
+    picked = sorted(set(np.linspace(0, n - 1, min(n, MAX_ROWS)).round().astype(int)))
+    t0 = result.params.get("time_range", [0])[0]
+    colors = columns = tracks = None
+    if tracking is not None:
+        # Colours and average columns follow the tracked grains.
+        colors = label_colors(tracking.n_tracks)
+        tracks = tracking.tracks
+        area = np.bincount(tracks.ravel(), minlength=tracking.n_tracks + 1)[1:]
+        columns = list(np.argsort(-area, kind="stable")[:N_AVERAGES] + 1)
+    rows = [
+        (
+            f"t={t0 + t}" if result.is_time_series else "",
+            _row_panels(
+                vimg[t],
+                per_step[t].mean_similarity,
+                per_step[t].labels if tracks is None else tracks[t],
+                per_step[t].cluster_means,
+                per_step[t].clusters.size,
+                colors,
+                None if tracking is None else tracking.track_of[t],
+                columns,
+            ),
+        )
+        for t in picked
+    ]
     widths = [[p.shape[1] for p in panels] for _, panels in rows]
     map_w = widths[0][0]
     avg_w = max((w for ws in widths for w in ws[3:]), default=PANEL)
     left = _ROW_LABEL if result.is_time_series else _GAP
     width = left + 3 * (map_w + _GAP) + N_AVERAGES * (avg_w + _GAP) + _GAP
     height = _HEADER + len(rows) * (PANEL + _GAP) + _GAP
+    plot = None
+    if kinetics is not None and tracking is not None:
+        plot = kinetics_plot(kinetics, colors, (width - 2 * _GAP, 2 * PANEL), columns)
+        height += plot.shape[0] + _GAP
     canvas = np.full((height, width, 3), _BACKGROUND, np.uint8)
+    if plot is not None:
+        canvas[height - _GAP - plot.shape[0] : height - _GAP, _GAP : _GAP + plot.shape[1]] = plot
     for r, (_, panels) in enumerate(rows):
         y = _HEADER + r * (PANEL + _GAP)
         x = left
@@ -217,17 +291,16 @@ def render_overview(cube, result, path: str | os.PathLike) -> Path:
         draw.text((left + i * (map_w + _GAP) + 2, 5), title, fill=(0, 0, 0))
     draw.text(
         (left + 3 * (map_w + _GAP) + 2, 5),
-        f"averages of the {N_AVERAGES} largest clusters (log scale)",
+        f"averages of the {N_AVERAGES} largest "
+        + ("grains, followed through time" if tracking is not None else "clusters")
+        + " (log scale)",
         fill=(0, 0, 0),
     )
     for r, (label, _) in enumerate(rows):
         draw.text((6, _HEADER + r * (PANEL + _GAP) + PANEL // 2 - 6), label, fill=(0, 0, 0))
+    from ..io.output import atomic_output
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

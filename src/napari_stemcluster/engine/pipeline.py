@@ -10,15 +10,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.averages import cluster_table, means_from_sums
 from ..core.masking import THRESHOLD_METHODS, real_space_mask, resolve_q_mask
-from ..core.pipeline import _describe, _per_step_masks, segment_params, thresholds_a_map
-from ..core.regions import grow_regions
+from ..core.params import DEFAULTS
+from ..core.passes import (
+    add_sums,
+    assemble,
+    extended,
+    finish_step,
+    grow_step,
+    make_spec,
+    needs_raw_map,
+)
+from ..core.pipeline import _describe, _per_step_masks, grow_options, segment_params
 from ..core.result import SegmentationResult
-from ..core.similarity import mean_similarity, neighbor_similarity
-from ._tasks import BlockSource, _extended, similarity_task, sums_task
+from ..core.similarity import neighbor_similarity
+from ._tasks import BlockSource, similarity_task, sums_task
 from .executors import DistributedExecutor, Executor, ThreadExecutor
 from .planning import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
+
+_D = DEFAULTS
 
 #: Stage names passed to ``on_stage``.
 STAGES = ("similarity", "regions", "averages")
@@ -60,17 +70,17 @@ class RunStats:
 
 def segment_chunked(
     cube,
-    threshold: float = 0.9,
-    min_cluster_size: int = 5,
-    q_mask=None,
-    sigma: float = 0.0,
-    prefilter: bool | dict = False,
-    real_mask="triangle",
+    threshold: float = _D["threshold"],
+    min_cluster_size: int = _D["min_cluster_size"],
+    q_mask=_D["q_mask"],
+    sigma: float = _D["sigma"],
+    prefilter: bool | dict = _D["prefilter"],
+    real_mask=_D["real_mask"],
     *,
-    mask_min_size: int = 0,
-    mask_hole_size: int = 0,
-    average: str = "raw",
-    mask_source: str = "raw",
+    mask_min_size: int = _D["mask_min_size"],
+    mask_hole_size: int = _D["mask_hole_size"],
+    average: str = _D["average"],
+    mask_source: str = _D["mask_source"],
     times=None,
     executor: Executor | None = None,
     memory_limit=None,
@@ -163,6 +173,131 @@ def segment_chunked(
     if times is not None:
         params["time_range"] = [steps[0], steps[-1] + 1]
 
+    parts = _execute(
+        data,
+        source_chunks,
+        steps if ndim == 5 else [None],
+        spec=make_spec(pre, qmask, params["sigma"], average),
+        grow=grow_options(params),
+        masks=masks,
+        raw_maps=[needs_raw_map(pre, mask_source, m) for m in masks],
+        executor=executor,
+        memory_limit=memory_limit,
+        chunks=chunks,
+        progress=progress,
+        on_stage=on_stage,
+        stats=stats,
+    )
+    if stats is not None:
+        stats.seconds = time.perf_counter() - started
+    return assemble(parts, params, time_axis=ndim == 5)
+
+
+def similarity_chunked(
+    cube,
+    q_mask=_D["q_mask"],
+    sigma: float = _D["sigma"],
+    prefilter: bool | dict = _D["prefilter"],
+    *,
+    raw_map: bool = False,
+    executor: Executor | None = None,
+    memory_limit=None,
+    chunks: tuple[int, int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The similarity pass alone, block by block: what the Similarity widget runs.
+
+    Parameters
+    ----------
+    cube : array_like, StemDataset
+        As for :func:`segment_chunked`.
+    q_mask, sigma, prefilter
+        As for :func:`napari_stemcluster.core.segment`.
+    raw_map : bool
+        With the prefilter: also the raw cube's mean similarity (what the
+        real-space mask thresholds, see ``mask_source``).
+    executor, memory_limit, chunks, progress
+        As for :func:`segment_chunked`.
+
+    Returns
+    -------
+    similarity : ndarray of float32, shape (T, Rx, Ry, 8)
+        Always with a time axis (T = 1 for a 4D cube); bit-identical to
+        :func:`~napari_stemcluster.core.similarity.neighbor_similarity` of the
+        (prefiltered) cube.
+    raw_mean_similarity : ndarray of float32 (T, Rx, Ry), or None
+
+    Examples
+    --------
+    >>> sim, raw = similarity_chunked(np.ones((4, 5, 3, 3), np.uint8), chunks=(2, 2))
+    >>> sim.shape, raw
+    ((1, 4, 5, 8), None)
+    """
+    data, source_chunks = _unwrap(cube)
+    ndim, pre, params = segment_params(
+        data,
+        **{**_SEGMENT_DEFAULTS, "q_mask": q_mask, "sigma": sigma, "prefilter": prefilter},
+    )
+    det = tuple(int(s) for s in data.shape[-2:])
+    qmask = _check_stage_options(pre, q_mask, params["sigma"], det)
+    steps = list(range(data.shape[0])) if ndim == 5 else [None]
+    parts = _execute(
+        data,
+        source_chunks,
+        steps,
+        spec=make_spec(pre, qmask, params["sigma"]),
+        grow=None,
+        masks=[None] * len(steps),
+        raw_maps=[bool(pre) and raw_map] * len(steps),
+        executor=executor,
+        memory_limit=memory_limit,
+        chunks=chunks,
+        progress=progress,
+        on_stage=None,
+        stats=None,
+    )
+    sim = np.stack([p[0] for p in parts])
+    raw = None if parts[0][1] is None else np.stack([p[1] for p in parts])
+    return sim, raw
+
+
+#: segment()'s keywords at their defaults (the parameter model's).
+_SEGMENT_DEFAULTS = {
+    k: _D[k]
+    for k in (
+        "threshold",
+        "min_cluster_size",
+        "q_mask",
+        "sigma",
+        "prefilter",
+        "real_mask",
+        "mask_min_size",
+        "mask_hole_size",
+        "average",
+        "mask_source",
+    )
+}
+
+
+def _execute(
+    data,
+    source_chunks,
+    steps,
+    *,
+    spec,
+    grow,
+    masks,
+    raw_maps,
+    executor,
+    memory_limit,
+    chunks,
+    progress,
+    on_stage,
+    stats,
+):
+    """Plan the blocks and run the passes of ``steps`` on ``executor``."""
+    scan = tuple(int(s) for s in data.shape[-4:-2])
+    det = tuple(int(s) for s in data.shape[-2:])
     own = executor is None
     if own:
         executor = ThreadExecutor()
@@ -170,7 +305,8 @@ def segment_chunked(
         executor = DistributedExecutor(client=executor)
     try:
         limit = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
-        shape = (len(steps), *scan, *det) if ndim == 5 else data.shape
+        shape = (len(steps), *scan, *det) if steps[0] is not None else data.shape
+        pre = spec["prefilter"]
         plan = plan_chunks(
             shape,
             data.dtype,
@@ -183,23 +319,12 @@ def segment_chunked(
         run = _Run(
             executor,
             BlockSource(data),
-            steps if ndim == 5 else [None],
+            steps,
             plan,
-            spec={
-                "prefilter": pre,
-                "q_mask": qmask,
-                "sigma": float(sigma),
-                "average": average,
-                "raw_mask_map": bool(pre) and mask_source == "raw",
-                "numba_threads": _numba_threads(executor, plan),
-            },
-            grow={
-                "threshold": threshold,
-                "min_cluster_size": int(min_cluster_size),
-                "mask_min_size": int(mask_min_size),
-                "mask_hole_size": int(mask_hole_size),
-            },
+            spec={**spec, "numba_threads": _numba_threads(executor, plan)},
+            grow=grow,
             masks=masks,
+            raw_maps=raw_maps,
             progress=progress,
             on_stage=on_stage,
             stats=stats if stats is not None else RunStats(),
@@ -211,15 +336,10 @@ def segment_chunked(
         elif isinstance(executor, DistributedExecutor):
             executor.release()
     if stats is not None:
-        stats.seconds = time.perf_counter() - started
         stats.input_bytes = (
             len(steps) * int(np.prod(scan)) * int(np.prod(det)) * data.dtype.itemsize
         )
-    if ndim == 4:
-        labels, ms, rmask, sim, means, table = parts[0]
-        return SegmentationResult(labels, ms, rmask, sim, means, table, params)
-    stack = [np.stack([p[i] for p in parts]) for i in range(4)]
-    return SegmentationResult(*stack, [p[4] for p in parts], [p[5] for p in parts], params)
+    return parts
 
 
 def _numba_threads(executor, plan) -> int | None:
@@ -338,6 +458,7 @@ class _Run:
         spec,
         grow,
         masks,
+        raw_maps,
         progress,
         on_stage,
         stats,
@@ -349,13 +470,15 @@ class _Run:
         self.spec = spec
         self.grow = grow
         self.masks = masks
+        self.raw_maps = raw_maps
         self.progress = progress
         self.on_stage = on_stage
         self.stats = stats
         self.boxes = plan.boxes()
         nb = len(self.boxes)
-        self.total = {"similarity": nb * len(steps), "regions": len(steps)}
-        self.total["averages"] = nb * len(steps)
+        grows = grow is not None  # None: the similarity pass alone
+        self.total = {"similarity": nb * len(steps), "regions": len(steps) * grows}
+        self.total["averages"] = nb * len(steps) * grows
         self.done = dict.fromkeys(STAGES, 0)
         self.span = {}
         self.pattern_bytes = int(np.prod(source.shape[-2:])) * source.dtype.itemsize
@@ -413,11 +536,11 @@ class _Run:
         box = self.boxes[b]
         t = self.steps[i]
         if kind == "similarity":
-            return self.ex.submit(similarity_task, src, t, box, self.spec)
+            return self.ex.submit(similarity_task, src, t, box, self.spec, self.raw_maps[i])
         return self.ex.submit(sums_task, src, t, box, extra, self.spec)
 
     def _read_bytes(self, box, halo):
-        r0, r1, c0, c1 = _extended(box, halo, self.plan.scan_shape)
+        r0, r1, c0, c1 = extended(box, halo, self.plan.scan_shape)
         return (r1 - r0) * (c1 - c0) * self.pattern_bytes
 
     # ------------------------------------------------------------------
@@ -435,28 +558,14 @@ class _Run:
         self.stats.bytes_read += self._read_bytes(self.boxes[b], self.plan.halo)
         if st.sim_left:
             return
+        if self.grow is None:  # the similarity pass alone
+            st.result = (st.sim, st.mask_map)
+            return
         # All blocks of the step are back: grow its regions here (small).
         t0 = time.perf_counter()
-        ms = mean_similarity(st.sim)
-        # With the prefilter the mask may threshold the raw cube's map (see
-        # core.segment's mask_source); arrays given as masks ignore the map.
-        use_raw = st.mask_map is not None and thresholds_a_map(self.masks[i])
-        rmask = real_space_mask(
-            st.mask_map if use_raw else ms,
-            self.masks[i],
-            min_size=self.grow["mask_min_size"],
-            hole_size=self.grow["mask_hole_size"],
-        )
-        labels, _ = grow_regions(
-            st.sim,
-            self.grow["threshold"],
-            mean_similarity=ms,
-            mask=rmask,
-            min_cluster_size=self.grow["min_cluster_size"],
-        )
-        n = int(labels.max(initial=0))
-        st.labels, st.ms, st.rmask, st.n = labels, ms, rmask, n
-        st.table = cluster_table(labels, ms, n)
+        labels, ms, rmask, table = grow_step(st.sim, st.mask_map, self.masks[i], self.grow)
+        n = len(table)
+        st.labels, st.ms, st.rmask, st.n, st.table = labels, ms, rmask, n, table
         st.sums = np.zeros((n, *self.source.shape[-2:]), np.float64)
         self.stats.stage_seconds["regions"] = self.stats.stage_seconds.get("regions", 0.0) + (
             time.perf_counter() - t0
@@ -481,23 +590,20 @@ class _Run:
         st = states[i]
         self._count("averages", 1, t_read, t_comp)
         # the prefilter's halo when the averages are of the prefiltered cube
-        halo = self.plan.halo - 1 if self.spec["average"] == "prefiltered" else 0
-        self.stats.bytes_read += self._read_bytes(self.boxes[b], halo)
+        self.stats.bytes_read += self._read_bytes(self.boxes[b], self.spec["sums_halo"])
         # Merge in block order, whatever order blocks finish in, so that the
         # float64 sums (and so the averages) do not depend on timing.
         st.pending[b] = (ids, sums)
         while st.next_sum < len(st.order) and st.order[st.next_sum] in st.pending:
             pid, psum = st.pending.pop(st.order[st.next_sum])
-            st.sums[pid - 1] += psum
+            add_sums(st.sums, pid, psum)
             st.next_sum += 1
         st.sums_left -= 1
         if not st.sums_left:
             self._finish(st)
 
     def _finish(self, st):
-        counts = np.bincount(st.labels.ravel(), minlength=st.n + 1)[1 : st.n + 1]
-        means = means_from_sums(st.sums, counts.astype(np.int64))
-        st.result = (st.labels, st.ms, st.rmask, st.sim, means, st.table)
+        st.result = finish_step(st.labels, st.ms, st.rmask, st.sim, st.table, st.sums)
         st.sums = None
 
     # ------------------------------------------------------------------

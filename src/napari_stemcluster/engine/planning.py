@@ -85,7 +85,7 @@ def parse_memory(value) -> int:
 
         try:
             n = float(parse_bytes(value.strip()))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):
             raise ValueError(
                 f"memory limit must be a size such as '4GB' or '512MiB'; got {value!r}"
             ) from None

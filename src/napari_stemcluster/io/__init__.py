@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._analysis_tracking import read_kinetics_csv, write_kinetics_csv
 from ._lazy import close_cached_handles
 from .dataset import Calibration, StemDataset, normalize_units
 from .errors import StemFileError
@@ -32,7 +33,9 @@ __all__ = [
     "is_results_file",
     "normalize_units",
     "open_dataset",
+    "read_kinetics_csv",
     "read_results",
+    "write_kinetics_csv",
     "write_results",
 ]
 

@@ -42,8 +42,12 @@ def parse_hdr(path: Path) -> dict[str, str]:
     >>> parse_hdr(Path("scan.hdr"))["Frames per Trigger (Number)"]  # doctest: +SKIP
     '1'
     """
+    from ..config import read_small_file
+
     out = {}
-    text = Path(path).read_bytes().replace(b"\x00", b"").decode("ascii", "replace")
+    # a regular file of at most 1 MiB (a link to /dev/zero must not fill the memory)
+    raw = read_small_file(path, "Merlin .hdr header", error=StemFileError)
+    text = raw.replace(b"\x00", b"").decode("ascii", "replace")
     for line in text.splitlines():
         if line.startswith(("HDR", "End")) or "\t" not in line:
             continue

@@ -123,13 +123,6 @@ def _per_step(result: SegmentationResult):
     return labels, means, tables, qshape
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _put_str(group, name: str, value: str):
     import h5py
 
@@ -190,6 +183,8 @@ def write_results(
     calibration: Calibration | dict | None = None,
     overwrite: bool = False,
     compression: str | None = "gzip",
+    tracking=None,
+    kinetics=None,
 ) -> Path:
     """Save a segmentation to one HDF5 file, atomically.
 
@@ -214,6 +209,10 @@ def write_results(
         the source file are never replaced.
     compression : {"gzip", "lz4", None}
         Compression of the maps and cluster patterns.
+    tracking, kinetics : Tracking, Kinetics, optional
+        Persistent grain ids, events and kinetics of a 5D result (from
+        :mod:`napari_stemcluster.core.tracking`), stored in ``/tracking``
+        (layout in :mod:`napari_stemcluster.io._analysis_tracking`).
 
     Returns
     -------
@@ -232,29 +231,9 @@ def write_results(
     path = Path(os.path.abspath(path))
     labels, means, tables, qshape = _per_step(result)
     cal = Calibration.from_dict(calibration)
-    if source is not None and (
-        _same_file(path, Path(source)) or path == Path(os.path.abspath(source))
-    ):
-        raise StemFileError(
-            f"{path}: is the source data file of this result; refusing to overwrite "
-            "it, choose another file name"
-        )
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
-        from . import detect_format
+    from .output import check_output
 
-        try:
-            kind = detect_format(path)
-        except StemFileError:
-            kind = None
-        if kind not in (None, "results"):
-            raise StemFileError(
-                f"{path}: holds 4D/5D-STEM data ({kind}); refusing to overwrite it "
-                "with results, choose another file name"
-            )
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: directory does not exist")
+    check_output(path, source=source, overwrite=overwrite)
 
     if compression == "gzip":
         dsopts = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
@@ -278,8 +257,9 @@ def write_results(
     cube = all_means[:, None, :, :]
     params_json = json.dumps(result.params or {}, default=_json_default, sort_keys=True)
 
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    from .output import atomic_output
+
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["emd_group_type"] = "file"
             f.attrs["version_major"] = np.int64(1)
@@ -330,13 +310,13 @@ def write_results(
                 )
             data = _write_emd(f, cube, cal, dsopts)
             g["cluster_means"] = data  # hard link: stored once
+            if tracking is not None:
+                from ._analysis_tracking import write_tracking
+
+                write_tracking(f, tracking, kinetics)
         from ._lazy import close_cached_handles
 
         close_cached_handles(path)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -351,7 +331,8 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
     info : dict
         ``path``, ``source``, ``software_version``, ``created``,
         ``format_version`` and ``calibration`` (a dict, see
-        :class:`~napari_stemcluster.io.Calibration`).
+        :class:`~napari_stemcluster.io.Calibration`); ``tracking`` and
+        ``kinetics`` when the file holds grain tracks (else None).
 
     Examples
     --------
@@ -393,6 +374,12 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             means = np.ascontiguousarray(g["cluster_means"][()][:, 0])
         except (KeyError, OSError) as e:
             raise StemFileError(f"{path}: incomplete results file ({e})") from None
+        from ._analysis_tracking import read_tracking
+
+        try:
+            tracking, kinetics = read_tracking(f, labels)
+        except (KeyError, OSError, ValueError) as e:
+            raise StemFileError(f"{path}: unreadable /tracking group ({e})") from None
 
         def attr(name, default=""):
             v = f.attrs.get(name, default)
@@ -407,6 +394,8 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             "created": attr("created"),
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
+            "tracking": tracking,
+            "kinetics": kinetics,
         }
     ts = labels.ndim == 3
 

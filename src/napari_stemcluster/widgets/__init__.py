@@ -8,6 +8,7 @@ threads with a progress bar and a Cancel button; results appear as layers.
 from ._clustering import ClusteringWidget
 from ._correction import CorrectionWidget
 from ._diffraction import DiffractionViewer
+from ._kinetics import KineticsWidget
 from ._prefilter import PrefilterWidget
 from ._similarity import SimilarityWidget
 from ._state import ClusterState
@@ -19,6 +20,7 @@ __all__ = [
     "ClusteringWidget",
     "CorrectionWidget",
     "DiffractionViewer",
+    "KineticsWidget",
     "PrefilterWidget",
     "SimilarityWidget",
     "WorkflowDock",

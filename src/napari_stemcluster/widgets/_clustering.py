@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
+from ..core.params import BY_NAME, DEFAULTS
 from ._common import (
     JobRunner,
     ask_replace,
@@ -28,6 +29,18 @@ from ._threshold_plot import ThresholdPlot, masked_similarities, threshold_stats
 
 if TYPE_CHECKING:
     import napari
+
+
+def _steps(sim, ms, mask, cube) -> list[tuple]:
+    """Per time step: similarity, mean similarity, mask, cube and the step to read.
+
+    The layers have a time axis only for 5D data; the passes always work on
+    one step at a time.
+    """
+    if ms.ndim == 2:
+        return [(sim, ms, mask, cube, None)]
+    return [(sim[t], ms[t], None if mask is None else mask[t], cube, t) for t in range(ms.shape[0])]
+
 
 #: Delay (ms) after the last threshold change before the preview recounts.
 PREVIEW_DELAY_MS = 120
@@ -71,25 +84,25 @@ class ClusteringWidget(Container):
             options={"choices": layer_choices(viewer, is_mask_layer, none="(none)")},
         )
         self._threshold = create_widget(
-            0.9,
+            DEFAULTS["threshold"],
             label="Threshold",
             annotation=float,
             widget_type="FloatSlider",
             options={"min": 0.0, "max": 1.0, "step": 0.001, "readout": True},
         )
         self._min_size = create_widget(
-            5,
+            DEFAULTS["min_cluster_size"],
             label="Min. cluster size",
             annotation=int,
             widget_type="SpinBox",
             options={"min": 0, "max": 1_000_000},
         )
         self._average = create_widget(
-            "raw",
+            DEFAULTS["average"],
             label="Average from",
             annotation=str,
             widget_type="ComboBox",
-            options={"choices": ["raw", "prefiltered"]},
+            options={"choices": list(BY_NAME["average"].choices)},
         )
         self._average.tooltip = (
             "Cube of the cluster-averaged patterns: the raw data or the cube the "
@@ -283,6 +296,10 @@ class ClusteringWidget(Container):
             p["prefilter_radius"] = int(pre["radius"])
             p["corr_range"] = [float(v) for v in pre["corr_range"]]
             p["prefilter_edge"] = None if pre.get("edge") is None else int(pre["edge"])
+        # The Similarity widget thresholds the raw cube's map for prefiltered
+        # data (the pipeline's rule), so the mask source is "raw" then too.
+        raw_map = meta.get("mask_map") is not None
+        p["mask_source"] = "raw" if raw_map or not pre else "prefiltered"
         mask_layer = self._mask_combo.value
         mmeta = stem_meta(mask_layer) if mask_layer is not None else None
         if mmeta is None:
@@ -326,37 +343,40 @@ class ClusteringWidget(Container):
         budget = self.sums_budget
 
         def work(progress):
-            from ..core.averages import cluster_sums, cluster_table, means_from_sums
-            from ..core.regions import grow_regions
+            # The regions and sums passes of the pipeline (core.passes), per
+            # time step, the step on screen first; the sums read the cube in
+            # blocks of rows.
+            from ..core.passes import finish_step, grow_step, make_spec, step_sums
 
-            five_d = ms.ndim == 3
-            n_steps = ms.shape[0] if five_d else 1
-            labels = np.zeros(ms.shape, np.int32)
-            means, tables, cached = [], [], {}
+            spec = make_spec(None, None, 0.0)
+            grow = {
+                "threshold": threshold,
+                "min_cluster_size": min_size,
+                "mask_min_size": 0,
+                "mask_hole_size": 0,
+            }
+            steps = _steps(sim, ms, mask, cube)
+            n_steps = len(steps)
+            results, cached = [None] * n_steps, {}
             order = [t_now] + [t for t in range(n_steps) if t != t_now]
             kept = 0
             for i, t in enumerate(order):
-                s, m = (sim[t], ms[t]) if five_d else (sim, ms)
-                k = None if mask is None else (mask[t] if five_d else mask)
-                lab, _ = grow_regions(
-                    s, threshold, mean_similarity=m, mask=k, min_cluster_size=min_size
+                s, m, k, c, t_read = steps[t]
+                lab, _, _, table = grow_step(s, None, k, grow)
+                n = len(table)
+                sums = step_sums(
+                    c, t_read, lab, n, spec, progress=step_progress(progress, i, n_steps)
                 )
-                n = int(lab.max(initial=0))
-                part = step_progress(progress, i, n_steps)
-                sums, counts = cluster_sums(cube[t] if five_d else cube, lab, n, progress=part)
-                if five_d:
-                    labels[t] = lab
-                else:
-                    labels = lab
-                means.append((t, means_from_sums(sums, counts)))
-                tables.append((t, cluster_table(lab, m, n)))
+                results[t] = finish_step(lab, m, k, s, table, sums)
+                counts = np.bincount(lab.ravel(), minlength=n + 1)[1 : n + 1].astype(np.int64)
                 size = sums.nbytes + counts.nbytes + lab.nbytes
                 if i == 0 or kept + size <= budget:
                     cached[t] = (sums, counts, lab.copy())
                     kept += size
-            means = [m for _, m in sorted(means, key=lambda x: x[0])]
-            tables = [tb for _, tb in sorted(tables, key=lambda x: x[0])]
-            return labels, means, tables, cached
+            labels = np.stack([r.labels for r in results])
+            if ms.ndim == 2:
+                labels = labels[0]
+            return labels, results, cached
 
         def done(value):
             self._apply(layer, meta, value, sim, ms, mask, cube, params, mode, target)
@@ -365,20 +385,12 @@ class ClusteringWidget(Container):
         return self.runner.start(work, description="Clustering", on_returned=done)
 
     def _apply(self, sim_layer, meta, value, sim, ms, mask, cube, params, mode, target):
-        from ..core.result import SegmentationResult
+        from ..core.passes import assemble
         from ._state import _Sums
 
-        labels, means, tables, cached = value
-        five_d = labels.ndim == 3
-        result = SegmentationResult(
-            labels=labels.copy(),
-            mean_similarity=ms,
-            real_mask=np.ones(ms.shape, bool) if mask is None else mask,
-            similarity=sim,
-            cluster_means=means if five_d else means[0],
-            clusters=tables if five_d else tables[0],
-            params=params,
-        )
+        labels, steps, cached = value
+        result = assemble(steps, params, time_axis=labels.ndim == 3)
+        tables = [step.clusters for step in steps]
         state = ClusterState(
             labels,
             cube,

@@ -402,10 +402,10 @@ def save_settings(key: str, values: dict) -> None:
         data = {}
     data[key] = values
     try:
+        from ..config import atomic_write_bytes
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
     except OSError:
         pass  # a read-only configuration directory must not break the widget
 

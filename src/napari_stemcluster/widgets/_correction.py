@@ -110,6 +110,16 @@ class CorrectionWidget(Container):
         )
         self._split = create_widget(label="Split", annotation=None, widget_type="PushButton")
         self._split.text = "Split selected label"
+        # Time series linked by the Grain kinetics widget: carry merges and
+        # splits over to the same grains at every time step.
+        self._all_steps = create_widget(
+            False, label="All time steps", annotation=bool, widget_type="CheckBox"
+        )
+        self._all_steps.tooltip = (
+            "Merge or split the same grains at every time step (after Grain kinetics > Link)"
+        )
+        self._undo = create_widget(label="Undo", annotation=None, widget_type="PushButton")
+        self._undo.text = "Undo last edit"
         self._status = create_widget("", label="", annotation=str, widget_type="Label")
         self._help = create_widget(HELP, label="", annotation=str, widget_type="Label")
         from qtpy.QtCore import Qt
@@ -126,6 +136,8 @@ class CorrectionWidget(Container):
                 self._threshold,
                 self._min_size,
                 self._split,
+                self._all_steps,
+                self._undo,
                 self._status,
                 help_box,
             ]
@@ -137,6 +149,7 @@ class CorrectionWidget(Container):
         self._add.changed.connect(self.add_selected)
         self._merge.changed.connect(self.merge)
         self._split.changed.connect(self.split)
+        self._undo.changed.connect(self.undo)
         self._layer_combo.changed.connect(self._on_layer)
         connect_while_alive(
             self.native,
@@ -150,7 +163,7 @@ class CorrectionWidget(Container):
 
     def _on_layer(self, *_):
         layer = self._layer_combo.value
-        for w in (self._add, self._merge, self._split):
+        for w in (self._add, self._merge, self._split, self._undo):
             w.enabled = layer is not None
         if layer is None or id(layer) in self._bound:
             return
@@ -193,15 +206,26 @@ class CorrectionWidget(Container):
             return None
         try:
             ids = parse_labels(self._merge_list.value)
-            indices, values, target = link.state.merge(t, ids)
+            if self._all_steps.value:
+                steps = _steps_of_grains(layer, t, ids)
+                if len(steps.get(t, ())) < 2:
+                    raise ValueError(f"labels {ids} are not two grains at this time step")
+                done = {s: link.state.merge(s, labs) for s, labs in steps.items() if len(labs) > 1}
+                edits, target = list(done.values()), done[t][2]
+            else:
+                edits = [link.state.merge(t, ids)]
+                target = edits[0][2]
         except ValueError as exc:
             show_error(f"Merge: {exc}")
             return None
-        layer.data_setitem(indices, values)
-        link.flush()
+        changed = _write_edits(layer, link, edits)
+        if self._all_steps.value:
+            _merge_tracked(layer, t, ids)
         layer.selected_label = target
         self._merge_list.value = ""
-        self._status.value = f"merged {', '.join(map(str, ids))} into {target}"
+        self._status.value = f"merged {', '.join(map(str, ids))} into {target}" + (
+            f" at steps {', '.join(map(str, changed))}" if self._all_steps.value else ""
+        )
         return target
 
     def split(self, *_) -> list[int] | None:
@@ -213,6 +237,7 @@ class CorrectionWidget(Container):
             return None
         label = int(layer.selected_label)
         thr = float(self._threshold.value)
+        min_size = int(self._min_size.value)
         lost = self._split_loss(link.state, t, label, thr)
         if lost is not None:
             n_lost, size = lost
@@ -226,23 +251,44 @@ class CorrectionWidget(Container):
                 self._status.value = f"split of {label} cancelled"
                 return None
         try:
-            indices, values, new_ids = link.state.split(
-                t, label, thr, min_size=int(self._min_size.value)
-            )
+            steps = _steps_of_grains(layer, t, [label]) if self._all_steps.value else {t: [label]}
+            edits = {
+                s: link.state.split(s, labs[0], thr, min_size=min_size) for s, labs in steps.items()
+            }
         except ValueError as exc:
             show_error(f"Split: {exc}")
             return None
-        if not new_ids and not len(values):
+        new_ids = edits[t][2] if t in edits else []
+        if not any(len(e[1]) for e in edits.values()):
             show_info(f"Split: label {label} stays whole at threshold {thr:g}")
             self._status.value = f"label {label} does not split at {thr:g}"
             return []
-        layer.data_setitem(indices, values)
-        link.flush()
+        changed = _write_edits(layer, link, list(edits.values()))
         pieces = ", ".join(map(str, [label, *new_ids]))
-        moved = int(np.count_nonzero(np.asarray(values) == 0))
-        where = f" at t = {t}" if layer.ndim == 3 else ""
-        self._status.value = f"split {label}{where} into {pieces}; {moved} positions to background"
+        moved = sum(int(np.count_nonzero(np.asarray(e[1]) == 0)) for e in edits.values())
+        where = f" at t = {t}" if layer.ndim == 3 and not self._all_steps.value else ""
+        self._status.value = (
+            f"split {label}{where} into {pieces}; {moved} positions to background"
+            + (f"; steps {', '.join(map(str, changed))} changed" if self._all_steps.value else "")
+        )
         return new_ids
+
+    def undo(self, *_) -> tuple[int, ...]:
+        """Undo the last edit of the layer (one merge or split at all steps included).
+
+        Returns the time steps it changed, which the status line names.
+        """
+        layer, link, _ = self._target()
+        if link is None:
+            return ()
+        layer.undo()
+        steps = link.flush()
+        self._status.value = (
+            f"undo changed time step(s) {', '.join(map(str, steps))}"
+            if steps
+            else "nothing to undo"
+        )
+        return steps
 
     def _split_loss(self, state, t, label, thr):
         """``(positions sent to background, cluster size)`` of a split, or None."""
@@ -267,6 +313,56 @@ class CorrectionWidget(Container):
         except ValueError:
             return None  # reported by the split itself
         return int(np.count_nonzero((cur == label) & (out == 0))), size
+
+
+def _steps_of_grains(layer, t: int, labels) -> dict[int, list[int]]:
+    """Labels of the same grains at every step, from the layer's tracking."""
+    import numpy as np
+
+    from ..core.tracking import same_grains
+    from ._common import stem_meta
+
+    tracking = (stem_meta(layer) or {}).get("tracking")
+    if tracking is None or layer.ndim != 3:
+        raise ValueError("link the time steps first (Grain kinetics > Link time steps)")
+    steps = same_grains(tracking, t, labels)
+    stale = [s for s in steps if not np.array_equal(layer.data[s], tracking.step_labels[s])]
+    if stale:
+        raise ValueError(
+            f"the labels changed at step(s) {', '.join(map(str, stale))} since the time "
+            "steps were linked; link them again (Grain kinetics > Link time steps)"
+        )
+    return steps
+
+
+def _merge_tracked(layer, t: int, ids) -> None:
+    """Keep the layer's tracking in step with a merge at all steps (one grain now)."""
+    import dataclasses
+
+    import numpy as np
+
+    from ..core.tracking import merge_tracks
+    from ._common import stem_meta
+
+    meta = stem_meta(layer)
+    tracking = meta["tracking"]
+    tracks = {int(tracking.track_of[t][i - 1]) for i in ids}
+    if len(tracks) > 1:
+        tracking, _ = merge_tracks(tracking, sorted(tracks))
+    meta["tracking"] = dataclasses.replace(tracking, step_labels=np.array(layer.data))
+
+
+def _write_edits(layer, link, edits) -> tuple[int, ...]:
+    """Write ``(indices, values, ...)`` edits as one undoable step; the steps changed."""
+    import numpy as np
+
+    edits = [e for e in edits if len(e[1])]
+    if not edits:
+        return ()
+    indices = tuple(np.concatenate([e[0][i] for e in edits]) for i in range(len(edits[0][0])))
+    values = np.concatenate([e[1] for e in edits])
+    layer.data_setitem(indices, values)
+    return link.flush()
 
 
 def _ask_split(parent, text: str) -> bool:

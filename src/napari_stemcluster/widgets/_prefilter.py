@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
+from ..core.params import BY_NAME, DEFAULTS
 from ._common import (
     JobRunner,
     available_memory,
@@ -63,21 +64,21 @@ class PrefilterWidget(Container):
             options={"choices": layer_choices(viewer, is_data_layer)},
         )
         self._sigma = create_widget(
-            3.0,
+            DEFAULTS["prefilter_sigma"],
             label="Blur σ (px)",
             annotation=float,
             widget_type="FloatSpinBox",
             options={"min": 0.0, "max": 50.0, "step": 0.5},
         )
         self._radius = create_widget(
-            4,
+            DEFAULTS["prefilter_radius"],
             label="Footprint radius",
             annotation=int,
             widget_type="SpinBox",
-            options={"min": 0, "max": 20},
+            options={"min": 0, "max": BY_NAME["prefilter_radius"].high},
         )
         self._corr_range = create_widget(
-            (0.85, 0.95),
+            DEFAULTS["corr_range"],
             label="Correlation range",
             annotation=tuple[float, float],
             widget_type="FloatRangeSlider",

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
+from ..core.params import DEFAULTS
 from ._common import (
     JobRunner,
     connect_while_alive,
-    cube_step,
     is_data_layer,
     layer_choices,
     remember,
@@ -25,6 +25,23 @@ if TYPE_CHECKING:
     import napari
 
 MASK_METHODS = ("triangle", "otsu", "manual", "none")
+
+
+def _prefilter_options(recorded) -> dict | None:
+    """``correlative_prefilter`` keywords recorded by the Prefilter widget (None if absent)."""
+    if not isinstance(recorded, dict) or not {"sigma", "radius", "corr_range"} <= set(recorded):
+        return None
+    return {
+        "sigma": float(recorded["sigma"]),
+        "radius": int(recorded["radius"]),
+        "corr_range": tuple(float(v) for v in recorded["corr_range"]),
+        "edge": recorded.get("edge"),
+    }
+
+
+def _layer_shape(maps: np.ndarray, cube) -> np.ndarray:
+    """Maps with a time axis (the passes' form) in the layer's form: squeezed for 4D."""
+    return maps[0] if cube.ndim == 4 else maps
 
 
 class SimilarityWidget(Container):
@@ -79,7 +96,7 @@ class SimilarityWidget(Container):
             options={"min": 0.0, "max": 10000.0, "step": 1.0},
         )
         self._sigma = create_widget(
-            0.0,
+            DEFAULTS["sigma"],
             label="Blur σ (px)",
             annotation=float,
             widget_type="FloatSpinBox",
@@ -91,7 +108,7 @@ class SimilarityWidget(Container):
         self._cancel.text = "Cancel"
         self._cancel.enabled = False
         self._method = create_widget(
-            "triangle",
+            DEFAULTS["real_mask"],
             label="Mask method",
             annotation=str,
             widget_type="ComboBox",
@@ -105,14 +122,14 @@ class SimilarityWidget(Container):
             options={"min": -1.0, "max": 1.0, "step": 0.005, "readout": True},
         )
         self._min_size = create_widget(
-            0,
+            DEFAULTS["mask_min_size"],
             label="Remove regions <",
             annotation=int,
             widget_type="SpinBox",
             options={"min": 0, "max": 100000},
         )
         self._hole_size = create_widget(
-            0,
+            DEFAULTS["mask_hole_size"],
             label="Fill holes <",
             annotation=int,
             widget_type="SpinBox",
@@ -181,8 +198,14 @@ class SimilarityWidget(Container):
             r = float(np.hypot(qx, qy) / 2)
             if (int(qx), int(qy)) != self._detector:
                 self._detector = None  # the new range clamps the old radii: not saved
-            self._outer.max = self._inner.max = max(r, 1.0)
-            self._load_q_mask((int(qx), int(qy)))
+            # nothing reaches the shared q-mask (and the other widgets) until loaded
+            syncing, self._syncing = self._syncing, True
+            try:
+                self._outer.max = self._inner.max = max(r, 1.0)
+                self._load_q_mask((int(qx), int(qy)))
+            finally:
+                self._syncing = syncing
+            self._push_q_mask()
 
     # q-mask radii are remembered per detector shape: a radius chosen on a
     # 48x48 detector means nothing on a 128x128 one
@@ -288,27 +311,64 @@ class SimilarityWidget(Container):
         # mask_source), so that map is computed too.
         raw = meta.get("raw_cube")
         raw = raw if raw is not None and raw is not cube and raw.shape == cube.shape else None
+        pre = _prefilter_options(meta.get("prefilter")) if raw is not None else None
 
         def work(progress):
-            from ..core.similarity import mean_similarity, neighbor_similarity
+            # The similarity pass of the pipeline, block by block with bounded
+            # memory (threads here, or the scheduler of the widget settings).
+            from ..core import similarity as _similarity
+            from ..core.similarity import mean_similarity
+            from ..engine import similarity_chunked
+            from ._execution import widget_executor
 
-            n_steps = cube.shape[0] if cube.ndim == 5 else 1
-            n = n_steps if raw is None else 2 * n_steps
-
-            def similarity(c, t, i):
-                part = step_progress(progress, i, n)
-                return neighbor_similarity(cube_step(c, t), q_mask, sigma, progress=part)
-
-            def stacked(maps):
-                return maps[0] if cube.ndim == 4 else np.stack(maps)
-
-            sim = stacked([similarity(cube, t, t) for t in range(n_steps)])
-            ms = mean_similarity(sim)
-            mask_map = None
-            if raw is not None:  # the raw cube's maps only: its similarity is not kept
-                maps = [mean_similarity(similarity(raw, t, n_steps + t)) for t in range(n_steps)]
-                mask_map = stacked(maps)
-            return sim, ms, mask_map
+            n = 1 if raw is None else 2
+            # Blocks of whole rows of about the kernels' block size: progress
+            # (and Cancel) every few tens of MB.
+            rows = _similarity.block_rows(cube.shape[-4:], max(cube.dtype.itemsize, 4))
+            chunks = (rows, int(cube.shape[-3]))
+            with widget_executor() as (ex, limit):
+                if pre:
+                    # One pass over the raw cube, as in segment(prefilter=...):
+                    # each block is prefiltered with its halo (never stored),
+                    # compared, and the raw map comes along.
+                    sim, raw_ms = similarity_chunked(
+                        raw,
+                        q_mask,
+                        sigma,
+                        prefilter=pre,
+                        raw_map=True,
+                        executor=ex,
+                        memory_limit=limit,
+                        chunks=chunks,
+                        progress=progress,
+                    )
+                    return (
+                        _layer_shape(sim, cube),
+                        _layer_shape(mean_similarity(sim), cube),
+                        _layer_shape(raw_ms, cube),
+                    )
+                sim, _ = similarity_chunked(
+                    cube,
+                    q_mask,
+                    sigma,
+                    executor=ex,
+                    memory_limit=limit,
+                    chunks=chunks,
+                    progress=step_progress(progress, 0, n),
+                )
+                mask_map = None
+                if raw is not None:  # the raw cube's maps only: its similarity is not kept
+                    raw_sim, _ = similarity_chunked(
+                        raw,
+                        q_mask,
+                        sigma,
+                        executor=ex,
+                        memory_limit=limit,
+                        chunks=chunks,
+                        progress=step_progress(progress, 1, n),
+                    )
+                    mask_map = _layer_shape(mean_similarity(raw_sim), cube)
+            return _layer_shape(sim, cube), _layer_shape(mean_similarity(sim), cube), mask_map
 
         def done(value):
             self._add_layers(layer, meta, value, q_mask, sigma)

@@ -174,7 +174,10 @@ class ThresholdPlot:
             edgecolors="none",
         )
         if len(stats.sizes):
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # they overlap on a short axis
         ax.set_xlabel("cluster size (positions)", color="white", fontsize=7, labelpad=1)
         ax.set_ylabel("mean similarity", color="white", fontsize=7, labelpad=1)
         ax.set_title(stats.summary(), color="white", fontsize=7, loc="right", x=1.0, pad=3)

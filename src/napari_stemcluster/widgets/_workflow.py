@@ -40,7 +40,7 @@ def _open_widget(viewer):
 
 def _lazy(name: str):
     def make(viewer):
-        from . import _clustering, _correction, _export, _prefilter, _similarity
+        from . import _clustering, _correction, _export, _kinetics, _prefilter, _similarity
 
         modules = {
             "PrefilterWidget": _prefilter,
@@ -48,6 +48,7 @@ def _lazy(name: str):
             "ClusteringWidget": _clustering,
             "CorrectionWidget": _correction,
             "ResultsWidget": _export,
+            "KineticsWidget": _kinetics,
         }
         return getattr(modules[name], name)(viewer)
 
@@ -62,6 +63,7 @@ WORKFLOW_TABS: list[TabSpec] = [
     TabSpec("2. Similarity", _lazy("SimilarityWidget"), "Similarity and real-space mask"),
     TabSpec("3. Clustering", _lazy("ClusteringWidget"), "Region growing, threshold guidance"),
     TabSpec("Correct", _lazy("CorrectionWidget"), "Merge and split clusters by hand"),
+    TabSpec("Kinetics", _lazy("KineticsWidget"), "Time series: grains followed in time"),
     TabSpec("Results", _lazy("ResultsWidget"), "Save, export figures, find a moved data file"),
 ]
 
