@@ -90,6 +90,37 @@ def test_segment_file_equals_in_memory(data_file, small_sample, tmp_path, capsys
     assert "memory limit 47.68 MiB" in text
 
 
+def test_segment_reports_auto_threshold_and_diagnostics(data_file, small_sample, tmp_path, capsys):
+    out = tmp_path / "res.h5"
+    assert cli.main(["segment", str(data_file), "-o", str(out), "--threshold", "auto"]) == 0
+    text = capsys.readouterr().out
+    result, _ = read_results(out)
+    ref = segment(small_sample.cube)
+    np.testing.assert_array_equal(result.labels, ref.labels)
+    assert result.params["threshold"] == "auto"
+    assert result.params["threshold_used"] == [d.threshold for d in ref.diagnostics]
+    assert result.params["diagnostics"][0]["clusters"] == ref.diagnostics[0].clusters
+    for t, d in enumerate(ref.diagnostics):
+        assert f"t={t}: {d.summary()}" in text
+    # nothing clustered: the summary says why
+    code = cli.main(
+        [
+            "segment",
+            str(data_file),
+            "-o",
+            str(out),
+            "--min-cluster-size",
+            "100000",
+            "--times",
+            "0:1",
+            "--overwrite",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "No clusters: all" in text and "lower min_cluster_size" in text
+
+
 def test_config_file_and_flags_override(data_file, small_sample, tmp_path):
     params = tmp_path / "params.toml"
     save_params(params, {"threshold": 0.5, "min_cluster_size": 3, "times": "1:2"})
@@ -121,7 +152,7 @@ def test_demo_writes_results_parameters_and_picture(small_sample, tmp_path):
     assert cli.main(["demo", "-o", str(out), "-q"]) == 0
     assert listing(out) == ["overview.png", "params.toml", "results.h5", "sample.h5"]
     result, _ = read_results(out / "results.h5")
-    assert load_params(out / "params.toml")["threshold"] == 0.9
+    assert load_params(out / "params.toml")["threshold"] == "auto"
     img = np.asarray(Image.open(out / "overview.png"))
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 600
     assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 50  # a picture

@@ -38,6 +38,7 @@ FULL = {
     "mask_hole_size": 9,
     "average": "prefiltered",
     "mask_source": "prefiltered",
+    "linkage": "pair",
     "times": [2, 9],
     "scan_shape": [64, 32],
     "scheduler": "tcp://10.0.0.5:8786",

@@ -13,7 +13,13 @@ from napari_stemcluster.engine import segment_chunked, similarity_chunked
 from napari_stemcluster.io import read_results
 from napari_stemcluster.synthetic import make_polycrystal
 
-KW = {"threshold": 0.85, "min_cluster_size": 3, "q_mask": (2.0, 12.0), "sigma": 1.0}
+KW = {
+    "threshold": 0.85,
+    "min_cluster_size": 3,
+    "q_mask": (2.0, 12.0),
+    "sigma": 1.0,
+    "real_mask": "triangle",  # several clusters on this small scan (one with the dark field)
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +91,7 @@ def test_cli_gives_the_same_as_core(cube5, tmp_path):
     out = tmp_path / "r.h5"
     args = ["segment", str(path), "-o", str(out), "-q", "--prefilter", "--prefilter-radius", "2"]
     args += ["--threshold", "0.85", "--min-cluster-size", "3", "--q-mask", "2,12", "--sigma", "1"]
+    args += ["--real-mask", "triangle"]
     assert cli.main(args) == 0
     ref = segment(cube5, **KW, prefilter={"radius": 2})
     _same(ref, read_results(out)[0])

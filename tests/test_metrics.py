@@ -405,3 +405,63 @@ def test_over_under_with_mask_ignores_unselected_pixels():
     assert (s["n_true"], s["n_pred"]) == (2, 2)
     everything = over_under_segmentation(true, pred)
     assert everything["clusters_per_grain"] > 1.0
+
+
+# --------------------------------------------------------------------------
+# grain_scores: every position counts, background included
+
+
+def test_grain_scores_literal():
+    from napari_stemcluster.core.metrics import grain_scores
+
+    true = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    pred = np.array([0, 5, 0, 5, 5, 5, 0, 6, 6, 5])
+    s = grain_scores(true, pred)
+    assert s["ari"] == pytest.approx(adjusted_rand_index(true, pred))
+    np.testing.assert_allclose(s["grain_recall"], [3 / 4, 2 / 3])
+    assert s["recall"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+    # cluster 5: {bg 1, g1 3, g2 1} -> majority 3 of 5; cluster 6: 2 of 2
+    assert s["purity"] == pytest.approx(5 / 7)
+    assert s["background_share"] == pytest.approx(1 / 7)
+    assert s["coverage"] == pytest.approx(6 / 7)
+    # grains in cluster 5: g1 3, g2 1 -> perplexity of (3/4, 1/4); cluster 6: 1
+    h = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    assert s["grains_per_cluster"] == pytest.approx((np.exp(h) * 4 + 1 * 2) / 6)
+    assert (s["n_grains"], s["n_clusters"]) == (2, 2)
+
+
+def test_grain_scores_cannot_be_gamed():
+    from napari_stemcluster.core.metrics import grain_scores
+
+    true = np.zeros((20, 20), int)
+    true[2:8, 2:8] = 1
+    true[10:18, 10:18] = 2
+    perfect = grain_scores(true, true)
+    assert perfect["ari"] == 1 and perfect["recall"] == 1 and perfect["purity"] == 1
+    assert perfect["background_share"] == 0 and perfect["grains_per_cluster"] == 1
+    # clustering nothing: recall and ARI 0, no purity to speak of
+    nothing = grain_scores(true, np.zeros_like(true))
+    assert nothing["ari"] == 0 and nothing["recall"] == 0 and nothing["coverage"] == 0
+    assert np.isnan(nothing["purity"]) and np.isnan(nothing["background_share"])
+    # clustering the background with the grains is seen
+    halo = true.copy()
+    halo[1:9, 1:9] = np.where(halo[1:9, 1:9] == 0, 1, halo[1:9, 1:9])
+    h = grain_scores(true, halo)
+    assert h["recall"] == 1 and h["background_share"] > 0.2 and h["ari"] < 0.9
+    # one cluster for both grains
+    merged = grain_scores(true, (true > 0).astype(int))
+    assert merged["grains_per_cluster"] > 1.8 and merged["purity"] < 1
+    # an ARI over grain pixels alone would call the halo perfect
+    assert adjusted_rand_index(true, halo, mask=true > 0) == 1.0
+
+
+def test_grain_scores_stack_and_errors():
+    from napari_stemcluster.core.metrics import grain_scores
+
+    true = np.zeros((2, 5, 5), int)
+    true[:, 1:4, 1:4] = 1
+    assert grain_scores(true, true * 7)["ari"] == 1
+    with pytest.raises(ValueError, match="same shape"):
+        grain_scores(true, true[0])
+    with pytest.raises(TypeError):
+        grain_scores(true.astype(float), true)

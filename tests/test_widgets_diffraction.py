@@ -8,13 +8,13 @@ pytest.importorskip("pytestqt")
 
 from napari_stemcluster._layers import sample_to_layers
 from napari_stemcluster.core import cluster_sums, cluster_table
-from napari_stemcluster.core.peaks import find_peaks
 from napari_stemcluster.widgets import (
     ClusteringWidget,
     CorrectionWidget,
     DiffractionViewer,
     SimilarityWidget,
 )
+from napari_stemcluster.widgets._bragg import bragg_display
 from napari_stemcluster.widgets._common import stem_meta
 from napari_stemcluster.widgets._diffraction import MARKER_NAME, scale_pattern
 from napari_stemcluster.widgets._link import link_for
@@ -138,8 +138,9 @@ def test_cluster_average_peaks_and_marker(make_napari_viewer, qtbot, scan4d):
     want = _cluster_mean(scan4d.cube, labels, label)
     np.testing.assert_allclose(dif.average, want, rtol=1e-5)
     np.testing.assert_allclose(dif.average_layer.data, want, rtol=1e-5)
-    pos, _ = find_peaks(dif.average, disk_radius=dif.controls.disk_radius.value)
+    pos, _, hk = bragg_display(dif.average, radius=dif.controls.disk_radius.value)
     assert len(pos) >= 3  # a grain average shows Bragg disks
+    assert list(dif.peaks_layer.features["hk"]) == hk
     np.testing.assert_allclose(dif.peaks_layer.data, pos)
     marker = viewer.layers[MARKER_NAME]
     table = cluster_table(labels, stem_meta(layer)["result"].mean_similarity)

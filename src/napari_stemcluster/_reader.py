@@ -129,13 +129,29 @@ def read_stem(path) -> list[tuple]:
             ds = open_source(info["source"], np.shape(result.labels))
             if ds is not None:  # the data too: patterns, averages and edits work again
                 layers += _in_background(dataset_to_layers(ds), ds.nbytes)
-            layers += result_to_layers(
+            new = result_to_layers(
                 result,
                 info["calibration"],
                 name=Path(p).stem,
                 source=info["source"],
                 cube=None if ds is None else ds.cube,
             )
+            kw = new[0][1]
+            if info.get("orientation") is not None:
+                from .io._analysis_orientation import orientation_to_layers
+
+                kw["metadata"]["stemcluster"]["orientation"] = info["orientation"]
+                new += orientation_to_layers(
+                    result.labels, info["orientation"], info["calibration"], Path(p).stem
+                )
+            if info.get("bragg") is not None:  # Bragg disks, orientation and strain
+                from .io._analysis_bragg import bragg_layer_data
+
+                kw["metadata"]["stemcluster"]["bragg"] = info["bragg"]
+                new += bragg_layer_data(
+                    info["bragg"], result.labels, scale=kw["scale"], units=kw["units"]
+                )
+            layers += new
             if info.get("tracking") is not None:
                 from ._tracking_layers import tracking_layer
 

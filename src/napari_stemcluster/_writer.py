@@ -30,14 +30,22 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
     st = get_stem_metadata(metadata) or {}
     # Tracked grains (5D) go into the file's /tracking group.
     result, tracking, kinetics = tracks_to_save(data, st, lambda: layers_to_result(data, metadata))
+    orientation = st.get("orientation")
+    n_clusters = sum(
+        len(c) for c in (result.clusters if result.is_time_series else [result.clusters])
+    )
+    if orientation is not None and len(orientation.records) != n_clusters:
+        orientation = None  # the labels were edited after matching: stale
     out = write_results(
         path,
         result,
         source=st.get("source"),
         calibration=st.get("calibration"),
         overwrite=True,
+        bragg=_bragg_if_unedited(st, result),
         tracking=tracking,
         kinetics=kinetics,
+        orientation=orientation,
     )
     return [str(out)]
 
@@ -82,3 +90,15 @@ def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
         )
     data, meta = segs[-1]
     return write_segmentation(path, data, meta)
+
+
+def _bragg_if_unedited(st: dict, result) -> dict | None:
+    """The layer's Bragg analysis, unless the labels were edited since (then it is stale)."""
+    bragg = st.get("bragg")
+    stored = st.get("result")
+    if bragg is None or stored is None:
+        return None
+    import numpy as np
+
+    same = np.array_equal(np.asarray(stored.labels), np.asarray(result.labels))
+    return bragg if same else None

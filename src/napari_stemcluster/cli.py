@@ -116,7 +116,44 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"output directory (default: {DEFAULT_DEMO_DIR})",
     )
     demo.add_argument("-q", "--quiet", action="store_true")
+    _add_orient_parser(sub)
+    _add_strain_parser(sub)
     return parser
+
+
+def _add_orient_parser(sub):
+    orient = sub.add_parser(
+        "orient",
+        help="orientation and phase of every cluster of a results file, from CIF files",
+        description=(
+            "Match the cluster-averaged patterns of RESULTS.h5 against kinematical "
+            "templates of one or more crystal structures (CIF files; several give a "
+            "phase map) and store orientation, phase, score and confidence of each "
+            "cluster in the results file."
+        ),
+    )
+    orient.add_argument("results", metavar="RESULTS.h5", help="results file of 'segment'")
+    orient.add_argument(
+        "--cif", action="append", required=True, metavar="FILE.cif", help="a candidate phase"
+    )
+    orient.add_argument("--energy", type=float, default=300.0, help="beam energy, keV")
+    orient.add_argument(
+        "--q-pixel-size",
+        type=float,
+        default=None,
+        help="1/Å per detector pixel (default: the results file's calibration, if in 1/Å)",
+    )
+    orient.add_argument("--step", type=float, default=1.0, help="library step, degrees")
+    orient.add_argument(
+        "--max-angle", type=float, default=30.0, help="largest scattering angle 2θ, mrad"
+    )
+    orient.add_argument(
+        "--sigma-excitation", type=float, default=0.02, help="excitation-error width, 1/Å"
+    )
+    orient.add_argument("--convergence", type=float, default=0.0, help="semi-angle, mrad")
+    orient.add_argument("--disk-radius", type=float, default=2.0, help="Bragg disk radius, px")
+    orient.add_argument("--min-disks", type=int, default=4, help="fewer: not indexed")
+    orient.add_argument("-q", "--quiet", action="store_true")
 
 
 def _default_text(p) -> str:
@@ -202,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args)
         if args.command == "segment":
             return _segment(args)
+        if args.command == "orient":
+            return _orient(args)
+        if args.command == "strain":
+            return _strain(args)
         return _demo(args)
     except KeyboardInterrupt:
         print("\nstemcluster: interrupted; no results written", file=sys.stderr)
@@ -449,6 +490,7 @@ def _summary(ds, result, stats, seconds, path):
     )
     print(f"plan: {stats.plan.describe()}")
     print(f"ran on: {stats.executor}")
+    _print_diagnostics(result)
     if steps == 1:
         print(f"clusters: {counts[0]}")
     else:
@@ -550,3 +592,171 @@ def _demo(args) -> int:
 
 
 __all__ = ["DESCRIPTIONS", "SAMPLE", "build_parser", "main"]
+
+
+def _orient(args) -> int:
+    """``stemcluster orient``: orientation of every cluster, saved into the results file."""
+    import time
+
+    import numpy as np
+
+    from .core.orientation import orient_clusters
+    from .io import normalize_units, read_results, save_orientation
+
+    result, info = read_results(args.results)
+    cal = info["calibration"]
+    qp = args.q_pixel_size
+    if qp is None:
+        units = normalize_units(cal.get("q_units"))
+        scale = {"1/angstrom": 1.0, "1/nm": 0.1}.get(units)
+        if scale is None:
+            raise UserError(
+                f"{args.results}: Q calibration is in {cal.get('q_units')!r}, not 1/Å "
+                "or 1/nm; give --q-pixel-size"
+            )
+        qp = float(cal["q_pixel_size"]) * scale
+    t0 = time.perf_counter()
+
+    def progress(done, total):
+        if not args.quiet:
+            print(f"\rmatched {done}/{total} clusters", end="", file=sys.stderr, flush=True)
+
+    res = orient_clusters(
+        result.cluster_means,
+        args.cif,
+        args.energy,
+        qp,
+        step_deg=args.step,
+        max_angle_mrad=args.max_angle,
+        sigma_excitation=args.sigma_excitation,
+        convergence_mrad=args.convergence,
+        disk_radius=args.disk_radius,
+        min_disks=args.min_disks,
+        progress=progress,
+    )
+    save_orientation(args.results, res)
+    if not args.quiet:
+        rec = res.records
+        print(file=sys.stderr)
+        print(f"{args.results}: {len(rec)} clusters in {time.perf_counter() - t0:.1f} s")
+        print(f"  indexed: {int(rec['indexed'].sum())}")
+        for k, st in enumerate(res.structures):
+            sel = rec["phase"] == k
+            if sel.any():
+                print(
+                    f"  {st.name} ({st.spacegroup}): {int(sel.sum())} clusters, "
+                    f"median score {np.median(rec['score'][sel]):.3f}"
+                )
+    return 0
+
+
+def _print_diagnostics(result) -> None:
+    """Threshold, mask, clustered fraction and, without clusters, why."""
+    diags = result.diagnostics
+    if diags is None:
+        return
+    diags = diags if isinstance(diags, list) else [diags]
+    t0 = result.params.get("time_range", [0])[0]
+    for i, d in enumerate(diags):
+        prefix = f"t={t0 + i}: " if len(diags) > 1 else ""
+        print(f"{prefix}{d.summary()}")
+
+
+# ---------------------------------------------------------------------------
+# stemcluster strain: Bragg disks, lattices, orientation and strain
+
+
+def _add_strain_parser(sub) -> None:
+    p = sub.add_parser(
+        "strain",
+        help="Bragg disks, lattice and orientation per cluster, and hybrid strain maps",
+        description=(
+            "Find the Bragg disks of every cluster average of RESULTS.h5, fit each "
+            "cluster's lattice (orientation map), and, unless --no-strain, index every "
+            "position's own disks against its cluster's lattice for strain maps. Writes "
+            "a new results file with the /bragg group; RESULTS.h5 is not modified."
+        ),
+    )
+    p.add_argument("results", metavar="RESULTS.h5", help="results file of `stemcluster segment`")
+    p.add_argument("--data", metavar="FILE", help="4D/5D-STEM file (default: the recorded source)")
+    p.add_argument("--scan-shape", type=_typed("scan_shape"), metavar="RX,RY")
+    p.add_argument("-o", "--output", metavar="OUT.h5", help="default: RESULTS_bragg.h5")
+    p.add_argument("--probe-radius", type=float, metavar="PX", help="disk radius (default: auto)")
+    p.add_argument("--min-indexed", type=int, default=5, metavar="N", help="default: 5")
+    p.add_argument("--no-strain", action="store_true", help="cluster lattices only (fast)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def _strain(args) -> int:
+    import numpy as np
+
+    from .core import cluster_lattices, strain_map
+    from .io import open_dataset, read_results, write_results
+
+    src = Path(args.results)
+    out = Path(args.output) if args.output else src.with_name(f"{src.stem}_bragg.h5")
+    if out.resolve() == src.resolve():
+        raise UserError(f"{out}: is the input results file; choose another output name")
+    _check_output(out, args.data, args.overwrite)
+    result, info = read_results(src)
+    detect = {} if args.probe_radius is None else {"probe_radius": args.probe_radius}
+    ts = result.is_time_series
+    means = list(result.cluster_means) if ts else [result.cluster_means]
+    started = time.perf_counter()
+    lattices = [cluster_lattices(np.asarray(m), **detect) for m in means]
+    strain = None
+    if not args.no_strain:
+        data = args.data or info.get("source")
+        if not data or not Path(data).exists():
+            raise UserError(
+                f"{src}: the source data {data!r} is not available; give it with --data "
+                "(or use --no-strain)"
+            )
+        ds = open_dataset(data, args.scan_shape)
+        if tuple(ds.cube.shape[:-2]) != tuple(result.labels.shape):
+            raise UserError(
+                f"{data}: scan shape {tuple(ds.cube.shape[:-2])} differs from the labels "
+                f"{tuple(result.labels.shape)} in {src}"
+            )
+
+        def report(done, total):
+            if not args.quiet:
+                print(f"\rstrain: {done}/{total} positions", end="", file=sys.stderr)
+
+        strain = strain_map(
+            ds.cube,
+            result.labels,
+            lattices,
+            min_indexed=args.min_indexed,
+            progress=report,
+            **detect,
+        )
+        if not args.quiet:
+            print(file=sys.stderr)
+    params = {"min_indexed": args.min_indexed, **detect}
+    written = write_results(
+        out,
+        result,
+        source=info.get("source"),
+        calibration=info.get("calibration"),
+        overwrite=args.overwrite,
+        bragg={"lattices": lattices, "strain": strain, "params": params},
+    )
+    if not args.quiet:
+        n = sum(len(t) for t in lattices)
+        found = sum(int(np.isfinite(t.g1).all(axis=1).sum()) for t in lattices)
+        print(f"clusters with a lattice: {found} of {n}")
+        if strain is not None:
+            ok = np.isfinite(strain.exx)
+            print(
+                f"positions with strain: {int(ok.sum())} of {int((result.labels > 0).sum())}"
+                + (
+                    f"; median |exx| {np.nanmedian(np.abs(strain.exx)) * 100:.3f} %"
+                    if ok.any()
+                    else ""
+                )
+            )
+        print(f"time: {time.perf_counter() - started:.2f} s")
+        print(f"written: {written}")
+    return 0

@@ -69,6 +69,7 @@ _SCALARS = (
     "mask_hole_size",
     "average",
     "mask_source",
+    "linkage",
 )
 
 
@@ -103,10 +104,10 @@ def validate(key: str, value, where: str = ""):
     [10.0, 40.0]
     >>> validate("real_mask", 0.5)
     0.5
-    >>> validate("threshold", 2)
+    >>> validate("linkage", "single")
     Traceback (most recent call last):
         ...
-    napari_stemcluster.config.ConfigError: threshold must be a similarity between -1 and 1; got 2
+    napari_stemcluster.config.ConfigError: linkage must be 'mean' or 'pair'; got 'single'
     """
     return _model.check(key, value, where, ConfigError)
 
@@ -427,6 +428,7 @@ def segment_kwargs(params: dict) -> dict:
         "mask_hole_size": p["mask_hole_size"],
         "average": p["average"],
         "mask_source": p["mask_source"],
+        "linkage": p["linkage"],
     }
 
 

@@ -8,6 +8,8 @@ import numpy as np
 
 #: Real-space mask methods that threshold the mean-similarity map.
 THRESHOLD_METHODS = ("triangle", "otsu")
+#: Real-space mask methods that threshold a virtual image of the cube.
+IMAGE_METHODS = ("dark_field",)
 
 
 def annular_mask(
@@ -76,6 +78,7 @@ def real_space_mask(
     *,
     min_size: int = 0,
     hole_size: int = 0,
+    signal: np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions allowed to join clusters, from the mean-similarity map.
 
@@ -83,14 +86,18 @@ def real_space_mask(
     ----------
     mean_similarity : ndarray, shape (Rx, Ry)
         Output of :func:`~napari_stemcluster.core.similarity.mean_similarity`.
-    method : {"triangle", "otsu"}, float, ndarray of bool, or None
+    method : {"triangle", "otsu", "dark_field"}, float, ndarray of bool, or None
         ``"triangle"`` or ``"otsu"`` threshold the map automatically (positions
-        strictly above the threshold are kept); a float is a user threshold; a
-        boolean array of the map's shape is used as given; None keeps all.
+        strictly above the threshold are kept); ``"dark_field"`` thresholds
+        ``signal`` with :func:`signal_mask` instead (the map is not used); a
+        float is a user threshold; a boolean array of the map's shape is used
+        as given; None keeps all.
     min_size : int
         Remove connected (8-connected) mask regions smaller than this.
     hole_size : int
         Fill holes in the mask smaller than this.
+    signal : ndarray, shape (Rx, Ry), optional
+        Virtual image for ``"dark_field"`` (:func:`dark_field_image`).
 
     Returns
     -------
@@ -113,6 +120,13 @@ def real_space_mask(
         raise ValueError(f"mean_similarity must be 2-D (Rx, Ry); got shape {ms.shape}")
     if method is None:
         mask = np.ones(ms.shape, bool)
+    elif isinstance(method, str) and method in IMAGE_METHODS:
+        if signal is None or np.shape(signal) != ms.shape:
+            raise ValueError(
+                f"real_mask={method!r} needs the dark-field image of the scan "
+                f"(shape {ms.shape}); got {None if signal is None else np.shape(signal)}"
+            )
+        mask = signal_mask(signal, method)
     elif isinstance(method, str):
         mask = _auto_threshold(ms, method)
     elif isinstance(method, numbers.Real) and not isinstance(method, bool):
@@ -135,7 +149,7 @@ def _auto_threshold(ms: np.ndarray, method: str) -> np.ndarray:
     if method not in THRESHOLD_METHODS:
         raise ValueError(
             f"unknown real-space mask method {method!r}; expected one of "
-            f"{THRESHOLD_METHODS}, a float, a boolean array or None"
+            f"{THRESHOLD_METHODS + IMAGE_METHODS}, a float, a boolean array or None"
         )
     values = ms[np.isfinite(ms)]
     if np.unique(values).size < 2:
@@ -161,3 +175,153 @@ def _drop_small(mask: np.ndarray, size: int, structure) -> np.ndarray:
     keep = counts >= size
     keep[0] = False
     return keep[lab]
+
+
+#: Background below this fraction of the particles' dark-field signal is
+#: taken for vacuum by :func:`signal_mask`.
+VACUUM_RATIO = 0.05
+
+#: Methods of :func:`signal_mask`.
+SIGNAL_METHODS = IMAGE_METHODS
+
+
+def direct_beam(mean_pattern: np.ndarray) -> tuple[float, float, float]:
+    """Centre and radius of the direct beam in a mean diffraction pattern.
+
+    The centre is the intensity-weighted centroid of the pixels above half
+    the maximum of the (lightly blurred) pattern around its brightest pixel;
+    the radius is that of a disk of the same area.
+
+    Parameters
+    ----------
+    mean_pattern : ndarray, shape (Qx, Qy)
+
+    Returns
+    -------
+    (cx, cy, radius) : floats, detector pixels
+
+    Examples
+    --------
+    >>> p = annular_mask((32, 32), 0, 3).astype(float) * 10 + 1
+    >>> cx, cy, r = direct_beam(p)
+    >>> round(cx, 2), round(cy, 2), round(r, 1)
+    (15.5, 15.5, 3.2)
+    """
+    from scipy import ndimage
+
+    p = ndimage.gaussian_filter(np.asarray(mean_pattern, np.float64), 0.5)
+    if not np.isfinite(p).all() or p.max() <= p.min():
+        qx, qy = p.shape
+        return (qx - 1) / 2, (qy - 1) / 2, 0.0
+    half = p > p.min() + 0.5 * (p.max() - p.min())
+    lab, _ = ndimage.label(half)
+    blob = lab == lab.flat[int(np.argmax(p))]
+    w = np.where(blob, p, 0.0)
+    xs, ys = np.indices(p.shape)
+    cx = float((w * xs).sum() / w.sum())
+    cy = float((w * ys).sum() / w.sum())
+    return cx, cy, float(np.sqrt(blob.sum() / np.pi))
+
+
+def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Counts of every pattern outside the direct beam (a virtual dark field).
+
+    Parameters
+    ----------
+    cube : array_like, shape (Rx, Ry, Qx, Qy)
+    beam : (cx, cy, radius), optional
+        Direct beam; default from :func:`direct_beam` of the mean pattern of
+        up to 1024 evenly spread positions. Pixels within ``1.5 * radius + 1``
+        of the centre are left out.
+
+    Returns
+    -------
+    ndarray of float32, shape (Rx, Ry)
+
+    Examples
+    --------
+    >>> cube = np.zeros((1, 2, 16, 16), np.uint16)
+    >>> cube[..., 7:9, 7:9] = 50  # direct beam
+    >>> cube[0, 1, 2, 2] = 3      # scattered
+    >>> dark_field_image(cube)
+    array([[0., 3.]], dtype=float32)
+    """
+    from ._linkage_numba import _masked_sums
+    from ._validate import block_rows, check_cube, read_rows
+
+    check_cube(cube, 4)
+    rx, ry, qx, qy = cube.shape
+    if beam is None:
+        beam = direct_beam(_sample_mean(cube))
+    cx, cy, r = beam
+    keep = ~annular_mask((qx, qy), 0.0, 1.5 * r + 1.0, center=(cx, cy))
+    out = np.empty((rx, ry), np.float32)
+    step = block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+    for r0 in range(0, rx, step):
+        r1 = min(r0 + step, rx)
+        block = np.ascontiguousarray(read_rows(cube, r0, r1))
+        sums = np.empty((r1 - r0) * ry, np.float64)
+        _masked_sums(block.reshape(-1, qx, qy), keep, sums)
+        out[r0:r1] = sums.reshape(r1 - r0, ry)
+    return out
+
+
+def _sample_mean(cube) -> np.ndarray:
+    rx, ry = cube.shape[:2]
+    stride = max(1, int(np.sqrt(rx * ry / 1024)))
+    total = np.zeros(cube.shape[-2:], np.float64)
+    n = 0
+    for x in range(0, rx, stride):
+        # slices only: some lazy array-likes support nothing else
+        row = np.asarray(cube[x : x + 1, ::stride], dtype=np.float64)
+        total += row.sum(axis=(0, 1))
+        n += row.shape[0] * row.shape[1]
+    return total / max(n, 1)
+
+
+def signal_mask(image: np.ndarray, method: str = "dark_field") -> np.ndarray:
+    """Positions with scattering signal above the background's, from a virtual image.
+
+    Otsu's threshold of the logarithm of the image (plus one): liquid and
+    particles differ by factors rather than by offsets, and the logarithmic
+    threshold keeps the thin rims of particles. When the background this
+    finds holds less than :data:`VACUUM_RATIO` of the particles' median
+    signal (vacuum), Otsu's threshold of the image itself is used instead,
+    which stops about halfway up each particle edge rather than in the faint
+    tail where the probe is mostly in vacuum. An image with fewer than two
+    distinct values keeps every position.
+
+    Parameters
+    ----------
+    image : ndarray, shape (Rx, Ry)
+        E.g. :func:`dark_field_image`.
+    method : {"dark_field"}
+        The kind of image (recorded in the parameters).
+
+    Returns
+    -------
+    ndarray of bool, shape (Rx, Ry)
+
+    Examples
+    --------
+    >>> signal_mask(np.array([[0, 1, 2, 900], [1000, 1100, 0, 1]]))
+    array([[False, False, False,  True],
+           [ True,  True, False, False]])
+    """
+    from skimage import filters
+
+    if method not in SIGNAL_METHODS:
+        raise ValueError(f"signal_mask must be one of {SIGNAL_METHODS} or None; got {method!r}")
+    lin = np.clip(np.asarray(image, np.float64), 0, None)
+    img = np.log1p(lin)
+    values = img[np.isfinite(img)]
+    if np.unique(values).size < 2:
+        return np.ones(img.shape, bool)
+    mask = img > filters.threshold_otsu(values)
+    low, high = lin[~mask], lin[mask]
+    if low.size and high.size and np.median(low) < VACUUM_RATIO * np.median(high):
+        # Vacuum: the background is near 0 and on a log scale the faint tail
+        # of every particle edge (probe mostly in vacuum) looks like signal;
+        # the linear threshold cuts about halfway up the edge instead.
+        mask = lin > filters.threshold_otsu(lin[np.isfinite(lin)])
+    return mask

@@ -44,7 +44,7 @@ class ParameterError(ValueError):
     ...     check("threshold", 2)
     ... except ParameterError as e:
     ...     print(e)
-    threshold must be a similarity between -1 and 1; got 2
+    threshold must be 'auto' or a similarity between -1 and 1; got 2
     """
 
 
@@ -58,7 +58,8 @@ class Param:
         Key in parameter files; ``--name-with-dashes`` on the command line.
     kind : str
         ``"float"``, ``"int"``, ``"bool"``, ``"choice"``, ``"pair"``
-        (two numbers), ``"real_mask"`` (a choice or a number), ``"times"``,
+        (two numbers), ``"real_mask"`` (a choice or a number; also the
+        threshold, ``"auto"`` or a number), ``"times"``,
         ``"shape"``, ``"address"`` or ``"size"`` (bytes).
     default
         Value when not given (``None``: not set).
@@ -98,7 +99,7 @@ class Param:
         lo, hi = _fmt(self.low), _fmt(self.high)
         k = self.kind
         if self.name == "threshold":
-            return f"a similarity between {lo} and {hi}"
+            return f"'auto' or a similarity between {lo} and {hi}"
         if k == "float":
             return f"a number between {lo} and {hi}"
         if k == "int":
@@ -135,8 +136,9 @@ def _fmt(v) -> str:
 
 #: Every parameter, in the order of parameter files and ``--help``.
 PARAMS: tuple[Param, ...] = (
-    Param("threshold", "float", 0.9, "minimum neighbour similarity to join a cluster",
-          -1.0, 1.0, metavar="S"),
+    Param("threshold", "real_mask", "auto",
+          "minimum neighbour similarity to join a cluster (auto: from the data, per time step)",
+          -1.0, 1.0, choices=("auto",), metavar="S|auto"),
     Param("min_cluster_size", "int", 5, "drop smaller clusters (scan positions)",
           0, MAX_COUNT, metavar="N"),
     Param("q_mask", "pair", None,
@@ -155,9 +157,10 @@ PARAMS: tuple[Param, ...] = (
     Param("prefilter_edge", "int", None,
           "detector border ignored by the prefilter, pixels (default: 1/16 of the detector)",
           0, 65536, metavar="PX", prefilter_key="edge"),
-    Param("real_mask", "real_mask", "triangle",
-          "real-space mask of the mean similarity: automatic threshold, none, or a value",
-          -2.0, 2.0, choices=("triangle", "otsu", "none"), metavar="triangle|otsu|none|VALUE"),
+    Param("real_mask", "real_mask", "dark_field",
+          "real-space mask: dark-field image, or the mean similarity (automatic, none, a value)",
+          -2.0, 2.0, choices=("dark_field", "triangle", "otsu", "none"),
+          metavar="dark_field|triangle|otsu|none|VALUE"),
     Param("mask_min_size", "int", 0, "remove mask regions smaller than this",
           0, MAX_COUNT, metavar="N"),
     Param("mask_hole_size", "int", 0, "fill mask holes smaller than this",
@@ -167,6 +170,9 @@ PARAMS: tuple[Param, ...] = (
     Param("mask_source", "choice", "raw",
           "with the prefilter: whose mean similarity the real-space mask thresholds",
           choices=("raw", "prefiltered"), metavar="raw|prefiltered"),
+    Param("linkage", "choice", "mean",
+          "growth rule: also match the cluster's running mean pattern, or pairs only (paper)",
+          choices=("mean", "pair"), metavar="mean|pair"),
     Param("times", "times", None, "time steps A..B-1 of a 5D file (default: all)",
           group="data", metavar="A:B"),
     Param("scan_shape", "shape", None, "scan shape of a flat stack of frames",

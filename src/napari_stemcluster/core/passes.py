@@ -31,8 +31,8 @@ import numbers
 import numpy as np
 
 from .averages import cluster_sums, cluster_table, means_from_sums
-from .masking import real_space_mask
-from .regions import grow_regions
+from .clustering import cluster_scan
+from .masking import IMAGE_METHODS, _sample_mean, dark_field_image, direct_beam
 from .result import SegmentationResult, StepResult
 from .similarity import mean_similarity, neighbor_similarity
 
@@ -40,11 +40,14 @@ from .similarity import mean_similarity, neighbor_similarity
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-def make_spec(prefilter, q_mask, sigma, average="raw") -> dict:
+def make_spec(prefilter, q_mask, sigma, average="raw", *, features=False, beam=None) -> dict:
     """The (picklable) options of the block functions.
 
     ``prefilter`` is None or the full options dict; ``q_mask`` is None or
-    a resolved boolean detector mask.
+    a resolved boolean detector mask. ``features``: the similarity pass also
+    returns binned patterns (for ``linkage="mean"``); ``beam``: the direct
+    beam ``(cx, cy, r)`` when the pass also returns the dark-field image
+    (:func:`dark_field_beam`).
 
     Examples
     --------
@@ -59,7 +62,49 @@ def make_spec(prefilter, q_mask, sigma, average="raw") -> dict:
         "average": average,
         "halo": 1 + radius,
         "sums_halo": radius if average == "prefiltered" else 0,
+        "features": bool(features),
+        "beam": None if beam is None else tuple(float(v) for v in beam),
     }
+
+
+def uses_image(real_mask) -> bool:
+    """True when ``real_mask`` thresholds a virtual image (the dark field).
+
+    Examples
+    --------
+    >>> uses_image("dark_field"), uses_image("otsu")
+    (True, False)
+    """
+    return isinstance(real_mask, str) and real_mask in IMAGE_METHODS
+
+
+def dark_field_beam(cube, steps, masks):
+    """The direct beam of the first step, when a mask needs the dark-field image.
+
+    One beam position for the whole series, so every front end (and every
+    block) computes the same image.
+
+    Examples
+    --------
+    >>> dark_field_beam(np.ones((2, 2, 4, 4)), [None], ["otsu"]) is None
+    True
+    """
+    if not any(uses_image(m) for m in masks):
+        return None
+    first = cube if steps[0] is None else _StepView(cube, steps[0])
+    return direct_beam(_sample_mean(first))
+
+
+class _StepView:
+    """One time step of a 5D array-like, sliced lazily (slices only)."""
+
+    def __init__(self, data, t):
+        self.data, self.t = data, t
+        self.shape = tuple(data.shape[1:])
+
+    def __getitem__(self, key):
+        block = self.data[(self.t, *key)]
+        return np.asarray(block.compute() if hasattr(block, "compute") else block)
 
 
 def thresholds_a_map(real_mask) -> bool:
@@ -71,7 +116,7 @@ def thresholds_a_map(real_mask) -> bool:
     (True, True, False)
     """
     if isinstance(real_mask, str):
-        return True
+        return real_mask not in IMAGE_METHODS
     return isinstance(real_mask, numbers.Real) and not isinstance(real_mask, bool | np.bool_)
 
 
@@ -121,6 +166,7 @@ def similarity_block(
     t: int | None = None,
     keep: bool = False,
     stage=None,
+    extras: dict | None = None,
 ):
     """Similarity of the positions of ``box``, from patterns read over ``read_ext``.
 
@@ -145,6 +191,11 @@ def similarity_block(
         the same block; only when it holds the whole block anyway).
     stage : callable, optional
         ``stage()`` returns the progress callback of the next kernel call.
+    extras : dict, optional
+        Filled with the per-position inputs of the regions pass that
+        ``spec`` asks for: ``"signal"`` (dark-field image of the raw
+        patterns of ``box``) and ``"features"`` (binned patterns, as
+        compared).
 
     Returns
     -------
@@ -184,6 +235,15 @@ def similarity_block(
     except ValueError as exc:
         _locate_bad_values(raw, scan_lo, t, exc)
         raise
+    if extras is not None:
+        if spec.get("beam") is not None:
+            extras["signal"] = dark_field_image(_crop(raw, read_ext, box), spec["beam"])
+        if spec.get("features"):
+            from .linkage import pattern_features
+
+            extras["features"] = pattern_features(
+                _crop(data, near, box), spec["q_mask"], spec["sigma"]
+            )
     kept = np.ascontiguousarray(_crop(data, near, box)) if keep else None
     return np.ascontiguousarray(_crop(sim, near, box)), mask_map, kept
 
@@ -229,7 +289,7 @@ def _locate_bad_values(raw, origin, t, exc) -> None:
             ) from exc
 
 
-def grow_step(sim, mask_map, real_mask, grow: dict) -> tuple:
+def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None) -> tuple:
     """Real-space mask and regions of one time step (the regions pass).
 
     Parameters
@@ -242,8 +302,13 @@ def grow_step(sim, mask_map, real_mask, grow: dict) -> tuple:
     real_mask
         As for :func:`~napari_stemcluster.core.segment`, one step's.
     grow : dict
-        ``threshold``, ``min_cluster_size``, ``mask_min_size``,
-        ``mask_hole_size``.
+        ``threshold`` (a number or ``"auto"``), ``min_cluster_size``,
+        ``mask_min_size``, ``mask_hole_size`` and optionally ``linkage``
+        (default ``"pair"``).
+    extras : dict, optional
+        The step's gathered ``"signal"`` and ``"features"`` (see
+        :func:`similarity_block`); receives ``"diagnostics"``
+        (:class:`~napari_stemcluster.core.clustering.Diagnostics`).
 
     Returns
     -------
@@ -260,19 +325,21 @@ def grow_step(sim, mask_map, real_mask, grow: dict) -> tuple:
     """
     ms = mean_similarity(sim)
     use_raw = mask_map is not None and thresholds_a_map(real_mask)
-    rmask = real_space_mask(
-        mask_map if use_raw else ms,
-        real_mask,
-        min_size=grow["mask_min_size"],
-        hole_size=grow["mask_hole_size"],
-    )
-    labels, _ = grow_regions(
+    extras = {} if extras is None else extras
+    labels, rmask, diag = cluster_scan(
         sim,
-        grow["threshold"],
-        mean_similarity=ms,
-        mask=rmask,
+        ms,
+        threshold=grow["threshold"],
         min_cluster_size=grow["min_cluster_size"],
+        real_mask=real_mask,
+        mask_map=mask_map if use_raw else None,
+        signal=extras.get("signal"),
+        mask_min_size=grow["mask_min_size"],
+        mask_hole_size=grow["mask_hole_size"],
+        linkage=grow.get("linkage", "pair"),
+        features=extras.pop("features", None),
     )
+    extras["diagnostics"] = diag
     n = int(labels.max(initial=0))
     return labels, ms, rmask, cluster_table(labels, ms, n)
 
@@ -331,7 +398,7 @@ def add_sums(total: np.ndarray, ids: np.ndarray, part: np.ndarray) -> None:
     total[ids - 1] += part
 
 
-def finish_step(labels, ms, rmask, sim, table, sums) -> StepResult:
+def finish_step(labels, ms, rmask, sim, table, sums, diagnostics=None) -> StepResult:
     """The step's result from its labels and merged sums.
 
     Examples
@@ -345,7 +412,7 @@ def finish_step(labels, ms, rmask, sim, table, sums) -> StepResult:
     n = len(table)
     counts = np.bincount(np.clip(labels, 0, None).ravel(), minlength=n + 1)[1 : n + 1]
     means = means_from_sums(sums, counts.astype(np.int64))
-    return StepResult(labels, ms, rmask, sim, means, table)
+    return StepResult(labels, ms, rmask, sim, means, table, diagnostics)
 
 
 def assemble(steps: list[StepResult], params: dict, time_axis: bool) -> SegmentationResult:
@@ -424,22 +491,51 @@ def run_in_process(cube, steps, masks, spec, grow, raw_maps, progress=None) -> l
         sim = np.empty((*scan, 8), np.float32)
         mask_map = np.empty(scan, np.float32) if raw_map else None
         kept = None
+        extras = {}
         for box in boxes:
             ext = extended(box, spec["halo"], scan)
             raw = _read(cube, t, ext)
+            part = {}
             s, m, kept = similarity_block(
-                raw, ext, box, spec, raw_map=raw_map, t=t, keep=keep, stage=track.stage
+                raw,
+                ext,
+                box,
+                spec,
+                raw_map=raw_map,
+                t=t,
+                keep=keep,
+                stage=track.stage,
+                extras=part,
             )
             sim[box[0] : box[1], box[2] : box[3]] = s
             if raw_map:
                 mask_map[box[0] : box[1], box[2] : box[3]] = m
+            gather_extras(extras, part, box, scan)
             del raw
-        labels, ms, rmask, table = grow_step(sim, mask_map, mask, grow)
+        labels, ms, rmask, table = grow_step(sim, mask_map, mask, grow, extras)
         data = None if kept is None else {boxes[0]: kept}
         sums = step_sums(cube, t, labels, len(table), spec, boxes, data, track.stage())
         kept = None
-        results.append(finish_step(labels, ms, rmask, sim, table, sums))
+        results.append(finish_step(labels, ms, rmask, sim, table, sums, extras.get("diagnostics")))
     return results
+
+
+def gather_extras(extras: dict, part: dict, box, scan_shape) -> None:
+    """Put a block's extras (:func:`similarity_block`) into the step's arrays.
+
+    Examples
+    --------
+    >>> ex = {}
+    >>> gather_extras(ex, {"signal": np.ones((1, 2))}, (1, 2, 0, 2), (2, 2))
+    >>> ex["signal"]
+    array([[0., 0.],
+           [1., 1.]], dtype=float32)
+    """
+    r0, r1, c0, c1 = box
+    for key, value in part.items():
+        if key not in extras:
+            extras[key] = np.zeros((*scan_shape, *value.shape[2:]), np.float32)
+        extras[key][r0:r1, c0:c1] = value
 
 
 def step_sums(cube, t, labels, n, spec, boxes=None, data=None, progress=None) -> np.ndarray:

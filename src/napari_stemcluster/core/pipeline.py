@@ -12,6 +12,7 @@ from ._validate import check_cube
 from .masking import resolve_q_mask
 from .passes import (
     assemble,
+    dark_field_beam,
     make_spec,
     needs_raw_map,
     run_in_process,
@@ -38,6 +39,7 @@ def segment(
     mask_hole_size: int = _D["mask_hole_size"],
     average: str = _D["average"],
     mask_source: str = _D["mask_source"],
+    linkage: str = _D["linkage"],
     progress: Callable[[int, int], None] | None = None,
 ) -> SegmentationResult:
     """Segment a 4D-STEM scan (or every time step of a 5D one) into clusters.
@@ -54,8 +56,11 @@ def segment(
     ----------
     cube : array_like, shape (Rx, Ry, Qx, Qy) or (T, Rx, Ry, Qx, Qy)
         Any integer or float dtype; numpy, memory map, h5py or dask.
-    threshold : float
-        Minimum neighbour similarity for joining a cluster.
+    threshold : float or "auto"
+        Minimum neighbour similarity for joining a cluster; ``"auto"``
+        (default) chooses it for each time step from the data
+        (:func:`~napari_stemcluster.core.threshold.auto_threshold`); the
+        value used is in ``result.diagnostics`` and ``params["threshold_used"]``.
     min_cluster_size : int
         Smaller clusters are set to 0.
     q_mask : ndarray of bool (Qx, Qy) or (inner, outer), optional
@@ -66,9 +71,11 @@ def segment(
     prefilter : bool or dict
         Run :func:`~napari_stemcluster.core.prefilter.correlative_prefilter`
         first; a dict gives its keyword arguments.
-    real_mask : {"triangle", "otsu"}, float, ndarray of bool, or None
-        See :func:`~napari_stemcluster.core.masking.real_space_mask`. A
-        boolean array may be (Rx, Ry), or (T, Rx, Ry) for 5D.
+    real_mask : {"dark_field", "triangle", "otsu"}, float, ndarray of bool, or None
+        See :func:`~napari_stemcluster.core.masking.real_space_mask`.
+        ``"dark_field"`` (default) thresholds the raw cube's counts outside
+        the direct beam (:func:`~napari_stemcluster.core.masking.dark_field_image`).
+        A boolean array may be (Rx, Ry), or (T, Rx, Ry) for 5D.
     mask_min_size, mask_hole_size : int
         Remove mask regions / fill mask holes smaller than this.
     average : {"raw", "prefiltered"}
@@ -80,6 +87,10 @@ def segment(
         prefiltering, particles and background both pile up near 1 (see the
         README's quality table). Region growing and seeding always use the
         prefiltered similarity. Without the prefilter both are the same.
+    linkage : {"mean", "pair"}
+        Growth criterion (:func:`~napari_stemcluster.core.regions.grow_regions`):
+        ``"mean"`` (default) also compares each candidate with its cluster's
+        running mean pattern; ``"pair"`` is the paper's rule.
     progress : callable, optional
         ``progress(done, total)`` as work advances; raise from it to cancel.
 
@@ -115,6 +126,7 @@ def segment(
         mask_hole_size=mask_hole_size,
         average=average,
         mask_source=mask_source,
+        linkage=linkage,
     )
     # One orchestration: the passes of core.passes, here block after block.
     steps = [None] if ndim == 4 else list(range(cube.shape[0]))
@@ -126,7 +138,14 @@ def segment(
         cube,
         steps,
         masks,
-        make_spec(pre, qmask, params["sigma"], average),
+        make_spec(
+            pre,
+            qmask,
+            params["sigma"],
+            average,
+            features=params["linkage"] == "mean",
+            beam=dark_field_beam(cube, steps, masks),
+        ),
         grow_options(params),
         [needs_raw_map(pre, mask_source, m) for m in masks],
         progress,
@@ -144,7 +163,7 @@ def grow_options(params: dict) -> dict:
     0.9
     """
     keys = ("threshold", "min_cluster_size", "mask_min_size", "mask_hole_size")
-    return {k: params[k] for k in keys}
+    return {**{k: params[k] for k in keys}, "linkage": params.get("linkage", "pair")}
 
 
 def segment_params(
@@ -160,6 +179,7 @@ def segment_params(
     mask_hole_size,
     average,
     mask_source,
+    linkage=_D["linkage"],
 ) -> tuple[int, dict | None, dict]:
     """Validate :func:`segment`'s arguments and record them.
 
@@ -196,13 +216,15 @@ def segment_params(
     mask_hole_size = check("mask_hole_size", mask_hole_size)
     check("average", average)
     check("mask_source", mask_source)
+    check("linkage", linkage)
     if _is_radii(q_mask):
         check("q_mask", q_mask)
     if isinstance(real_mask, numbers.Real) and not isinstance(real_mask, bool | np.bool_):
         check("real_mask", real_mask)
     pre = _params.prefilter_options(prefilter)
     params = {
-        "threshold": float(threshold),
+        "threshold": threshold if isinstance(threshold, str) else float(threshold),
+        "linkage": linkage,
         "min_cluster_size": int(min_cluster_size),
         "q_mask": _describe(q_mask),
         "sigma": float(sigma),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._regions_numba import _DX, _DY, _grow
+from ._regions_numba import _DX, _DY, _grow, _grow_linked
+
+#: Growth criteria of :func:`grow_regions`.
+LINKAGES = ("pair", "mean")
 
 
 def seed_order(mean_similarity: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -30,6 +33,10 @@ def grow_regions(
     mean_similarity: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     min_cluster_size: int = 1,
+    linkage: str = "pair",
+    features: np.ndarray | None = None,
+    link_threshold: float | None = None,
+    seed_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grow spatially contiguous clusters of similar diffraction patterns.
 
@@ -50,6 +57,24 @@ def grow_regions(
         Positions allowed to join clusters (the real-space mask).
     min_cluster_size : int
         Clusters with fewer positions are set to 0.
+    linkage : {"pair", "mean"}
+        ``"pair"`` (the paper's rule): the pair similarity decides alone.
+        ``"mean"``: a neighbour must also match the cluster as grown so far:
+        the squared cosine between its ``features`` and the sum of the
+        members' features must be at least ``link_threshold``. This stops a
+        cluster from creeping through a gradual transition in which every
+        neighbouring pair is similar but the far end is not.
+    features : ndarray, shape (Rx, Ry, K), optional
+        Per-position feature vectors for ``linkage="mean"``, e.g. from
+        :func:`~napari_stemcluster.core.linkage.pattern_features`.
+    link_threshold : float, optional
+        Default ``threshold``: the sum of many members is nearly free of
+        noise, so the squared cosine of a same-grain neighbour with it is
+        about the similarity of two neighbouring patterns.
+    seed_mask : ndarray of bool, shape (Rx, Ry), optional
+        Positions that may seed a cluster (default: ``mask``). Positions in
+        ``mask`` but not here can only join a cluster grown from elsewhere
+        (e.g. particle rims).
 
     Returns
     -------
@@ -60,11 +85,13 @@ def grow_regions(
 
     Notes
     -----
-    Because similarity is symmetric, the clusters are exactly the connected
-    components of the graph whose edges are neighbour pairs with similarity
-    at least ``threshold`` between allowed positions; the seed order only
-    decides the label numbers. Each position is visited once, so the cost is
-    linear in the scan size.
+    With ``linkage="pair"`` and no ``seed_mask``: because similarity is
+    symmetric, the clusters are exactly the connected components of the
+    graph whose edges are neighbour pairs with similarity at least
+    ``threshold`` between allowed positions; the seed order only decides the
+    label numbers. With ``linkage="mean"`` the result also depends on the
+    order of growth (breadth first from the seed). Each position is visited
+    once, so the cost is linear in the scan size (times K for ``"mean"``).
 
     Examples
     --------
@@ -90,20 +117,44 @@ def grow_regions(
             f"mask and mean_similarity must have the scan shape {shape}; got "
             f"{allowed.shape} and {np.shape(mean_similarity)}"
         )
-    order = seed_order(mean_similarity, allowed)
+    if linkage not in LINKAGES:
+        raise ValueError(f"linkage must be one of {LINKAGES}; got {linkage!r}")
+    seedable = allowed
+    if seed_mask is not None:
+        seedable = np.asarray(seed_mask, bool)
+        if seedable.shape != shape:
+            raise ValueError(f"seed_mask must have the scan shape {shape}; got {seedable.shape}")
+        seedable = seedable & allowed
+    order = seed_order(mean_similarity, seedable)
     labels = np.zeros(shape, np.int32)
     seeds = np.empty(order.size, np.int64)
-    n = _grow(
-        np.ascontiguousarray(sim, np.float32),
-        order,
-        np.ascontiguousarray(allowed),
-        # Compare in the similarity's own precision: a displayed 0.9 passes 0.9.
-        np.float32(threshold),
-        _DX,
-        _DY,
-        labels,
-        seeds,
-    )
+    # Compare in the similarity's own precision: a displayed 0.9 passes 0.9.
+    t32 = np.float32(threshold)
+    sim32 = np.ascontiguousarray(sim, np.float32)
+    if linkage == "pair":
+        n = _grow(sim32, order, np.ascontiguousarray(allowed), t32, _DX, _DY, labels, seeds)
+    else:
+        if features is None:
+            raise ValueError('linkage="mean" needs features (Rx, Ry, K)')
+        feats = np.asarray(features)
+        if feats.ndim != 3 or feats.shape[:2] != shape:
+            raise ValueError(f"features must have shape {shape} + (K,); got {feats.shape}")
+        feats = np.ascontiguousarray(feats.reshape(shape[0] * shape[1], -1), np.float32)
+        norms2 = np.einsum("ij,ij->i", feats, feats, dtype=np.float64)
+        link = float(threshold if link_threshold is None else link_threshold)
+        n = _grow_linked(
+            sim32,
+            order,
+            np.ascontiguousarray(allowed),
+            t32,
+            link,
+            feats,
+            norms2,
+            _DX,
+            _DY,
+            labels,
+            seeds,
+        )
     seeds = seeds[:n]
     if min_cluster_size > 1 and n:
         sizes = np.bincount(labels.ravel(), minlength=n + 1)

@@ -60,6 +60,7 @@ class StepResult:
     similarity: np.ndarray
     cluster_means: np.ndarray
     clusters: ClusterTable
+    diagnostics: object = None  # core.clustering.Diagnostics of the step
 
 
 @dataclass
@@ -88,6 +89,11 @@ class SegmentationResult:
         Size, seed and mean similarity of each cluster.
     params : dict
         Every parameter used, JSON-serialisable.
+    diagnostics : Diagnostics, or a list of them, or None
+        What each scan's segmentation did (positions in the mask, fraction
+        clustered, clusters kept and dropped, threshold used) and, when no
+        cluster was found, the likely reason
+        (:class:`~napari_stemcluster.core.clustering.Diagnostics`).
     """
 
     labels: np.ndarray
@@ -97,6 +103,7 @@ class SegmentationResult:
     cluster_means: np.ndarray | list[np.ndarray]
     clusters: ClusterTable | list[ClusterTable]
     params: dict = field(default_factory=dict)
+    diagnostics: object = None
 
     @property
     def is_time_series(self) -> bool:
@@ -130,8 +137,10 @@ class SegmentationResult:
                     self.similarity,
                     self.cluster_means,
                     self.clusters,
+                    self.diagnostics,
                 )
             ]
+        diags = self.diagnostics if isinstance(self.diagnostics, list) else None
         return [
             StepResult(
                 self.labels[t],
@@ -140,6 +149,7 @@ class SegmentationResult:
                 self.similarity[t],
                 self.cluster_means[t],
                 self.clusters[t],
+                None if diags is None else diags[t],
             )
             for t in range(self.n_steps)
         ]
@@ -158,6 +168,14 @@ class SegmentationResult:
         >>> again.labels.shape, again.n_clusters
         ((2, 3, 3), [1, 1])
         """
+        diags = [s.diagnostics for s in steps]
+        if all(d is not None for d in diags):
+            # The thresholds used and the diagnostics also go into params,
+            # and so into the results file.
+            used = [d.threshold for d in diags]
+            params["threshold_used"] = used if time_axis else used[0]
+            as_dicts = [d.as_dict() for d in diags]
+            params["diagnostics"] = as_dicts if time_axis else as_dicts[0]
         if not time_axis:
             (s,) = steps
             return cls(
@@ -168,12 +186,15 @@ class SegmentationResult:
                 s.cluster_means,
                 s.clusters,
                 params,
+                s.diagnostics,
             )
         maps = [
             np.stack([getattr(s, name) for s in steps])
             for name in ("labels", "mean_similarity", "real_mask", "similarity")
         ]
-        return cls(*maps, [s.cluster_means for s in steps], [s.clusters for s in steps], params)
+        return cls(
+            *maps, [s.cluster_means for s in steps], [s.clusters for s in steps], params, diags
+        )
 
     @property
     def n_clusters(self) -> int | list[int]:

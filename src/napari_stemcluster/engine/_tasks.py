@@ -98,6 +98,9 @@ def similarity_task(source, t, box, spec, raw_map=False):
         patterns, which the real-space mask thresholds.
     seconds : (float, float)
         Time spent reading and computing.
+    extras : dict
+        The block's dark-field image and binned patterns when ``spec`` asks
+        for them (for the regions pass).
     """
     scan = source.shape[-4:-2]
     read_ext = passes.extended(box, spec["halo"], scan)
@@ -105,8 +108,11 @@ def similarity_task(source, t, box, spec, raw_map=False):
     raw = source.read(t, *read_ext)
     t1 = time.perf_counter()
     with _numba_threads(spec.get("numba_threads")):
-        sim, mask_map, _ = passes.similarity_block(raw, read_ext, box, spec, raw_map=raw_map, t=t)
-    return sim, mask_map, (t1 - t0, time.perf_counter() - t1)
+        extras = {}
+        sim, mask_map, _ = passes.similarity_block(
+            raw, read_ext, box, spec, raw_map=raw_map, t=t, extras=extras
+        )
+    return sim, mask_map, (t1 - t0, time.perf_counter() - t1), extras
 
 
 def sums_task(source, t, box, labels, spec):

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.masking import THRESHOLD_METHODS, real_space_mask, resolve_q_mask
+from ..core.masking import IMAGE_METHODS, THRESHOLD_METHODS, real_space_mask, resolve_q_mask
 from ..core.params import DEFAULTS
 from ..core.passes import (
     add_sums,
     assemble,
+    dark_field_beam,
     extended,
     finish_step,
+    gather_extras,
     grow_step,
     make_spec,
     needs_raw_map,
@@ -81,6 +83,7 @@ def segment_chunked(
     mask_hole_size: int = _D["mask_hole_size"],
     average: str = _D["average"],
     mask_source: str = _D["mask_source"],
+    linkage: str = _D["linkage"],
     times=None,
     executor: Executor | None = None,
     memory_limit=None,
@@ -158,6 +161,7 @@ def segment_chunked(
         mask_hole_size=mask_hole_size,
         average=average,
         mask_source=mask_source,
+        linkage=linkage,
     )
     steps = _time_steps(times, data.shape, ndim)
     real_mask = _selected_mask(real_mask, steps, data.shape, ndim)
@@ -167,7 +171,11 @@ def segment_chunked(
     masks = _per_step_masks(real_mask, len(steps), scan, ndim)
     for m in masks:
         real_space_mask(
-            np.zeros(scan, np.float32), m, min_size=mask_min_size, hole_size=mask_hole_size
+            np.zeros(scan, np.float32),
+            m,
+            min_size=mask_min_size,
+            hole_size=mask_hole_size,
+            signal=np.zeros(scan, np.float32),
         )
     params["real_mask"] = _describe(real_mask)  # the masks of the selected steps
     if times is not None:
@@ -177,7 +185,13 @@ def segment_chunked(
         data,
         source_chunks,
         steps if ndim == 5 else [None],
-        spec=make_spec(pre, qmask, params["sigma"], average),
+        spec=make_spec(
+            pre,
+            qmask,
+            params["sigma"],
+            average,
+            features=params["linkage"] == "mean",
+        ),
         grow=grow_options(params),
         masks=masks,
         raw_maps=[needs_raw_map(pre, mask_source, m) for m in masks],
@@ -321,7 +335,12 @@ def _execute(
             BlockSource(data),
             steps,
             plan,
-            spec={**spec, "numba_threads": _numba_threads(executor, plan)},
+            spec={
+                **spec,
+                "numba_threads": _numba_threads(executor, plan),
+                # read only once the arguments and the plan are known good
+                "beam": dark_field_beam(data, steps, masks) if grow is not None else None,
+            },
             grow=grow,
             masks=masks,
             raw_maps=raw_maps,
@@ -410,10 +429,10 @@ def _check_stage_options(pre, q_mask, sigma, det):
 
 def _selected_mask(real_mask, steps, shape, ndim):
     """Validate a mask method; per-step masks of all steps follow ``times``."""
-    if isinstance(real_mask, str) and real_mask not in THRESHOLD_METHODS:
+    if isinstance(real_mask, str) and real_mask not in THRESHOLD_METHODS + IMAGE_METHODS:
         raise ValueError(
             f"unknown real-space mask method {real_mask!r}; expected one of "
-            f"{THRESHOLD_METHODS}, a float, a boolean array or None"
+            f"{THRESHOLD_METHODS + IMAGE_METHODS}, a float, a boolean array or None"
         )
     per_step = ndim == 5 and isinstance(real_mask, np.ndarray) and real_mask.ndim == 3
     if per_step and real_mask.shape[0] == shape[0] and len(steps) != shape[0]:
@@ -427,6 +446,7 @@ class _Step:
     def __init__(self, scan):
         self.sim = np.empty((*scan, 8), np.float32)
         self.mask_map = None  # raw mean similarity, when the mask thresholds it
+        self.extras = {}  # dark-field image and binned patterns, when asked for
         self.sim_left = 0
         self.labels = None
         self.sums = None
@@ -545,10 +565,11 @@ class _Run:
 
     # ------------------------------------------------------------------
     def _similarity_done(self, states, i, b, out, high):
-        sim, mask_map, (t_read, t_comp) = out
+        sim, mask_map, (t_read, t_comp), extras = out
         r0, r1, c0, c1 = self.boxes[b]
         st = states[i]
         st.sim[r0:r1, c0:c1] = sim
+        gather_extras(st.extras, extras, self.boxes[b], st.sim.shape[:2])
         if mask_map is not None:
             if st.mask_map is None:
                 st.mask_map = np.zeros(st.sim.shape[:2], np.float32)
@@ -563,7 +584,9 @@ class _Run:
             return
         # All blocks of the step are back: grow its regions here (small).
         t0 = time.perf_counter()
-        labels, ms, rmask, table = grow_step(st.sim, st.mask_map, self.masks[i], self.grow)
+        labels, ms, rmask, table = grow_step(
+            st.sim, st.mask_map, self.masks[i], self.grow, st.extras
+        )
         n = len(table)
         st.labels, st.ms, st.rmask, st.n, st.table = labels, ms, rmask, n, table
         st.sums = np.zeros((n, *self.source.shape[-2:]), np.float64)
@@ -603,7 +626,10 @@ class _Run:
             self._finish(st)
 
     def _finish(self, st):
-        st.result = finish_step(st.labels, st.ms, st.rmask, st.sim, st.table, st.sums)
+        st.result = finish_step(
+            st.labels, st.ms, st.rmask, st.sim, st.table, st.sums, st.extras.get("diagnostics")
+        )
+        st.extras = {}
         st.sums = None
 
     # ------------------------------------------------------------------

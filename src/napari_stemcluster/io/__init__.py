@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._analysis_orientation import save_orientation
 from ._analysis_tracking import read_kinetics_csv, write_kinetics_csv
 from ._lazy import close_cached_handles
 from .dataset import Calibration, StemDataset, normalize_units
@@ -35,6 +36,7 @@ __all__ = [
     "open_dataset",
     "read_kinetics_csv",
     "read_results",
+    "save_orientation",
     "write_kinetics_csv",
     "write_results",
 ]

@@ -183,6 +183,8 @@ def write_results(
     calibration: Calibration | dict | None = None,
     overwrite: bool = False,
     compression: str | None = "gzip",
+    orientation=None,
+    bragg: dict | None = None,
     tracking=None,
     kinetics=None,
 ) -> Path:
@@ -209,6 +211,12 @@ def write_results(
         the source file are never replaced.
     compression : {"gzip", "lz4", None}
         Compression of the maps and cluster patterns.
+    orientation : OrientationResult, optional
+        Orientation and phase of the clusters (the ``/orientation`` group).
+    bragg : dict, optional
+        Bragg disks, lattices and strain (``{"lattices", "strain",
+        "params"}``), stored under ``/bragg``; see
+        :mod:`napari_stemcluster.io._analysis_bragg` for the layout.
     tracking, kinetics : Tracking, Kinetics, optional
         Persistent grain ids, events and kinetics of a 5D result (from
         :mod:`napari_stemcluster.core.tracking`), stored in ``/tracking``
@@ -310,6 +318,14 @@ def write_results(
                 )
             data = _write_emd(f, cube, cal, dsopts)
             g["cluster_means"] = data  # hard link: stored once
+            if orientation is not None:
+                from ._analysis_orientation import write_orientation
+
+                write_orientation(f, orientation)
+            if bragg is not None:
+                from ._analysis_bragg import write_bragg
+
+                write_bragg(f, bragg, labels, dsopts)
             if tracking is not None:
                 from ._analysis_tracking import write_tracking
 
@@ -332,7 +348,9 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         ``path``, ``source``, ``software_version``, ``created``,
         ``format_version`` and ``calibration`` (a dict, see
         :class:`~napari_stemcluster.io.Calibration`); ``tracking`` and
-        ``kinetics`` when the file holds grain tracks (else None).
+        ``kinetics`` when the file holds grain tracks (else None);
+        ``orientation`` (an :class:`~napari_stemcluster.core.OrientationResult`,
+        or None); ``bragg`` (the Bragg analysis dict, or None).
 
     Examples
     --------
@@ -374,6 +392,12 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             means = np.ascontiguousarray(g["cluster_means"][()][:, 0])
         except (KeyError, OSError) as e:
             raise StemFileError(f"{path}: incomplete results file ({e})") from None
+        from ._analysis_bragg import read_bragg
+
+        try:
+            bragg = read_bragg(f)
+        except (KeyError, OSError, ValueError) as e:
+            raise StemFileError(f"{path}: incomplete Bragg analysis in /bragg ({e})") from None
         from ._analysis_tracking import read_tracking
 
         try:
@@ -394,9 +418,13 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             "created": attr("created"),
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
+            "bragg": bragg,
             "tracking": tracking,
             "kinetics": kinetics,
         }
+        from ._analysis_orientation import read_orientation
+
+        info["orientation"] = read_orientation(f)
     ts = labels.ndim == 3
 
     def table(a, b):

@@ -84,7 +84,8 @@ class ClusteringWidget(Container):
             options={"choices": layer_choices(viewer, is_mask_layer, none="(none)")},
         )
         self._threshold = create_widget(
-            DEFAULTS["threshold"],
+            # the slider needs a number; "auto" is not offered here yet
+            _number_or(DEFAULTS["threshold"], 0.9),
             label="Threshold",
             annotation=float,
             widget_type="FloatSlider",
@@ -482,3 +483,8 @@ def _mask_key(mask):
     if mask is None:
         return None
     return (mask.shape, int(np.count_nonzero(mask)), hash(np.packbits(mask).tobytes()))
+
+
+def _number_or(value, fallback: float) -> float:
+    """``value`` if it is a number (a default may be a word such as "auto")."""
+    return float(value) if isinstance(value, int | float) else fallback

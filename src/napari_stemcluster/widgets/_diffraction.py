@@ -159,6 +159,8 @@ class DiffractionViewer(QWidget):
         self.average: np.ndarray | None = None
         self.peaks = np.empty((0, 2))
         self.peak_intensities = np.empty(0)
+        #: Detection settings of the Bragg widget's live preview (None: defaults).
+        self.bragg_params: dict | None = None
         self._avg_key = None
         self._detector = None
         self._linked_state = None
@@ -429,19 +431,16 @@ class DiffractionViewer(QWidget):
             self._avg_key = key
         self.label = label if mean is not None else None
         self.average = mean
-        if mean is not None and self.controls.show_peaks.value:
-            from ..core.peaks import find_peaks
+        from ._bragg import bragg_display, set_disk_points
 
-            self.peaks, self.peak_intensities = find_peaks(
-                mean, disk_radius=float(self.controls.disk_radius.value)
-            )
-        else:
-            self.peaks, self.peak_intensities = np.empty((0, 2)), np.empty(0)
+        shown = mean if self.controls.show_peaks.value else None
+        radius = float(self.controls.disk_radius.value)
+        self.peaks, self.peak_intensities, hk = bragg_display(shown, self.bragg_params, radius)
         self._set_image(self.average_layer, mean)
         self.average_title.setText(
             "cluster average" if self.label is None else f"average of cluster {self.label}"
         )
-        self.peaks_layer.data = self.peaks
+        set_disk_points(self.peaks_layer, self.peaks, hk)
         self.peaks_layer.size = max(3.0, 2.4 * float(self.controls.disk_radius.value))
         self._update_marker(state, t, self.label)
         self._update_text()

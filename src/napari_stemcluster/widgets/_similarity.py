@@ -108,7 +108,8 @@ class SimilarityWidget(Container):
         self._cancel.text = "Cancel"
         self._cancel.enabled = False
         self._method = create_widget(
-            DEFAULTS["real_mask"],
+            # the widget thresholds the mean-similarity map (no dark-field image yet)
+            DEFAULTS["real_mask"] if DEFAULTS["real_mask"] in MASK_METHODS else "triangle",
             label="Mask method",
             annotation=str,
             widget_type="ComboBox",

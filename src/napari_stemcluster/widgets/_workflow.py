@@ -40,7 +40,16 @@ def _open_widget(viewer):
 
 def _lazy(name: str):
     def make(viewer):
-        from . import _clustering, _correction, _export, _kinetics, _prefilter, _similarity
+        from . import (
+            _bragg,
+            _clustering,
+            _correction,
+            _export,
+            _kinetics,
+            _orientation,
+            _prefilter,
+            _similarity,
+        )
 
         modules = {
             "PrefilterWidget": _prefilter,
@@ -49,6 +58,8 @@ def _lazy(name: str):
             "CorrectionWidget": _correction,
             "ResultsWidget": _export,
             "KineticsWidget": _kinetics,
+            "BraggWidget": _bragg,
+            "OrientationWidget": _orientation,
         }
         return getattr(modules[name], name)(viewer)
 
@@ -63,6 +74,8 @@ WORKFLOW_TABS: list[TabSpec] = [
     TabSpec("2. Similarity", _lazy("SimilarityWidget"), "Similarity and real-space mask"),
     TabSpec("3. Clustering", _lazy("ClusteringWidget"), "Region growing, threshold guidance"),
     TabSpec("Correct", _lazy("CorrectionWidget"), "Merge and split clusters by hand"),
+    TabSpec("Bragg disks", _lazy("BraggWidget"), "Bragg disks, lattices and strain"),
+    TabSpec("Orientation", _lazy("OrientationWidget"), "Crystal orientation of the clusters"),
     TabSpec("Kinetics", _lazy("KineticsWidget"), "Time series: grains followed in time"),
     TabSpec("Results", _lazy("ResultsWidget"), "Save, export figures, find a moved data file"),
 ]

@@ -1,0 +1,496 @@
+"""Dock widget: Bragg disks, lattices and orientation per cluster, and hybrid strain maps."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import Container, create_widget
+
+from ._common import (
+    JobRunner,
+    connect_while_alive,
+    is_cluster_layer,
+    layer_choices,
+    remember,
+    spatial_kwargs,
+    stem_meta,
+    step_progress,
+    unwrap,
+)
+from ._link import ensure_link
+
+if TYPE_CHECKING:
+    import napari
+
+TEMPLATES = ("synthetic disk", "central disk of the cluster average", "vacuum region (Labels)")
+ORIENTATION = "in-plane orientation"
+LEGEND = "orientation legend"
+STRAIN_NAMES = {
+    "exx": "strain εxx (%)",
+    "eyy": "strain εyy (%)",
+    "exy": "strain εxy (%)",
+    "rotation": "lattice rotation (°)",
+}
+
+
+# --------------------------------------------------------------------------
+# display helpers (also used by the diffraction viewer)
+
+
+def bragg_display(pattern, params: dict | None = None, radius: float | None = None):
+    """Disks of one pattern with their lattice indices, for drawing.
+
+    Returns ``(positions (N, 2), intensities (N,), labels)``: the direct
+    beam first (label ``"0 0"``), then the disks, labelled ``"h k"`` when
+    indexed by the fitted lattice and ``""`` otherwise.
+    """
+    from ..core import find_bragg_disks, fit_lattice
+    from ..core.bragg import BraggWarning
+
+    empty = (np.empty((0, 2)), np.empty(0), [])
+    if pattern is None:
+        return empty
+    kw = dict(params or {})
+    if radius is not None and kw.get("template") is None and not kw.get("probe_radius"):
+        kw["probe_radius"] = float(radius)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BraggWarning)
+        try:
+            disks, beam = find_bragg_disks(np.asarray(pattern), return_beam=True, **kw)
+        except ValueError:
+            return empty  # e.g. a template larger than this pattern: nothing to draw
+    pos = np.stack([disks["qx"], disks["qy"]], axis=1)
+    inten = np.asarray(disks["intensity"], np.float64)
+    labels = [""] * len(pos)
+    if np.all(np.isfinite(beam)):
+        fit = fit_lattice(disks, center=beam)
+        if fit.ok:
+            labels = [
+                f"{h} {k}" if ok else "" for (h, k), ok in zip(fit.hk, fit.indexed, strict=False)
+            ]
+        pos = np.vstack([beam[None], pos])
+        inten = np.concatenate([[np.nan], inten])
+        labels = ["0 0", *labels]
+    return pos, inten, labels
+
+
+def set_disk_points(layer, positions, labels) -> None:
+    """Points of a disk list, with their index labels as text."""
+    layer.data = np.asarray(positions, np.float64).reshape(-1, 2)
+    layer.features = {"hk": np.asarray(list(labels), dtype=object)}
+    layer.text = {"string": "{hk}", "color": "cyan", "size": 8, "anchor": "upper_left"}
+
+
+def colour_wheel(size: int = 64, period: float = 180.0) -> np.ndarray:
+    """RGBA legend of the cyclic orientation colour map: direction -> colour.
+
+    The direction from the centre, measured like the lattice rotation (from
+    the first image axis towards the second), modulo ``period`` degrees.
+    """
+    from napari.utils.colormaps import ensure_colormap
+
+    cmap = ensure_colormap("twilight")
+    c = (size - 1) / 2
+    x, y = np.mgrid[:size, :size] - c
+    ang = np.degrees(np.arctan2(y, x)) % period
+    rgba = cmap.map((ang / period).ravel()).reshape(size, size, 4).astype(np.float32)
+    r = np.hypot(x, y)
+    rgba[..., 3] = np.clip(c + 0.5 - r, 0, 1) * (r >= 0.3 * c)
+    return rgba
+
+
+# --------------------------------------------------------------------------
+# widget
+
+
+class BraggWidget(Container):
+    """Bragg disks, lattice and orientation per cluster; strain at every position.
+
+    *Detect on cluster averages* finds the disks of every cluster average,
+    fits each cluster's lattice (table in the clusters layer's features:
+    ``g1_length``, ``g2_length``, ``angle``, ``rotation``, ``n_indexed``,
+    ``residual``) and adds the *in-plane orientation* map (cyclic colour map)
+    with a colour-wheel legend. *Strain maps* runs the hybrid strain at every
+    position in the background (progress, Cancel) and adds εxx, εyy, εxy and
+    rotation maps with diverging colour maps centred on zero and colour bars.
+    While *Live preview* is on, the diffraction viewer shows the disks of the
+    cluster average under the mouse found with these settings, labelled with
+    their indices.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Examples
+    --------
+    >>> widget = BraggWidget(viewer)  # doctest: +SKIP
+    >>> viewer.window.add_dock_widget(widget, name="Bragg disks & strain")  # doctest: +SKIP
+    >>> widget.run_lattices(); widget.run_strain()  # doctest: +SKIP
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer = unwrap(viewer)
+        w = {}
+        w["clusters"] = create_widget(
+            label="Clusters",
+            annotation="napari.layers.Labels",
+            options={"choices": layer_choices(viewer, is_cluster_layer)},
+        )
+        w["template"] = create_widget(
+            TEMPLATES[0],
+            label="Probe template",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": list(TEMPLATES)},
+        )
+        w["region"] = create_widget(
+            label="Vacuum region",
+            annotation="napari.layers.Labels",
+            options={"choices": layer_choices(viewer, lambda x: True, none="(none)")},
+        )
+        w["region"].tooltip = "Labels layer whose non-zero positions are vacuum (direct beam only)"
+        w["radius"] = _spin(0.0, "Disk radius (px)", 0.0, 100.0, 0.25, float)
+        w["radius"].tooltip = "0: estimated from the patterns"
+        w["ring"] = create_widget(False, label="Ring (background-subtracted)", annotation=bool)
+        w["corr_power"] = _spin(1.0, "Correlation power", 0.0, 1.0, 0.05, float)
+        w["corr_power"].tooltip = "1: cross-correlation, 0: phase correlation"
+        w["sigma"] = _spin(1.5, "Smoothing σ (px)", 0.0, 10.0, 0.25, float)
+        w["min_spacing"] = _spin(0.0, "Min. spacing (px)", 0.0, 200.0, 0.5, float)
+        w["min_spacing"].tooltip = "0: the disk radius (at least 2 px)"
+        w["min_relative"] = _spin(0.005, "Min. relative", 0.0, 1.0, 0.001, float)
+        w["min_snr"] = _spin(5.0, "Min. signal/noise", 0.0, 100.0, 0.5, float)
+        w["edge"] = _spin(-1, "Edge margin (px)", -1, 1000, 1, int)
+        w["edge"].tooltip = "-1: the disk radius"
+        w["max_count"] = _spin(200, "Max. disks", 1, 10000, 1, int)
+        w["subpixel"] = create_widget(
+            "dft",
+            label="Sub-pixel",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": ["dft", "parabolic", "none"]},
+        )
+        w["min_indexed"] = _spin(5, "Min. indexed (strain)", 3, 1000, 1, int)
+        w["reference"] = create_widget(
+            label="Strain reference",
+            annotation="napari.layers.Labels",
+            options={"choices": layer_choices(viewer, lambda x: True, none="(cluster average)")},
+        )
+        w["reference"].tooltip = (
+            "Strain relative to each cluster's average lattice, or to the median local "
+            "lattice of each cluster within the non-zero positions of a Labels layer"
+        )
+        w["preview"] = create_widget(True, label="Live preview", annotation=bool)
+        self._w = w
+        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
+        self._run.text = "Detect on cluster averages"
+        self._strain = create_widget(label="Strain", annotation=None, widget_type="PushButton")
+        self._strain.text = "Strain maps (all positions)"
+        self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
+        self._cancel.text = "Cancel"
+        self._cancel.enabled = False
+        self._status = create_widget("", label="", annotation=str, widget_type="Label")
+        self.extend([*w.values(), self._run, self._strain, self._cancel, self._status])
+        self.runner = JobRunner(on_busy=self._on_busy)
+        #: Per time step LatticeTable of the last run, and its strain result.
+        self.lattices: list | None = None
+        self.strain = None
+        self.orientation_layer = None
+        self.strain_layers: dict = {}
+        self._run.changed.connect(self.run_lattices)
+        self._strain.changed.connect(self.run_strain)
+        self._cancel.changed.connect(self.runner.cancel)
+        for key, widget in w.items():
+            if key not in ("clusters", "min_indexed", "reference"):
+                widget.changed.connect(self.update_preview)
+        w["template"].changed.connect(self._on_template)
+        connect_while_alive(
+            self.native,
+            [
+                (viewer.layers.events.inserted, self._on_layers_changed),
+                (viewer.layers.events.removed, self._on_layers_changed),
+            ],
+        )
+        remember(
+            "bragg",
+            {k: v for k, v in w.items() if k not in ("clusters", "region", "reference")},
+        )
+        clusters = [x for x in viewer.layers if is_cluster_layer(x)]
+        if clusters and w["clusters"].value is None:
+            w["clusters"].value = clusters[-1]
+        self._on_template()
+
+    # ---------------------------------------------------------------- inputs
+    def _on_layers_changed(self, event=None):
+        self.reset_choices()
+        if event is not None and event.type == "inserted" and is_cluster_layer(event.value):
+            self._w["clusters"].value = event.value
+
+    def _on_template(self, *_):
+        self._w["region"].visible = self._w["template"].value == TEMPLATES[2]
+
+    def _on_busy(self, busy: bool):
+        self._run.enabled = self._strain.enabled = not busy
+        self._cancel.enabled = busy
+
+    @property
+    def cluster_layer(self):
+        return self._w["clusters"].value
+
+    def _state(self):
+        layer = self.cluster_layer
+        if layer is None:
+            raise ValueError("choose a clusters layer (run the clustering first)")
+        link = ensure_link(self._viewer, layer)
+        if link is None or link.state.cube is None:
+            raise ValueError(
+                f"layer {layer.name!r} has no data cube attached: open the data file with it"
+            )
+        return link.state
+
+    def params(self, t: int = 0) -> dict:
+        """Keyword arguments for :func:`~napari_stemcluster.core.find_bragg_disks`."""
+        w = self._w
+        p = {
+            "ring": bool(w["ring"].value),
+            "corr_power": float(w["corr_power"].value),
+            "sigma": float(w["sigma"].value),
+            "min_relative": float(w["min_relative"].value),
+            "min_snr": float(w["min_snr"].value),
+            "max_count": int(w["max_count"].value),
+            "subpixel": w["subpixel"].value,
+        }
+        if w["radius"].value > 0:
+            p["probe_radius"] = float(w["radius"].value)
+        if w["min_spacing"].value > 0:
+            p["min_spacing"] = float(w["min_spacing"].value)
+        if w["edge"].value >= 0:
+            p["edge"] = int(w["edge"].value)
+        template = self._template(t)
+        if template is not None:
+            p["template"] = template
+        return p
+
+    def _template(self, t: int):
+        from ..core import probe_from_pattern, probe_from_region
+
+        choice = self._w["template"].value
+        radius = float(self._w["radius"].value) or None
+        if choice == TEMPLATES[0]:
+            return None
+        state = self._state()
+        if choice == TEMPLATES[1]:
+            means = state.means(min(t, state.n_steps - 1))
+            if means is None or not len(means):
+                raise ValueError("no cluster averages yet: wait for them, or run the clustering")
+            sizes = state.table(min(t, state.n_steps - 1)).size
+            return probe_from_pattern(means[int(np.argmax(sizes))], radius=radius)
+        layer = self._w["region"].value
+        if layer is None:
+            raise ValueError("choose a Labels layer marking the vacuum region")
+        region = np.asarray(layer.data) > 0
+        lab = state.step_labels(min(t, state.n_steps - 1))
+        if region.ndim == 3:
+            region = region[min(t, region.shape[0] - 1)]
+        if region.shape != lab.shape:
+            raise ValueError(
+                f"the vacuum region {region.shape} must have the scan shape {lab.shape}"
+            )
+        return probe_from_region(state.step_cube(min(t, state.n_steps - 1)), region, radius=radius)
+
+    # --------------------------------------------------------------- preview
+    def diffraction_viewers(self) -> list:
+        from ._diffraction import DiffractionViewer
+
+        window = getattr(self._viewer, "window", None)
+        qt = getattr(window, "_qt_window", None)
+        return [] if qt is None else list(qt.findChildren(DiffractionViewer))
+
+    def update_preview(self, *_):
+        """Show disks found with these settings in every diffraction viewer."""
+        try:
+            params = self.params() if self._w["preview"].value else None
+        except ValueError as e:
+            self._status.value = str(e)
+            params = None
+        for dif in self.diffraction_viewers():
+            dif.bragg_params = params
+            dif._avg_key = None
+            dif._refresh_average()
+
+    # ----------------------------------------------------------------- runs
+    def run_lattices(self, *_):
+        """Disks and lattice of every cluster average (background job)."""
+        return self._reported(self._run_lattices)
+
+    def run_strain(self, *_):
+        """Hybrid strain at every position of every cluster (background job)."""
+        return self._reported(self._run_strain)
+
+    def _reported(self, fn):
+        from napari.utils.notifications import show_error
+
+        try:
+            return fn()
+        except ValueError as e:
+            self._status.value = str(e)
+            show_error(f"Bragg disks & strain: {e}")
+            return None
+
+    def _run_lattices(self):
+        from ..core import cluster_lattices
+
+        state = self._state()
+        steps = list(range(state.n_steps))
+        params = [self.params(t) for t in steps]
+        means = [state.means(t) for t in steps]
+        if any(m is None for m in means):
+            raise ValueError("the cluster averages are still being computed; try again shortly")
+        layer = self.cluster_layer
+
+        def work(progress):
+            out = []
+            for i, t in enumerate(steps):
+                out.append(
+                    cluster_lattices(
+                        np.asarray(means[t]),
+                        progress=step_progress(progress, i, len(steps)),
+                        **params[t],
+                    )
+                )
+            return out
+
+        return self.runner.start(
+            work,
+            description="Bragg disks and lattices",
+            on_returned=lambda value: self._apply_lattices(layer, state, value, params[0]),
+        )
+
+    def _run_strain(self):
+        from ..core import rereference, strain_map
+
+        if self.lattices is None:
+            raise ValueError("detect the cluster lattices first")
+        state = self._state()
+        params = self.params()
+        labels = np.asarray(state.labels).copy()
+        cube = state.cube
+        lattices = self.lattices
+        min_indexed = int(self._w["min_indexed"].value)
+        layer = self.cluster_layer
+
+        ref = self._w["reference"].value
+        region = None
+        if ref is not None:
+            region = np.asarray(ref.data) > 0
+            if region.shape != labels.shape:
+                raise ValueError(
+                    f"the strain reference {region.shape} must have the labels' shape "
+                    f"{labels.shape}"
+                )
+
+        def work(progress):
+            strain = strain_map(
+                cube, labels, lattices, min_indexed=min_indexed, progress=progress, **params
+            )
+            if region is not None and (region & np.isfinite(strain.exx)).any():
+                strain = rereference(strain, labels, region)
+            return strain
+
+        return self.runner.start(
+            work,
+            description="Strain maps",
+            on_returned=lambda value: self._apply_strain(layer, value, params, min_indexed),
+        )
+
+    # --------------------------------------------------------------- results
+    def _analysis(self, params):
+        safe = {k: v for k, v in params.items() if k != "template"}
+        safe["template"] = self._w["template"].value
+        return {"lattices": self.lattices, "strain": self.strain, "params": safe}
+
+    def _store(self, layer, params):
+        meta = stem_meta(layer)
+        if meta is not None:
+            meta["bragg"] = self._analysis(params)
+
+    def _apply_lattices(self, layer, state, lattices, params):
+        from ..io._analysis_bragg import bragg_layer_data
+
+        self.lattices = lattices
+        self.strain = None
+        self._store(layer, params)
+        tuples = bragg_layer_data({"lattices": lattices}, np.asarray(state.labels))
+        data, kwargs, _ = tuples[0]
+        sk = spatial_kwargs(layer, data.ndim)
+        self.orientation_layer = self._replace(ORIENTATION, data, {**kwargs, **sk})
+        period = kwargs["metadata"]["stemcluster"]["period"]
+        self._legend(layer, period)
+        if not state.time_series:
+            cols = lattices[0].as_dict()
+            feats = dict(layer.features) if len(layer.features) == len(cols["label"]) else {}
+            feats.update({k: v for k, v in cols.items() if k != "label"})
+            with contextlib.suppress(ValueError, TypeError):
+                layer.features = feats
+        n = sum(len(t) for t in lattices)
+        found = sum(int(np.isfinite(t.g1).all(axis=1).sum()) for t in lattices)
+        self._status.value = f"lattice found for {found} of {n} clusters"
+
+    def _apply_strain(self, layer, strain, params, min_indexed):
+        from ..io._analysis_bragg import bragg_layer_data
+
+        self.strain = strain
+        self._store(layer, {**params, "min_indexed": min_indexed})
+        tuples = bragg_layer_data({"strain": strain}, strain.exx)
+        self.strain_layers = {}
+        for (data, kwargs, _), key in zip(tuples, STRAIN_NAMES, strict=True):
+            sk = spatial_kwargs(layer, data.ndim)
+            new = self._replace(kwargs["name"], data, {**kwargs, **sk})
+            new.colorbar.visible = True
+            self.strain_layers[key] = new
+        ok = np.isfinite(strain.exx)
+        inside = np.isfinite(strain.g1_ref).all(axis=-1)  # positions in a cluster
+        self._status.value = (
+            f"strain at {int(ok.sum())} of {int(inside.sum())} clustered positions "
+            f"(NaN: fewer than {min_indexed} indexed disks)"
+        )
+
+    def _replace(self, name, data, kwargs):
+        viewer = self._viewer
+        active = viewer.layers.selection.active
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+        kwargs = {k: v for k, v in kwargs.items() if k != "axis_labels"}
+        layer = viewer.add_image(data, **kwargs)
+        if active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active
+        return layer
+
+    def _legend(self, layer, period):
+        wheel = colour_wheel(64, period)
+        scan = np.asarray(layer.data).shape[-2:]
+        scale = np.asarray(layer.scale[-2:], float)
+        size = 0.3 * min(scan)
+        translate = np.asarray(layer.translate[-2:], float) + [0.0, (scan[1] + 2) * scale[1]]
+        kw = {
+            "name": LEGEND,
+            "rgb": True,
+            "scale": scale * size / 64,
+            "translate": translate,
+            "units": [str(u) for u in layer.units][-2:],
+            "metadata": {"stemcluster": {"kind": "orientation_legend", "period": period}},
+        }
+        self._replace(LEGEND, wheel, kw)
+
+
+def _spin(value, label, lo, hi, step, kind):
+    return create_widget(
+        value,
+        label=label,
+        annotation=kind,
+        widget_type="FloatSpinBox" if kind is float else "SpinBox",
+        options={"min": lo, "max": hi, "step": step},
+    )

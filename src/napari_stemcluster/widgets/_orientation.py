@@ -1,0 +1,321 @@
+"""Dock widget: orientation and phase of every cluster from CIF files.
+
+The cluster averages of a segmentation layer are matched against kinematical
+templates (:func:`napari_stemcluster.core.orient_clusters`) in a background
+thread. The maps (IPF colours along z, x, y, phase, score) appear as layers;
+the dock shows the selected cluster's average with its matched template, the
+(hkl) of the spots, and the IPF colour key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import Container, create_widget
+
+from ._common import JobRunner, stem_meta, unwrap
+
+if TYPE_CHECKING:
+    import napari
+
+
+def _has_result(layer) -> bool:
+    from napari.layers import Labels
+
+    meta = stem_meta(layer)
+    return (
+        isinstance(layer, Labels)
+        and meta is not None
+        and meta.get("kind") == "segmentation"
+        and meta.get("result") is not None
+    )
+
+
+class OrientationWidget(Container):
+    """Match the cluster averages against crystal structures; show the maps.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Examples
+    --------
+    >>> widget = OrientationWidget(viewer)  # doctest: +SKIP
+    >>> widget.run(); widget.jobs.wait()  # doctest: +SKIP
+    >>> widget.result.records["phase"]  # doctest: +SKIP
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        from ..data import builtin_cif
+
+        self._viewer = viewer = unwrap(viewer)
+        self.result = None
+        self._libs: dict = {}
+        self._layer_combo = create_widget(
+            label="Clusters",
+            annotation="napari.layers.Labels",
+            options={"choices": self._layer_choices},
+        )
+        self._cif = create_widget(
+            [builtin_cif("Au")],
+            label="CIF files",
+            annotation=list[Path],
+            options={"mode": "rm", "filter": "*.cif"},
+        )
+        self._cif.tooltip = "One CIF per candidate phase"
+
+        def num(value, label, lo, hi, step, tip):
+            w = create_widget(
+                value,
+                label=label,
+                annotation=float,
+                widget_type="FloatSpinBox",
+                options={"min": lo, "max": hi, "step": step},
+            )
+            w.tooltip = tip
+            return w
+
+        self._energy = num(300.0, "Energy (keV)", 1.0, 3000.0, 10.0, "Beam energy")
+        self._qpix = num(0.02, "Q pixel (1/Å)", 1e-5, 1.0, 0.001, "Detector calibration")
+        self._qpix.native.setDecimals(5)
+        self._step = num(1.0, "Step (°)", 0.1, 10.0, 0.5, "Angular step of the library")
+        self._max_angle = num(30.0, "Max. 2θ (mrad)", 1.0, 500.0, 5.0, "Largest scattering angle")
+        self._sigma = num(0.02, "σ excitation (1/Å)", 0.001, 0.5, 0.005, "About 1/thickness")
+        self._sigma.native.setDecimals(3)
+        self._conv = num(0.0, "Convergence (mrad)", 0.0, 50.0, 0.1, "Probe semi-angle")
+        self._disk = num(2.0, "Disk radius (px)", 0.5, 50.0, 0.5, "Bragg disk radius")
+        self._min_disks = create_widget(
+            4, label="Min. disks", annotation=int, options={"min": 1, "max": 100}
+        )
+        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
+        self._run.text = "Match cluster averages"
+        self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
+        self._cancel.enabled = False
+        self._status = create_widget("", label="", annotation=str, widget_type="Label")
+        self._cluster = create_widget(
+            1, label="Show cluster", annotation=int, options={"min": 1, "max": 1}
+        )
+        self._time = create_widget(0, label="Time step", annotation=int, options={"max": 0})
+        self.extend(
+            [
+                self._layer_combo,
+                self._cif,
+                self._energy,
+                self._qpix,
+                self._step,
+                self._max_angle,
+                self._sigma,
+                self._conv,
+                self._disk,
+                self._min_disks,
+                self._run,
+                self._cancel,
+                self._status,
+                self._time,
+                self._cluster,
+            ]
+        )
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4.0, 5.6), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(420)
+        self.native.layout().addWidget(self.canvas)
+
+        self.jobs = JobRunner(on_busy=self._on_busy)
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.jobs.cancel)
+        self._cluster.changed.connect(self.draw)
+        self._time.changed.connect(self.draw)
+        self._layer_combo.changed.connect(self._on_layer)
+        viewer.layers.events.inserted.connect(self._layer_combo.reset_choices)
+        viewer.layers.events.removed.connect(self._layer_combo.reset_choices)
+        self._on_layer()
+
+    # ------------------------------------------------------------ helpers
+    def _layer_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self._viewer.layers if _has_result(layer)]
+
+    def _on_busy(self, busy: bool) -> None:
+        self._run.enabled = not busy
+        self._cancel.enabled = busy
+
+    def _on_layer(self, *_):
+        from ..io import normalize_units
+
+        layer = self._layer_combo.value
+        meta = stem_meta(layer) if layer is not None else None
+        if meta is None:
+            return
+        cal = meta.get("calibration") or {}
+        scale = {"1/angstrom": 1.0, "1/nm": 0.1}.get(normalize_units(cal.get("q_units")))
+        if scale is not None and cal.get("q_pixel_size"):
+            self._qpix.value = float(cal["q_pixel_size"]) * scale
+        labels = np.asarray(layer.data)
+        self._time.max = labels.shape[0] - 1 if labels.ndim == 3 else 0
+        self.result = meta.get("orientation")
+        self._cluster.max = max(1, int(labels.max(initial=0)))
+        self.draw()
+
+    def _cluster_means(self, layer):
+        from .._layers import layers_to_result
+
+        result = layers_to_result(layer)
+        return result.cluster_means, result
+
+    # ------------------------------------------------------------ actions
+    def run(self, *_):
+        """Match every cluster average of the chosen layer (in a background thread)."""
+        layer = self._layer_combo.value
+        if layer is None:
+            self._status.value = "No segmentation layer"
+            return None
+        cifs = [Path(p) for p in (self._cif.value or [])]
+        if not cifs:
+            self._status.value = "Choose at least one CIF file"
+            return None
+        params = {
+            "energy_kev": self._energy.value,
+            "q_pixel_size": self._qpix.value,
+            "step_deg": self._step.value,
+            "max_angle_mrad": self._max_angle.value,
+            "sigma_excitation": self._sigma.value,
+            "convergence_mrad": self._conv.value,
+            "disk_radius": self._disk.value,
+            "min_disks": self._min_disks.value,
+        }
+
+        def job(progress):
+            from ..core.orientation import orient_clusters
+
+            means, result = self._cluster_means(layer)
+            kw = dict(params)
+            energy, qp = kw.pop("energy_kev"), kw.pop("q_pixel_size")
+            res = orient_clusters(means, cifs, energy, qp, progress=progress, **kw)
+            return layer, result, res
+
+        self._status.value = "Matching…"
+        return self.jobs.start(job, description="Orientation mapping", on_returned=self._apply)
+
+    def _apply(self, out):
+        from ..io._analysis_orientation import orientation_to_layers
+
+        layer, _, res = out
+        self.result = res
+        self._libs.clear()
+        meta = stem_meta(layer)
+        meta["orientation"] = res
+        tuples = orientation_to_layers(
+            np.asarray(layer.data), res, meta.get("calibration"), layer.name
+        )
+        for data, kwargs, kind in tuples:
+            name = kwargs["name"]
+            if name in self._viewer.layers:
+                self._viewer.layers[name].data = data
+            else:
+                getattr(self._viewer, f"add_{kind}")(data, **kwargs)
+        rec = res.records
+        ok = rec["indexed"]
+        median = float(np.median(rec["score"][ok])) if ok.any() else 0.0
+        self._status.value = (
+            f"{int(ok.sum())} of {len(rec)} clusters indexed; median score {median:.3f}"
+        )
+        self.draw()
+
+    def _display_library(self, phase: int):
+        """A library holding the crystal and geometry, for drawing templates."""
+        from ..core.orientation import orientation_library
+
+        if phase not in self._libs:
+            p = self.result.params
+            self._libs[phase] = orientation_library(
+                self.result.structures[phase],
+                p["energy_kev"],
+                p["q_pixel_size"],
+                step_deg=30.0,
+                max_angle_mrad=p.get("max_angle_mrad"),
+                g_max=p.get("g_max"),
+                sigma_excitation=p["sigma_excitation"],
+                convergence_mrad=p["convergence_mrad"],
+            )
+        return self._libs[phase]
+
+    def draw(self, *_):
+        """Redraw the cluster average, its template with (hkl), and the IPF key."""
+        from ..core.orientation import ipf_color_key, kinematical_spots
+
+        fig = self.figure
+        fig.clear()
+        layer = self._layer_combo.value
+        res = self.result
+        ax = fig.add_subplot(4, 1, (1, 3))
+        ax.set_axis_off()
+        if layer is None or res is None:
+            ax.text(0.5, 0.5, "no orientation results yet", ha="center", va="center")
+            self.canvas.draw_idle()
+            return
+        t = int(self._time.value)
+        label = int(self._cluster.value)
+        rows = res.step(t)
+        meta = stem_meta(layer)
+        result = meta.get("result")
+        means = result.cluster_means[t] if result.is_time_series else result.cluster_means
+        if label > len(rows) or label > len(means):
+            ax.text(0.5, 0.5, f"no cluster {label}", ha="center", va="center")
+            self.canvas.draw_idle()
+            return
+        avg = np.asarray(means[label - 1], np.float64)
+        ax.imshow(np.log1p(np.clip(avg, 0, None)), cmap="gray")
+        rec = rows[label - 1]
+        center = np.array([(avg.shape[0] - 1) / 2, (avg.shape[1] - 1) / 2])
+        if rec["indexed"]:
+            st = res.structures[int(rec["phase"])]
+            lib = self._display_library(int(rec["phase"]))
+            sp = kinematical_spots(lib, rec["rotation"])
+            pos = center + sp["q"]
+            inside = (
+                (pos[:, 0] >= 0)
+                & (pos[:, 0] < avg.shape[0])
+                & (pos[:, 1] >= 0)
+                & (pos[:, 1] < avg.shape[1])
+            )
+            inten = sp["intensity"] / sp["intensity"].max()
+            ax.scatter(
+                pos[inside, 1],
+                pos[inside, 0],
+                s=20 + 180 * np.sqrt(inten[inside]),
+                facecolors="none",
+                edgecolors="tab:orange",
+                linewidths=1.0,
+            )
+            order = np.argsort(-inten[inside])[:16]
+            for i in order:
+                (qx, qy), h = pos[inside][i], sp["hkl"][inside][i]
+                ax.annotate(
+                    "".join(str(v) if v >= 0 else f"-{-v}" for v in h),
+                    (qy, qx),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    color="yellow",
+                    fontsize=7,
+                )
+            za = "".join(str(v) for v in rec["zone_axis"])
+            ax.set_title(
+                f"cluster {label}: {st.name} [{za}], in-plane {rec['inplane_deg']:.1f}°\n"
+                f"score {rec['score']:.3f}, confidence {rec['confidence']:.2f}",
+                fontsize=8,
+            )
+            key, names = ipf_color_key(st, 128)
+            kax = fig.add_subplot(4, 1, 4)
+            kax.imshow(key)
+            for name, (r, c) in names:
+                kax.annotate(name, (c, r), fontsize=7, ha="center", va="bottom")
+            kax.set_title("IPF colour key", fontsize=8)
+            kax.set_axis_off()
+        else:
+            ax.set_title(f"cluster {label}: not indexed ({rec['n_disks']} disks)", fontsize=8)
+        self.canvas.draw_idle()

@@ -1,0 +1,178 @@
+"""Crystal structures from CIF files, scattering factors and structure factors."""
+
+import numpy as np
+import pytest
+
+from napari_stemcluster.core import load_structure, structure_factors
+from napari_stemcluster.core._scattering_factors import (
+    electron_scattering_coefficients,
+    electron_scattering_factor,
+)
+from napari_stemcluster.core.crystal import electron_wavelength, reciprocal_lattice
+from napari_stemcluster.data import builtin_cif
+
+# Peng, Ren, Dudarev & Whelan (1996), Acta Cryst. A52, 257, Table 1 (0 <= s <= 2 1/Å),
+# typed in from the paper: a1..a5 (Å), b1..b5 (Å²).
+PENG_1996 = {
+    "O": ([0.0974, 0.2921, 0.6910, 0.6990, 0.2039], [0.2067, 1.3815, 4.6943, 12.7105, 32.4726]),
+    "Au": ([0.9674, 1.8916, 3.3993, 3.0524, 1.2607], [0.2358, 1.4712, 5.6758, 18.7119, 61.5286]),
+}
+
+
+@pytest.fixture(scope="module")
+def au():
+    return load_structure(builtin_cif("Au"))
+
+
+@pytest.fixture(scope="module")
+def rutile():
+    return load_structure(builtin_cif("TiO2"))
+
+
+@pytest.mark.parametrize("element", sorted(PENG_1996))
+def test_scattering_coefficients_are_peng_1996(element):
+    a, b = electron_scattering_coefficients(element)
+    np.testing.assert_allclose(a, PENG_1996[element][0], atol=5e-5)
+    np.testing.assert_allclose(b, PENG_1996[element][1], atol=5e-5)
+
+
+def test_scattering_factor_is_the_gaussian_sum():
+    a, b = map(np.array, PENG_1996["Au"])
+    s = np.array([0.0, 0.1, 0.5, 1.5])
+    expected = [(a * np.exp(-b * x * x)).sum() for x in s]
+    np.testing.assert_allclose(electron_scattering_factor("Au", s), expected, rtol=1e-5)
+    assert np.all(np.diff(electron_scattering_factor("Au", s)) < 0)
+    with pytest.raises(ValueError, match="not a chemical element"):
+        electron_scattering_coefficients("Xx")
+
+
+@pytest.mark.parametrize(("kev", "angstrom"), [(100, 0.03701), (200, 0.02508), (300, 0.01969)])
+def test_electron_wavelength(kev, angstrom):
+    assert electron_wavelength(kev) == pytest.approx(angstrom, abs=1e-5)
+
+
+def test_electron_wavelength_rejects_nonpositive():
+    with pytest.raises(ValueError, match="positive"):
+        electron_wavelength(0)
+
+
+def test_gold_cell_and_symmetry(au):
+    assert au.crystal_system == "cubic" and au.laue == "m-3m"
+    np.testing.assert_allclose(au.cell, (4.0782,) * 3 + (90.0,) * 3)
+    expected = {(0, 0, 0), (0, 0.5, 0.5), (0.5, 0, 0.5), (0.5, 0.5, 0)}
+    assert {tuple(np.round(p, 6) + 0.0) for p in au.positions} == expected
+    assert set(au.elements) == {"Au"}
+    assert au.b_iso == pytest.approx(8 * np.pi**2 * 0.0079)
+    assert len(au.laue_ops) == 48 and len(au.proper_ops) == 24
+
+
+@pytest.mark.parametrize("name", ["Au", "TiO2"])
+def test_laue_group_is_an_orthogonal_group(name):
+    st = load_structure(builtin_cif(name))
+    ops = st.laue_ops
+    for r in ops:
+        np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-9)
+    # closed under products, contains the inversion
+    for a in ops[:: max(1, len(ops) // 8)]:
+        for b in ops:
+            assert np.any(np.all(np.abs(ops - a @ b) < 1e-9, axis=(1, 2)))
+    assert np.any(np.all(np.abs(ops + np.eye(3)) < 1e-9, axis=(1, 2)))
+
+
+def test_rutile_expanded_from_asymmetric_unit(rutile):
+    assert rutile.crystal_system == "tetragonal" and rutile.laue == "4/mmm"
+    assert sorted(rutile.elements) == ["O"] * 4 + ["Ti"] * 2
+    ti = rutile.positions[np.array(rutile.elements) == "Ti"]
+    assert {tuple(np.round(p, 6) + 0.0) for p in ti} == {(0, 0, 0), (0.5, 0.5, 0.5)}
+    o = rutile.positions[np.array(rutile.elements) == "O"]
+    x = 0.3048
+    expected = {(x, x, 0), (1 - x, 1 - x, 0), (0.5 + x, 0.5 - x, 0.5), (0.5 - x, 0.5 + x, 0.5)}
+    assert {tuple(np.round(p, 6) + 0.0) for p in o} == {tuple(np.round(e, 6)) for e in expected}
+    assert len(rutile.laue_ops) == 16 and len(rutile.proper_ops) == 8
+
+
+def _plain_f(st, hkl):
+    """Structure factor by an explicit loop over atoms."""
+    h = np.asarray(hkl, float)
+    g = st.reciprocal @ h
+    s = np.linalg.norm(g) / 2
+    total = 0j
+    for x, el, occ, b in zip(st.positions, st.elements, st.occupancy, st.b_iso, strict=True):
+        a, bb = electron_scattering_coefficients(el)
+        f = sum(ai * np.exp(-bi * s * s) for ai, bi in zip(a, bb, strict=True))
+        total += occ * f * np.exp(-b * s * s) * np.exp(2j * np.pi * np.dot(h, x))
+    return total
+
+
+def test_fcc_extinctions_and_values(au):
+    hkl = np.array([[1, 0, 0], [1, 1, 0], [2, 1, 0], [1, 1, 1], [2, 0, 0], [2, 2, 0], [3, 1, 1]])
+    f = structure_factors(au, hkl)
+    mixed = np.array([len({v % 2 for v in h}) > 1 for h in hkl])
+    assert np.all(np.abs(f[mixed]) < 1e-9)
+    for h, v in zip(hkl[~mixed], f[~mixed], strict=True):
+        s = np.linalg.norm(h) / 4.0782 / 2
+        fe = electron_scattering_factor("Au", s) * np.exp(-au.b_iso[0] * s * s)
+        assert v == pytest.approx(4 * fe, rel=1e-9)
+
+
+def test_rutile_structure_factors_match_plain_sum_and_glides(rutile):
+    hkl = np.array([[1, 1, 0], [1, 0, 1], [2, 1, 1], [0, 0, 2], [3, 1, 0], [2, 1, 0]])
+    f = structure_factors(rutile, hkl)
+    for h, v in zip(hkl, f, strict=True):
+        assert v == pytest.approx(_plain_f(rutile, h), rel=1e-9, abs=1e-12)
+    # 4_2 screw: 00l with l odd absent; n glide: 0kl with k + l odd absent
+    absent = structure_factors(rutile, [[0, 0, 1], [0, 0, 3], [0, 1, 0], [0, 3, 0], [0, 1, 2]])
+    assert np.all(np.abs(absent) < 1e-9)
+
+
+def test_debye_waller_lowers_high_angle_reflections(au):
+    cold = load_structure(builtin_cif("Au"))
+    cold.b_iso = np.zeros_like(cold.b_iso)
+    hkl = [[2, 2, 0], [6, 2, 0]]
+    ratio = np.abs(structure_factors(au, hkl)) / np.abs(structure_factors(cold, hkl))
+    assert 0 < ratio[1] < ratio[0] < 1
+
+
+def test_reciprocal_lattice_matches_enumeration(au):
+    g_max = 1.0
+    hkl, g, f2 = reciprocal_lattice(au, g_max)
+    rng = range(-5, 6)
+    expected = {
+        (h, k, l)
+        for h in rng
+        for k in rng
+        for l in rng  # noqa: E741
+        if (h, k, l) != (0, 0, 0)
+        and len({h % 2, k % 2, l % 2}) == 1
+        and np.sqrt(h * h + k * k + l * l) / 4.0782 <= g_max
+    }
+    assert {tuple(h) for h in hkl.tolist()} == expected
+    np.testing.assert_allclose(np.linalg.norm(g, axis=1), np.linalg.norm(hkl, axis=1) / 4.0782)
+    np.testing.assert_allclose(f2, np.abs(structure_factors(au, hkl)) ** 2)
+    with pytest.raises(ValueError, match="g_max"):
+        reciprocal_lattice(au, -1)
+
+
+def test_load_structure_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.cif"):
+        load_structure(tmp_path / "missing.cif")
+    bad = tmp_path / "bad.cif"
+    bad.write_text("this is not a CIF file\n")
+    with pytest.raises(ValueError, match=r"bad\.cif"):
+        load_structure(bad)
+    no_atoms = tmp_path / "no_atoms.cif"
+    no_atoms.write_text(
+        "data_x\n_cell_length_a 4\n_cell_length_b 4\n_cell_length_c 4\n"
+        "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+        "_space_group_name_H-M_alt 'P 1'\n"
+    )
+    with pytest.raises(ValueError, match=r"no_atoms\.cif.*no atom sites"):
+        load_structure(no_atoms)
+
+
+def test_load_structure_leaves_the_file_alone(tmp_path):
+    src = builtin_cif("TiO2").read_bytes()
+    path = tmp_path / "r.cif"
+    path.write_bytes(src)
+    load_structure(path)
+    assert path.read_bytes() == src

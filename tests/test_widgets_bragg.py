@@ -1,0 +1,148 @@
+"""The Bragg disks & strain widget, driven programmatically."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_stemcluster._layers import sample_to_layers
+from napari_stemcluster.widgets import (
+    BraggWidget,
+    ClusteringWidget,
+    DiffractionViewer,
+    SimilarityWidget,
+)
+from napari_stemcluster.widgets._bragg import LEGEND, ORIENTATION, STRAIN_NAMES, colour_wheel
+from napari_stemcluster.widgets._link import link_for
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
+
+WAIT = 60_000
+
+
+@pytest.fixture(scope="module")
+def scan64():
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    return make_polycrystal((24, 24), (64, 64), n_particles=2, seed=3)
+
+
+def _clustered(make_napari_viewer, qtbot, scan, show=False):
+    viewer = make_napari_viewer(show=show)
+    for data, kwargs, kind in sample_to_layers(scan, "demo"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    sim = SimilarityWidget(viewer)
+    sim.run()
+    qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
+    clu = ClusteringWidget(viewer)
+    clu._threshold.value, clu._min_size.value = 0.9, 5
+    clu.run()
+    qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
+    link = link_for(clu.labels_layer)
+    qtbot.waitUntil(lambda: not link.runner.running, timeout=WAIT)
+    return viewer, clu.labels_layer
+
+
+def test_lattices_orientation_strain_and_save(make_napari_viewer, qtbot, scan64, tmp_path):
+    from napari_stemcluster._writer import write_segmentation
+    from napari_stemcluster.io import read_results
+
+    viewer, layer = _clustered(make_napari_viewer, qtbot, scan64)
+    w = BraggWidget(viewer)
+    assert w.cluster_layer is layer
+    w.run_lattices()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None
+    table = w.lattices[0]
+    assert len(table) == int(layer.data.max())
+    assert np.isfinite(table.g1).all(axis=1).sum() >= 1
+    omap = viewer.layers[ORIENTATION]
+    assert omap.colormap.name == "twilight" and omap.data.shape == layer.data.shape
+    assert np.isnan(omap.data[layer.data == 0]).all()
+    assert LEGEND in viewer.layers and viewer.layers[LEGEND].rgb
+    assert "rotation" in layer.features and "n_indexed" in layer.features
+    # Strain in the background, with progress; NaN outside clusters.
+    w.run_strain()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None
+    exx = viewer.layers[STRAIN_NAMES["exx"]]
+    assert np.isnan(exx.data[layer.data == 0]).all()
+    assert np.isfinite(exx.data).sum() > 0
+    lo, hi = exx.contrast_limits
+    assert lo == -hi and exx.colorbar.visible
+    # Relative to a reference region: zero median strain inside it.
+    region = np.zeros(layer.data.shape, np.int32)
+    region[np.isfinite(w.strain.exx)] = 1
+    ref = viewer.add_labels(region, name="reference")
+    w._w["reference"].value = ref
+    w.run_strain()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    for lab in np.unique(layer.data[region > 0]):
+        inside = (layer.data == lab) & (region > 0) & np.isfinite(w.strain.exx)
+        if inside.sum() >= 3:
+            assert abs(np.median(w.strain.exx[inside])) < 2e-3
+    # Saved with the segmentation and restored on open.
+    out = write_segmentation(str(tmp_path / "seg.h5"), layer.data, {"metadata": layer.metadata})
+    bragg = read_results(out[0])[1]["bragg"]
+    np.testing.assert_array_equal(bragg["lattices"][0].g1, table.g1)
+    np.testing.assert_array_equal(bragg["strain"].exx, w.strain.exx)
+    from napari_stemcluster._reader import read_stem
+
+    names = [kw["name"] for _, kw, _ in read_stem(out[0])]
+    assert ORIENTATION in names and STRAIN_NAMES["exx"] in names
+
+
+def test_cancel_strain_and_errors(make_napari_viewer, qtbot, scan64):
+    viewer, _layer = _clustered(make_napari_viewer, qtbot, scan64)
+    w = BraggWidget(viewer)
+    assert w.run_strain() is None  # no lattices yet: a message, not an exception
+    assert "lattices first" in w._status.value
+    w.run_lattices()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    w.run_strain()
+    w.runner.cancel()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_cancelled and w.strain is None
+    w._w["template"].value = "vacuum region (Labels)"
+    assert w.run_lattices() is None and "vacuum region" in w._status.value
+    # The central disk of the largest cluster's average as the template.
+    w._w["template"].value = "central disk of the cluster average"
+    t = w.params()["template"]
+    assert t.ndim == 2 and t.shape[0] % 2 == 1 and abs(float(t.sum()) - 1) < 1e-5
+    # A vacuum region: the liquid around the particles.
+    w._w["template"].value = "vacuum region (Labels)"
+    region = viewer.add_labels((np.asarray(_layer.data) == 0).astype(np.int32), name="vacuum")
+    w._w["region"].value = region
+    t = w.params()["template"]
+    assert t.ndim == 2 and abs(float(t.sum()) - 1) < 1e-5
+
+
+def test_live_preview_labels_disks_in_the_diffraction_viewer(make_napari_viewer, qtbot, scan64):
+    viewer, layer = _clustered(make_napari_viewer, qtbot, scan64)
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    w = BraggWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Bragg")
+    assert w.diffraction_viewers() == [dif]
+    dif.controls.source.value = "selected label"
+    sizes = np.bincount(layer.data.ravel())[1:]
+    layer.selected_label = int(np.argmax(sizes)) + 1
+    qtbot.waitUntil(lambda: dif.average is not None, timeout=WAIT)
+    w._w["radius"].value = 2.5
+    assert dif.bragg_params["probe_radius"] == 2.5
+    hk = list(dif.peaks_layer.features["hk"])
+    assert hk[0] == "0 0" and sum(1 for s in hk if s) >= 4
+    w._w["max_count"].value = 2
+    assert len(dif.peaks_layer.data) == 3  # the beam and two disks
+    w._w["preview"].value = False
+    assert dif.bragg_params is None
+
+
+def test_colour_wheel_legend():
+    wheel = colour_wheel(33, 90.0)
+    assert wheel.shape == (33, 33, 4)
+    # Opposite directions have the same colour modulo 90 degrees (and 180).
+    np.testing.assert_allclose(wheel[16, 30, :3], wheel[16, 2, :3], atol=1e-6)
+    np.testing.assert_allclose(wheel[30, 16, :3], wheel[16, 30, :3], atol=1e-6)
+    assert wheel[0, 0, 3] == 0 and wheel[16, 16, 3] == 0  # round, with a hole
