@@ -1,12 +1,16 @@
 """Whole-pipeline throughput and peak memory of the chunked engine.
 
-Run ``python benchmarks/pipeline.py`` for a file that fits in memory (about
-a minute): the in-memory path (h5py load + ``core.segment``) and the chunked
-engine on threads, 1 and 2 worker processes, each with and without the
-correlative prefilter. ``--big`` generates an HDF5 file of at least 1.5
-times this machine's RAM, segments it with 1 and 2 worker processes under
-``--memory-limit`` (default 4GB), and deletes it afterwards (``--keep`` to
-keep it).
+Run ``python benchmarks/pipeline.py`` for two files that fit in memory
+(under 3 minutes): the same 256 MiB 5D cube written uncompressed and with
+Bitshuffle + LZ4, each segmented by the chunked engine on threads and on 2
+worker processes with the settings microscopists use (an annulus q-mask
+excluding the direct beam, blur σ 1). The comparator is the raw h5py read
+throughput of the same file, measured in the same run (before and after
+the engine runs; the faster of the two). ``--plain`` adds runs without
+mask and blur and with the prefilter; ``--runs memory,threads,1,2`` chooses
+executors. ``--big`` generates files of at least 1.5 times this machine's
+RAM, runs them under ``--memory-limit`` (default 4GB), and deletes them
+afterwards (``--keep`` to keep them).
 
 Every run is a fresh process; its peak memory is the largest sum of the
 resident set sizes of the process and all its children (the dask workers),
@@ -81,11 +85,26 @@ def run(spec: dict) -> dict:
 
 def describe(r: dict) -> str:
     s = r["spec"]
+    if s["mode"] == "read":
+        return "h5py read of the file (comparator)"
     if s["mode"] == "memory":
         return "in-memory (h5py load + core.segment)"
     if s["workers"] is None:
         return "engine, threads in one process"
     return f"engine, {s['workers']} worker process{'es' if s['workers'] > 1 else ''}"
+
+
+def settings(spec: dict) -> str:
+    if spec["mode"] == "read":
+        return "-"
+    parts = []
+    if spec.get("q_mask"):
+        parts.append("annulus")
+    if spec.get("sigma"):
+        parts.append(f"σ {spec['sigma']:g}")
+    if spec.get("prefilter"):
+        parts.append("prefilter")
+    return ", ".join(parts) or "no mask, σ 0"
 
 
 def total_seconds(r: dict) -> float:
@@ -94,27 +113,18 @@ def total_seconds(r: dict) -> float:
 
 
 def table(results: list[dict], budget: str) -> str:
-    base = {
-        r["spec"]["prefilter"]: r["bytes"] / total_seconds(r)
-        for r in results
-        if r["spec"]["mode"] == "memory"
+    read = {
+        r["spec"]["file"]: r["bytes"] / r["seconds"] for r in results if r["spec"]["mode"] == "read"
     }
-    head = (
-        "| path | prefilter | time (s) | GB/s | vs in-memory (load + segment) "
-        "| peak RSS (process tree) |"
-    )
-    lines = [head, "|---|---|---|---|---|---|"]
+    head = "| file | path | settings | time (s) | GB/s | vs h5py read of the file | peak RSS |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
     for r in results:
-        pre = r["spec"]["prefilter"]
         rate = r["bytes"] / total_seconds(r)
-        ratio = f"{rate / base[pre]:.2f}x" if pre in base else "-"
-        time_s = f"{total_seconds(r):.1f}"
-        gbs = f"{rate / 1e9:.3f}"
-        if r["spec"]["mode"] == "memory":
-            time_s += f" ({r['load_seconds']:.1f} load + {r['seconds']:.1f} segment)"
-            gbs += f" ({r['bytes'] / r['seconds'] / 1e9:.3f} without the load)"
+        base = read.get(r["spec"]["file"])
+        ratio = f"{100 * rate / base:.0f} %" if base and r["spec"]["mode"] != "read" else "-"
         lines.append(
-            f"| {describe(r)} | {'yes' if pre else 'no'} | {time_s} | {gbs} | {ratio} "
+            f"| {r['spec']['file']} | {describe(r)} | {settings(r['spec'])} "
+            f"| {total_seconds(r):.1f} | {rate / 1e9:.3f} | {ratio} "
             f"| {format_bytes(r['peak_tree_rss'])} |"
         )
     lines.append(f"\nmemory limit of the engine runs: {budget}")
@@ -127,14 +137,22 @@ def main(argv=None) -> int:
     p.add_argument("--memory-limit", default=None, help="engine budget (--big: 4GB)")
     p.add_argument("--steps", type=int, help="time steps of the generated file")
     p.add_argument("--dir", help="where to write the file (default: system temp)")
-    p.add_argument("--keep", action="store_true", help="keep the generated file")
+    p.add_argument("--keep", action="store_true", help="keep the generated files")
     p.add_argument(
         "--runs",
         default=None,
-        help="comma-separated: memory, threads, 1, 2 (default: all for the small "
-        "file, 1,2 with --big)",
+        help="comma-separated executors: memory, threads, 1, 2 (default: threads,2)",
     )
-    p.add_argument("--no-prefilter-runs", action="store_true")
+    p.add_argument(
+        "--files",
+        default="uncompressed,bitshuffle-lz4",
+        help="comma-separated: uncompressed, bitshuffle-lz4",
+    )
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="also run without q-mask and blur, and with the prefilter",
+    )
     p.add_argument("--json", help="also write all figures to this JSON file")
     args = p.parse_args(argv)
 
@@ -144,13 +162,21 @@ def main(argv=None) -> int:
         step = scan[0] * scan[1] * det[0] * det[1] * 2
         n_steps = args.steps or math.ceil(1.5 * ram / step)
         budget = args.memory_limit or "4GB"
-        runs = (args.runs or "1,2").split(",")
     else:
         scan, det = (128, 128), (64, 64)
         step = scan[0] * scan[1] * det[0] * det[1] * 2
-        n_steps = args.steps or 3
+        n_steps = args.steps or 2
         budget = args.memory_limit
-        runs = (args.runs or "memory,threads,1,2").split(",")
+    runs = (args.runs or "threads,2").split(",")
+    files = args.files.split(",")
+    # The realistic settings: an annulus excluding the direct beam, blur σ 1.
+    ring = [min(det) / 16, 0.45 * min(det)]
+    configs = [{"q_mask": ring, "sigma": 1.0, "prefilter": False}]
+    if args.plain:
+        configs += [
+            {"q_mask": None, "sigma": 0.0, "prefilter": False},
+            {"q_mask": None, "sigma": 0.0, "prefilter": True},
+        ]
     size = n_steps * step
     print(
         f"machine: {os.cpu_count()} CPUs, {format_bytes(ram)} RAM; file: {n_steps} x "
@@ -160,37 +186,71 @@ def main(argv=None) -> int:
     )
     if args.big:
         free = shutil.disk_usage(args.dir or tempfile.gettempdir()).free
-        if free < size * 1.05:
+        if free < size * 1.05 * len(files):
             print(f"not enough disk space: {format_bytes(free)} free", file=sys.stderr)
             return 1
     tmp = Path(tempfile.mkdtemp(prefix="stemcluster-bench-", dir=args.dir))
-    path = tmp / "cube.h5"
     results = []
     try:
-        t0 = time.perf_counter()
-        write_cube(path, n_steps, scan, det, log=print if args.big else None)
-        print(f"generated {path} in {time.perf_counter() - t0:.0f} s", flush=True)
-        prefilters = [False] if args.no_prefilter_runs else [False, True]
-        for pre in prefilters:
-            for kind in runs:
-                spec = {"path": str(path), "prefilter": pre, "memory_limit": budget}
-                if kind == "memory":
-                    spec.update(mode="memory", workers=None)
-                else:
-                    workers = None if kind == "threads" else int(kind)
-                    spec.update(mode="engine", workers=workers)
+        for kind in files:
+            path = tmp / f"cube-{kind}.h5"
+            t0 = time.perf_counter()
+            compression = None if kind == "uncompressed" else kind
+            write_cube(
+                path, n_steps, scan, det, log=print if args.big else None, compression=compression
+            )
+            print(
+                f"generated {path.name} ({format_bytes(path.stat().st_size)} on disk) in "
+                f"{time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+            # The read comparator runs first and last: the page cache and the
+            # machine's load change between runs, so both bracket the engine.
+            specs = [{"mode": "read"}]
+            for cfg in configs:
+                for run_kind in runs:
+                    spec = {**cfg, "memory_limit": budget}
+                    if run_kind == "memory":
+                        spec.update(mode="memory", workers=None)
+                    else:
+                        workers = None if run_kind == "threads" else int(run_kind)
+                        spec.update(mode="engine", workers=workers)
+                    specs.append(spec)
+            specs.append({"mode": "read"})
+            reads = []
+            for spec in specs:
+                spec.update(path=str(path), file=kind)
                 r = run(spec)
+                if spec["mode"] == "read":
+                    reads.append(r)
+                    continue
                 results.append(r)
                 print(
-                    f"{describe(r)}, prefilter {pre}: {r['seconds']:.1f} s, "
+                    f"{kind}: {describe(r)}, {settings(spec)}: {r['seconds']:.1f} s, "
                     f"{r['bytes'] / r['seconds'] / 1e9:.3f} GB/s, peak "
                     f"{format_bytes(r['peak_tree_rss'])}; {r.get('plan', '')}",
                     flush=True,
                 )
-        for pre in prefilters:
-            hashes = {r["labels_sha1"] for r in results if r["spec"]["prefilter"] == pre}
-            status = "identical" if len(hashes) == 1 else "DIFFERENT"
-            print(f"labels of all runs (prefilter {pre}): {status}")
+            best = min(reads, key=lambda r: r["seconds"])
+            rates = ", ".join(f"{r['bytes'] / r['seconds'] / 1e9:.3f}" for r in reads)
+            print(
+                f"{kind}: h5py read {rates} GB/s (first, last; the faster one is the comparator)",
+                flush=True,
+            )
+            results.append(best)
+            if not args.keep:
+                path.unlink()
+        for kind in files:
+            for cfg in configs:
+                hashes = {
+                    r["labels_sha1"]
+                    for r in results
+                    if r["spec"]["file"] == kind
+                    and r["spec"]["mode"] != "read"
+                    and all(r["spec"].get(k) == v for k, v in cfg.items())
+                }
+                status = "identical" if len(hashes) <= 1 else "DIFFERENT"
+                print(f"labels of all {kind} runs with {settings(cfg | {'mode': ''})}: {status}")
         print()
         print(table(results, budget or "default (a quarter of RAM)"))
         if args.json:
@@ -198,7 +258,7 @@ def main(argv=None) -> int:
                 json.dump(results, f, indent=1)
     finally:
         if args.keep:
-            print(f"kept {path}")
+            print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0

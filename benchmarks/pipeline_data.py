@@ -18,11 +18,22 @@ from napari_stemcluster.synthetic import make_polycrystal
 TILE = 64
 
 
-def write_cube(path, n_steps, scan=(256, 256), detector=(128, 128), seed=0, log=print):
+def write_cube(
+    path, n_steps, scan=(256, 256), detector=(128, 128), seed=0, log=print, compression=None
+):
     """Write ``(n_steps, *scan, *detector)`` uint16 data to ``path`` (``/data``).
 
-    Returns the number of bytes of the dataset.
+    ``compression="bitshuffle-lz4"`` writes the chunks with hdf5plugin's
+    Bitshuffle filter and LZ4, as many detectors do. Returns the number of
+    bytes of the dataset.
     """
+    filters = {}
+    if compression == "bitshuffle-lz4":
+        import hdf5plugin
+
+        filters = dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    elif compression is not None:
+        raise ValueError(f"unknown compression {compression!r}")
     rx, ry = scan
     if rx % TILE or ry % TILE:
         raise ValueError(f"scan sides must be multiples of {TILE}; got {scan}")
@@ -39,6 +50,7 @@ def write_cube(path, n_steps, scan=(256, 256), detector=(128, 128), seed=0, log=
             shape=(n_steps, rx, ry, *detector),
             dtype=np.uint16,
             chunks=(1, 4, TILE, *detector),
+            **filters,
         )
         d.attrs["r_pixel_size"] = 1.0
         d.attrs["r_units"] = "nm"

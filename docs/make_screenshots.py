@@ -62,42 +62,27 @@ def grain_label(labels, grains):
 
 
 def workflow_4d(out: Path) -> None:
-    from napari_stemcluster.widgets import (
-        ClusteringWidget,
-        CorrectionWidget,
-        DiffractionViewer,
-        PrefilterWidget,
-        SimilarityWidget,
-    )
+    from napari_stemcluster.widgets import WorkflowDock
 
     viewer = new_viewer("napari-stemcluster: 4D-STEM workflow")
     viewer.open_sample("napari-stemcluster", "polycrystal")
     data = viewer.layers["polycrystal ADF"]
-
-    pre = PrefilterWidget(viewer)
-    sim = SimilarityWidget(viewer)
-    clu = ClusteringWidget(viewer)
-    cor = CorrectionWidget(viewer)
-    dif = DiffractionViewer(viewer)
-    docks = {
-        "prefilter": dock(viewer, pre, "1. Prefilter"),
-        "similarity": dock(viewer, sim, "2. Similarity & mask", tabify=True),
-        "clustering": dock(viewer, clu, "3. Clustering", tabify=True),
-        "correction": dock(viewer, cor, "Label correction", tabify=True),
-    }
-    # below the tabbed stage widgets, not a tab among them
-    dif_dock = dock(viewer, dif, "Diffraction viewer")
-    layout_docks(viewer, dif_dock, docks["prefilter"])
+    wf = WorkflowDock(viewer)
+    wf_dock = dock(viewer, wf, "STEM cluster")
+    widen(viewer, wf_dock)
+    pre, sim = wf.stage("1. Prefilter"), wf.stage("2. Similarity")
+    clu, cor = wf.stage("3. Clustering"), wf.stage("Correct")
 
     # 1. prefilter
+    wf.show_stage("1. Prefilter")
     pre._radius.value = 2
     pre._corr_range.value = (0.8, 0.95)
     pre.run()
     pre.runner.wait(120)
-    docks["prefilter"].raise_()
-    save(docks["prefilter"], out / "prefilter.png")
+    save(pre.native, out / "prefilter.png")
 
     # 2. similarity and mask, on the raw data (the prefiltered layer is also offered)
+    wf.show_stage("2. Similarity")
     sim._layer_combo.value = data
     sim._inner.value, sim._outer.value, sim._sigma.value = 4.0, 30.0, 0.0
     sim.run()
@@ -106,62 +91,109 @@ def workflow_4d(out: Path) -> None:
     grains = viewer.layers["true grains"].data
     inside = np.argwhere(grains > 0)
     hover(viewer, data, tuple(inside[len(inside) // 3]))
-    docks["similarity"].raise_()
-    save(docks["similarity"], out / "similarity.png")
+    save(sim.native, out / "similarity.png")
     save(viewer.window._qt_window, out / "similarity_window.png")
 
-    # 3. clustering
+    # 3. clustering, with the threshold guidance
+    wf.show_stage("3. Clustering")
     sim.similarity_layer.visible = False
     clu._threshold.value, clu._min_size.value = 0.85, 5
-    clu.update_preview()
     clu.run()
     clu.runner.wait(120)
     labels = clu.labels_layer
     labels.opacity = 0.55
     sim.mask_layer.visible = False
-    docks["clustering"].raise_()
-    save(docks["clustering"], out / "clustering.png")
-
-    # 4. the diffraction viewer following the mouse over a grain
     label = grain_label(labels.data, grains)
     members = np.argwhere(labels.data == label)
     rx, ry = members[len(members) // 2]
     hover(viewer, data, (rx, ry))
+    save(clu.native, out / "clustering.png")
+
+    # 4. the diffraction viewer following the mouse over a grain
     viewer.layers.selection.active = labels
-    save(dif_dock, out / "diffraction.png")
+    save(wf.diffraction, out / "diffraction.png")
     save(viewer.window._qt_window, out / "workflow.png")
 
     # 5. label correction
-    docks["correction"].raise_()
+    wf.show_stage("Correct")
     sizes = np.bincount(labels.data.ravel())[1:]
     a, b = (int(i) + 1 for i in np.argsort(sizes)[::-1][:2])
     cor._merge_list.value = f"{a}, {b}"
-    save(docks["correction"], out / "correction.png")
+    save(cor.native, out / "correction.png")
+
+    # 6. results: save, figures, moved data file
+    wf.show_stage("Results")
+    res = wf.stage("Results")
+    res._clusters.value = labels
+    res._map.value = sim.similarity_layer
+    save(res.native, out / "results.png")
+    export = Path(tempfile.mkdtemp(prefix="stemcluster-shots-"))
+    res.export_averages_to(out / "cluster_averages.png")
+    res.runner.wait(120)
+    res.export_map_to(export / "map.png")
+    res.runner.wait(120)
+
+    # 7. a virtual annular detector dragged on the pattern
+    labels.visible = False
+    vd = wf.diffraction.virtual
+    vd.controls.kind.value = "annulus"
+    vd.controls.enabled_box.value = True
+    vd.set_roi({"shape": "annulus", "center": (31.5, 31.5), "inner": 9.0, "outer": 14.0})
+    end = time.monotonic() + 60
+    while not (vd.stride_done == 1 and vd._job is None) and time.monotonic() < end:
+        settle(0.1)
+    settle(0.5)
+    save(viewer.window._qt_window, out / "virtual_detector.png")
     viewer.close()
 
 
+def open_widget(out: Path) -> None:
+    """The Open tab with a flat frame stack that needs a scan shape."""
+    import h5py
+
+    from napari_stemcluster._reader import OpenStemWidget
+
+    path = Path(tempfile.mkdtemp(prefix="stemcluster-shots-")) / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f["frames"] = np.ones((24 * 32, 64, 64), np.uint16)
+    viewer = new_viewer("napari-stemcluster: open")
+    widget = OpenStemWidget(viewer)
+    dock(viewer, widget, "Open 4D-STEM file")
+    widget._path.value = path
+    settle(0.3)
+    widget._scan.value = "24, 32"
+    save(widget.native, out / "open_widget.png")
+    viewer.close()
+    path.unlink()
+
+
+def widen(viewer, dock_widget, width: int = 780) -> None:
+    from qtpy.QtCore import Qt
+
+    settle(0.2)
+    viewer.window._qt_window.resizeDocks([dock_widget], [width], Qt.Orientation.Horizontal)
+    settle(0.2)
+    viewer.reset_view()
+
+
 def workflow_5d(out: Path) -> None:
-    from napari_stemcluster.widgets import ClusteringWidget, DiffractionViewer, SimilarityWidget
+    from napari_stemcluster.widgets import WorkflowDock
 
     viewer = new_viewer("napari-stemcluster: 5D-STEM time series")
     viewer.open_sample("napari-stemcluster", "growth_series")
     data = viewer.layers["growth series ADF"]
-    sim = SimilarityWidget(viewer)
-    clu = ClusteringWidget(viewer)
-    dif = DiffractionViewer(viewer)
-    sim_dock = dock(viewer, sim, "2. Similarity & mask")
-    clu_dock = dock(viewer, clu, "3. Clustering", tabify=True)
-    dif_dock = dock(viewer, dif, "Diffraction viewer")
-    layout_docks(viewer, dif_dock, sim_dock)
+    wf = WorkflowDock(viewer)
+    widen(viewer, dock(viewer, wf, "STEM cluster"))
+    sim, clu = wf.stage("2. Similarity"), wf.stage("3. Clustering")
     sim._inner.value, sim._outer.value, sim._sigma.value = 3.0, 22.0, 0.0
     sim.run()
     sim.runner.wait(120)
     sim.similarity_layer.visible = False
     sim.mask_layer.visible = False
+    wf.show_stage("3. Clustering")
     clu._threshold.value = 0.85
     clu.run()
     clu.runner.wait(120)
-    clu_dock.raise_()
     labels = clu.labels_layer
     labels.opacity = 0.55
     t = 6
@@ -177,18 +209,6 @@ def workflow_5d(out: Path) -> None:
     viewer.close()
 
 
-def layout_docks(viewer, diffraction_dock, stage_dock) -> None:
-    """Right column 560 px wide; the diffraction viewer gets most of its height."""
-    from qtpy.QtCore import Qt
-
-    window = viewer.window._qt_window
-    settle(0.2)
-    window.resizeDocks([diffraction_dock], [560], Qt.Orientation.Horizontal)
-    window.resizeDocks([stage_dock, diffraction_dock], [380, 600], Qt.Orientation.Vertical)
-    settle(0.2)
-    viewer.reset_view()
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0]) if argv else Path(__file__).resolve().parent / "images"
@@ -199,6 +219,7 @@ def main(argv=None) -> int:
     )
     workflow_4d(out)
     workflow_5d(out)
+    open_widget(out)
     return 0
 
 

@@ -122,3 +122,60 @@ def test_non_finite_values_propagate():
     got = blur_patterns(stack, 3.0)
     assert np.isnan(got[0].sum())
     assert not np.isfinite(got[1].sum())
+
+
+@pytest.mark.parametrize(
+    ("shape", "box", "sigma"),
+    [
+        ((16, 16), (2, 14, 2, 14), 1.0),
+        ((9, 13), (0, 9, 0, 13), 1.0),  # the whole detector
+        ((9, 13), (0, 3, 10, 13), 3.0),  # a corner; the kernel is wider than the detector
+        ((7, 1), (2, 5, 0, 1), 1.5),  # a single-column detector
+        ((12, 10), (4, 5, 3, 4), 0.0),  # one pixel, no blur
+        ((20, 11), (5, 15, 1, 9), 2.5),  # 21 taps: 8 + 8 + 4 + 1 per sweep
+    ],
+)
+@pytest.mark.parametrize("scale", [1.0, 0.25])
+def test_blur_box_matches_cropped_scipy(shape, box, sigma, scale):
+    from napari_stemcluster.core._blur import blur_box, box_scratch, padded_index
+
+    rng = np.random.default_rng(8)
+    qx, qy = shape
+    src = rng.integers(0, 1000, shape).astype(np.uint16)
+    i0, i1, j0, j1 = box
+    weight = rng.uniform(0, 1, (i1 - i0, j1 - j0)).astype(np.float32)
+    k = gaussian_kernel1d(sigma)
+    r = (len(k) - 1) // 2
+    pad_n, tmp_n = box_scratch(box, r)
+    out = np.empty(weight.size, np.float32)
+    sq = blur_box(
+        src.ravel(),
+        qx,
+        qy,
+        scale,
+        k,
+        padded_index(qx, r),
+        np.array(box, np.int64),
+        weight.ravel(),
+        np.full(pad_n, np.nan, np.float32),  # stale scratch must not leak in
+        np.full(tmp_n, np.nan, np.float32),
+        out,
+    )
+    ref = (
+        scipy_blur(src * scale, sigma)[i0:i1, j0:j1] * weight
+        if sigma
+        else src[i0:i1, j0:j1] * scale * weight
+    )
+    assert_close(out.reshape(weight.shape), ref)
+    np.testing.assert_allclose(sq, (ref.astype(np.float64) ** 2).sum(), rtol=1e-5)
+
+
+def test_pattern_scale():
+    from napari_stemcluster.core._blur import pattern_scale
+
+    assert pattern_scale(np.array([3.0, -5.0])) == 2.0**-3  # |max| 5 -> [0.5, 1)
+    assert pattern_scale(np.zeros(4)) == 1.0
+    assert pattern_scale(np.array([1.0, np.nan])) == 0.0
+    assert pattern_scale(np.array([np.inf, 1.0])) == 0.0
+    big = np.array([2**64 - 1], np.uint64)
+    assert 0.5 <= big[0] * pattern_scale(big) < 1

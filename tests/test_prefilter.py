@@ -527,3 +527,56 @@ def test_denoises_within_grains_without_mixing_them():
     out2 = correlative_prefilter(other)
     np.testing.assert_array_equal(out2[:, :6], out[:, :6])
     assert not np.array_equal(out2[:, 6:], out[:, 6:])
+
+
+# ---------------------------------------------------------------------------
+# Dtypes, extreme values and memory
+
+
+@pytest.mark.parametrize("dtype", [">u2", ">f8", ">i4", np.int64, np.uint64, np.int8])
+def test_byte_orders_and_wide_integers_match_reference(dtype):
+    cube = grains_cube(5, 4, 10, 9, seed=23, scale=40.0)
+    corr_range = spread_range(cube, 1.0, 2)
+    ref, _ = ref_prefilter(cube, 1.0, 2, corr_range)
+    got = correlative_prefilter(cube.astype(dtype), 1.0, 2, corr_range)
+    assert_close(got, ref)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "factor"), [(np.uint64, 2.0**56), (np.float32, 1e30), (np.float64, 1e-30)]
+)
+def test_extreme_values_correlate_like_their_rescaled_cube(dtype, factor):
+    cube = grains_cube(5, 4, 10, 9, seed=24, scale=40.0)
+    corr_range = spread_range(cube, 1.0, 2)
+    _, ref_w = ref_prefilter(cube, 1.0, 2, corr_range)
+    big = (cube * factor).astype(dtype)
+    weights = np.empty(ref_w.shape, np.float32)
+    got = _prefilter(big, 1.0, 2, corr_range, None, None, None, None, weights_out=weights)
+    np.testing.assert_allclose(weights, ref_w, atol=2e-5)
+    assert np.all(np.isfinite(got))
+    ref, _ = ref_prefilter(big.astype(np.float64), 1.0, 2, corr_range)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_values_beyond_float32_are_reported_as_such():
+    cube = grains_cube(4, 3, 8, 8, seed=25)
+    cube[2, 1] *= 1e300
+    with pytest.raises(ValueError, match=r"\(2, 1\) holds values up to .*float32 range"):
+        correlative_prefilter(cube, 1.0, 1)
+
+
+def test_in_memory_cube_is_not_copied(monkeypatch):
+    # A native in-memory cube is read in place: the raw-row ring and the
+    # per-block reads are never used.
+    from napari_stemcluster.core import prefilter
+
+    cube = grains_cube(6, 5, 8, 8, seed=26, dtype=np.uint16)
+    expected = correlative_prefilter(cube, 1.0, 2, (0.0, 0.6), _block_rows=2)
+
+    def fail(*args):
+        raise AssertionError("read_rows called for an in-memory cube")
+
+    monkeypatch.setattr(prefilter, "read_rows", fail)
+    np.testing.assert_array_equal(
+        correlative_prefilter(cube, 1.0, 2, (0.0, 0.6), _block_rows=2), expected
+    )

@@ -192,7 +192,9 @@ def test_open_widget_sets_scan_shape(make_napari_viewer, shared_data):
     viewer = make_napari_viewer()
     widget = OpenStemWidget(viewer)
     widget._path.value = shared_data / "merlin" / "001_4x2_6bit.mib"
-    assert "scan_shape" in widget._info.value and not widget._open.enabled
+    info = widget._info.value.replace("\n", " ")
+    assert "Scan shape field above" in info and "scan_shape=" not in info
+    assert not widget._open.enabled
     widget._scan.value = "4, 2"
     assert "merlin" in widget._info.value and "(4, 2)" in widget._info.value
     assert widget._open.enabled
@@ -204,3 +206,67 @@ def test_open_widget_sets_scan_shape(make_napari_viewer, shared_data):
     assert "9 frames" in widget._info.value and not widget._open.enabled
     widget._scan.value = "a, b"
     assert "2 or 3 integers" in widget._info.value
+
+
+def test_flat_stack_asks_for_the_scan_shape(shared_data, tmp_path, monkeypatch):
+    import napari_stemcluster._reader as reader
+
+    mib = str(shared_data / "merlin" / "001_4x2_6bit.mib")
+    asked = []
+    monkeypatch.setattr(reader, "ask_scan_shape", lambda p, msg: asked.append(msg) or (4, 2))
+    ((data, _, kind),) = reader.read_stem(mib)
+    assert data.shape == (4, 2) and kind == "image"
+    assert "Scan shape field" in asked[0] and "scan_shape=" not in asked[0]
+    # cancelled: the reason in GUI terms
+    monkeypatch.setattr(reader, "ask_scan_shape", lambda p, msg: None)
+    with pytest.raises(StemFileError, match="Scan shape field") as err:
+        reader.read_stem(mib)
+    assert "open_dataset" not in str(err.value)
+    # an HDF5 frame stack is claimed too (and asks)
+    stack = tmp_path / "frames.h5"
+    with h5py.File(stack, "w") as f:
+        f["frames"] = np.ones((6, 8, 8), np.uint16)
+    assert reader.get_reader(str(stack)) is reader.read_stem
+    monkeypatch.setattr(reader, "ask_scan_shape", lambda p, msg: (2, 3))
+    ((data, _, _),) = reader.read_stem(str(stack))
+    assert data.shape == (2, 3)
+    assert reader._square_guess(12) == "3, 4"
+
+
+def test_arina_data_file_points_to_its_master(shared_data):
+    from napari_stemcluster._reader import get_reader, gui_message, read_stem
+
+    data_file = str(shared_data / "arina" / "test_00_data_000001.h5")
+    reader = get_reader(data_file)
+    assert reader is read_stem
+    with pytest.raises(StemFileError, match=r"Open its master file test_00_master\.h5"):
+        reader(data_file)
+    assert gui_message("no scan shape here") == "no scan shape here"
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("five_d", [False, True])
+def test_large_files_open_at_once_and_compute_in_the_background(
+    make_napari_viewer, tmp_path, monkeypatch, five_d
+):
+    import napari_stemcluster.widgets._background as background
+
+    monkeypatch.setattr(background, "BACKGROUND_BYTES", 0)  # every file counts as large
+    shape = (3, 6, 5, 8, 8) if five_d else (6, 5, 8, 8)
+    data = np.random.default_rng(0).integers(0, 100, shape).astype(np.uint16)
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cube", data=data, chunks=(1,) * (len(shape) - 3) + shape[-3:])
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    img = layer.data
+    assert isinstance(img, background.BackgroundImage)
+    t = 1 if five_d else 0
+    if five_d:
+        viewer.dims.set_current_step(0, t)
+    assert img.wait(t, timeout=30)
+    want = virtual_adf(data[t] if five_d else data).astype(np.int64)
+    np.testing.assert_array_equal(img[t] if five_d else img[:, :], want)
+    lo, hi = layer.contrast_limits
+    assert (lo, hi) != (0.0, 1.0) and hi > lo  # set from the computed image
+    np.testing.assert_array_equal(np.asarray(img), virtual_adf(data).astype(np.int64))

@@ -195,3 +195,123 @@ def test_thread_count_does_not_change_results(rng):
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(one, many)
+
+
+# --- fused mask + blur kernel: the numerical contract ---------------------------
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 12, 9), (1, 6, 10, 10), (6, 1, 7, 13), (3, 4, 1, 8)])
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 2.5])
+def test_annulus_and_blur_match_reference_on_awkward_shapes(rng, shape, sigma):
+    from napari_stemcluster.core import annular_mask
+
+    cube = random_cube(rng, shape)
+    mask = annular_mask(shape[2:], 1.0, 4.0)
+    got = neighbor_similarity(cube, mask, sigma)
+    np.testing.assert_allclose(got, ref_similarity(cube, mask, sigma), atol=1e-6, equal_nan=True)
+
+
+def test_mask_touching_the_detector_edge_with_blur(rng):
+    cube = random_cube(rng, (4, 5, 9, 11))
+    mask = np.zeros((9, 11), bool)
+    mask[0, :] = mask[:, -1] = True  # the blur must reflect across these edges
+    mask[4, 3] = True
+    np.testing.assert_allclose(
+        neighbor_similarity(cube, mask, 1.5),
+        ref_similarity(cube, mask, 1.5),
+        atol=1e-6,
+        equal_nan=True,
+    )
+
+
+@pytest.mark.parametrize("dtype", [">u2", ">i4", ">f4", ">f8", "<f8", np.float16, np.int8])
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_byte_orders_and_small_floats(rng, dtype, sigma):
+    cube = random_cube(rng, (4, 5, 8, 7), np.uint8, high=100).astype(dtype)
+    from napari_stemcluster.core import annular_mask
+
+    ref = ref_similarity(cube.astype(np.float64), annular_mask((8, 7), 1, 3), sigma)
+    got = neighbor_similarity(cube, (1, 3), sigma)
+    np.testing.assert_allclose(got, ref, atol=1e-6, equal_nan=True)
+    if np.dtype(dtype).itemsize > 1:  # byte order does not change a single bit
+        native = cube.astype(np.dtype(dtype).newbyteorder("="))
+        np.testing.assert_array_equal(got, neighbor_similarity(native, (1, 3), sigma))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high"),
+    [
+        (np.uint64, 2**63 - 2**40, 2**64 - 2**12),
+        (np.int64, -(2**63), 2**63 - 1),
+        (np.float32, 1e19, 3e38),
+        (np.float64, 1e200, 1e300),
+        (np.float64, 1e-300, 1e-290),
+        (np.float32, 1e-30, 1e-25),
+    ],
+)
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_extreme_values_do_not_overflow(rng, dtype, low, high, sigma):
+    if np.dtype(dtype).kind == "f":
+        cube = rng.uniform(0, 1, (3, 4, 6, 6)) * (high - low) + low
+    else:
+        info = np.iinfo(dtype)
+        cube = rng.integers(max(low, info.min), high, (3, 4, 6, 6), dtype=dtype, endpoint=True)
+    cube = cube.astype(dtype)
+    cube[1, 1] = cube[1, 1, ::-1]  # neighbours that differ
+    ref = ref_similarity(_scaled_float64(cube), None, sigma)
+    got = neighbor_similarity(cube, None, sigma)
+    assert np.isfinite(got[~np.isnan(ref)]).all()
+    np.testing.assert_allclose(got, ref, atol=1e-6, equal_nan=True)
+
+
+def _scaled_float64(cube):
+    """float64 cube scaled per pattern into [-1, 1] (cosines are scale-free)."""
+    x = cube.astype(np.float64)
+    top = np.abs(x).max(axis=(2, 3), keepdims=True)
+    return x / np.where(top > 0, top, 1)
+
+
+def test_mixed_scales_and_zero_patterns(rng):
+    cube = rng.uniform(0, 1, (3, 3, 5, 5))
+    cube[0] *= 1e30
+    cube[1, 1] = 0
+    cube[2] *= 1e-30
+    np.testing.assert_allclose(
+        neighbor_similarity(cube, None, 1.0),
+        ref_similarity(_scaled_float64(cube), None, 1.0),
+        atol=1e-6,
+        equal_nan=True,
+    )
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("q_mask", [None, (1, 2)])
+def test_non_finite_reports_the_position_in_the_cube_passed_in(rng, bad, q_mask):
+    cube = random_cube(rng, (7, 4, 6, 6), np.float64)
+    cube[5, 3, 0, 0] = bad  # outside the annulus: still bad input
+    with pytest.raises(ValueError, match=r"NaN or inf .*\(5, 3\)"):
+        neighbor_similarity(cube, q_mask, 1.0, _block_rows=2)
+
+
+def test_strip_width_does_not_change_results(rng, monkeypatch):
+    from napari_stemcluster.core import similarity
+
+    cube = random_cube(rng, (6, 11, 8, 9))
+    whole = neighbor_similarity(cube, (1, 3.5), 1.0)
+    for width in (1, 2, 3, 5, 100):
+        monkeypatch.setattr(similarity, "_strip", lambda ry, plan, w=width: w)
+        np.testing.assert_array_equal(neighbor_similarity(cube, (1, 3.5), 1.0), whole)
+
+
+def test_block_similarity_building_block(rng):
+    from napari_stemcluster.core.similarity import block_similarity, similarity_plan
+
+    cube = random_cube(rng, (5, 4, 7, 7), np.float32)
+    plan = similarity_plan((7, 7), (1, 3), 1.0, cube.dtype)
+    full = neighbor_similarity(cube, (1, 3), 1.0)
+    out = np.full((2, 4, 4), np.nan, np.float32)
+    sq = block_similarity(cube[1:4], 2, plan, out)
+    np.testing.assert_array_equal(out, full[1:3, :, 4:])
+    assert sq.shape == (3, 4) and np.all(sq > 0)
+    with pytest.raises(ValueError, match="detector shape"):
+        block_similarity(cube[:, :, :6], 2, plan)

@@ -215,3 +215,120 @@ def test_detector_mask_defaults_and_explicit_radii():
         detector_mask((16, 12), "adf", inner=20, outer=21)
     with pytest.raises(ValueError, match="'adf' or 'bf'"):
         detector_mask((16, 12), "haadf")
+
+
+# ---------------------------------------------------------------------------
+# arbitrary detectors and centre of mass
+
+
+def _reference_detector(cube, mask, center):
+    """Plain numpy: per-pattern masked sum and centre of mass (0 without counts)."""
+    c = np.asarray(cube, np.float64)
+    qx, qy = np.meshgrid(
+        np.arange(c.shape[-2]) - center[0], np.arange(c.shape[-1]) - center[1], indexing="ij"
+    )
+    s = (c * mask).sum(axis=(-2, -1))
+    sx = (c * mask * qx).sum(axis=(-2, -1))
+    sy = (c * mask * qy).sum(axis=(-2, -1))
+    safe = np.where(s != 0, s, 1.0)
+    return s, np.where(s != 0, sx / safe, 0.0), np.where(s != 0, sy / safe, 0.0)
+
+
+@pytest.mark.parametrize(
+    "roi",
+    [
+        {"shape": "point", "center": (2.4, 5.6)},
+        {"shape": "circle", "center": (3.0, 2.0), "radius": 2.5},
+        {"shape": "annulus", "inner": 1.5, "outer": 3.0},
+        {"shape": "rectangle", "start": (4.2, 0), "stop": (1, 3.9)},
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_virtual_detector_matches_numpy(roi, dtype):
+    from napari_stemcluster.core.virtual import roi_mask, virtual_detector
+
+    rng = np.random.default_rng(3)
+    cube = rng.integers(0, 500, (5, 3, 7, 9)).astype(dtype)  # non-square detector, 5x3 scan
+    cube[0, 0] = 0  # an empty pattern: centre of mass 0, no warning
+    mask = roi_mask((7, 9), roi)
+    assert mask.any()
+    center = (3.0, 4.0)
+    got = virtual_detector(cube, mask)
+    want = _reference_detector(cube, mask, center)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    assert got.com_x[0, 0] == 0 and got.intensity[0, 0] == 0
+
+
+def test_roi_mask_shapes_against_numpy():
+    from napari_stemcluster.core.virtual import roi_mask
+
+    x, y = np.meshgrid(np.arange(6), np.arange(8), indexing="ij")
+    r = np.hypot(x - 2.0, y - 5.0)
+    circle = roi_mask((6, 8), {"shape": "circle", "center": (2, 5), "radius": 2})
+    np.testing.assert_array_equal(circle, r <= 2)
+    ann = roi_mask((6, 8), {"shape": "annulus", "center": (2, 5), "inner": 3, "outer": 1})
+    np.testing.assert_array_equal(ann, (r >= 1) & (r <= 3))  # radii in either order
+    rect = roi_mask((6, 8), {"shape": "rectangle", "start": (1.5, -3), "stop": (3, 2)})
+    np.testing.assert_array_equal(rect, (x >= 1.5) & (x <= 3) & (y <= 2))
+    point = roi_mask((6, 8), {"shape": "point", "center": (-4, 99)})  # clipped to the detector
+    assert point.sum() == 1 and point[0, 7]
+    off = roi_mask((6, 8), {"shape": "circle", "center": (50, 50), "radius": 1})
+    assert not off.any()
+    with pytest.raises(ValueError, match="detector shape must be one of"):
+        roi_mask((6, 8), {"shape": "polygon"})
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_virtual_detector_stride_blocks_and_5d(stride, monkeypatch):
+    import dask.array as da
+
+    import napari_stemcluster.core.virtual as virtual
+
+    rng = np.random.default_rng(1)
+    cube = rng.poisson(3.0, (2, 7, 5, 4, 4)).astype(np.uint16)
+    mask = np.zeros((4, 4), bool)
+    mask[1:, :3] = True
+    monkeypatch.setattr(virtual, "block_rows", lambda *a, **k: 2)  # several blocks per step
+    seen = []
+    got = virtual.virtual_detector(
+        da.from_array(cube, chunks=(1, 3, 2, 4, 4)),
+        mask,
+        center=(0.5, 1.0),
+        stride=stride,
+        on_block=lambda where, part: seen.append((where, part.intensity.shape)),
+    )
+    sub = cube[:, ::stride, ::stride]
+    want = _reference_detector(sub, mask, (0.5, 1.0))
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == sub.shape[:3]
+        np.testing.assert_allclose(g, w, rtol=1e-12)
+    covered = np.zeros(sub.shape[:3], int)
+    for where, _ in seen:
+        covered[where] += 1
+    assert (covered == 1).all()  # every output position filled exactly once
+
+
+def test_virtual_detector_h5py_and_errors(tmp_path):
+    import h5py
+
+    from napari_stemcluster.core.virtual import virtual_detector
+
+    cube = np.arange(2 * 3 * 4 * 4, dtype=np.uint32).reshape(2, 3, 4, 4)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["d"] = cube
+    mask = np.ones((4, 4), bool)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        for strided in (None, True, False):  # both ways of reading every other position
+            got = virtual_detector(f["d"], mask, stride=2, strided_reads=strided)
+            np.testing.assert_array_equal(got.intensity, cube[::2, ::2].sum(axis=(-2, -1)))
+    bad = cube.astype(np.float32)
+    bad[1, 2, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"scan index \(1, 2\)"):
+        virtual_detector(bad, mask)
+    with pytest.raises(ValueError, match="mask shape"):
+        virtual_detector(cube, np.ones((3, 4), bool))
+    with pytest.raises(ValueError, match="stride"):
+        virtual_detector(cube, mask, stride=0)
+    empty = virtual_detector(cube, np.zeros((4, 4), bool))
+    assert not empty.intensity.any() and not empty.com_x.any()

@@ -90,7 +90,15 @@ def test_pattern_under_the_mouse(make_napari_viewer, qtbot, scan4d):
         np.testing.assert_array_equal(dif.pattern, scan4d.cube[rx, ry])
         np.testing.assert_array_equal(dif.pattern_layer.data, scan4d.cube[rx, ry])
     assert all(len(k) == 2 and all(isinstance(i, int) for i in k) for k in reads)
-    assert len(reads) == 3  # one pattern per move, never the cube
+    # one pattern per move, never the cube, plus the 8 neighbours read ahead
+    assert len(reads) <= 3 * 9
+    # a neighbour read ahead is shown without reading again
+    qtbot.waitUntil(lambda: len(dif._prefetched) == 8, timeout=5000)
+    before = len(reads)
+    _hover(qtbot, viewer, layer, dif, (18, 22))
+    np.testing.assert_array_equal(dif.pattern, scan4d.cube[18, 22])
+    assert reads[before : before + 1] != [(18, 22)]
+    _hover(qtbot, viewer, layer, dif, (17, 22))
     # outside the scan nothing changes
     viewer.cursor.position = (-5.0, 3.0)
     qtbot.wait(60)

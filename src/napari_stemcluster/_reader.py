@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton
 
 from .io.errors import StemFileError
@@ -18,17 +20,55 @@ _OUR_SUFFIXES = {".h5", ".hdf5", ".hdf", ".emd", ".nxs", ".mib", ".hdr", ".npy"}
 _FILE_FILTER = "4D-STEM files (*.h5 *.hdf5 *.hdf *.emd *.nxs *.mib *.hdr *.npy)"
 
 
+_ARINA_DATA = re.compile(r"^(?P<prefix>.+)_data_\d{6}\.h5$")
+#: Phrases of reader messages that speak the Python API, and their GUI form.
+_SCAN_SHAPE_HINT = (
+    "enter the scan shape as 'rows, columns' (or 'time steps, rows, columns') in the "
+    "Scan shape field of the Open 4D-STEM file widget (Plugins > STEM cluster)"
+)
+
+
+def arina_master(path) -> Path | None:
+    """The master file of an Arina/EIGER data file (``X_data_000001.h5`` -> ``X_master.h5``).
+
+    Examples
+    --------
+    >>> arina_master("/scans/test_00_data_000001.h5").name
+    'test_00_master.h5'
+    >>> arina_master("scan.h5") is None
+    True
+    """
+    m = _ARINA_DATA.match(Path(path).name)
+    return None if m is None else Path(path).with_name(f"{m['prefix']}_master.h5")
+
+
+def gui_message(message: str) -> str:
+    """A reader message in the terms of the napari interface rather than the API.
+
+    Examples
+    --------
+    >>> gui_message("f.mib: 8 frames; pass scan_shape=(Rx, Ry), e.g. open_dataset(path)")
+    "f.mib: 8 frames; enter the scan shape as 'rows, columns' (or 'time steps, rows, columns') in the Scan shape field of the Open 4D-STEM file widget (Plugins > STEM cluster)"
+    """  # noqa: E501
+    m = re.search(r"[;,]?\s*pass scan_shape=", message)
+    if m is None:
+        return message
+    return message[: m.start()] + "; " + _SCAN_SHAPE_HINT
+
+
 def _kind(path: str) -> str | None:
     """detect_format, but "broken" for unreadable files with our extensions."""
     from .io import detect_format
 
+    if arina_master(path) is not None:
+        return "arina-data"
     try:
         kind = detect_format(path)
     except Exception:
         return "broken" if Path(path).suffix.lower() in _OUR_SUFFIXES else None
-    if kind in ("hdf5-stack", "npy-stack"):
-        return None  # 3D stacks need a scan shape: the open widget handles them
-    return kind
+    if kind == "npy-stack":
+        return None  # any 3D .npy volume: not claimed (the open widget takes a scan shape)
+    return kind  # an HDF5 frame stack asks for its scan shape when read
 
 
 def get_reader(path):
@@ -69,17 +109,32 @@ def read_stem(path) -> list[tuple]:
     'image'
     """
     from ._layers import dataset_to_layers, result_to_layers
-    from .io import detect_format, open_dataset, read_results
+    from .io import detect_format, read_results
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[tuple] = []
     for p in paths:
         p = os.fspath(p)
+        master = arina_master(p)
+        if master is not None:
+            _refuse(
+                f"{p} is a data file of an Arina/EIGER acquisition: it holds frames "
+                f"but not the scan and detector settings. Open its master file "
+                f"{master.name} instead (File > Open)"
+                + ("" if master.is_file() else f"; {master.name} is not in the same folder")
+            )
         kind = detect_format(p)
         if kind == "results":
             result, info = read_results(p)
+            ds = open_source(info["source"], np.shape(result.labels))
+            if ds is not None:  # the data too: patterns, averages and edits work again
+                layers += _in_background(dataset_to_layers(ds), ds.nbytes)
             new = result_to_layers(
-                result, info["calibration"], name=Path(p).stem, source=info["source"]
+                result,
+                info["calibration"],
+                name=Path(p).stem,
+                source=info["source"],
+                cube=None if ds is None else ds.cube,
             )
             kw = new[0][1]
             if info.get("orientation") is not None:
@@ -111,8 +166,127 @@ def read_stem(path) -> list[tuple]:
                     )
                 )
         else:  # the format just detected: open_dataset need not detect it again
-            layers += dataset_to_layers(open_dataset(p, format=kind))
+            ds = _open_asking_scan_shape(p, kind)
+            layers += _in_background(dataset_to_layers(ds), ds.nbytes)
     return layers
+
+
+def _in_background(layers: list[tuple], nbytes: int) -> list[tuple]:
+    """Large cubes: the virtual image is computed in the background, the window stays live."""
+    from .widgets._background import wrap_if_large
+
+    out = []
+    for data, kwargs, kind in layers:
+        wrapped = wrap_if_large(data, nbytes, kwargs.get("name", "virtual image"))
+        if wrapped is not data:
+            # napari would compute the whole image to find them
+            kwargs = {**kwargs, "contrast_limits": (0.0, 1.0)}
+        out.append((wrapped, kwargs, kind))
+    return out
+
+
+def _refuse(message: str):
+    """Show a reader's reason in napari (not only in a traceback) and raise."""
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+    except Exception:  # no napari: the exception says it
+        pass
+    raise StemFileError(message)
+
+
+def _open_asking_scan_shape(path: str, kind: str):
+    """Open a data file; a flat frame stack asks for its scan shape in a dialog."""
+    from .io import open_dataset
+
+    try:
+        return open_dataset(path, format=kind)
+    except StemFileError as exc:
+        if "scan_shape" not in str(exc):
+            raise
+        first = exc
+    shape = ask_scan_shape(path, gui_message(str(first)))
+    if shape is None:
+        _refuse(gui_message(str(first)))
+    try:
+        return open_dataset(path, format=kind, scan_shape=shape)
+    except StemFileError as exc:
+        _refuse(gui_message(str(exc)))
+
+
+def _ask_scan_shape_dialog(path: str, message: str) -> tuple[int, ...] | None:
+    """Ask for the scan shape of a flat frame stack (None when cancelled)."""
+    from qtpy.QtWidgets import QApplication, QInputDialog
+
+    if QApplication.instance() is None:
+        return None
+    frames = re.search(r"(\d+) frames", message)
+    n = int(frames.group(1)) if frames else 0
+    guess = _square_guess(n)
+    while True:
+        text, ok = QInputDialog.getText(
+            None,
+            "Scan shape",
+            f"{Path(path).name} holds {n or 'its'} frames without a scan shape.\n"
+            "Scan shape (rows, columns) or (time steps, rows, columns):",
+            text=guess,
+        )
+        if not ok:
+            return None
+        try:
+            shape = parse_scan_shape(text)
+        except ValueError as e:
+            message = str(e)
+            continue
+        if shape is not None and (not n or np.prod(shape) == n or n % np.prod(shape) == 0):
+            return shape
+
+
+def _square_guess(n: int) -> str:
+    """The most square ``rows, columns`` factorisation of ``n`` frames ("" for none).
+
+    Examples
+    --------
+    >>> _square_guess(8), _square_guess(16), _square_guess(0)
+    ('2, 4', '4, 4', '')
+    """
+    if n <= 0:
+        return ""
+    rows = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
+    return f"{rows}, {n // rows}"
+
+
+#: Called as ``ask_scan_shape(path, message)`` for a flat frame stack; returns
+#: the scan shape or None. A dialog in napari; replaceable (scripts, tests).
+ask_scan_shape = _ask_scan_shape_dialog
+
+
+def open_source(source: str | None, scan_shape: tuple[int, ...]):
+    """The data file a results file was made from, or None when it cannot be opened.
+
+    The stored path is tried as it is; when the file's own scan shape
+    differs from the labels' (a flat frame stack opened with a scan shape),
+    the labels' shape is applied.
+
+    Examples
+    --------
+    >>> open_source(None, (4, 4)) is None
+    True
+    """
+    from .io import open_dataset
+
+    if not source or not Path(source).is_file():
+        return None
+    scan_shape = tuple(int(s) for s in scan_shape)
+    for shape in (None, scan_shape):
+        try:
+            ds = open_dataset(source, scan_shape=shape)
+        except (StemFileError, ValueError, OSError):
+            continue
+        if tuple(ds.scan_shape) == scan_shape:
+            return ds
+    return None
 
 
 def parse_scan_shape(text: str) -> tuple[int, ...] | None:
@@ -199,7 +373,11 @@ class OpenStemWidget(Container):
                 return
             ds = open_dataset(path, scan_shape=scan)
         except (StemFileError, ValueError, OSError) as e:
-            self._info.value = _wrap(str(e))
+            self._info.value = _wrap(
+                gui_message(str(e)).replace(
+                    " of the Open 4D-STEM file widget (Plugins > STEM cluster)", " above"
+                )
+            )
             return
         self._dataset = ds
         self._info.value = ds.summary()

@@ -50,6 +50,48 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
     return [str(out)]
 
 
+def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
+    """npe2 multi-layer writer: "Save All Layers" or several selected layers.
+
+    The results file holds one segmentation: the clusters Labels layer
+    among the layers (the last one when there are several) is written with
+    everything it carries (mean similarity, mask, averages, calibration);
+    the other layers (virtual images, seeds, the similarity map of that
+    segmentation) are already part of it or derived from the data file.
+
+    Returns
+    -------
+    list of str
+        The file written.
+
+    Raises
+    ------
+    ValueError
+        When no layer is a napari-stemcluster segmentation.
+
+    Examples
+    --------
+    >>> layers = [(labels, {"metadata": md, "name": "clusters"}, "labels")]  # doctest: +SKIP
+    >>> write_layers("all.h5", layers)  # doctest: +SKIP
+    ['/.../all.h5']
+    """
+    segs = [
+        (data, meta)
+        for data, meta, kind in layer_data
+        if kind == "labels"
+        and (get_stem_metadata(meta.get("metadata") or {}) or {}).get("kind") == "segmentation"
+    ]
+    if not segs:
+        names = ", ".join(repr(m.get("name", "?")) for _, m, _ in layer_data) or "none"
+        raise ValueError(
+            f"none of the layers to save ({names}) is a clusters layer made by "
+            "napari-stemcluster; select the clusters Labels layer (made by the "
+            "Clustering stage or read from a results file) and save again"
+        )
+    data, meta = segs[-1]
+    return write_segmentation(path, data, meta)
+
+
 def _bragg_if_unedited(st: dict, result) -> dict | None:
     """The layer's Bragg analysis, unless the labels were edited since (then it is stale)."""
     bragg = st.get("bragg")

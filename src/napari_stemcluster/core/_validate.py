@@ -31,14 +31,18 @@ def check_cube(cube, ndim: int = 4, name: str = "cube") -> None:
         raise ValueError(f"{name} has an empty axis: shape {tuple(shape)}")
 
 
-def check_finite_values(values: np.ndarray, what: str) -> None:
+def check_finite_values(values: np.ndarray, what: str, offset=None) -> None:
     """Raise if per-pattern reductions reveal NaN or inf in the input.
 
     Non-finite input propagates into every sum over a pattern, so checking
     the (small) per-pattern sums finds it without another pass over the cube.
+    ``offset`` is added to the reported index when ``values`` covers a block
+    of the array passed in.
     """
     if not np.all(np.isfinite(values)):
         bad = np.argwhere(~np.isfinite(values))[0]
+        if offset is not None:
+            bad = bad + np.asarray(offset, np.int64)
         raise ValueError(
             f"{what}: the cube contains NaN or inf (first affected pattern at "
             f"scan index {tuple(int(i) for i in bad)}); replace or mask those "
@@ -58,3 +62,17 @@ def read_rows(cube, r0: int, r1: int) -> np.ndarray:
     if hasattr(block, "compute"):
         block = block.compute()
     return np.ascontiguousarray(block)
+
+
+def native_dtype(dtype) -> np.dtype:
+    """The dtype the kernels read: native byte order, float16 as float32.
+
+    Examples
+    --------
+    >>> native_dtype(">u2"), native_dtype(np.float16)
+    (dtype('uint16'), dtype('float32'))
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float16:  # no float16 arithmetic in the kernels
+        return np.dtype(np.float32)
+    return dtype.newbyteorder("=")

@@ -15,10 +15,13 @@ from collections.abc import Callable
 import numpy as np
 
 from . import _prefilter_numba as _k
-from ._blur import gaussian_kernel1d
-from ._validate import BLOCK_BYTES, block_rows, check_cube, check_finite_values, read_rows
+from ._blur import gaussian_kernel1d, padded_index
+from ._validate import BLOCK_BYTES, check_cube, check_finite_values, native_dtype, read_rows
 
 __all__ = ["correlative_prefilter", "prefilter_footprint", "prefilter_weight"]
+
+#: Cache budget of the raw patterns one averaging task works on at a time.
+STRIP_BYTES = 2 << 20
 
 
 def prefilter_footprint(radius: int) -> np.ndarray:
@@ -271,65 +274,111 @@ def _prefilter(
     else:
         direct = _check_out(out, cube.shape)
 
-    if block is None:
-        block = block_rows(cube.shape, 4, BLOCK_BYTES // 2)
-    block = max(1, min(int(block), nx))
+    # The correlation only looks at the box where the weight is nonzero.
+    w2 = w.reshape(qx, qy)
+    rows_in = np.flatnonzero(w2.any(axis=1))
+    cols_in = np.flatnonzero(w2.any(axis=0))
+    box = np.array([rows_in[0], rows_in[-1] + 1, cols_in[0], cols_in[-1] + 1], np.int64)
+    w_box = np.ascontiguousarray(w2[box[0] : box[1], box[2] : box[3]]).ravel()
+    wsum = float(w_box.sum(dtype=np.float64))
+    ones = np.ones(w_box.size, np.float32)
+    k = gaussian_kernel1d(sigma)
+    idx_x = padded_index(qx, (len(k) - 1) // 2)
 
-    # Ring buffers (row r in slot r % capacity), sized for one block of output
-    # rows plus the halo each stage needs: raw rows r0-radius .. r1+radius,
-    # vectors r0 .. r1+radius, forward weights r0-radius .. r1.
-    dtype = np.dtype(cube.dtype)
-    if dtype == np.float16:  # no float16 arithmetic in the kernels
-        dtype = np.dtype(np.float32)
-    elif not dtype.isnative:
-        dtype = dtype.newbyteorder("=")
-    raw_cap = min(nx, block + 2 * radius)
-    vec_cap = min(nx, block + radius)
-    raw = np.empty((raw_cap, ny, q), dtype)
-    vec = np.empty((vec_cap, ny, q), np.float32)
-    rh = np.zeros((vec_cap, ny, len(fwd)), np.float32)
-    sums = np.zeros((nx, ny), np.float64)
+    dtype = native_dtype(cube.dtype)
+    scaled = dtype.kind == "f" or dtype.itemsize > 4
+    # An in-memory cube in a dtype the kernels read is its own ring buffer of
+    # raw rows (capacity nx): nothing is copied.
+    in_place = isinstance(cube, np.ndarray) and cube.dtype == dtype and cube.flags.c_contiguous
+    # Working memory is kept to a few percent of a large cube (at least one
+    # row per block). Vectors are needed for few rows at a time (they are
+    # large); the averaging works on blocks of ``block`` rows, as many as
+    # the raw-row ring (unless the cube is read in place), the output block
+    # (unless written in place) and the small weight ring allow.
+    # Every parallel call ends in a wait for the slowest thread (long on a
+    # busy machine), so vectors are made several rows per call when the
+    # budget allows: up to 6 % of the cube (at least 16 MiB) for them, 2.5 %
+    # for the rest.
+    cube_bytes = nx * ny * q * dtype.itemsize
+    budget = max(1, min(BLOCK_BYTES, cube_bytes // 40))
+    vec_row = ny * w_box.size * 4
+    vec_budget = min(BLOCK_BYTES, max(cube_bytes * 6 // 100, 16 * 2**20))
+    vec_block = max(1, min(nx, vec_budget // vec_row - radius))
+    if block is None:
+        row_cost = ny * (len(fwd) + len(offsets)) * 4  # forward weights and wts
+        row_cost += 0 if in_place else ny * q * dtype.itemsize
+        row_cost += 0 if direct else ny * q * 4
+        block = max(1, budget // max(row_cost, 1) - 2 * radius)
+    block = max(1, min(int(block), nx))
+    vec_block = min(vec_block, block)
+
+    # Ring buffers (row r in slot r % capacity): raw rows r0-radius ..
+    # r1+radius of the averaging block, vectors of vec_block + radius rows,
+    # forward weights r0-radius .. r1.
+    raw_cap = nx if in_place else min(nx, block + 2 * radius)
+    vec_cap = min(nx, vec_block + radius)
+    rh_cap = min(nx, block + radius)
+    raw = cube.reshape(nx, ny, q) if in_place else np.empty((raw_cap, ny, q), dtype)
+    vec = np.empty((vec_cap, ny, w_box.size), np.float32)
+    rh = np.zeros((rh_cap, ny, len(fwd)), np.float32)
+    bad = np.zeros((nx, ny), np.float64)
     wts = np.empty((block, ny, len(offsets)), np.float32)
     buf = None if direct else np.empty((block, ny, q), np.float32)
-    k = gaussian_kernel1d(sigma)
+    strip = _strip(ny, len(offsets), radius, q * dtype.itemsize)
 
-    done = 0  # rows read and turned into vectors
+    read = 0  # raw rows in the ring
+    done = 0  # rows turned into vectors
+    fwd_done = 0  # rows whose forward weights are known
     for r0 in range(0, nx, block):
         r1 = min(nx, r0 + block)
         hi = min(nx, r1 + radius)
-        if done < hi:
-            rows = read_rows(cube, done, hi).reshape(hi - done, ny, q)
-            for r in range(done, hi):
-                raw[r % raw_cap] = rows[r - done]
+        if read < hi and not in_place:
+            rows = read_rows(cube, read, hi).reshape(hi - read, ny, q)
+            _check_float32_range(rows, read)
+            for r in range(read, hi):
+                raw[r % raw_cap] = rows[r - read]
             del rows
-            _k.normalised_vectors(
-                raw,
-                raw_cap,
-                np.arange(done, hi, dtype=np.int64),
-                qx,
-                qy,
-                k,
-                w,
-                vec,
-                vec_cap,
-                sums,
-            )
-            if not np.all(np.isfinite(sums[done:hi])):
-                check_finite_values(sums, "correlative_prefilter")
-            done = hi
-        _k.forward_weights(vec, vec_cap, r0, r1, nx, fwd, rmin, rmax, rh, vec_cap)
+        elif read < hi and dtype.itemsize == 8 and dtype.kind == "f":
+            _check_float32_range(cube[read:hi], read)
+        read = max(read, hi)
+        while fwd_done < r1:
+            s1 = min(r1, fwd_done + vec_block)
+            need = min(nx, s1 + radius)
+            if done < need:
+                _k.normalised_vectors(
+                    raw,
+                    raw_cap,
+                    np.arange(done, need, dtype=np.int64),
+                    qx,
+                    qy,
+                    scaled,
+                    k,
+                    idx_x,
+                    box,
+                    ones,
+                    w_box,
+                    wsum,
+                    vec,
+                    vec_cap,
+                    bad,
+                )
+                check_finite_values(bad[done:need], "correlative_prefilter", offset=(done, 0))
+                done = need
+            _k.forward_weights(vec, vec_cap, fwd_done, s1, nx, fwd, rmin, rmax, rh, rh_cap)
+            fwd_done = s1
         dst = out[r0:r1].reshape(r1 - r0, ny, q) if direct else buf[: r1 - r0]
         _k.weighted_average(
             raw,
             raw_cap,
             rh,
-            vec_cap,
+            rh_cap,
             r0,
             r1,
             nx,
             offsets,
             is_fwd,
             pair,
+            strip,
             dst,
             wts[: r1 - r0],
         )
@@ -340,6 +389,30 @@ def _prefilter(
         if progress is not None:
             progress(r1, nx)
     return out
+
+
+def _strip(ny: int, n_offsets: int, radius: int, pattern_bytes: int) -> int:
+    """Scan columns per averaging task: a strip's neighbourhood rows fit in L2."""
+    import numba
+
+    fit = STRIP_BYTES // max(1, (2 * radius + 1) * pattern_bytes) - 2 * radius
+    per_thread = max(1, -(-ny // (2 * numba.get_num_threads())))
+    return int(max(1, min(max(fit, 8), per_thread)))
+
+
+def _check_float32_range(rows: np.ndarray, first_row: int) -> None:
+    """Raise if float64 values cannot be averaged into the float32 output."""
+    if rows.dtype.kind != "f" or rows.dtype.itemsize <= 4:
+        return
+    top = np.abs(rows).max(axis=tuple(range(2, rows.ndim)))
+    over = np.isfinite(top) & (top > np.finfo(np.float32).max)  # NaN/inf: reported later
+    if np.any(over):
+        r, c = np.argwhere(over)[0]
+        raise ValueError(
+            f"correlative_prefilter: the pattern at scan index ({first_row + int(r)}, "
+            f"{int(c)}) holds values up to {float(top[r, c]):.3g}, beyond the float32 "
+            "range of the filtered cube; rescale the data first"
+        )
 
 
 def _check_int(value, name: str) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
+import numba
 import numpy as np
 
-from ._blur import blur_patterns
-from ._similarity_numba import _block_similarity
-from ._validate import block_rows, check_cube, check_finite_values, read_rows
+from ._blur import gaussian_kernel1d
+from ._similarity_numba import fused_similarity
+from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
 from .masking import resolve_q_mask
 
 #: Scan offsets ``(drx, dry)`` of the 8 neighbours, in the order of the last
@@ -20,6 +22,8 @@ NEIGHBOR_OFFSETS = np.array(
 #: Indices of the 4 "forward" offsets; every unordered neighbour pair is one
 #: forward offset from one of its two members.
 FORWARD = (4, 5, 6, 7)
+#: Cache budget of one strip's prepared vectors (two scan rows of it).
+STRIP_BYTES = 1 << 20
 
 
 def neighbor_similarity(
@@ -34,12 +38,18 @@ def neighbor_similarity(
 
     Each unordered pair of neighbouring patterns is computed once. The cube
     is read in blocks of scan rows, so it may be a memory map, an h5py
-    dataset or a dask array larger than memory.
+    dataset or a dask array larger than memory. Each pattern is converted to
+    float32, blurred and masked once, while it is in cache (no copy of the
+    cube in any other dtype), then dotted with its neighbours.
 
     Parameters
     ----------
     cube : array_like, shape (Rx, Ry, Qx, Qy)
-        4D-STEM data of any integer or float dtype.
+        4D-STEM data of any integer or float dtype, either byte order.
+        Patterns of 64-bit or float data are scaled by a power of two
+        before the float32 arithmetic, so values up to the dtype's limits
+        (uint64 near 2**64, float64 up to 1e308 or down to 1e-300) neither
+        overflow nor underflow.
     q_mask : ndarray of bool (Qx, Qy), or (inner, outer), optional
         Diffraction-space mask: pixels where True are compared. A pair of
         radii selects an annulus about the pattern centre (detector pixels).
@@ -56,6 +66,12 @@ def neighbor_similarity(
         ``(x, y) + NEIGHBOR_OFFSETS[n]``; NaN where that lies outside the
         scan. A pair with an all-zero pattern has similarity 0.
 
+    Raises
+    ------
+    ValueError
+        If the cube holds NaN or inf (anywhere in a pattern, masked or
+        not), naming the first such pattern's index in ``cube``.
+
     Examples
     --------
     >>> cube = np.zeros((1, 3, 2, 2), np.uint16)
@@ -70,36 +86,154 @@ def neighbor_similarity(
     mask = resolve_q_mask(q_mask, (qx, qy))
     if mask is not None and not mask.any():
         raise ValueError("q_mask selects no detector pixel; nothing to compare")
-    pix = None if mask is None or mask.all() else np.flatnonzero(mask)
+    plan = similarity_plan((qx, qy), mask, sigma, cube.dtype)
 
     out = np.full((rx, ry, 8), np.nan, np.float32)
-    itemsize = max(np.dtype(cube.dtype).itemsize, 4)
-    step = _block_rows or block_rows(cube.shape, itemsize)
+    step = _block_rows or block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
     starts = range(0, rx, step)
     for i, r0 in enumerate(starts):
         r1 = min(r0 + step, rx)
-        block = _prepare(read_rows(cube, r0, min(r1 + 1, rx)), sigma, pix)
+        block = read_rows(cube, r0, min(r1 + 1, rx))
         # The kernel fills the forward offsets in place; out-of-scan ones stay NaN.
-        sq = _block_similarity(block, r1 - r0, out[r0:r1, :, 4:])
-        check_finite_values(sq, "neighbor_similarity")
+        sq = block_similarity(block, r1 - r0, plan, out[r0:r1, :, 4:])
+        check_finite_values(sq, "neighbor_similarity", offset=(r0, 0))
         if progress is not None:
             progress(i + 1, len(starts))
     _mirror(out)
     return out
 
 
-def _prepare(block: np.ndarray, sigma: float, pix: np.ndarray | None) -> np.ndarray:
-    """Flatten patterns to vectors, blurring and masking when asked."""
-    n, ry, qx, qy = block.shape
-    if sigma > 0:
-        block = blur_patterns(block, sigma)
-    flat = block.reshape(n, ry, qx * qy)
-    if pix is not None:
-        flat = np.ascontiguousarray(flat[:, :, pix], dtype=np.float32)
-    elif flat.dtype.itemsize > 4:
-        # The kernel multiplies in float32; convert 64-bit input per block.
-        flat = flat.astype(np.float32)
-    return flat
+class SimilarityPlan(NamedTuple):
+    """Everything the similarity kernel needs besides the patterns.
+
+    Built once per cube by :func:`similarity_plan` and reused for every
+    block, so a block-wise caller (such as the chunked engine) pays for it once.
+    """
+
+    detector: tuple[int, int]
+    taps: np.ndarray  # float32 1-D Gaussian taps (one tap: no blur)
+    box: np.ndarray  # int64 (i0, i1, j0, j1): bounding box of the q-mask
+    weight: np.ndarray  # float32 raveled q-mask on the box
+    dtype: np.dtype  # native dtype the kernel reads
+    scaled: bool  # scale each pattern by a power of two (wide or float input)
+
+
+def similarity_plan(detector_shape, q_mask=None, sigma: float = 0.0, dtype=np.uint16):
+    """Prepare the q-mask, blur taps and input dtype for :func:`block_similarity`.
+
+    Parameters
+    ----------
+    detector_shape : (int, int)
+        ``(Qx, Qy)``.
+    q_mask : ndarray of bool (Qx, Qy), or (inner, outer), optional
+        As for :func:`neighbor_similarity`.
+    sigma : float
+        Gaussian blur in detector pixels.
+    dtype : dtype
+        dtype of the cube (any byte order).
+
+    Returns
+    -------
+    SimilarityPlan
+
+    Examples
+    --------
+    >>> plan = similarity_plan((8, 8), (1, 2), sigma=1.0)
+    >>> plan.box.tolist(), len(plan.taps)
+    ([2, 6, 2, 6], 9)
+    """
+    qx, qy = (int(s) for s in detector_shape)
+    mask = resolve_q_mask(q_mask, (qx, qy))
+    if mask is None:
+        mask = np.ones((qx, qy), bool)
+    if not mask.any():
+        raise ValueError("q_mask selects no detector pixel; nothing to compare")
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma must be a finite number >= 0; got {sigma}")
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = np.array([rows[0], rows[-1] + 1, cols[0], cols[-1] + 1], np.int64)
+    weight = np.ascontiguousarray(mask[box[0] : box[1], box[2] : box[3]], np.float32).ravel()
+    kind = native_dtype(dtype)
+    # float32 squares overflow above ~1.8e19 and underflow below ~1e-19; only
+    # 64-bit integers and floats can reach that, so only they are rescaled.
+    scaled = kind.kind == "f" or kind.itemsize > 4
+    return SimilarityPlan((qx, qy), gaussian_kernel1d(sigma), box, weight, kind, scaled)
+
+
+def block_similarity(block, n_out: int, plan: SimilarityPlan, out=None) -> np.ndarray:
+    """Forward-neighbour similarity of one block of scan rows.
+
+    The building block of :func:`neighbor_similarity` for callers that read
+    the cube themselves: the patterns are converted, blurred and masked once
+    each, in cache, and every pair inside the block is computed once.
+
+    Parameters
+    ----------
+    block : ndarray, shape (n_rows, Ry, Qx, Qy)
+        Patterns of consecutive scan rows; rows ``n_out:`` (at most one) are
+        only the neighbours of the last output row.
+    n_out : int
+        Number of output rows.
+    plan : SimilarityPlan
+        From :func:`similarity_plan`.
+    out : ndarray of float32, shape (n_out, Ry, 4), optional
+        Receives the similarity with the neighbours at ``NEIGHBOR_OFFSETS[4:]``
+        (``(0, 1), (1, -1), (1, 0), (1, 1)``); pairs that leave the block are
+        left as they are (the default is NaN).
+
+    Returns
+    -------
+    ndarray of float64, shape (n_rows, Ry)
+        Squared norm of every (blurred, masked) pattern; NaN or inf where the
+        pattern holds NaN or inf. ``out`` is filled in place.
+
+    Examples
+    --------
+    >>> cube = np.zeros((2, 2, 3, 3), np.uint16)
+    >>> cube[..., 1, 1] = 1
+    >>> cube[1, 1, 0, 0] = 1
+    >>> out = np.full((1, 2, 4), np.nan, np.float32)
+    >>> sq = block_similarity(cube, 1, similarity_plan((3, 3)), out)
+    >>> out[0, 0]  # right, down-left, down, down-right
+    array([1.        ,        nan, 1.        , 0.70710677], dtype=float32)
+    """
+    block = np.asarray(block)
+    n_rows, ry, qx, qy = block.shape
+    if (qx, qy) != plan.detector:
+        raise ValueError(
+            f"block detector shape {(qx, qy)} does not match the plan's {plan.detector}"
+        )
+    if not 0 <= n_out <= n_rows <= n_out + 1:
+        raise ValueError(f"n_out={n_out} does not fit a block of {n_rows} rows")
+    if out is None:
+        out = np.full((n_out, ry, 4), np.nan, np.float32)
+    flat = np.ascontiguousarray(block, dtype=plan.dtype).reshape(n_rows, ry, qx * qy)
+    sq = np.empty((n_rows, ry), np.float64)
+    fused_similarity(
+        flat,
+        n_out,
+        qx,
+        qy,
+        plan.scaled,
+        plan.taps,
+        plan.box,
+        plan.weight,
+        _strip(ry, plan),
+        out,
+        sq,
+    )
+    return sq
+
+
+def _strip(ry: int, plan: SimilarityPlan) -> int:
+    """Scan columns per task: two rows of a strip's vectors fit in half the L2."""
+    n = int(plan.weight.size)
+    width = max(4, STRIP_BYTES // (2 * 4 * n) - 2)
+    threads = numba.get_num_threads()
+    # At least two strips per thread, so that threads finish together.
+    per_thread = max(1, -(-ry // (2 * threads)))
+    return int(max(1, min(width, per_thread)))
 
 
 def _mirror(sim: np.ndarray) -> None:

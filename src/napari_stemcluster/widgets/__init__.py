@@ -14,8 +14,10 @@ from ._orientation import OrientationWidget
 from ._prefilter import PrefilterWidget
 from ._similarity import SimilarityWidget
 from ._state import ClusterState
+from ._workflow import WORKFLOW_TABS, WorkflowDock, register_tab
 
 __all__ = [
+    "WORKFLOW_TABS",
     "BraggWidget",
     "ClusterState",
     "ClusteringWidget",
@@ -25,4 +27,6 @@ __all__ = [
     "OrientationWidget",
     "PrefilterWidget",
     "SimilarityWidget",
+    "WorkflowDock",
+    "register_tab",
 ]

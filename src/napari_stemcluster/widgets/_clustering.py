@@ -25,6 +25,7 @@ from ._common import (
 )
 from ._link import attach, link_for, seed_points
 from ._state import DEFAULT_SUMS_BUDGET, ClusterState
+from ._threshold_plot import ThresholdPlot, masked_similarities, threshold_stats
 
 if TYPE_CHECKING:
     import napari
@@ -131,6 +132,12 @@ class ClusteringWidget(Container):
                 self._status,
             ]
         )
+        #: Threshold guidance: similarity histogram and per-cluster scatter.
+        self.guidance = ThresholdPlot()
+        self.guidance.on_pick = self.select_cluster
+        self.native.layout().insertWidget(6, self.guidance.canvas)
+        self.stats = None
+        self._hist_key = None
         self.runner = JobRunner(on_busy=self._on_busy)
         #: Called as ``confirm(parent, text)`` before replacing an edited
         #: layer; returns "replace", "new" or "cancel" (replaceable in tests).
@@ -157,6 +164,7 @@ class ClusteringWidget(Container):
                 (viewer.dims.events.current_step, self._schedule_preview),
                 (viewer.layers.events.inserted, self._on_inserted),
                 (viewer.layers.events.removed, self.reset_choices),
+                (viewer.cursor.events.position, self._on_cursor),
             ],
         )
         self._save = remember(
@@ -218,18 +226,56 @@ class ClusteringWidget(Container):
             return
         t = layer_step(self._viewer, layer)
         sim, ms, mask = self._inputs(t)
+        threshold, min_size = float(self._threshold.value), int(self._min_size.value)
         t0 = time.perf_counter()
-        labels, _ = grow_regions(
-            sim,
-            float(self._threshold.value),
-            mean_similarity=ms,
-            mask=mask,
-            min_cluster_size=int(self._min_size.value),
-        )
+        # every cluster, so that the ones the size filter drops can be counted;
+        # the kept ones are exactly those of a run with the size filter
+        labels, _ = grow_regions(sim, threshold, mean_similarity=ms, mask=mask)
         ms_taken = 1000 * (time.perf_counter() - t0)
-        self.preview_count = int(labels.max(initial=0))
+        self.stats = stats = threshold_stats(labels, ms, mask, threshold, min_size)
+        self.preview_count = stats.n_kept
         where = f" at t={t}" if layer.ndim == 3 else ""
         self._preview.value = f"{self.preview_count} clusters{where} ({ms_taken:.0f} ms)"
+        self._update_guidance(layer, t, sim, mask, stats)
+
+    # ------------------------------------------------------------ guidance
+    def _update_guidance(self, layer, t, sim, mask, stats):
+        key = (id(layer), id(stem_meta(layer).get("similarity")), t, _mask_key(mask))
+        if key != self._hist_key:
+            self.guidance.set_histogram(masked_similarities(sim, mask))
+            self._hist_key = key
+        self.guidance.set_threshold(stats.threshold)
+        self.guidance.set_clusters(stats, self._label_colors(len(stats.sizes)))
+
+    def _label_colors(self, n: int) -> np.ndarray:
+        """RGBA of labels 1..n as the clusters layer shows them."""
+        labels = np.arange(1, n + 1)
+        layer = self.labels_layer
+        if layer is not None and layer in self._viewer.layers:
+            return np.asarray(layer.colormap.map(labels))
+        from napari.utils.colormaps import label_colormap
+
+        return np.asarray(label_colormap().map(labels))
+
+    def select_cluster(self, label: int) -> None:
+        """Select ``label`` in the clusters layer (a click on its point)."""
+        layer = self.labels_layer
+        self.guidance.highlight(label)
+        if layer is not None and layer in self._viewer.layers:
+            layer.selected_label = int(label)
+            self._viewer.layers.selection.active = layer
+
+    def _on_cursor(self, event=None):
+        """Ring the point of the cluster under the mouse."""
+        from ._common import scan_position
+
+        layer = self.labels_layer
+        if layer is None or layer not in self._viewer.layers or self.stats is None:
+            return
+        index = scan_position(layer, self._viewer.cursor.position)
+        label = None if index is None else int(layer.data[index]) or None
+        if label != self.guidance.highlighted:
+            self.guidance.highlight(label)
 
     # ----------------------------------------------------------------- run
     def params(self) -> dict:
@@ -398,8 +444,9 @@ class ClusteringWidget(Container):
         self.labels_layer = layer
         self._viewer.layers.selection.active = layer
         n = [len(tb) for tb in tables]
-        counts = f"{n[0]}" if len(n) == 1 else f"{min(n)}–{max(n)} per time step"
-        self._status.value = f"done: {counts} clusters in '{layer.name}'"
+        counts = f"{n[0]} clusters" if len(n) == 1 else f"{min(n)}–{max(n)} clusters per time step"
+        self._status.value = f"done: {counts} in '{layer.name}'"
+        self.update_preview()  # the scatter's colours follow the new layer
 
     # -------------------------------------------------------------- export
     def _on_export(self, *_):
@@ -430,6 +477,12 @@ def _ask_toml_path(parent) -> str:
         parent, "Export parameters", "stemcluster.toml", "TOML files (*.toml)"
     )
     return path
+
+
+def _mask_key(mask):
+    if mask is None:
+        return None
+    return (mask.shape, int(np.count_nonzero(mask)), hash(np.packbits(mask).tobytes()))
 
 
 def _number_or(value, fallback: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import Container, create_widget
 
 from ._common import (
@@ -19,6 +20,9 @@ from ._link import ensure_link
 
 if TYPE_CHECKING:
     import napari
+
+#: Fraction of a cluster moved to background above which a split asks first.
+SPLIT_CONFIRM_FRACTION = 0.10
 
 #: Key bindings added to every cluster layer chosen in the widget.
 KEYS = {
@@ -139,6 +143,9 @@ class CorrectionWidget(Container):
             ]
         )
         self._bound: set[int] = set()
+        #: Called as ``confirm_split(parent, text)`` -> bool before a split that
+        #: moves much of the cluster to background (replaceable in tests).
+        self.confirm_split = _ask_split
         self._add.changed.connect(self.add_selected)
         self._merge.changed.connect(self.merge)
         self._split.changed.connect(self.split)
@@ -231,6 +238,18 @@ class CorrectionWidget(Container):
         label = int(layer.selected_label)
         thr = float(self._threshold.value)
         min_size = int(self._min_size.value)
+        lost = self._split_loss(link.state, t, label, thr)
+        if lost is not None:
+            n_lost, size = lost
+            if n_lost > SPLIT_CONFIRM_FRACTION * size and not self.confirm_split(
+                self.native,
+                f"Splitting cluster {label} ({size} positions) at {thr:g} would move "
+                f"{n_lost} of them ({100 * n_lost / size:.0f} %) to background: they form "
+                f"pieces smaller than the split min. size or are not similar enough to "
+                f"any neighbour. Split anyway?",
+            ):
+                self._status.value = f"split of {label} cancelled"
+                return None
         try:
             steps = _steps_of_grains(layer, t, [label]) if self._all_steps.value else {t: [label]}
             edits = {
@@ -246,8 +265,11 @@ class CorrectionWidget(Container):
             return []
         changed = _write_edits(layer, link, list(edits.values()))
         pieces = ", ".join(map(str, [label, *new_ids]))
-        self._status.value = f"split {label} into {pieces}" + (
-            f"; steps {', '.join(map(str, changed))} changed" if self._all_steps.value else ""
+        moved = sum(int(np.count_nonzero(np.asarray(e[1]) == 0)) for e in edits.values())
+        where = f" at t = {t}" if layer.ndim == 3 and not self._all_steps.value else ""
+        self._status.value = (
+            f"split {label}{where} into {pieces}; {moved} positions to background"
+            + (f"; steps {', '.join(map(str, changed))} changed" if self._all_steps.value else "")
         )
         return new_ids
 
@@ -267,6 +289,30 @@ class CorrectionWidget(Container):
             else "nothing to undo"
         )
         return steps
+
+    def _split_loss(self, state, t, label, thr):
+        """``(positions sent to background, cluster size)`` of a split, or None."""
+        from ..core.editing import split_label
+
+        sim = state.step_similarity(t)
+        if sim is None:
+            return None
+        cur = state.step_labels(t)
+        size = int(np.count_nonzero(cur == label))
+        if not size:
+            return None
+        try:
+            out, _ = split_label(
+                cur,
+                label,
+                sim,
+                thr,
+                mean_similarity=state.step_mean_similarity(t),
+                min_size=int(self._min_size.value),
+            )
+        except ValueError:
+            return None  # reported by the split itself
+        return int(np.count_nonzero((cur == label) & (out == 0))), size
 
 
 def _steps_of_grains(layer, t: int, labels) -> dict[int, list[int]]:
@@ -317,6 +363,19 @@ def _write_edits(layer, link, edits) -> tuple[int, ...]:
     values = np.concatenate([e[1] for e in edits])
     layer.data_setitem(indices, values)
     return link.flush()
+
+
+def _ask_split(parent, text: str) -> bool:
+    from qtpy.QtWidgets import QMessageBox
+
+    answer = QMessageBox.question(
+        parent,
+        "Split cluster?",
+        text,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 def _key_action(action):

@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import Container, create_widget
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ._common import (
     connect_while_alive,
-    cube_step,
     is_cluster_layer,
     is_data_layer,
     layer_choices,
@@ -24,6 +23,7 @@ from ._common import (
     unwrap,
 )
 from ._link import ensure_link
+from ._virtual import VirtualDetector, direct_source
 
 if TYPE_CHECKING:
     import napari
@@ -90,9 +90,18 @@ class DiffractionViewer(QWidget):
         self.controls = _Controls(viewer)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
         layout.addWidget(self.controls.native)
+        titles = QHBoxLayout()
+        titles.setContentsMargins(6, 2, 6, 0)
+        self.pattern_title = QLabel("pattern under the mouse")
+        self.average_title = QLabel("cluster average")
+        for label in (self.pattern_title, self.average_title):
+            label.setStyleSheet("font-weight: bold")
+            titles.addWidget(label, stretch=1)
+        layout.addLayout(titles)
         layout.addWidget(self.qt_viewer, stretch=1)
-        self.setMinimumSize(360, 520)
+        self.setMinimumSize(360, 480)
 
         empty = np.zeros((2, 2), np.float32)
         self.pattern_layer = self.model.add_image(empty, name="pattern", colormap="gray")
@@ -114,13 +123,32 @@ class DiffractionViewer(QWidget):
         )
         grid = _grid(self.model)
         grid.enabled = True
-        grid.stride = 2
+        grid.stride = 3
         self.text_overlay = _text_overlay(self.model)
         self.text_overlay.visible = True
         self.text_overlay.font_size = 9
         self.text_overlay.color = "white"
-        self.text_overlay.position = "top_left"
+        self.text_overlay.position = "bottom_left"
         self.model.layers.selection.active = self.pattern_layer
+        axes = _axes(self.model)
+        axes.visible = True
+        axes.labels = True
+        scale_bar = _scale_bar(self.model)
+        scale_bar.visible = True
+        if hasattr(scale_bar, "gridded"):
+            scale_bar.gridded = True  # one per panel
+        scale_bar.position = "top_right"  # the text overlay is at the bottom
+        _scale_bar(viewer).visible = True
+        self.virtual = VirtualDetector(self)  # its ROI layer joins the pattern panel
+        # the q-mask drawn on the average too (and the third layer of its panel)
+        self.average_q_mask_layer = self.model.add_shapes(
+            name="q-mask (average)", edge_color="yellow", face_color="transparent", opacity=0.5
+        )
+        layout.insertWidget(1, self.virtual.controls.native)
+        layout.insertWidget(2, self.virtual.histogram.canvas)
+        #: Patterns read ahead around the last hovered position.
+        self._prefetched: dict = {}
+        self._prefetch_pool = None
 
         #: Raw (unscaled) pattern under the mouse, its scan index and time step.
         self.pattern: np.ndarray | None = None
@@ -167,6 +195,10 @@ class DiffractionViewer(QWidget):
         self._on_data_layer()
         self._on_cluster_layer()
         self._draw_q_mask(self._session.q_mask)
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self.model.reset_view()  # keep both patterns whole in the panels
 
     def showEvent(self, event):
         super().showEvent(event)
@@ -229,14 +261,31 @@ class DiffractionViewer(QWidget):
 
     def _on_data_layer(self, *_):
         layer = self.data_layer
-        cube = None if layer is None else stem_meta(layer)["cube"]
+        meta = None if layer is None else stem_meta(layer)
+        cube = None if meta is None else meta["cube"]
         det = None if cube is None else tuple(int(s) for s in cube.shape[-2:])
+        self._prefetched = {}
+        self._calibrate(meta)
         if det != self._detector:
             self._detector = det
             self.pattern = None
             self._set_image(self.pattern_layer, None)
             self._draw_q_mask(self._session.q_mask)
             self.model.reset_view()
+        self.virtual.detector_changed()
+
+    def _calibrate(self, meta):
+        """Show reciprocal space in calibrated q (scale bar and axes in q units)."""
+        cal = (meta or {}).get("calibration") or {}
+        size = float(cal.get("q_pixel_size") or 1.0)
+        units = str(cal.get("q_units") or "pixel")
+        for lay in self.model.layers:
+            lay.scale = (size, size)
+            try:
+                lay.units = (units, units)
+            except Exception:  # a unit pint does not know: plain pixels
+                lay.units = ("pixel", "pixel")
+        self.model.dims.axis_labels = ("qx", "qy")
 
     def _on_cluster_layer(self, *_):
         layer = self.cluster_layer
@@ -273,6 +322,8 @@ class DiffractionViewer(QWidget):
             t = self._time_step()
         if (rx, ry) == self.position and t == self.t and self.pattern is not None:
             return
+        if t != self.t:
+            self._prefetched = {}
         self.position, self.t = (rx, ry), t
         self._show_pattern()
         if self.controls.source.value == "label under mouse":
@@ -289,6 +340,8 @@ class DiffractionViewer(QWidget):
         if t == self.t:
             return
         self.t = t
+        self._prefetched = {}
+        self.virtual.time_changed()
         self._avg_key = None
         self._refresh_average()
         if self.position is not None:
@@ -298,15 +351,49 @@ class DiffractionViewer(QWidget):
         layer = self.data_layer
         if layer is None or self.position is None:
             return
-        cube = stem_meta(layer)["cube"]
+        source = direct_source(stem_meta(layer))
         rx, ry = self.position
-        step = cube_step(cube, min(self.t, cube.shape[0] - 1) if cube.ndim == 5 else 0)
-        pattern = step[rx, ry]
-        if hasattr(pattern, "compute"):
-            pattern = pattern.compute()
+        t = min(self.t, source.shape[0] - 1) if source.ndim == 5 else 0
+        pattern = self._prefetched.pop((t, rx, ry), None)
+        if pattern is None:
+            pattern = _read(source, t, rx, ry)
         self.pattern = np.asarray(pattern)
         self._set_image(self.pattern_layer, self.pattern)
+        self.pattern_title.setText(f"pattern at scan ({rx}, {ry})")
         self._update_text()
+        self._prefetch(source, t, rx, ry)
+
+    def _prefetch(self, source, t, rx, ry):
+        """Read the 8 neighbours of the hovered position in a background thread.
+
+        A mouse sweep moves to a neighbour next; its pattern is then already
+        in memory. The cache holds at most one neighbourhood.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._prefetch_pool is None:
+            self._prefetch_pool = ThreadPoolExecutor(1, thread_name_prefix="stem-prefetch")
+        scan = source.shape[-4:-2]
+        wanted = [
+            (t, rx + dx, ry + dy)
+            for dx in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            if (dx or dy) and 0 <= rx + dx < scan[0] and 0 <= ry + dy < scan[1]
+        ]
+        keep = {k: v for k, v in self._prefetched.items() if k in wanted}
+        cache = self._prefetched = keep
+
+        def fill():
+            for key in wanted:
+                if self._prefetched is not cache:
+                    return  # the mouse moved on
+                if key not in cache:
+                    try:
+                        cache[key] = _read(source, *key)
+                    except Exception:  # a read error shows when the pattern is hovered
+                        return
+
+        self._prefetch_pool.submit(fill)
 
     # ------------------------------------------------------------- average
     def _on_selected_label(self, event=None):
@@ -350,6 +437,9 @@ class DiffractionViewer(QWidget):
         radius = float(self.controls.disk_radius.value)
         self.peaks, self.peak_intensities, hk = bragg_display(shown, self.bragg_params, radius)
         self._set_image(self.average_layer, mean)
+        self.average_title.setText(
+            "cluster average" if self.label is None else f"average of cluster {self.label}"
+        )
         set_disk_points(self.peaks_layer, self.peaks, hk)
         self.peaks_layer.size = max(3.0, 2.4 * float(self.controls.disk_radius.value))
         self._update_marker(state, t, self.label)
@@ -424,10 +514,7 @@ class DiffractionViewer(QWidget):
             self.model.reset_view()
 
     def _update_text(self):
-        parts = []
-        if self.position is not None:
-            rx, ry = self.position
-            parts.append(f"scan ({rx}, {ry})")
+        parts = []  # the scan position is in the pattern panel's title
         if self._time_step_count() > 1:
             parts.append(f"t = {self.t}")
         state = self.state
@@ -460,7 +547,10 @@ class DiffractionViewer(QWidget):
             qx, qy = self._detector
             cx, cy = q.get("center") or ((qx - 1) / 2, (qy - 1) / 2)
             shapes = []
-            for r in (q["inner"], min(q["outer"], float(np.hypot(qx, qy)))):
+            # beyond the farthest detector corner the circle means "everything"
+            corner = float(np.hypot(max(cx, qx - 1 - cx), max(cy, qy - 1 - cy)))
+            # an outer radius past the corners limits nothing: not drawn
+            for r in (q["inner"], q["outer"] if q["outer"] < corner else 0.0):
                 if r > 0:
                     shapes.append(
                         np.array(
@@ -472,6 +562,16 @@ class DiffractionViewer(QWidget):
                 layer.add_ellipses(shapes, edge_color="yellow", face_color="transparent")
         finally:
             layer.events.data.connect(self._on_q_mask_edited)
+            self._mirror_q_mask()
+
+    def _mirror_q_mask(self):
+        mirror = getattr(self, "average_q_mask_layer", None)
+        if mirror is not None:
+            mirror.data = []
+            if len(self.q_mask_layer.data):
+                mirror.add_ellipses(
+                    list(self.q_mask_layer.data), edge_color="yellow", face_color="transparent"
+                )
 
     def _on_q_mask_edited(self, event=None):
         """The user moved the circles: new radii about the detector centre."""
@@ -492,6 +592,7 @@ class DiffractionViewer(QWidget):
             return
         inner = min(radii) if len(radii) > 1 else 0.0
         self._session.set_q_mask(inner, max(radii))
+        self._mirror_q_mask()
 
     def _on_show_q_mask(self, *_):
         self._draw_q_mask(self._session.q_mask)
@@ -507,6 +608,28 @@ class DiffractionViewer(QWidget):
 
 def _none():
     return None
+
+
+def _read(source, t, rx, ry) -> np.ndarray:
+    """One pattern of a 4D or 5D source (a file's array-like, numpy or dask)."""
+    pattern = source[(t, rx, ry) if source.ndim == 5 else (rx, ry)]
+    if hasattr(pattern, "compute"):
+        pattern = pattern.compute()
+    return np.asarray(pattern)
+
+
+def _axes(model):
+    """The axes overlay (napari >= 0.9 moved it to the scene)."""
+    scene = getattr(model, "scene", None)
+    overlays = getattr(scene, "overlays", None)
+    axes = getattr(overlays, "axes", None)
+    return axes if axes is not None else model.axes
+
+
+def _scale_bar(model):
+    canvas = getattr(model, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return overlays.scale_bar if overlays is not None else model.scale_bar
 
 
 def _grid(model):
@@ -569,6 +692,7 @@ class _Controls(Container):
         self.edit_q_mask = create_widget(False, label="edit", annotation=bool)
         self.edit_q_mask.tooltip = "Drag the circles' handles to set the annulus radii"
         self.show_peaks = create_widget(True, label="Bragg disks", annotation=bool)
+        self.show_peaks.tooltip = "Mark the Bragg disks found in the cluster average"
         self.disk_radius = create_widget(
             1.5,
             label="radius (px)",

@@ -86,8 +86,24 @@ class ClusterLink:
         return self.state.sync()
 
     def _on_changed(self, steps):
+        self._show_changed_step(steps)
         self._refresh_features(steps)
         self._refresh_seeds(steps)
+
+    def _show_changed_step(self, steps):
+        """An edit (an undo) changed another time step: go there and say so.
+
+        Without this, Ctrl-Z at t = 6 silently undoes a merge made at t = 3.
+        """
+        viewer, layer = self.viewer, self.layer
+        if viewer is None or layer is None or layer.ndim != 3 or not steps or self.t in steps:
+            return
+        from napari.utils.notifications import show_info
+
+        t = int(steps[0])
+        world = layer.data_to_world([t, 0, 0])[0]
+        viewer.dims.set_point(0, world)
+        show_info(f"'{layer.name}': the edit changed time step {t}; showing it")
 
     # -- time
     def _on_step(self, event=None):
@@ -239,4 +255,33 @@ def ensure_link(viewer, layer) -> ClusterLink | None:
             mean_similarity=ms,
             params=dict(getattr(result, "params", {}) or {}),
         )
+        _seed_stored_sums(state, result)
     return attach(viewer, layer, state)
+
+
+def _seed_stored_sums(state: ClusterState, result) -> None:
+    """Use a read result's stored cluster averages instead of reading the cube.
+
+    Only for time steps whose labels are still those of the result; sums
+    are mean × size (the stored float32 means).
+    """
+    from ._state import _Sums
+
+    if result is None:
+        return
+    stored = np.asarray(result.labels)
+    if stored.shape != state.labels.shape:
+        return
+    five_d = state.time_series
+    for t in range(state.n_steps):
+        labels = state.step_labels(t)
+        if not np.array_equal(labels, stored[t] if five_d else stored):
+            continue
+        means = result.cluster_means[t] if five_d else result.cluster_means
+        table = result.clusters[t] if five_d else result.clusters
+        means = np.asarray(means)
+        counts = np.asarray(table.size, np.int64)
+        if means.shape[1:] != state.detector_shape or len(means) != len(counts):
+            continue
+        sums = means.astype(np.float64) * counts[:, None, None]
+        state._sums[t] = _Sums(sums, counts, np.array(labels, copy=True))

@@ -169,16 +169,13 @@ class SimilarityWidget(Container):
             self.native,
             [
                 (self._session.q_mask_changed, self._pull_q_mask),
-                (viewer.layers.events.inserted, self.reset_choices),
+                (viewer.layers.events.inserted, self._on_inserted),
                 (viewer.layers.events.removed, self.reset_choices),
             ],
         )
         self._save = remember(
             "similarity",
             {
-                "use_q_mask": self._use_q_mask,
-                "inner": self._inner,
-                "outer": self._outer,
                 "sigma": self._sigma,
                 "method": self._method,
                 "value": self._value,
@@ -186,6 +183,9 @@ class SimilarityWidget(Container):
                 "hole_size": self._hole_size,
             },
         )
+        self._detector = None
+        for w in (self._use_q_mask, self._inner, self._outer):
+            w.changed.connect(self._save_q_mask)
         self._on_layer()
         self._on_method()
         self._push_q_mask()
@@ -197,7 +197,55 @@ class SimilarityWidget(Container):
         if layer is not None:
             qx, qy = stem_meta(layer)["cube"].shape[-2:]
             r = float(np.hypot(qx, qy) / 2)
-            self._outer.max = self._inner.max = max(r, 1.0)
+            if (int(qx), int(qy)) != self._detector:
+                self._detector = None  # the new range clamps the old radii: not saved
+            # nothing reaches the shared q-mask (and the other widgets) until loaded
+            syncing, self._syncing = self._syncing, True
+            try:
+                self._outer.max = self._inner.max = max(r, 1.0)
+                self._load_q_mask((int(qx), int(qy)))
+            finally:
+                self._syncing = syncing
+            self._push_q_mask()
+
+    # q-mask radii are remembered per detector shape: a radius chosen on a
+    # 48x48 detector means nothing on a 128x128 one
+    def _q_mask_key(self):
+        return None if self._detector is None else "similarity q-mask {}x{}".format(*self._detector)
+
+    def _load_q_mask(self, detector):
+        from ._common import load_settings
+
+        if detector == self._detector:
+            return
+        self._detector = None  # no saving while loading
+        saved = load_settings("similarity q-mask {}x{}".format(*detector))
+        self._use_q_mask.value = bool(saved.get("use_q_mask", True))
+        self._outer.value = min(float(saved.get("outer", self._outer.max)), self._outer.max)
+        self._inner.value = min(float(saved.get("inner", 0.0)), self._outer.value)
+        self._detector = detector
+
+    def _save_q_mask(self, *_):
+        from ._common import save_settings
+
+        key = self._q_mask_key()
+        if key is not None:
+            save_settings(
+                key,
+                {
+                    "use_q_mask": bool(self._use_q_mask.value),
+                    "inner": float(self._inner.value),
+                    "outer": float(self._outer.value),
+                },
+            )
+
+    def _on_inserted(self, event=None):
+        """A prefiltered cube appeared: compare it next, not the raw data it came from."""
+        self.reset_choices()
+        layer = getattr(event, "value", None)
+        meta = stem_meta(layer) if layer is not None else None
+        if meta is not None and meta.get("kind") == "prefiltered" and is_data_layer(layer):
+            self._layer_combo.value = layer
 
     def _on_method(self, *_):
         self._value.enabled = self._method.value == "manual"

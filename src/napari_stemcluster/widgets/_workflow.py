@@ -1,0 +1,214 @@
+"""One "STEM cluster" dock: the diffraction viewer above, the stages as tabs below.
+
+The tabs come from a registry, so a new stage widget adds itself with one
+call to :func:`register_tab` (before the dock is created)::
+
+    from napari_stemcluster.widgets import register_tab
+    register_tab("Bragg disks", BraggWidget, after="3. Clustering")
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QLabel, QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget
+
+from ._common import unwrap
+
+if TYPE_CHECKING:
+    import napari
+
+
+@dataclass
+class TabSpec:
+    """A tab of the workflow dock: its title and ``factory(viewer) -> widget``."""
+
+    title: str
+    factory: Callable[[Any], Any]
+    tooltip: str = ""
+
+
+def _open_widget(viewer):
+    from .._reader import OpenStemWidget
+
+    return OpenStemWidget(viewer)
+
+
+def _lazy(name: str):
+    def make(viewer):
+        from . import (
+            _bragg,
+            _clustering,
+            _correction,
+            _export,
+            _kinetics,
+            _orientation,
+            _prefilter,
+            _similarity,
+        )
+
+        modules = {
+            "PrefilterWidget": _prefilter,
+            "SimilarityWidget": _similarity,
+            "ClusteringWidget": _clustering,
+            "CorrectionWidget": _correction,
+            "ResultsWidget": _export,
+            "KineticsWidget": _kinetics,
+            "BraggWidget": _bragg,
+            "OrientationWidget": _orientation,
+        }
+        return getattr(modules[name], name)(viewer)
+
+    make.__name__ = f"make_{name}"
+    return make
+
+
+#: The stages shown as tabs, in order. Extend with :func:`register_tab`.
+WORKFLOW_TABS: list[TabSpec] = [
+    TabSpec("Open", _open_widget, "Open a 4D/5D-STEM file (scan shape, virtual image)"),
+    TabSpec("1. Prefilter", _lazy("PrefilterWidget"), "Optional correlative prefilter"),
+    TabSpec("2. Similarity", _lazy("SimilarityWidget"), "Similarity and real-space mask"),
+    TabSpec("3. Clustering", _lazy("ClusteringWidget"), "Region growing, threshold guidance"),
+    TabSpec("Correct", _lazy("CorrectionWidget"), "Merge and split clusters by hand"),
+    TabSpec("Bragg disks", _lazy("BraggWidget"), "Bragg disks, lattices and strain"),
+    TabSpec("Orientation", _lazy("OrientationWidget"), "Crystal orientation of the clusters"),
+    TabSpec("Kinetics", _lazy("KineticsWidget"), "Time series: grains followed in time"),
+    TabSpec("Results", _lazy("ResultsWidget"), "Save, export figures, find a moved data file"),
+]
+
+
+def register_tab(
+    title: str, factory: Callable[[Any], Any], *, after: str | None = None, tooltip: str = ""
+) -> None:
+    """Add a stage tab to the workflow dock (replacing one of the same title).
+
+    Parameters
+    ----------
+    title : str
+        Tab title.
+    factory : callable(viewer) -> QWidget or magicgui widget
+        Builds the stage widget for a viewer.
+    after : str, optional
+        Title of the tab to insert after (default: at the end).
+    tooltip : str
+        Shown over the tab.
+
+    Examples
+    --------
+    >>> register_tab("Notes", lambda viewer: None, after="Open")
+    >>> [t.title for t in WORKFLOW_TABS][:2]
+    ['Open', 'Notes']
+    >>> unregister_tab("Notes")
+    """
+    unregister_tab(title)
+    spec = TabSpec(title, factory, tooltip)
+    titles = [t.title for t in WORKFLOW_TABS]
+    index = titles.index(after) + 1 if after in titles else len(WORKFLOW_TABS)
+    WORKFLOW_TABS.insert(index, spec)
+
+
+def unregister_tab(title: str) -> None:
+    """Remove a tab from the registry (no error when it is absent).
+
+    Examples
+    --------
+    >>> unregister_tab("no such tab")
+    """
+    WORKFLOW_TABS[:] = [t for t in WORKFLOW_TABS if t.title != title]
+
+
+class WorkflowDock(QWidget):
+    """The whole workflow in one dock that fits a 1600×1000 screen.
+
+    Top: the :class:`~._diffraction.DiffractionViewer`; bottom: one tab per
+    entry of :data:`WORKFLOW_TABS`, each in a scroll area, so the dock never
+    grows taller than the window. The splitter between them can be dragged.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Examples
+    --------
+    >>> dock = WorkflowDock(viewer)  # doctest: +SKIP
+    >>> viewer.window.add_dock_widget(dock, name="STEM cluster")  # doctest: +SKIP
+    >>> dock.stage("3. Clustering").run()  # doctest: +SKIP
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        from ._diffraction import DiffractionViewer
+
+        super().__init__()
+        self._viewer = viewer = unwrap(viewer)
+        self.diffraction = DiffractionViewer(viewer)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.setUsesScrollButtons(True)
+        self.stages: dict[str, Any] = {}
+        for spec in WORKFLOW_TABS:
+            widget = spec.factory(viewer)
+            if widget is None:
+                continue
+            native = getattr(widget, "native", widget)
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+            scroll.setWidget(native)
+            index = self.tabs.addTab(scroll, spec.title)
+            if spec.tooltip:
+                self.tabs.setTabToolTip(index, spec.tooltip)
+            self.stages[spec.title] = widget
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(self.diffraction)
+        self.splitter.addWidget(self.tabs)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setChildrenCollapsible(False)
+        self.tabs.setMinimumHeight(220)
+        self.diffraction.setMinimumSize(360, 360)
+        self.splitter.setSizes([600, 340])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        self.note = QLabel("")
+        self.note.setStyleSheet("color: #ffd866; padding: 2px 6px")
+        layout.addWidget(self.note)
+        layout.addWidget(self.splitter)
+        self.setMinimumWidth(420)
+        self._warm_up()
+
+    def _warm_up(self):
+        """Prepare the compute kernels in the background, saying so meanwhile."""
+        from qtpy.QtCore import QTimer
+
+        from ._warmup import is_warm, start_warm_up
+
+        start_warm_up()
+        if is_warm():
+            self.note.hide()
+            return
+        self.note.setText("Preparing the compute kernels (one time)…")
+        timer = QTimer(self.note)
+        timer.setInterval(200)
+        note = weakref.ref(self.note)  # the running timer must not keep the dock alive
+
+        def check():
+            label = note()
+            if label is not None and is_warm():
+                label.hide()
+                timer.stop()
+
+        timer.timeout.connect(check)
+        timer.start()
+
+    def stage(self, title: str):
+        """The stage widget of a tab (e.g. ``"3. Clustering"``)."""
+        return self.stages[title]
+
+    def show_stage(self, title: str) -> None:
+        """Bring a tab to the front."""
+        self.tabs.setCurrentIndex(list(self.stages).index(title))
