@@ -845,6 +845,15 @@ def _add_strain_parser(sub) -> None:
     p.add_argument("--probe-radius", type=float, metavar="PX", help="disk radius (default: auto)")
     p.add_argument("--min-indexed", type=int, default=5, metavar="N", help="default: 5")
     p.add_argument("--no-strain", action="store_true", help="cluster lattices only (fast)")
+    p.add_argument(
+        "--reference",
+        choices=("fit", "orientation"),
+        help=(
+            "strain reference of each cluster: its fitted average lattice, or the crystal "
+            "lattice of its matched orientation (`stemcluster orient`); default: "
+            "orientation when RESULTS.h5 holds one, else fit"
+        ),
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
 
@@ -885,10 +894,25 @@ def _strain(args) -> int:
             if not args.quiet:
                 print(f"\rstrain: {done}/{total} positions", end="", file=sys.stderr)
 
+        orientation = info.get("orientation")
+        reference = args.reference or ("orientation" if orientation is not None else "fit")
+        refs = lattices
+        if reference == "orientation":
+            if orientation is None:
+                raise UserError(
+                    f"{src}: holds no orientation; run `stemcluster orient` first or use "
+                    "--reference fit"
+                )
+            from .core import orientation_reference
+
+            refs = orientation_reference(orientation, lattices)
+            missing = sum(int((~np.isfinite(r.g1).all(axis=1)).sum()) for r in refs)
+            if missing and not args.quiet:
+                print(f"clusters without an orientation reference: {missing}", file=sys.stderr)
         strain = strain_map(
             ds.cube,
             result.labels,
-            lattices,
+            refs,
             min_indexed=args.min_indexed,
             progress=report,
             **detect,
@@ -896,6 +920,8 @@ def _strain(args) -> int:
         if not args.quiet:
             print(file=sys.stderr)
     params = {"min_indexed": args.min_indexed, **detect}
+    if strain is not None:
+        params["reference"] = reference
     written = write_results(
         out,
         result,
