@@ -37,6 +37,13 @@ SEGMENTED = [n for n, c in CASES.items() if c.expect == "ok" or n.endswith(("fli
 TIMEOUT = 20
 
 
+@pytest.fixture(autouse=True)
+def _cancel_scan_shape_dialog(monkeypatch):
+    # A flat frame stack makes napari's reader ask for a scan shape; here the
+    # user cancels, which must give the reader's clear error.
+    monkeypatch.setattr("napari_stemcluster._reader.ask_scan_shape", lambda path, msg: None)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _cleanup():
     yield

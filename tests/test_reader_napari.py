@@ -270,3 +270,15 @@ def test_large_files_open_at_once_and_compute_in_the_background(
     lo, hi = layer.contrast_limits
     assert (lo, hi) != (0.0, 1.0) and hi > lo  # set from the computed image
     np.testing.assert_array_equal(np.asarray(img), virtual_adf(data).astype(np.int64))
+
+
+@pytest.mark.gui
+def test_scan_shape_dialog_needs_a_viewer(qapp, monkeypatch):
+    # A Qt application without a napari viewer (a script, a test) must not
+    # block on a modal dialog: the reader then refuses with its reason.
+    import napari
+
+    import napari_stemcluster._reader as reader
+
+    monkeypatch.setattr(napari, "current_viewer", lambda: None)
+    assert reader._ask_scan_shape_dialog("frames.h5", "8 frames, no scan shape") is None

@@ -219,7 +219,9 @@ def _ask_scan_shape_dialog(path: str, message: str) -> tuple[int, ...] | None:
     """Ask for the scan shape of a flat frame stack (None when cancelled)."""
     from qtpy.QtWidgets import QApplication, QInputDialog
 
-    if QApplication.instance() is None:
+    # Only in an interactive napari session: a script or test that calls the
+    # reader with a Qt application but no viewer must not block on a dialog.
+    if QApplication.instance() is None or _no_viewer():
         return None
     frames = re.search(r"(\d+) frames", message)
     n = int(frames.group(1)) if frames else 0
@@ -241,6 +243,15 @@ def _ask_scan_shape_dialog(path: str, message: str) -> tuple[int, ...] | None:
             continue
         if shape is not None and (not n or np.prod(shape) == n or n % np.prod(shape) == 0):
             return shape
+
+
+def _no_viewer() -> bool:
+    try:
+        import napari
+
+        return napari.current_viewer() is None
+    except Exception:  # napari missing or broken: nobody to ask
+        return True
 
 
 def _square_guess(n: int) -> str:
