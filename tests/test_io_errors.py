@@ -124,7 +124,9 @@ def test_missing_external_link_target(tmp_path):
         f["cube"] = h5py.ExternalLink("data.h5", "/entry/data")
     assert open_dataset(master, dataset="cube").shape == (4, 4, 16, 16)
     data.unlink()
-    with pytest.raises(StemFileError, match=r"master\.h5: no dataset cube.*external link"):
+    with pytest.raises(
+        StemFileError, match=r"master\.h5: the link /cube .*data\.h5.*does not exist"
+    ):
         open_dataset(master, dataset="cube")
 
 
@@ -167,3 +169,20 @@ def test_probing_does_not_keep_files_open(tmp_path):
     assert get_reader(str(path)) is None
     with h5py.File(path, "a") as f:  # fails if the probe had left the file open
         f["more"] = 1
+
+
+def test_unreadable_file_is_a_clear_error_everywhere(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "scan.h5"
+    _write_cube(path)
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p) == str(path) else real(p, mode)
+    )
+    with pytest.raises(StemFileError, match=r"scan\.h5: permission denied"):
+        open_dataset(path)
+    reader = get_reader(str(path))  # napari: a reader that says why, not "no reader"
+    assert reader is not None
+    with pytest.raises(StemFileError, match="permission denied"):
+        reader(str(path))

@@ -243,3 +243,91 @@ def test_time_series_analysis_round_trip(tmp_path):
     assert back["params"] == {"probe_radius": None}
     with pytest.raises(ValueError, match="time steps"):
         write_results(tmp_path / "s.h5", res, bragg={"lattices": lattices[:1]})
+
+
+def _orientation_case(scan=(2, 3), dose=None):
+    """Au at a known [001] orientation, uniformly strained relative to its CIF lattice."""
+    from scipy.spatial.transform import Rotation
+
+    from napari_stemcluster.core import load_structure, orientation_library
+    from napari_stemcluster.core.orientation import reference_lattice
+    from napari_stemcluster.data import builtin_cif
+
+    st = load_structure(builtin_cif("Au"))
+    lib = orientation_library(st, 300.0, 0.03, step_deg=5.0, g_max=1.6)
+    truth = Rotation.from_euler("z", 17, degrees=True).as_matrix()
+    g = reference_lattice(truth, lib)[0]
+    field = np.array([[0.01, 0.0], [0.0, -0.005]])
+    a, b = strained(g[0], g[1], field)
+    rng = np.random.default_rng(0)
+    n = scan[0] * scan[1]
+    pats = [disk_pattern((96, 96), a, b, dose=dose, radius=2.5, rng=rng)[0] for _ in range(n)]
+    return st, np.stack(pats).reshape(*scan, 96, 96).astype(np.float32)
+
+
+def test_orientation_reference_recovers_strain_against_the_crystal_lattice():
+    from napari_stemcluster.core import orientation_reference
+    from napari_stemcluster.core.orientation import orient_clusters
+
+    st, cube = _orientation_case()
+    mean = cube.mean(axis=(0, 1))[None]
+    ores = orient_clusters(mean, st, 300.0, 0.03, step_deg=2.0, g_max=1.6)
+    assert ores.records["indexed"].all()
+    lat = cluster_lattices(mean)
+    refs = orientation_reference(ores, lat)
+    assert len(refs) == 1 and np.isfinite(refs[0].g1).all()
+    np.testing.assert_array_equal(refs[0].center, lat.center)
+    labels = np.ones(cube.shape[:2], np.int32)
+    res = strain_map(cube, labels, refs)
+    np.testing.assert_allclose(res.exx, 0.01, atol=5e-4)
+    np.testing.assert_allclose(res.eyy, -0.005, atol=5e-4)
+    np.testing.assert_allclose(res.exy, 0.0, atol=5e-4)
+    # The cluster's own (strained) average as reference sees no strain at all.
+    fit = strain_map(cube, labels, lat)
+    np.testing.assert_allclose(fit.exx, 0.0, atol=2e-4)
+    # Not indexed: NaN reference, NaN strain (never 0); time steps as a list.
+    ores.records["indexed"][:] = False
+    none = orientation_reference(ores)
+    assert np.isnan(none[0].g1).all() and np.isnan(none[0].center).all()
+    assert np.isnan(strain_map(cube, labels, none).exx).all()
+    per_step = [np.stack([refs[0].g1, refs[0].g2], axis=1)]
+    again = strain_map(cube[None], labels[None], per_step)
+    np.testing.assert_allclose(again.exx[0], res.exx, atol=1e-6)
+    with pytest.raises(ValueError, match="per time step"):
+        orientation_reference(ores, [lat, lat])
+
+
+def test_cli_strain_uses_the_matched_orientation(tmp_path, capsys):
+    from napari_stemcluster.cli import main
+    from napari_stemcluster.core import segment
+    from napari_stemcluster.core.orientation import orient_clusters
+    from napari_stemcluster.io import read_results, save_orientation, write_results
+
+    st, cube = _orientation_case(scan=(6, 6), dose=5e5)
+    data = tmp_path / "scan.npy"
+    np.save(data, cube)
+    res = segment(cube, threshold=0.5, min_cluster_size=5)
+    assert len(res.clusters) >= 1
+    seg = write_results(tmp_path / "seg.h5", res, source=data)
+    # Without an orientation, asking for it is a clear error; fit is the default.
+    assert main(["strain", str(seg), "--reference", "orientation", "-q"]) == 1
+    assert "stemcluster orient" in capsys.readouterr().err
+    assert main(["strain", str(seg), "-o", str(tmp_path / "fit.h5"), "-q"]) == 0
+    fit = read_results(tmp_path / "fit.h5")[1]["bragg"]
+    assert fit["params"]["reference"] == "fit"
+    inside = res.labels > 0
+    assert np.nanmax(np.abs(fit["strain"].exx[inside])) < 3e-3
+    save_orientation(
+        seg, orient_clusters(res.cluster_means, st, 300.0, 0.03, step_deg=2.0, g_max=1.6)
+    )
+    assert main(["strain", str(seg), "-o", str(tmp_path / "ori.h5"), "-q"]) == 0
+    ori = read_results(tmp_path / "ori.h5")[1]["bragg"]
+    assert ori["params"]["reference"] == "orientation"
+    exx, eyy = ori["strain"].exx[inside], ori["strain"].eyy[inside]
+    assert np.isfinite(exx).mean() > 0.9
+    assert abs(np.nanmedian(exx) - 0.01) < 5e-4 and abs(np.nanmedian(eyy) + 0.005) < 5e-4
+    # --reference fit still available when an orientation exists.
+    assert (
+        main(["strain", str(seg), "--reference", "fit", "-o", str(tmp_path / "f2.h5"), "-q"]) == 0
+    )
+    assert read_results(tmp_path / "f2.h5")[1]["bragg"]["params"]["reference"] == "fit"

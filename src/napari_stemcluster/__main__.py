@@ -1,8 +1,6 @@
 """``python -m napari_stemcluster``: the ``stemcluster`` command line."""
 
-import sys
-
-from .cli import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._signals import run
+
+    run()

@@ -50,7 +50,7 @@ def gui_message(message: str) -> str:
     >>> gui_message("f.mib: 8 frames; pass scan_shape=(Rx, Ry), e.g. open_dataset(path)")
     "f.mib: 8 frames; enter the scan shape as 'rows, columns' (or 'time steps, rows, columns') in the Scan shape field of the Open 4D-STEM file widget (Plugins > STEM cluster)"
     """  # noqa: E501
-    m = re.search(r"[;,]?\s*pass scan_shape=", message)
+    m = re.search(r"[;,]?\s*(pass scan_shape=|give the scan shape:)", message)
     if m is None:
         return message
     return message[: m.start()] + "; " + _SCAN_SHAPE_HINT

@@ -7,18 +7,20 @@
     stemcluster demo [-o DIR]
 
 Exit status: 0 on success, 1 when the data or a value cannot be used, 2 for
-a wrong command line, 130 when interrupted (Ctrl-C).
+a wrong command line, 130 when interrupted (Ctrl-C), 143 on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import os
 import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, _signals
 from .config import (
     DESCRIPTIONS,
     PARAMETERS,
@@ -43,12 +45,46 @@ class UserError(Exception):
     """An error to report in one line, without a traceback."""
 
 
+_EXAMPLES = """examples:
+  stemcluster info scan.h5                       what a file holds (reads only metadata)
+  stemcluster info frames.mib --scan-shape 256x256
+  stemcluster segment scan.h5 -o seg.h5 --overview seg.png
+  stemcluster segment scan.h5 --config params.toml --threshold 0.92 -o seg.h5
+  stemcluster segment scan.h5 -o seg.h5 --workers 2 --memory-limit 4GB
+  stemcluster demo -o stemcluster-demo           sample, results and overview picture
+
+exit status: 0 success, 1 unusable file or value, 2 wrong command line,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for misspelt options."""
+
+    def error(self, message):
+        if "unrecognized arguments:" in message:
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            for sub in self._subparsers._group_actions if self._subparsers else []:
+                for p in getattr(sub, "choices", {}).values():
+                    known += [o for a in p._actions for o in a.option_strings if o.startswith("--")]
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                name = word.split("=", 1)[0]
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+                if name.startswith("-") and close:
+                    hints.append(f"{name}: did you mean {close[0]}?")
+            if hints:
+                message = f"{message} ({'; '.join(hints)})"
+        super().error(message)
+
+
 # ----------------------------------------------------------------------
 # argument parsing
 
 
 def _typed(key):
     def convert(text):
+        if key == "scan_shape":  # shapes are printed as 48x48: accept them so
+            text = text.lower().replace("x", ",").replace("×", ",")
         try:
             return parse_text(key, text)
         except ConfigError as e:
@@ -60,20 +96,39 @@ def _typed(key):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``stemcluster`` (all sub-commands)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stemcluster",
         description=(
             "Spatially contiguous clustering of 4D-STEM and in-situ 5D-STEM data, "
             "out of core and on a cluster."
         ),
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    info = sub.add_parser("info", help="describe a 4D/5D-STEM file without reading it")
-    info.add_argument("file", metavar="FILE")
-    info.add_argument("--scan-shape", type=_typed("scan_shape"), metavar="RX,RY")
+    info = sub.add_parser(
+        "info",
+        help="describe a 4D/5D-STEM file without reading it",
+        description=(
+            "Print the format, shape, dtype, chunks, calibration, size and notes of FILE "
+            "(EMD/py4DSTEM, Arina/EIGER master, generic HDF5, Merlin .mib/.hdr, .npy) or "
+            "of a results file. Only headers and metadata are read."
+        ),
+        epilog="examples:\n  stemcluster info scan.h5\n  stemcluster info frames.mib "
+        "--scan-shape 64x64\n  stemcluster info series.h5 --scan-shape 10,64,64",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    info.add_argument("file", metavar="FILE", help="data file or results file")
+    info.add_argument(
+        "--scan-shape",
+        type=_typed("scan_shape"),
+        metavar="RX,RY",
+        help="scan shape of a flat stack of frames: RX,RY or RXxRY (T,RX,RY for a "
+        "time series); default: from the file",
+    )
 
     seg = sub.add_parser(
         "segment",
@@ -86,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
             "and kinetics go into the results file (/tracking) and RESULTS_kinetics.csv, "
             "RESULTS_kinetics_rates.csv and RESULTS_kinetics_events.csv beside it."
         ),
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     seg.add_argument("file", metavar="FILE", nargs="?", help="4D/5D-STEM data file")
     seg.add_argument(
@@ -95,7 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OUTPUT,
         help=f"results file (default: {DEFAULT_OUTPUT})",
     )
-    seg.add_argument("--config", metavar="PARAMS.toml", help="parameter file")
+    seg.add_argument(
+        "--config", metavar="PARAMS.toml", help="parameter file (options given here override it)"
+    )
+    seg.add_argument(
+        "--overview",
+        metavar="PNG",
+        help="also draw the overview picture of `stemcluster demo` (virtual ADF, mean "
+        "similarity, clusters, largest cluster averages); reads the cube once more",
+    )
     _add_parameters(seg)
     _add_run_options(seg)
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
@@ -115,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEMO_DIR,
         help=f"output directory (default: {DEFAULT_DEMO_DIR})",
     )
-    demo.add_argument("-q", "--quiet", action="store_true")
+    demo.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     _add_orient_parser(sub)
     _add_strain_parser(sub)
     return parser
@@ -153,7 +218,7 @@ def _add_orient_parser(sub):
     orient.add_argument("--convergence", type=float, default=0.0, help="semi-angle, mrad")
     orient.add_argument("--disk-radius", type=float, default=2.0, help="Bragg disk radius, px")
     orient.add_argument("--min-disks", type=int, default=4, help="fewer: not indexed")
-    orient.add_argument("-q", "--quiet", action="store_true")
+    orient.add_argument("-q", "--quiet", action="store_true", help="print nothing")
 
 
 def _default_text(p) -> str:
@@ -232,9 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     stemcluster: error: ...missing.h5: file not found
     1
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    previous = _signals.install()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         if args.command == "info":
             return _info(args)
         if args.command == "segment":
@@ -244,25 +310,74 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "strain":
             return _strain(args)
         return _demo(args)
-    except KeyboardInterrupt:
-        print("\nstemcluster: interrupted; no results written", file=sys.stderr)
-        return 130
-    except (UserError, ValueError, OSError) as e:
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM (see _signals)
+        _signals.unmute()
+        print(_signals.message(e), file=sys.stderr)
+        return _signals.status(e)
+    except BrokenPipeError:
+        # the reader of our output went away (`stemcluster info FILE | head -2`):
+        # stop quietly, and keep Python from complaining when it flushes stdout
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (UserError, ValueError, OSError, MemoryError, OverflowError) as e:
         # ValueError covers the readers' StemFileError and ConfigError.
-        print(f"stemcluster: error: {e}", file=sys.stderr)
+        print(f"stemcluster: error: {_one_paragraph(e)}", file=sys.stderr)
         return 1
+    except Exception as e:  # a failure of ours or of a library: still one paragraph
+        if os.environ.get("STEMCLUSTER_DEBUG"):
+            raise
+        print(
+            f"stemcluster: error: {type(e).__name__}: {_one_paragraph(e)} (an unexpected "
+            "failure; run again with STEMCLUSTER_DEBUG=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        _signals.restore(previous)
+
+
+def _one_paragraph(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, PermissionError) and e.filename:
+        return f"{e.filename}: permission denied"
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, MemoryError):
+        return "not enough memory" + (f" ({text})" if text else "")
+    return text or type(e).__name__
 
 
 def _info(args) -> int:
-    from .engine.planning import format_bytes
-    from .io import open_dataset
+    from .io import StemFileError, detect_format, open_dataset
 
+    try:
+        kind = detect_format(args.file)
+    except StemFileError:
+        kind = None  # open_dataset says why
+    if kind == "results":
+        return _info_results(args.file)
     ds = open_dataset(args.file, args.scan_shape)
     d = ds.describe()
     print(f"file: {d['path']}")
     print(f"shape: {d['shape']}")
     print(ds.summary())
-    print(f"bytes: {d['bytes']} ({format_bytes(d['bytes'])})")
+    print(f"bytes: {d['bytes']}")  # exact; the summary gives it in KiB/MiB/GiB
+    return 0
+
+
+def _info_results(path) -> int:
+    from .io import read_results
+
+    result, info = read_results(path)
+    n = result.n_clusters
+    print(f"file: {info['path']}")
+    print(f"format: napari-stemcluster results (version {info['format_version']})")
+    print(f"source: {info['source']}")
+    print(f"labels: {tuple(result.labels.shape)}")
+    print(f"clusters: {', '.join(map(str, n)) if isinstance(n, list) else n}")
+    print(f"written by: napari-stemcluster {info['software_version']}, {info['created']}")
     return 0
 
 
@@ -299,6 +414,8 @@ def _segment(args) -> int:
     params = _gather_params(args)
     out = Path(args.output)
     _check_output(out, args.file, args.overwrite)
+    if args.overview and not Path(args.overview).resolve().parent.is_dir():
+        raise UserError(f"{Path(args.overview).parent}: directory does not exist (--overview)")
     opened = time.perf_counter()
     if args.file is None:
         ds, source = _sample_dataset(params)
@@ -314,6 +431,12 @@ def _segment(args) -> int:
     written = _write(out, result, source, ds, seconds, args.overwrite)
     if not args.quiet:
         _summary(ds, result, stats, seconds, written)
+    if args.overview:
+        from .engine.overview import render_overview
+
+        png = render_overview(ds.cube, result, Path(args.overview))
+        if not args.quiet:
+            print(f"overview: {png}")
     return 0
 
 
@@ -367,7 +490,12 @@ def _run(ds, params, *, quiet, first):
     seconds = dict(first)
     try:
         t0 = time.perf_counter()
-        with get_executor(params.get("scheduler"), params.get("workers")) as ex:
+        # worker start-up cannot be torn down half-way: a signal meanwhile is
+        # recorded and raised once the executor can be closed cleanly
+        with _signals.deferred():
+            executor = get_executor(params.get("scheduler"), params.get("workers"))
+        with executor as ex:
+            _signals.raise_pending()
             seconds["start workers"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             result = segment_chunked(
@@ -387,7 +515,18 @@ def _run(ds, params, *, quiet, first):
 
 
 def _write(out: Path, result, source, ds, seconds, overwrite):
+    """Write the results beside ``out`` under a unique name, then rename it over.
+
+    Signals are recorded, not raised, while the file is written (a signal
+    inside h5py could be swallowed); one that came is honoured before the
+    rename, so an interrupted run leaves the previous ``out`` untouched and
+    no temporary file. The output rule of the API is checked again just
+    before the rename (the file may have appeared while segmenting).
+    """
+    import uuid
+
     from .io import write_results
+    from .io.output import check_output
 
     tracking = kinetics = None
     if result.is_time_series:
@@ -398,25 +537,34 @@ def _write(out: Path, result, source, ds, seconds, overwrite):
         existing = [p for p in csvs if p.exists()]
         if existing:
             raise UserError(f"{existing[0]}: exists; pass --overwrite to replace it")
+    out = Path(os.path.abspath(out))
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
     try:
-        path = write_results(
-            out,
-            result,
-            source=source,
-            calibration=ds.calibration,
-            overwrite=overwrite,
-            tracking=tracking,
-            kinetics=kinetics,
-        )
+        with _signals.deferred():
+            write_results(
+                tmp,
+                result,
+                source=source,
+                calibration=ds.calibration,
+                tracking=tracking,
+                kinetics=kinetics,
+            )
+            if _signals.pending() is None:
+                check_output(out, source=source, overwrite=overwrite, option="--overwrite")
+                os.replace(tmp, out)
     except FileExistsError as e:  # appeared while segmenting
         raise UserError(f"{e} (--overwrite)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _signals.raise_pending()
     if tracking is not None:
         from .io._analysis_tracking import write_kinetics_csv
 
-        # Beside the results file: <stem>_kinetics.csv, _rates.csv, _events.csv.
+        # Beside the results file: <stem>_kinetics.csv, _rates.csv, _events.csv
+        # (each written atomically; an interrupt now stops after the one in progress).
         seconds["kinetics_csv"] = write_kinetics_csv(csvs[0], kinetics, tracking)
     seconds["write"] = time.perf_counter() - t0
-    return path
+    return out
 
 
 def _kinetics_paths(out: Path) -> list[Path]:
@@ -453,7 +601,7 @@ class _StageBars:
     def update(self, stage: str, done: int, total: int) -> None:
         bar = self.bars.get(stage)
         if bar is None:
-            label = "prefilter+similarity" if (stage == "similarity" and self.prefilter) else stage
+            label = _stage_label(stage, {"prefilter": self.prefilter})
             bar = self._tqdm(
                 total=total,
                 desc=f"{label:>20}",
@@ -472,6 +620,13 @@ class _StageBars:
             bar.close()
 
 
+def _stage_label(stage: str, params: dict | None) -> str:
+    """The name a stage has in the progress bars and the summary alike."""
+    if stage == "similarity" and (params or {}).get("prefilter"):
+        return "prefilter+similarity"
+    return stage
+
+
 def _summary(ds, result, stats, seconds, path):
     from .engine.planning import format_bytes
 
@@ -483,10 +638,11 @@ def _summary(ds, result, stats, seconds, path):
     steps = len(counts)
     scan = "x".join(str(s) for s in ds.shape[-4:-2])
     det = "x".join(str(s) for s in ds.shape[-2:])
+    seg = max(seconds["segment"], 1e-9)
     print(
         f"segmented {steps} time step(s) of {scan} scan positions ({det} patterns, "
-        f"{format_bytes(raw)}) in {total:.1f} s, {raw / 1e9 / max(seconds['segment'], 1e-9):.3f} "
-        "GB/s of input"
+        f"{format_bytes(raw)}) in {total:.1f} s in all; segmentation {seg:.2f} s, "
+        f"{format_bytes(raw / seg)}/s of input"
     )
     print(f"plan: {stats.plan.describe()}")
     print(f"ran on: {stats.executor}")
@@ -509,7 +665,7 @@ def _summary(ds, result, stats, seconds, path):
             extra = ""
             if stage in read:
                 extra = f" (tasks: read {read[stage][0]:.2f} s, compute {read[stage][1]:.2f} s)"
-            parts.append(f"{stage} {st[stage]:.2f} s{extra}")
+            parts.append(f"{_stage_label(stage, result.params)} {st[stage]:.2f} s{extra}")
     if "track" in seconds:
         parts.append(f"track grains {seconds['track']:.2f} s")
     parts.append(f"write {seconds['write']:.2f} s")
@@ -679,13 +835,27 @@ def _add_strain_parser(sub) -> None:
     )
     p.add_argument("results", metavar="RESULTS.h5", help="results file of `stemcluster segment`")
     p.add_argument("--data", metavar="FILE", help="4D/5D-STEM file (default: the recorded source)")
-    p.add_argument("--scan-shape", type=_typed("scan_shape"), metavar="RX,RY")
+    p.add_argument(
+        "--scan-shape",
+        type=_typed("scan_shape"),
+        metavar="RX,RY",
+        help="scan shape of a flat stack of frames: RX,RY or RXxRY (default: from the file)",
+    )
     p.add_argument("-o", "--output", metavar="OUT.h5", help="default: RESULTS_bragg.h5")
     p.add_argument("--probe-radius", type=float, metavar="PX", help="disk radius (default: auto)")
     p.add_argument("--min-indexed", type=int, default=5, metavar="N", help="default: 5")
     p.add_argument("--no-strain", action="store_true", help="cluster lattices only (fast)")
+    p.add_argument(
+        "--reference",
+        choices=("fit", "orientation"),
+        help=(
+            "strain reference of each cluster: its fitted average lattice, or the crystal "
+            "lattice of its matched orientation (`stemcluster orient`); default: "
+            "orientation when RESULTS.h5 holds one, else fit"
+        ),
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
 
 
 def _strain(args) -> int:
@@ -724,10 +894,25 @@ def _strain(args) -> int:
             if not args.quiet:
                 print(f"\rstrain: {done}/{total} positions", end="", file=sys.stderr)
 
+        orientation = info.get("orientation")
+        reference = args.reference or ("orientation" if orientation is not None else "fit")
+        refs = lattices
+        if reference == "orientation":
+            if orientation is None:
+                raise UserError(
+                    f"{src}: holds no orientation; run `stemcluster orient` first or use "
+                    "--reference fit"
+                )
+            from .core import orientation_reference
+
+            refs = orientation_reference(orientation, lattices)
+            missing = sum(int((~np.isfinite(r.g1).all(axis=1)).sum()) for r in refs)
+            if missing and not args.quiet:
+                print(f"clusters without an orientation reference: {missing}", file=sys.stderr)
         strain = strain_map(
             ds.cube,
             result.labels,
-            lattices,
+            refs,
             min_indexed=args.min_indexed,
             progress=report,
             **detect,
@@ -735,6 +920,8 @@ def _strain(args) -> int:
         if not args.quiet:
             print(file=sys.stderr)
     params = {"min_indexed": args.min_indexed, **detect}
+    if strain is not None:
+        params["reference"] = reference
     written = write_results(
         out,
         result,

@@ -34,7 +34,13 @@ from .prefilter import correlative_prefilter, prefilter_footprint, prefilter_wei
 from .regions import grow_regions
 from .result import ClusterTable, SegmentationResult
 from .similarity import NEIGHBOR_OFFSETS, mean_similarity, neighbor_similarity
-from .strain import StrainResult, rereference, strain_from_lattices, strain_map
+from .strain import (
+    StrainResult,
+    orientation_reference,
+    rereference,
+    strain_from_lattices,
+    strain_map,
+)
 from .threshold import auto_threshold
 from .tracking import (
     Kinetics,
@@ -86,6 +92,7 @@ __all__ = [
     "orientation_library",
     "orientation_map",
     "orientation_maps",
+    "orientation_reference",
     "prefilter_footprint",
     "prefilter_weight",
     "probe_from_pattern",

@@ -83,3 +83,267 @@ def _rotated_score(
     return _overlap_score(
         g, f2, rot, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
     )
+
+
+@numba.njit(cache=True, nogil=True)
+def _nelder_mead(
+    rot0,
+    step,
+    g,
+    f2,
+    q,
+    amp,
+    wavelength,
+    sigma_s,
+    alpha,
+    power,
+    sigma,
+    q_limit,
+    min_weight,
+    xatol,
+    fatol,
+    maxiter,
+):  # pragma: no cover - compiled
+    """Maximise :func:`_rotated_score` over the rotation vector, Nelder-Mead.
+
+    The standard (non-adaptive) simplex of Nelder and Mead with reflection 1,
+    expansion 2, contraction 0.5 and shrink 0.5, the initial simplex
+    ``0, step * e_i`` and the stopping rule "every vertex within ``xatol``
+    and every value within ``fatol`` of the best": the same iterates as
+    ``scipy.optimize.minimize(method="Nelder-Mead")`` with those options,
+    without a Python call per evaluation. Returns ``(w, best score)``.
+    """
+    n = 3
+    sim = np.zeros((n + 1, n))
+    for i in range(n):
+        sim[i + 1, i] = step
+    fsim = np.empty(n + 1)
+    for k in range(n + 1):
+        fsim[k] = -_rotated_score(
+            sim[k],
+            rot0,
+            g,
+            f2,
+            q,
+            amp,
+            wavelength,
+            sigma_s,
+            alpha,
+            power,
+            sigma,
+            q_limit,
+            min_weight,
+        )
+    order = np.argsort(fsim, kind="mergesort")
+    sim = sim[order].copy()
+    fsim = fsim[order].copy()
+    it = 1
+    xbar = np.empty(n)
+    while it < maxiter:
+        dx = 0.0
+        df = 0.0
+        for k in range(1, n + 1):
+            df = max(df, abs(fsim[0] - fsim[k]))
+            for i in range(n):
+                dx = max(dx, abs(sim[k, i] - sim[0, i]))
+        if dx <= xatol and df <= fatol:
+            break
+        for i in range(n):
+            acc = 0.0
+            for k in range(n):
+                acc += sim[k, i]
+            xbar[i] = acc / n
+        xr = 2.0 * xbar - sim[n]
+        fxr = -_rotated_score(
+            xr,
+            rot0,
+            g,
+            f2,
+            q,
+            amp,
+            wavelength,
+            sigma_s,
+            alpha,
+            power,
+            sigma,
+            q_limit,
+            min_weight,
+        )
+        shrink = False
+        if fxr < fsim[0]:
+            xe = 3.0 * xbar - 2.0 * sim[n]
+            fxe = -_rotated_score(
+                xe,
+                rot0,
+                g,
+                f2,
+                q,
+                amp,
+                wavelength,
+                sigma_s,
+                alpha,
+                power,
+                sigma,
+                q_limit,
+                min_weight,
+            )
+            if fxe < fxr:
+                sim[n] = xe
+                fsim[n] = fxe
+            else:
+                sim[n] = xr
+                fsim[n] = fxr
+        elif fxr < fsim[n - 1]:
+            sim[n] = xr
+            fsim[n] = fxr
+        elif fxr < fsim[n]:
+            xc = 1.5 * xbar - 0.5 * sim[n]
+            fxc = -_rotated_score(
+                xc,
+                rot0,
+                g,
+                f2,
+                q,
+                amp,
+                wavelength,
+                sigma_s,
+                alpha,
+                power,
+                sigma,
+                q_limit,
+                min_weight,
+            )
+            if fxc <= fxr:
+                sim[n] = xc
+                fsim[n] = fxc
+            else:
+                shrink = True
+        else:
+            xcc = 0.5 * xbar + 0.5 * sim[n]
+            fxcc = -_rotated_score(
+                xcc,
+                rot0,
+                g,
+                f2,
+                q,
+                amp,
+                wavelength,
+                sigma_s,
+                alpha,
+                power,
+                sigma,
+                q_limit,
+                min_weight,
+            )
+            if fxcc < fsim[n]:
+                sim[n] = xcc
+                fsim[n] = fxcc
+            else:
+                shrink = True
+        if shrink:
+            for k in range(1, n + 1):
+                sim[k] = sim[0] + 0.5 * (sim[k] - sim[0])
+                fsim[k] = -_rotated_score(
+                    sim[k],
+                    rot0,
+                    g,
+                    f2,
+                    q,
+                    amp,
+                    wavelength,
+                    sigma_s,
+                    alpha,
+                    power,
+                    sigma,
+                    q_limit,
+                    min_weight,
+                )
+        it += 1
+        order = np.argsort(fsim, kind="mergesort")
+        sim = sim[order].copy()
+        fsim = fsim[order].copy()
+    return sim[0].copy(), -fsim[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _overlap_scores(
+    g, f2, rots, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
+):  # pragma: no cover - compiled
+    """:func:`_overlap_score` of each rotation of ``rots`` (K, 3, 3)."""
+    out = np.empty(rots.shape[0])
+    for k in range(rots.shape[0]):
+        out[k] = _overlap_score(
+            g, f2, rots[k], q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
+        )
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _aperture_disks(pattern, pos, r_ap, r_out):  # pragma: no cover - compiled
+    """Background-subtracted centroid and sum of each disk in an aperture.
+
+    For each ``pos[i]``: the background is the median over the ring
+    ``r_ap + 1 < d <= r_out``; the signal ``max(pattern - bg, 0)`` within
+    ``d <= r_ap`` gives the centroid and the integrated intensity (rows
+    ``qx, qy, intensity``; the peak position and 0 when there is no signal).
+    """
+    nx, ny = pattern.shape
+    h = int(np.ceil(r_out))
+    out = np.zeros((pos.shape[0], 3))
+    ring = np.empty((2 * h + 2) * (2 * h + 2))
+    for i in range(pos.shape[0]):
+        px, py = pos[i, 0], pos[i, 1]
+        x0, x1 = max(0, int(px) - h), min(nx, int(px) + h + 2)
+        y0, y1 = max(0, int(py) - h), min(ny, int(py) + h + 2)
+        n_ring = 0
+        for x in range(x0, x1):
+            for y in range(y0, y1):
+                d = np.sqrt((x - px) ** 2 + (y - py) ** 2)
+                if d > r_ap + 1.0 and d <= r_out:
+                    ring[n_ring] = pattern[x, y]
+                    n_ring += 1
+        bg = np.median(ring[:n_ring]) if n_ring else 0.0
+        tot = 0.0
+        sx = 0.0
+        sy = 0.0
+        for x in range(x0, x1):
+            for y in range(y0, y1):
+                dx = x - px
+                dy = y - py
+                if np.sqrt(dx * dx + dy * dy) <= r_ap:
+                    v = pattern[x, y] - bg
+                    if v > 0.0:
+                        tot += v
+                        sx += v * dx
+                        sy += v * dy
+        if tot > 0.0:
+            out[i, 0] = px + sx / tot
+            out[i, 1] = py + sy / tot
+            out[i, 2] = tot
+        else:
+            out[i, 0] = px
+            out[i, 1] = py
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _template_sums(offsets, entry_shell, entry_fft, entry_norm2, ehat, ok_shell):
+    """Per template: angular spectrum of the shell-wise products, and the template norm².
+
+    ``x[t, m] = sum_e entry_fft[e, m] * ehat[shell[e], m]`` over the entries
+    ``e`` of template ``t`` (``offsets[t]:offsets[t + 1]``), and
+    ``norm2[t] = sum_e entry_norm2[e]`` over the entries of usable shells.
+    """
+    n_t = offsets.shape[0] - 1
+    n_m = entry_fft.shape[1]
+    x = np.zeros((n_t, n_m), np.complex128)
+    norm2 = np.zeros(n_t)
+    for t in range(n_t):
+        for e in range(offsets[t], offsets[t + 1]):
+            sh = entry_shell[e]
+            if not ok_shell[sh]:
+                continue
+            norm2[t] += entry_norm2[e]
+            for m in range(n_m):
+                x[t, m] += entry_fft[e, m] * ehat[sh, m]
+    return x, norm2

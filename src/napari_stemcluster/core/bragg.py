@@ -640,19 +640,39 @@ class _Detector:
         cands = _candidates(corr, p, _pixel_noise(block) * self.gain)
         flat = block.reshape(b, -1)
         constant = flat.max(axis=1) == flat.min(axis=1)  # padding edges are not disks
+        found = []
         for i in range(b):
-            if constant[i]:
+            found.append(None if constant[i] else self._one(corr[i], cands[i]))
+        if p["subpixel"] == "dft":
+            # one parallel pass refines the disks of every pattern of the block
+            from ._bragg_numba import dft_refine_many
+
+            which = [np.full(len(f[3]), i) for i, f in enumerate(found) if f is not None]
+            if which and sum(len(w) for w in which):
+                pts = np.concatenate([f[2][f[3]] for f in found if f is not None])
+                nx, ny = self.nshape
+                done = dft_refine_many(
+                    spec, np.concatenate(which), pts.astype(np.float64), nx, ny, p["upsample"]
+                )
+                k = 0
+                for f in found:
+                    if f is not None:
+                        f[2][f[3]] = done[k : k + len(f[3])]
+                        k += len(f[3])
+        for i in range(b):
+            if found[i] is None:
                 disks.append(_empty())
                 continue
-            d, beam = self._one(block[i], corr[i], spec[i], cands[i])
+            d, beam = self._finish(block[i], *found[i])
             disks.append(d)
             beams[i] = beam
         return disks, beams
 
-    def _one(self, img, c, spec, cand):
+    def _one(self, c, cand):
+        """Maxima, direct beam and the points to refine of one pattern."""
         p = self.p
         if cand is None or len(cand) == 0:
-            return _empty(), (np.nan, np.nan)
+            return cand, None, np.zeros((0, 2)), np.zeros(0, np.int64), -1, np.zeros(0, np.int64)
         vals = c[cand[:, 0], cand[:, 1]]
         order = np.argsort(-vals, kind="stable")
         cand, vals = cand[order], vals[order]
@@ -668,12 +688,13 @@ class _Detector:
         if ib >= 0:
             inside[ib] = False
         idx = np.flatnonzero(inside)[: p["max_count"]]
-        if p["subpixel"] == "dft":
-            from ._bragg_numba import dft_refine
+        todo = idx if ib < 0 else np.append(idx, ib)
+        return cand, vals, pos, todo, ib, idx
 
-            nx, ny = self.nshape
-            todo = idx if ib < 0 else np.append(idx, ib)
-            pos[todo] = dft_refine(spec, pos[todo], nx, ny, p["upsample"])
+    def _finish(self, img, cand, vals, pos, todo, ib, idx):
+        """Disk table and direct beam of one pattern from its (refined) points."""
+        if vals is None:
+            return _empty(), (np.nan, np.nan)
         beam = (np.nan, np.nan) if ib < 0 else tuple(pos[ib])
         out = np.zeros(len(idx), DISK_DTYPE)
         out["qx"] = pos[idx, 0]

@@ -42,7 +42,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._orientation_numba import _angular_series, _overlap_score, _rotated_score
+from ._orientation_numba import (
+    _angular_series,
+    _aperture_disks,
+    _nelder_mead,
+    _overlap_score,
+    _overlap_scores,
+    _template_sums,
+)
 from .crystal import IPF_CORNERS, Structure, electron_wavelength, reciprocal_lattice
 
 __all__ = [
@@ -542,6 +549,14 @@ def _detect(pattern: np.ndarray, center, disk_radius: float, r_min_px: float, ma
     # The contrast filter's peak value depends on where the disk edge falls on
     # the pixel grid; the background-subtracted sum over an aperture does not.
     r_ap = float(disk_radius) + 1.0
+    pos = np.ascontiguousarray(pos, np.float64).reshape(-1, 2)
+    return _aperture_disks(np.ascontiguousarray(pattern, np.float64), pos, r_ap, r_ap + 3.0)
+
+
+def _detect_numpy(pattern: np.ndarray, pos: np.ndarray, disk_radius: float) -> np.ndarray:
+    """Plain-numpy reference of the aperture step of :func:`_detect` (for tests)."""
+    qx, qy = np.ogrid[: pattern.shape[0], : pattern.shape[1]]
+    r_ap = float(disk_radius) + 1.0
     r_out = r_ap + 3.0
     h = int(np.ceil(r_out))
     out = np.zeros((len(pos), 3))
@@ -611,6 +626,44 @@ def _exact_score(library, rotation, q, amp, sigma, q_limit, min_weight=0.01):
     )
 
 
+def _exact_scores(library, rotations, q, amp, sigma, q_limit, min_weight=0.01):
+    """:func:`_exact_score` of each of ``rotations`` (K, 3, 3), in one compiled call."""
+    rots = np.ascontiguousarray(rotations, np.float64).reshape(-1, 3, 3)
+    return _overlap_scores(
+        library.g,
+        library.f2,
+        rots,
+        np.ascontiguousarray(q, np.float64).reshape(-1, 2),
+        np.ascontiguousarray(amp, np.float64),
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.intensity_power,
+        float(sigma),
+        float(min(q_limit, 1e30)),
+        float(min_weight),
+    )
+
+
+def _peak_angles(rows: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """:func:`_peak_angle` of ``rows[i]`` at ``p[i]``, vectorised."""
+    n = rows.shape[1]
+    i = np.arange(len(p))
+    y0, y1, y2 = rows[i, (p - 1) % n], rows[i, p], rows[i, (p + 1) % n]
+    den = y0 - 2 * y1 + y2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        off = np.where(den < 0, 0.5 * (y0 - y2) / np.where(den < 0, den, -1.0), 0.0)
+    return 2.0 * np.pi * (p + np.clip(off, -0.5, 0.5)) / n
+
+
+def _rot_z_many(phi: np.ndarray) -> np.ndarray:
+    c, s = np.cos(phi), np.sin(phi)
+    out = np.zeros((len(phi), 3, 3))
+    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = c, -s, s, c
+    out[:, 2, 2] = 1.0
+    return out
+
+
 def _template_matrix(library: OrientationLibrary):
     """Sparse (templates x entries) sum matrix, cached on the library."""
     if "sum" not in library._cache:
@@ -630,6 +683,28 @@ def _template_matrix(library: OrientationLibrary):
 
 def _search(library, q, amp, sigma, q_limit):
     """Polar correlation of every template; best in-plane angle and score each."""
+    from scipy import fft as sfft
+
+    ehat = _polar_fft(library, q, amp, sigma).astype(np.complex64)
+    ok_shell = library.shells <= q_limit
+    x, norm2 = _template_sums(
+        library.offsets,
+        library.entry_shell,
+        library.entry_fft,
+        library.entry_norm2,
+        ehat,
+        ok_shell,
+    )
+    n = library.n_angles
+    # single precision is plenty to rank the templates (the best are rescored
+    # exactly) and halves the time of this transform
+    corr = sfft.irfft(x.astype(np.complex64), n=n, axis=1)
+    corr *= n  # (T, n): C(φ_p), φ_p = 2πp/n
+    return corr, np.sqrt(norm2)
+
+
+def _search_numpy(library, q, amp, sigma, q_limit):
+    """Sparse-matrix reference of :func:`_search` (for tests)."""
     ehat = _polar_fft(library, q, amp, sigma).astype(np.complex64)
     ok_shell = library.shells <= q_limit
     ehat[~ok_shell] = 0
@@ -637,7 +712,7 @@ def _search(library, q, amp, sigma, q_limit):
     x = sum_c @ (library.entry_fft * ehat[library.entry_shell])
     norm2 = sum_r @ (library.entry_norm2 * ok_shell[library.entry_shell])
     n = library.n_angles
-    corr = np.fft.irfft(x, n=n, axis=1) * n  # (T, n): C(φ_p), φ_p = 2πp/n
+    corr = np.fft.irfft(x, n=n, axis=1) * n
     return corr, np.sqrt(norm2)
 
 
@@ -651,10 +726,10 @@ def _peak_angle(row: np.ndarray, p: int) -> float:
 
 
 def _refine(library, rot0, q, amp, sigma, q_limit, step_rad):
-    from scipy.optimize import minimize
-
-    args = (
+    """Nelder-Mead over the rotation vector around ``rot0``, compiled end to end."""
+    w, score = _nelder_mead(
         np.ascontiguousarray(rot0, np.float64),
+        0.5 * float(step_rad),
         library.g,
         library.f2,
         np.ascontiguousarray(q, np.float64).reshape(-1, 2),
@@ -666,21 +741,13 @@ def _refine(library, rot0, q, amp, sigma, q_limit, step_rad):
         float(sigma),
         float(min(q_limit, 1e30)),
         0.01,
+        1e-4,
+        1e-8,
+        300,
     )
-
-    def cost(w):
-        return -_rotated_score(np.asarray(w, np.float64), *args)
-
-    simplex = np.vstack([np.zeros(3), 0.5 * step_rad * np.eye(3)])
-    res = minimize(
-        cost,
-        np.zeros(3),
-        method="Nelder-Mead",
-        options={"initial_simplex": simplex, "xatol": 1e-4, "fatol": 1e-8, "maxiter": 300},
-    )
-    rot = _rotvec(res.x) @ rot0
+    rot = _rotvec(w) @ rot0
     u, _, vt = np.linalg.svd(rot)  # re-orthonormalise
-    return u @ vt, -float(res.fun)
+    return u @ vt, float(score)
 
 
 def _match_one(library, q, amp, sigma, q_limit, distinct_deg, n_candidates, refine, n_refine=3):
@@ -691,12 +758,10 @@ def _match_one(library, q, amp, sigma, q_limit, distinct_deg, n_candidates, refi
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.where(tnorm > 0, best_c / (tnorm * enorm), 0.0)
     order = np.argsort(-score)
-    cands = []
-    for t in order[:n_candidates]:
-        phi = _peak_angle(corr[t], int(best_p[t]))
-        rot = _rot_z(phi) @ library.base[t]
-        cands.append((_exact_score(library, rot, q, amp, sigma, q_limit), int(t), rot))
-    cands.sort(key=lambda c: -c[0])
+    top = order[:n_candidates]
+    rots = _rot_z_many(_peak_angles(corr[top], best_p[top])) @ library.base[top]
+    exact = _exact_scores(library, rots, q, amp, sigma, q_limit)
+    cands = [(exact[k], int(top[k]), rots[k]) for k in np.argsort(-exact, kind="stable")]
     s1, t1, rot1 = cands[0]
     if refine:
         # refine the best few distinct candidates: with few disks the true
@@ -720,18 +785,17 @@ def _match_one(library, q, amp, sigma, q_limit, distinct_deg, n_candidates, refi
     cos_dir = np.max(np.einsum("kij,j->ki", st.proper_ops, v_best) @ library.directions.T, axis=0)
     far = np.flatnonzero(cos_dir < np.cos(np.radians(distinct_deg)))
     others = far[np.argsort(-score[far])[:n_candidates]]
-    alt = [_rot_z(_peak_angle(corr[t], int(best_p[t]))) @ library.base[t] for t in others]
+    alt = _rot_z_many(_peak_angles(corr[others], best_p[others])) @ library.base[others]
     row = corr[t1]
     peaks = np.flatnonzero((row >= np.roll(row, 1)) & (row > np.roll(row, -1)))
     peaks = peaks[np.argsort(-row[peaks])[: 2 * n_candidates]]
-    alt += [_rot_z(_peak_angle(row, int(p))) @ library.base[t1] for p in peaks]
+    alt_row = _rot_z_many(_peak_angles(np.broadcast_to(row, (len(peaks), len(row))), peaks))
+    alt = np.concatenate([alt, alt_row @ library.base[t1]])
     s2 = 0.0
-    if alt:
-        alt = np.array(alt)
-        dist = misorientation_deg(alt, rot1, st)
-        for rot, d in zip(alt, dist, strict=True):
-            if d > distinct_deg:
-                s2 = max(s2, _exact_score(library, rot, q, amp, sigma, q_limit))
+    if len(alt):
+        far_alt = alt[misorientation_deg(alt, rot1, st) > distinct_deg]
+        if len(far_alt):
+            s2 = max(0.0, float(_exact_scores(library, far_alt, q, amp, sigma, q_limit).max()))
     # the reliability index of Rauch and Veron (ASTAR), as a fraction
     conf = 0.0 if s1 <= 0 else max(0.0, 1.0 - s2 / s1)
     return rot1, s1, conf
@@ -840,13 +904,12 @@ def match_orientations(
         detector_shape = stack.shape[1:]
         if center is None:
             center = ((stack.shape[1] - 1) / 2.0, (stack.shape[2] - 1) / 2.0)
-        disks = [
-            _detect(np.asarray(p, np.float64), center, disk_radius, r_min, max_disks) for p in stack
-        ]
+        n_items = len(stack)
     else:
         if isinstance(items, np.ndarray) and (items.dtype.names is not None or items.ndim == 2):
             items = [items]
-        disks = [_as_disks(d, i) for i, d in enumerate(items)]
+        disk_list = [_as_disks(d, i) for i, d in enumerate(items)]
+        n_items = len(disk_list)
         if center is None:
             if detector_shape is None:
                 raise ValueError("with disk arrays, give center= (or detector_shape=)")
@@ -859,10 +922,15 @@ def match_orientations(
     else:
         q_limit_px = np.inf
 
-    out = np.zeros(len(disks), ORIENTATION_DTYPE)
+    out = np.zeros(n_items, ORIENTATION_DTYPE)
     out["rotation"] = np.nan
     out["phase"] = -1
-    for i, d in enumerate(disks):
+
+    def match(i):
+        if is_pattern_stack:
+            d = _detect(np.asarray(stack[i], np.float64), center, disk_radius, r_min, max_disks)
+        else:
+            d = disk_list[i]
         q = d[:, :2] - center
         r = np.hypot(q[:, 0], q[:, 1])
         keep = (r > r_min) & (r <= q_limit_px) & (d[:, 2] > 0) & np.isfinite(d).all(axis=1)
@@ -871,7 +939,7 @@ def match_orientations(
         q, inten = q[strongest], inten[strongest]
         out["n_disks"][i] = len(q)
         if len(q) < int(min_disks):
-            continue
+            return
         best = []
         for lib in libs:
             dd = distinct_deg if distinct_deg is not None else max(3.0, 2.5 * lib.step_deg)
@@ -893,6 +961,9 @@ def match_orientations(
         out["zone_axis"][i] = _zone_axis(st, rot[2])
         out["inplane_deg"][i] = _inplane_deg(st, rot)
         out["indexed"][i] = True
+
+    for i in range(n_items):
+        match(i)
     return out
 
 

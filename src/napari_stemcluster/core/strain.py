@@ -21,7 +21,13 @@ import numpy as np
 
 from .lattice import LatticeTable, fit_lattice
 
-__all__ = ["StrainResult", "rereference", "strain_from_lattices", "strain_map"]
+__all__ = [
+    "StrainResult",
+    "orientation_reference",
+    "rereference",
+    "strain_from_lattices",
+    "strain_map",
+]
 
 
 @dataclass
@@ -123,6 +129,9 @@ def _references(reference, n_steps: int):
         reference = [reference]
     refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
     if refs and not isinstance(refs[0], LatticeTable):
+        if len(refs) == n_steps and all(np.ndim(r) == 3 for r in refs):
+            # one (N_t, 2, 2) array per time step
+            return [(np.asarray(r, float)[:, 0], np.asarray(r, float)[:, 1], None) for r in refs]
         arr = np.asarray(reference, np.float64)
         if arr.shape == (2, 2):
             arr = arr[None]
@@ -158,9 +167,10 @@ def strain_map(
         Clusters (0 = background: NaN).
     reference : LatticeTable, list of LatticeTable, or array_like (N, 2, 2) / (2, 2)
         Reference lattice of label ``i + 1``: the output of
-        :func:`~napari_stemcluster.core.cluster_lattices` (one per time
-        step), or explicit ``(g1, g2)`` per cluster (for instance from an
-        orientation matched to a crystal structure), or one basis for all.
+        :func:`~napari_stemcluster.core.cluster_lattices` or of
+        :func:`orientation_reference` (one per time step), or explicit
+        ``(g1, g2)`` per cluster (one ``(N, 2, 2)`` array, or a list of one
+        per time step), or one basis for all.
         NaN vectors give NaN strain for that cluster.
     min_indexed : int
         Fewest indexed disks for a strain value (default 5); fewer give NaN.
@@ -332,3 +342,107 @@ def rereference(result: StrainResult, labels, region) -> StrainResult:
             new.g2_ref[t][members] = g2
     _fill_strain(new)
     return new
+
+
+def orientation_reference(orientation, lattices=None, *, min_rel: float = 0.05) -> list:
+    """Strain reference lattices from the orientations matched to a crystal structure.
+
+    Each indexed cluster gets the two shortest strong reflections of its
+    matched orientation (:func:`~napari_stemcluster.core.orientation.reference_lattice`)
+    projected on the detector: the strain is then relative to the
+    crystal's unstrained lattice in that orientation (as given by the CIF
+    and the q calibration), not to the cluster's own average lattice.
+    Clusters that were not indexed get NaN vectors (NaN strain).
+
+    Parameters
+    ----------
+    orientation : OrientationResult
+        From :func:`~napari_stemcluster.core.orientation.orient_clusters`
+        (or the ``orientation`` entry of :func:`~napari_stemcluster.io.read_results`).
+    lattices : LatticeTable or list of LatticeTable, optional
+        Fitted cluster lattices (one per time step); their direct-beam
+        centres are kept as the indexing start where a position's own
+        direct beam is not found.
+    min_rel : float
+        Reflections weaker than this fraction of the strongest ``|F|²``
+        are not used as basis vectors.
+
+    Returns
+    -------
+    list of LatticeTable
+        One per time step, row ``i`` for label ``i + 1``; pass it as the
+        ``reference`` of :func:`strain_map`.
+
+    Examples
+    --------
+    >>> from napari_stemcluster.core import load_structure
+    >>> from napari_stemcluster.core.orientation import ORIENTATION_DTYPE, OrientationResult
+    >>> from napari_stemcluster.data import builtin_cif
+    >>> rec = np.zeros(2, ORIENTATION_DTYPE)
+    >>> rec["rotation"][0], rec["indexed"][0] = np.eye(3), True
+    >>> params = {"energy_kev": 300.0, "q_pixel_size": 0.02, "g_max": 1.0}
+    >>> res = OrientationResult(rec, np.array([0, 2]), [load_structure(builtin_cif("Au"))], params)
+    >>> ref = orientation_reference(res)[0]
+    >>> np.abs(ref.g1).round(2)
+    array([[24.52,  0.  ],
+           [  nan,   nan]])
+    """
+    from .orientation import orientation_library, reference_lattice
+
+    p = dict(orientation.params)
+    lib_kw = {
+        k: p[k]
+        for k in ("max_angle_mrad", "g_max", "sigma_excitation", "convergence_mrad")
+        if p.get(k) is not None
+    }
+    if "g_max" not in lib_kw and "max_angle_mrad" not in lib_kw:
+        lib_kw["max_angle_mrad"] = 30.0
+    try:
+        energy, qp = float(p["energy_kev"]), float(p["q_pixel_size"])
+    except KeyError as e:
+        raise ValueError(
+            f"orientation params lack {e.args[0]!r}: cannot build the lattice"
+        ) from None
+    # only the reflection list is used: a coarse direction step keeps this cheap
+    libs = [
+        orientation_library(st, energy, qp, step_deg=30.0, **lib_kw)
+        for st in orientation.structures
+    ]
+    n_steps = len(orientation.offsets) - 1
+    if lattices is not None:
+        lattices = [lattices] if isinstance(lattices, LatticeTable) else list(lattices)
+        if len(lattices) != n_steps:
+            raise ValueError(
+                f"need one LatticeTable per time step ({n_steps}); got {len(lattices)}"
+            )
+    out = []
+    for t in range(n_steps):
+        rec = orientation.step(t)
+        n = len(rec)
+        g = np.full((n, 2, 2), np.nan)
+        for i, r in enumerate(rec):
+            if not r["indexed"]:
+                continue
+            try:
+                g[i] = reference_lattice(r["rotation"], libs[int(r["phase"])], min_rel=min_rel)[0]
+            except ValueError:
+                continue  # no two strong reflections: no reference for this cluster
+        if lattices is not None:
+            lat = lattices[t]
+            if len(lat) != n:
+                raise ValueError(f"time step {t}: {n} orientations but {len(lat)} fitted lattices")
+            center = np.asarray(lat.center, float)
+        else:
+            center = np.full((n, 2), np.nan)
+        zeros = np.zeros(n, np.int64)
+        out.append(
+            LatticeTable(
+                g1=g[:, 0],
+                g2=g[:, 1],
+                center=center,
+                n_disks=zeros,
+                n_indexed=zeros.copy(),
+                residual=np.full(n, np.nan),
+            )
+        )
+    return out

@@ -15,6 +15,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 
 
 def available_cpus() -> int:
@@ -42,11 +43,14 @@ def _workers_ignore_ctrl_c():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Blocked, not ignored: the workers inherit the blocked mask (they never
+    # see Ctrl-C), while a Ctrl-C that arrives meanwhile stays pending for
+    # this process and is raised as soon as the workers have started.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class Executor:
@@ -218,7 +222,10 @@ class DistributedExecutor(Executor):
                         silence_logs=logging.ERROR,
                     )
                 self.client = Client(self._cluster)
-            except BaseException:
+            except BaseException:  # Ctrl-C during start-up included
+                if getattr(self, "_cluster", None) is not None:
+                    with contextlib.suppress(Exception):
+                        self._cluster.close()
                 self._remove_scratch()
                 raise
         workers = self.client.nthreads()
@@ -275,7 +282,12 @@ class DistributedExecutor(Executor):
 
     def _remove_scratch(self) -> None:
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            # workers stopped early may still be tidying their own folders in it
+            for _ in range(20):
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                if not os.path.exists(self._scratch):
+                    break
+                time.sleep(0.1)
             self._scratch = None
 
     def describe(self) -> str:

@@ -72,17 +72,15 @@ def detect_format(path: str | os.PathLike) -> str | None:
     >>> detect_format("missing.txt") is None
     True
     """
+    from ._guard import check_regular_file, h5_boundary, read_head
     from ._h5util import has_hdf5_signature, open_checked
     from .numpy_file import NPY_MAGIC, read_npy_header
 
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p) or p.is_dir():
         return None
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(8)
-    except OSError:
-        return None
+    check_regular_file(p)  # FIFOs, devices, unreadable files: a reason, not a hang
+    head = read_head(p, 8)
     if head.startswith(b"MQ1,"):
         return "merlin"
     if head.startswith(b"HDR,") and p.suffix.lower() == ".hdr":
@@ -99,7 +97,7 @@ def detect_format(path: str | os.PathLike) -> str | None:
     from . import arina, emd, hdf5
 
     # a fresh handle, closed again: files that are not ours are not kept open
-    with open_checked(str(p.resolve()), cached=False) as f:
+    with open_checked(str(p.resolve()), cached=False) as f, h5_boundary(p):
         if is_results_file(f):
             return "results"
         if emd.is_emd(f) and emd.find_datacubes(f):
@@ -161,12 +159,12 @@ def open_dataset(
     ('npy', (4, 4, 8, 6))
     """
     from . import arina, emd, hdf5, merlin, numpy_file
+    from ._guard import check_regular_file, h5_boundary, read_head
 
     p = Path(os.path.abspath(path))
-    if not p.exists():
-        raise StemFileError(f"{p}: file not found")
     if p.is_dir():
         raise StemFileError(f"{p}: is a directory; expected a 4D-STEM file")
+    check_regular_file(p)  # before anything opens it
     kind = format or detect_format(p)
     if kind == "results":
         raise StemFileError(
@@ -186,12 +184,12 @@ def open_dataset(
         # not 4D/5D-STEM: let the reader of the file's format say why
         from ._h5util import has_hdf5_signature
 
-        with open(p, "rb") as fh:
-            head = fh.read(8)
+        head = read_head(p, 8)
         if head.startswith(numpy_file.NPY_MAGIC):
             return numpy_file.open_npy(p, scan_shape, dataset=dataset)
         if has_hdf5_signature(str(p)):
-            return hdf5.open_hdf5(p, scan_shape, dataset=dataset)
+            with h5_boundary(p, dataset):
+                return hdf5.open_hdf5(p, scan_shape, dataset=dataset)
         hint = _OTHER_FORMATS.get(p.suffix.lower())
         if hint:
             raise StemFileError(
@@ -206,4 +204,8 @@ def open_dataset(
         )
     if kind not in openers:
         raise StemFileError(f"{p}: unknown format {kind!r}; expected one of {sorted(openers)}")
-    return openers[kind](p, scan_shape, dataset=dataset)
+    if kind in ("merlin", "npy", "npy-stack"):
+        return openers[kind](p, scan_shape, dataset=dataset)
+    # the one place where errors of the HDF5 library become StemFileError
+    with h5_boundary(p, dataset):
+        return openers[kind](p, scan_shape, dataset=dataset)

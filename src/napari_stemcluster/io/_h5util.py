@@ -37,13 +37,16 @@ def open_checked(path: str, cached: bool = True):
     """
     import h5py
 
+    from ._guard import check_regular_file
+
+    check_regular_file(path)
     try:
         if not cached:
             return h5py.File(path, "r")
         return open_h5(path)
     except FileNotFoundError:
         raise StemFileError(f"{path}: file not found") from None
-    except OSError as e:
+    except (OSError, RuntimeError, ValueError) as e:
         msg = str(e)
         if "truncated" in msg:
             why = "the file is truncated (incomplete copy or interrupted write)"
@@ -60,6 +63,9 @@ def check_filters(ds, path: str) -> None:
     """Raise if ``ds`` needs a compression filter that is not available."""
     import h5py
 
+    from ._guard import check_h5_dataset
+
+    check_h5_dataset(ds, path)  # links, external storage, declared vs stored size
     try:
         plist = ds.id.get_create_plist()
         n = plist.get_nfilters()
@@ -95,14 +101,15 @@ def as_str(value) -> str:
         value = value.item() if value.shape == () else value.ravel()[0]
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value).decode("utf-8", "replace")
-    return str(value)
+    # h5py hands undecodable bytes of text attributes over as surrogates
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def scalar(value):
     """A Python scalar from an HDF5 scalar dataset value."""
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
-    if isinstance(value, (bytes, np.bytes_)):
+    if isinstance(value, (bytes, np.bytes_, str)):
         return as_str(value)
     if isinstance(value, np.generic):
         return value.item()
@@ -129,4 +136,16 @@ def numeric_datasets(group) -> list[tuple[str, tuple[int, ...], np.dtype]]:
                 found.append(("/" + name.lstrip("/"), tuple(shape), dtype))
 
     group.visititems(visit)
+    # datasets behind external links: followed only after checking the target
+    from ._guard import safe_get
+
+    links = []
+    if hasattr(group, "visititems_links"):
+        group.visititems_links(
+            lambda name, link: links.append(name) if isinstance(link, h5py.ExternalLink) else None
+        )
+    for name in links[:64]:
+        obj = safe_get(group.file, f"{group.name.rstrip('/')}/{name}")
+        if obj is not None:
+            visit(obj.name if obj.file == group.file else name, obj)
     return found

@@ -86,10 +86,19 @@ def open_h5(path: str):
     return _cached(_h5_handles, _file_key(path), path, partial(h5py.File, path, "r"), _close_h5)
 
 
+def _map_npy(path: str):
+    from .numpy_file import read_npy_header
+
+    shape, dtype, fortran, offset = read_npy_header(path, with_offset=True)
+    return np.memmap(
+        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+    )
+
+
 def open_memmap(path: str, kind: str = "raw"):
     """A read-only memory map of ``path`` (``kind`` "raw" bytes or "npy"), cached."""
     if kind == "npy":
-        open_ = partial(np.load, path, mmap_mode="r", allow_pickle=False)
+        open_ = partial(_map_npy, path)
     else:
         open_ = partial(np.memmap, path, dtype=np.uint8, mode="r")
     return _cached(_memmaps, (*_file_key(path), kind), path, open_, _close_memmap)
@@ -159,6 +168,21 @@ def _finish(out: np.ndarray, int_axes: list[int]) -> np.ndarray:
 # array-likes
 
 
+def native_dtype(dtype) -> np.dtype:
+    """The dtype a file's values are handed on in: native byte order
+    (``>u2`` -> ``uint16``), and float16 widened to float32 (a storage
+    format only: no kernel computes in half precision)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and dtype.itemsize < 4:
+        return np.dtype(np.float32)
+    return dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+
+
+def _native(out, dtype: np.dtype) -> np.ndarray:
+    out = np.asarray(out)
+    return out if out.dtype == dtype else out.astype(dtype)
+
+
 class LazyArray:
     """Base of the picklable array-likes: shape, dtype, a read counter.
 
@@ -171,7 +195,9 @@ class LazyArray:
 
     def __init__(self, shape, dtype):
         self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
+        # values come out in native byte order whatever the file stores
+        # (big-endian detectors, files written on other machines)
+        self.dtype = native_dtype(dtype)
         self.n_reads = 0
 
     @property
@@ -207,7 +233,7 @@ class LazyArray:
                 for k, n in zip(key, self.shape, strict=False)
             )
         if not any(_is_fancy(k) for k in key):
-            return self._get(key)
+            return _native(self._get(key), self.dtype)
         # integer-array (or boolean) indices, which dask may pass: read the
         # covering range, then take (orthogonal indexing, as dask does)
         key = _expand_ellipsis(key, self.ndim)
@@ -234,7 +260,7 @@ class LazyArray:
             if t is not None:
                 out = np.take(out, t, axis=axis)
             axis += 1
-        return out
+        return _native(out, self.dtype)
 
     def __dask_tokenize__(self):
         return (type(self).__name__, *self._token())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._guard import check_h5_dataset, check_linked_file, is_inside, safe_get
 from ._h5util import as_str, check_filters, open_checked, scalar
 from ._lazy import ConcatFrames, FrameCube, H5Array
 from .dataset import Calibration, StemDataset, build_dataset, resolve_scan_shape
@@ -60,7 +61,7 @@ def data_links(f) -> list[str]:
     >>> data_links(f)
     ['data_000001', 'data_000002']
     """
-    grp = f.get("/entry/data", getlink=False)
+    grp = safe_get(f, "/entry/data")
     if grp is None or not hasattr(grp, "keys"):
         return []
     return sorted(k for k in grp if _DATA_LINK.match(k))
@@ -83,16 +84,20 @@ def is_master(f) -> bool:
     if not names:
         return False
     links = [f["/entry/data"].get(n, getlink=True) for n in names]
-    return any(isinstance(lk, h5py.ExternalLink) for lk in links) or (f.get(_SPECIFIC) is not None)
+    return any(isinstance(lk, h5py.ExternalLink) for lk in links) or (
+        safe_get(f, _SPECIFIC) is not None
+    )
 
 
 def _resolve_link_file(master: Path, filename: str) -> Path:
     p = Path(filename)
     if not p.is_absolute():
         return master.parent / p
-    if p.exists():
+    if is_inside(master.parent, p) and p.exists():
         return p
-    return master.parent / p.name  # moved together with the master
+    if (master.parent / p.name).exists():
+        return master.parent / p.name  # moved together with the master
+    return p  # refused below: outside the master's folder
 
 
 def _parts(f, master: Path) -> list[H5Array]:
@@ -104,25 +109,24 @@ def _parts(f, master: Path) -> list[H5Array]:
         where = f"/entry/data/{name}"
         if isinstance(link, h5py.ExternalLink):
             target = _resolve_link_file(master, link.filename)
-            if not target.exists():
+            if is_inside(master.parent, target) and not os.path.lexists(target):
                 raise StemFileError(
                     f"{master}: {where} links to the data file {link.filename}, "
                     f"which was not found (looked for {target}); the data files "
                     "must stay beside the master file"
                 )
+            check_linked_file(master, target, where, "the data file")
             df = open_checked(str(target))
-            try:
-                ds = df[link.path]
-            except KeyError:
+            ds = safe_get(df, link.path, str(target))
+            if not hasattr(ds, "shape"):
                 raise StemFileError(
                     f"{target}: no dataset {link.path} (linked from {master} {where})"
-                ) from None
+                )
             path, dname = str(target), ds.name
         else:
-            try:
-                ds = f[where]
-            except KeyError as e:
-                raise StemFileError(f"{master}: cannot resolve {where} ({e})") from None
+            ds = safe_get(f, where, str(master))
+            if not hasattr(ds, "shape"):
+                raise StemFileError(f"{master}: {where} is not a dataset of frames")
             path, dname = str(master), ds.name
         if ds.ndim != 3 or ds.dtype.kind not in "uif":
             raise StemFileError(
@@ -144,9 +148,12 @@ def _parts(f, master: Path) -> list[H5Array]:
 
 
 def _small_array(f, path: str, frame_shape, dtype) -> np.ndarray | None:
-    obj = f.get(path)
+    obj = safe_get(f, path)
     if obj is None or not hasattr(obj, "shape") or tuple(obj.shape) != tuple(frame_shape):
         return None
+    if obj.dtype.kind not in "uifb":
+        return None
+    check_h5_dataset(obj, f.file.filename)
     return np.asarray(obj[()], dtype=dtype)
 
 
@@ -186,7 +193,7 @@ def open_arina(path: Path, scan_shape=None, *, dataset: str | None = None) -> St
     )
     meta = {}
     for key, name in _SETTINGS.items():
-        obj = f.get(key)
+        obj = safe_get(f, key)
         if obj is not None and hasattr(obj, "shape") and obj.shape == ():
             v = scalar(obj[()])
             meta[name] = v if isinstance(v, (int, float, str, bool)) else as_str(v)

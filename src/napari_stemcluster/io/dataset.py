@@ -388,6 +388,14 @@ def _human_bytes(n: int) -> str:
 # shared helpers of the readers
 
 
+#: How to give a scan shape, in every front end's words.
+SCAN_SHAPE_HINT = (
+    "; give the scan shape: scan_shape=(Rx, Ry) (or (T, Rx, Ry) for a time series) "
+    "in Python, --scan-shape RX,RY on the command line, or the Scan shape field of "
+    "the 'Open 4D-STEM file' widget in napari"
+)
+
+
 def check_scan_shape_arg(scan_shape, where: str) -> tuple[int, ...] | None:
     """Validate a user scan shape: None, or 2 (Rx, Ry) or 3 (T, Rx, Ry) ints > 0.
 
@@ -452,7 +460,7 @@ def resolve_scan_shape(
             + (" per scan" if len(user) == 2 else "")
             + f" but the file holds {n_frames} frames, which "
             + ("it does not divide" if len(user) == 2 else "does not match")
-            + "; pass a scan_shape whose product "
+            + "; give a scan shape (scan_shape=, --scan-shape RX,RY) whose product "
             + ("divides" if len(user) == 2 else "equals")
             + f" {n_frames}"
         )
@@ -467,9 +475,7 @@ def resolve_scan_shape(
         f"{where}: holds {n_frames} frames in one flat stack and the scan shape "
         "cannot be read from the file"
         + ("" if not square_ok else f" ({n_frames} is not a perfect square)")
-        + "; pass scan_shape=(Rx, Ry) (or (T, Rx, Ry) for a time series), e.g. "
-        "open_dataset(path, scan_shape=(rows, cols)), or set it in the "
-        "'Open 4D-STEM file' widget"
+        + SCAN_SHAPE_HINT
     )
 
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
+from ._guard import real_value, safe_get, text_value
 from ._h5util import as_str, check_filters, open_checked, scalar
 from ._lazy import H5Array
 from .dataset import Calibration, StemDataset, apply_scan_shape, build_dataset
@@ -54,7 +57,7 @@ def find_datacubes(f) -> list[dict]:
 
     found = []
     for root_name in f:
-        root = f.get(root_name, getlink=False)
+        root = safe_get(f, root_name)
         if not isinstance(root, h5py.Group):
             continue
         if as_str(root.attrs.get("emd_group_type", b"")) != "root":
@@ -65,7 +68,7 @@ def find_datacubes(f) -> list[dict]:
                 return
             if as_str(obj.attrs.get("emd_group_type", b"")) != "array":
                 return
-            data = obj.get("data")
+            data = safe_get(f, f"{obj.name}/data")
             if not isinstance(data, h5py.Dataset):
                 return
             if data.ndim in (4, 5) and data.dtype.kind in "uif":
@@ -86,9 +89,11 @@ def find_datacubes(f) -> list[dict]:
 
 
 def _calibration_group(f, cand):
+    import h5py
+
     for base in (cand["root"], cand["group"]):
-        g = f.get(f"{base}/metadatabundle/calibration")
-        if g is not None:
+        g = safe_get(f, f"{base}/metadatabundle/calibration")
+        if isinstance(g, h5py.Group):
             return g
     return None
 
@@ -112,31 +117,43 @@ def read_calibration(f, cand) -> tuple[Calibration, dict]:
     >>> cal.r_pixel_size, cal.r_units
     (0.5, 'nm')
     """
+    import h5py
+
     meta = {}
     g = _calibration_group(f, cand)
     values = {}
     if g is not None:
-        for key in g:
+        for key in list(g)[:256]:
+            obj = g.get(key, getlink=True)
+            if not isinstance(obj, h5py.HardLink):
+                continue  # calibration values are small local scalars
             obj = g[key]
-            if hasattr(obj, "shape") and obj.shape == ():
-                values[key] = scalar(obj[()])
+            if isinstance(obj, h5py.Dataset) and obj.shape == () and obj.dtype.kind in "iufbSUO":
+                v = scalar(obj[()])
+                if isinstance(v, (int, float, str, bool)):
+                    values[key] = v
         meta = {k: v for k, v in values.items() if not k.startswith("_")}
     cal = {}
-    if "R_pixel_size" in values:
-        cal["r_pixel_size"] = float(values["R_pixel_size"])
-        cal["r_units"] = str(values.get("R_pixel_units", "pixel"))
-    if "Q_pixel_size" in values:
-        cal["q_pixel_size"] = float(values["Q_pixel_size"])
-        cal["q_units"] = str(values.get("Q_pixel_units", "pixel"))
+    for axis, key in (("r", "R"), ("q", "Q")):
+        size = real_value(values.get(f"{key}_pixel_size"))
+        if size is not None:
+            cal[f"{axis}_pixel_size"] = size
+            cal[f"{axis}_units"] = text_value(values.get(f"{key}_pixel_units")) or "pixel"
     # fall back to the dim vectors of the array (first two values: origin, step)
     ndim = len(cand["shape"])
     dims = {}
-    grp = f[cand["group"]]
     for i in range(ndim):
-        d = grp.get(f"dim{i}")
-        if d is not None and d.shape and d.shape[0] >= 2:
-            v = d[:2]
-            dims[i] = (float(v[1] - v[0]), as_str(d.attrs.get("units", b"pixel")))
+        d = safe_get(f, f"{cand['group']}/dim{i}")
+        if (
+            isinstance(d, h5py.Dataset)
+            and d.ndim == 1
+            and d.shape[0] >= 2
+            and d.dtype.kind in "iuf"
+        ):
+            v = np.asarray(d[:2], np.float64)
+            step = real_value(v[1] - v[0])
+            if step is not None:
+                dims[i] = (step, text_value(d.attrs.get("units", b"pixel")) or "pixel")
     nscan = ndim - 2
     if "r_pixel_size" not in cal and nscan - 1 in dims:
         cal["r_pixel_size"], cal["r_units"] = dims[nscan - 1]
@@ -196,7 +213,7 @@ def open_emd(path: Path, scan_shape=None, *, dataset: str | None = None) -> Stem
                 f"{cand['shape']} (others: {', '.join(c['data'] for c in cands[1:])}); "
                 "pass dataset= to choose"
             )
-    ds = f[cand["data"]]
+    ds = safe_get(f, cand["data"])
     check_filters(ds, spath)
     cal, meta = read_calibration(f, cand)
     raw = H5Array(spath, cand["data"], ds.shape, ds.dtype)

@@ -6,9 +6,16 @@ import logging
 import math
 from pathlib import Path
 
-from ._h5util import check_filters, numeric_datasets, open_checked, scalar
+from ._guard import real_value, safe_get, text_value
+from ._h5util import check_filters, numeric_datasets, open_checked
 from ._lazy import H5Array
-from .dataset import Calibration, StemDataset, apply_scan_shape, build_dataset
+from .dataset import (
+    SCAN_SHAPE_HINT,
+    Calibration,
+    StemDataset,
+    apply_scan_shape,
+    build_dataset,
+)
 from .errors import StemFileError
 
 logger = logging.getLogger(__name__)
@@ -53,17 +60,15 @@ def candidates(f) -> tuple[list, list]:
 def _calibration(ds) -> Calibration:
     cal = {}
     for obj in (ds.parent, ds):
-        for key, value in obj.attrs.items():
+        for key in list(obj.attrs)[:256]:
             field = _CAL_ATTRS.get(key.lower())
             if field is None:
                 continue
-            try:
-                v = scalar(value)
-                cal[field] = (
-                    float(v) if field in ("r_pixel_size", "q_pixel_size", "t_step") else str(v)
-                )
-            except (TypeError, ValueError):
-                continue
+            value = obj.attrs[key]
+            numeric = field in ("r_pixel_size", "q_pixel_size", "t_step")
+            v = real_value(value) if numeric else text_value(value)
+            if v is not None:
+                cal[field] = v
     return Calibration(**cal)
 
 
@@ -97,13 +102,12 @@ def open_hdf5(path: Path, scan_shape=None, *, dataset: str | None = None) -> Ste
     notes: list[str] = []
     if dataset is not None:
         name = "/" + dataset.strip("/")
-        try:
-            obj = f[name]
-        except KeyError as e:
+        obj = safe_get(f, name, spath)
+        if obj is None:
             raise StemFileError(
-                f"{path}: no dataset {dataset} ({e}); if it is an external link, "
-                "its target file may be missing"
-            ) from None
+                f"{path}: no dataset {dataset}; expected the internal path of a "
+                "4D/5D dataset (`stemcluster info FILE` lists what the file holds)"
+            )
         if not hasattr(obj, "shape"):
             raise StemFileError(f"{path}: {dataset} is a group, expected a dataset")
         chosen = (name, tuple(obj.shape), obj.dtype)
@@ -130,8 +134,8 @@ def open_hdf5(path: Path, scan_shape=None, *, dataset: str | None = None) -> Ste
             if scan_shape is None:
                 raise StemFileError(
                     f"{path}: dataset {chosen[0]} is a 3D stack of {chosen[1][0]} "
-                    f"frames of {chosen[1][1]}x{chosen[1][2]}; pass "
-                    "scan_shape=(Rx, Ry) (or (T, Rx, Ry)) to open it as 4D/5D-STEM"
+                    f"frames of {chosen[1][1]}x{chosen[1][2]} without a scan shape"
+                    + SCAN_SHAPE_HINT
                 )
             if len(stacks) > 1:
                 notes.append(
@@ -143,7 +147,7 @@ def open_hdf5(path: Path, scan_shape=None, *, dataset: str | None = None) -> Ste
                 f"{path}: no numeric 4D (Rx, Ry, Qx, Qy) or 5D (T, Rx, Ry, Qx, Qy) "
                 "dataset in this HDF5 file (nor a 3D frame stack)"
             )
-    ds = f[chosen[0]]
+    ds = safe_get(f, chosen[0], spath)
     check_filters(ds, spath)
     where = f"{path} ({chosen[0]})"
     raw = H5Array(spath, chosen[0], ds.shape, ds.dtype)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._guard import MAX_HEADER_BYTES, check_regular_file, read_head
 from ._lazy import FrameCube, LazyArray, _file_key, _finish, normalize_key, open_memmap
 from .dataset import Calibration, StemDataset, build_dataset, resolve_scan_shape
 from .errors import StemFileError
@@ -92,6 +93,17 @@ def parse_frame_header(raw: bytes, where: str) -> dict:
             info["depth"] = int(last)
     except (IndexError, ValueError) as e:
         raise StemFileError(f"{where}: unreadable Merlin frame header ({e})") from None
+    if not 0 < header_size <= MAX_HEADER_BYTES:
+        raise StemFileError(
+            f"{where}: Merlin frame header declares a header of {header_size} bytes; "
+            f"expected 1 to {MAX_HEADER_BYTES} (damaged header)"
+        )
+    for key in ("width", "height"):
+        if not 0 < info[key] <= 2**16:
+            raise StemFileError(
+                f"{where}: Merlin frame header declares a frame {key} of {info[key]} "
+                "pixels; expected 1 to 65536 (damaged header)"
+            )
     if info["pixel_type"] not in ("U08", "U16", "U32", "U64", "R64"):
         raise StemFileError(
             f"{where}: unknown Merlin pixel type {info['pixel_type']!r}; expected "
@@ -239,19 +251,12 @@ def open_merlin(path: Path, scan_shape=None, *, dataset: str | None = None) -> S
     """
     mib, hdr_path = _find_files(Path(path))
     where = str(mib)
-    try:
-        size = mib.stat().st_size
-        with open(mib, "rb") as fh:
-            first = fh.read(4096)
-    except FileNotFoundError:
-        raise StemFileError(f"{mib}: file not found") from None
+    size = check_regular_file(mib).st_size
+    first = read_head(mib, MAX_HEADER_BYTES)
     info = parse_frame_header(first, where)
-    hdr = {}
-    if hdr_path is not None:
-        try:
-            hdr = parse_hdr(hdr_path)
-        except OSError:
-            hdr = {}
+    # a .hdr that is not a small regular file is refused (parse_hdr says why)
+    hdr = {} if hdr_path is None else parse_hdr(hdr_path)
+    notes = []
     depth = info["depth"]
     if depth is None:
         try:
@@ -298,7 +303,6 @@ def open_merlin(path: Path, scan_shape=None, *, dataset: str | None = None) -> S
             f"file ({size} bytes) is truncated before the first complete frame"
         )
     n = size // stride
-    notes = []
     if size % stride:
         notes.append(f"the last {size % stride} bytes (an incomplete frame) are ignored")
     if n > 1:
@@ -311,7 +315,7 @@ def open_merlin(path: Path, scan_shape=None, *, dataset: str | None = None) -> S
                 )
     hint = None
     try:
-        fpt = int(hdr.get("Frames per Trigger (Number)", "0"))
+        fpt = int(hdr.get("Frames per Trigger (Number)", "0")[:12])
     except ValueError:
         fpt = 0
     if fpt > 1 and n % fpt == 0:

@@ -360,20 +360,25 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
     """
     import h5py
 
+    from . import _results_check as check
+    from ._guard import check_regular_file, h5_boundary
+
     path = Path(os.path.abspath(path))
+    check_regular_file(path)
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:
         raise StemFileError(f"{path}: file not found") from None
-    except OSError as e:
+    except (OSError, RuntimeError, ValueError) as e:
         raise StemFileError(f"{path}: cannot be read as HDF5 ({e})") from None
-    with f:
+    with f, h5_boundary(path):
         if not is_results_file(f):
             raise StemFileError(
                 f"{path}: not a napari-stemcluster results file (no "
                 "stemcluster_file='segmentation' attribute)"
             )
-        version = int(f.attrs.get("stemcluster_file_version", 0))
+        version, params, cal, texts = check.read_header(f, path)
+        check.check_datasets(f, path)
         if version > FILE_VERSION:
             raise StemFileError(
                 f"{path}: results file version {version} is newer than this "
@@ -389,7 +394,7 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
             size = g["size"][()]
             seed = g["seed"][()]
             msim = g["mean_similarity"][()]
-            means = np.ascontiguousarray(g["cluster_means"][()][:, 0])
+            means = np.asarray(g["cluster_means"][()])
         except (KeyError, OSError) as e:
             raise StemFileError(f"{path}: incomplete results file ({e})") from None
         from ._analysis_bragg import read_bragg
@@ -405,17 +410,14 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         except (KeyError, OSError, ValueError) as e:
             raise StemFileError(f"{path}: unreadable /tracking group ({e})") from None
 
-        def attr(name, default=""):
-            v = f.attrs.get(name, default)
-            return v.decode() if isinstance(v, bytes) else v
-
-        params = json.loads(attr("params", "{}"))
-        cal = json.loads(attr("calibration", "{}"))
+        check.check_arrays(
+            path, labels, mean_similarity, real_mask, similarity, offsets, (size, seed, msim, means)
+        )
         info = {
             "path": str(path),
-            "source": attr("source") or None,
-            "software_version": attr("software_version"),
-            "created": attr("created"),
+            "source": texts["source"] or None,
+            "software_version": texts["software_version"],
+            "created": texts["created"],
             "format_version": version,
             "calibration": Calibration.from_dict(cal).as_dict(),
             "bragg": bragg,
@@ -426,6 +428,7 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
 
         info["orientation"] = read_orientation(f)
     ts = labels.ndim == 3
+    means = np.ascontiguousarray(means[:, 0])
 
     def table(a, b):
         return ClusterTable(size=size[a:b], seed=seed[a:b], mean_similarity=msim[a:b])

@@ -1,0 +1,187 @@
+"""The reliability contract on a seeded corpus of hostile and unusual files.
+
+Every file of ``_fuzz_corpus`` goes through every entry point: Python
+(``open_dataset``, reading the cube, ``read_results``), napari (``get_reader``
+and the reader it returns) and the command line (``stemcluster info`` and
+``segment``, in-process). For each: no exception other than StemFileError /
+ValueError, no traceback on the command line, no hang (a timeout per case),
+the input files byte-identical afterwards and no partial output file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _fuzz_corpus import build_corpus
+from napari_stemcluster._reader import get_reader
+from napari_stemcluster.cli import main
+from napari_stemcluster.io import StemFileError, open_dataset, read_results
+
+SEED = 2026
+_DIR = Path(tempfile.mkdtemp(prefix="stemcluster-fuzz-"))
+CASES = {c.name: c for c in build_corpus(_DIR, SEED)}
+#: Cases also segmented through the command line (every valid file, and a
+#: sample of the others; all of them are opened, read and shown).
+SEGMENTED = [n for n, c in CASES.items() if c.expect == "ok" or n.endswith(("flip0", "flip1"))]
+TIMEOUT = 20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cleanup():
+    yield
+    shutil.rmtree(_DIR, ignore_errors=True)
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang(f"no answer within {TIMEOUT} s")
+
+
+@pytest.fixture
+def deadline():
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(TIMEOUT)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _snapshot(folder: Path) -> dict:
+    """Hash of every regular file below ``folder`` (FIFOs and links left alone)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        st = os.lstat(p)
+        if stat.S_ISREG(st.st_mode):
+            out[p] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[p] = stat.S_IFMT(st.st_mode)
+    return out
+
+
+def _allowed(call):
+    """Run ``call``; return ("ok", value) or ("refused", message). Others fail the test."""
+    try:
+        return "ok", call()
+    except (StemFileError, ValueError) as e:
+        assert str(e).strip(), "an error without a message"
+        return "refused", str(e)
+
+
+def _check_cli(capsys, argv) -> int:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert code in (0, 1), (code, err)
+    if code:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert lines and lines[0].startswith("stemcluster: error:"), err
+    return code, err
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_entry_point_keeps_the_contract(name, tmp_path, capsys, deadline):
+    case = CASES[name]
+    path = str(case.path)
+    before = _snapshot(_DIR)
+
+    # Python: open (metadata only), then read every value
+    outcome, ds = _allowed(lambda: open_dataset(path, case.scan_shape))
+    if outcome == "ok":
+        got_outcome, values = _allowed(lambda: ds.cube.compute())
+        if case.expect_data is not None:
+            assert got_outcome == "ok", values
+            # native byte order; float16 widened to float32
+            want = np.asarray(case.expect_data).dtype.newbyteorder("=")
+            assert values.dtype == (np.float32 if want == np.float16 else want)
+            np.testing.assert_array_equal(values, case.expect_data)
+    if case.kind == "results":
+        outcome, _ = _allowed(lambda: read_results(path))
+    if case.expect == "ok":
+        assert outcome == "ok", ds
+    elif case.expect == "error":
+        assert outcome == "refused", f"{name} was accepted"
+
+    # napari: get_reader never raises; the reader works or explains
+    reader = get_reader(path)
+    if reader is not None:
+        got, layers = _allowed(lambda: reader(path))
+        if got == "ok":
+            assert isinstance(layers, list) and layers
+        elif case.expect == "ok" and case.scan_shape is None:
+            pytest.fail(f"napari refused a valid file: {layers}")
+    elif case.expect == "ok" and case.scan_shape is None:
+        pytest.fail("napari offers no reader for a valid file")
+
+    # command line
+    info = ["info", path] + (
+        ["--scan-shape", "x".join(map(str, case.scan_shape))] if case.scan_shape else []
+    )
+    code, err = _check_cli(capsys, info)
+    if case.expect == "ok":
+        assert code == 0, err
+    if name in SEGMENTED and case.kind != "results":
+        out = tmp_path / "out" / "seg.h5"
+        out.parent.mkdir()
+        argv = ["segment", path, "-o", str(out), "-q", "--min-cluster-size", "1"]
+        if case.scan_shape:
+            argv += ["--scan-shape", ",".join(map(str, case.scan_shape))]
+        code, err = _check_cli(capsys, argv)
+        left = sorted(p.name for p in out.parent.iterdir())
+        if code == 0:
+            assert left == ["seg.h5"]
+            read_results(out)
+        else:
+            assert left == [], f"partial output left behind: {left}"
+        if case.expect == "ok":
+            assert code == 0, f"a valid file was not segmented: {name}: {err}"
+
+    assert _snapshot(_DIR) == before, "an input file was modified"
+
+
+def test_corpus_is_large_and_seeded(tmp_path):
+    assert len(CASES) >= 150
+    kinds = {c.kind for c in CASES.values()}
+    assert kinds == {"emd", "hdf5", "arina", "merlin", "npy", "results"}
+    again = build_corpus(tmp_path, SEED)
+    assert [c.name for c in again] == list(CASES)
+    for c in again:
+        ref = CASES[c.name]
+        # HDF5 files hold absolute link paths, timestamps and UUIDs: compare the others
+        if c.path.suffix in (".npy", ".mib") and c.path.is_file():
+            assert c.path.read_bytes() == ref.path.read_bytes(), c.name
+
+
+@pytest.mark.parametrize("name", ["fifo-scan.h5", "arina-fifolink", "merlin-hdrzero"])
+def test_command_line_process_never_hangs_or_tracebacks(name, tmp_path):
+    case = CASES[name]
+    out = tmp_path / "seg.h5"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for argv in (["info", str(case.path)], ["segment", str(case.path), "-o", str(out), "-q"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "napari_stemcluster", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if case.expect == "error":
+            assert proc.returncode == 1, proc.stderr
+            assert proc.stderr.startswith("stemcluster: error:"), proc.stderr
+        else:
+            assert proc.returncode == 0, proc.stderr
+    assert not out.exists() or case.expect == "ok"
