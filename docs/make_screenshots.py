@@ -97,7 +97,7 @@ def workflow_4d(out: Path) -> None:
     # 3. clustering, with the threshold guidance
     wf.show_stage("3. Clustering")
     sim.similarity_layer.visible = False
-    clu._threshold.value, clu._min_size.value = 0.85, 5
+    clu._min_size.value = 5  # the threshold: automatic (the default)
     clu.run()
     clu.runner.wait(120)
     labels = clu.labels_layer
@@ -191,8 +191,7 @@ def workflow_5d(out: Path) -> None:
     sim.similarity_layer.visible = False
     sim.mask_layer.visible = False
     wf.show_stage("3. Clustering")
-    clu._threshold.value = 0.85
-    clu.run()
+    clu.run()  # the automatic threshold of every time step
     clu.runner.wait(120)
     labels = clu.labels_layer
     labels.opacity = 0.55

@@ -184,12 +184,14 @@ def test_widgets_give_the_same_labels_and_similarity(make_napari_viewer, qtbot, 
     s._inner.value, s._outer.value, s._sigma.value = 2.0, 10.0, 1.0
     s.run()
     wait(s)
+    s._method.value = kw["real_mask"]
     c = ClusteringWidget(viewer)
     c._sim_combo.value, c._mask_combo.value = s.similarity_layer, s.mask_layer
+    c._mode.value, c._linkage.value = "manual", "pair"
     c._threshold.value, c._min_size.value = 0.85, 3
     c.run()
     wait(c)
-    ref = segment(sample.cube, **kw)
+    ref = segment(sample.cube, **kw, linkage="pair")
     np.testing.assert_array_equal(stem_meta(s.similarity_layer)["similarity"], ref.similarity)
     np.testing.assert_array_equal(s.mask_layer.data > 0, ref.real_mask)
     np.testing.assert_array_equal(c.labels_layer.data, ref.labels)
@@ -197,6 +199,94 @@ def test_widgets_give_the_same_labels_and_similarity(make_napari_viewer, qtbot, 
     # the exported parameters reproduce the widgets' result from the command line's path
     again = segment_chunked(sample.cube, chunks=(7, 6), **segment_kwargs(c.params()))
     np.testing.assert_array_equal(again.labels, ref.labels)
+
+
+@pytest.mark.gui
+@pytest.mark.usefixtures("widget_settings")
+@pytest.mark.parametrize("n_times", [None, 2])
+def test_widget_defaults_give_core_defaults(make_napari_viewer, qtbot, n_times):
+    """auto threshold, mean linkage, dark-field mask: widgets == segment, bit for bit."""
+    from napari_stemcluster._sample_data import sample_to_layers
+    from napari_stemcluster.core.threshold import auto_threshold
+    from napari_stemcluster.widgets import ClusteringWidget, SimilarityWidget
+
+    def wait(w):
+        qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+        assert w.runner.last_error is None
+
+    sample = make_polycrystal((20, 23), (16, 16), n_particles=3, n_times=n_times, seed=2)
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in sample_to_layers(sample, "demo"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    s = SimilarityWidget(viewer)
+    s._layer_combo.value = viewer.layers["demo ADF"]
+    s._inner.value, s._outer.value, s._sigma.value = 2.0, 10.0, 1.0
+    s.run()
+    wait(s)
+    c = ClusteringWidget(viewer)
+    c._sim_combo.value, c._mask_combo.value = s.similarity_layer, s.mask_layer
+    assert (c._mode.value, c._linkage.value) == ("auto", "mean")
+    c._min_size.value = 3
+    c.update_preview()
+    c.run()
+    wait(c)
+    ref = segment(sample.cube, q_mask=(2.0, 10.0), sigma=1.0, min_cluster_size=3)
+    assert ref.params["threshold"] == "auto" and ref.params["linkage"] == "mean"
+    np.testing.assert_array_equal(s.mask_layer.data > 0, ref.real_mask)
+    np.testing.assert_array_equal(c.labels_layer.data, ref.labels)
+    assert int(ref.labels.max()) >= 1
+    # the automatic thresholds shown are core's, per time step
+    sim = ref.similarity if n_times else ref.similarity[None]
+    masks = ref.real_mask if n_times else ref.real_mask[None]
+    want = [auto_threshold(sm, m) for sm, m in zip(sim, masks, strict=True)]
+    assert c.auto_thresholds == want
+    diags = ref.diagnostics if n_times else [ref.diagnostics]
+    assert [d.threshold for d in c.diagnostics] == want == [d.threshold for d in diags]
+    assert f"{want[0]:.2f}" in c._auto.value
+    assert c.guidance.auto == want[0]
+    assert "threshold" in c._status.value and "(auto)" in c._status.value
+    assert "clustered" in c._status.value
+    params = c.params()
+    assert params["threshold"] == "auto" and params["linkage"] == "mean"
+    assert params["real_mask"] == "dark_field"
+    again = segment_chunked(sample.cube, chunks=(7, 6), **segment_kwargs(params))
+    np.testing.assert_array_equal(again.labels, ref.labels)
+    # the button takes the automatic value of the step on screen as the slider's
+    c._use_auto.changed.emit(True)
+    assert c._mode.value == "manual" and c._threshold.value == pytest.approx(want[0])
+    assert c._threshold.enabled
+    assert c.params()["threshold"] == pytest.approx(want[0])
+
+
+@pytest.mark.gui
+@pytest.mark.usefixtures("widget_settings")
+def test_widget_explains_zero_clusters(make_napari_viewer, qtbot):
+    from napari_stemcluster._sample_data import sample_to_layers
+    from napari_stemcluster.widgets import ClusteringWidget, SimilarityWidget
+
+    def wait(w):
+        qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+        assert w.runner.last_error is None
+
+    sample = make_polycrystal((16, 16), (16, 16), n_particles=2, seed=3)
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in sample_to_layers(sample, "demo"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    s = SimilarityWidget(viewer)
+    s._layer_combo.value = viewer.layers["demo ADF"]
+    s.run()
+    wait(s)
+    c = ClusteringWidget(viewer)
+    c._sim_combo.value, c._mask_combo.value = s.similarity_layer, s.mask_layer
+    c._mode.value = "manual"
+    c._threshold.value = 1.0
+    c._min_size.value = 10_000
+    c.run()
+    wait(c)
+    assert int(c.labels_layer.data.max()) == 0
+    text = c._status.value
+    assert "0 clusters" in text and "No clusters:" in text
+    assert c.diagnostics[0].reason and c.diagnostics[0].suggestion in text
 
 
 # ---------------------------------------------------------------------------

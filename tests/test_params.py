@@ -207,15 +207,14 @@ def test_widget_defaults_come_from_the_model(make_napari_viewer, widget_settings
     assert pre._radius.max == model.BY_NAME["prefilter_radius"].high
     sim = SimilarityWidget(viewer)
     assert sim._sigma.value == model.DEFAULTS["sigma"]
-    # The widgets cannot yet show the dark-field mask nor an automatic
-    # threshold: they start at the paper's triangle mask and 0.9.
-    assert model.DEFAULTS["real_mask"] == "dark_field" and model.DEFAULTS["threshold"] == "auto"
     assert sim.mask_params() == {
-        "real_mask": "triangle",
-        **{k: model.DEFAULTS[k] for k in ("mask_min_size", "mask_hole_size")},
+        k: model.DEFAULTS[k] for k in ("real_mask", "mask_min_size", "mask_hole_size")
     }
+    assert set(model.BY_NAME["real_mask"].choices) <= set(sim._method.choices)
     clus = ClusteringWidget(viewer)
-    assert clus._threshold.value == 0.9
+    assert clus.params()["threshold"] == model.DEFAULTS["threshold"]
+    assert clus._linkage.value == model.DEFAULTS["linkage"]
+    assert tuple(clus._linkage.choices) == model.BY_NAME["linkage"].choices
     assert clus._min_size.value == model.DEFAULTS["min_cluster_size"]
     assert clus._average.value == model.DEFAULTS["average"]
 

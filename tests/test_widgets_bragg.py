@@ -36,6 +36,7 @@ def _clustered(make_napari_viewer, qtbot, scan, show=False):
     sim.run()
     qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
     clu = ClusteringWidget(viewer)
+    clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
     clu._threshold.value, clu._min_size.value = 0.9, 5
     clu.run()
     qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)

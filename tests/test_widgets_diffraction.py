@@ -36,6 +36,7 @@ def _workflow(make_napari_viewer, qtbot, sample, show=False):
     sim.run()
     qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
     clu = ClusteringWidget(viewer)
+    clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
     clu._threshold.value, clu._min_size.value = 0.8, 3
     clu.run()
     qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
@@ -157,6 +158,7 @@ def test_cluster_average_peaks_and_marker(make_napari_viewer, qtbot, scan4d):
     layer.selected_label = label
     np.testing.assert_allclose(dif.average, want, rtol=1e-5)
     # clustering again into the same layer: the viewer follows the new clusters
+    clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
     clu._threshold.value = 0.95
     clu.run()
     qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)

@@ -19,6 +19,8 @@ from napari_stemcluster.core import (
     neighbor_similarity,
     real_space_mask,
 )
+from napari_stemcluster.core.masking import dark_field_image
+from napari_stemcluster.core.params import DEFAULTS
 from napari_stemcluster.core.prefilter import correlative_prefilter
 from napari_stemcluster.widgets import ClusteringWidget, PrefilterWidget, SimilarityWidget
 from napari_stemcluster.widgets._common import stem_meta
@@ -108,6 +110,15 @@ def test_similarity_layers_and_mask_methods(make_napari_viewer, qtbot, scan4d):
     want_ms = mean_similarity(want_sim)
     np.testing.assert_allclose(sim_layer.data, want_ms, rtol=1e-6)
     assert meta["params"] == {"q_mask": [2.0, 14.0], "sigma": 1.0, "prefilter": None}
+    # the default, as in core: the dark-field image of the same pass, thresholded
+    assert w._method.value == "dark_field" == DEFAULTS["real_mask"]
+    signal = dark_field_image(scan4d.cube)
+    np.testing.assert_array_equal(meta["signal"], signal)
+    np.testing.assert_array_equal(
+        mask_layer.data, real_space_mask(want_ms, "dark_field", signal=signal)
+    )
+    assert stem_meta(mask_layer)["real_mask"] == "dark_field"
+    w._method.value = "triangle"
     np.testing.assert_array_equal(mask_layer.data, real_space_mask(want_ms, "triangle"))
     assert 0 < mask_layer.data.sum() < mask_layer.data.size
     w._method.value = "otsu"
@@ -134,6 +145,7 @@ def test_mask_of_prefiltered_data_thresholds_the_raw_map(make_napari_viewer, qtb
     pre.run()
     _wait(qtbot, pre)
     w = _similarity(qtbot, viewer, pre.last_layer, inner=2.0, outer=14.0)
+    w._method.value = "triangle"
     filtered = stem_meta(pre.last_layer)["cube"]
     ms_pre = mean_similarity(neighbor_similarity(filtered, (2.0, 14.0)))
     ms_raw = mean_similarity(neighbor_similarity(scan4d.cube, (2.0, 14.0)))
@@ -143,8 +155,14 @@ def test_mask_of_prefiltered_data_thresholds_the_raw_map(make_napari_viewer, qtb
     np.testing.assert_array_equal(w.mask_layer.data, real_space_mask(ms_raw, "otsu"))
 
 
+def _paper_rules(w):
+    """The paper's rules: a fixed threshold and the pair linkage."""
+    w._mode.value, w._linkage.value = "manual", "pair"
+
+
 def _cluster(qtbot, viewer, sim_widget, threshold=0.8, min_size=3):
     w = ClusteringWidget(viewer)
+    _paper_rules(w)
     w.reset_choices()
     w._sim_combo.value = sim_widget.similarity_layer
     w._mask_combo.value = sim_widget.mask_layer
@@ -158,7 +176,9 @@ def _cluster(qtbot, viewer, sim_widget, threshold=0.8, min_size=3):
 def test_clustering_preview_labels_features_and_averages(make_napari_viewer, qtbot, scan4d):
     viewer, data = _viewer_with(make_napari_viewer, scan4d)
     s = _similarity(qtbot, viewer, data)
+    s._method.value = "triangle"
     w = ClusteringWidget(viewer)
+    _paper_rules(w)
     assert w._sim_combo.value is s.similarity_layer
     assert w._mask_combo.value is s.mask_layer  # picked automatically
     sim = stem_meta(s.similarity_layer)["similarity"]
@@ -269,6 +289,8 @@ def test_export_parameters_as_cli_config(make_napari_viewer, qtbot, scan4d, tmp_
     s._hole_size.value = 4
     w = ClusteringWidget(viewer)
     w._sim_combo.value, w._mask_combo.value = s.similarity_layer, s.mask_layer
+    assert w.params()["threshold"] == "auto" and w.params()["linkage"] == "mean"
+    _paper_rules(w)
     w._threshold.value, w._min_size.value, w._average.value = 0.85, 7, "prefiltered"
     path = tmp_path / "params.toml"
     w.ask_path = lambda parent: str(path)
@@ -280,7 +302,7 @@ def test_export_parameters_as_cli_config(make_napari_viewer, qtbot, scan4d, tmp_
     assert got["prefilter"] is True and got["prefilter_radius"] == 1
     assert got["corr_range"] == [0.6, 0.9]
     assert got["real_mask"] == "otsu" and got["mask_hole_size"] == 4
-    assert got["average"] == "prefiltered"
+    assert got["average"] == "prefiltered" and got["linkage"] == "pair"
 
 
 class _SlowCube:

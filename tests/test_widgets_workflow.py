@@ -33,6 +33,7 @@ def _dock(make_napari_viewer, qtbot, sample, cluster=True):
         sim.run()
         qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
         clu = dock.stage("3. Clustering")
+        clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
         clu._threshold.value, clu._min_size.value = 0.8, 3
         clu.run()
         qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
@@ -116,6 +117,7 @@ def test_threshold_guidance_follows_the_slider(make_napari_viewer, qtbot, scan4d
     ms = np.asarray(layer.data)
     mask = np.asarray(clu._mask_combo.value.data) > 0
     for thr, min_size in [(0.8, 3), (0.95, 5), (0.6, 1)]:
+        clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
         clu._threshold.value, clu._min_size.value = thr, min_size
         clu.update_preview()
         want, _ = grow_regions(sim, thr, mean_similarity=ms, mask=mask, min_cluster_size=min_size)
@@ -130,6 +132,7 @@ def test_threshold_guidance_follows_the_slider(make_napari_viewer, qtbot, scan4d
     counts, _ = clu.guidance._hist
     assert counts.sum() == np.isfinite(sim[mask]).sum()
     # a click on a point selects its cluster; hovering a cluster rings its point
+    clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
     clu._threshold.value, clu._min_size.value = 0.8, 3
     clu.update_preview()
     labels = clu.labels_layer
@@ -158,6 +161,7 @@ def test_results_reopen_with_their_source(make_napari_viewer, qtbot, scan4d, tmp
     sim.run()
     qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
     clu = dock.stage("3. Clustering")
+    clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
     clu._threshold.value, clu._min_size.value = 0.8, 3
     clu.run()
     qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
@@ -262,6 +266,7 @@ def test_results_tab_saves_exports_and_finds_a_moved_file(
     sim.run()
     qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
     clu = dock.stage("3. Clustering")
+    clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
     clu._threshold.value, clu._min_size.value = 0.8, 3
     clu.run()
     qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
@@ -405,6 +410,7 @@ def test_jobs_leave_the_event_loop_free(make_napari_viewer, qtbot, tmp_path, mon
     sim, clu = dock.stage("2. Similarity"), dock.stage("3. Clustering")
     measure("similarity", sim.run, _mark_calls(sim.runner, "_on_outcome"))
     qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
+    clu._mode.value, clu._linkage.value = "manual", "pair"  # the paper's rules
     clu._threshold.value = 0.85
     clu.update_preview()  # the slider's live preview is not the job
     qtbot.wait(300)

@@ -214,6 +214,7 @@ def similarity_chunked(
     prefilter: bool | dict = _D["prefilter"],
     *,
     raw_map: bool = False,
+    extras: dict | None = None,
     executor: Executor | None = None,
     memory_limit=None,
     chunks: tuple[int, int] | None = None,
@@ -255,11 +256,13 @@ def similarity_chunked(
     det = tuple(int(s) for s in data.shape[-2:])
     qmask = _check_stage_options(pre, q_mask, params["sigma"], det)
     steps = list(range(data.shape[0])) if ndim == 5 else [None]
+    want = dict(extras or {})
+    beam = dark_field_beam(data, steps, [IMAGE_METHODS[0]]) if want.get("signal") else None
     parts = _execute(
         data,
         source_chunks,
         steps,
-        spec=make_spec(pre, qmask, params["sigma"]),
+        spec=make_spec(pre, qmask, params["sigma"], features=bool(want.get("features")), beam=beam),
         grow=None,
         masks=[None] * len(steps),
         raw_maps=[bool(pre) and raw_map] * len(steps),
@@ -272,6 +275,9 @@ def similarity_chunked(
     )
     sim = np.stack([p[0] for p in parts])
     raw = None if parts[0][1] is None else np.stack([p[1] for p in parts])
+    if extras is not None:
+        for key in [k for k in ("signal", "features") if want.get(k)]:
+            extras[key] = np.stack([p[2][key] for p in parts])
     return sim, raw
 
 
@@ -339,7 +345,7 @@ def _execute(
                 **spec,
                 "numba_threads": _numba_threads(executor, plan),
                 # read only once the arguments and the plan are known good
-                "beam": dark_field_beam(data, steps, masks) if grow is not None else None,
+                "beam": dark_field_beam(data, steps, masks) if grow is not None else spec["beam"],
             },
             grow=grow,
             masks=masks,
@@ -580,7 +586,7 @@ class _Run:
         if st.sim_left:
             return
         if self.grow is None:  # the similarity pass alone
-            st.result = (st.sim, st.mask_map)
+            st.result = (st.sim, st.mask_map, st.extras)
             return
         # All blocks of the step are back: grow its regions here (small).
         t0 = time.perf_counter()

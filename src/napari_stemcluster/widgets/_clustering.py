@@ -31,15 +31,29 @@ if TYPE_CHECKING:
     import napari
 
 
-def _steps(sim, ms, mask, cube) -> list[tuple]:
-    """Per time step: similarity, mean similarity, mask, cube and the step to read.
+def _steps(sim, ms, mask, cube, features=None) -> list[tuple]:
+    """Per time step: similarity, mean similarity, mask, cube, step to read, features.
 
     The layers have a time axis only for 5D data; the passes always work on
     one step at a time.
     """
     if ms.ndim == 2:
-        return [(sim, ms, mask, cube, None)]
-    return [(sim[t], ms[t], None if mask is None else mask[t], cube, t) for t in range(ms.shape[0])]
+        return [(sim, ms, mask, cube, None, features)]
+    return [
+        (
+            sim[t],
+            ms[t],
+            None if mask is None else mask[t],
+            cube,
+            t,
+            None if features is None else features[t],
+        )
+        for t in range(ms.shape[0])
+    ]
+
+
+#: Choices of the threshold mode: the automatic value or the slider's.
+THRESHOLD_MODES = ("auto", "manual")
 
 
 #: Delay (ms) after the last threshold change before the preview recounts.
@@ -83,9 +97,24 @@ class ClusteringWidget(Container):
             annotation="napari.layers.Labels",
             options={"choices": layer_choices(viewer, is_mask_layer, none="(none)")},
         )
+        self._mode = create_widget(
+            "auto" if DEFAULTS["threshold"] == "auto" else "manual",
+            label="Threshold mode",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": list(THRESHOLD_MODES)},
+        )
+        self._mode.tooltip = (
+            "auto: chosen from the data for every time step (core.auto_threshold); "
+            "manual: the slider's value"
+        )
+        self._auto = create_widget("", label="Auto threshold", annotation=str, widget_type="Label")
+        self._use_auto = create_widget(label="", annotation=None, widget_type="PushButton")
+        self._use_auto.text = "Use as slider value"
         self._threshold = create_widget(
-            # the slider needs a number; "auto" is not offered here yet
-            _number_or(DEFAULTS["threshold"], 0.9),
+            # the slider needs a number: with an automatic default it starts
+            # at the paper's value until "Use as slider value"
+            _number_or(DEFAULTS["threshold"], PAPER_THRESHOLD),
             label="Threshold",
             annotation=float,
             widget_type="FloatSlider",
@@ -98,6 +127,14 @@ class ClusteringWidget(Container):
             widget_type="SpinBox",
             options={"min": 0, "max": 1_000_000},
         )
+        self._linkage = create_widget(
+            DEFAULTS["linkage"],
+            label="Linkage",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": list(BY_NAME["linkage"].choices)},
+        )
+        self._linkage.tooltip = BY_NAME["linkage"].help
         self._average = create_widget(
             DEFAULTS["average"],
             label="Average from",
@@ -122,8 +159,12 @@ class ClusteringWidget(Container):
             [
                 self._sim_combo,
                 self._mask_combo,
+                self._mode,
+                self._auto,
+                self._use_auto,
                 self._threshold,
                 self._min_size,
+                self._linkage,
                 self._average,
                 self._preview,
                 self._run,
@@ -135,7 +176,7 @@ class ClusteringWidget(Container):
         #: Threshold guidance: similarity histogram and per-cluster scatter.
         self.guidance = ThresholdPlot()
         self.guidance.on_pick = self.select_cluster
-        self.native.layout().insertWidget(6, self.guidance.canvas)
+        self.native.layout().insertWidget(10, self.guidance.canvas)
         self.stats = None
         self._hist_key = None
         self.runner = JobRunner(on_busy=self._on_busy)
@@ -147,6 +188,11 @@ class ClusteringWidget(Container):
         self.labels_layer = None
         self.seeds_layer = None
         self.preview_count: int | None = None
+        #: Automatic threshold of every time step of the similarity layer.
+        self.auto_thresholds: list[float] = []
+        self._auto_key = None
+        #: Diagnostics of every time step of the last run.
+        self.diagnostics: list = []
         self.sums_budget = DEFAULT_SUMS_BUDGET
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
@@ -155,8 +201,17 @@ class ClusteringWidget(Container):
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.runner.cancel)
         self._export.changed.connect(self._on_export)
-        for w in (self._threshold, self._min_size, self._sim_combo, self._mask_combo):
+        for w in (
+            self._threshold,
+            self._min_size,
+            self._sim_combo,
+            self._mask_combo,
+            self._mode,
+            self._linkage,
+        ):
             w.changed.connect(self._schedule_preview)
+        self._mode.changed.connect(self._on_mode)
+        self._use_auto.changed.connect(self.use_auto_threshold)
         self._sim_combo.changed.connect(self._on_layer)
         connect_while_alive(
             self.native,
@@ -171,13 +226,58 @@ class ClusteringWidget(Container):
             "clustering",
             {
                 "threshold": self._threshold,
+                "mode": self._mode,
+                "linkage": self._linkage,
                 "min_size": self._min_size,
                 "average": self._average,
             },
         )
         self._on_layer()
+        self._on_mode()
 
     # ------------------------------------------------------------------ ui
+    def _on_mode(self, *_):
+        self._threshold.enabled = self._mode.value == "manual"
+
+    def _auto_for(self, sim, mask, t):
+        """The automatic thresholds of every step (cached), and the one of step ``t``."""
+        from ..core.threshold import auto_threshold
+
+        layer = self._sim_combo.value
+        full_sim, ms, full_mask = self._inputs()
+        key = (id(layer), id(full_sim), _mask_key(full_mask))
+        if key != self._auto_key:
+            steps = _steps(full_sim, ms, full_mask, None)
+            self.auto_thresholds = [auto_threshold(s[0], s[2]) for s in steps]
+            self._auto_key = key
+        values = self.auto_thresholds
+        if len(values) == 1:
+            self._auto.value = f"{values[0]:.2f}"
+        else:
+            shown = ", ".join(f"{v:.2f}" for v in values[:12])
+            more = "…" if len(values) > 12 else ""
+            self._auto.value = f"t={t}: {values[t or 0]:.2f} (per step: {shown}{more})"
+        return values[t or 0]
+
+    def use_auto_threshold(self, *_):
+        """Take the automatic threshold of the step on screen as the manual value."""
+        layer = self._sim_combo.value
+        if layer is None:
+            return
+        t = layer_step(self._viewer, layer)
+        sim, _, mask = self._inputs(t)
+        value = self._auto_for(sim, mask, t)
+        self._mode.value = "manual"
+        self._threshold.value = value
+
+    def _features(self, t=None):
+        """Binned patterns of the similarity pass (None when not computed)."""
+        layer = self._sim_combo.value
+        feats = stem_meta(layer).get("features") if layer is not None else None
+        if feats is None or t is None or np.ndim(layer.data) == 2:
+            return feats
+        return feats[t]
+
     def _on_layer(self, *_):
         layer = self._sim_combo.value
         self._run.enabled = layer is not None and not self.runner.running
@@ -224,13 +324,32 @@ class ClusteringWidget(Container):
             self._preview.value = ""
             self.preview_count = None
             return
+        from ..core.clustering import link_threshold
+
         t = layer_step(self._viewer, layer)
         sim, ms, mask = self._inputs(t)
-        threshold, min_size = float(self._threshold.value), int(self._min_size.value)
+        auto = self._auto_for(sim, mask, t)
+        threshold = auto if self._mode.value == "auto" else float(self._threshold.value)
+        min_size = int(self._min_size.value)
+        linkage = self._linkage.value
+        features = self._features(t)
+        if linkage == "mean" and features is None:
+            self._preview.value = "linkage 'mean': compute the similarity again"
+            self.preview_count = None
+            return
         t0 = time.perf_counter()
         # every cluster, so that the ones the size filter drops can be counted;
         # the kept ones are exactly those of a run with the size filter
-        labels, _ = grow_regions(sim, threshold, mean_similarity=ms, mask=mask)
+        # (the growth rule of core.clustering.cluster_scan)
+        labels, _ = grow_regions(
+            sim,
+            threshold,
+            mean_similarity=ms,
+            mask=np.ones(ms.shape, bool) if mask is None else mask,
+            linkage=linkage,
+            features=features,
+            link_threshold=link_threshold(threshold),
+        )
         ms_taken = 1000 * (time.perf_counter() - t0)
         self.stats = stats = threshold_stats(labels, ms, mask, threshold, min_size)
         self.preview_count = stats.n_kept
@@ -244,7 +363,7 @@ class ClusteringWidget(Container):
         if key != self._hist_key:
             self.guidance.set_histogram(masked_similarities(sim, mask))
             self._hist_key = key
-        self.guidance.set_threshold(stats.threshold)
+        self.guidance.set_threshold(stats.threshold, self._auto_for(sim, mask, t))
         self.guidance.set_clusters(stats, self._label_colors(len(stats.sizes)))
 
     def _label_colors(self, n: int) -> np.ndarray:
@@ -284,8 +403,9 @@ class ClusteringWidget(Container):
         meta = stem_meta(layer) if layer is not None else {}
         sp = dict(meta.get("params") or {})
         p = {
-            "threshold": float(self._threshold.value),
+            "threshold": "auto" if self._mode.value == "auto" else float(self._threshold.value),
             "min_cluster_size": int(self._min_size.value),
+            "linkage": self._linkage.value,
             "q_mask": sp.get("q_mask"),
             "sigma": float(sp.get("sigma") or 0.0),
             "average": self._average.value,
@@ -336,8 +456,16 @@ class ClusteringWidget(Container):
         self._save()
         meta = stem_meta(layer)
         sim, ms, mask = self._inputs()
+        features = self._features()
+        linkage = self._linkage.value
+        if linkage == "mean" and features is None:
+            show_error(
+                "Clustering: linkage 'mean' needs the binned patterns of the similarity "
+                "pass; compute the similarity again (Similarity & mask widget)"
+            )
+            return None
         cube = meta["raw_cube"] if self._average.value == "raw" else meta["cube"]
-        threshold = float(self._threshold.value)
+        threshold = "auto" if self._mode.value == "auto" else float(self._threshold.value)
         min_size = int(self._min_size.value)
         params = self.params()
         t_now = layer_step(self._viewer, layer)
@@ -355,20 +483,24 @@ class ClusteringWidget(Container):
                 "min_cluster_size": min_size,
                 "mask_min_size": 0,
                 "mask_hole_size": 0,
+                "linkage": linkage,
             }
-            steps = _steps(sim, ms, mask, cube)
+            steps = _steps(sim, ms, mask, cube, features if linkage == "mean" else None)
             n_steps = len(steps)
             results, cached = [None] * n_steps, {}
             order = [t_now] + [t for t in range(n_steps) if t != t_now]
             kept = 0
             for i, t in enumerate(order):
-                s, m, k, c, t_read = steps[t]
-                lab, _, _, table = grow_step(s, None, k, grow)
+                s, m, k, c, t_read, f = steps[t]
+                # no mask layer: every position (as real_mask="none")
+                k = np.ones(m.shape, bool) if k is None else k
+                extras = {} if f is None else {"features": f}
+                lab, _, _, table = grow_step(s, None, k, grow, extras)
                 n = len(table)
                 sums = step_sums(
                     c, t_read, lab, n, spec, progress=step_progress(progress, i, n_steps)
                 )
-                results[t] = finish_step(lab, m, k, s, table, sums)
+                results[t] = finish_step(lab, m, k, s, table, sums, extras["diagnostics"])
                 counts = np.bincount(lab.ravel(), minlength=n + 1)[1 : n + 1].astype(np.int64)
                 size = sums.nbytes + counts.nbytes + lab.nbytes
                 if i == 0 or kept + size <= budget:
@@ -445,8 +577,24 @@ class ClusteringWidget(Container):
         self._viewer.layers.selection.active = layer
         n = [len(tb) for tb in tables]
         counts = f"{n[0]} clusters" if len(n) == 1 else f"{min(n)}–{max(n)} clusters per time step"
-        self._status.value = f"done: {counts} in '{layer.name}'"
+        self.diagnostics = [step.diagnostics for step in steps]
+        self._status.value = f"done: {counts} in '{layer.name}'\n" + self.diagnostics_text()
         self.update_preview()  # the scatter's colours follow the new layer
+
+    def diagnostics_text(self, t: int | None = None) -> str:
+        """Core's diagnostics summary of the last run (of step ``t`` of a series)."""
+        diags = self.diagnostics
+        if not diags or diags[0] is None:
+            return ""
+        if len(diags) == 1:
+            return _wrap(diags[0].summary())
+        if t is None:
+            layer = self._sim_combo.value
+            t = layer_step(self._viewer, layer) if layer is not None else 0
+        t = min(int(t or 0), len(diags) - 1)
+        per_step = ", ".join(f"{d.threshold:.2f}" for d in diags[:12])
+        more = "…" if len(diags) > 12 else ""
+        return _wrap(f"t={t}: {diags[t].summary()}; thresholds per step: {per_step}{more}")
 
     # -------------------------------------------------------------- export
     def _on_export(self, *_):
@@ -483,6 +631,15 @@ def _mask_key(mask):
     if mask is None:
         return None
     return (mask.shape, int(np.count_nonzero(mask)), hash(np.packbits(mask).tobytes()))
+
+
+#: The paper's fixed threshold: where the slider starts when the default is "auto".
+PAPER_THRESHOLD = 0.9
+
+
+def _wrap(text: str) -> str:
+    """One clause a line, so the dock stays narrow."""
+    return text.replace("; ", "\n").replace(". ", ".\n")
 
 
 def _number_or(value, fallback: float) -> float:

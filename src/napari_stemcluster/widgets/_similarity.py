@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
-from ..core.params import DEFAULTS
+from ..core.params import BY_NAME, DEFAULTS
 from ._common import (
     JobRunner,
     connect_while_alive,
@@ -24,7 +24,8 @@ from ._common import (
 if TYPE_CHECKING:
     import napari
 
-MASK_METHODS = ("triangle", "otsu", "manual", "none")
+#: The mask methods of the parameter model, plus a manual value set with the slider.
+MASK_METHODS = (*BY_NAME["real_mask"].choices, "manual")
 
 
 def _prefilter_options(recorded) -> dict | None:
@@ -50,8 +51,12 @@ class SimilarityWidget(Container):
     Outputs a "mean similarity" Image layer (which keeps the full neighbour
     similarity in its metadata for the clustering widget) and a "real-space
     mask" Labels layer (1 = may join a cluster) that can be painted. The
-    mask follows the method controls (triangle, Otsu, or a manual value set
-    with the slider) until it is computed again.
+    mask follows the method controls (the dark-field image thresholded
+    automatically, triangle or Otsu on the mean similarity, or a manual value
+    set with the slider) until it is computed again. The same pass also keeps
+    the dark-field image and the binned patterns the Clustering widget's
+    ``linkage="mean"`` needs, as :func:`~napari_stemcluster.core.segment`
+    computes them.
 
     The diffraction-space mask is an annulus given by its radii here, or
     drawn by editing the circles of the "q-mask" layer in the diffraction
@@ -108,8 +113,7 @@ class SimilarityWidget(Container):
         self._cancel.text = "Cancel"
         self._cancel.enabled = False
         self._method = create_widget(
-            # the widget thresholds the mean-similarity map (no dark-field image yet)
-            DEFAULTS["real_mask"] if DEFAULTS["real_mask"] in MASK_METHODS else "triangle",
+            DEFAULTS["real_mask"],
             label="Mask method",
             annotation=str,
             widget_type="ComboBox",
@@ -323,6 +327,11 @@ class SimilarityWidget(Container):
             from ._execution import widget_executor
 
             n = 1 if raw is None else 2
+            # The dark-field image (of the raw patterns) and the binned patterns
+            # (of the compared ones) come from the same pass, as in segment().
+            extras, raw_extras = {"features": True}, {"signal": True}
+            if raw is None or pre:
+                extras["signal"] = True
             # Blocks of whole rows of about the kernels' block size: progress
             # (and Cancel) every few tens of MB.
             rows = _similarity.block_rows(cube.shape[-4:], max(cube.dtype.itemsize, 4))
@@ -338,6 +347,7 @@ class SimilarityWidget(Container):
                         sigma,
                         prefilter=pre,
                         raw_map=True,
+                        extras=extras,
                         executor=ex,
                         memory_limit=limit,
                         chunks=chunks,
@@ -347,11 +357,13 @@ class SimilarityWidget(Container):
                         _layer_shape(sim, cube),
                         _layer_shape(mean_similarity(sim), cube),
                         _layer_shape(raw_ms, cube),
+                        {k: _layer_shape(v, cube) for k, v in extras.items()},
                     )
                 sim, _ = similarity_chunked(
                     cube,
                     q_mask,
                     sigma,
+                    extras=extras,
                     executor=ex,
                     memory_limit=limit,
                     chunks=chunks,
@@ -363,13 +375,21 @@ class SimilarityWidget(Container):
                         raw,
                         q_mask,
                         sigma,
+                        extras=raw_extras,
                         executor=ex,
                         memory_limit=limit,
                         chunks=chunks,
                         progress=step_progress(progress, 1, n),
                     )
                     mask_map = _layer_shape(mean_similarity(raw_sim), cube)
-            return _layer_shape(sim, cube), _layer_shape(mean_similarity(sim), cube), mask_map
+                    extras["signal"] = raw_extras["signal"]
+            extras = {k: _layer_shape(v, cube) for k, v in extras.items()}
+            return (
+                _layer_shape(sim, cube),
+                _layer_shape(mean_similarity(sim), cube),
+                mask_map,
+                extras,
+            )
 
         def done(value):
             self._add_layers(layer, meta, value, q_mask, sigma)
@@ -377,7 +397,7 @@ class SimilarityWidget(Container):
         return self.runner.start(work, description="Similarity", on_returned=done)
 
     def _add_layers(self, src, meta, value, q_mask, sigma):
-        sim, ms, mask_map = value
+        sim, ms, mask_map, extras = value
         params = {
             "q_mask": None if q_mask is None else [float(v) for v in q_mask],
             "sigma": sigma,
@@ -394,6 +414,10 @@ class SimilarityWidget(Container):
             "data_layer": src.name,
             # the raw cube's mean similarity, thresholded by the mask (prefiltered data)
             "mask_map": mask_map,
+            # the dark-field image the "dark_field" mask thresholds (raw patterns)
+            "signal": extras.get("signal"),
+            # binned patterns for the clustering's linkage="mean"
+            "features": extras.get("features"),
         }
         finite = ms[np.isfinite(ms)]
         limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -428,11 +452,11 @@ class SimilarityWidget(Container):
         # The manual slider's range follows the map.
         lo, hi = limits
         self._value.min, self._value.max = min(lo, -1.0), max(hi, 1.0)
-        self._make_mask_layer(src, ms if mask_map is None else mask_map, sk)
+        self._make_mask_layer(src, ms if mask_map is None else mask_map, sk, new_meta["signal"])
         self._status.value = f"done: '{layer.name}' and '{self.mask_layer.name}'"
 
-    def _make_mask_layer(self, src, ms, sk):
-        mask = self.compute_mask(ms)
+    def _make_mask_layer(self, src, ms, sk, signal=None):
+        mask = self.compute_mask(ms, signal)
         old = self.mask_layer
         meta = {"stemcluster": {"kind": "real_mask", **self.mask_params()}}
         if old is not None and old in self._viewer.layers and old.data.shape == mask.shape:
@@ -457,24 +481,34 @@ class SimilarityWidget(Container):
             "mask_hole_size": int(self._hole_size.value),
         }
 
-    def compute_mask(self, ms: np.ndarray) -> np.ndarray:
-        """Real-space mask (uint8, 1 = allowed) of a (T,) Rx, Ry mean-similarity map."""
+    def compute_mask(self, ms: np.ndarray, signal: np.ndarray | None = None) -> np.ndarray:
+        """Real-space mask (uint8, 1 = allowed) of a (T,) Rx, Ry mean-similarity map.
+
+        ``signal`` is the dark-field image of the same shape, thresholded
+        instead of the map for the ``"dark_field"`` method (core's rule).
+        """
         from ..core.masking import real_space_mask
 
         p = self.mask_params()
         method = None if p["real_mask"] == "none" else p["real_mask"]
         kw = {"min_size": p["mask_min_size"], "hole_size": p["mask_hole_size"]}
         if ms.ndim == 2:
-            return real_space_mask(ms, method, **kw).astype(np.uint8)
-        return np.stack([real_space_mask(m, method, **kw) for m in ms]).astype(np.uint8)
+            return real_space_mask(ms, method, signal=signal, **kw).astype(np.uint8)
+        sig = [None] * len(ms) if signal is None else signal
+        return np.stack(
+            [real_space_mask(m, method, signal=g, **kw) for m, g in zip(ms, sig, strict=True)]
+        ).astype(np.uint8)
 
     def update_mask(self, *_):
         """Recompute the mask layer from the current method (replaces painted edits)."""
         layer, mask_layer = self.similarity_layer, self.mask_layer
         if layer is None or mask_layer is None or mask_layer not in self._viewer.layers:
             return
-        mask_map = (stem_meta(layer) or {}).get("mask_map")
-        mask = self.compute_mask(np.asarray(layer.data if mask_map is None else mask_map))
+        meta = stem_meta(layer) or {}
+        mask_map = meta.get("mask_map")
+        mask = self.compute_mask(
+            np.asarray(layer.data if mask_map is None else mask_map), meta.get("signal")
+        )
         if mask.shape == mask_layer.data.shape:
             mask_layer.data = mask
             meta = {**(stem_meta(mask_layer) or {}), "kind": "real_mask", **self.mask_params()}

@@ -120,6 +120,9 @@ class ThresholdPlot:
         self._points = None
         self._ring = None
         self._line = None
+        self._auto_line = self._auto_text = None
+        #: The automatic threshold drawn on the histogram (None: not shown).
+        self.auto: float | None = None
         #: Called with a label when a point of the scatter is clicked.
         self.on_pick = None
         self.canvas.mpl_connect("pick_event", self._on_pick)
@@ -150,12 +153,29 @@ class ThresholdPlot:
             self._hist = (counts, edges)
         ax.set_xlabel("neighbour similarity (in mask)", color="white", fontsize=7, labelpad=1)
         ax.set_ylabel("pairs", color="white", fontsize=7, labelpad=1)
-        self._line = None
+        self._line = self._auto_line = self._auto_text = None
 
-    def set_threshold(self, threshold: float) -> None:
-        if self._line is not None:
-            self._line.remove()
+    def set_threshold(self, threshold: float, auto: float | None = None) -> None:
+        """Draw the threshold used (yellow) and the automatic one (dashed, labelled)."""
+        for artist in (self._line, self._auto_line, self._auto_text):
+            if artist is not None:
+                artist.remove()
         self._line = self.hist_ax.axvline(threshold, color="yellow", lw=1.2)
+        self._auto_line = self._auto_text = None
+        self.auto = auto
+        if auto is not None:
+            ax = self.hist_ax
+            self._auto_line = ax.axvline(auto, color="#ff9f40", lw=1.0, ls="--")
+            self._auto_text = ax.text(
+                auto,
+                1.02,
+                f"auto {auto:.2f}",
+                color="#ff9f40",
+                fontsize=7,
+                ha="center",
+                va="bottom",
+                transform=ax.get_xaxis_transform(),
+            )
 
     def set_clusters(self, stats: ThresholdStats, colors: np.ndarray) -> None:
         """Scatter of the kept clusters; ``colors`` are RGBA rows, one per label."""
