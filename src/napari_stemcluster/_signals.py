@@ -34,8 +34,10 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _handler(signum, frame):
+    # Recorded even when raised: library code (h5py's read path) can swallow
+    # an exception raised from a handler, and the run must still stop.
+    _state["pending"] = signum
     if _state["deferred"]:
-        _state["pending"] = signum
         return
     _quiet_teardown()
     raise Interrupted(signum)

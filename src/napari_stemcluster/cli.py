@@ -504,7 +504,7 @@ def _run(ds, params, *, quiet, first):
                 times=times,
                 executor=ex,
                 memory_limit=params.get("memory_limit"),
-                on_stage=None if bars is None else bars.update,
+                on_stage=_stage_callback(bars),
                 stats=stats,
             )
             seconds["segment"] = time.perf_counter() - t0
@@ -512,6 +512,17 @@ def _run(ds, params, *, quiet, first):
         if bars is not None:
             bars.close()
     return result, stats, seconds
+
+
+def _stage_callback(bars):
+    """Progress after every block: an interrupt that was swallowed stops the run here."""
+
+    def on_stage(stage, done, total):
+        _signals.raise_pending()
+        if bars is not None:
+            bars.update(stage, done, total)
+
+    return on_stage
 
 
 def _write(out: Path, result, source, ds, seconds, overwrite):
