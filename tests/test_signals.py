@@ -63,7 +63,17 @@ def _start(workdir: Path, out: Path, scratch: Path, workers: bool) -> subprocess
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_as_from_a_terminal,
     )
+
+
+def _as_from_a_terminal():
+    # A shell starts the command with default signal handling and nothing
+    # blocked; whatever the test process itself inherited or changed (an
+    # ignored or blocked SIGINT) must not leak into the command under test.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _wait_for_children(proc: subprocess.Popen, n: int, timeout: float = 60) -> list:
