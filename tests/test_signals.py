@@ -158,8 +158,8 @@ def test_signal_while_writing_keeps_the_previous_file(workdir, tmp_path, monkeyp
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known bug: in a full test run (never alone) SIGINT 2 s into a threads-only "
-    "run is not honoured and the run exits 0; cause not found yet",
+    reason="known intermittent bug: SIGINT 2 s into a threads-only "
+    "run is sometimes not honoured and the run exits 0; cause not found yet",
 )
 def test_threads_run_without_workers_stop_too(workdir, tmp_path):
     out = tmp_path / "results.h5"
