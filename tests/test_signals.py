@@ -9,6 +9,7 @@ folder or worker process behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -34,8 +35,10 @@ def workdir(tmp_path_factory):
     """A cube that takes several seconds with the prefilter, and an earlier result."""
     d = tmp_path_factory.mktemp("signals")
     rng = np.random.default_rng(0)
-    with h5py.File(d / "scan.h5", "w") as f:  # several seconds of work even unloaded
-        f["data"] = rng.integers(0, 40, (8, 40, 40, 48, 48), dtype=np.uint16)
+    # the prefilter makes each run several seconds of work even on an idle
+    # machine (a threads-only run of this file takes about 3 s there)
+    with h5py.File(d / "scan.h5", "w") as f:
+        f["data"] = rng.integers(0, 40, (24, 40, 40, 48, 48), dtype=np.uint16)
     with h5py.File(d / "tiny.h5", "w") as f:
         f["data"] = rng.integers(0, 40, (4, 4, 8, 8), dtype=np.uint16)
     write_results(d / "previous.h5", make_result(np.ones((4, 4), np.int32)))
@@ -44,6 +47,22 @@ def workdir(tmp_path_factory):
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def popen():
+    """Start commands whose pipes are closed and processes reaped whatever the test does."""
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(_start(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()  # reaps the process and closes its pipes
 
 
 def _start(workdir: Path, out: Path, scratch: Path, workers: bool) -> subprocess.Popen:
@@ -97,7 +116,7 @@ def _wait_for_children(proc: subprocess.Popen, n: int, timeout: float = 60) -> l
         (signal.SIGTERM, "worker start-up"),
     ],
 )
-def test_signal_stops_the_run_cleanly(workdir, tmp_path, sig, moment):
+def test_signal_stops_the_run_cleanly(workdir, tmp_path, popen, sig, moment):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "results.h5"
@@ -105,7 +124,7 @@ def test_signal_stops_the_run_cleanly(workdir, tmp_path, sig, moment):
     before = _digest(out)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    proc = _start(workdir, out, scratch, workers=True)
+    proc = popen(workdir, out, scratch, workers=True)
     kids = []
     if moment == "imports":
         time.sleep(0.4)  # numpy, h5py, dask are still being imported
@@ -156,18 +175,28 @@ def test_signal_while_writing_keeps_the_previous_file(workdir, tmp_path, monkeyp
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known intermittent bug: SIGINT 2 s into a threads-only "
-    "run is sometimes not honoured and the run exits 0; cause not found yet",
-)
-def test_threads_run_without_workers_stop_too(workdir, tmp_path):
+def _wait_for_compute(proc: subprocess.Popen, cpu_seconds: float, timeout: float = 60) -> None:
+    # The run is computing once its thread pool is up and it has used some
+    # CPU time: a signal at a fixed wall-clock moment would race the end of
+    # the run on an idle machine and the imports on a loaded one.
+    me = psutil.Process(proc.pid)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        assert proc.poll() is None, "the run ended before the signal"
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = me.cpu_times()
+            if me.num_threads() > 2 and times.user + times.system > cpu_seconds:
+                return
+        time.sleep(0.02)
+    pytest.fail("the run did not start computing")
+
+
+def test_threads_run_without_workers_stop_too(workdir, tmp_path, popen):
     out = tmp_path / "results.h5"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    proc = _start(workdir, out, scratch, workers=False)
-    time.sleep(2.0)  # blocks computing on threads (or, under heavy load, imports)
-    assert proc.poll() is None, "the run ended before the signal"
+    proc = popen(workdir, out, scratch, workers=False)
+    _wait_for_compute(proc, cpu_seconds=1.5)  # of about 4.5 s; imports take 0.7 s
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
