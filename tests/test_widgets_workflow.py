@@ -422,3 +422,32 @@ def test_jobs_leave_the_event_loop_free(make_napari_viewer, qtbot, tmp_path, mon
     qtbot.waitUntil(lambda: vd._job is None, timeout=WAIT)
     print("longest event-loop pause per job (ms):", worst)
     assert max(worst.values()) < 250, worst
+
+
+def test_features_table_shows_the_label_once(make_napari_viewer, qtbot, scan4d):
+    from napari_builtins._qt.features_table import FeaturesTable
+    from qtpy.QtCore import Qt
+
+    viewer, dock = _dock(make_napari_viewer, qtbot, scan4d)
+    layer = dock.stage("3. Clustering").labels_layer
+    viewer.layers.selection.active = layer
+    table = FeaturesTable(viewer)
+    model = table.table.model().sourceModel()
+    headers = [
+        str(model.headerData(i, Qt.Orientation.Horizontal)) for i in range(model.columnCount())
+    ]
+    assert len({h.lower() for h in headers}) == len(headers), headers  # no "Index" and "index"
+    assert "Index" in " ".join(headers) and "size" in headers
+    # row k is label k: napari's hover status shows that label's own size
+    sizes = np.bincount(layer.data.ravel())
+    assert list(layer.features["size"]) == list(sizes)
+    label = int(np.argmax(sizes[1:])) + 1
+    rx, ry = np.argwhere(layer.data == label)[0]
+    status = layer._get_properties(layer.data_to_world((rx, ry)), world=True)
+    assert f"size: {sizes[label]}" in status
+    # an edit updates the table with the same layout
+    new = int(layer.data.max()) + 1
+    layer.data[0:2, 0:2] = new
+    layer.events.paint(value=[])
+    qtbot.waitUntil(lambda: len(layer.features) == new + 1, timeout=5000)
+    assert layer.features["size"][new] == 4 and "index" not in layer.features
