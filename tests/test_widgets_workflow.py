@@ -451,3 +451,86 @@ def test_features_table_shows_the_label_once(make_napari_viewer, qtbot, scan4d):
     layer.events.paint(value=[])
     qtbot.waitUntil(lambda: len(layer.features) == new + 1, timeout=5000)
     assert layer.features["size"][new] == 4 and "index" not in layer.features
+
+
+def _results_with_source(tmp_path, cube, name="scan.h5"):
+    """A data file and a results file made from it, in ``tmp_path``."""
+    import h5py
+
+    from napari_stemcluster.core import segment
+    from napari_stemcluster.io import write_results
+
+    src = tmp_path / name
+    with h5py.File(src, "w") as f:
+        f["data"] = cube
+    result = segment(cube, threshold=0.8, min_cluster_size=3)
+    out = write_results(tmp_path / "res.h5", result, source=src, source_dtype=cube.dtype)
+    return src, out, result
+
+
+def _notifications(monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    monkeypatch.setattr(notification_manager, "dispatch", seen.append)
+    return seen
+
+
+def test_results_find_their_moved_data_file(
+    make_napari_viewer, qtbot, scan4d, tmp_path, monkeypatch
+):
+    import shutil
+
+    import napari_stemcluster._reader as reader
+
+    cube = np.asarray(scan4d.cube)
+    first = tmp_path / "first"
+    first.mkdir()
+    src, _out, result = _results_with_source(first, cube)
+    # both moved to another folder: re-attached silently (same name, shape and dtype)
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    seen = _notifications(monkeypatch)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(moved / "res.h5"), plugin="napari-stemcluster")
+    assert [type(x).__name__ for x in layers] == ["Image", "Labels", "Image"]
+    meta = stem_meta(layers[1])
+    assert meta["cube"] is not None and meta["source"] == str(moved / "scan.h5")
+    assert not [n for n in seen if "not found" in str(n.message)]
+    # a file of the same name but another dtype beside it is not taken: the user is asked
+    (moved / "scan.h5").unlink()
+    import h5py
+
+    with h5py.File(moved / "scan.h5", "w") as f:
+        f["data"] = cube.astype(np.float32)
+    (moved / "elsewhere").mkdir()
+    real = moved / "elsewhere" / "renamed.h5"
+    with h5py.File(real, "w") as f:
+        f["data"] = cube
+    viewer2 = make_napari_viewer()
+    asked = []
+    monkeypatch.setattr(
+        reader, "ask_data_file", lambda parent, name, source: asked.append(source) or str(real)
+    )
+    layers2 = viewer2.open(str(moved / "res.h5"), plugin="napari-stemcluster")
+    assert [type(x).__name__ for x in layers2] == ["Labels", "Image"]
+    seg = layers2[0]
+    assert stem_meta(seg)["cube"] is None
+    (offer,) = [n for n in seen if "not found" in str(n.message)]
+    assert str(src) in str(offer.message) and not asked  # nothing blocks until asked
+    ((title, locate),) = offer.actions
+    assert title.startswith("Locate")
+    locate(None)
+    assert asked == [str(src)]
+    assert stem_meta(seg)["cube"] is not None and stem_meta(seg)["source"] == str(real)
+    assert stem_meta(layers2[1])["cube"] is not None  # the similarity map too
+    data = [x for x in viewer2.layers if (stem_meta(x) or {}).get("kind") == "virtual_image"]
+    assert len(data) == 1
+    # the data are usable: patterns and the stored averages
+    dock = WorkflowDock(viewer2)
+    viewer2.window.add_dock_widget(dock, name="STEM cluster")
+    assert dock.diffraction.cluster_layer is seg and dock.diffraction.state is not None
+    assert dock.stage("Correct")._merge.enabled
+    np.testing.assert_allclose(
+        dock.diffraction.state.mean(0, 1), result.cluster_means[0], rtol=1e-6
+    )

@@ -46,6 +46,7 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
         tracking=tracking,
         kinetics=kinetics,
         orientation=orientation,
+        source_dtype=_cube_dtype(st),
     )
     return [str(out)]
 
@@ -102,3 +103,9 @@ def _bragg_if_unedited(st: dict, result) -> dict | None:
 
     same = np.array_equal(np.asarray(stored.labels), np.asarray(result.labels))
     return bragg if same else None
+
+
+def _cube_dtype(st: dict):
+    """The data type of the layer's cube (stored to recognise a moved data file)."""
+    cube = st.get("cube")
+    return None if cube is None else cube.dtype
