@@ -110,6 +110,9 @@ def read_stem(path) -> list[tuple]:
     """
     from ._layers import dataset_to_layers, result_to_layers
     from .io import detect_format, read_results
+    from .widgets._warmup import start_warm_up
+
+    start_warm_up()  # kernels and modules ready before the user docks the widgets
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[tuple] = []
