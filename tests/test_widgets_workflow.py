@@ -635,3 +635,35 @@ def test_docking_drawing_and_saving_leave_the_event_loop_free(make_napari_viewer
     )
     print("longest event-loop pause (ms):", {k: round(v) for k, v in worst.items()})
     assert worst["saving edited labels (File menu)"] < 250, worst
+
+
+def test_undo_at_another_time_step_goes_there_and_says_so(
+    make_napari_viewer, qtbot, scan5d, monkeypatch
+):
+    import napari_stemcluster.widgets._link as link_module
+
+    viewer, dock = _dock(make_napari_viewer, qtbot, scan5d)
+    layer = dock.stage("3. Clustering").labels_layer
+    assert layer.ndim == 3
+    cor = dock.stage("Correct")
+    cor._layer_combo.value = layer
+    said = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", said.append)
+    viewer.dims.set_current_step(0, 0)
+    a, b = (int(v) for v in np.unique(layer.data[0][layer.data[0] > 0])[:2])
+    before = layer.data[0].copy()
+    cor._merge_list.value = f"{a}, {b}"
+    assert cor.merge() == min(a, b)
+    assert not (layer.data[0] == max(a, b)).any()
+    viewer.dims.set_current_step(0, 2)  # the user moves on in time, then presses Ctrl-Z
+    assert link_module.layer_step(viewer, layer) == 2
+    layer.undo()
+    link_for(layer).flush()
+    np.testing.assert_array_equal(layer.data[0], before)
+    assert link_module.layer_step(viewer, layer) == 0  # the slider went to the undone step
+    assert any("time step 0" in m for m in said), said
+    # the Correct tab's undo names the step too
+    cor._merge_list.value = f"{a}, {b}"
+    cor.merge()
+    viewer.dims.set_current_step(0, 1)
+    assert cor.undo() == (0,) and "time step(s) 0" in cor._status.value
