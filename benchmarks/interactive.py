@@ -110,6 +110,7 @@ def gui_responsiveness(path: Path) -> None:
     from napari_stemcluster.widgets._link import link_for
     from napari_stemcluster.widgets._warmup import start_warm_up
 
+    viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     start_warm_up().wait(600)  # kernels compiled once per machine: not measured
     ticks: list[float] = []
@@ -140,7 +141,6 @@ def gui_responsiveness(path: Path) -> None:
         print(f"event loop, longest pause: {name}: {gap:.0f} ms")
         return out
 
-    viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
     pump(0.5)
     (layer,) = measure("open the file", lambda: viewer.open(str(path), plugin="napari-stemcluster"))

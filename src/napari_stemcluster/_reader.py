@@ -239,9 +239,9 @@ def _offer_locate(results_path: str, source: str) -> None:
 
     notification_manager.dispatch(
         Notification(
-            f"{name}: its data file {source} was not found, so patterns, cluster "
-            "averages and label correction are off. Locate the data file to turn them on "
-            "(also later: Results tab, Locate data file…).",
+            f"{name}: data file {Path(source).name} not found. Locate it to see patterns "
+            f"and cluster averages and to correct labels (saved at {source}; also later: "
+            "Results tab, Locate data file…).",
             NotificationSeverity.WARNING,
             actions=[("Locate data file…", locate)],
         )

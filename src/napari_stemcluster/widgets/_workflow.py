@@ -220,10 +220,9 @@ class WorkflowDock(QWidget):
 
             dif = DiffractionViewer(self._viewer)
             dif.setMinimumSize(360, 360)
-            sizes = self.splitter.sizes()
             self.splitter.replaceWidget(0, dif)
             self._placeholder.deleteLater()
-            self.splitter.setSizes(sizes)
+            self.splitter.setSizes([600, 340])  # the canvas gets most of the height
             self._diffraction = dif
         return self._diffraction
 
