@@ -41,13 +41,25 @@ class BlockSource:
         key = (slice(r0, r1), slice(c0, c1))
         if t is not None:
             key = (int(t), *key)
+        if self._kind == "h5py":
+            reader = self._chunk_reader()
+            if reader is not None:  # chunks decoded on all cores
+                return reader.read(key)
         block = self.data[key]
         if self._kind == "dask":
             block = block.compute(scheduler="synchronous")
         return np.ascontiguousarray(block)
 
+    def _chunk_reader(self):
+        if not hasattr(self, "_reader"):
+            from ..io._chunks import chunk_reader
+
+            self._reader = chunk_reader(self.data)
+        return self._reader
+
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_reader", None)
         if self._kind == "h5py":
             from ..io._lazy import H5Array
 
