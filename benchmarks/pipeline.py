@@ -119,12 +119,17 @@ def total_seconds(r: dict) -> float:
 
 
 def passes(r: dict, base: float | None) -> tuple[str, str, str]:
-    """Similarity and averages pass throughput (vs the read) and file reads per input."""
+    """Similarity and averages pass throughput (vs the read) and file reads per input.
+
+    A pass's time is the time its tasks took (reading and computing), summed
+    and divided by the tasks run at once: the passes of different time steps
+    overlap, so their wall times do not add up.
+    """
     if r["spec"]["mode"] != "engine":
         return "-", "-", "-"
     out = []
     for stage in ("similarity", "averages"):
-        sec = r.get("stage_seconds", {}).get(stage)
+        sec = sum(r.get("task_seconds", {}).get(stage, [])) / r["concurrency"]
         if not sec:
             out.append("-")
             continue
@@ -157,8 +162,8 @@ def table(results: list[dict], budget: str) -> str:
         )
     lines.append(
         f"\nmemory limit of the engine runs: {budget}. Times are medians of the repeats "
-        "in each process; the pass columns are the wall time from a pass's first block to "
-        "its last (the passes of different time steps overlap)."
+        "in each process; a pass's time is its tasks' time (read + compute) summed and divided "
+        "by the tasks run at once."
     )
     return "\n".join(lines)
 

@@ -90,6 +90,7 @@ def main(spec: dict) -> dict:
         out["bytes"] = ds.nbytes
         out["plan"] = stats.plan.describe()
         out["plan_peak_bytes"] = stats.plan.peak_bytes
+        out["concurrency"] = stats.plan.concurrency
         out["stage_seconds"] = stats.stage_seconds
         out["task_seconds"] = stats.task_seconds
         out["bytes_read"] = stats.bytes_read
