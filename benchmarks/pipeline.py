@@ -1,20 +1,21 @@
 """Whole-pipeline throughput and peak memory of the chunked engine.
 
 Run ``python benchmarks/pipeline.py`` for two files that fit in memory
-(under 3 minutes): the same 256 MiB 5D cube written uncompressed and with
-Bitshuffle + LZ4, each segmented by the chunked engine on threads and on 2
-worker processes with the settings microscopists use (an annulus q-mask
-excluding the direct beam, blur σ 1). The comparator is the raw h5py read
-throughput of the same file, measured in the same run (before and after
-the engine runs; the median of all repeats). The file readers' parallel
-chunk read of the same file is listed beside it. Every process repeats its
-timed part ``--repeat`` times (default 3) and reports the median run; the
-table also gives each pass's throughput (similarity, averages) against the
-read, and the bytes read from the file per input byte (1.00x: read once).
-``--plain`` adds runs without mask and blur and with the prefilter;
-``--runs memory,threads,1,2`` chooses executors. ``--big`` generates files
-of at least 1.5 times this machine's RAM, runs them under ``--memory-limit``
-(default 4GB), and deletes them afterwards (``--keep`` to keep them).
+(about 5 minutes; ``--repeat 1`` for about 2): the same 256 MiB 5D cube
+written uncompressed and with Bitshuffle + LZ4, each segmented by the
+chunked engine on threads and on 2 worker processes with the settings
+microscopists use (an annulus q-mask excluding the direct beam, blur σ 1).
+The comparator is the raw h5py read throughput of the same file, measured in
+the same run (before and after the engine runs; the median of all repeats).
+The file readers' parallel chunk read of the same file is listed beside it.
+Every process repeats its timed part ``--repeat`` times (default 3) and
+reports the median run; the table also gives each pass's throughput
+(similarity, averages) against the read, and the bytes read from the file
+per input byte (1.00x: read once). ``--plain`` adds runs without mask and
+blur and with the prefilter; ``--runs memory,threads,1,2`` chooses
+executors. ``--big`` generates files of at least 1.5 times this machine's
+RAM, runs them under ``--memory-limit`` (default 4GB), and deletes them
+afterwards (``--keep`` to keep them).
 
 Every run is a fresh process; its peak memory is the largest sum of the
 resident set sizes of the process and all its children (the dask workers),
