@@ -173,3 +173,25 @@ def test_covering_only_for_small_ranges():
     )
     assert _covering((slice(None, None, 2),), (2**26, 2), 2) is None  # too large
     assert _covering((np.array([1, 2]),), (4,), 2) is None
+
+
+def test_file_growing_after_it_was_mapped(tmp_path, data):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        d = f.create_dataset("d", shape=(3, 7, 9, 5, 6), dtype="u2", chunks=(1, 7, 9, 5, 6))
+        d[0] = data[0]
+    reader_file = h5py.File(path, "r", swmr=False)
+    try:
+        reader = chunk_reader(reader_file["d"])
+        np.testing.assert_array_equal(reader.read((0,)), data[0])
+        size = reader._mm.size
+    finally:
+        reader_file.close()
+    with h5py.File(path, "a") as f:
+        f["d"][1:] = data[1:]  # new chunks, past the old end of the file
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+        reader.read((0,))
+        reader._mm = reader._mm[:size]  # as if mapped before the file grew
+        np.testing.assert_array_equal(reader.read((slice(None),)), data)
+        assert reader._mm.size > size

@@ -43,9 +43,11 @@ def _decode_pool() -> ThreadPoolExecutor:
     global _pool, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():
-            from ..engine.executors import available_cpus
-
-            _pool = ThreadPoolExecutor(available_cpus(), thread_name_prefix="stemcluster-decode")
+            try:
+                cpus = len(os.sched_getaffinity(0))
+            except AttributeError:  # pragma: no cover - not on Linux
+                cpus = os.cpu_count() or 1
+            _pool = ThreadPoolExecutor(max(1, cpus), thread_name_prefix="stemcluster-decode")
             _pool_pid = os.getpid()
         return _pool
 
@@ -222,13 +224,17 @@ class ChunkReader:
             if not self._mapped:
                 data = np.frombuffer(self.ds.id.read_direct_chunk(off)[1], np.uint8)
         if self._mapped:
-            if addr + size > self._mm.size:
-                raise OSError(
-                    f"{self.ds.file.filename}: a chunk of {self.ds.name} lies past the "
-                    "end of the file; the file is truncated"
-                )
+            mm = self._mm
+            if addr + size > mm.size:
+                with self._lock:  # the file grew since it was mapped (being written)
+                    self._mm = mm = np.memmap(self.ds.file.filename, np.uint8, "r")
+                if addr + size > mm.size:
+                    raise OSError(
+                        f"{self.ds.file.filename}: a chunk of {self.ds.name} lies past the "
+                        "end of the file; the file is truncated"
+                    )
             # a view of the page cache: decoders read it without a copy
-            data = self._mm[addr : addr + size]
+            data = mm[addr : addr + size]
         return self._decode(data)
 
     def _check_map(self, off, addr, size) -> None:
