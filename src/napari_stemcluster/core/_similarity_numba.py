@@ -8,6 +8,12 @@ rows of a strip stay in the core's cache; the patterns of the column on
 either side of a strip are prepared again by that strip (they are cheap
 next to a trip to memory). Every value depends only on the two patterns of
 its pair, so results do not depend on block size, strip width or threads.
+
+The same pass can also give, for free while each pattern is in cache, the
+inputs of the regions pass: the binned (blurred, masked) pattern of every
+position, as :func:`~napari_stemcluster.core.linkage.pattern_features`,
+and the raw counts outside the direct beam, as
+:func:`~napari_stemcluster.core.masking.dark_field_image`.
 """
 
 from __future__ import annotations
@@ -28,19 +34,96 @@ def _cosine(dot, na2, nb2):
 
 
 @numba.njit(cache=True, nogil=True)
-def _prepare(src, qx, qy, scaled, k, idx_x, box, weight, line, tmp, out):
+def _prepare(src, qx, qy, scale, k, idx_x, box, weight, line, tmp, out):
     """Vector of one pattern into ``out``; returns its squared norm (NaN if bad)."""
-    scale = 1.0
-    if scaled:
-        scale = pattern_scale(src)
-        if scale == 0.0:  # NaN or inf in the pattern
-            out[:] = 0.0
-            return np.nan
+    if scale == 0.0:  # NaN or inf in the pattern
+        out[:] = 0.0
+        return np.nan
     return blur_box(src, qx, qy, scale, k, idx_x, box, weight, line, tmp, out)
 
 
+@numba.njit(cache=True, nogil=True)
+def bin_box(v, bh, bw, i0, j0, b, by, inv_scale, feat):
+    """Sum the box vector ``v`` (``bh x bw`` at ``(i0, j0)``) into ``b x b`` bins.
+
+    ``feat`` (row-major bins of ``by`` columns over the whole detector) is
+    overwritten; bins outside the box are 0. Every bin adds its pixels in
+    raster order, starting from 0, as
+    :func:`~napari_stemcluster.core._linkage_numba._bin_patterns` does
+    (pixels outside the q-mask are 0 in ``v`` and add nothing). No fastmath
+    here: the order of the float32 sums is the reference's. ``inv_scale``
+    undoes the kernel's power-of-two scaling (exact).
+    """
+    for t in range(feat.shape[0]):
+        feat[t] = 0.0
+    for i in range(bh):
+        base = ((i0 + i) // b) * by
+        vrow = v[i * bw : (i + 1) * bw]
+        for c in range(b):
+            # Columns j of the box with (j0 + j) % b == c, one per bin.
+            js = ((c - j0) % b + b) % b
+            if js >= bw:
+                continue
+            m = (bw - js + b - 1) // b
+            first = base + (j0 + js) // b
+            dst = feat[first : first + m]
+            for t in range(m):
+                dst[t] += vrow[js + t * b]
+    if inv_scale != 1.0:
+        # In float64, where the power of two is exact; one rounding to float32.
+        for t in range(feat.shape[0]):
+            feat[t] = np.float32(np.float64(feat[t]) * inv_scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def dark_sum(src, keep, exact):
+    """Sum of the raw values of the ``(Qx, Qy)`` pattern ``src`` where ``keep``.
+
+    Returns a float64. ``exact``: integers of up to 32 bits, whose float64
+    sums in raster order are exact, so an int64 sum in any order
+    (vectorised) is the same number. Otherwise the float64 sum runs in
+    raster order. ``src`` needs contiguous rows only.
+    """
+    qx, qy = src.shape
+    if exact:
+        acc = 0
+        for x in range(qx):
+            row = src[x]
+            krow = keep[x]
+            part = 0
+            for y in range(qy):
+                part += np.int64(row[y]) if krow[y] else np.int64(0)
+            acc += part
+        return np.float64(acc)
+    total = 0.0
+    for x in range(qx):
+        row = src[x]
+        krow = keep[x]
+        for y in range(qy):
+            if krow[y]:
+                total += row[y]
+    return total
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def fused_similarity(block, n_out, qx, qy, scaled, k, box, weight, strip, out, sq):
+def fused_similarity(
+    block,
+    n_out,
+    qx,
+    qy,
+    scaled,
+    k,
+    box,
+    weight,
+    strip,
+    out,
+    sq,
+    bins,
+    feats,
+    keep,
+    exact,
+    signal,
+):
     """Cosine similarity of each pattern with its 4 forward neighbours.
 
     ``block`` is ``(n_rows, Ry, Qx * Qy)`` of any native real dtype; rows
@@ -53,6 +136,12 @@ def fused_similarity(block, n_out, qx, qy, scaled, k, box, weight, strip, out, s
     input). ``strip`` is the number of scan columns per task. ``sq``
     ``(n_rows, Ry)`` receives every pattern's squared norm, non-finite when
     the pattern holds NaN or inf.
+
+    Optional outputs for the output rows (empty arrays skip them): ``feats``
+    ``(n_out, Ry, K)`` receives the patterns binned by :func:`bin_box` with
+    ``bins = (b, by)``; ``signal`` ``(n_out, Ry)`` the float32 :func:`dark_sum`
+    of the raw patterns over the ``(Qx, Qy)`` ``keep`` mask (``exact`` for
+    integers of up to 32 bits).
     """
     n_rows, ry, _ = block.shape
     nk = k.shape[0]
@@ -61,6 +150,10 @@ def fused_similarity(block, n_out, qx, qy, scaled, k, box, weight, strip, out, s
     bw = box[3] - box[2]
     n = bh * bw
     idx_x = padded_index(qx, r)
+    want_feats = feats.shape[0] > 0
+    want_signal = signal.shape[0] > 0
+    b = bins[0] if want_feats else 1
+    by = bins[1] if want_feats else 1
     n_strips = (ry + strip - 1) // strip
     for s in numba.prange(n_strips):
         c0 = s * strip
@@ -81,11 +174,20 @@ def fused_similarity(block, n_out, qx, qy, scaled, k, box, weight, strip, out, s
             for y in range(lo, hi):
                 c = y - lo
                 v = cur[c]
-                cur_sq[c] = _prepare(
-                    block[row, y], qx, qy, scaled, k, idx_x, box, weight, line, tmp, v
-                )
+                src = block[row, y]
+                scale = pattern_scale(src) if scaled else 1.0
+                cur_sq[c] = _prepare(src, qx, qy, scale, k, idx_x, box, weight, line, tmp, v)
                 if y >= c0 and y < c1:
                     sq[row, y] = cur_sq[c]
+                    if row < n_out:
+                        # The pattern is in cache: its other per-position outputs.
+                        if want_feats:
+                            inv = 1.0 / scale if scale != 0.0 else 1.0
+                            bin_box(v, bh, bw, box[0], box[2], b, by, inv, feats[row, y])
+                        if want_signal:
+                            signal[row, y] = np.float32(
+                                dark_sum(src.reshape((qx, qy)), keep, exact)
+                            )
                 # The new pattern meets its 4 earlier neighbours: the row above
                 # at y-1, y, y+1 (pairs owned by them) and the left one (owned
                 # by it). Missing partners are replaced by v and ignored.
