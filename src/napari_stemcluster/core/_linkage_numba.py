@@ -23,8 +23,8 @@ def _bin_patterns(stack, index, out):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _masked_sums(block, keep, exact, out):
-    """``out[i, j]`` = float64 sum of ``block[i, j]`` over ``keep``, as float32.
+def _masked_sums(block, runs, exact, out):
+    """``out[i, j]`` = float64 sum of ``block[i, j]`` over the pixel ``runs``, as float32.
 
     ``block`` is ``(n, m, Qx, Qy)`` with contiguous detector rows (it may be
     a crop of a larger array); the sums are those of the similarity kernel
@@ -34,4 +34,4 @@ def _masked_sums(block, keep, exact, out):
     for t in numba.prange(n * m):
         i = t // m
         j = t - i * m
-        out[i, j] = np.float32(dark_sum(block[i, j], keep, exact))
+        out[i, j] = np.float32(dark_sum(block[i, j], runs, exact))

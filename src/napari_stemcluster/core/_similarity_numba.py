@@ -76,32 +76,29 @@ def bin_box(v, bh, bw, i0, j0, b, by, inv_scale, feat):
 
 
 @numba.njit(cache=True, nogil=True)
-def dark_sum(src, keep, exact):
-    """Sum of the raw values of the ``(Qx, Qy)`` pattern ``src`` where ``keep``.
+def dark_sum(src, runs, exact):
+    """Sum of the raw values of the ``(Qx, Qy)`` pattern ``src`` over ``runs``.
 
-    Returns a float64. ``exact``: integers of up to 32 bits, whose float64
-    sums in raster order are exact, so an int64 sum in any order
-    (vectorised) is the same number. Otherwise the float64 sum runs in
-    raster order. ``src`` needs contiguous rows only.
+    ``runs`` ``(n, 3)`` are the kept pixels as row segments ``(row, start,
+    stop)`` in raster order. Returns a float64. ``exact``: integers of up to
+    32 bits, whose float64 sums in raster order are exact, so an int64 sum
+    in any order (vectorised) is the same number. Otherwise the float64 sum
+    runs in raster order. ``src`` needs contiguous rows only.
     """
-    qx, qy = src.shape
     if exact:
         acc = 0
-        for x in range(qx):
-            row = src[x]
-            krow = keep[x]
+        for r in range(runs.shape[0]):
+            seg = src[runs[r, 0]][runs[r, 1] : runs[r, 2]]
             part = 0
-            for y in range(qy):
-                part += np.int64(row[y]) if krow[y] else np.int64(0)
+            for y in range(seg.shape[0]):
+                part += np.int64(seg[y])
             acc += part
         return np.float64(acc)
     total = 0.0
-    for x in range(qx):
-        row = src[x]
-        krow = keep[x]
-        for y in range(qy):
-            if krow[y]:
-                total += row[y]
+    for r in range(runs.shape[0]):
+        row = src[runs[r, 0]]
+        for y in range(runs[r, 1], runs[r, 2]):
+            total += row[y]
     return total
 
 
@@ -120,7 +117,7 @@ def fused_similarity(
     sq,
     bins,
     feats,
-    keep,
+    runs,
     exact,
     signal,
 ):
@@ -140,7 +137,7 @@ def fused_similarity(
     Optional outputs for the output rows (empty arrays skip them): ``feats``
     ``(n_out, Ry, K)`` receives the patterns binned by :func:`bin_box` with
     ``bins = (b, by)``; ``signal`` ``(n_out, Ry)`` the float32 :func:`dark_sum`
-    of the raw patterns over the ``(Qx, Qy)`` ``keep`` mask (``exact`` for
+    of the raw patterns over the pixel ``runs`` of the kept mask (``exact`` for
     integers of up to 32 bits).
     """
     n_rows, ry, _ = block.shape
@@ -186,7 +183,7 @@ def fused_similarity(
                             bin_box(v, bh, bw, box[0], box[2], b, by, inv, feats[row, y])
                         if want_signal:
                             signal[row, y] = np.float32(
-                                dark_sum(src.reshape((qx, qy)), keep, exact)
+                                dark_sum(src.reshape((qx, qy)), runs, exact)
                             )
                 # The new pattern meets its 4 earlier neighbours: the row above
                 # at y-1, y, y+1 (pairs owned by them) and the left one (owned

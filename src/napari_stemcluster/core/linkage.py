@@ -6,7 +6,7 @@ import numpy as np
 
 from ._blur import blur_patterns
 from ._linkage_numba import _bin_patterns
-from ._validate import block_rows, check_cube, read_rows
+from ._validate import block_rows, check_cube, native_dtype, read_rows
 from .masking import resolve_q_mask
 
 #: Largest feature length: larger patterns are binned down to at most this.
@@ -95,6 +95,8 @@ def pattern_features(cube, q_mask=None, sigma: float = 0.0, dims: int = FEATURE_
             block = blur_patterns(block, sigma)
         elif block.dtype.kind == "f" and block.dtype.itemsize > 4:
             block = block.astype(np.float32)
+        elif block.dtype != native_dtype(block.dtype):
+            block = block.astype(native_dtype(block.dtype))  # same values, for the kernel
         flat = np.ascontiguousarray(block).reshape(-1, qx * qy)
         _bin_patterns(flat, index, out[r0:r1].reshape(-1, bx * by))
     return out

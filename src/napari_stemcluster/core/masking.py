@@ -260,7 +260,7 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
     rx, ry, qx, qy = cube.shape
     if beam is None:
         beam = direct_beam(_sample_mean(cube))
-    keep = dark_field_keep((qx, qy), beam)
+    runs = mask_runs(dark_field_keep((qx, qy), beam))
     kind = native_dtype(cube.dtype)
     out = np.empty((rx, ry), np.float32)
     step = block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
@@ -274,7 +274,7 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
         block = np.asarray(block)
         if block.dtype != kind or block.strides[-1] != block.itemsize:
             block = np.ascontiguousarray(block, dtype=kind)
-        _masked_sums(block, keep, dark_exact(kind, (qx, qy)), out[r0:r1])
+        _masked_sums(block, runs, dark_exact(kind, (qx, qy)), out[r0:r1])
     return out
 
 
@@ -288,6 +288,24 @@ def dark_field_keep(detector_shape, beam: tuple[float, float, float]) -> np.ndar
     """
     cx, cy, r = beam
     return ~annular_mask(tuple(detector_shape), 0.0, 1.5 * r + 1.0, center=(cx, cy))
+
+
+def mask_runs(mask: np.ndarray) -> np.ndarray:
+    """The True pixels of a 2-D mask as row segments ``(row, start, stop)``.
+
+    In raster order, so that sums over them add the pixels in the same order
+    as a loop over the mask.
+
+    Examples
+    --------
+    >>> mask_runs(np.array([[1, 1, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0]], bool)).tolist()
+    [[0, 0, 2], [0, 3, 4], [2, 1, 3]]
+    """
+    mask = np.asarray(mask, bool)
+    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, stops = np.nonzero(edges == -1)
+    return np.stack([rows, starts, stops], axis=1).astype(np.int64).reshape(-1, 3)
 
 
 def dark_exact(dtype, detector_shape) -> bool:

@@ -12,7 +12,7 @@ from ._blur import gaussian_kernel1d
 from ._similarity_numba import fused_similarity
 from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
 from .linkage import feature_bins
-from .masking import dark_exact, dark_field_keep, resolve_q_mask
+from .masking import dark_exact, dark_field_keep, mask_runs, resolve_q_mask
 
 #: Scan offsets ``(drx, dry)`` of the 8 neighbours, in the order of the last
 #: axis of the similarity array. Offset ``n`` and ``7 - n`` are opposite.
@@ -155,7 +155,7 @@ class SimilarityPlan(NamedTuple):
     dtype: np.dtype  # native dtype the kernel reads
     scaled: bool  # scale each pattern by a power of two (wide or float input)
     bins: tuple[int, int, int] | None = None  # features: (b, bx, by) of feature_bins
-    keep: np.ndarray | None = None  # dark field: bool (Qx, Qy) pixels summed
+    runs: np.ndarray | None = None  # dark field: (row, start, stop) of the pixels summed
 
 
 def similarity_plan(
@@ -215,9 +215,9 @@ def similarity_plan(
     # 64-bit integers and floats can reach that, so only they are rescaled.
     scaled = kind.kind == "f" or kind.itemsize > 4
     bins = None if feature_dims is None else feature_bins((qx, qy), int(feature_dims))
-    keep = None if beam is None else dark_field_keep((qx, qy), beam)
+    runs = None if beam is None else mask_runs(dark_field_keep((qx, qy), beam))
     taps = gaussian_kernel1d(sigma)
-    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, keep)
+    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, runs)
 
 
 def block_similarity(
@@ -290,12 +290,12 @@ def block_similarity(
         if not features.flags.c_contiguous:
             raise ValueError("features must be C-contiguous")
         bins, feats = np.array([b, by], np.int64), features
-    keep, signal = _NO_KEEP, _NO_SIGNAL
+    runs, signal = _NO_RUNS, _NO_SIGNAL
     if dark_field is not None:
-        if plan.keep is None:
+        if plan.runs is None:
             raise ValueError("dark_field needs a plan made with beam")
         _check_out("dark_field", dark_field, (n_out, ry))
-        keep, signal = plan.keep, dark_field
+        runs, signal = plan.runs, dark_field
     flat = np.ascontiguousarray(block, dtype=plan.dtype).reshape(n_rows, ry, qx * qy)
     sq = np.empty((n_rows, ry), np.float64)
     fused_similarity(
@@ -312,7 +312,7 @@ def block_similarity(
         sq,
         bins,
         feats,
-        keep,
+        runs,
         dark_exact(plan.dtype, plan.detector),
         signal,
     )
@@ -323,7 +323,7 @@ def block_similarity(
 # compiled version serves calls with and without them).
 _NO_BINS = np.zeros(2, np.int64)
 _NO_FEATURES = np.zeros((0, 0, 0), np.float32)
-_NO_KEEP = np.zeros((0, 0), bool)
+_NO_RUNS = np.zeros((0, 3), np.int64)
 _NO_SIGNAL = np.zeros((0, 0), np.float32)
 
 
