@@ -283,8 +283,8 @@ def dark_field_keep(detector_shape, beam: tuple[float, float, float]) -> np.ndar
 
     Examples
     --------
-    >>> int(dark_field_keep((8, 8), (3.5, 3.5, 1.0)).sum())
-    52
+    >>> int(dark_field_keep((8, 8), (3.5, 3.5, 1.0)).sum())  # 16 pixels within 2.5
+    48
     """
     cx, cy, r = beam
     return ~annular_mask(tuple(detector_shape), 0.0, 1.5 * r + 1.0, center=(cx, cy))
@@ -313,6 +313,11 @@ def dark_exact(dtype, detector_shape) -> bool:
 
     Integers of up to 32 bits, on detectors of fewer than 2**21 pixels: every
     partial sum is then an integer below 2**53, exact in float64.
+
+    Examples
+    --------
+    >>> dark_exact(np.uint16, (256, 256)), dark_exact(np.float32, (256, 256))
+    (True, False)
     """
     dtype = np.dtype(dtype)
     pixels = int(detector_shape[0]) * int(detector_shape[1])
