@@ -266,47 +266,6 @@ def _vertical9(pad, p0, W, k, bh, tmp, t0):
         i += 1
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _vertical(pad, p0, W, k, bh, tmp, t0):
-    # Any number of taps: the centre, then sweeps of four symmetric pairs,
-    # then single pairs, each sweep over a whole row.
-    r = (k.shape[0] - 1) // 2
-    s = U(W)
-    for i in range(bh):
-        b = U(p0 + i * W)
-        o = U(t0 + i * W)
-        wc = k[r]
-        c = b + U(r) * s
-        for j in range(s):
-            tmp[o + j] = wc * pad[c + j]
-        t = 0
-        while t + 4 <= r:
-            a0 = b + U(t) * s
-            a1 = a0 + s
-            a2 = a1 + s
-            a3 = a2 + s
-            z0 = b + U(2 * r - t) * s
-            z1 = z0 - s
-            z2 = z1 - s
-            z3 = z2 - s
-            v0, v1, v2, v3 = k[t], k[t + 1], k[t + 2], k[t + 3]
-            for j in range(s):
-                tmp[o + j] += (
-                    v0 * (pad[a0 + j] + pad[z0 + j])
-                    + v1 * (pad[a1 + j] + pad[z1 + j])
-                    + v2 * (pad[a2 + j] + pad[z2 + j])
-                    + v3 * (pad[a3 + j] + pad[z3 + j])
-                )
-            t += 4
-        while t < r:
-            a0 = b + U(t) * s
-            z0 = b + U(2 * r - t) * s
-            v0 = k[t]
-            for j in range(s):
-                tmp[o + j] += v0 * (pad[a0 + j] + pad[z0 + j])
-            t += 1
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _sweep(i, bh, bw, n8, reach, size):
     # Length of the sweep over output row i: whole vectors (n8) when the
@@ -340,44 +299,133 @@ def _horizontal9(tmp, t0, W, k, bh, bw, weight, out):
             )
 
 
+# Other tap counts: flat passes over the whole buffer (long loops, taps in
+# groups of up to nine per sweep), then the weight.
+
+
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _horizontal(tmp, t0, W, k, bh, bw, weight, out):
-    # Any number of taps, swept as in _vertical, rows overflowing as in
-    # _horizontal9; the weight is applied by a last sweep.
-    r = (k.shape[0] - 1) // 2
-    n8 = (bw + 7) // 8 * 8
-    for i in range(bh):
-        n = U(_sweep(i, bh, bw, n8, t0 + i * W + n8 + 2 * r, tmp.shape[0]))
-        b = U(t0 + i * W)
-        o = U(i * bw)
-        wc = k[r]
-        c = b + U(r)
+def _nine_taps(src, step, k, t, n, dst):
+    d = dst[0:n]
+    s0 = src[t * step : t * step + n]
+    s1 = src[(t + 1) * step : (t + 1) * step + n]
+    s2 = src[(t + 2) * step : (t + 2) * step + n]
+    s3 = src[(t + 3) * step : (t + 3) * step + n]
+    s4 = src[(t + 4) * step : (t + 4) * step + n]
+    s5 = src[(t + 5) * step : (t + 5) * step + n]
+    s6 = src[(t + 6) * step : (t + 6) * step + n]
+    s7 = src[(t + 7) * step : (t + 7) * step + n]
+    s8 = src[(t + 8) * step : (t + 8) * step + n]
+    w0, w1, w2, w3, w4 = k[t], k[t + 1], k[t + 2], k[t + 3], k[t + 4]
+    w5, w6, w7, w8 = k[t + 5], k[t + 6], k[t + 7], k[t + 8]
+    if t == 0:
         for j in range(n):
-            out[o + j] = wc * tmp[c + j]
-        t = 0
-        while t + 4 <= r:
-            a0 = b + U(t)
-            z0 = b + U(2 * r - t)
-            v0, v1, v2, v3 = k[t], k[t + 1], k[t + 2], k[t + 3]
-            for j in range(n):
-                q = a0 + j
-                z = z0 + j
-                out[o + j] += (
-                    v0 * (tmp[q] + tmp[z])
-                    + v1 * (tmp[q + U(1)] + tmp[z - U(1)])
-                    + v2 * (tmp[q + U(2)] + tmp[z - U(2)])
-                    + v3 * (tmp[q + U(3)] + tmp[z - U(3)])
-                )
-            t += 4
-        while t < r:
-            a0 = b + U(t)
-            z0 = b + U(2 * r - t)
-            v0 = k[t]
-            for j in range(n):
-                out[o + j] += v0 * (tmp[a0 + j] + tmp[z0 + j])
+            d[j] = (
+                w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j] + w4 * s4[j]
+                + w5 * s5[j] + w6 * s6[j] + w7 * s7[j] + w8 * s8[j]
+            )  # fmt: skip
+    else:
+        for j in range(n):
+            d[j] += (
+                w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j] + w4 * s4[j]
+                + w5 * s5[j] + w6 * s6[j] + w7 * s7[j] + w8 * s8[j]
+            )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def taps_pass(src, step, k, n, dst):
+    """``dst[j] = sum_t k[t] * src[j + t * step]`` for ``j < n``.
+
+    Taps are applied up to eight per sweep, so each sweep loads ``dst`` once
+    for up to eight products instead of once per tap (the loop is bound by
+    loads and stores, not by arithmetic).
+    """
+    nk = k.shape[0]
+    t = 0
+    while t < nk:
+        g = nk - t
+        if g == 9:  # sigma 1 (and the last 9 of sigma 3): one sweep, not 8 + 1
+            _nine_taps(src, step, k, t, n, dst)
+            t += 9
+            continue
+        if g >= 8:
+            g = 8
+        elif g >= 4:
+            g = 4
+        elif g >= 2:
+            g = 2
+        d = dst[0:n]
+        s0 = src[t * step : t * step + n]
+        w0 = k[t]
+        if g == 1:
+            if t == 0:
+                for j in range(n):
+                    d[j] = w0 * s0[j]
+            else:
+                for j in range(n):
+                    d[j] += w0 * s0[j]
             t += 1
-        for j in range(n):
-            out[o + j] *= weight[o + j]
+            continue
+        s1 = src[(t + 1) * step : (t + 1) * step + n]
+        w1 = k[t + 1]
+        if g == 2:
+            if t == 0:
+                for j in range(n):
+                    d[j] = w0 * s0[j] + w1 * s1[j]
+            else:
+                for j in range(n):
+                    d[j] += w0 * s0[j] + w1 * s1[j]
+            t += 2
+            continue
+        s2 = src[(t + 2) * step : (t + 2) * step + n]
+        s3 = src[(t + 3) * step : (t + 3) * step + n]
+        w2 = k[t + 2]
+        w3 = k[t + 3]
+        if g == 4:
+            if t == 0:
+                for j in range(n):
+                    d[j] = w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j]
+            else:
+                for j in range(n):
+                    d[j] += w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j]
+            t += 4
+            continue
+        s4 = src[(t + 4) * step : (t + 4) * step + n]
+        s5 = src[(t + 5) * step : (t + 5) * step + n]
+        s6 = src[(t + 6) * step : (t + 6) * step + n]
+        s7 = src[(t + 7) * step : (t + 7) * step + n]
+        w4 = k[t + 4]
+        w5 = k[t + 5]
+        w6 = k[t + 6]
+        w7 = k[t + 7]
+        if t == 0:
+            for j in range(n):
+                d[j] = (
+                    w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j]
+                    + w4 * s4[j] + w5 * s5[j] + w6 * s6[j] + w7 * s7[j]
+                )  # fmt: skip
+        else:
+            for j in range(n):
+                d[j] += (
+                    w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j]
+                    + w4 * s4[j] + w5 * s5[j] + w6 * s6[j] + w7 * s7[j]
+                )  # fmt: skip
+        t += 8
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _weigh(buf, wd, bh, bw, weight, out):
+    total = 0.0
+    for i in range(bh):
+        brow = buf[i * wd : i * wd + bw]
+        orow = out[i * bw : (i + 1) * bw]
+        wrow = weight[i * bw : (i + 1) * bw]
+        part = np.float32(0.0)
+        for j in range(bw):
+            v = brow[j] * wrow[j]
+            orow[j] = v
+            part += v * v
+        total += np.float64(part)
+    return total
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -438,7 +486,12 @@ def blur_box(src, qx, qy, scale, k, idx_x, box, weight, pad, tmp, out):
     if nk == 9:  # sigma 1, the usual setting
         _vertical9(pad, 0, W, k, bh, tmp, 0)
         _horizontal9(tmp, 0, W, k, bh, bw, weight, out)
-    else:
-        _vertical(pad, 0, W, k, bh, tmp, 0)
-        _horizontal(tmp, 0, W, k, bh, bw, weight, out)
-    return _squares(out, bh * bw)
+        return _squares(out, bh * bw)
+    # Both passes over the whole buffer as one flat line: the values that
+    # spill across a row end land in the 2r unused columns of the next row.
+    n = nr * W
+    for j in range(n, n + 2 * r):
+        pad[j] = 0.0  # read only into unused columns; keep it a plain number
+    taps_pass(pad, 1, k, n, tmp)
+    taps_pass(tmp, W, k, bh * W, pad)
+    return _weigh(pad, W, bh, bw, weight, out)
