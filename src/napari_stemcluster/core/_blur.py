@@ -177,46 +177,46 @@ def box_scratch(box, r: int) -> tuple[int, int]:
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _fill(src, qy, idx_x, i0, nr, c0, wd, pad, p0, W, scale):
+def _fill(src, qy, idx_x, i0, nr, c0, W, pad, scale):
     # pad row p, column c = scale * src[idx_x[i0 + p], reflect(c0 + c)].
     lo = max(0, c0)
-    hi = min(qy, c0 + wd)
+    hi = min(qy, c0 + W)
     a = lo - c0  # pad columns a .. b - 1 lie on the detector
     b = hi - c0
     n = U(max(0, hi - lo))
     for p in range(nr):
         s = U(idx_x[i0 + p] * qy + lo)
-        d = U(p0 + p * W + a)
+        d = U(p * W + a)
         if scale == 1.0:
             for j in range(n):
                 pad[d + j] = np.float32(src[s + j])
         else:
             for j in range(n):
                 pad[d + j] = np.float32(np.float64(src[s + j]) * scale)
-    if a > 0 or b < wd:
-        _fill_ends(src, qy, idx_x, i0, nr, c0, wd, pad, p0, W, scale, a, b)
+    if a > 0 or b < W:
+        _fill_ends(src, qy, idx_x, i0, nr, c0, W, pad, scale, a, b)
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_ends(src, qy, idx_x, i0, nr, c0, wd, pad, p0, W, scale, a, b):
+def _fill_ends(src, qy, idx_x, i0, nr, c0, W, pad, scale, a, b):
     # Columns beyond the detector edges (at most r each side), reflected: a
     # copy of a column already converted when there is one.
-    for c in range(wd):
+    for c in range(W):
         if a <= c < b:
             continue
         col = _reflect(c0 + c, qy)
         m = col - c0
         if a <= m < b:
             for p in range(nr):
-                pad[p0 + p * W + c] = pad[p0 + p * W + m]
+                pad[p * W + c] = pad[p * W + m]
         else:
             for p in range(nr):
                 x = np.float64(src[idx_x[i0 + p] * qy + col])
-                pad[p0 + p * W + c] = np.float32(x * scale)
+                pad[p * W + c] = np.float32(x * scale)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _vertical9(pad, p0, W, k, bh, tmp, t0):
+def _vertical9(pad, W, k, bh, tmp):
     # tmp row i = sum_t k[t] pad row i + t (9 taps, symmetric pairs added
     # first) over all W columns. Four output rows per sweep share their 12
     # input rows: 3 loads per output instead of 9 (the loop is load-bound).
@@ -224,8 +224,8 @@ def _vertical9(pad, p0, W, k, bh, tmp, t0):
     s = U(W)
     i = 0
     while i + 4 <= bh:
-        b = U(p0 + i * W)
-        o = U(t0 + i * W)
+        b = U(i * W)
+        o = b
         for j in range(s):
             q = b + j
             x0 = pad[q]
@@ -252,8 +252,8 @@ def _vertical9(pad, p0, W, k, bh, tmp, t0):
             )
         i += 4
     while i < bh:
-        q0 = U(p0 + i * W)
-        o = U(t0 + i * W)
+        q0 = U(i * W)
+        o = q0
         for j in range(s):
             q = q0 + j
             tmp[o + j] = (
@@ -277,7 +277,7 @@ def _sweep(i, bh, bw, n8, reach, size):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _horizontal9(tmp, t0, W, k, bh, bw, weight, out):
+def _horizontal9(tmp, W, k, bh, bw, weight, out):
     # out row i = weight * (9-tap blur along tmp row i). Every row but the
     # last is swept in whole 8-float vectors: the values past its end land at
     # the start of the next row, which is computed afterwards and overwrites
@@ -285,8 +285,8 @@ def _horizontal9(tmp, t0, W, k, bh, bw, weight, out):
     w0, w1, w2, w3, w4 = k[0], k[1], k[2], k[3], k[4]
     n8 = (bw + 7) // 8 * 8
     for i in range(bh):
-        n = U(_sweep(i, bh, bw, n8, t0 + i * W + n8 + 8, tmp.shape[0]))
-        b = U(t0 + i * W)
+        n = U(_sweep(i, bh, bw, n8, i * W + n8 + 8, tmp.shape[0]))
+        b = U(i * W)
         o = U(i * bw)
         for j in range(n):
             q = b + j
@@ -482,10 +482,10 @@ def blur_box(src, qx, qy, scale, k, idx_x, box, weight, pad, tmp, out):
     W = bw + 2 * r
     # Vertical pass first (its four-row sweeps load least), then the
     # horizontal one, weighted, straight into ``out``.
-    _fill(src, qy, idx_x, i0, nr, j0 - r, W, pad, 0, W, scale)
+    _fill(src, qy, idx_x, i0, nr, j0 - r, W, pad, scale)
     if nk == 9:  # sigma 1, the usual setting
-        _vertical9(pad, 0, W, k, bh, tmp, 0)
-        _horizontal9(tmp, 0, W, k, bh, bw, weight, out)
+        _vertical9(pad, W, k, bh, tmp)
+        _horizontal9(tmp, W, k, bh, bw, weight, out)
         return _squares(out, bh * bw)
     # Both passes over the whole buffer as one flat line: the values that
     # spill across a row end land in the 2r unused columns of the next row.
