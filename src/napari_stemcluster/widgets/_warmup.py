@@ -26,6 +26,7 @@ def warm_up_kernels() -> None:
     >>> warm_up_kernels()  # doctest: +SKIP
     """
     from ..core.averages import cluster_sums
+    from ..core.editing import update_sums
     from ..core.prefilter import correlative_prefilter
     from ..core.regions import grow_regions
     from ..core.similarity import mean_similarity, neighbor_similarity
@@ -38,6 +39,7 @@ def warm_up_kernels() -> None:
         labels, _ = grow_regions(sim, 0.5, mean_similarity=ms)
         cluster_sums(cube, labels, int(labels.max()))
         virtual_detector(cube, np.ones((6, 6), bool))
+        update_sums(np.zeros((2, 6, 6)), np.zeros(2, np.int64), cube[0, :2], [1, 1], [2, 2])
     correlative_prefilter(np.ones((3, 4, 6, 6), np.uint16), sigma=1.0, radius=1)
 
 
