@@ -388,9 +388,16 @@ def test_binned_images_are_exact_for_bin_aligned_masks(center):
     mask[2:6, 4:10] = True
     mask[10:, :2] = True
     got = binned.images(mask, center)
-    # centre of mass: bins are treated as even, so compare with a cube that is
-    even = np.repeat(np.repeat(_bins_reference(cube, 2) / 4, 2, -2), 2, -1)[..., :12, :10]
-    want = virtual_detector(even, mask, center=center)
+    # centre of mass: inside a bin, intensity is taken as distributed like the
+    # sum of all patterns; compare with a cube whose patterns are
+    total = cube.sum(axis=(0, 1), dtype=np.float64)
+    model = np.zeros(cube.shape)
+    bins = _bins_reference(cube, 2)
+    for i in range(12):
+        for j in range(10):
+            block = total[i - i % 2 : i - i % 2 + 2, j - j % 2 : j - j % 2 + 2]
+            model[..., i, j] = bins[..., i // 2, j // 2] * total[i, j] / block.sum()
+    want = virtual_detector(model, mask, center=center)
     exact = virtual_detector(cube, mask, center=center)
     np.testing.assert_allclose(got.intensity, exact.intensity, rtol=1e-6)
     np.testing.assert_allclose(got.com_x, want.com_x, rtol=1e-5, atol=1e-5)
@@ -452,3 +459,28 @@ def test_binned_layout_stays_within_the_budget():
             > budget
         )
     assert binned_layout((4, 4), (32, 32), 10**9) == (2, 1)  # small detectors: smaller bins
+
+
+def test_binned_images_split_a_steep_beam_like_the_average_pattern():
+    """Patterns that are scaled copies of one steep profile: exact for any detector."""
+    from napari_stemcluster.core.virtual import BinnedCube, roi_mask, virtual_detector
+
+    rng = np.random.default_rng(6)
+    yy, xx = np.mgrid[:17, :17] - 8.0
+    beam = 1000 * np.exp(-(xx**2 + yy**2) / 3.0) + 0.5
+    scale = rng.uniform(0.5, 2.0, (5, 4))
+    cube = (scale[..., None, None] * beam).astype(np.float32)
+    binned = BinnedCube((5, 4), (17, 17), factor=4)
+    binned.add_rows(0, cube[:2])
+    binned.add_rows(2, cube[2:])
+    roi = {"shape": "annulus", "center": (8.4, 7.7), "inner": 1.7, "outer": 6.2}
+    mask = roi_mask((17, 17), roi)
+    got = binned.images(mask, roi["center"])
+    want = virtual_detector(cube, mask, center=roi["center"])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    # weights from an even split would be far off here
+    even = BinnedCube((5, 4), (17, 17), factor=4)
+    even.add_rows(0, cube)
+    even.pattern_sum[:] = 0.0
+    assert not np.allclose(even.images(mask, roi["center"]).intensity, want.intensity, rtol=0.05)

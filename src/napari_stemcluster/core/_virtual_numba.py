@@ -31,7 +31,7 @@ def _detector_sums(block, idx, wx, wy, out_sum, out_x, out_y):
 
 
 @numba.njit(cache=True, nogil=True)
-def _bin_and_sum(block, idx, factor, acc, out_bins, out_sum):
+def _bin_and_sum(block, idx, factor, acc, out_bins, out_sum, total):
     """Detector bins of ``factor x factor`` pixels and the masked sum of each pattern.
 
     ``block`` is ``(n, Qx, Qy)``; ``out_bins`` ``(n, ceil(Qx/f), ceil(Qy/f))``
@@ -39,7 +39,8 @@ def _bin_and_sum(block, idx, factor, acc, out_bins, out_sum):
     ``idx`` the flat detector pixels of a mask and ``out_sum`` ``(n,)``
     float64 the sum over them (both from one read of each pattern). ``acc``
     is a scratch row of ``Qy`` in an exact accumulator type (uint32 for
-    8- and 16-bit data, int64 or float64 otherwise).
+    8- and 16-bit data, int64 or float64 otherwise). ``total`` ``(Qx, Qy)``
+    float64 accumulates the sum of all patterns.
     """
     n, qx, qy = block.shape
     nbx, nby = out_bins.shape[1], out_bins.shape[2]
@@ -51,8 +52,10 @@ def _bin_and_sum(block, idx, factor, acc, out_bins, out_sum):
             # sum the bin's detector rows first: contiguous, vectorised adds
             for x in range(bx * factor, min(qx, bx * factor + factor)):
                 row = pat[x]
+                trow = total[x]
                 for y in range(qy):
                     acc[y] += row[y]
+                    trow[y] += row[y]
             for by in range(nby):
                 y0 = by * factor
                 t = acc[y0]

@@ -24,6 +24,7 @@ __all__ = [
     "VirtualImages",
     "annular_mask",
     "binned_layout",
+    "coarse_first_rows",
     "default_radii",
     "detector_center",
     "detector_mask",
@@ -505,6 +506,32 @@ def binned_layout(
     return factor, step
 
 
+def coarse_first_rows(n: int, first: int = 16) -> np.ndarray:
+    """Scan rows in coarse-to-fine order: every ``first``-th row, then the rows between.
+
+    An image filled in this order is soon complete at low resolution and
+    refines evenly, rather than growing from the top.
+
+    Examples
+    --------
+    >>> coarse_first_rows(9, first=4).tolist()
+    [0, 4, 8, 2, 6, 1, 3, 5, 7]
+    """
+    n = int(n)
+    seen = np.zeros(n, bool)
+    order = []
+    step = max(1, int(first))
+    while True:
+        rows = np.arange(0, n, step)
+        rows = rows[~seen[rows]]
+        seen[rows] = True
+        order.extend(rows.tolist())
+        if step == 1:
+            break
+        step = max(1, step // 2)
+    return np.asarray(order, np.int64)
+
+
 class BinnedCube:
     """A detector-binned (and maybe scan-subsampled) float32 copy of one 4D scan.
 
@@ -561,6 +588,9 @@ class BinnedCube:
             np.float32,
         )
         self.filled = np.zeros(self.data.shape[1], bool)
+        #: Sum of every pattern added (float64, full detector resolution): the
+        #: shape of the intensity inside each bin, for partly covered bins.
+        self.pattern_sum = np.zeros(self.detector_shape)
 
     @property
     def nbytes(self) -> int:
@@ -625,7 +655,7 @@ class BinnedCube:
             )
         bins = np.empty((len(flat), *self.bins_shape), np.float32)
         out = np.empty(len(flat))
-        _bin_and_sum(flat, idx, self.factor, acc, bins, out)
+        _bin_and_sum(flat, idx, self.factor, acc, bins, out, self.pattern_sum)
         bins = bins.reshape(len(use), cols, *self.bins_shape)
         for r in keep:
             i = (r - r0) if mask is not None else keep.index(r)
@@ -636,9 +666,13 @@ class BinnedCube:
     def weights(self, mask: np.ndarray, center: tuple[float, float] | None = None) -> np.ndarray:
         """Per-bin weights ``(B, 3)``: mask coverage and first moments of the masked pixels.
 
-        Column 0 is the fraction of the bin's pixels in ``mask``; columns 1
-        and 2 the sum over those pixels of their ``qx - cx`` and ``qy - cy``,
-        divided by the bin's pixel count.
+        Within a bin, intensity is assumed to be distributed as in the sum
+        of all patterns added (:attr:`pattern_sum`; evenly where that is 0):
+        column 0 is the fraction of the bin's intensity on ``mask`` pixels,
+        columns 1 and 2 that fraction weighted by each pixel's ``qx - cx``
+        and ``qy - cy``. A steep direct beam cut by the detector's edge is
+        then split between inside and outside as the average pattern splits
+        it.
         """
         mask = np.asarray(mask, bool)
         if mask.shape != self.detector_shape:
@@ -652,17 +686,24 @@ class BinnedCube:
         f = self.factor
         bx, by = self.bins_shape
         px, py = bx * f - qx, by * f - qy
-        m = np.pad(mask.astype(np.float64), ((0, px), (0, py)))
-        ones = np.pad(np.ones((qx, qy)), ((0, px), (0, py)))
-        dx = np.pad(np.broadcast_to((np.arange(qx) - cx)[:, None], (qx, qy)), ((0, px), (0, py)))
-        dy = np.pad(np.broadcast_to((np.arange(qy) - cy)[None, :], (qx, qy)), ((0, px), (0, py)))
 
         def per_bin(a):
-            return a.reshape(bx, f, by, f).sum(axis=(1, 3)).ravel()
+            a = np.pad(a, ((0, px), (0, py)))
+            return a.reshape(bx, f, by, f).sum(axis=(1, 3))
 
-        n = per_bin(ones)
-        w = np.stack([per_bin(m), per_bin(m * dx), per_bin(m * dy)], axis=1) / n[:, None]
-        return w.astype(np.float32)
+        ref = np.clip(self.pattern_sum, 0.0, None)
+        ref_bins = per_bin(ref)
+        even = ref_bins <= 0  # no intensity known: evenly within the bin
+        count = per_bin(np.ones((qx, qy)))
+        # per-pixel share of its bin's intensity
+        up = np.repeat(np.repeat(np.where(even, count, ref_bins), f, 0), f, 1)[:qx, :qy]
+        ev = np.repeat(np.repeat(even, f, 0), f, 1)[:qx, :qy]
+        share = np.where(ev, 1.0, ref) / up
+        m = mask * share
+        dx = (np.arange(qx) - cx)[:, None]
+        dy = (np.arange(qy) - cy)[None, :]
+        w = np.stack([per_bin(m), per_bin(m * dx), per_bin(m * dy)], axis=-1)
+        return w.reshape(-1, 3).astype(np.float32)
 
     def images(self, mask: np.ndarray, center: tuple[float, float] | None = None) -> VirtualImages:
         """Integrated intensity and centre of mass of ``mask`` from the binned copy.
