@@ -359,6 +359,7 @@ class VirtualDetector:
         self.jobs_started = 0
         self._job = None  # (worker, cancel event)
         self._queued = None
+        self._generation = 0
         self._drawing = False
         from napari.layers import Shapes
 
@@ -552,11 +553,38 @@ class VirtualDetector:
             return
         request = (dict(self.roi), coarse_only)
         self.timing = {"requested": time.perf_counter()}
+        if coarse_only and self._preview_now(meta, det):
+            # dragging over a binned copy: shown at once (tens of ms), no job
+            if self._job is not None:
+                self._job[1].set()
+            self._queued = None
+            return
         if self._job is not None:  # one job at a time: restart when it stops
             self._job[1].set()
             self._queued = request
             return
         self._start(*request)
+
+    def _preview_now(self, meta, det) -> bool:
+        """The image of the binned copy, computed and shown in the GUI thread."""
+        from ._background import binned_cube
+
+        dif = self.dif
+        source = direct_source(meta)
+        t = dif._time_step() if source.ndim == 5 else None
+        binned = binned_cube(meta.get("cube"), t)
+        if binned is None or binned.detector_shape != tuple(det):
+            return False
+        mask = roi_mask(det, self.roi)
+        if not mask.any():
+            self.controls.status.value = "the detector lies outside the pattern"
+            return True
+        self._generation += 1  # results of a running job are stale from now on
+        center = self.roi.get("center") or detector_center(det)
+        out = binned.images(mask, center)
+        scan = tuple(source.shape[-4:-2])
+        self._on_image(("preview", binned.step, out), scan, t, int(mask.sum()))
+        return True
 
     def _start(self, roi, coarse_only):
         from napari.qt.threading import create_worker
@@ -617,7 +645,14 @@ class VirtualDetector:
         self.jobs_started += 1
         worker = create_worker(work, _start_thread=False)
         self._job = (worker, cancel)
-        worker.yielded.connect(lambda value: self._on_image(value, scan, t, int(mask.sum())))
+        self._generation += 1
+        gen = self._generation
+
+        def on_yield(value):
+            if gen == self._generation:  # not a job overtaken by a preview
+                self._on_image(value, scan, t, int(mask.sum()))
+
+        worker.yielded.connect(on_yield)
         worker.finished.connect(self._on_finished)
         worker.errored.connect(self._on_error)
         self.controls.status.value = "computing…"
