@@ -253,11 +253,12 @@ def test_virtual_detector_matches_numpy(roi, dtype):
     mask = roi_mask((7, 9), roi)
     assert mask.any()
     center = (3.0, 4.0)
-    got = virtual_detector(cube, mask)
     want = _reference_detector(cube, mask, center)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
-    assert got.com_x[0, 0] == 0 and got.intensity[0, 0] == 0
+    for threads in (True, False):
+        got = virtual_detector(cube, mask, threads=threads)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+        assert got.com_x[0, 0] == 0 and got.intensity[0, 0] == 0
 
 
 def test_roi_mask_shapes_against_numpy():

@@ -31,6 +31,31 @@ def _detector_sums(block, idx, wx, wy, out_sum, out_x, out_y):
 
 
 @numba.njit(cache=True, nogil=True)
+def _detector_sums_serial(block, idx, wx, wy, out_sum, out_x, out_y):
+    """:func:`_detector_sums` in the calling thread only.
+
+    For a background pass beside a GUI: it leaves the other cores to the
+    event loop, and on a busy machine it is faster than waiting for every
+    thread of a parallel loop.
+    """
+    n = block.shape[0]
+    m = idx.shape[0]
+    for i in range(n):
+        s = 0.0
+        sx = 0.0
+        sy = 0.0
+        row = block[i]
+        for k in range(m):
+            v = float(row[idx[k]])
+            s += v
+            sx += v * wx[k]
+            sy += v * wy[k]
+        out_sum[i] = s
+        out_x[i] = sx
+        out_y[i] = sy
+
+
+@numba.njit(cache=True, nogil=True)
 def _bin_and_sum(block, idx, factor, acc, out_bins, out_sum, total):
     """Detector bins of ``factor x factor`` pixels and the masked sum of each pattern.
 

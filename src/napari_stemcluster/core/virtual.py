@@ -346,6 +346,7 @@ def virtual_detector(
     strided_reads: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_block: Callable[[tuple, VirtualImages], None] | None = None,
+    threads: bool = True,
 ) -> VirtualImages:
     """Integrated intensity and centre of mass of every pattern over a detector mask.
 
@@ -373,6 +374,10 @@ def virtual_detector(
         Called after each block with the output index it filled (a tuple of
         slices into the result) and the block's images, so a display can
         show the image growing.
+    threads : bool
+        Sum the patterns of a block in parallel (numba threads); False
+        keeps to the calling thread (a background job beside a GUI, or a
+        machine whose cores are busy).
 
     Returns
     -------
@@ -390,8 +395,9 @@ def virtual_detector(
     >>> out.intensity.tolist(), out.com_x.tolist(), out.com_y.tolist()
     ([[4.0, 1.0]], [[1.0, 0.0]], [[0.0, 0.0]])
     """
-    from ._virtual_numba import _detector_sums
+    from ._virtual_numba import _detector_sums, _detector_sums_serial
 
+    kernel = _detector_sums if threads else _detector_sums_serial
     shape = tuple(getattr(cube, "shape", ()))
     if len(shape) not in (4, 5):
         raise ValueError(
@@ -440,7 +446,7 @@ def virtual_detector(
         n = block.shape[0] * block.shape[1]
         s, sx, sy = (np.empty(n) for _ in range(3))
         if len(idx):
-            _detector_sums(block.reshape(n, -1), idx, wx, wy, s, sx, sy)
+            kernel(block.reshape(n, -1), idx, wx, wy, s, sx, sy)
         else:
             s[:], sx[:], sy[:] = 0.0, 0.0, 0.0
         if dtype.kind == "f" and not np.isfinite(s).all():

@@ -684,7 +684,7 @@ class VirtualDetector:
                 picked = order[i : i + (1 if coarse_rows else per_read)]
                 block = cube[int(picked[0]) : int(picked[-1]) + 1]
                 block = np.asarray(block.compute() if hasattr(block, "compute") else block)
-                out = virtual_detector(block, mask, center=center)
+                out = virtual_detector(block, mask, center=center, threads=False)
                 batch.extend(int(r) for r in picked)
                 vals.append(np.stack(out))
                 i += len(picked)
