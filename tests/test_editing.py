@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from napari_stemcluster.core import cluster_sums, grow_regions, neighbor_similarity
+from napari_stemcluster.core.averages import cluster_table
 from napari_stemcluster.core.editing import (
     changed_positions,
     merge_labels,
@@ -10,6 +11,7 @@ from napari_stemcluster.core.editing import (
     read_patterns,
     split_label,
     update_sums,
+    update_table,
 )
 
 from _reference import DTYPES, random_cube
@@ -47,6 +49,104 @@ def test_read_patterns_any_order_and_backend(rng, kind):
     assert read_patterns(arr, np.empty((0, 2), int)).shape == (0, 3, 4)
     with pytest.raises(IndexError, match="inside"):
         read_patterns(arr, [(6, 0)])
+
+
+class _Counting:
+    def __init__(self, cube):
+        self.cube, self.reads = cube, []
+        self.shape, self.dtype, self.ndim = cube.shape, cube.dtype, cube.ndim
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.cube[key]
+
+
+def test_read_patterns_reads_a_brush_stroke_at_once_and_scattered_ones_apart(rng):
+    cube = random_cube(rng, (40, 30, 2, 3))
+    counting = _Counting(cube)
+    yy, xx = np.mgrid[:40, :30]
+    stroke = np.argwhere((yy - 20) ** 2 + (xx - 12) ** 2 <= 36)  # a disk of radius 6
+    got = read_patterns(counting, stroke[::-1])
+    np.testing.assert_array_equal(got, cube[stroke[::-1, 0], stroke[::-1, 1]])
+    assert counting.reads == [(slice(14, 27), slice(6, 19))]
+    # far-apart positions: one small read each, never the box around them all
+    counting.reads.clear()
+    far = np.array([[0, 0], [39, 29], [0, 29], [20, 15]])
+    np.testing.assert_array_equal(read_patterns(counting, far), cube[far[:, 0], far[:, 1]])
+    assert len(counting.reads) == 3  # rows 0 (two columns, shared row), 20 and 39
+    read = sum((k[0].stop - k[0].start) * (k[1].stop - k[1].start) for k in counting.reads)
+    assert read <= 2 * 30 + 2
+
+
+def test_read_patterns_box_waste_and_size_are_bounded(rng, monkeypatch):
+    import napari_stemcluster.core.editing as editing
+
+    cube = random_cube(rng, (12, 12, 2, 2))
+    pos = rng.integers(0, 12, (50, 2))
+    pos = np.unique(pos, axis=0)
+    for limit in (1, 5, 10**6):
+        # the byte limit (in patterns) caps every block
+        monkeypatch.setattr(editing, "_READ_BYTES", limit * 4 * cube.itemsize)
+        counting = _Counting(cube)
+        np.testing.assert_array_equal(read_patterns(counting, pos), cube[pos[:, 0], pos[:, 1]])
+        for r, c in counting.reads:
+            area = (r.stop - r.start) * (c.stop - c.start)
+            rows = r.stop - r.start
+            assert rows == 1 or area <= limit
+            inside = ((pos[:, 0] >= r.start) & (pos[:, 0] < r.stop)).sum()
+            assert rows == 1 or area <= 2 * inside
+
+
+@pytest.mark.parametrize("with_map", [True, False])
+@pytest.mark.parametrize("shape", [(9, 8), (1, 11), (10, 1)])
+def test_update_table_equals_the_recomputed_table(rng, with_map, shape):
+    labels = rng.integers(0, 5, shape)
+    ms = rng.uniform(0, 1, shape).astype(np.float32) if with_map else None
+    table = cluster_table(labels, ms)
+    for step in range(6):
+        edited = labels.copy()
+        flat = edited.ravel()
+        idx = rng.choice(flat.size, size=max(1, flat.size // 4), replace=False)
+        flat[idx] = rng.integers(0, 8 if step % 2 else 5, idx.size)  # new labels too
+        if step == 3:
+            edited[edited == edited.max()] = 0  # the highest label erased: table shrinks
+        _, old, new = changed_positions(labels, edited)
+        table = update_table(table, edited, np.concatenate([old, new]), ms)
+        want = cluster_table(edited, ms)
+        np.testing.assert_array_equal(table.size, want.size)
+        np.testing.assert_array_equal(table.seed, want.seed)
+        np.testing.assert_array_equal(table.mean_similarity, want.mean_similarity)
+        labels = edited
+
+
+def test_update_table_touches_only_the_given_labels():
+    labels = np.array([[1, 1, 2, 2, 3]])
+    table = cluster_table(labels)
+    stale = update_table(table, np.array([[1, 2, 2, 2, 3]]), [])  # nothing declared
+    np.testing.assert_array_equal(stale.size, table.size)
+    fresh = update_table(table, np.array([[1, 2, 2, 2, 3]]), [1, 2])
+    assert fresh.size.tolist() == [1, 3, 1]
+
+
+def test_update_sums_from_every_dtype_and_signs(rng):
+    for dtype in (np.uint8, np.uint16, np.int32, np.float32, np.float64, bool):
+        patterns = (rng.uniform(0, 3, (6, 2, 3)) > 1).astype(dtype)
+        sums = rng.uniform(0, 5, (3, 2, 3))
+        counts = np.array([5, 5, 5])
+        old = np.array([1, 0, 2, 3, 2, 1])
+        new = np.array([2, 1, 0, 3, 4, 1])  # unchanged positions (3->3, 1->1) are no-ops
+        want = sums.copy()
+        p = patterns.astype(np.float64)
+        for k in range(6):
+            if old[k] != new[k] and old[k]:
+                want[old[k] - 1] -= p[k]
+        want = np.concatenate([want, np.zeros((1, 2, 3))])
+        for k in range(6):
+            if old[k] != new[k] and new[k]:
+                want[new[k] - 1] += p[k]
+        got, c = update_sums(sums.copy(), counts.copy(), patterns, old, new)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        assert c.tolist() == [5 - 1 + 1, 5 + 1 - 2, 5, 1]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

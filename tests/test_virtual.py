@@ -253,11 +253,12 @@ def test_virtual_detector_matches_numpy(roi, dtype):
     mask = roi_mask((7, 9), roi)
     assert mask.any()
     center = (3.0, 4.0)
-    got = virtual_detector(cube, mask)
     want = _reference_detector(cube, mask, center)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
-    assert got.com_x[0, 0] == 0 and got.intensity[0, 0] == 0
+    for threads in (True, False):
+        got = virtual_detector(cube, mask, threads=threads)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+        assert got.com_x[0, 0] == 0 and got.intensity[0, 0] == 0
 
 
 def test_roi_mask_shapes_against_numpy():
@@ -332,3 +333,155 @@ def test_virtual_detector_h5py_and_errors(tmp_path):
         virtual_detector(cube, mask, stride=0)
     empty = virtual_detector(cube, np.zeros((4, 4), bool))
     assert not empty.intensity.any() and not empty.com_x.any()
+
+
+# ---------------------------------------------------------------------------
+# the binned copy behind interactive previews
+
+
+def _bins_reference(cube, f):
+    """Plain numpy: zero-pad the detector to a multiple of f, sum f x f blocks."""
+    c = np.asarray(cube, np.float64)
+    qx, qy = c.shape[-2:]
+    bx, by = -(-qx // f), -(-qy // f)
+    pad = np.zeros(c.shape[:-2] + (bx * f, by * f))
+    pad[..., :qx, :qy] = c
+    return pad.reshape(*c.shape[:-2], bx, f, by, f).sum(axis=(-3, -1))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64, bool])
+@pytest.mark.parametrize(("det", "f"), [((8, 8), 4), ((7, 5), 2), ((6, 9), 3), ((5, 4), 1)])
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_binned_cube_matches_numpy_bins_and_masked_sums(dtype, det, f, step):
+    from napari_stemcluster.core.virtual import BinnedCube
+
+    rng = np.random.default_rng(3)
+    cube = (rng.uniform(0, 50, (7, 5, *det)) * (rng.uniform(size=(7, 5, *det)) > 0.3)).astype(dtype)
+    mask = rng.uniform(size=det) > 0.5
+    binned = BinnedCube((7, 5), det, factor=f, step=step)
+    sums = []
+    for r0, r1 in ((0, 3), (3, 4), (4, 7)):  # uneven blocks of whole rows
+        assert not binned.complete
+        sums.append(binned.add_rows(r0, cube[r0:r1], mask))
+    assert binned.complete
+    want = _bins_reference(cube[::step, ::step], f)  # (rows, cols, bx, by)
+    got = binned.data.reshape(*want.shape[2:], *want.shape[:2])
+    np.testing.assert_allclose(np.moveaxis(got, (0, 1), (2, 3)), want, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate(sums), np.asarray(cube, np.float64)[..., mask].sum(-1), rtol=1e-12
+    )
+    # without a mask: bins only
+    other = BinnedCube((7, 5), det, factor=f, step=step)
+    assert other.add_rows(0, cube) is None
+    np.testing.assert_array_equal(other.data, binned.data)
+
+
+@pytest.mark.parametrize("center", [None, (2.3, 5.6)])
+def test_binned_images_are_exact_for_bin_aligned_masks(center):
+    from napari_stemcluster.core.virtual import BinnedCube, virtual_detector
+
+    rng = np.random.default_rng(4)
+    cube = rng.poisson(20, (6, 5, 12, 10)).astype(np.uint16)
+    binned = BinnedCube((6, 5), (12, 10), factor=2)
+    binned.add_rows(0, cube)
+    # a union of whole 2x2 bins, incl. the short edge bins
+    mask = np.zeros((12, 10), bool)
+    mask[2:6, 4:10] = True
+    mask[10:, :2] = True
+    got = binned.images(mask, center)
+    # centre of mass: inside a bin, intensity is taken as distributed like the
+    # sum of all patterns; compare with a cube whose patterns are
+    total = cube.sum(axis=(0, 1), dtype=np.float64)
+    model = np.zeros(cube.shape)
+    bins = _bins_reference(cube, 2)
+    for i in range(12):
+        for j in range(10):
+            block = total[i - i % 2 : i - i % 2 + 2, j - j % 2 : j - j % 2 + 2]
+            model[..., i, j] = bins[..., i // 2, j // 2] * total[i, j] / block.sum()
+    want = virtual_detector(model, mask, center=center)
+    exact = virtual_detector(cube, mask, center=center)
+    np.testing.assert_allclose(got.intensity, exact.intensity, rtol=1e-6)
+    np.testing.assert_allclose(got.com_x, want.com_x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.com_y, want.com_y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "roi",
+    [
+        {"shape": "annulus", "center": (6.3, 5.2), "inner": 2.2, "outer": 4.9},
+        {"shape": "circle", "center": (3.0, 7.7), "radius": 2.6},
+        {"shape": "rectangle", "start": (1.4, 0.2), "stop": (9.1, 6.6)},
+        {"shape": "point", "center": (5, 5)},
+    ],
+)
+def test_binned_images_weigh_partly_covered_bins_exactly_for_even_bins(roi):
+    """A cube even within each bin: the fractional coverage makes the preview exact."""
+    from napari_stemcluster.core.virtual import BinnedCube, roi_mask, virtual_detector
+
+    rng = np.random.default_rng(5)
+    coarse = rng.uniform(0, 10, (4, 3, 4, 4)).astype(np.float32)
+    cube = np.repeat(np.repeat(coarse, 3, -2), 3, -1)[..., :11, :10]  # 3x3 bins, short edges
+    mask = roi_mask((11, 10), roi)
+    binned = BinnedCube((4, 3), (11, 10), factor=3)
+    binned.add_rows(0, cube)
+    got = binned.images(mask, roi.get("center"))
+    want = virtual_detector(cube, mask, center=roi.get("center"))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_binned_cube_rejects_bad_blocks_and_masks():
+    from napari_stemcluster.core.virtual import BinnedCube
+
+    binned = BinnedCube((3, 4), (6, 6), factor=2)
+    with pytest.raises(ValueError, match="whole scan rows"):
+        binned.add_rows(0, np.zeros((1, 3, 6, 6)))
+    with pytest.raises(ValueError, match="do not match the detector"):
+        binned.add_rows(0, np.zeros((1, 4, 6, 5)))
+    with pytest.raises(ValueError, match="mask shape"):
+        binned.images(np.ones((5, 6), bool))
+    with pytest.raises(ValueError, match=">= 1"):
+        BinnedCube((3, 4), (6, 6), factor=0)
+    # rows not added yet read as zero; an empty mask gives zeros
+    assert not binned.images(np.zeros((6, 6), bool)).intensity.any()
+
+
+def test_binned_layout_stays_within_the_budget():
+    from napari_stemcluster.core.virtual import binned_layout
+
+    for scan, det, budget in [((256, 256), (128, 128), 2**28), ((300, 200), (256, 256), 2**26)]:
+        f, step = binned_layout(scan, det, budget)
+        n = -(-scan[0] // step) * -(-scan[1] // step) * -(-det[0] // f) * -(-det[1] // f) * 4
+        assert n <= budget
+        assert step == 1 or (
+            -(-scan[0] // (step - 1))
+            * -(-scan[1] // (step - 1))
+            * (n // max(1, -(-scan[0] // step) * -(-scan[1] // step)))
+            > budget
+        )
+    assert binned_layout((4, 4), (32, 32), 10**9) == (2, 1)  # small detectors: smaller bins
+
+
+def test_binned_images_split_a_steep_beam_like_the_average_pattern():
+    """Patterns that are scaled copies of one steep profile: exact for any detector."""
+    from napari_stemcluster.core.virtual import BinnedCube, roi_mask, virtual_detector
+
+    rng = np.random.default_rng(6)
+    yy, xx = np.mgrid[:17, :17] - 8.0
+    beam = 1000 * np.exp(-(xx**2 + yy**2) / 3.0) + 0.5
+    scale = rng.uniform(0.5, 2.0, (5, 4))
+    cube = (scale[..., None, None] * beam).astype(np.float32)
+    binned = BinnedCube((5, 4), (17, 17), factor=4)
+    binned.add_rows(0, cube[:2])
+    binned.add_rows(2, cube[2:])
+    roi = {"shape": "annulus", "center": (8.4, 7.7), "inner": 1.7, "outer": 6.2}
+    mask = roi_mask((17, 17), roi)
+    got = binned.images(mask, roi["center"])
+    want = virtual_detector(cube, mask, center=roi["center"])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    # weights from an even split would be far off here
+    even = BinnedCube((5, 4), (17, 17), factor=4)
+    even.add_rows(0, cube)
+    even.pattern_sum[:] = 0.0
+    assert not np.allclose(even.images(mask, roi["center"]).intensity, want.intensity, rtol=0.05)

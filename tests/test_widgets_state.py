@@ -71,7 +71,7 @@ def test_reads_only_changed_patterns(rng):
     labels[3, 2] = 2
     labels[3, 4] = 2
     state.sync()
-    assert reads == [(3, slice(2, 5))]  # one row span, not the cube
+    assert reads == [(slice(3, 4), slice(2, 5))]  # one row span, not the cube
     _assert_matches_recomputed(state)
 
 

@@ -270,7 +270,9 @@ def _in_background(layers: list[tuple], nbytes: int) -> list[tuple]:
 
     out = []
     for data, kwargs, kind in layers:
-        wrapped = wrap_if_large(data, nbytes, kwargs.get("name", "virtual image"))
+        wrapped = wrap_if_large(
+            data, nbytes, kwargs.get("name", "virtual image"), kwargs.get("metadata")
+        )
         if wrapped is not data:
             # napari would compute the whole image to find them
             kwargs = {**kwargs, "contrast_limits": (0.0, 1.0)}

@@ -28,3 +28,94 @@ def _detector_sums(block, idx, wx, wy, out_sum, out_x, out_y):
         out_sum[i] = s
         out_x[i] = sx
         out_y[i] = sy
+
+
+@numba.njit(cache=True, nogil=True)
+def _detector_sums_serial(block, idx, wx, wy, out_sum, out_x, out_y):
+    """:func:`_detector_sums` in the calling thread only.
+
+    For a background pass beside a GUI: it leaves the other cores to the
+    event loop, and on a busy machine it is faster than waiting for every
+    thread of a parallel loop.
+    """
+    n = block.shape[0]
+    m = idx.shape[0]
+    for i in range(n):
+        s = 0.0
+        sx = 0.0
+        sy = 0.0
+        row = block[i]
+        for k in range(m):
+            v = float(row[idx[k]])
+            s += v
+            sx += v * wx[k]
+            sy += v * wy[k]
+        out_sum[i] = s
+        out_x[i] = sx
+        out_y[i] = sy
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin_and_sum(block, idx, factor, acc, out_bins, out_sum, total):
+    """Detector bins of ``factor x factor`` pixels and the masked sum of each pattern.
+
+    ``block`` is ``(n, Qx, Qy)``; ``out_bins`` ``(n, ceil(Qx/f), ceil(Qy/f))``
+    float32 (sums of the pixels of each bin; edge bins hold fewer pixels);
+    ``idx`` the flat detector pixels of a mask and ``out_sum`` ``(n,)``
+    float64 the sum over them (both from one read of each pattern). ``acc``
+    is a scratch row of ``Qy`` in an exact accumulator type (uint32 for
+    8- and 16-bit data, int64 or float64 otherwise). ``total`` ``(Qx, Qy)``
+    float64 accumulates the sum of all patterns.
+    """
+    n, qx, qy = block.shape
+    nbx, nby = out_bins.shape[1], out_bins.shape[2]
+    m = idx.shape[0]
+    for i in range(n):
+        pat = block[i]
+        for bx in range(nbx):
+            acc[:] = 0
+            # sum the bin's detector rows first: contiguous, vectorised adds
+            for x in range(bx * factor, min(qx, bx * factor + factor)):
+                row = pat[x]
+                trow = total[x]
+                for y in range(qy):
+                    acc[y] += row[y]
+                    trow[y] += row[y]
+            for by in range(nby):
+                y0 = by * factor
+                t = acc[y0]
+                for y in range(y0 + 1, min(qy, y0 + factor)):
+                    t += acc[y]
+                out_bins[i, bx, by] = t
+        flat = pat.ravel()
+        s = 0.0
+        for k in range(m):
+            s += flat[idx[k]]
+        out_sum[i] = s
+
+
+@numba.njit(cache=True, nogil=True)
+def _weighted_bins(data, bins, w, out):
+    """``out[j] = sum_b w[b, j] * data[b]`` over the listed ``bins`` (j = 0, 1, 2).
+
+    ``data`` is bin-major ``(B, N)`` float32, so each bin is one contiguous
+    run of scan positions (vectorised multiply-adds), and bins outside the
+    detector (zero weight) are never read.
+    """
+    n = data.shape[1]
+    a = out[0]
+    b = out[1]
+    c = out[2]
+    a[:] = 0.0
+    b[:] = 0.0
+    c[:] = 0.0
+    for k in bins:
+        row = data[k]
+        w0 = w[k, 0]
+        w1 = w[k, 1]
+        w2 = w[k, 2]
+        for i in range(n):
+            v = row[i]
+            a[i] += v * w0
+            b[i] += v * w1
+            c[i] += v * w2

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._validate import check_finite_values
+from .averages import cluster_table
 from .regions import grow_regions
+from .result import ClusterTable
 
 __all__ = [
     "changed_positions",
@@ -22,6 +24,7 @@ __all__ = [
     "read_patterns",
     "split_label",
     "update_sums",
+    "update_table",
 ]
 
 
@@ -60,12 +63,50 @@ def changed_positions(before, after) -> tuple[np.ndarray, np.ndarray, np.ndarray
     )
 
 
+#: A read may cover up to this many unrequested patterns per requested one.
+_READ_WASTE = 1.0
+#: Largest block of patterns read at once (bytes).
+_READ_BYTES = 64 * 2**20
+
+
+def _read_boxes(pos: np.ndarray, max_patterns: int) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(r0, r1, c0, c1)`` of scan rows and columns covering ``pos``.
+
+    Consecutive requested rows share one box while it stays mostly requested
+    patterns: each read has a fixed cost (tens of microseconds to a
+    millisecond for an HDF5 dataset), so a brush stroke of 300 positions over
+    20 rows is one read instead of 20.
+    """
+    rows = np.unique(pos[:, 0])
+    boxes = []
+    box = None
+    for row in rows:
+        cols = pos[pos[:, 0] == row, 1]
+        lo, hi, n = int(cols.min()), int(cols.max()) + 1, len(np.unique(cols))
+        if box is not None and row == box[1]:
+            r0, _r1, c0, c1, wanted = box
+            nc0, nc1 = min(c0, lo), max(c1, hi)
+            area = (row + 1 - r0) * (nc1 - nc0)
+            if area <= max_patterns and area <= (1 + _READ_WASTE) * (wanted + n):
+                box = (r0, row + 1, nc0, nc1, wanted + n)
+                continue
+        if box is not None:
+            boxes.append(box[:4])
+        box = (int(row), int(row) + 1, lo, hi, n)
+    if box is not None:
+        boxes.append(box[:4])
+    return boxes
+
+
 def read_patterns(cube, positions) -> np.ndarray:
     """The diffraction patterns at some scan positions, reading little.
 
-    Positions are grouped by scan row and each row is read once over the span
-    of its requested columns, which suits cubes chunked by scan rows (HDF5,
-    dask, memory maps).
+    Positions are read in file (raster) order, in a few rectangular blocks
+    of scan positions: consecutive requested rows are read together while
+    the block is mostly requested patterns (at most as many unrequested as
+    requested), which suits cubes chunked or stored by scan rows (HDF5,
+    dask, memory maps) and keeps the number of reads, each with a fixed
+    cost, small.
 
     Parameters
     ----------
@@ -91,15 +132,18 @@ def read_patterns(cube, positions) -> np.ndarray:
     rx, ry = shape[:2]
     if pos.size and ((pos < 0).any() or (pos[:, 0] >= rx).any() or (pos[:, 1] >= ry).any()):
         raise IndexError(f"positions must lie inside the {rx}x{ry} scan")
-    out = np.empty((len(pos),) + shape[2:], np.dtype(cube.dtype))
-    for row in np.unique(pos[:, 0]):
-        idx = np.flatnonzero(pos[:, 0] == row)
-        cols = pos[idx, 1]
-        c0, c1 = int(cols.min()), int(cols.max()) + 1
-        block = cube[int(row), c0:c1]
+    dtype = np.dtype(cube.dtype)
+    out = np.empty((len(pos),) + shape[2:], dtype)
+    if not len(pos):
+        return out
+    pattern_bytes = max(1, int(np.prod(shape[2:])) * dtype.itemsize)
+    for r0, r1, c0, c1 in _read_boxes(pos, max(1, _READ_BYTES // pattern_bytes)):
+        idx = np.flatnonzero((pos[:, 0] >= r0) & (pos[:, 0] < r1))
+        block = cube[r0:r1, c0:c1]
         if hasattr(block, "compute"):
             block = block.compute()
-        out[idx] = np.asarray(block)[cols - c0]
+        block = np.asarray(block)
+        out[idx] = block[pos[idx, 0] - r0, pos[idx, 1] - c0]
     return out
 
 
@@ -147,19 +191,91 @@ def update_sums(
         raise ValueError(
             f"patterns of shape {patterns.shape[1:]} do not match the sums' {sums.shape[1:]}"
         )
-    if patterns.size:
+    if patterns.size and patterns.dtype.kind == "f":  # integers are always finite
         check_finite_values(patterns.reshape(len(patterns), -1).sum(axis=1), "update_sums")
     n_needed = int(max(new.max(initial=0), old.max(initial=0)))
     if n_needed > len(sums):
         grow = n_needed - len(sums)
         sums = np.concatenate([sums, np.zeros((grow,) + sums.shape[1:], sums.dtype)])
         counts = np.concatenate([counts, np.zeros(grow, counts.dtype)])
-    for sign, labs in ((-1.0, old), (1.0, new)):
-        for lab in np.unique(labs[labs > 0]):
-            members = labs == lab
-            sums[lab - 1] += sign * patterns[members].sum(axis=0, dtype=np.float64)
-            counts[lab - 1] += int(sign) * int(members.sum())
+    if sums.dtype != np.float64 or not sums.flags.c_contiguous:
+        sums = np.ascontiguousarray(sums, np.float64)
+    if len(patterns):
+        from ._editing_numba import _move_patterns
+
+        flat = np.ascontiguousarray(patterns).reshape(len(patterns), -1)
+        if flat.dtype == bool:
+            flat = flat.view(np.uint8)
+        _move_patterns(sums.reshape(len(sums), -1), flat, old, new)
+    moved = old != new
+    np.subtract.at(counts, old[moved & (old > 0)] - 1, 1)
+    np.add.at(counts, new[moved & (new > 0)] - 1, 1)
     return sums, counts
+
+
+def update_table(
+    table: ClusterTable,
+    labels,
+    changed_labels,
+    mean_similarity: np.ndarray | None = None,
+) -> ClusterTable:
+    """The cluster table after an edit, recomputing only the labels it touched.
+
+    Equal to ``cluster_table(labels, mean_similarity)``, at the cost of the
+    touched clusters' members rather than of the whole scan (a brush stroke
+    changes two or three clusters out of hundreds).
+
+    Parameters
+    ----------
+    table : ClusterTable
+        The table of the labels before the edit.
+    labels : ndarray of int, shape (Rx, Ry)
+        The labels after the edit.
+    changed_labels : array_like of int
+        Every label that gained or lost a position (old and new labels of
+        the changed positions; 0 is ignored).
+    mean_similarity : ndarray, shape (Rx, Ry), optional
+        As for :func:`~napari_stemcluster.core.averages.cluster_table`.
+
+    Returns
+    -------
+    ClusterTable
+        A new table with ``labels.max()`` rows.
+
+    Examples
+    --------
+    >>> before = np.array([[1, 1, 2, 2]])
+    >>> after = np.array([[1, 2, 2, 2]])
+    >>> t = update_table(cluster_table(before), after, [1, 2])
+    >>> t.size.tolist(), t.seed.tolist()
+    ([1, 3], [[0, 0], [0, 2]])
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0))
+    touched = np.unique(np.asarray(changed_labels, np.int64).ravel())
+    touched = touched[(touched > 0) & (touched <= n)]
+    keep = min(n, len(table))
+    size = np.zeros(n, np.int64)
+    seed = np.full((n, 2), -1, np.int64)
+    msim = np.full(n, np.nan, np.float32)
+    size[:keep] = table.size[:keep]
+    seed[:keep] = table.seed[:keep]
+    msim[:keep] = table.mean_similarity[:keep]
+    # rows the old table did not have are new labels: they were touched too
+    touched = np.union1d(touched, np.arange(keep + 1, n + 1))
+    if touched.size:
+        # lookup instead of np.isin: one pass over the scan
+        lut = np.zeros(n + 1, bool)
+        lut[touched] = True
+        flat = labels.ravel()
+        inside = lut[np.clip(flat, 0, n)] & (flat > 0)
+        sub = np.where(inside.reshape(labels.shape), labels, 0)
+        part = cluster_table(sub, mean_similarity, n)
+        rows = touched - 1
+        size[rows] = part.size[rows]
+        seed[rows] = part.seed[rows]
+        msim[rows] = part.mean_similarity[rows]
+    return ClusterTable(size=size, seed=seed, mean_similarity=msim)
 
 
 def _merge_target(merge: Sequence[int], target: int | None) -> tuple[np.ndarray, int]:

@@ -6,6 +6,13 @@ read. :class:`BackgroundImage` is an array-like that napari can show at once
 (zeros until ready): the time step napari asks for is computed first, in a
 background thread, with a progress bar, and the layers showing it are
 refreshed when it is done.
+
+When the file can be read directly (not through dask), the pass reads whole
+scan rows itself and, from the same read, fills a detector-binned copy of
+the cube (:class:`~napari_stemcluster.core.virtual.BinnedCube`, within a
+memory budget): the virtual detector of the diffraction viewer then shows an
+image of any detector at once while it is dragged, before the exact image
+is read from the file.
 """
 
 from __future__ import annotations
@@ -15,8 +22,32 @@ import weakref
 
 import numpy as np
 
+from ..core.virtual import BINNED_BUDGET, BinnedCube, binned_layout
+
 #: Cubes larger than this open with their virtual image computed in the background.
 BACKGROUND_BYTES = 256 * 2**20
+#: Memory for the binned copies of all open cubes (float32).
+BINNED_BYTES = BINNED_BUDGET
+#: Scan rows read at once by the pass (about this many bytes).
+READ_BYTES = 64 * 2**20
+
+_IMAGES: weakref.WeakSet = weakref.WeakSet()
+
+
+def binned_cube(cube, t: int | None = None) -> BinnedCube | None:
+    """The complete binned copy of ``cube`` (time step ``t`` of a series), if one was made.
+
+    Examples
+    --------
+    >>> binned_cube(np.zeros((2, 2, 4, 4))) is None
+    True
+    """
+    for img in list(_IMAGES):
+        if img.cube is cube:
+            got = img.binned.get(0 if t is None else int(t))
+            if got is not None and got.complete:
+                return got
+    return None
 
 
 class _Notifier:
@@ -57,8 +88,15 @@ class BackgroundImage:
     >>> viewer.add_image(img)  # shown at once, filled in when computed  # doctest: +SKIP
     """
 
-    def __init__(self, lazy, description: str = "virtual image"):
+    def __init__(self, lazy, description: str = "virtual image", *, direct=None):
         self.lazy = lazy
+        #: ``(cube, source, mask)`` to read rows from ``source`` (the file's
+        #: array-like, same shape as the layer's ``cube``) and sum them over
+        #: ``mask`` while filling :attr:`binned`; None: compute ``lazy``.
+        self.direct = direct
+        self.cube = None if direct is None else direct[0]
+        #: Binned copies per time step (:func:`binned_cube` finds them).
+        self.binned: dict[int, BinnedCube] = {}
         self.shape = tuple(int(s) for s in lazy.shape)
         self.dtype = np.dtype(lazy.dtype)
         self.ndim = len(self.shape)
@@ -71,6 +109,7 @@ class BackgroundImage:
         self._pbar = None
         self.cancelled = threading.Event()
         self._contrast_done: set[int] = set()
+        _IMAGES.add(self)
 
     @property
     def size(self) -> int:
@@ -141,23 +180,77 @@ class BackgroundImage:
                 if not self._wanted:
                     return
                 t = self._wanted.pop(0)
-            image = self.lazy[t] if self.ndim == 3 else self.lazy
-            chunks = image.chunks[0]
-            out = np.empty(image.shape, self.dtype)
-            r0 = 0
             try:
-                for i, n in enumerate(chunks):
-                    if self.cancelled.is_set():
-                        return
-                    out[r0 : r0 + n] = np.asarray(image[r0 : r0 + n].compute())
-                    r0 += n
-                    emitter.progress.emit(i + 1, len(chunks))
+                if self.direct is not None:
+                    out = self._read_direct(t, emitter)
+                else:
+                    out = self._compute_lazy(t, emitter)
             except Exception as exc:  # shown to the user, the window keeps working
                 self._error = exc
                 emitter.ready.emit(-1)
                 return
+            if out is None:  # cancelled
+                return
             self._steps[t] = out
             emitter.ready.emit(t)
+
+    def _compute_lazy(self, t, emitter):
+        image = self.lazy[t] if self.ndim == 3 else self.lazy
+        chunks = image.chunks[0]
+        out = np.empty(image.shape, self.dtype)
+        r0 = 0
+        for i, n in enumerate(chunks):
+            if self.cancelled.is_set():
+                return None
+            out[r0 : r0 + n] = np.asarray(image[r0 : r0 + n].compute())
+            r0 += n
+            emitter.progress.emit(i + 1, len(chunks))
+        return out
+
+    def _new_binned(self, t, scan, det) -> BinnedCube | None:
+        factor, step = binned_layout(scan, det, BINNED_BYTES)
+        binned = BinnedCube(scan, det, factor, step)
+        others = sum(b.nbytes for img in list(_IMAGES) for b in img.binned.values())
+        if others + binned.nbytes > BINNED_BYTES:
+            # the oldest copies of this cube make room; other files keep theirs
+            for old in list(self.binned):
+                if others + binned.nbytes <= BINNED_BYTES:
+                    break
+                others -= self.binned.pop(old).nbytes
+        if others + binned.nbytes > BINNED_BYTES:
+            return None
+        return binned
+
+    def _read_direct(self, t, emitter):
+        from ..core._validate import block_rows
+        from ._virtual import step_of
+
+        _cube, source, mask = self.direct
+        src = step_of(source, t if self.ndim == 3 else None)
+        scan, det = tuple(src.shape[:2]), tuple(src.shape[2:])
+        binned = self.binned.get(t)
+        if binned is None or binned.complete:
+            binned = self._new_binned(t, scan, det)
+        out = np.empty(scan, self.dtype)
+        itemsize = np.dtype(src.dtype).itemsize
+        step = block_rows((scan[0], scan[1], *det), itemsize, READ_BYTES)
+        starts = list(range(0, scan[0], step))
+        idx = np.flatnonzero(mask)
+        for i, r0 in enumerate(starts):
+            if self.cancelled.is_set():
+                return None
+            block = np.asarray(src[r0 : r0 + step])
+            if binned is not None:
+                sums = binned.add_rows(r0, block, mask)
+            else:
+                flat = block.reshape(block.shape[0], block.shape[1], -1)
+                acc = np.float64 if block.dtype.kind == "f" else np.int64
+                sums = flat[..., idx].sum(axis=-1, dtype=acc)
+            out[r0 : r0 + len(block)] = sums
+            emitter.progress.emit(i + 1, len(starts))
+        if binned is not None:
+            self.binned[t] = binned
+        return out
 
     # -- GUI thread
     def _on_progress(self, done, total):
@@ -193,8 +286,36 @@ class BackgroundImage:
                     layer.reset_contrast_limits()
 
 
-def wrap_if_large(lazy, cube_nbytes: int, description: str):
+def _direct_reads(metadata: dict | None, lazy):
+    """``(cube, source, mask)`` of a virtual-image layer whose file can be read directly."""
+    from ..core.virtual import detector_mask
+    from ._virtual import direct_source
+
+    meta = (metadata or {}).get("stemcluster") or {}
+    cube, det = meta.get("cube"), meta.get("detector") or {}
+    if cube is None or meta.get("kind") != "virtual_image":
+        return None
+    source = direct_source(meta)
+    if source is cube or np.dtype(cube.dtype).kind not in "uifb":
+        return None
+    try:
+        mask = detector_mask(
+            tuple(cube.shape[-2:]), det["type"], det["inner"], det["outer"], det.get("center")
+        )
+    except (KeyError, ValueError, TypeError):
+        return None
+    if int(mask.sum()) != int(det.get("n_pixels", -1)):
+        return None  # not the detector the lazy image sums: compute that one
+    if np.dtype(lazy.dtype) != np.dtype(np.int64 if cube.dtype.kind in "iub" else np.float64):
+        return None
+    return cube, source, mask
+
+
+def wrap_if_large(lazy, cube_nbytes: int, description: str, metadata: dict | None = None):
     """A :class:`BackgroundImage` when the cube is large and a Qt application runs.
+
+    With the layer's ``metadata`` (of a virtual-image layer), the file is
+    read directly and a binned copy made for the virtual detector.
 
     Examples
     --------
@@ -209,4 +330,4 @@ def wrap_if_large(lazy, cube_nbytes: int, description: str):
         return lazy
     if QApplication.instance() is None:
         return lazy
-    return BackgroundImage(lazy, description)
+    return BackgroundImage(lazy, description, direct=_direct_reads(metadata, lazy))

@@ -21,6 +21,7 @@ from ..core.editing import (
     read_patterns,
     split_label,
     update_sums,
+    update_table,
 )
 from ..core.result import ClusterTable
 
@@ -280,8 +281,13 @@ class ClusterState:
             cur, snap = self.step_labels(t), self._snap_step(t)
             if np.array_equal(cur, snap):
                 continue
+            table = self._tables.get(t)
+            if table is not None:  # only the touched clusters' rows change
+                _, old, new = changed_positions(snap, cur)
+                self._tables[t] = update_table(
+                    table, cur, np.concatenate([old, new]), self.step_mean_similarity(t)
+                )
             snap[...] = cur
-            self._tables.pop(t, None)
             self._catch_up(t)
             changed.append(t)
         if changed:

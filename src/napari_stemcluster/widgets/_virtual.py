@@ -4,27 +4,42 @@ A point, circle, annulus or rectangle is drawn (and dragged) on the pattern
 panel of the :class:`~._diffraction.DiffractionViewer`; the integrated
 intensity or centre of mass of every pattern inside it is shown as a
 "virtual detector" image in the main viewer. The image is computed in a
-background thread by :func:`napari_stemcluster.core.virtual.virtual_detector`:
-a coarse image (every n-th scan position) first, then the full image row
-block by row block, so that dragging stays fluid on file-backed scans.
+background thread. When the file was opened in the background, a binned copy
+of the cube is in memory (:func:`._background.binned_cube`): every change of
+the detector shows an image from it at once (tens of milliseconds), and once
+the drag stops the exact image is read from the file, coarse rows first,
+replacing the preview as it goes. Without that copy, a coarse image (every
+n-th scan position) comes first, then the full image block by block.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
 
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
-from ..core.virtual import ROI_SHAPES, detector_center, roi_mask, virtual_detector
-from ._common import cube_step, layer_step, spatial_kwargs, stem_meta
+from ..core._validate import block_rows
+from ..core.virtual import (
+    ROI_SHAPES,
+    coarse_first_rows,
+    detector_center,
+    roi_mask,
+    virtual_detector,
+)
+from ._common import layer_step, spatial_kwargs, stem_meta
 
 #: Name of the real-space image layer made by the virtual detector.
 IMAGE_NAME = "virtual detector"
 #: Patterns read for the coarse first image (and while dragging).
 COARSE_PATTERNS = 64 * 64
+#: The exact image replaces the preview at least this often (seconds).
+EXACT_UPDATE_S = 0.25
+#: :attr:`VirtualDetector.stride_done` of an image from the binned copy.
+PREVIEW = 0
 #: Contrast presets of the histogram: name -> percentiles (None: mean ± 3σ).
 CONTRAST_PRESETS = {
     "min–max": (0.0, 100.0),
@@ -58,6 +73,41 @@ def direct_source(meta: dict):
     ):
         return src
     return cube
+
+
+class StepView:
+    """Time step ``t`` of a 5D array-like, read only where indexed.
+
+    ``source[t]`` of a file's array-like would read the whole time step.
+
+    Examples
+    --------
+    >>> v = StepView(np.arange(32).reshape(2, 2, 2, 2, 2), 1)
+    >>> v.shape, int(v[1, 0][0, 1])
+    ((2, 2, 2, 2), 25)
+    """
+
+    def __init__(self, source, t: int):
+        self.source, self.t = source, int(t)
+        self.shape = tuple(source.shape[1:])
+        self.dtype = source.dtype
+        self.ndim = len(self.shape)
+        self.chunks = getattr(source, "chunks", None)
+        self.path = getattr(source, "path", None)
+        self.dataset = getattr(source, "dataset", None)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        return self.source[(self.t, *key)]
+
+
+def step_of(source, t: int | None):
+    """The 4D scan of time step ``t`` of ``source``, read lazily (``source`` when 4D)."""
+    if t is None or source.ndim != 5:
+        return source
+    if isinstance(source, np.ndarray) or hasattr(source, "compute"):
+        return source[int(t)]  # a view, or lazy
+    return StepView(source, t)
 
 
 def strided_reads_fast(source) -> bool:
@@ -299,11 +349,17 @@ class VirtualDetector:
         self.roi: dict | None = None
         #: Full-size result of the last completed (or running) job, per signal.
         self.images: np.ndarray | None = None  # (3, Rx, Ry) float64
-        self.stride_done: int | None = None  # stride of what `images` holds (1: complete)
+        #: What `images` holds: 1 the exact image, n > 1 every n-th position,
+        #: PREVIEW (0) the binned copy's image (maybe partly exact already).
+        self.stride_done: int | None = None
+        #: perf_counter times of the last request: "requested", "first" (an
+        #: image shown), "exact" (the exact image shown).
+        self.timing: dict[str, float] = {}
         self.layer = None
         self.jobs_started = 0
         self._job = None  # (worker, cancel event)
         self._queued = None
+        self._generation = 0
         self._drawing = False
         from napari.layers import Shapes
 
@@ -496,11 +552,39 @@ class VirtualDetector:
         if not self.enabled or self.roi is None or meta is None or det is None:
             return
         request = (dict(self.roi), coarse_only)
+        self.timing = {"requested": time.perf_counter()}
+        if coarse_only and self._preview_now(meta, det):
+            # dragging over a binned copy: shown at once (tens of ms), no job
+            if self._job is not None:
+                self._job[1].set()
+            self._queued = None
+            return
         if self._job is not None:  # one job at a time: restart when it stops
             self._job[1].set()
             self._queued = request
             return
         self._start(*request)
+
+    def _preview_now(self, meta, det) -> bool:
+        """The image of the binned copy, computed and shown in the GUI thread."""
+        from ._background import binned_cube
+
+        dif = self.dif
+        source = direct_source(meta)
+        t = dif._time_step() if source.ndim == 5 else None
+        binned = binned_cube(meta.get("cube"), t)
+        if binned is None or binned.detector_shape != tuple(det):
+            return False
+        mask = roi_mask(det, self.roi)
+        if not mask.any():
+            self.controls.status.value = "the detector lies outside the pattern"
+            return True
+        self._generation += 1  # results of a running job are stale from now on
+        center = self.roi.get("center") or detector_center(det)
+        out = binned.images(mask, center)
+        scan = tuple(source.shape[-4:-2])
+        self._on_image(("preview", binned.step, out), scan, t, int(mask.sum()))
+        return True
 
     def _start(self, roi, coarse_only):
         from napari.qt.threading import create_worker
@@ -513,7 +597,7 @@ class VirtualDetector:
         mask = roi_mask(det, roi)
         source = direct_source(meta)
         t = dif._time_step() if source.ndim == 5 else None
-        cube = cube_step(source, min(t, source.shape[0] - 1)) if t is not None else source
+        cube = step_of(source, None if t is None else min(t, source.shape[0] - 1))
         scan = tuple(cube.shape[:2])
         stride = coarse_stride(scan)
         strides = [stride] if coarse_only or stride == 1 else [stride, 1]
@@ -550,17 +634,67 @@ class VirtualDetector:
                 if cancel.is_set():
                     return
 
+        from ._background import binned_cube
+
+        binned = binned_cube(meta.get("cube"), t)
+        if binned is not None and binned.detector_shape == tuple(det):
+            work = self._binned_work(binned, cube, mask, center, coarse_only, strided, cancel)
         if not mask.any():
             self.controls.status.value = "the detector lies outside the pattern"
             return
         self.jobs_started += 1
         worker = create_worker(work, _start_thread=False)
         self._job = (worker, cancel)
-        worker.yielded.connect(lambda value: self._on_image(value, scan, t, int(mask.sum())))
+        self._generation += 1
+        gen = self._generation
+
+        def on_yield(value):
+            if gen == self._generation:  # not a job overtaken by a preview
+                self._on_image(value, scan, t, int(mask.sum()))
+
+        worker.yielded.connect(on_yield)
         worker.finished.connect(self._on_finished)
         worker.errored.connect(self._on_error)
         self.controls.status.value = "computing…"
         worker.start()
+
+    @staticmethod
+    def _binned_work(binned, cube, mask, center, coarse_only, coarse_rows, cancel):
+        """Job: the image from the binned copy, then (unless dragging) the exact one.
+
+        Yields ``("preview", step, VirtualImages)`` and then ``("exact", rows,
+        (3, len(rows), Ry) array, done, total)`` batches, rows coarse first
+        when single rows read cheaply (``coarse_rows``), else in file order.
+        """
+
+        def work():
+            yield "preview", binned.step, binned.images(mask, center)
+            if coarse_only or cancel.is_set():
+                return
+            rows = cube.shape[0]
+            order = coarse_first_rows(rows) if coarse_rows else np.arange(rows)
+            # chunked files: blocks of consecutive rows of about 32 MiB
+            per_read = block_rows(cube.shape, np.dtype(cube.dtype).itemsize, 32 * 2**20)
+            done, batch, vals = 0, [], []
+            last = time.perf_counter()
+            i = 0
+            while i < rows:
+                if cancel.is_set():
+                    return
+                picked = order[i : i + (1 if coarse_rows else per_read)]
+                block = cube[int(picked[0]) : int(picked[-1]) + 1]
+                block = np.asarray(block.compute() if hasattr(block, "compute") else block)
+                out = virtual_detector(block, mask, center=center, threads=False)
+                batch.extend(int(r) for r in picked)
+                vals.append(np.stack(out))
+                i += len(picked)
+                done += len(picked)
+                now = time.perf_counter()
+                if now - last >= EXACT_UPDATE_S or done == rows:
+                    yield "exact", np.asarray(batch), np.concatenate(vals, axis=1), done, rows
+                    batch, vals, last = [], [], now
+
+        return work
 
     def _on_error(self, exc):
         self.controls.status.value = f"virtual detector failed: {exc}"
@@ -572,6 +706,32 @@ class VirtualDetector:
             self._start(*queued)
 
     def _on_image(self, value, scan, t, n_pixels):
+        self.timing.setdefault("first", time.perf_counter())
+        where = "" if t is None else f" at t = {t}"
+        if value[0] == "preview":
+            _, step, out = value
+            stack = np.stack(out)
+            if step > 1:
+                stack = np.repeat(np.repeat(stack, step, axis=1), step, axis=2)
+            self.images = np.ascontiguousarray(stack[:, : scan[0], : scan[1]])
+            self.stride_done = PREVIEW
+            self.controls.status.value = f"{n_pixels} detector pixels{where}: preview (binned)"
+            self._show_signal()
+            return
+        if value[0] == "exact":
+            _, rows, vals, done, total = value
+            if self.images is None or self.images.shape[1:] != tuple(scan):
+                return
+            self.images[:, rows] = vals
+            if done >= total:
+                self.stride_done = 1
+                self.timing["exact"] = time.perf_counter()
+                self.controls.status.value = f"{n_pixels} detector pixels{where}: done"
+            else:
+                pct = 100 * done // max(total, 1)
+                self.controls.status.value = f"{n_pixels} detector pixels{where}: exact {pct} %"
+            self._show_signal()
+            return
         stride, out = value
         stack = np.stack(out)  # (3, rx', ry')
         if stride > 1:
@@ -579,8 +739,9 @@ class VirtualDetector:
             stack = stack[:, : scan[0], : scan[1]]
         self.images = stack
         self.stride_done = stride
+        if stride == 1:
+            self.timing["exact"] = time.perf_counter()
         what = "coarse preview" if stride > 1 else "done"
-        where = "" if t is None else f" at t = {t}"
         self.controls.status.value = f"{n_pixels} detector pixels{where}: {what}"
         self._show_signal()
 

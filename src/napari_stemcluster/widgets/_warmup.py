@@ -30,10 +30,11 @@ def warm_up_kernels() -> None:
     >>> warm_up_kernels()  # doctest: +SKIP
     """
     from ..core.averages import cluster_sums
+    from ..core.editing import update_sums
     from ..core.prefilter import correlative_prefilter
     from ..core.regions import grow_regions
     from ..core.similarity import mean_similarity, neighbor_similarity
-    from ..core.virtual import virtual_detector
+    from ..core.virtual import BinnedCube, virtual_detector
 
     for dtype in (np.uint16, np.float32):
         cube = np.ones((3, 4, 6, 6), dtype)
@@ -42,6 +43,10 @@ def warm_up_kernels() -> None:
         labels, _ = grow_regions(sim, 0.5, mean_similarity=ms)
         cluster_sums(cube, labels, int(labels.max()))
         virtual_detector(cube, np.ones((6, 6), bool))
+        update_sums(np.zeros((2, 6, 6)), np.zeros(2, np.int64), cube[0, :2], [1, 1], [2, 2])
+        binned = BinnedCube(cube.shape[:2], cube.shape[2:], factor=2)
+        binned.add_rows(0, cube, np.ones((6, 6), bool))
+        binned.images(np.ones((6, 6), bool))
     correlative_prefilter(np.ones((3, 4, 6, 6), np.uint16), sigma=1.0, radius=1)
 
 
