@@ -267,6 +267,7 @@ def _prefilter(
         [fwd_index.get((dx, dy), fwd_index.get((-dx, -dy), -1)) for dx, dy in offsets.tolist()],
         dtype=np.int64,
     )
+    union = _pair_union(offsets)
 
     direct = out is None
     if out is None:
@@ -378,6 +379,7 @@ def _prefilter(
             offsets,
             is_fwd,
             pair,
+            union,
             strip,
             dst,
             wts[: r1 - r0],
@@ -391,13 +393,29 @@ def _prefilter(
     return out
 
 
+def _pair_union(offsets: np.ndarray) -> np.ndarray:
+    """Offsets of the footprints of ``(r, c)`` and ``(r, c + 1)`` from ``(r, c)``.
+
+    Rows ``(dr, dc, j0, j1)``: ``j0`` is the footprint index of the offset
+    for ``(r, c)``, ``j1`` that of ``(dr, dc - 1)`` for ``(r, c + 1)``, -1
+    where the offset is outside that footprint. Sorted by ``(dr, dc)``.
+    """
+    index = {tuple(d): j for j, d in enumerate(offsets.tolist())}
+    both = sorted(set(index) | {(dr, dc + 1) for dr, dc in index})
+    return np.array(
+        [(dr, dc, index.get((dr, dc), -1), index.get((dr, dc - 1), -1)) for dr, dc in both],
+        dtype=np.int64,
+    ).reshape(-1, 4)
+
+
 def _strip(ny: int, n_offsets: int, radius: int, pattern_bytes: int) -> int:
     """Scan columns per averaging task: a strip's neighbourhood rows fit in L2."""
     import numba
 
     fit = STRIP_BYTES // max(1, (2 * radius + 1) * pattern_bytes) - 2 * radius
     per_thread = max(1, -(-ny // (2 * numba.get_num_threads())))
-    return int(max(1, min(max(fit, 8), per_thread)))
+    strip = int(max(1, min(max(fit, 8), per_thread)))
+    return strip + strip % 2  # even: column pairs (2k, 2k + 1) never split
 
 
 def _check_float32_range(rows: np.ndarray, first_row: int) -> None:
