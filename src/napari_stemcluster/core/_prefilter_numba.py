@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._blur import _fill_ends, _fill_mid, _fill_mid_scaled, _weigh, pattern_scale, taps_pass
+from ._blur import _fill_ends, _fill_mid, _fill_mid_scaled, _weigh, pattern_scale
 from ._reduce import FASTMATH as _FASTMATH
 from ._reduce import dot4 as _dot4
 
@@ -26,6 +26,103 @@ _ZERO_NORM2 = 1e-24
 _TASK = 8
 #: Pixels per chunk of the averaging (two float32 outputs of it fit in L1).
 _CHUNK = 1024
+#: Box rows per band of the blur.
+_BAND = 8
+
+
+# One loop per function (a branch around two loops keeps LLVM from
+# vectorising either): "first" kernels set dst with the centre tap, the
+# others add to it.
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _pairs4_first(src, step, k, r, n, dst):
+    d = dst[0:n]
+    c = src[r * step : r * step + n]
+    a0 = src[(r - 1) * step : (r - 1) * step + n]
+    b0 = src[(r + 1) * step : (r + 1) * step + n]
+    a1 = src[(r - 2) * step : (r - 2) * step + n]
+    b1 = src[(r + 2) * step : (r + 2) * step + n]
+    a2 = src[(r - 3) * step : (r - 3) * step + n]
+    b2 = src[(r + 3) * step : (r + 3) * step + n]
+    a3 = src[(r - 4) * step : (r - 4) * step + n]
+    b3 = src[(r + 4) * step : (r + 4) * step + n]
+    wc, w0, w1, w2, w3 = k[r], k[r + 1], k[r + 2], k[r + 3], k[r + 4]
+    for j in range(n):
+        d[j] = (
+            wc * c[j] + w0 * (a0[j] + b0[j]) + w1 * (a1[j] + b1[j])
+            + w2 * (a2[j] + b2[j]) + w3 * (a3[j] + b3[j])
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _pairs4_add(src, step, k, r, t, n, dst):
+    d = dst[0:n]
+    a0 = src[(r - t) * step : (r - t) * step + n]
+    b0 = src[(r + t) * step : (r + t) * step + n]
+    a1 = src[(r - t - 1) * step : (r - t - 1) * step + n]
+    b1 = src[(r + t + 1) * step : (r + t + 1) * step + n]
+    a2 = src[(r - t - 2) * step : (r - t - 2) * step + n]
+    b2 = src[(r + t + 2) * step : (r + t + 2) * step + n]
+    a3 = src[(r - t - 3) * step : (r - t - 3) * step + n]
+    b3 = src[(r + t + 3) * step : (r + t + 3) * step + n]
+    w0, w1, w2, w3 = k[r + t], k[r + t + 1], k[r + t + 2], k[r + t + 3]
+    for j in range(n):
+        d[j] += (
+            w0 * (a0[j] + b0[j]) + w1 * (a1[j] + b1[j])
+            + w2 * (a2[j] + b2[j]) + w3 * (a3[j] + b3[j])
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _pair1_first(src, step, k, r, n, dst):
+    d = dst[0:n]
+    c = src[r * step : r * step + n]
+    a0 = src[(r - 1) * step : (r - 1) * step + n]
+    b0 = src[(r + 1) * step : (r + 1) * step + n]
+    wc, w0 = k[r], k[r + 1]
+    for j in range(n):
+        d[j] = wc * c[j] + w0 * (a0[j] + b0[j])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _pair1_add(src, step, k, r, t, n, dst):
+    d = dst[0:n]
+    a0 = src[(r - t) * step : (r - t) * step + n]
+    b0 = src[(r + t) * step : (r + t) * step + n]
+    w0 = k[r + t]
+    for j in range(n):
+        d[j] += w0 * (a0[j] + b0[j])
+
+
+@numba.njit(cache=True, nogil=True)
+def _symmetric_taps(src, step, k, n, dst):
+    """``dst[j] = sum_t k[t] * src[j + t * step]`` for a symmetric ``k``.
+
+    Mirror taps are added before they are multiplied: half the
+    multiplications, and the additions run on other execution ports.
+    """
+    r = (k.shape[0] - 1) // 2
+    if r == 0:
+        d = dst[0:n]
+        c = src[0:n]
+        w = k[0]
+        for j in range(n):
+            d[j] = w * c[j]
+        return
+    if r >= 4:
+        _pairs4_first(src, step, k, r, n, dst)
+        t = 5
+    else:
+        _pair1_first(src, step, k, r, n, dst)
+        t = 2
+    while t <= r:
+        if r - t + 1 >= 4:
+            _pairs4_add(src, step, k, r, t, n, dst)
+            t += 4
+        else:
+            _pair1_add(src, step, k, r, t, n, dst)
+            t += 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -58,12 +155,20 @@ def _blur_box(src, qx, qy, scale, k, idx_x, box, weight, pad, tmp, out):
         _fill_ends(src, qy, idx_x, i0, n_rows, j0 - r, off, hi - lo, pad, wd, scale)
     if nk == 1:
         return _weigh(pad, wd, bh, bw, weight, out)
-    n = bh * wd
-    taps_pass(pad, wd, k, n, tmp)  # along the detector's first axis: box rows only
-    # Along the second axis; outputs that straddle a row end land in the 2r
-    # unused columns of each row.
-    taps_pass(tmp, 1, k, n - 2 * r, pad)
-    return _weigh(pad, wd, bh, bw, weight, out)
+    # Bands of _BAND box rows: the band's intermediate values stay in L1
+    # beside the padded pattern.
+    band = tmp[: _BAND * wd]
+    hb = tmp[_BAND * wd : 2 * _BAND * wd]
+    total = 0.0
+    for b0 in range(0, bh, _BAND):
+        nb = min(_BAND, bh - b0)
+        n = nb * wd
+        _symmetric_taps(pad[b0 * wd :], wd, k, n, band)
+        # Along the second axis; outputs that straddle a row end land in the
+        # 2r unused columns of each row.
+        _symmetric_taps(band, 1, k, n - 2 * r, hb)
+        total += _weigh(hb, wd, nb, bw, weight[b0 * bw :], out[b0 * bw :])
+    return total
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -124,7 +229,7 @@ def normalised_vectors(
     n_items = rows.shape[0] * ny
     for task in numba.prange((n_items + _TASK - 1) // _TASK):
         pad = np.empty((bh + 2 * r) * (bw + 2 * r) + 2 * r, np.float32)
-        tmp = np.empty((bh + 2 * r) * (bw + 2 * r), np.float32)
+        tmp = np.empty(max(bh + 2 * r, 2 * _BAND) * (bw + 2 * r), np.float32)
         b = np.empty(bh * bw, np.float32)
         for t in range(task * _TASK, min(n_items, (task + 1) * _TASK)):
             row = rows[t // ny]
@@ -158,7 +263,7 @@ def normalised_vectors(
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def forward_weights(vec, vec_cap, r0, r1, nx, fwd, rmin, rmax, rh, rh_cap):
+def forward_weights(vec, vec_cap, r0, r1, nx, fwd, rmin, rmax, rh, rh_cap, strip):
     """Mapped correlations R_hat of every forward pair starting in rows r0:r1.
 
     ``rh[r % rh_cap, c, k]`` receives R_hat between ``(r, c)`` and
@@ -166,28 +271,28 @@ def forward_weights(vec, vec_cap, r0, r1, nx, fwd, rmin, rmax, rh, rh_cap):
     unordered pair is a forward pair of exactly one of its two ends. The
     forward offsets are taken four at a time (one sweep over the pattern's
     vector per four partners); a missing partner is replaced by the vector
-    itself and its result ignored.
+    itself and its result ignored. One task walks a strip of ``strip`` scan
+    columns down the rows, so the partners' vectors (the next rows of the
+    strip and its margins) stay in cache from one row to the next.
     """
     ny = vec.shape[1]
     nk = fwd.shape[0]
     span = rmax - rmin
-    n_items = (r1 - r0) * ny
-    for task in numba.prange((n_items + _TASK - 1) // _TASK):
-        for t in range(task * _TASK, min(n_items, (task + 1) * _TASK)):
-            r = r0 + t // ny
-            c = t % ny
-            a = vec[r % vec_cap, c]
-            dst = rh[r % rh_cap, c]
-            for k0 in range(0, nk, 4):
-                p0 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0, a)
-                p1 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 1, a)
-                p2 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 2, a)
-                p3 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 3, a)
-                d0, d1, d2, d3 = _dot4(a, p0, p1, p2, p3)
-                _store(dst, k0, nk, nx, ny, r, c, fwd, d0, rmin, span)
-                _store(dst, k0 + 1, nk, nx, ny, r, c, fwd, d1, rmin, span)
-                _store(dst, k0 + 2, nk, nx, ny, r, c, fwd, d2, rmin, span)
-                _store(dst, k0 + 3, nk, nx, ny, r, c, fwd, d3, rmin, span)
+    for s in numba.prange((ny + strip - 1) // strip):
+        for r in range(r0, r1):
+            for c in range(s * strip, min(ny, (s + 1) * strip)):
+                a = vec[r % vec_cap, c]
+                dst = rh[r % rh_cap, c]
+                for k0 in range(0, nk, 4):
+                    p0 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0, a)
+                    p1 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 1, a)
+                    p2 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 2, a)
+                    p3 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 3, a)
+                    d0, d1, d2, d3 = _dot4(a, p0, p1, p2, p3)
+                    _store(dst, k0, nk, nx, ny, r, c, fwd, d0, rmin, span)
+                    _store(dst, k0 + 1, nk, nx, ny, r, c, fwd, d1, rmin, span)
+                    _store(dst, k0 + 2, nk, nx, ny, r, c, fwd, d2, rmin, span)
+                    _store(dst, k0 + 3, nk, nx, ny, r, c, fwd, d3, rmin, span)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
