@@ -29,8 +29,7 @@ def test_nelder_mead_follows_scipy(au_lib, seed):
     assert len(d) >= 6
     q = (d[:, :2] - 47.5) * au_lib.q_pixel_size
     amp = d[:, 2]
-    args = (
-        start,
+    model = (
         au_lib.g,
         au_lib.f2,
         np.ascontiguousarray(q),
@@ -43,6 +42,7 @@ def test_nelder_mead_follows_scipy(au_lib, seed):
         47.0 * au_lib.q_pixel_size,
         0.01,
     )
+    args = (start, model)
     step = 0.5 * np.radians(au_lib.step_deg)
     ref = minimize(
         lambda w: -_rotated_score(np.asarray(w, np.float64), *args),
@@ -55,7 +55,7 @@ def test_nelder_mead_follows_scipy(au_lib, seed):
             "maxiter": 300,
         },
     )
-    w, s = _nelder_mead(*args[:1], step, *args[1:], 1e-4, 1e-8, 300)
+    w, s = _nelder_mead(start, step, model, 1e-4, 1e-8, 300)
     np.testing.assert_allclose(w, ref.x, atol=1e-9)
     assert s == pytest.approx(-ref.fun, abs=1e-12)
     # and it does improve on the start

@@ -9,6 +9,39 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
+def _columns(rows_re, rows_im, wy, ny, y0, step, half, out):  # pragma: no cover
+    """Second half of the local DFT: sum the row transforms over ``ky`` at each ``y``."""
+    u = 2 * half + 1
+    nyh = rows_re.shape[1]
+    cy = np.empty(nyh)
+    sy = np.empty(nyh)
+    for j in range(u):
+        y = y0 + (j - half) * step
+        for ky in range(nyh):
+            ph = 2.0 * math.pi * ky * y / ny
+            cy[ky] = wy[ky] * math.cos(ph)
+            sy[ky] = wy[ky] * math.sin(ph)
+        for i in range(u):
+            acc = 0.0
+            for ky in range(nyh):
+                acc += rows_re[i, ky] * cy[ky] - rows_im[i, ky] * sy[ky]
+            out[i, j] = acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _frequencies(nx, ny, nyh):  # pragma: no cover - compiled
+    """Signed row frequencies and the half spectrum's column weights."""
+    kx = np.empty(nx)
+    for k in range(nx):
+        kx[k] = k if k < (nx + 1) // 2 else k - nx
+    wy = np.full(nyh, 2.0)
+    wy[0] = 1.0
+    if ny % 2 == 0:
+        wy[nyh - 1] = 1.0
+    return kx, wy
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _local_grid(spec_re, spec_im, kx, wy, nx, ny, x0, y0, step, half, out):
     """Correlation (real part of the inverse half-spectrum DFT) on a small grid.
 
@@ -32,19 +65,7 @@ def _local_grid(spec_re, spec_im, kx, wy, nx, ny, x0, y0, step, half, out):
                 si = spec_im[k, ky]
                 rows_re[i, ky] += sr * c - si * s
                 rows_im[i, ky] += sr * s + si * c
-    cy = np.empty(nyh)
-    sy = np.empty(nyh)
-    for j in range(u):
-        y = y0 + (j - half) * step
-        for ky in range(nyh):
-            ph = 2.0 * math.pi * ky * y / ny
-            cy[ky] = wy[ky] * math.cos(ph)
-            sy[ky] = wy[ky] * math.sin(ph)
-        for i in range(u):
-            acc = 0.0
-            for ky in range(nyh):
-                acc += rows_re[i, ky] * cy[ky] - rows_im[i, ky] * sy[ky]
-            out[i, j] = acc
+    _columns(rows_re, rows_im, wy, ny, y0, step, half, out)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -82,13 +103,7 @@ def dft_refine(spec, pos, nx, ny, up):
     best grid point and its neighbours gives the final offset.
     """
     nyh = spec.shape[1]
-    kx = np.empty(nx)
-    for k in range(nx):
-        kx[k] = k if k < (nx + 1) // 2 else k - nx
-    wy = np.full(nyh, 2.0)
-    wy[0] = 1.0
-    if ny % 2 == 0:
-        wy[nyh - 1] = 1.0
+    kx, wy = _frequencies(nx, ny, nyh)
     out = pos.copy()
     spec_re = np.ascontiguousarray(spec.real).astype(np.float64)
     spec_im = np.ascontiguousarray(spec.imag).astype(np.float64)
@@ -133,19 +148,7 @@ def _local_grid_c(spec, kx, wy, nx, ny, x0, y0, step, half, out):  # pragma: no 
             for ky in range(nyh):
                 rows_re[i, ky] += sr[ky] * c - si[ky] * s
                 rows_im[i, ky] += sr[ky] * s + si[ky] * c
-    cy = np.empty(nyh)
-    sy = np.empty(nyh)
-    for j in range(u):
-        y = y0 + (j - half) * step
-        for ky in range(nyh):
-            ph = 2.0 * math.pi * ky * y / ny
-            cy[ky] = wy[ky] * math.cos(ph)
-            sy[ky] = wy[ky] * math.sin(ph)
-        for i in range(u):
-            acc = 0.0
-            for ky in range(nyh):
-                acc += rows_re[i, ky] * cy[ky] - rows_im[i, ky] * sy[ky]
-            out[i, j] = acc
+    _columns(rows_re, rows_im, wy, ny, y0, step, half, out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -157,13 +160,7 @@ def dft_refine_many(specs, which, pos, nx, ny, up):  # pragma: no cover - compil
     refines it.
     """
     nyh = specs.shape[2]
-    kx = np.empty(nx)
-    for k in range(nx):
-        kx[k] = k if k < (nx + 1) // 2 else k - nx
-    wy = np.full(nyh, 2.0)
-    wy[0] = 1.0
-    if ny % 2 == 0:
-        wy[nyh - 1] = 1.0
+    kx, wy = _frequencies(nx, ny, nyh)
     out = pos.copy()
     half = max(1, math.ceil(0.3 * up))
     for p in numba.prange(pos.shape[0]):

@@ -23,14 +23,16 @@ def _angular_series(theta, amp, entry, n_entries, n_terms):  # pragma: no cover 
 
 
 @numba.njit(cache=True, nogil=True)
-def _overlap_score(
-    g, f2, rot, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
-):  # pragma: no cover - compiled
+def _overlap_score(rot, model):  # pragma: no cover - compiled
     """Cosine similarity of Gaussian-spot images of a template and measured disks.
 
-    Same arithmetic as the numpy reference ``_exact_score_numpy`` in
+    ``model`` is the tuple ``(g, f2, q, amp, wavelength, sigma_s, alpha,
+    power, sigma, q_limit, min_weight)`` of
+    :func:`napari_stemcluster.core.orientation._score_model`. Same arithmetic
+    as the numpy reference ``_exact_score_numpy`` in
     :mod:`napari_stemcluster.core.orientation`.
     """
+    g, f2, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight = model
     num = 0.0
     norm_t = 0.0
     inv4s2 = 1.0 / (4.0 * sigma * sigma)
@@ -75,35 +77,13 @@ def _rodrigues(w):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _rotated_score(
-    w, rot0, g, f2, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
-):  # pragma: no cover - compiled
+def _rotated_score(w, rot0, model):  # pragma: no cover - compiled
     """:func:`_overlap_score` at the orientation ``rodrigues(w) @ rot0``."""
-    rot = _rodrigues(w) @ rot0
-    return _overlap_score(
-        g, f2, rot, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
-    )
+    return _overlap_score(_rodrigues(w) @ rot0, model)
 
 
 @numba.njit(cache=True, nogil=True)
-def _nelder_mead(
-    rot0,
-    step,
-    g,
-    f2,
-    q,
-    amp,
-    wavelength,
-    sigma_s,
-    alpha,
-    power,
-    sigma,
-    q_limit,
-    min_weight,
-    xatol,
-    fatol,
-    maxiter,
-):  # pragma: no cover - compiled
+def _nelder_mead(rot0, step, model, xatol, fatol, maxiter):  # pragma: no cover - compiled
     """Maximise :func:`_rotated_score` over the rotation vector, Nelder-Mead.
 
     The standard (non-adaptive) simplex of Nelder and Mead with reflection 1,
@@ -119,21 +99,7 @@ def _nelder_mead(
         sim[i + 1, i] = step
     fsim = np.empty(n + 1)
     for k in range(n + 1):
-        fsim[k] = -_rotated_score(
-            sim[k],
-            rot0,
-            g,
-            f2,
-            q,
-            amp,
-            wavelength,
-            sigma_s,
-            alpha,
-            power,
-            sigma,
-            q_limit,
-            min_weight,
-        )
+        fsim[k] = -_rotated_score(sim[k], rot0, model)
     order = np.argsort(fsim, kind="mergesort")
     sim = sim[order].copy()
     fsim = fsim[order].copy()
@@ -154,39 +120,11 @@ def _nelder_mead(
                 acc += sim[k, i]
             xbar[i] = acc / n
         xr = 2.0 * xbar - sim[n]
-        fxr = -_rotated_score(
-            xr,
-            rot0,
-            g,
-            f2,
-            q,
-            amp,
-            wavelength,
-            sigma_s,
-            alpha,
-            power,
-            sigma,
-            q_limit,
-            min_weight,
-        )
+        fxr = -_rotated_score(xr, rot0, model)
         shrink = False
         if fxr < fsim[0]:
             xe = 3.0 * xbar - 2.0 * sim[n]
-            fxe = -_rotated_score(
-                xe,
-                rot0,
-                g,
-                f2,
-                q,
-                amp,
-                wavelength,
-                sigma_s,
-                alpha,
-                power,
-                sigma,
-                q_limit,
-                min_weight,
-            )
+            fxe = -_rotated_score(xe, rot0, model)
             if fxe < fxr:
                 sim[n] = xe
                 fsim[n] = fxe
@@ -198,21 +136,7 @@ def _nelder_mead(
             fsim[n] = fxr
         elif fxr < fsim[n]:
             xc = 1.5 * xbar - 0.5 * sim[n]
-            fxc = -_rotated_score(
-                xc,
-                rot0,
-                g,
-                f2,
-                q,
-                amp,
-                wavelength,
-                sigma_s,
-                alpha,
-                power,
-                sigma,
-                q_limit,
-                min_weight,
-            )
+            fxc = -_rotated_score(xc, rot0, model)
             if fxc <= fxr:
                 sim[n] = xc
                 fsim[n] = fxc
@@ -220,21 +144,7 @@ def _nelder_mead(
                 shrink = True
         else:
             xcc = 0.5 * xbar + 0.5 * sim[n]
-            fxcc = -_rotated_score(
-                xcc,
-                rot0,
-                g,
-                f2,
-                q,
-                amp,
-                wavelength,
-                sigma_s,
-                alpha,
-                power,
-                sigma,
-                q_limit,
-                min_weight,
-            )
+            fxcc = -_rotated_score(xcc, rot0, model)
             if fxcc < fsim[n]:
                 sim[n] = xcc
                 fsim[n] = fxcc
@@ -243,21 +153,7 @@ def _nelder_mead(
         if shrink:
             for k in range(1, n + 1):
                 sim[k] = sim[0] + 0.5 * (sim[k] - sim[0])
-                fsim[k] = -_rotated_score(
-                    sim[k],
-                    rot0,
-                    g,
-                    f2,
-                    q,
-                    amp,
-                    wavelength,
-                    sigma_s,
-                    alpha,
-                    power,
-                    sigma,
-                    q_limit,
-                    min_weight,
-                )
+                fsim[k] = -_rotated_score(sim[k], rot0, model)
         it += 1
         order = np.argsort(fsim, kind="mergesort")
         sim = sim[order].copy()
@@ -266,15 +162,11 @@ def _nelder_mead(
 
 
 @numba.njit(cache=True, nogil=True)
-def _overlap_scores(
-    g, f2, rots, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
-):  # pragma: no cover - compiled
+def _overlap_scores(rots, model):  # pragma: no cover - compiled
     """:func:`_overlap_score` of each rotation of ``rots`` (K, 3, 3)."""
     out = np.empty(rots.shape[0])
     for k in range(rots.shape[0]):
-        out[k] = _overlap_score(
-            g, f2, rots[k], q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight
-        )
+        out[k] = _overlap_score(rots[k], model)
     return out
 
 

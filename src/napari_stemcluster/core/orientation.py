@@ -608,41 +608,33 @@ def _exact_score_numpy(library, rotation, q, amp, sigma, q_limit, min_weight=0.0
     return float(num / (np.sqrt(a @ a) * np.sqrt(amp @ amp)))
 
 
-def _exact_score(library, rotation, q, amp, sigma, q_limit, min_weight=0.01):
-    """Cosine similarity of Gaussian-spot images of template and disks (compiled)."""
-    return _overlap_score(
+def _score_model(library, q, amp, sigma, q_limit, min_weight=0.01):
+    """The arguments of the compiled overlap score, as one tuple."""
+    return (
         library.g,
         library.f2,
-        np.ascontiguousarray(rotation, np.float64),
         np.ascontiguousarray(q, np.float64).reshape(-1, 2),
         np.ascontiguousarray(amp, np.float64),
-        library.wavelength,
-        library.sigma_excitation,
-        library.convergence_mrad * 1e-3,
-        library.intensity_power,
+        float(library.wavelength),
+        float(library.sigma_excitation),
+        float(library.convergence_mrad * 1e-3),
+        float(library.intensity_power),
         float(sigma),
         float(min(q_limit, 1e30)),
         float(min_weight),
     )
+
+
+def _exact_score(library, rotation, q, amp, sigma, q_limit, min_weight=0.01):
+    """Cosine similarity of Gaussian-spot images of template and disks (compiled)."""
+    model = _score_model(library, q, amp, sigma, q_limit, min_weight)
+    return _overlap_score(np.ascontiguousarray(rotation, np.float64), model)
 
 
 def _exact_scores(library, rotations, q, amp, sigma, q_limit, min_weight=0.01):
     """:func:`_exact_score` of each of ``rotations`` (K, 3, 3), in one compiled call."""
     rots = np.ascontiguousarray(rotations, np.float64).reshape(-1, 3, 3)
-    return _overlap_scores(
-        library.g,
-        library.f2,
-        rots,
-        np.ascontiguousarray(q, np.float64).reshape(-1, 2),
-        np.ascontiguousarray(amp, np.float64),
-        library.wavelength,
-        library.sigma_excitation,
-        library.convergence_mrad * 1e-3,
-        library.intensity_power,
-        float(sigma),
-        float(min(q_limit, 1e30)),
-        float(min_weight),
-    )
+    return _overlap_scores(rots, _score_model(library, q, amp, sigma, q_limit, min_weight))
 
 
 def _peak_angles(rows: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -730,17 +722,7 @@ def _refine(library, rot0, q, amp, sigma, q_limit, step_rad):
     w, score = _nelder_mead(
         np.ascontiguousarray(rot0, np.float64),
         0.5 * float(step_rad),
-        library.g,
-        library.f2,
-        np.ascontiguousarray(q, np.float64).reshape(-1, 2),
-        np.ascontiguousarray(amp, np.float64),
-        library.wavelength,
-        library.sigma_excitation,
-        library.convergence_mrad * 1e-3,
-        library.intensity_power,
-        float(sigma),
-        float(min(q_limit, 1e30)),
-        0.01,
+        _score_model(library, q, amp, sigma, q_limit),
         1e-4,
         1e-8,
         300,

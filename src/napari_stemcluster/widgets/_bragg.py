@@ -11,6 +11,7 @@ from magicgui.widgets import Container, create_widget
 
 from ._common import (
     JobRunner,
+    button,
     connect_while_alive,
     is_cluster_layer,
     layer_choices,
@@ -185,12 +186,9 @@ class BraggWidget(Container):
         )
         w["preview"] = create_widget(True, label="Live preview", annotation=bool)
         self._w = w
-        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
-        self._run.text = "Detect on cluster averages"
-        self._strain = create_widget(label="Strain", annotation=None, widget_type="PushButton")
-        self._strain.text = "Strain maps (all positions)"
-        self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
-        self._cancel.text = "Cancel"
+        self._run = button("Detect on cluster averages", "Run")
+        self._strain = button("Strain maps (all positions)", "Strain")
+        self._cancel = button("Cancel", "Cancel")
         self._cancel.enabled = False
         self._status = create_widget("", label="", annotation=str, widget_type="Label")
         self.extend([*w.values(), self._run, self._strain, self._cancel, self._status])

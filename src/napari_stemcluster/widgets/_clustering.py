@@ -8,15 +8,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
-from ..core.params import BY_NAME, DEFAULTS
+from ..core.params import DEFAULTS
 from ._common import (
     JobRunner,
     ask_replace,
+    button,
     connect_while_alive,
     is_mask_layer,
     is_similarity_layer,
     layer_choices,
     layer_step,
+    param_widget,
     remember,
     spatial_kwargs,
     stem_meta,
@@ -109,8 +111,7 @@ class ClusteringWidget(Container):
             "manual: the slider's value"
         )
         self._auto = create_widget("", label="Auto threshold", annotation=str, widget_type="Label")
-        self._use_auto = create_widget(label="", annotation=None, widget_type="PushButton")
-        self._use_auto.text = "Use as slider value"
+        self._use_auto = button("Use as slider value")
         self._threshold = create_widget(
             # the slider needs a number: with an automatic default it starts
             # at the paper's value until "Use as slider value"
@@ -120,40 +121,18 @@ class ClusteringWidget(Container):
             widget_type="FloatSlider",
             options={"min": 0.0, "max": 1.0, "step": 0.001, "readout": True},
         )
-        self._min_size = create_widget(
-            DEFAULTS["min_cluster_size"],
-            label="Min. cluster size",
-            annotation=int,
-            widget_type="SpinBox",
-            options={"min": 0, "max": 1_000_000},
-        )
-        self._linkage = create_widget(
-            DEFAULTS["linkage"],
-            label="Linkage",
-            annotation=str,
-            widget_type="ComboBox",
-            options={"choices": list(BY_NAME["linkage"].choices)},
-        )
-        self._linkage.tooltip = BY_NAME["linkage"].help
-        self._average = create_widget(
-            DEFAULTS["average"],
-            label="Average from",
-            annotation=str,
-            widget_type="ComboBox",
-            options={"choices": list(BY_NAME["average"].choices)},
-        )
+        self._min_size = param_widget("min_cluster_size", "Min. cluster size")
+        self._linkage = param_widget("linkage", "Linkage")
+        self._average = param_widget("average", "Average from")
         self._average.tooltip = (
             "Cube of the cluster-averaged patterns: the raw data or the cube the "
             "similarity was computed from"
         )
         self._preview = create_widget("", label="Preview", annotation=str, widget_type="Label")
-        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
-        self._run.text = "Run clustering"
-        self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
-        self._cancel.text = "Cancel"
+        self._run = button("Run clustering", "Run")
+        self._cancel = button("Cancel", "Cancel")
         self._cancel.enabled = False
-        self._export = create_widget(label="Export", annotation=None, widget_type="PushButton")
-        self._export.text = "Export parameters…"
+        self._export = button("Export parameters…", "Export")
         self._status = create_widget("", label="", annotation=str, widget_type="Label")
         self.extend(
             [

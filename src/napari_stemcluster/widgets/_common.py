@@ -40,6 +40,52 @@ DATA_KINDS = ("virtual_image", "prefiltered")
 
 
 # ---------------------------------------------------------------------------
+# controls
+
+
+def button(text: str, label: str = ""):
+    """A push button showing ``text``."""
+    from magicgui.widgets import create_widget
+
+    widget = create_widget(label=label, annotation=None, widget_type="PushButton")
+    widget.text = text
+    return widget
+
+
+def param_widget(name: str, label: str, **options):
+    """The control of one segmentation parameter, as the parameter model declares it.
+
+    Default, range or choices and tooltip come from
+    :data:`napari_stemcluster.core.params.BY_NAME`, so a widget accepts
+    exactly what :func:`~napari_stemcluster.core.segment` accepts;
+    ``options`` adds or overrides magicgui options (``step``, a narrower
+    ``max`` for a usable spin box, ...).
+    """
+    from magicgui.widgets import create_widget
+
+    from ..core.params import BY_NAME, DEFAULTS
+
+    p = BY_NAME[name]
+    if p.kind == "int":
+        kind, annotation, opts = "SpinBox", int, {"min": int(p.low), "max": int(p.high)}
+    elif p.kind == "float":
+        kind, annotation, opts = "FloatSpinBox", float, {"min": p.low, "max": p.high}
+    elif p.kind == "choice":
+        kind, annotation, opts = "ComboBox", str, {"choices": list(p.choices)}
+    else:
+        raise ValueError(f"{name} ({p.kind}) has no single control")
+    widget = create_widget(
+        DEFAULTS[name],
+        label=label,
+        annotation=annotation,
+        widget_type=kind,
+        options={**opts, **options},
+    )
+    widget.tooltip = p.help[:1].upper() + p.help[1:]
+    return widget
+
+
+# ---------------------------------------------------------------------------
 # layers
 
 

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
-from ._common import JobRunner, connect_while_alive, layer_choices, stem_meta, unwrap
+from ._common import (
+    JobRunner,
+    button,
+    connect_while_alive,
+    layer_choices,
+    stem_meta,
+    unwrap,
+)
 from ._correction import parse_labels
 
 if TYPE_CHECKING:
@@ -85,8 +92,7 @@ class KineticsWidget(Container):
             1, label="Max. gap", annotation=int, widget_type="SpinBox", options={"max": 10}
         )
         self._max_gap.tooltip = "Steps a grain may be missing and still keep its id"
-        self._link = create_widget(label="Link", annotation=None, widget_type="PushButton")
-        self._link.text = "Link time steps"
+        self._link = button("Link time steps", "Link")
         self._measure = create_widget(
             "area",
             label="Plot",
@@ -103,16 +109,11 @@ class KineticsWidget(Container):
         self._new_id = create_widget(
             1, label="New id", annotation=int, widget_type="SpinBox", options={"min": 1}
         )
-        self._merge = create_widget(label="Merge", annotation=None, widget_type="PushButton")
-        self._merge.text = "Merge grains (all steps)"
-        self._split = create_widget(label="Split", annotation=None, widget_type="PushButton")
-        self._split.text = "Split grain from this step on"
-        self._relabel = create_widget(label="Relabel", annotation=None, widget_type="PushButton")
-        self._relabel.text = "Relabel grain (all steps)"
-        self._undo = create_widget(label="Undo", annotation=None, widget_type="PushButton")
-        self._undo.text = "Undo grain correction"
-        self._export = create_widget(label="Export", annotation=None, widget_type="PushButton")
-        self._export.text = "Export kinetics CSV…"
+        self._merge = button("Merge grains (all steps)", "Merge")
+        self._split = button("Split grain from this step on", "Split")
+        self._relabel = button("Relabel grain (all steps)", "Relabel")
+        self._undo = button("Undo grain correction", "Undo")
+        self._export = button("Export kinetics CSV…", "Export")
         self._status = create_widget("", label="", annotation=str, widget_type="Label")
         self.extend(
             [

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
-from ._common import JobRunner, stem_meta, unwrap
+from ._common import (
+    JobRunner,
+    button,
+    stem_meta,
+    unwrap,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -90,8 +95,7 @@ class OrientationWidget(Container):
         self._min_disks = create_widget(
             4, label="Min. disks", annotation=int, options={"min": 1, "max": 100}
         )
-        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
-        self._run.text = "Match cluster averages"
+        self._run = button("Match cluster averages", "Run")
         self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
         self._cancel.enabled = False
         self._status = create_widget("", label="", annotation=str, widget_type="Label")

@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
-from ..core.params import BY_NAME, DEFAULTS
+from ..core.params import DEFAULTS
 from ._common import (
     JobRunner,
     available_memory,
+    button,
     connect_while_alive,
     is_data_layer,
     layer_choices,
     layer_step,
+    param_widget,
     remember,
     spatial_kwargs,
     stem_meta,
@@ -63,20 +65,8 @@ class PrefilterWidget(Container):
             annotation="napari.layers.Image",
             options={"choices": layer_choices(viewer, is_data_layer)},
         )
-        self._sigma = create_widget(
-            DEFAULTS["prefilter_sigma"],
-            label="Blur σ (px)",
-            annotation=float,
-            widget_type="FloatSpinBox",
-            options={"min": 0.0, "max": 50.0, "step": 0.5},
-        )
-        self._radius = create_widget(
-            DEFAULTS["prefilter_radius"],
-            label="Footprint radius",
-            annotation=int,
-            widget_type="SpinBox",
-            options={"min": 0, "max": BY_NAME["prefilter_radius"].high},
-        )
+        self._sigma = param_widget("prefilter_sigma", "Blur σ (px)", step=0.5)
+        self._radius = param_widget("prefilter_radius", "Footprint radius")
         self._corr_range = create_widget(
             DEFAULTS["corr_range"],
             label="Correlation range",
@@ -103,10 +93,8 @@ class PrefilterWidget(Container):
             widget_type="ComboBox",
             options={"choices": ["all time steps", "current time step"]},
         )
-        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
-        self._run.text = "Run prefilter"
-        self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
-        self._cancel.text = "Cancel"
+        self._run = button("Run prefilter", "Run")
+        self._cancel = button("Cancel", "Cancel")
         self._cancel.enabled = False
         self._status = create_widget("", label="", annotation=str, widget_type="Label")
         self.extend(

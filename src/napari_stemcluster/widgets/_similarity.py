@@ -10,9 +10,11 @@ from magicgui.widgets import Container, create_widget
 from ..core.params import BY_NAME, DEFAULTS
 from ._common import (
     JobRunner,
+    button,
     connect_while_alive,
     is_data_layer,
     layer_choices,
+    param_widget,
     remember,
     session,
     spatial_kwargs,
@@ -100,17 +102,9 @@ class SimilarityWidget(Container):
             widget_type="FloatSpinBox",
             options={"min": 0.0, "max": 10000.0, "step": 1.0},
         )
-        self._sigma = create_widget(
-            DEFAULTS["sigma"],
-            label="Blur σ (px)",
-            annotation=float,
-            widget_type="FloatSpinBox",
-            options={"min": 0.0, "max": 50.0, "step": 0.5},
-        )
-        self._run = create_widget(label="Run", annotation=None, widget_type="PushButton")
-        self._run.text = "Compute similarity"
-        self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
-        self._cancel.text = "Cancel"
+        self._sigma = param_widget("sigma", "Blur σ (px)", step=0.5)
+        self._run = button("Compute similarity", "Run")
+        self._cancel = button("Cancel", "Cancel")
         self._cancel.enabled = False
         self._method = create_widget(
             DEFAULTS["real_mask"],
@@ -126,20 +120,8 @@ class SimilarityWidget(Container):
             widget_type="FloatSlider",
             options={"min": -1.0, "max": 1.0, "step": 0.005, "readout": True},
         )
-        self._min_size = create_widget(
-            DEFAULTS["mask_min_size"],
-            label="Remove regions <",
-            annotation=int,
-            widget_type="SpinBox",
-            options={"min": 0, "max": 100000},
-        )
-        self._hole_size = create_widget(
-            DEFAULTS["mask_hole_size"],
-            label="Fill holes <",
-            annotation=int,
-            widget_type="SpinBox",
-            options={"min": 0, "max": 100000},
-        )
+        self._min_size = param_widget("mask_min_size", "Remove regions <")
+        self._hole_size = param_widget("mask_hole_size", "Fill holes <")
         self._status = create_widget("", label="", annotation=str, widget_type="Label")
         self.extend(
             [
