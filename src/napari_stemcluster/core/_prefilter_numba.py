@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._blur import _fill_ends, _fill_mid, _fill_mid_scaled, _weigh, pattern_scale
+from ._blur import pattern_scale
 from ._reduce import FASTMATH as _FASTMATH
 from ._reduce import dot4 as _dot4
 
@@ -28,6 +28,70 @@ _TASK = 8
 _CHUNK = 1024
 #: Box rows per band of the blur.
 _BAND = 8
+
+
+# Filling and weighting of the padded box (the steps of ``_blur.blur_box``,
+# kept here so that the prefilter's blur does not change with that module's).
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _reflect(i, n):
+    # scipy's "reflect" (half-sample symmetric) extension: period 2n.
+    m = i % (2 * n)
+    if m < 0:
+        m += 2 * n
+    if m >= n:
+        m = 2 * n - 1 - m
+    return m
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _fill_mid(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off):
+    n = hi - lo
+    for p in range(n_rows):
+        s0 = idx_x[i0 + p] * qy
+        mid = src[s0 + lo : s0 + hi]
+        seg = pad[p * wd + off : p * wd + off + n]
+        for j in range(n):
+            seg[j] = np.float32(mid[j])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale):
+    n = hi - lo
+    for p in range(n_rows):
+        s0 = idx_x[i0 + p] * qy
+        mid = src[s0 + lo : s0 + hi]
+        seg = pad[p * wd + off : p * wd + off + n]
+        for j in range(n):
+            seg[j] = np.float32(np.float64(mid[j]) * scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_ends(src, qy, idx_x, i0, n_rows, c0, off, n_mid, pad, wd, scale):
+    # Padded columns outside the detector, reflected: at most r each side.
+    for p in range(n_rows):
+        s0 = idx_x[i0 + p] * qy
+        for j in range(off):
+            pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
+        for j in range(off + n_mid, wd):
+            pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _weigh(buf, wd, bh, bw, weight, out):
+    total = 0.0
+    for i in range(bh):
+        brow = buf[i * wd : i * wd + bw]
+        orow = out[i * bw : (i + 1) * bw]
+        wrow = weight[i * bw : (i + 1) * bw]
+        part = np.float32(0.0)
+        for j in range(bw):
+            v = brow[j] * wrow[j]
+            orow[j] = v
+            part += v * v
+        total += np.float64(part)
+    return total
 
 
 # One loop per function (a branch around two loops keeps LLVM from
