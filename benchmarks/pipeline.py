@@ -1,13 +1,18 @@
 """Whole-pipeline throughput and peak memory of the chunked engine.
 
 Run ``python benchmarks/pipeline.py`` for two files that fit in memory
-(under 3 minutes): the same 256 MiB 5D cube written uncompressed and with
-Bitshuffle + LZ4, each segmented by the chunked engine on threads and on 2
-worker processes with the settings microscopists use (an annulus q-mask
-excluding the direct beam, blur σ 1). The comparator is the raw h5py read
-throughput of the same file, measured in the same run (before and after
-the engine runs; the faster of the two). ``--plain`` adds runs without
-mask and blur and with the prefilter; ``--runs memory,threads,1,2`` chooses
+(about 5 minutes; ``--repeat 1`` for about 2): the same 256 MiB 5D cube
+written uncompressed and with Bitshuffle + LZ4, each segmented by the
+chunked engine on threads and on 2 worker processes with the settings
+microscopists use (an annulus q-mask excluding the direct beam, blur σ 1).
+The comparator is the raw h5py read throughput of the same file, measured in
+the same run (before and after the engine runs; the median of all repeats).
+The file readers' parallel chunk read of the same file is listed beside it.
+Every process repeats its timed part ``--repeat`` times (default 3) and
+reports the median run; the table also gives each pass's throughput
+(similarity, averages) against the read, and the bytes read from the file
+per input byte (1.00x: read once). ``--plain`` adds runs without mask and
+blur and with the prefilter; ``--runs memory,threads,1,2`` chooses
 executors. ``--big`` generates files of at least 1.5 times this machine's
 RAM, runs them under ``--memory-limit`` (default 4GB), and deletes them
 afterwards (``--keep`` to keep them).
@@ -87,6 +92,8 @@ def describe(r: dict) -> str:
     s = r["spec"]
     if s["mode"] == "read":
         return "h5py read of the file (comparator)"
+    if s["mode"] == "chunks":
+        return "file readers' parallel chunk read"
     if s["mode"] == "memory":
         return "in-memory (h5py load + core.segment)"
     if s["workers"] is None:
@@ -95,7 +102,7 @@ def describe(r: dict) -> str:
 
 
 def settings(spec: dict) -> str:
-    if spec["mode"] == "read":
+    if spec["mode"] in ("read", "chunks"):
         return "-"
     parts = []
     if spec.get("q_mask"):
@@ -112,22 +119,53 @@ def total_seconds(r: dict) -> float:
     return r["seconds"] + r.get("load_seconds", 0.0)
 
 
+def passes(r: dict, base: float | None) -> tuple[str, str, str]:
+    """Similarity and averages pass throughput (vs the read) and file reads per input.
+
+    A pass's time is the time its tasks took (reading and computing), summed
+    and divided by the tasks run at once: the passes of different time steps
+    overlap, so their wall times do not add up.
+    """
+    if r["spec"]["mode"] != "engine":
+        return "-", "-", "-"
+    out = []
+    for stage in ("similarity", "averages"):
+        sec = sum(r.get("task_seconds", {}).get(stage, [])) / r["concurrency"]
+        if not sec:
+            out.append("-")
+            continue
+        rate = r["bytes"] / sec
+        ratio = f" ({100 * rate / base:.0f} %)" if base else ""
+        out.append(f"{rate / 1e9:.3f}{ratio}")
+    out.append(f"{r['bytes_read'] / r['bytes']:.2f}x")
+    return tuple(out)
+
+
 def table(results: list[dict], budget: str) -> str:
     read = {
         r["spec"]["file"]: r["bytes"] / r["seconds"] for r in results if r["spec"]["mode"] == "read"
     }
-    head = "| file | path | settings | time (s) | GB/s | vs h5py read of the file | peak RSS |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = (
+        "| file | path | settings | time (s) | GB/s | vs h5py read of the file "
+        "| similarity pass GB/s (vs read) | averages pass GB/s (vs read) "
+        "| file bytes read / input | peak RSS |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rate = r["bytes"] / total_seconds(r)
         base = read.get(r["spec"]["file"])
         ratio = f"{100 * rate / base:.0f} %" if base and r["spec"]["mode"] != "read" else "-"
+        sim, avg, reads = passes(r, base)
         lines.append(
             f"| {r['spec']['file']} | {describe(r)} | {settings(r['spec'])} "
-            f"| {total_seconds(r):.1f} | {rate / 1e9:.3f} | {ratio} "
+            f"| {total_seconds(r):.2f} | {rate / 1e9:.3f} | {ratio} | {sim} | {avg} | {reads} "
             f"| {format_bytes(r['peak_tree_rss'])} |"
         )
-    lines.append(f"\nmemory limit of the engine runs: {budget}")
+    lines.append(
+        f"\nmemory limit of the engine runs: {budget}. Times are medians of the repeats "
+        "in each process; a pass's time is its tasks' time (read + compute) summed and divided "
+        "by the tasks run at once."
+    )
     return "\n".join(lines)
 
 
@@ -152,6 +190,9 @@ def main(argv=None) -> int:
         "--plain",
         action="store_true",
         help="also run without q-mask and blur, and with the prefilter",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=3, help="timed repeats per process (median reported)"
     )
     p.add_argument("--json", help="also write all figures to this JSON file")
     args = p.parse_args(argv)
@@ -206,7 +247,7 @@ def main(argv=None) -> int:
             )
             # The read comparator runs first and last: the page cache and the
             # machine's load change between runs, so both bracket the engine.
-            specs = [{"mode": "read"}]
+            specs = [{"mode": "read"}, {"mode": "chunks"}]
             for cfg in configs:
                 for run_kind in runs:
                     spec = {**cfg, "memory_limit": budget}
@@ -219,25 +260,30 @@ def main(argv=None) -> int:
             specs.append({"mode": "read"})
             reads = []
             for spec in specs:
-                spec.update(path=str(path), file=kind)
+                spec.update(path=str(path), file=kind, repeat=args.repeat)
                 r = run(spec)
                 if spec["mode"] == "read":
                     reads.append(r)
                     continue
                 results.append(r)
                 print(
-                    f"{kind}: {describe(r)}, {settings(spec)}: {r['seconds']:.1f} s, "
+                    f"{kind}: {describe(r)}, {settings(spec)}: {r['seconds']:.2f} s "
+                    f"(runs {', '.join(f'{t:.2f}' for t in r.get('all_seconds', []))}), "
                     f"{r['bytes'] / r['seconds'] / 1e9:.3f} GB/s, peak "
-                    f"{format_bytes(r['peak_tree_rss'])}; {r.get('plan', '')}",
+                    f"{format_bytes(r['peak_tree_rss'])}; stages {r.get('stage_seconds')}, "
+                    f"task read/compute {r.get('task_seconds')}; {r.get('plan', '')}",
                     flush=True,
                 )
-            best = min(reads, key=lambda r: r["seconds"])
-            rates = ", ".join(f"{r['bytes'] / r['seconds'] / 1e9:.3f}" for r in reads)
+            times = sorted(t for r in reads for t in r["all_seconds"])
+            rates = ", ".join(f"{reads[0]['bytes'] / t / 1e9:.3f}" for t in times)
+            comparator = {**reads[0], "seconds": times[len(times) // 2], "all_seconds": times}
+            comparator["peak_tree_rss"] = max(r["peak_tree_rss"] for r in reads)
             print(
-                f"{kind}: h5py read {rates} GB/s (first, last; the faster one is the comparator)",
+                f"{kind}: h5py read {rates} GB/s (repeats before and after the engine "
+                "runs; the median is the comparator)",
                 flush=True,
             )
-            results.append(best)
+            results.append(comparator)
             if not args.keep:
                 path.unlink()
         for kind in files:
@@ -246,7 +292,7 @@ def main(argv=None) -> int:
                     r["labels_sha1"]
                     for r in results
                     if r["spec"]["file"] == kind
-                    and r["spec"]["mode"] != "read"
+                    and r["spec"]["mode"] not in ("read", "chunks")
                     and all(r["spec"].get(k) == v for k, v in cfg.items())
                 }
                 status = "identical" if len(hashes) <= 1 else "DIFFERENT"

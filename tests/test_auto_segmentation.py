@@ -79,6 +79,7 @@ def test_mean_linkage_matches_plain_python(rng, shape):
         features=feats,
         link_threshold=0.8,
         seed_mask=seeds,
+        refine=False,  # growth alone (the refinement: test_boundary_refinement.py)
     )
     want = ref_grow_linked(sim, ms, mask, seeds, 0.4, 0.8, feats)
     np.testing.assert_array_equal(labels, want)

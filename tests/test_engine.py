@@ -269,6 +269,51 @@ def test_memory_budget_bounds_blocks_whatever_the_cube_size():
     assert stats.plan.n_blocks > 4
 
 
+@pytest.mark.parametrize("average", ["raw", "prefiltered"])
+def test_read_once_when_the_budget_allows(cube5, average):
+    """On threads, the sums pass adds up the blocks the similarity pass read."""
+    kw = dict(threshold=0.85, min_cluster_size=2, real_mask=None, chunks=(4, 5))
+    pre = average == "prefiltered"
+    if pre:
+        kw.update(prefilter={"radius": 1}, average=average)
+    ref = segment(cube5, **{k: v for k, v in kw.items() if k != "chunks"})
+    assert ref.n_clusters[0] >= 2
+    seen = []
+
+    class Counting(np.ndarray):
+        def __getitem__(self, key):
+            seen.append(key)
+            return np.asarray(super().__getitem__(key))
+
+    src = cube5.view(Counting)
+    stats = RunStats()
+    res = segment_chunked(src, **kw, executor=ThreadExecutor(2), stats=stats)
+    assert_same(res, ref)
+    n_blocks = 3 * stats.plan.n_blocks
+    if pre:  # the sums need the prefilter's halo: read again
+        assert len(seen) > n_blocks and stats.bytes_reused == 0
+    else:
+        assert len(seen) == n_blocks  # each block read once
+        assert stats.bytes_reused > 0
+        # halos included, no second pass
+        assert stats.bytes_read == sum(np.asarray(cube5[k]).nbytes for k in seen)
+    # a budget with no room beside the tasks: the sums pass reads the file again
+    seen.clear()
+    plan = plan_chunks(
+        cube5.shape,
+        cube5.dtype,
+        block_shape=(4, 5),
+        concurrency=2,
+        prefilter_radius=1 if pre else None,
+    )
+    stats = RunStats()
+    res = segment_chunked(
+        src, **kw, executor=ThreadExecutor(2), stats=stats, memory_limit=plan.peak_bytes
+    )
+    assert_same(res, ref)
+    assert len(seen) > n_blocks and stats.bytes_reused == 0
+
+
 def test_tight_budget_runs_fewer_tasks_than_threads():
     src = _Recorder((40, 40, 32, 32))
     stats = RunStats()

@@ -34,7 +34,9 @@ CASES = {c.name: c for c in build_corpus(_DIR, SEED)}
 #: Cases also segmented through the command line (every valid file, and a
 #: sample of the others; all of them are opened, read and shown).
 SEGMENTED = [n for n, c in CASES.items() if c.expect == "ok" or n.endswith(("flip0", "flip1"))]
-TIMEOUT = 20
+#: A hang, not slowness: the first case of a dtype compiles its kernels
+#: (15-20 s of CPU for a new dtype), which a loaded machine stretches.
+TIMEOUT = 90
 
 
 @pytest.fixture(autouse=True)

@@ -129,3 +129,30 @@ def test_defaults_meet_the_quality_targets(kwargs):
         assert paper["grains_per_cluster"] > 1.5  # the pair rule chains grains
     else:
         assert paper["ari"] < 0.5 and best < 0.7  # the similarity mask keeps the vacuum
+
+
+@pytest.mark.parametrize("seed, background", [(1, "liquid"), (0, "vacuum")])
+def test_low_dose_wide_boundaries_do_not_chain(monkeypatch, seed, background):
+    # A tenth of the default dose and 3-px boundaries: breadth-first growth
+    # hands each boundary to the grain that reaches it first; the boundary
+    # refinement of the running-mean linkage puts it back in the middle.
+    from napari_stemcluster.core import regions
+    from napari_stemcluster.core.metrics import grain_scores
+    from napari_stemcluster.synthetic_hard import make_hard_scan
+
+    scan = make_hard_scan(
+        (48, 48),
+        (64, 64),
+        grains_per_particle=(2, 3),
+        seed=seed,
+        background=background,
+        boundary_width=3.0,
+        dose=600.0,
+    )
+    default = grain_scores(scan.grains, segment(scan.cube).labels)
+    assert default["grains_per_cluster"] <= 1.1
+    assert default["ari"] >= 0.9 and default["ari"] >= _best_fixed(scan) - 0.05
+    assert default["background_share"] <= 0.05
+    monkeypatch.setattr(regions, "REFINE_PASSES", 0)
+    grown = grain_scores(scan.grains, segment(scan.cube).labels)
+    assert grown["grains_per_cluster"] > default["grains_per_cluster"]

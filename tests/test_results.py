@@ -218,7 +218,8 @@ def test_result_layers_roundtrip():
     assert lkw["name"] == "grains" and skw["name"] == "grains mean similarity"
     assert lkw["scale"] == (0.5, 0.5) and lkw["units"] == ("nm", "nm")
     assert labels is not result.labels  # painting must not change the stored result
-    np.testing.assert_array_equal(lkw["features"]["index"], [1, 2, 3, 4])
+    assert "index" not in lkw["features"]  # row k is label k (napari's own "Index")
+    np.testing.assert_array_equal(lkw["features"]["size"][1:], result.clusters.size)
     meta = lkw["metadata"]["stemcluster"]
     assert meta["kind"] == "segmentation" and meta["source"] == "scan.h5"
     back = layers_to_result(labels, lkw["metadata"])

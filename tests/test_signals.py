@@ -147,7 +147,24 @@ def test_signal_stops_the_run_cleanly(workdir, tmp_path, popen, sig, moment):
     assert not alive, f"worker processes left running: {alive}"
 
 
-def test_signal_while_writing_keeps_the_previous_file(workdir, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def terminal_signals():
+    """Signals handled as in a process started from a terminal, for this test only.
+
+    Earlier tests (worker start-up, GUI event loops) may have left SIGINT
+    ignored in this process; the command then rightly keeps ignoring it.
+    """
+    saved = {sig: signal.getsignal(sig) for sig in STATUS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_signal_while_writing_keeps_the_previous_file(
+    workdir, tmp_path, monkeypatch, capsys, terminal_signals
+):
     """A signal inside the write is honoured before the rename: nothing is replaced."""
     out = tmp_path / "results.h5"
     out.write_bytes((workdir / "previous.h5").read_bytes())

@@ -136,10 +136,42 @@ def dataset_to_layers(
     return [(image, kwargs, "image")]
 
 
-def _features(table: ClusterTable) -> dict:
+def label_features(table: ClusterTable, n_positions: int) -> dict[str, np.ndarray]:
+    """``Labels.features`` columns of a cluster table: row ``k`` is label ``k``.
+
+    napari's features table shows the row number as its own "Index" column,
+    and a Labels layer without an ``index`` column finds the features of
+    label ``k`` in row ``k``; so row 0 is the background (its ``size`` is the
+    number of unclustered positions, no seed, no mean similarity) and no
+    ``index`` column repeats the row number.
+
+    Parameters
+    ----------
+    table : ClusterTable
+        The clusters of one scan (labels 1..N).
+    n_positions : int
+        Scan positions of that scan (for the background's size).
+
+    Examples
+    --------
+    >>> from napari_stemcluster.core.averages import cluster_table
+    >>> table = cluster_table(np.array([[1, 1, 0], [2, 0, 0]]))
+    >>> f = label_features(table, 6)
+    >>> f["size"].tolist(), f["seed_rx"].tolist()
+    ([3, 2, 1], [-1, 0, 1])
+    """
     d = table.as_dict()
-    d["index"] = d.pop("label")
-    return d
+    d.pop("label")
+    background = {
+        "size": int(n_positions) - int(np.sum(table.size)),
+        "seed_rx": -1,
+        "seed_ry": -1,
+        "mean_similarity": np.nan,
+    }
+    return {
+        key: np.concatenate([np.array([background[key]], dtype=np.asarray(col).dtype), col])
+        for key, col in d.items()
+    }
 
 
 def result_to_layers(
@@ -196,7 +228,7 @@ def result_to_layers(
         "metadata": {METADATA_KEY: {"kind": "segmentation", "result": result, **common}},
     }
     if not result.is_time_series:
-        label_kwargs["features"] = _features(result.clusters)
+        label_kwargs["features"] = label_features(result.clusters, labels.size)
     msim = np.asarray(result.mean_similarity, dtype=np.float32)
     finite = msim[np.isfinite(msim)]
     if finite.size and finite.min() < finite.max():

@@ -110,6 +110,9 @@ def read_stem(path) -> list[tuple]:
     """
     from ._layers import dataset_to_layers, result_to_layers
     from .io import detect_format, read_results
+    from .widgets._warmup import start_warm_up
+
+    start_warm_up()  # kernels and modules ready before the user docks the widgets
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[tuple] = []
@@ -127,16 +130,21 @@ def read_stem(path) -> list[tuple]:
         if kind == "results":
             result, info = read_results(p)
             ds = open_source(info["source"], np.shape(result.labels))
+            if ds is None and info["source"]:
+                ds = _source_beside(p, info, result)
             if ds is not None:  # the data too: patterns, averages and edits work again
                 layers += _in_background(dataset_to_layers(ds), ds.nbytes)
             new = result_to_layers(
                 result,
                 info["calibration"],
                 name=Path(p).stem,
-                source=info["source"],
+                source=info["source"] if ds is None else str(ds.path),
                 cube=None if ds is None else ds.cube,
             )
             kw = new[0][1]
+            kw["metadata"]["stemcluster"]["results_path"] = str(Path(p).resolve())
+            if ds is None and info["source"]:
+                _offer_locate(p, info["source"])
             if info.get("orientation") is not None:
                 from .io._analysis_orientation import orientation_to_layers
 
@@ -169,6 +177,91 @@ def read_stem(path) -> list[tuple]:
             ds = _open_asking_scan_shape(p, kind)
             layers += _in_background(dataset_to_layers(ds), ds.nbytes)
     return layers
+
+
+def _source_beside(results_path: str, info: dict, result):
+    """The data file, moved beside its results file under the same name, or None.
+
+    Taken only when it opens with the results' scan shape, detector shape
+    and (when stored) data type.
+    """
+    candidate = Path(results_path).resolve().parent / Path(info["source"]).name
+    if not candidate.is_file() or candidate == Path(info["source"]):
+        return None
+    ds = open_source(str(candidate), np.shape(result.labels))
+    if ds is None:
+        return None
+    means = result.cluster_means[0] if result.is_time_series else result.cluster_means
+    if np.ndim(means) == 3 and len(means) and tuple(np.shape(means)[1:]) != ds.detector_shape:
+        return None
+    dtype = info.get("source_dtype")
+    if dtype is not None and np.dtype(dtype) != np.dtype(ds.cube.dtype):
+        return None
+    return ds
+
+
+def ask_data_file(parent, results_name: str, source: str) -> str:
+    """File dialog for the moved data file of a results file ("" when cancelled)."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(
+        parent, f"Locate {Path(source).name}, the data file of {results_name}", "", _FILE_FILTER
+    )
+    return path
+
+
+def _offer_locate(results_path: str, source: str) -> None:
+    """Once the layers are shown: a notification offering to locate the moved data file.
+
+    Non-blocking (napari's notification with a *Locate data file…* button);
+    only in an interactive napari session.
+    """
+    if _no_viewer():
+        return
+    from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+
+    key = str(Path(results_path).resolve())
+    name = Path(results_path).name
+
+    def locate(*_):
+        import napari
+
+        from .widgets._export import attach_source
+
+        viewer = napari.current_viewer()
+        layer = _results_layer(viewer, key)
+        if layer is None:
+            return
+        window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+        path = ask_data_file(window, name, source)
+        if path:
+            attach_source(viewer, layer, path)
+
+    notification_manager.dispatch(
+        Notification(
+            f"{name}: data file {Path(source).name} not found. Locate it to see patterns "
+            f"and cluster averages and to correct labels (saved at {source}; also later: "
+            "Results tab, Locate data file…).",
+            NotificationSeverity.WARNING,
+            actions=[("Locate data file…", locate)],
+        )
+    )
+
+
+def _results_layer(viewer, results_path: str):
+    """The clusters layer read from ``results_path`` that still has no data file."""
+    if viewer is None:
+        return None
+    for layer in viewer.layers:
+        meta = (getattr(layer, "metadata", None) or {}).get("stemcluster")
+        if (
+            isinstance(meta, dict)
+            and meta.get("kind") == "segmentation"
+            and meta.get("results_path") == results_path
+            and meta.get("cube") is None
+        ):
+            return layer
+    return None
 
 
 def _in_background(layers: list[tuple], nbytes: int) -> list[tuple]:

@@ -12,7 +12,9 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
 
     The layer's ``metadata["stemcluster"]`` holds the SegmentationResult
     (see :func:`napari_stemcluster._layers.result_to_layers`); edited labels
-    are saved with their cluster table and means recomputed. napari's save
+    are saved with their cluster table and means taken from the cluster sums
+    the viewer keeps up to date while editing (so saving does not read the
+    cube again), or recomputed from the cube without them. napari's save
     dialog has already confirmed replacing an existing results file; data
     files and the source file are never replaced.
 
@@ -29,7 +31,9 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
     metadata = meta.get("metadata") or {}
     st = get_stem_metadata(metadata) or {}
     # Tracked grains (5D) go into the file's /tracking group.
-    result, tracking, kinetics = tracks_to_save(data, st, lambda: layers_to_result(data, metadata))
+    result, tracking, kinetics = tracks_to_save(
+        data, st, lambda: _result_from_state(st, data) or layers_to_result(data, metadata)
+    )
     orientation = st.get("orientation")
     n_clusters = sum(
         len(c) for c in (result.clusters if result.is_time_series else [result.clusters])
@@ -46,6 +50,7 @@ def write_segmentation(path: str, data, meta: dict) -> list[str]:
         tracking=tracking,
         kinetics=kinetics,
         orientation=orientation,
+        source_dtype=_cube_dtype(st),
     )
     return [str(out)]
 
@@ -102,3 +107,39 @@ def _bragg_if_unedited(st: dict, result) -> dict | None:
 
     same = np.array_equal(np.asarray(stored.labels), np.asarray(result.labels))
     return bragg if same else None
+
+
+def _cube_dtype(st: dict):
+    """The data type of the layer's cube (stored to recognise a moved data file)."""
+    cube = st.get("cube")
+    return None if cube is None else cube.dtype
+
+
+def _result_from_state(st: dict, data):
+    """The result of edited labels from the layer's live cluster sums, or None.
+
+    napari calls writers in its GUI thread: reading the whole cube again to
+    recompute the cluster means of edited labels would freeze the window for
+    seconds on a large file. The :class:`~.widgets._state.ClusterState` of
+    the layer already holds the sums of the current labels (kept up to date
+    by every edit); only the edits not yet applied are read.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    state, stored = st.get("state"), st.get("result")
+    if state is None or stored is None or getattr(state, "labels", None) is not data:
+        return None
+    state.sync()  # edits made since the last event-loop turn
+    if np.array_equal(data, stored.labels):
+        return None  # unedited: the stored result as it is
+    steps = range(state.n_steps)
+    if not all(state.has_sums(t) for t in steps):
+        return None  # evicted sums: recompute from the cube
+    tables = [state.table(t) for t in steps]
+    means = [state.means(t) for t in steps]
+    labels = np.array(data, dtype=np.int32, copy=True)
+    if not state.time_series:
+        return replace(stored, labels=labels, clusters=tables[0], cluster_means=means[0])
+    return replace(stored, labels=labels, clusters=tables, cluster_means=means)

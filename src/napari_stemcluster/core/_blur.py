@@ -32,10 +32,15 @@ def gaussian_kernel1d(sigma: float, truncate: float = TRUNCATE) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _reflect(i, n):
-    # scipy's "reflect" (half-sample symmetric) extension: period 2n.
+    # scipy's "reflect" (half-sample symmetric) extension: period 2n. The
+    # first two branches cover kernels narrower than the detector.
+    if 0 <= i < n:
+        return i
+    if -n <= i < 0:
+        return -1 - i
+    if n <= i < 2 * n:
+        return 2 * n - 1 - i
     m = i % (2 * n)
-    if m < 0:
-        m += 2 * n
     if m >= n:
         m = 2 * n - 1 - m
     return m
@@ -50,55 +55,25 @@ def padded_index(n, r):
     return idx
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def blur_flat(src, qx, qy, k, idx_x, idx_y, line, tmp, acc, out):
-    """Blur one raveled ``(qx, qy)`` pattern ``src`` into float32 ``out``.
-
-    ``idx_x``/``idx_y`` come from :func:`padded_index` with the kernel radius;
-    ``line`` (``qy + 2r``), ``tmp`` (``qx * qy``) and ``acc`` (``qy``) are
-    float32 scratch buffers, so callers allocate them once per thread.
-    """
-    nk = k.shape[0]
-    # Both passes run over contiguous rows so that the inner loops vectorise:
-    # each source row is reflect-padded into a buffer once, then every tap adds
-    # a shifted contiguous slice of it. Row views (rather than computed flat
-    # indices) let the compiler drop negative-index checks and vectorise.
-    for i in range(qx):
-        srow = src[i * qy : (i + 1) * qy]
-        for j in range(qy + nk - 1):
-            line[j] = np.float32(srow[idx_y[j]])
-        trow = tmp[i * qy : (i + 1) * qy]
-        for j in range(qy):
-            trow[j] = 0.0
-        for t in range(nk):
-            w = k[t]
-            shifted = line[t : t + qy]
-            for j in range(qy):
-                trow[j] += w * shifted[j]
-    for i in range(qx):
-        for j in range(qy):
-            acc[j] = 0.0
-        for t in range(nk):
-            w = k[t]
-            row = idx_x[i + t]
-            trow = tmp[row * qy : (row + 1) * qy]
-            for j in range(qy):
-                acc[j] += w * trow[j]
-        orow = out[i * qy : (i + 1) * qy]
-        for j in range(qy):
-            orow[j] = acc[j]
+@numba.njit(cache=True, nogil=True)
+def _blur_stack(src, qx, qy, k, out):
+    r = (k.shape[0] - 1) // 2
+    idx_x = padded_index(qx, r)
+    box = np.array([0, qx, 0, qy], np.int64)
+    ones = np.ones(qx * qy, np.float32)
+    pad_n, tmp_n = _scratch(qx, qy, r)
+    _blur_chunks(src, qx, qy, k, idx_x, box, ones, pad_n, tmp_n, out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _blur_stack(src, qx, qy, k, out):
-    r = (k.shape[0] - 1) // 2
-    idx_y = padded_index(qy, r)
-    idx_x = padded_index(qx, r)
-    for p in numba.prange(src.shape[0]):
-        line = np.empty(qy + 2 * r, np.float32)
-        tmp = np.empty(qx * qy, np.float32)
-        acc = np.empty(qy, np.float32)
-        blur_flat(src[p], qx, qy, k, idx_x, idx_y, line, tmp, acc, out[p])
+def _blur_chunks(src, qx, qy, k, idx_x, box, ones, pad_n, tmp_n, out):
+    n = src.shape[0]
+    chunk = 16
+    for c in numba.prange((n + chunk - 1) // chunk):
+        pad = np.empty(pad_n, np.float32)
+        tmp = np.empty(tmp_n, np.float32)
+        for p in range(c * chunk, min(n, (c + 1) * chunk)):
+            blur_box(src[p], qx, qy, 1.0, k, idx_x, box, ones, pad, tmp, out[p])
 
 
 def blur_patterns(stack: np.ndarray, sigma: float, out: np.ndarray | None = None):
@@ -179,6 +154,153 @@ def pattern_scale(src):
     if top == 0.0:
         return 1.0
     return math.ldexp(1.0, -math.frexp(top)[1])
+
+
+# Scratch of :func:`blur_box` for a box of ``bh x bw`` and radius ``r``: ``pad``
+# holds the ``bh + 2r`` source rows of the box widened by ``r`` columns each
+# side (``W = bw + 2r`` values a row) as float32, ``tmp`` the ``bh`` rows of
+# its vertical blur, with the same row stride. (Rows padded to whole vectors
+# for aligned loads were measured no faster, and sometimes much slower.)
+U = np.uint64  # unsigned indices: no negative-index checks, loops vectorise
+RUN = 256  # squares summed in float32 runs, as in _reduce.dot
+
+
+@numba.njit(cache=True, nogil=True)
+def _scratch(bh, bw, r):
+    wd = bw + 2 * r
+    return (bh + 2 * r) * wd + 2 * r, (bh + 2 * r) * wd
+
+
+def box_scratch(box, r: int) -> tuple[int, int]:
+    """Sizes of the two float32 scratch buffers :func:`blur_box` needs."""
+    return _scratch(int(box[1] - box[0]), int(box[3] - box[2]), int(r))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _fill(src, qy, idx_x, i0, nr, c0, W, pad, scale):
+    # pad row p, column c = scale * src[idx_x[i0 + p], reflect(c0 + c)].
+    lo = max(0, c0)
+    hi = min(qy, c0 + W)
+    a = lo - c0  # pad columns a .. b - 1 lie on the detector
+    b = hi - c0
+    n = U(max(0, hi - lo))
+    for p in range(nr):
+        s = U(idx_x[i0 + p] * qy + lo)
+        d = U(p * W + a)
+        if scale == 1.0:
+            for j in range(n):
+                pad[d + j] = np.float32(src[s + j])
+        else:
+            for j in range(n):
+                pad[d + j] = np.float32(np.float64(src[s + j]) * scale)
+    if a > 0 or b < W:
+        _fill_ends(src, qy, idx_x, i0, nr, c0, W, pad, scale, a, b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_ends(src, qy, idx_x, i0, nr, c0, W, pad, scale, a, b):
+    # Columns beyond the detector edges (at most r each side), reflected: a
+    # copy of a column already converted when there is one.
+    for c in range(W):
+        if a <= c < b:
+            continue
+        col = _reflect(c0 + c, qy)
+        m = col - c0
+        if a <= m < b:
+            for p in range(nr):
+                pad[p * W + c] = pad[p * W + m]
+        else:
+            for p in range(nr):
+                x = np.float64(src[idx_x[i0 + p] * qy + col])
+                pad[p * W + c] = np.float32(x * scale)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _vertical9(pad, W, k, bh, tmp):
+    # tmp row i = sum_t k[t] pad row i + t (9 taps, symmetric pairs added
+    # first) over all W columns. Four output rows per sweep share their 12
+    # input rows: 3 loads per output instead of 9 (the loop is load-bound).
+    w0, w1, w2, w3, w4 = k[0], k[1], k[2], k[3], k[4]
+    s = U(W)
+    i = 0
+    while i + 4 <= bh:
+        b = U(i * W)
+        o = b
+        for j in range(s):
+            q = b + j
+            x0 = pad[q]
+            x1 = pad[q + s]
+            x2 = pad[q + U(2) * s]
+            x3 = pad[q + U(3) * s]
+            x4 = pad[q + U(4) * s]
+            x5 = pad[q + U(5) * s]
+            x6 = pad[q + U(6) * s]
+            x7 = pad[q + U(7) * s]
+            x8 = pad[q + U(8) * s]
+            x9 = pad[q + U(9) * s]
+            x10 = pad[q + U(10) * s]
+            x11 = pad[q + U(11) * s]
+            tmp[o + j] = w4 * x4 + w3 * (x3 + x5) + w2 * (x2 + x6) + w1 * (x1 + x7) + w0 * (x0 + x8)
+            tmp[o + s + j] = (
+                w4 * x5 + w3 * (x4 + x6) + w2 * (x3 + x7) + w1 * (x2 + x8) + w0 * (x1 + x9)
+            )
+            tmp[o + U(2) * s + j] = (
+                w4 * x6 + w3 * (x5 + x7) + w2 * (x4 + x8) + w1 * (x3 + x9) + w0 * (x2 + x10)
+            )
+            tmp[o + U(3) * s + j] = (
+                w4 * x7 + w3 * (x6 + x8) + w2 * (x5 + x9) + w1 * (x4 + x10) + w0 * (x3 + x11)
+            )
+        i += 4
+    while i < bh:
+        q0 = U(i * W)
+        o = q0
+        for j in range(s):
+            q = q0 + j
+            tmp[o + j] = (
+                w4 * pad[q + U(4) * s]
+                + w3 * (pad[q + U(3) * s] + pad[q + U(5) * s])
+                + w2 * (pad[q + U(2) * s] + pad[q + U(6) * s])
+                + w1 * (pad[q + s] + pad[q + U(7) * s])
+                + w0 * (pad[q] + pad[q + U(8) * s])
+            )
+        i += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sweep(i, bh, bw, n8, reach, size):
+    # Length of the sweep over output row i: whole vectors (n8) when the
+    # overflow stays inside the output, the weights and the source (which
+    # reaches ``reach``), else the row's exact length bw.
+    if i + 1 < bh and i * bw + n8 <= bh * bw and reach <= size:
+        return n8
+    return bw
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _horizontal9(tmp, W, k, bh, bw, weight, out):
+    # out row i = weight * (9-tap blur along tmp row i). Every row but the
+    # last is swept in whole 8-float vectors: the values past its end land at
+    # the start of the next row, which is computed afterwards and overwrites
+    # them (no scalar remainder loop).
+    w0, w1, w2, w3, w4 = k[0], k[1], k[2], k[3], k[4]
+    n8 = (bw + 7) // 8 * 8
+    for i in range(bh):
+        n = U(_sweep(i, bh, bw, n8, i * W + n8 + 8, tmp.shape[0]))
+        b = U(i * W)
+        o = U(i * bw)
+        for j in range(n):
+            q = b + j
+            out[o + j] = weight[o + j] * (
+                w4 * tmp[q + U(4)]
+                + w3 * (tmp[q + U(3)] + tmp[q + U(5)])
+                + w2 * (tmp[q + U(2)] + tmp[q + U(6)])
+                + w1 * (tmp[q + U(1)] + tmp[q + U(7)])
+                + w0 * (tmp[q] + tmp[q + U(8)])
+            )
+
+
+# Other tap counts: flat passes over the whole buffer (long loops, taps in
+# groups of up to nine per sweep), then the weight.
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -290,52 +412,6 @@ def taps_pass(src, step, k, n, dst):
         t += 8
 
 
-def box_scratch(box, r: int) -> tuple[int, int]:
-    """Sizes of the two float32 scratch buffers :func:`blur_box` needs."""
-    bh = int(box[1] - box[0])
-    bw = int(box[3] - box[2])
-    width = bw + 2 * r
-    return (bh + 2 * r) * width + 2 * r, (bh + 2 * r) * width
-
-
-# The loops below live in separate small functions on purpose: in one
-# function with several loops and branches LLVM leaves them scalar (5-8x
-# slower, measured).
-
-
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _fill_mid(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off):
-    n = hi - lo
-    for p in range(n_rows):
-        s0 = idx_x[i0 + p] * qy
-        mid = src[s0 + lo : s0 + hi]
-        seg = pad[p * wd + off : p * wd + off + n]
-        for j in range(n):
-            seg[j] = np.float32(mid[j])
-
-
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale):
-    n = hi - lo
-    for p in range(n_rows):
-        s0 = idx_x[i0 + p] * qy
-        mid = src[s0 + lo : s0 + hi]
-        seg = pad[p * wd + off : p * wd + off + n]
-        for j in range(n):
-            seg[j] = np.float32(np.float64(mid[j]) * scale)
-
-
-@numba.njit(cache=True, nogil=True)
-def _fill_ends(src, qy, idx_x, i0, n_rows, c0, off, n_mid, pad, wd, scale):
-    # Padded columns outside the detector, reflected: at most r each side.
-    for p in range(n_rows):
-        s0 = idx_x[i0 + p] * qy
-        for j in range(off):
-            pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
-        for j in range(off + n_mid, wd):
-            pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
-
-
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _weigh(buf, wd, bh, bw, weight, out):
     total = 0.0
@@ -348,6 +424,35 @@ def _weigh(buf, wd, bh, bw, weight, out):
             v = brow[j] * wrow[j]
             orow[j] = v
             part += v * v
+        total += np.float64(part)
+    return total
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _crop(src, qy, i0, j0, bh, bw, scale, weight, out):
+    # No blur: out = weight * scale * src on the box, rows overflowing as in
+    # _horizontal9.
+    n8 = (bw + 7) // 8 * 8
+    for i in range(bh):
+        n = U(_sweep(i, bh, bw, n8, (i0 + i) * qy + j0 + n8, src.shape[0]))
+        s = U((i0 + i) * qy + j0)
+        o = U(i * bw)
+        if scale == 1.0:
+            for j in range(n):
+                out[o + j] = weight[o + j] * np.float32(src[s + j])
+        else:
+            for j in range(n):
+                out[o + j] = weight[o + j] * np.float32(np.float64(src[s + j]) * scale)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _squares(out, n):
+    total = 0.0
+    for c in range(0, n, RUN):
+        x = out[c : c + RUN]
+        part = np.float32(0.0)
+        for j in range(x.shape[0]):
+            part += x[j] * x[j]
         total += np.float64(part)
     return total
 
@@ -370,28 +475,23 @@ def blur_box(src, qx, qy, scale, k, idx_x, box, weight, pad, tmp, out):
     i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
     bh = i1 - i0
     bw = j1 - j0
-    wd = bw + 2 * r  # row stride of the padded buffers
-    # Rows i0 - r .. i1 + r - 1 and columns j0 - r .. j1 + r - 1, reflected
-    # at the detector edges, as float32 rows of stride wd.
-    lo = max(0, j0 - r)
-    hi = min(qy, j1 + r)
-    off = lo - (j0 - r)
-    n_rows = bh + 2 * r
-    if scale == 1.0:
-        _fill_mid(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off)
-    else:
-        _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale)
-    if off > 0 or hi < j1 + r:
-        _fill_ends(src, qy, idx_x, i0, n_rows, j0 - r, off, hi - lo, pad, wd, scale)
     if nk == 1:
-        return _weigh(pad, wd, bh, bw, weight, out)
-    # Both passes run over the whole buffer as one flat line: long
-    # contiguous loops vectorise, and the values that spill across a row
-    # end land in the 2r unused columns of the next row. Columns 0 .. bw - 1
-    # of each row of the result are the box.
-    n = n_rows * wd
+        _crop(src, qy, i0, j0, bh, bw, scale, weight, out)
+        return _squares(out, bh * bw)
+    nr = bh + 2 * r
+    W = bw + 2 * r
+    # Vertical pass first (its four-row sweeps load least), then the
+    # horizontal one, weighted, straight into ``out``.
+    _fill(src, qy, idx_x, i0, nr, j0 - r, W, pad, scale)
+    if nk == 9:  # sigma 1, the usual setting
+        _vertical9(pad, W, k, bh, tmp)
+        _horizontal9(tmp, W, k, bh, bw, weight, out)
+        return _squares(out, bh * bw)
+    # Both passes over the whole buffer as one flat line: the values that
+    # spill across a row end land in the 2r unused columns of the next row.
+    n = nr * W
     for j in range(n, n + 2 * r):
         pad[j] = 0.0  # read only into unused columns; keep it a plain number
     taps_pass(pad, 1, k, n, tmp)
-    taps_pass(tmp, wd, k, bh * wd, pad)  # the padded pattern is no longer needed
-    return _weigh(pad, wd, bh, bw, weight, out)
+    taps_pass(tmp, W, k, bh * W, pad)
+    return _weigh(pad, W, bh, bw, weight, out)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._similarity_numba import dark_sum
+
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _bin_patterns(stack, index, out):
@@ -21,13 +23,15 @@ def _bin_patterns(stack, index, out):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _masked_sums(stack, keep, out):
-    """``out[i] = sum of stack[i]`` over the pixels where ``keep``, in float64."""
-    n, qx, qy = stack.shape
-    for i in numba.prange(n):
-        acc = 0.0
-        for x in range(qx):
-            for y in range(qy):
-                if keep[x, y]:
-                    acc += stack[i, x, y]
-        out[i] = acc
+def _masked_sums(block, runs, exact, out):
+    """``out[i, j]`` = float64 sum of ``block[i, j]`` over the pixel ``runs``, as float32.
+
+    ``block`` is ``(n, m, Qx, Qy)`` with contiguous detector rows (it may be
+    a crop of a larger array); the sums are those of the similarity kernel
+    (:func:`~napari_stemcluster.core._similarity_numba.dark_sum`).
+    """
+    n, m = block.shape[:2]
+    for t in numba.prange(n * m):
+        i = t // m
+        j = t - i * m
+        out[i, j] = np.float32(dark_sum(block[i, j], runs, exact))

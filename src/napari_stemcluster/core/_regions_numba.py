@@ -107,3 +107,191 @@ def _grow_linked(sim, order, allowed, threshold, link, feats, norms2, dx, dy, la
                     acc[j] += feats[q, j]
                 acc2 += 2.0 * d + norms2[q]
     return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_connected(labels, x, y, a, dx, dy):
+    """True when the 8-neighbours of ``(x, y)`` labelled ``a`` are 8-connected without it.
+
+    Then ``(x, y)`` can leave cluster ``a`` without splitting it: any path
+    through it can go round it.
+    """
+    rx, ry = labels.shape
+    member = np.zeros(8, np.bool_)
+    count = 0
+    first = -1
+    for k in range(8):
+        nx = x + dx[k]
+        ny = y + dy[k]
+        if 0 <= nx < rx and 0 <= ny < ry and labels[nx, ny] == a:
+            member[k] = True
+            count += 1
+            if first < 0:
+                first = k
+    if count == 0:
+        return False  # the last member: leaving would delete the cluster
+    seen = np.zeros(8, np.bool_)
+    stack = np.empty(8, np.int64)
+    seen[first] = True
+    stack[0] = first
+    top = 1
+    reached = 1
+    while top > 0:
+        top -= 1
+        i = stack[top]
+        for j in range(8):
+            if member[j] and not seen[j] and abs(dx[i] - dx[j]) <= 1 and abs(dy[i] - dy[j]) <= 1:
+                seen[j] = True
+                stack[top] = j
+                top += 1
+                reached += 1
+    return reached == count
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_boundaries(
+    labels, sim, threshold, link, feats, norms2, fixed, n, min_size, dx, dy, max_passes
+):
+    """Move positions on the border of two clusters to the grain that dominates them.
+
+    Breadth-first growth gives every position of a gradual boundary to the
+    cluster that reaches it first, so at low dose (where the linkage test is
+    loose) the first-grown grain overshoots the middle of the boundary. Here,
+    in raster order, a clustered position ``p`` (cluster ``a``) with an
+    8-neighbour in another cluster ``b`` (pair similarity between the two at
+    least ``threshold``) is fitted, by least squares, as a mixture
+    ``alpha * A + beta * B`` of the two clusters' mean patterns scaled to
+    unit sum (``A`` without ``p``). It moves to the candidate with the
+    largest ``beta - alpha > 0`` (the grain contributing more of its
+    electrons) whose running-mean test it passes (squared cosine with the
+    cluster's feature sum at least ``link``). Unit-sum means make the split
+    fall where the mixture is even whatever the two patterns' norms (a plain
+    cosine favours the sharper pattern). Only clusters of at least
+    ``min_size`` positions take part (small ones, e.g. ribbons of mixed
+    patterns along a boundary, would otherwise feed on both grains);
+    ``fixed`` positions (the seeds) stay, and a position whose departure
+    would split its cluster (:func:`_ring_connected`) stays. Sums are updated
+    after every move; passes repeat until nothing moves or ``max_passes``
+    passes. Returns the number of moves. Cost: O(K) per border position and
+    candidate per pass; sums are kept for the clusters of ``min_size`` or
+    more only (at most ``Rx*Ry/min_size`` vectors of K).
+    """
+    rx, ry = labels.shape
+    k_dim = feats.shape[1]
+    size = np.zeros(n + 1, np.int64)
+    for x in range(rx):
+        for y in range(ry):
+            size[labels[x, y]] += 1
+    slot = np.full(n + 1, -1, np.int64)
+    m = 0
+    for a in range(1, n + 1):
+        if size[a] >= min_size:
+            slot[a] = m
+            m += 1
+    if m < 2:
+        return 0
+    sums = np.zeros((m, k_dim), np.float64)
+    for x in range(rx):
+        for y in range(ry):
+            a = labels[x, y]
+            if a > 0 and slot[a] >= 0:
+                p = x * ry + y
+                for j in range(k_dim):
+                    sums[slot[a], j] += feats[p, j]
+    sq = np.zeros(m, np.float64)
+    tot = np.zeros(m, np.float64)
+    for i in range(m):
+        t = 0.0
+        u = 0.0
+        for j in range(k_dim):
+            t += sums[i, j] * sums[i, j]
+            u += sums[i, j]
+        sq[i] = t
+        tot[i] = u
+    cand = np.empty(8, np.int64)
+    total = 0
+    for _ in range(max_passes):
+        moved = 0
+        for x in range(rx):
+            for y in range(ry):
+                a = labels[x, y]
+                if a == 0 or fixed[x, y] or slot[a] < 0:
+                    continue
+                nc = 0
+                for k in range(8):
+                    nx = x + dx[k]
+                    ny = y + dy[k]
+                    if nx < 0 or nx >= rx or ny < 0 or ny >= ry:
+                        continue
+                    b = labels[nx, ny]
+                    if b == 0 or b == a or slot[b] < 0 or not sim[x, y, k] >= threshold:
+                        continue
+                    dup = False
+                    for i in range(nc):
+                        if cand[i] == b:
+                            dup = True
+                    if not dup:
+                        cand[nc] = b
+                        nc += 1
+                if nc == 0:
+                    continue
+                p = x * ry + y
+                sa = slot[a]
+                fsum = 0.0
+                d = 0.0
+                for j in range(k_dim):
+                    d += feats[p, j] * sums[sa, j]
+                    fsum += feats[p, j]
+                # the rest of its own cluster: R = S_a - f
+                rr = sq[sa] - 2.0 * d + norms2[p]
+                ta = tot[sa] - fsum
+                ha = d - norms2[p]  # f . R
+                if rr <= 0.0 or ta <= 0.0:
+                    continue
+                best = a
+                best_gain = 0.0
+                best_e = 0.0
+                for i in range(nc):
+                    b = cand[i]
+                    sb = slot[b]
+                    tb = tot[sb]
+                    if sq[sb] <= 0.0 or tb <= 0.0:
+                        continue
+                    e = 0.0
+                    rb = 0.0
+                    for j in range(k_dim):
+                        e += feats[p, j] * sums[sb, j]
+                        rb += sums[sa, j] * sums[sb, j]
+                    if e <= 0.0 or e * e < link * norms2[p] * sq[sb]:
+                        continue  # it could not join b under the linkage's test
+                    rb -= e  # R . S_b
+                    # normal equations of f ~ alpha R/ta + beta S_b/tb
+                    gaa = rr / (ta * ta)
+                    gbb = sq[sb] / (tb * tb)
+                    gab = rb / (ta * tb)
+                    det = gaa * gbb - gab * gab
+                    if det <= 1e-9 * gaa * gbb:
+                        continue  # the two means are (nearly) alike
+                    fa = ha / ta
+                    fb = e / tb
+                    gain = ((gaa * fb - gab * fa) - (gbb * fa - gab * fb)) / det
+                    if gain > best_gain:
+                        best_gain = gain
+                        best = b
+                        best_e = e
+                if best == a or not _ring_connected(labels, x, y, a, dx, dy):
+                    continue
+                labels[x, y] = best
+                sb = slot[best]
+                for j in range(k_dim):
+                    sums[sa, j] -= feats[p, j]
+                    sums[sb, j] += feats[p, j]
+                sq[sa] = rr
+                sq[sb] += 2.0 * best_e + norms2[p]
+                tot[sa] = ta
+                tot[sb] += fsum
+                moved += 1
+        total += moved
+        if moved == 0:
+            break
+    return total

@@ -6,11 +6,30 @@ import numpy as np
 
 from ._blur import blur_patterns
 from ._linkage_numba import _bin_patterns
-from ._validate import block_rows, check_cube, read_rows
+from ._validate import block_rows, check_cube, native_dtype, read_rows
 from .masking import resolve_q_mask
 
 #: Largest feature length: larger patterns are binned down to at most this.
 FEATURE_DIMS = 1024
+
+
+def feature_bins(detector_shape, dims: int = FEATURE_DIMS) -> tuple[int, int, int]:
+    """Bin size ``b`` and bin grid ``(bx, by)`` of :func:`pattern_features`.
+
+    ``b`` is the smallest bin size giving at most ``dims`` bins.
+
+    Examples
+    --------
+    >>> feature_bins((64, 64)), feature_bins((7, 12), 64)
+    ((2, 32, 32), (2, 4, 6))
+    """
+    qx, qy = (int(s) for s in detector_shape)
+    if dims < 1:
+        raise ValueError(f"dims must be at least 1; got {dims}")
+    b = 1
+    while -(-qx // b) * -(-qy // b) > dims:
+        b += 1
+    return b, -(-qx // b), -(-qy // b)
 
 
 def pattern_features(cube, q_mask=None, sigma: float = 0.0, dims: int = FEATURE_DIMS):
@@ -39,7 +58,13 @@ def pattern_features(cube, q_mask=None, sigma: float = 0.0, dims: int = FEATURE_
     Returns
     -------
     ndarray of float32, shape (Rx, Ry, K)
-        ``K = ceil(Qx / b) * ceil(Qy / b)``.
+        ``K = ceil(Qx / b) * ceil(Qy / b)`` (:func:`feature_bins`).
+
+    See Also
+    --------
+    napari_stemcluster.core.similarity.neighbor_similarity : gives the same
+        features (``features=``) while it compares the patterns, without
+        another pass over the cube.
 
     Examples
     --------
@@ -55,10 +80,7 @@ def pattern_features(cube, q_mask=None, sigma: float = 0.0, dims: int = FEATURE_
     mask = resolve_q_mask(q_mask, (qx, qy))
     if mask is not None and not mask.any():
         raise ValueError("q_mask selects no detector pixel; nothing to compare")
-    b = 1
-    while -(-qx // b) * -(-qy // b) > dims:
-        b += 1
-    bx, by = -(-qx // b), -(-qy // b)
+    b, bx, by = feature_bins((qx, qy), dims)
     xs, ys = np.indices((qx, qy))
     index = ((xs // b) * by + ys // b).astype(np.int64)
     if mask is not None:
@@ -73,6 +95,8 @@ def pattern_features(cube, q_mask=None, sigma: float = 0.0, dims: int = FEATURE_
             block = blur_patterns(block, sigma)
         elif block.dtype.kind == "f" and block.dtype.itemsize > 4:
             block = block.astype(np.float32)
+        elif block.dtype != native_dtype(block.dtype):
+            block = block.astype(native_dtype(block.dtype))  # same values, for the kernel
         flat = np.ascontiguousarray(block).reshape(-1, qx * qy)
         _bin_patterns(flat, index, out[r0:r1].reshape(-1, bx * by))
     return out

@@ -232,11 +232,18 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
     beam : (cx, cy, radius), optional
         Direct beam; default from :func:`direct_beam` of the mean pattern of
         up to 1024 evenly spread positions. Pixels within ``1.5 * radius + 1``
-        of the centre are left out.
+        of the centre are left out (:func:`dark_field_keep`).
 
     Returns
     -------
     ndarray of float32, shape (Rx, Ry)
+        The float64 sum of each pattern's kept pixels, rounded to float32.
+
+    See Also
+    --------
+    napari_stemcluster.core.similarity.neighbor_similarity : gives the same
+        image (``dark_field=``) while it compares the patterns, without
+        another pass over the cube.
 
     Examples
     --------
@@ -247,23 +254,74 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
     array([[0., 3.]], dtype=float32)
     """
     from ._linkage_numba import _masked_sums
-    from ._validate import block_rows, check_cube, read_rows
+    from ._validate import block_rows, check_cube, native_dtype
 
     check_cube(cube, 4)
     rx, ry, qx, qy = cube.shape
     if beam is None:
         beam = direct_beam(_sample_mean(cube))
-    cx, cy, r = beam
-    keep = ~annular_mask((qx, qy), 0.0, 1.5 * r + 1.0, center=(cx, cy))
+    runs = mask_runs(dark_field_keep((qx, qy), beam))
+    kind = native_dtype(cube.dtype)
     out = np.empty((rx, ry), np.float32)
     step = block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
     for r0 in range(0, rx, step):
         r1 = min(r0 + step, rx)
-        block = np.ascontiguousarray(read_rows(cube, r0, r1))
-        sums = np.empty((r1 - r0) * ry, np.float64)
-        _masked_sums(block.reshape(-1, qx, qy), keep, sums)
-        out[r0:r1] = sums.reshape(r1 - r0, ry)
+        block = cube[r0:r1]
+        if hasattr(block, "compute"):
+            block = block.compute()
+        # A numpy view is summed where it lies (a crop of a larger block
+        # needs no copy); only other byte orders or float16 are converted.
+        block = np.asarray(block)
+        if block.dtype != kind or block.strides[-1] != block.itemsize:
+            block = np.ascontiguousarray(block, dtype=kind)
+        _masked_sums(block, runs, dark_exact(kind, (qx, qy)), out[r0:r1])
     return out
+
+
+def dark_field_keep(detector_shape, beam: tuple[float, float, float]) -> np.ndarray:
+    """Pixels :func:`dark_field_image` sums: those outside ``1.5 * radius + 1``.
+
+    Examples
+    --------
+    >>> int(dark_field_keep((8, 8), (3.5, 3.5, 1.0)).sum())  # 16 pixels within 2.5
+    48
+    """
+    cx, cy, r = beam
+    return ~annular_mask(tuple(detector_shape), 0.0, 1.5 * r + 1.0, center=(cx, cy))
+
+
+def mask_runs(mask: np.ndarray) -> np.ndarray:
+    """The True pixels of a 2-D mask as row segments ``(row, start, stop)``.
+
+    In raster order, so that sums over them add the pixels in the same order
+    as a loop over the mask.
+
+    Examples
+    --------
+    >>> mask_runs(np.array([[1, 1, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0]], bool)).tolist()
+    [[0, 0, 2], [0, 3, 4], [2, 1, 3]]
+    """
+    mask = np.asarray(mask, bool)
+    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, stops = np.nonzero(edges == -1)
+    return np.stack([rows, starts, stops], axis=1).astype(np.int64).reshape(-1, 3)
+
+
+def dark_exact(dtype, detector_shape) -> bool:
+    """True when an integer sum of a pattern equals its float64 sum in raster order.
+
+    Integers of up to 32 bits, on detectors of fewer than 2**21 pixels: every
+    partial sum is then an integer below 2**53, exact in float64.
+
+    Examples
+    --------
+    >>> dark_exact(np.uint16, (256, 256)), dark_exact(np.float32, (256, 256))
+    (True, False)
+    """
+    dtype = np.dtype(dtype)
+    pixels = int(detector_shape[0]) * int(detector_shape[1])
+    return dtype.kind in "ui" and dtype.itemsize <= 4 and pixels < 2**21
 
 
 def _sample_mean(cube) -> np.ndarray:

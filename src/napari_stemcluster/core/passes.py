@@ -32,6 +32,7 @@ import numpy as np
 
 from .averages import cluster_sums, cluster_table, means_from_sums
 from .clustering import cluster_scan
+from .linkage import feature_bins
 from .masking import IMAGE_METHODS, _sample_mean, dark_field_image, direct_beam
 from .result import SegmentationResult, StepResult
 from .similarity import mean_similarity, neighbor_similarity
@@ -217,6 +218,16 @@ def similarity_block(
     pre = spec["prefilter"]
     near = _near(box, read_ext, spec)
     mask_map = None
+    # The regions pass's per-position inputs come out of the similarity
+    # kernel while each pattern is in cache: the binned patterns always, the
+    # dark-field image when the patterns compared are the raw ones.
+    beam = spec.get("beam") if extras is not None else None
+    shape = (near[1] - near[0], near[3] - near[2])
+    feats = None
+    if extras is not None and spec.get("features"):
+        _, bx, by = feature_bins(raw.shape[-2:])
+        feats = np.empty((*shape, bx * by), np.float32)
+    signal = np.empty(shape, np.float32) if beam is not None and not pre else None
     try:
         if pre:
             from .prefilter import correlative_prefilter
@@ -231,19 +242,27 @@ def similarity_block(
             data = _crop(filtered, read_ext, near)
         else:
             data = _crop(raw, read_ext, near)
-        sim = neighbor_similarity(data, spec["q_mask"], spec["sigma"], progress=stage())
+        sim = neighbor_similarity(
+            data,
+            spec["q_mask"],
+            spec["sigma"],
+            progress=stage(),
+            features=feats,
+            dark_field=signal,
+            beam=beam if signal is not None else None,
+        )
     except ValueError as exc:
         _locate_bad_values(raw, scan_lo, t, exc)
         raise
     if extras is not None:
-        if spec.get("beam") is not None:
-            extras["signal"] = dark_field_image(_crop(raw, read_ext, box), spec["beam"])
-        if spec.get("features"):
-            from .linkage import pattern_features
-
-            extras["features"] = pattern_features(
-                _crop(data, near, box), spec["q_mask"], spec["sigma"]
-            )
+        if signal is not None:
+            extras["signal"] = _crop(signal, near, box)
+        elif beam is not None:
+            # With the prefilter the kernel sees the filtered patterns; the
+            # image is of the raw ones (a view of the block: no copy).
+            extras["signal"] = dark_field_image(_crop(raw, read_ext, box), beam)
+        if feats is not None:
+            extras["features"] = _crop(feats, near, box)
     kept = np.ascontiguousarray(_crop(data, near, box)) if keep else None
     return np.ascontiguousarray(_crop(sim, near, box)), mask_map, kept
 
@@ -532,7 +551,11 @@ def gather_extras(extras: dict, part: dict, box, scan_shape) -> None:
            [1., 1.]], dtype=float32)
     """
     r0, r1, c0, c1 = box
+    whole = (r0, r1, c0, c1) == (0, scan_shape[0], 0, scan_shape[1])
     for key, value in part.items():
+        if key not in extras and whole and value.dtype == np.float32:
+            extras[key] = value  # one block is the whole step: no copy
+            continue
         if key not in extras:
             extras[key] = np.zeros((*scan_shape, *value.shape[2:]), np.float32)
         extras[key][r0:r1, c0:c1] = value

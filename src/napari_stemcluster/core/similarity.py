@@ -11,7 +11,8 @@ import numpy as np
 from ._blur import gaussian_kernel1d
 from ._similarity_numba import fused_similarity
 from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
-from .masking import resolve_q_mask
+from .linkage import feature_bins
+from .masking import dark_exact, dark_field_keep, mask_runs, resolve_q_mask
 
 #: Scan offsets ``(drx, dry)`` of the 8 neighbours, in the order of the last
 #: axis of the similarity array. Offset ``n`` and ``7 - n`` are opposite.
@@ -32,6 +33,9 @@ def neighbor_similarity(
     sigma: float = 0.0,
     *,
     progress: Callable[[int, int], None] | None = None,
+    features: np.ndarray | None = None,
+    dark_field: np.ndarray | None = None,
+    beam: tuple[float, float, float] | None = None,
     _block_rows: int | None = None,
 ) -> np.ndarray:
     """Cosine similarity between every pattern and its 8 scan neighbours.
@@ -58,6 +62,21 @@ def neighbor_similarity(
     progress : callable, optional
         Called as ``progress(done, total)`` after each block of rows; raise
         from it to cancel.
+    features : ndarray of float32, shape (Rx, Ry, K), optional
+        Filled with the binned patterns of
+        :func:`~napari_stemcluster.core.linkage.pattern_features` (``K``
+        bins, :func:`~napari_stemcluster.core.linkage.feature_bins` of at
+        most ``K``), from the blurred, masked patterns while they are
+        compared: no second pass over the cube. Equal to
+        ``pattern_features`` up to float32 rounding of the blur.
+    dark_field : ndarray of float32, shape (Rx, Ry), optional
+        Filled with the dark-field image of the patterns,
+        bit-identical to
+        :func:`~napari_stemcluster.core.masking.dark_field_image` with the
+        same ``beam``.
+    beam : (cx, cy, radius), optional
+        Direct beam for ``dark_field``; by default found as
+        ``dark_field_image`` does.
 
     Returns
     -------
@@ -86,7 +105,19 @@ def neighbor_similarity(
     mask = resolve_q_mask(q_mask, (qx, qy))
     if mask is not None and not mask.any():
         raise ValueError("q_mask selects no detector pixel; nothing to compare")
-    plan = similarity_plan((qx, qy), mask, sigma, cube.dtype)
+    dims = None
+    if features is not None:
+        dims = np.shape(features)[-1] if np.ndim(features) == 3 else 0
+        _check_out("features", features, (rx, ry, dims))
+    if dark_field is not None:
+        _check_out("dark_field", dark_field, (rx, ry))
+        if beam is None:
+            from .masking import _sample_mean, direct_beam
+
+            beam = direct_beam(_sample_mean(cube))
+    else:
+        beam = None
+    plan = similarity_plan((qx, qy), mask, sigma, cube.dtype, feature_dims=dims, beam=beam)
 
     out = np.full((rx, ry, 8), np.nan, np.float32)
     step = _block_rows or block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
@@ -95,7 +126,14 @@ def neighbor_similarity(
         r1 = min(r0 + step, rx)
         block = read_rows(cube, r0, min(r1 + 1, rx))
         # The kernel fills the forward offsets in place; out-of-scan ones stay NaN.
-        sq = block_similarity(block, r1 - r0, plan, out[r0:r1, :, 4:])
+        sq = block_similarity(
+            block,
+            r1 - r0,
+            plan,
+            out[r0:r1, :, 4:],
+            features=None if features is None else features[r0:r1],
+            dark_field=None if dark_field is None else dark_field[r0:r1],
+        )
         check_finite_values(sq, "neighbor_similarity", offset=(r0, 0))
         if progress is not None:
             progress(i + 1, len(starts))
@@ -116,9 +154,19 @@ class SimilarityPlan(NamedTuple):
     weight: np.ndarray  # float32 raveled q-mask on the box
     dtype: np.dtype  # native dtype the kernel reads
     scaled: bool  # scale each pattern by a power of two (wide or float input)
+    bins: tuple[int, int, int] | None = None  # features: (b, bx, by) of feature_bins
+    runs: np.ndarray | None = None  # dark field: (row, start, stop) of the pixels summed
 
 
-def similarity_plan(detector_shape, q_mask=None, sigma: float = 0.0, dtype=np.uint16):
+def similarity_plan(
+    detector_shape,
+    q_mask=None,
+    sigma: float = 0.0,
+    dtype=np.uint16,
+    *,
+    feature_dims: int | None = None,
+    beam: tuple[float, float, float] | None = None,
+):
     """Prepare the q-mask, blur taps and input dtype for :func:`block_similarity`.
 
     Parameters
@@ -131,6 +179,14 @@ def similarity_plan(detector_shape, q_mask=None, sigma: float = 0.0, dtype=np.ui
         Gaussian blur in detector pixels.
     dtype : dtype
         dtype of the cube (any byte order).
+    feature_dims : int, optional
+        Let :func:`block_similarity` also give the binned patterns of
+        :func:`~napari_stemcluster.core.linkage.pattern_features` with this
+        ``dims``.
+    beam : (cx, cy, radius), optional
+        Let :func:`block_similarity` also give the dark-field image
+        (:func:`~napari_stemcluster.core.masking.dark_field_image`) with
+        this direct beam.
 
     Returns
     -------
@@ -158,10 +214,21 @@ def similarity_plan(detector_shape, q_mask=None, sigma: float = 0.0, dtype=np.ui
     # float32 squares overflow above ~1.8e19 and underflow below ~1e-19; only
     # 64-bit integers and floats can reach that, so only they are rescaled.
     scaled = kind.kind == "f" or kind.itemsize > 4
-    return SimilarityPlan((qx, qy), gaussian_kernel1d(sigma), box, weight, kind, scaled)
+    bins = None if feature_dims is None else feature_bins((qx, qy), int(feature_dims))
+    runs = None if beam is None else mask_runs(dark_field_keep((qx, qy), beam))
+    taps = gaussian_kernel1d(sigma)
+    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, runs)
 
 
-def block_similarity(block, n_out: int, plan: SimilarityPlan, out=None) -> np.ndarray:
+def block_similarity(
+    block,
+    n_out: int,
+    plan: SimilarityPlan,
+    out=None,
+    *,
+    features: np.ndarray | None = None,
+    dark_field: np.ndarray | None = None,
+) -> np.ndarray:
     """Forward-neighbour similarity of one block of scan rows.
 
     The building block of :func:`neighbor_similarity` for callers that read
@@ -181,6 +248,12 @@ def block_similarity(block, n_out: int, plan: SimilarityPlan, out=None) -> np.nd
         Receives the similarity with the neighbours at ``NEIGHBOR_OFFSETS[4:]``
         (``(0, 1), (1, -1), (1, 0), (1, 1)``); pairs that leave the block are
         left as they are (the default is NaN).
+    features : ndarray of float32, shape (n_out, Ry, K), optional
+        C-contiguous; receives the binned patterns of the output rows (the
+        plan needs ``feature_dims``, see :func:`neighbor_similarity`).
+    dark_field : ndarray of float32, shape (n_out, Ry), optional
+        Receives the dark-field image of the output rows (the plan needs
+        ``beam``).
 
     Returns
     -------
@@ -208,6 +281,21 @@ def block_similarity(block, n_out: int, plan: SimilarityPlan, out=None) -> np.nd
         raise ValueError(f"n_out={n_out} does not fit a block of {n_rows} rows")
     if out is None:
         out = np.full((n_out, ry, 4), np.nan, np.float32)
+    bins, feats = _NO_BINS, _NO_FEATURES
+    if features is not None:
+        if plan.bins is None:
+            raise ValueError("features need a plan made with feature_dims")
+        b, bx, by = plan.bins
+        _check_out("features", features, (n_out, ry, bx * by))
+        if not features.flags.c_contiguous:
+            raise ValueError("features must be C-contiguous")
+        bins, feats = np.array([b, by], np.int64), features
+    runs, signal = _NO_RUNS, _NO_SIGNAL
+    if dark_field is not None:
+        if plan.runs is None:
+            raise ValueError("dark_field needs a plan made with beam")
+        _check_out("dark_field", dark_field, (n_out, ry))
+        runs, signal = plan.runs, dark_field
     flat = np.ascontiguousarray(block, dtype=plan.dtype).reshape(n_rows, ry, qx * qy)
     sq = np.empty((n_rows, ry), np.float64)
     fused_similarity(
@@ -222,8 +310,35 @@ def block_similarity(block, n_out: int, plan: SimilarityPlan, out=None) -> np.nd
         _strip(ry, plan),
         out,
         sq,
+        bins,
+        feats,
+        runs,
+        dark_exact(plan.dtype, plan.detector),
+        signal,
     )
     return sq
+
+
+# Empty stand-ins for the kernel's optional outputs (same types, so one
+# compiled version serves calls with and without them).
+_NO_BINS = np.zeros(2, np.int64)
+_NO_FEATURES = np.zeros((0, 0, 0), np.float32)
+_NO_RUNS = np.zeros((0, 3), np.int64)
+_NO_SIGNAL = np.zeros((0, 0), np.float32)
+
+
+def _check_out(name: str, arr, shape) -> None:
+    """Raise unless ``arr`` is a writeable float32 array of ``shape``."""
+    if not (
+        isinstance(arr, np.ndarray)
+        and arr.dtype == np.float32
+        and arr.shape == tuple(shape)
+        and arr.flags.writeable
+    ):
+        got = f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
+        raise ValueError(
+            f"{name} must be a writeable float32 array of shape {tuple(shape)}; got {got}"
+        )
 
 
 def _strip(ry: int, plan: SimilarityPlan) -> int:

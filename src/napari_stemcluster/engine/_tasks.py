@@ -41,13 +41,25 @@ class BlockSource:
         key = (slice(r0, r1), slice(c0, c1))
         if t is not None:
             key = (int(t), *key)
+        if self._kind == "h5py":
+            reader = self._chunk_reader()
+            if reader is not None:  # chunks decoded on all cores
+                return reader.read(key)
         block = self.data[key]
         if self._kind == "dask":
             block = block.compute(scheduler="synchronous")
         return np.ascontiguousarray(block)
 
+    def _chunk_reader(self):
+        if not hasattr(self, "_reader"):
+            from ..io._chunks import chunk_reader
+
+            self._reader = chunk_reader(self.data)
+        return self._reader
+
     def __getstate__(self):
         state = self.__dict__.copy()
+        state.pop("_reader", None)
         if self._kind == "h5py":
             from ..io._lazy import H5Array
 
@@ -83,7 +95,7 @@ def _numba_threads(n: int | None):
         numba.set_num_threads(old)
 
 
-def similarity_task(source, t, box, spec, raw_map=False):
+def similarity_task(source, t, box, spec, raw_map=False, keep=False):
     """The similarity pass of one block (:func:`~napari_stemcluster.core.passes.similarity_block`).
 
     The block is read with the halo the pass needs, so values are
@@ -101,6 +113,9 @@ def similarity_task(source, t, box, spec, raw_map=False):
     extras : dict
         The block's dark-field image and binned patterns when ``spec`` asks
         for them (for the regions pass).
+    kept : ndarray or None
+        With ``keep``: the patterns read (over ``extended(box, spec["halo"])``),
+        for the sums pass of the same block without reading it again.
     """
     scan = source.shape[-4:-2]
     read_ext = passes.extended(box, spec["halo"], scan)
@@ -112,10 +127,10 @@ def similarity_task(source, t, box, spec, raw_map=False):
         sim, mask_map, _ = passes.similarity_block(
             raw, read_ext, box, spec, raw_map=raw_map, t=t, extras=extras
         )
-    return sim, mask_map, (t1 - t0, time.perf_counter() - t1), extras
+    return sim, mask_map, (t1 - t0, time.perf_counter() - t1), extras, raw if keep else None
 
 
-def sums_task(source, t, box, labels, spec):
+def sums_task(source, t, box, labels, spec, kept=None):
     """The sums pass of one block (:func:`~napari_stemcluster.core.passes.sums_block`).
 
     Returns
@@ -125,15 +140,24 @@ def sums_task(source, t, box, labels, spec):
     sums : ndarray of float64, shape (k, Qx, Qy)
     seconds : (float, float)
         Time spent reading and computing.
+    reused : ndarray or None
+        ``kept`` when it was used instead of reading.
+
+    ``kept`` may give the patterns the similarity pass read for this block
+    (only when the sums need no halo): the file is then not read again.
     """
     scan = source.shape[-4:-2]
-    read_ext = passes.extended(box, spec["sums_halo"], scan)
     t0 = time.perf_counter()
-    raw = source.read(t, *read_ext)
+    if kept is not None and not spec["sums_halo"]:
+        raw, read_ext = kept, passes.extended(box, spec["halo"], scan)
+    else:
+        read_ext = passes.extended(box, spec["sums_halo"], scan)
+        raw = source.read(t, *read_ext)
     t1 = time.perf_counter()
     with _numba_threads(spec.get("numba_threads")):
         ids, sums = passes.sums_block(raw, read_ext, box, labels, spec)
-    return ids, sums, (t1 - t0, time.perf_counter() - t1)
+    reused = raw if raw is kept else None
+    return ids, sums, (t1 - t0, time.perf_counter() - t1), reused
 
 
 #: Kept for older imports: the block geometry lives in core.passes.

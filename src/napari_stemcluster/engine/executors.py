@@ -65,11 +65,16 @@ class Executor:
     memory_scale : int
         The memory limit applies to this many separate machines/processes
         (1 when one budget covers all tasks).
+    in_process : bool
+        Tasks run in this process, so results (such as blocks of patterns
+        kept for a later pass) cost no transfer.
     """
 
     slots: int = 1
     numba_threads: int | None = None
     memory_scale: int = 1
+    #: Tasks run in this process (their results are not copied).
+    in_process: bool = False
 
     def share(self, obj):
         """Make ``obj`` available to every worker; returns what tasks receive."""
@@ -128,6 +133,7 @@ class ThreadExecutor(Executor):
             raise ValueError(f"n_threads must be >= 1; got {n_threads}")
         self.slots = n
         self.numba_threads = max(1, cpus // n)
+        self.in_process = True
         self._pool = None
 
     def submit(self, fn, *args):

@@ -55,6 +55,9 @@ class RunStats:
         ``{stage: [read, compute]}``: time summed over the tasks.
     bytes_read : int
         Bytes of patterns read (halos and second passes included).
+    bytes_reused : int
+        Bytes of patterns the sums pass took from the similarity pass's
+        reads instead of reading them again.
     input_bytes : int
         Size of the part of the cube segmented.
     seconds : float
@@ -66,6 +69,7 @@ class RunStats:
     stage_seconds: dict = field(default_factory=dict)
     task_seconds: dict = field(default_factory=dict)
     bytes_read: int = 0
+    bytes_reused: int = 0
     input_bytes: int = 0
     seconds: float = 0.0
 
@@ -459,6 +463,7 @@ class _Step:
         self.next_sum = 0  # index of the next partial sum to merge
         self.pending = {}  # partial sums that finished ahead of their turn
         self.sums_left = 0
+        self.kept = {}  # block index -> patterns read by the similarity pass
         self.result = None
 
 
@@ -508,6 +513,14 @@ class _Run:
         self.done = dict.fromkeys(STAGES, 0)
         self.span = {}
         self.pattern_bytes = int(np.prod(source.shape[-2:])) * source.dtype.itemsize
+        # Read once where memory allows: on threads, blocks read by the
+        # similarity pass are kept (within what the budget leaves beside the
+        # tasks) until the sums pass of their step has added them up. The
+        # sums then need no halo (raw averages, or no prefilter); on a
+        # cluster the blocks would have to travel, so they are read again.
+        keeps = grows and executor.in_process and not spec["sums_halo"]
+        self.keep_budget = max(0, plan.memory_limit - plan.peak_bytes) if keeps else 0
+        self.kept_bytes = 0  # kept or promised to running tasks
         stats.plan = plan
         stats.executor = executor.describe()
         stats.task_seconds = {s: [0.0, 0.0] for s in ("similarity", "averages")}
@@ -516,7 +529,7 @@ class _Run:
     def execute(self):
         ex = self.ex
         scan = self.plan.scan_shape
-        states = [_Step(scan) for _ in self.steps]
+        states = self.states = [_Step(scan) for _ in self.steps]
         order = itertools.count()
         low = deque()
         for i in range(len(self.steps)):
@@ -562,8 +575,13 @@ class _Run:
         box = self.boxes[b]
         t = self.steps[i]
         if kind == "similarity":
-            return self.ex.submit(similarity_task, src, t, box, self.spec, self.raw_maps[i])
-        return self.ex.submit(sums_task, src, t, box, extra, self.spec)
+            need = self._read_bytes(box, self.plan.halo)
+            keep = self.kept_bytes + need <= self.keep_budget
+            if keep:
+                self.kept_bytes += need
+            return self.ex.submit(similarity_task, src, t, box, self.spec, self.raw_maps[i], keep)
+        kept = self.states[i].kept.pop(b, None)
+        return self.ex.submit(sums_task, src, t, box, extra, self.spec, kept)
 
     def _read_bytes(self, box, halo):
         r0, r1, c0, c1 = extended(box, halo, self.plan.scan_shape)
@@ -571,9 +589,11 @@ class _Run:
 
     # ------------------------------------------------------------------
     def _similarity_done(self, states, i, b, out, high):
-        sim, mask_map, (t_read, t_comp), extras = out
+        sim, mask_map, (t_read, t_comp), extras, kept = out
         r0, r1, c0, c1 = self.boxes[b]
         st = states[i]
+        if kept is not None:
+            st.kept[b] = kept
         st.sim[r0:r1, c0:c1] = sim
         gather_extras(st.extras, extras, self.boxes[b], st.sim.shape[:2])
         if mask_map is not None:
@@ -609,17 +629,26 @@ class _Run:
                 todo.append(("averages", i, bb, np.ascontiguousarray(lab)))
         st.sums_left = len(todo)
         st.order = [bb for _, _, bb, _ in todo]
+        for bb in set(st.kept) - set(st.order):  # nothing to add up there
+            self._release(st.kept.pop(bb))
         self.done["averages"] += len(self.boxes) - len(todo)
         high.extend(todo)
         if not todo:
             self._finish(st)
 
+    def _release(self, block):
+        self.kept_bytes -= block.nbytes
+
     def _sums_done(self, states, i, b, out):
-        ids, sums, (t_read, t_comp) = out
+        ids, sums, (t_read, t_comp), reused = out
         st = states[i]
         self._count("averages", 1, t_read, t_comp)
-        # the prefilter's halo when the averages are of the prefiltered cube
-        self.stats.bytes_read += self._read_bytes(self.boxes[b], self.spec["sums_halo"])
+        if reused is not None:
+            self._release(reused)
+            self.stats.bytes_reused += reused.nbytes
+        else:
+            # the prefilter's halo when the averages are of the prefiltered cube
+            self.stats.bytes_read += self._read_bytes(self.boxes[b], self.spec["sums_halo"])
         # Merge in block order, whatever order blocks finish in, so that the
         # float64 sums (and so the averages) do not depend on timing.
         st.pending[b] = (ids, sums)

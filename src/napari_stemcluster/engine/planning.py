@@ -24,6 +24,13 @@ DEFAULT_MEMORY_FRACTION = 0.25
 #: compute faster, but make progress coarser and load balancing worse.
 MAX_BLOCK_BYTES = 256 * 2**20
 
+#: Blocks per task slot at least (when the cube is large enough): with one
+#: block per slot, every slot reads before it computes and the machine idles.
+BLOCKS_PER_SLOT = 4
+
+#: Blocks are not made smaller than this to have several per slot.
+MIN_BLOCK_BYTES = 16 * 2**20
+
 #: Bytes kept per scan position (and time step) for the gathered results:
 #: similarity (8 x float32), mean similarity, labels, mask, and slack.
 RESULT_BYTES_PER_POSITION = 64
@@ -323,9 +330,13 @@ def plan_chunks(
     share = avail // conc
     max_ext = share // per_pattern  # positions a task may read, halo included
     max_int = max(1, max_block_bytes // max(pattern_bytes, 1))
-    # Enough blocks to keep every task slot busy.
+    # Enough blocks to keep every task slot busy; and for cubes of more than
+    # a few small blocks, several per slot, so that reading overlaps
+    # computing and the last blocks do not leave slots idle for long.
     total_positions = n_steps * rx * ry
     max_int = min(max_int, max(1, -(-total_positions // conc)))
+    several = -(-total_positions // (BLOCKS_PER_SLOT * conc))
+    max_int = min(max_int, max(several, MIN_BLOCK_BYTES // max(pattern_bytes, 1)))
     overhead = TASK_OVERHEAD_BYTES / max(pattern_bytes, 1)
 
     best = None

@@ -221,7 +221,7 @@ def orientation_to_layers(
         )
     phase = stack("phase").astype(np.int32) + 1  # 0: not indexed / background
     names = ["not indexed"] + [st.name for st in orientation.structures]
-    features = {"index": np.arange(len(names)), "phase": names}
+    features = {"phase": names}  # row k is phase label k (napari's "Index")
     out.append(
         (
             phase,

@@ -269,6 +269,41 @@ class LazyArray:
         return f"{type(self).__name__}{self._token()[:2]} shape={self.shape} dtype={self.dtype}"
 
 
+def _step_one(key: tuple) -> bool:
+    """True when ``key`` holds only ints and slices of step 1."""
+    return all(
+        isinstance(k, (int, np.integer)) or (isinstance(k, slice) and k.step in (None, 1))
+        for k in key
+    )
+
+
+#: Largest range read to serve a strided selection (larger ones go to h5py).
+_MAX_COVER_BYTES = 64 * 2**20
+
+
+def _covering(key: tuple, shape, itemsize: int):
+    """``(range key, subsample key)`` for a key of ints and forward slices
+    whose covering range is at most :data:`_MAX_COVER_BYTES`, else None."""
+    if any(not isinstance(k, (int, np.integer, slice)) for k in key):
+        return None
+    key = key + (slice(None),) * (len(shape) - len(key))
+    if len(key) != len(shape):
+        return None
+    cover, sub, n = [], [], itemsize
+    for k, size in zip(key, shape, strict=True):
+        if isinstance(k, slice):
+            a, b, step = k.indices(size)
+            if step < 1:
+                return None
+            b = max(a, b)
+            cover.append(slice(a, b))
+            sub.append(slice(0, b - a, step))
+            n *= b - a
+        else:
+            cover.append(k)
+    return (tuple(cover), tuple(sub)) if n <= _MAX_COVER_BYTES else None
+
+
 class H5Array(LazyArray):
     """One HDF5 dataset, read on demand through the per-process handle cache.
 
@@ -290,9 +325,34 @@ class H5Array(LazyArray):
     def _token(self) -> tuple:
         return (self.path, self.dataset, *_file_key(self.path)[1:])
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_reader", None)  # holds an open dataset of this process
+        return state
+
+    def _chunks(self, f):
+        """The parallel chunk reader of the dataset in the open file ``f``, or None."""
+        cached = getattr(self, "_reader", None)
+        if cached is None or cached[0] is not f:
+            from ._chunks import chunk_reader
+
+            cached = self._reader = (f, chunk_reader(f[self.dataset]))
+        return cached[1]
+
     def _get(self, key: tuple) -> np.ndarray:
         try:
-            ds = open_h5(self.path)[self.dataset]
+            f = open_h5(self.path)
+            reader = self._chunks(f)
+            if reader is not None:
+                # chunks read and decoded on all cores (same values as h5py)
+                if _step_one(key):
+                    return reader.read(key)
+                cover = _covering(key, self.shape, self.dtype.itemsize)
+                if cover is not None:
+                    # HDF5's strided selections are slow (seconds for a few
+                    # rows of patterns): read the range, then subsample
+                    return reader.read(cover[0])[cover[1]]
+            ds = f[self.dataset]
             out = ds[key]
         except FileNotFoundError as e:
             raise StemFileError(

@@ -187,6 +187,7 @@ def write_results(
     bragg: dict | None = None,
     tracking=None,
     kinetics=None,
+    source_dtype=None,
 ) -> Path:
     """Save a segmentation to one HDF5 file, atomically.
 
@@ -221,6 +222,10 @@ def write_results(
         Persistent grain ids, events and kinetics of a 5D result (from
         :mod:`napari_stemcluster.core.tracking`), stored in ``/tracking``
         (layout in :mod:`napari_stemcluster.io._analysis_tracking`).
+
+    source_dtype : numpy dtype, optional
+        Data type of the source cube, stored so that a moved data file can
+        be recognised when the results are opened again.
 
     Returns
     -------
@@ -279,6 +284,8 @@ def write_results(
             f.attrs["stemcluster_file_version"] = np.int64(FILE_VERSION)
             f.attrs["software_version"] = __version__
             f.attrs["source"] = "" if source is None else os.fspath(source)
+            if source_dtype is not None:
+                f.attrs["source_dtype"] = np.dtype(source_dtype).str
             f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
             f.attrs["params"] = params_json
             f.attrs["calibration"] = json.dumps(cal.as_dict())
@@ -416,6 +423,7 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         info = {
             "path": str(path),
             "source": texts["source"] or None,
+            "source_dtype": _text_attr(f, "source_dtype"),
             "software_version": texts["software_version"],
             "created": texts["created"],
             "format_version": version,
@@ -451,3 +459,11 @@ def read_results(path: str | os.PathLike) -> tuple[SegmentationResult, dict]:
         params=params,
     )
     return result, info
+
+
+def _text_attr(f, name: str) -> str | None:
+    """A string attribute of the file, or None when absent (older files)."""
+    value = f.attrs.get(name)
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import TYPE_CHECKING
 
@@ -299,11 +300,35 @@ class DiffractionViewer(QWidget):
                 layer.events.metadata.connect(self._on_cluster_metadata)
             self._watched = weakref.ref(layer) if layer is not None else _none
         self._avg_key = None
-        self._refresh_average()
+        self._refresh_soon()
 
     def _on_cluster_metadata(self, event=None):
         self._avg_key = None
-        self._refresh_average()
+        self._refresh_soon()
+
+    def _refresh_soon(self) -> None:
+        """Show the new clusters' average in the next event-loop turn.
+
+        A new or re-run clusters layer is drawn by the main viewer first;
+        the average, its Bragg disks and the seed marker follow in a turn of
+        their own, so that neither holds the window for the sum of both.
+        """
+        from qtpy.QtCore import QTimer
+
+        if getattr(self, "_refresh_pending", False):
+            return
+        self._refresh_pending = True
+        me = weakref.ref(self)
+
+        def run():
+            dif = me()
+            if dif is None:
+                return
+            dif._refresh_pending = False
+            with contextlib.suppress(RuntimeError):  # the widget was deleted meanwhile
+                dif._refresh_average()
+
+        QTimer.singleShot(0, run)
 
     # --------------------------------------------------------------- mouse
     def on_mouse_move(self, event=None):

@@ -430,6 +430,7 @@ class ResultsWidget(Container):
                 source=meta.get("source"),
                 calibration=meta.get("calibration"),
                 overwrite=True,
+                source_dtype=None if meta.get("cube") is None else meta["cube"].dtype,
             )
 
         return self.runner.start(work, description="Save results", on_returned=self._done)
@@ -437,36 +438,57 @@ class ResultsWidget(Container):
     # -------------------------------------------------------------- source
     def locate_source(self, path=None):
         """Attach the data file of a results file that moved (asks for it)."""
-        from napari.utils.notifications import show_error
-
-        from .._layers import dataset_to_layers
-        from .._reader import open_source
-
         layer = self._clusters.value
         if layer is None:
             return None
         path = path or self.ask_open(self.native, "Locate the data file of these results")
         if not path:
             return None
-        ds = open_source(str(path), tuple(layer.data.shape))
-        if ds is None:
-            show_error(
-                f"{Path(path).name} does not open as data of scan shape {tuple(layer.data.shape)}"
-            )
-            return None
-        meta = {**(stem_meta(layer) or {}), "cube": ds.cube, "source": str(ds.path)}
-        layer.metadata = {**layer.metadata, "stemcluster": meta}
-        for other in self._viewer.layers:  # the similarity map of the same results
-            om = stem_meta(other)
-            if other is not layer and om is not None and om.get("source") == meta.get("source"):
-                other.metadata = {**other.metadata, "stemcluster": {**om, "cube": ds.cube}}
-        from napari.layers import Layer
-
-        for data, kwargs, kind in dataset_to_layers(ds):
-            self._viewer.add_layer(Layer.create(data, kwargs, kind))
-        self._refresh()
-        self._status.value = f"attached {Path(path).name}"
+        ds = attach_source(self._viewer, layer, path)
+        if ds is not None:
+            self._refresh()
+            self._status.value = f"attached {Path(path).name}"
         return ds
+
+
+def attach_source(viewer, layer, path, dataset=None):
+    """Give a clusters layer read from a results file its data file again.
+
+    The layers of the same results (similarity map) get the cube too, and the
+    data file's virtual image is added (computed in the background for large
+    files). Returns the opened dataset, or None (with an error shown) when
+    the file is not data of the labels' scan shape.
+
+    Examples
+    --------
+    >>> attach_source(viewer, viewer.layers["res"], "moved/scan.h5")  # doctest: +SKIP
+    """
+    from napari.layers import Layer
+    from napari.utils.notifications import show_error
+
+    from .._layers import dataset_to_layers
+    from .._reader import _in_background, open_source
+
+    ds = dataset if dataset is not None else open_source(str(path), tuple(layer.data.shape))
+    if ds is None:
+        show_error(
+            f"{Path(path).name} does not open as data of scan shape {tuple(layer.data.shape)}; "
+            "choose the data file these results were made from"
+        )
+        return None
+    old = stem_meta(layer) or {}
+    meta = {**old, "cube": ds.cube, "source": str(ds.path)}
+    layer.metadata = {**layer.metadata, "stemcluster": meta}
+    for other in viewer.layers:  # the similarity map of the same results
+        om = stem_meta(other)
+        if other is not layer and om is not None and om.get("source") == old.get("source"):
+            other.metadata = {
+                **other.metadata,
+                "stemcluster": {**om, "cube": ds.cube, "source": str(ds.path)},
+            }
+    for data, kwargs, kind in _in_background(dataset_to_layers(ds), ds.nbytes):
+        viewer.add_layer(Layer.create(data, kwargs, kind))
+    return ds
 
 
 _FIG_FILTER = "PNG or TIFF (*.png *.tif *.tiff)"

@@ -255,10 +255,10 @@ class ClusterState:
         return self._tables[t]
 
     def features(self, t: int = 0) -> dict[str, np.ndarray]:
-        """Columns for ``Labels.features``: an ``index`` column (the label) and the table."""
-        d = self.table(t).as_dict()
-        d["index"] = d.pop("label")
-        return d
+        """Columns for ``Labels.features``: row ``k`` is label ``k``, row 0 the background."""
+        from .._layers import label_features
+
+        return label_features(self.table(t), self.step_labels(t).size)
 
     # ------------------------------------------------------------------ edits
     def sync(self, steps=None) -> tuple[int, ...]:

@@ -1,10 +1,14 @@
 """Load (or compile, the first time on a machine) the numba kernels before they are needed.
 
+The modules the dock widgets need (pandas, matplotlib, napari's layer
+visuals) are imported in the same background thread first: their first
+import takes seconds, which would otherwise freeze the window when docking.
+
 The kernels are compiled once and cached on disk, but even loading them from
 the cache takes a moment per kernel, and compiling takes seconds. The
-workflow dock does it in a background thread as soon as it opens, with a
-"preparing (one time)" note, so that the first drag of the threshold slider
-or the first job does not stall.
+reader (when a file is opened) and the workflow dock start it in a background
+thread, the dock with a "preparing (one time)" note, so that the first drag
+of the threshold slider or the first job does not stall.
 """
 
 from __future__ import annotations
@@ -41,6 +45,38 @@ def warm_up_kernels() -> None:
     correlative_prefilter(np.ones((3, 4, 6, 6), np.uint16), sigma=1.0, radius=1)
 
 
+#: Modules the dock widgets need, imported ahead (pure Python, no Qt objects made).
+_MODULES = (
+    "pandas",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "napari.layers",
+    "napari._vispy.layers.shapes",
+    "napari._vispy.layers.points",
+    "napari._vispy.layers.labels",
+)
+
+
+def warm_up_imports() -> None:
+    """Import the modules that docking and drawing results need.
+
+    Their first import takes seconds (pandas for the features table,
+    matplotlib for the plots, napari's layer visuals); done in the warm-up
+    thread it does not happen while the window waits.
+
+    Examples
+    --------
+    >>> warm_up_imports()  # doctest: +SKIP
+    """
+    import contextlib
+    import importlib
+
+    for name in _MODULES:
+        # an optional module missing: imported (and reported) when used
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
 def start_warm_up() -> threading.Event:
     """Warm the kernels up in a background thread (once per process).
 
@@ -57,6 +93,7 @@ def start_warm_up() -> threading.Event:
 
             def run():
                 try:
+                    warm_up_imports()
                     warm_up_kernels()
                 finally:
                     _done.set()

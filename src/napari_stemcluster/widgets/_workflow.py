@@ -127,6 +127,9 @@ class WorkflowDock(QWidget):
     Top: the :class:`~._diffraction.DiffractionViewer`; bottom: one tab per
     entry of :data:`WORKFLOW_TABS`, each in a scroll area, so the dock never
     grows taller than the window. The splitter between them can be dragged.
+    The dock shows at once; the diffraction viewer and the stage widgets are
+    built one per turn of the event loop afterwards (or when first used),
+    so that docking does not hold the window for the sum of them.
 
     Parameters
     ----------
@@ -140,36 +143,37 @@ class WorkflowDock(QWidget):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        from ._diffraction import DiffractionViewer
-
         super().__init__()
         self._viewer = viewer = unwrap(viewer)
-        self.diffraction = DiffractionViewer(viewer)
+        self._specs = list(WORKFLOW_TABS)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.setUsesScrollButtons(True)
         self.stages: dict[str, Any] = {}
-        for spec in WORKFLOW_TABS:
-            widget = spec.factory(viewer)
-            if widget is None:
-                continue
-            native = getattr(widget, "native", widget)
+        self._scrolls: dict[str, QScrollArea] = {}
+        # Each tab gets an empty page now; its stage widget is built in a
+        # later turn of the event loop (or when it is first asked for), so
+        # docking never builds every widget and the canvas in one go.
+        for spec in self._specs:
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-            scroll.setWidget(native)
             index = self.tabs.addTab(scroll, spec.title)
             if spec.tooltip:
                 self.tabs.setTabToolTip(index, spec.tooltip)
-            self.stages[spec.title] = widget
+            self._scrolls[spec.title] = scroll
+        self.tabs.currentChanged.connect(self._on_tab)
+        self._diffraction = None
+        self._placeholder = QLabel("Preparing the diffraction viewer…")
+        self._placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
-        self.splitter.addWidget(self.diffraction)
+        self.splitter.addWidget(self._placeholder)
         self.splitter.addWidget(self.tabs)
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 2)
         self.splitter.setChildrenCollapsible(False)
         self.tabs.setMinimumHeight(220)
-        self.diffraction.setMinimumSize(360, 360)
+        self._placeholder.setMinimumSize(360, 360)
         self.splitter.setSizes([600, 340])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -179,7 +183,64 @@ class WorkflowDock(QWidget):
         layout.addWidget(self.note)
         layout.addWidget(self.splitter)
         self.setMinimumWidth(420)
+        self._build_stage(self._specs[0].title)  # the tab on show
         self._warm_up()
+        self._build_later()
+
+    # ------------------------------------------------------------- building
+    def _build_later(self) -> None:
+        """Build the next missing piece in a later event-loop turn, one per turn."""
+        from qtpy.QtCore import QTimer
+
+        me = weakref.ref(self)
+
+        def step():
+            dock = me()
+            if dock is None:
+                return
+            try:
+                if dock._diffraction is None:
+                    dock.diffraction  # noqa: B018 (builds it)
+                else:
+                    missing = [t.title for t in dock._specs if t.title not in dock.stages]
+                    if not missing:
+                        return
+                    dock._build_stage(missing[0])
+            except RuntimeError:  # the dock was closed meanwhile
+                return
+            dock._build_later()
+
+        QTimer.singleShot(0, step)
+
+    @property
+    def diffraction(self):
+        """The :class:`~._diffraction.DiffractionViewer` (built on first use)."""
+        if self._diffraction is None:
+            from ._diffraction import DiffractionViewer
+
+            dif = DiffractionViewer(self._viewer)
+            dif.setMinimumSize(360, 360)
+            self.splitter.replaceWidget(0, dif)
+            self._placeholder.deleteLater()
+            self.splitter.setSizes([600, 340])  # the canvas gets most of the height
+            self._diffraction = dif
+        return self._diffraction
+
+    def _build_stage(self, title: str):
+        spec = next(t for t in self._specs if t.title == title)
+        widget = spec.factory(self._viewer)
+        self.stages[title] = widget
+        scroll = self._scrolls[title]
+        if widget is None:  # the factory declined: no tab
+            self.tabs.removeTab(self.tabs.indexOf(scroll))
+        else:
+            scroll.setWidget(getattr(widget, "native", widget))
+        return widget
+
+    def _on_tab(self, index: int) -> None:
+        title = self.tabs.tabText(index)
+        if title and title not in self.stages:
+            self._build_stage(title)
 
     def _warm_up(self):
         """Prepare the compute kernels in the background, saying so meanwhile."""
@@ -206,9 +267,13 @@ class WorkflowDock(QWidget):
         timer.start()
 
     def stage(self, title: str):
-        """The stage widget of a tab (e.g. ``"3. Clustering"``)."""
+        """The stage widget of a tab (e.g. ``"3. Clustering"``), built if needed."""
+        if title not in self.stages:
+            if title not in self._scrolls:
+                raise KeyError(f"no tab {title!r}; tabs: {list(self._scrolls)}")
+            self._build_stage(title)
         return self.stages[title]
 
     def show_stage(self, title: str) -> None:
         """Bring a tab to the front."""
-        self.tabs.setCurrentIndex(list(self.stages).index(title))
+        self.tabs.setCurrentIndex(list(self._scrolls).index(title))

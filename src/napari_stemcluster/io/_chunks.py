@@ -1,0 +1,322 @@
+"""Direct reads of HDF5 chunks, decoded on all cores.
+
+h5py reads a selection one chunk after the other under its global lock, and
+decompresses each chunk on that one thread: a Bitshuffle + LZ4 file is read
+at the speed of one core. :class:`ChunkReader` finds the stored bytes of the
+chunks of a selection itself (the file is memory-mapped; HDF5 only reports
+where each chunk lies) and decodes them in a thread pool with the filters'
+own C code (the Bitshuffle library that ships with hdf5plugin, called
+through ctypes, and zlib), which runs without the GIL; so chunks are read
+and decoded on every core.
+
+Only what is common on 4D-STEM detectors is decoded here: no filter, gzip,
+shuffle and Bitshuffle (without compression or with LZ4). For any other
+filter, a contiguous or virtual dataset, or a chunk that skipped a filter,
+:func:`chunk_reader` returns None or the reader falls back to h5py for that
+chunk, so results are always those of h5py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+#: HDF5 filter ids decoded here.
+GZIP, SHUFFLE, BITSHUFFLE = 1, 2, 32008
+
+#: Bitshuffle's compression codes (cd_values[4]).
+_BSHUF_NONE, _BSHUF_LZ4 = 0, 2
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
+_bshuf = None
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    """One pool of decoding threads per process (as many as CPUs)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            try:
+                cpus = len(os.sched_getaffinity(0))
+            except AttributeError:  # pragma: no cover - not on Linux
+                cpus = os.cpu_count() or 1
+            _pool = ThreadPoolExecutor(max(1, cpus), thread_name_prefix="stemcluster-decode")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def _bitshuffle_lib():
+    """The Bitshuffle functions of hdf5plugin's filter library, or None."""
+    global _bshuf
+    if _bshuf is None:
+        try:
+            import hdf5plugin
+
+            lib = ctypes.CDLL(os.path.join(hdf5plugin.PLUGIN_PATH, "libh5bshuf.so"))
+            for name in ("bshuf_decompress_lz4", "bshuf_bitunshuffle"):
+                fn = getattr(lib, name)
+                fn.restype = ctypes.c_int64
+                fn.argtypes = [
+                    ctypes.c_void_p,
+                    ctypes.c_void_p,
+                    ctypes.c_size_t,
+                    ctypes.c_size_t,
+                    ctypes.c_size_t,
+                ]
+            _bshuf = lib
+        except (ImportError, OSError, AttributeError):
+            _bshuf = False
+    return _bshuf or None
+
+
+def _filters(ds) -> list[tuple[int, tuple[int, ...]]] | None:
+    """``[(filter id, cd_values)]`` of ``ds`` in write order, or None if one is
+    not decoded here."""
+    plist = ds.id.get_create_plist()
+    out = []
+    for i in range(plist.get_nfilters()):
+        code, _flags, values, _name = plist.get_filter(i)
+        values = tuple(int(v) for v in values)
+        if code == BITSHUFFLE:
+            comp = values[4] if len(values) > 4 else _BSHUF_NONE
+            if comp not in (_BSHUF_NONE, _BSHUF_LZ4) or _bitshuffle_lib() is None:
+                return None
+        elif code not in (GZIP, SHUFFLE):
+            return None
+        out.append((code, values))
+    return out
+
+
+def chunk_reader(ds) -> ChunkReader | None:
+    """A :class:`ChunkReader` for the h5py dataset ``ds``, or None when h5py
+    must read it (contiguous, virtual or external storage, or a filter not
+    decoded here).
+
+    Examples
+    --------
+    >>> import h5py, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.h5")
+    >>> with h5py.File(path, "w") as f:
+    ...     d = f.create_dataset("d", data=np.arange(24).reshape(4, 6), chunks=(3, 4))
+    ...     chunk_reader(d).read((slice(1, 4), slice(2, 6)))
+    array([[ 8,  9, 10, 11],
+           [14, 15, 16, 17],
+           [20, 21, 22, 23]])
+    """
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset) or ds.chunks is None or ds.is_virtual:
+        return None
+    if ds.dtype.kind not in "uif" or ds.external:
+        return None
+    filters = _filters(ds)
+    if filters is None:
+        return None
+    return ChunkReader(ds, filters)
+
+
+class ChunkReader:
+    """Reads selections of a chunked HDF5 dataset chunk by chunk, in parallel.
+
+    Use :func:`chunk_reader` to make one. The file is read through its own
+    descriptor (opened lazily, per process) at the chunk addresses HDF5
+    reports, after checking once that those bytes are what HDF5's direct
+    chunk read gives; otherwise every chunk is read with h5py's direct
+    chunk read (still decoded in parallel).
+    """
+
+    def __init__(self, ds, filters):
+        self.ds = ds
+        self.filters = filters
+        self.chunks = tuple(int(c) for c in ds.chunks)
+        self.shape = tuple(int(s) for s in ds.shape)
+        self.file_dtype = ds.dtype
+        self.dtype = self.file_dtype.newbyteorder("=")
+        self.chunk_nbytes = int(np.prod(self.chunks)) * self.file_dtype.itemsize
+        self._mm = None  # the file, memory-mapped read-only
+        self._mapped = None  # whether the mapping is used (checked once)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------
+    def read(self, key) -> np.ndarray:
+        """The selection ``key`` (ints and step-1 slices), in native byte order."""
+        sel, squeeze = self._normalize(key)
+        out = np.empty(tuple(b - a for a, b in sel), self.dtype)
+        if out.size == 0:
+            return out.squeeze(axis=squeeze) if squeeze else out
+        grids = [range(a // c * c, b, c) for (a, b), c in zip(sel, self.chunks, strict=True)]
+        offsets = [()]
+        for g in grids:
+            offsets = [(*o, x) for o in offsets for x in g]
+        pool = _decode_pool()
+        futures = [pool.submit(self._fill, off, sel, out) for off in offsets]
+        errors = []
+        for f in futures:  # wait for all, so none writes into out after return
+            try:
+                f.result()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return out.squeeze(axis=squeeze) if squeeze else out
+
+    def _normalize(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (len(self.shape) - len(key))
+        sel, squeeze = [], []
+        for ax, (k, n) in enumerate(zip(key, self.shape, strict=True)):
+            if isinstance(k, (int, np.integer)):
+                i = int(k) + n if k < 0 else int(k)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {int(k)} out of range for axis of size {n}")
+                sel.append((i, i + 1))
+                squeeze.append(ax)
+            elif isinstance(k, slice) and k.step in (None, 1):
+                a, b, _ = k.indices(n)
+                sel.append((a, max(a, b)))
+            else:
+                raise TypeError(f"only ints and step-1 slices are read by chunks; got {k!r}")
+        return sel, tuple(squeeze)
+
+    def _fill(self, off, sel, out) -> None:
+        """Decode the chunk at ``off`` and copy its part of ``sel`` into ``out``."""
+        chunk = self._chunk(off)
+        src = tuple(
+            slice(max(a, o) - o, min(b, o + c) - o)
+            for (a, b), o, c in zip(sel, off, self.chunks, strict=True)
+        )
+        dst = tuple(
+            slice(max(a, o) - a, min(b, o + c) - a)
+            for (a, b), o, c in zip(sel, off, self.chunks, strict=True)
+        )
+        out[dst] = chunk[src]
+
+    def _chunk(self, off) -> np.ndarray:
+        """The whole chunk at ``off`` (full chunk shape, file byte order).
+
+        May be a view of this thread's decoding buffer: copy it out before
+        the next call in the same thread.
+        """
+        with self._lock:  # h5py's calls are serialised anyway
+            info = self.ds.id.get_chunk_info_by_coord(off)
+            addr, size = info.byte_offset, info.size
+            if addr is None or info.filter_mask != 0:
+                # never written (fill value) or a filter skipped: h5py knows
+                region = tuple(
+                    slice(o, min(o + c, n))
+                    for o, c, n in zip(off, self.chunks, self.shape, strict=True)
+                )
+                part = np.asarray(self.ds[region])
+                full = np.zeros(self.chunks, self.file_dtype)
+                full[tuple(slice(0, s) for s in part.shape)] = part
+                return full
+            if self._mapped is None:
+                self._check_map(off, addr, size)
+            if not self._mapped:
+                data = np.frombuffer(self.ds.id.read_direct_chunk(off)[1], np.uint8)
+        if self._mapped:
+            mm = self._mm
+            if addr + size > mm.size:
+                with self._lock:  # the file grew since it was mapped (being written)
+                    self._mm = mm = np.memmap(self.ds.file.filename, np.uint8, "r")
+                if addr + size > mm.size:
+                    raise OSError(
+                        f"{self.ds.file.filename}: a chunk of {self.ds.name} lies past the "
+                        "end of the file; the file is truncated"
+                    )
+            # a view of the page cache: decoders read it without a copy
+            data = mm[addr : addr + size]
+        return self._decode(data)
+
+    def _check_map(self, off, addr, size) -> None:
+        """Map the file only if the mapping gives HDF5's bytes (plain file driver)."""
+        ok = False
+        try:
+            if self.ds.file.driver == "sec2" and self.ds.file.userblock_size == 0:
+                mm = np.memmap(self.ds.file.filename, np.uint8, "r")
+                want = bytes(self.ds.id.read_direct_chunk(off)[1])
+                ok = addr + size <= mm.size and bytes(mm[addr : addr + size]) == want
+                if ok:
+                    self._mm = mm
+        except (OSError, ValueError):
+            ok = False
+        self._mapped = ok
+
+    def _buffer(self, n: int) -> np.ndarray:
+        """This thread's reusable decoding buffer of ``n`` bytes (no page
+        faults on fresh memory for every chunk)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < n:
+            buf = self._local.buf = np.empty(n, np.uint8)
+        return buf[:n]
+
+    def _decode(self, data: np.ndarray) -> np.ndarray:
+        for code, values in reversed(self.filters):
+            if code == GZIP:
+                try:
+                    data = np.frombuffer(zlib.decompress(data), np.uint8)
+                except zlib.error as e:
+                    raise OSError(
+                        f"{self.ds.file.filename}: a chunk of {self.ds.name} is not valid "
+                        f"gzip data ({e})"
+                    ) from None
+            elif code == SHUFFLE:
+                data = _unshuffle(data, self.file_dtype.itemsize)
+            else:
+                data = _unbitshuffle(
+                    data, values, self.file_dtype.itemsize, self.chunk_nbytes, self._buffer
+                )
+        if data.size != self.chunk_nbytes:
+            raise OSError(
+                f"{self.ds.file.filename}: a chunk of {self.ds.name} decodes to "
+                f"{data.size} bytes, expected {self.chunk_nbytes}"
+            )
+        return data.view(self.file_dtype).reshape(self.chunks)
+
+
+def _unshuffle(data, itemsize: int) -> np.ndarray:
+    """Undo HDF5's byte shuffle (leftover bytes past whole elements stay put)."""
+    if itemsize == 1:
+        return np.frombuffer(data, np.uint8)
+    raw = np.frombuffer(data, np.uint8)
+    n = raw.size // itemsize
+    out = np.empty(raw.size, np.uint8)
+    out[: n * itemsize] = raw[: n * itemsize].reshape(itemsize, n).T.ravel()
+    out[n * itemsize :] = raw[n * itemsize :]
+    return out
+
+
+def _unbitshuffle(data, values, itemsize: int, nbytes: int, buffer=None) -> np.ndarray:
+    """Undo Bitshuffle (and its LZ4) with the library's own code (GIL released).
+
+    ``buffer(n)`` gives the output array of ``n`` bytes (default: a new one).
+    """
+    lib = _bitshuffle_lib()
+    comp = values[4] if len(values) > 4 else _BSHUF_NONE
+    src = np.frombuffer(data, np.uint8)
+    if comp == _BSHUF_LZ4:
+        # header: uncompressed bytes (uint64 BE), block size in bytes (uint32 BE)
+        nbytes = int.from_bytes(bytes(src[:8]), "big")
+        block = int.from_bytes(bytes(src[8:12]), "big") // itemsize
+        src = src[12:]
+    else:
+        block = values[3] if len(values) > 3 else 0
+    out = np.empty(nbytes, np.uint8) if buffer is None else buffer(nbytes)
+    if nbytes == 0:
+        return out
+    n = nbytes // itemsize
+    fn = lib.bshuf_decompress_lz4 if comp == _BSHUF_LZ4 else lib.bshuf_bitunshuffle
+    src = np.ascontiguousarray(src)
+    err = fn(src.ctypes.data, out.ctypes.data, n, itemsize, block)
+    if err < 0:
+        raise OSError(f"Bitshuffle could not decode a chunk (error {err})")
+    return out

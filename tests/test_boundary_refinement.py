@@ -1,0 +1,156 @@
+"""Boundary refinement of the running-mean linkage (``grow_regions(refine=True)``)."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_stemcluster.core import grow_regions, mean_similarity, neighbor_similarity
+from napari_stemcluster.core.linkage import pattern_features
+from napari_stemcluster.core.regions import REFINE_MIN_SIZE, REFINE_PASSES
+from napari_stemcluster.core.similarity import NEIGHBOR_OFFSETS
+from test_auto_segmentation import ref_grow_linked
+from test_regions import random_similarity
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(5)
+
+
+def stays_connected(labels, x, y):
+    """Plain check: the cluster of (x, y) minus (x, y) is one 8-connected piece nearby."""
+    a = labels[x, y]
+    window = np.zeros((3, 3), bool)
+    for dx, dy in NEIGHBOR_OFFSETS:
+        u, v = x + dx, y + dy
+        if 0 <= u < labels.shape[0] and 0 <= v < labels.shape[1]:
+            window[dx + 1, dy + 1] = labels[u, v] == a
+    n = ndimage.label(window, structure=np.ones((3, 3)))[1]
+    return n == 1
+
+
+def ref_refine(labels, sim, threshold, link, feats, seeds, min_size, passes):
+    """Plain Python version of the refinement: raster passes, sums updated per move.
+
+    A border position goes to the neighbouring cluster with the largest
+    ``beta - alpha > 0`` of the least-squares fit ``f ~ alpha A + beta B``
+    (unit-sum means, ``A`` its own cluster without it).
+    """
+    labels = labels.copy()
+    rx, ry = labels.shape
+    f = feats.reshape(rx * ry, -1).astype(np.float64)
+    n = labels.max()
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    big = size >= min_size
+    big[0] = False
+    sums = {a: f[(labels == a).ravel()].sum(axis=0) for a in range(1, n + 1) if big[a]}
+    fixed = np.zeros(rx * ry, bool)
+    fixed[seeds] = True
+    for _ in range(passes):
+        moved = 0
+        for x in range(rx):
+            for y in range(ry):
+                a, p = labels[x, y], x * ry + y
+                if a == 0 or fixed[p] or not big[a]:
+                    continue
+                cands = []
+                for k, (dx, dy) in enumerate(NEIGHBOR_OFFSETS):
+                    u, v = x + dx, y + dy
+                    if 0 <= u < rx and 0 <= v < ry:
+                        b = labels[u, v]
+                        ok = b and b != a and big[b] and sim[x, y, k] >= np.float32(threshold)
+                        if ok and b not in cands:
+                            cands.append(b)
+                if not cands:
+                    continue
+                rest = sums[a] - f[p]
+                if rest @ rest <= 0 or rest.sum() <= 0:
+                    continue
+                best, gain = a, 0.0
+                for b in cands:
+                    e = f[p] @ sums[b]
+                    if e <= 0 or e * e < link * (f[p] @ f[p]) * (sums[b] @ sums[b]):
+                        continue
+                    # least-squares mixture of the two unit-sum means
+                    basis = np.stack([rest / rest.sum(), sums[b] / sums[b].sum()], axis=1)
+                    gram = basis.T @ basis
+                    if np.linalg.det(gram) <= 1e-9 * gram[0, 0] * gram[1, 1]:
+                        continue
+                    alpha, beta = np.linalg.solve(gram, basis.T @ f[p])
+                    if beta - alpha > gain:
+                        best, gain = b, beta - alpha
+                if best == a or not stays_connected(labels, x, y):
+                    continue
+                labels[x, y] = best
+                sums[a] = rest
+                sums[best] = sums[best] + f[p]
+                moved += 1
+        if not moved:
+            break
+    return labels
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (24, 19), (1, 40), (40, 1)])
+def test_refinement_matches_plain_python(rng, shape):
+    sim = random_similarity(rng, shape, levels=10)
+    ms = mean_similarity(sim)
+    mask = rng.random(shape) > 0.05
+    # two families of features, so clusters meet and borders are contested
+    base = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1.0]])
+    side = (np.arange(shape[1])[None, :] + rng.integers(-2, 3, shape)) > shape[1] // 2
+    feats = (base[side.astype(int)] + rng.random(shape + (6,))).astype(np.float32)
+    args = dict(mean_similarity=ms, mask=mask, linkage="mean", features=feats)
+    grown, seeds = grow_regions(sim, 0.15, link_threshold=0.5, refine=False, **args)
+    assert np.array_equal(grown, ref_grow_linked(sim, ms, mask, mask, 0.15, 0.5, feats))
+    refined, seeds2 = grow_regions(sim, 0.15, link_threshold=0.5, **args)
+    assert np.array_equal(seeds, seeds2)  # seeds never move
+    flat_seeds = seeds[:, 0] * shape[1] + seeds[:, 1]
+    want = ref_refine(grown, sim, 0.15, 0.5, feats, flat_seeds, REFINE_MIN_SIZE, REFINE_PASSES)
+    np.testing.assert_array_equal(refined, want)
+    assert (refined > 0).sum() == (grown > 0).sum()  # positions move, none is dropped
+    if min(shape) > 1:
+        assert (refined != grown).any()  # the case exercises the refinement
+    for a in range(1, refined.max() + 1):  # every cluster is still one piece
+        assert ndimage.label(refined == a, structure=np.ones((3, 3)))[1] <= 1
+
+
+def transition_cube(n=40, flat=15):
+    """1xN scan: spot A for ``flat`` positions, a linear turn to spot B, spot B."""
+    w = np.clip((np.arange(n) - flat + 1) / (n - 2 * flat + 1), 0, 1)
+    cube = np.zeros((1, n, 8, 8), np.float32)
+    cube[0, :, 1, 1] = 1 - w
+    cube[0, :, 6, 6] = w / 2  # B's electrons spread over two pixels, A's on one
+    cube[0, :, 6, 7] = w / 2
+    return cube, w
+
+
+def test_refinement_moves_an_overshooting_border_to_the_middle():
+    # B spreads its electrons over two pixels: the split must still fall where
+    # the mixture is even (a plain cosine would favour the sharper pattern A)
+    cube, w = transition_cube()
+    sim = neighbor_similarity(cube)
+    feats = pattern_features(cube)
+    # a loose running-mean test (as at low dose): the first grain overshoots
+    kw = dict(linkage="mean", features=feats, link_threshold=0.25)
+    grown, _ = grow_regions(sim, 0.5, refine=False, **kw)
+    refined, _ = grow_regions(sim, 0.5, **kw)
+    a, b = grown[0, 0], grown[0, -1]
+    assert a != b and a > 0 and b > 0
+    assert (w[grown[0] == a] > 0.5).any()  # A took positions that are mostly B
+    assert set(np.unique(refined)) == {a, b}
+    assert (w[refined[0] == a] < 0.5).all() and (w[refined[0] == b] > 0.5).all()
+    np.testing.assert_array_equal(refined[0] == a, w < 0.5)
+
+
+def test_refinement_leaves_small_clusters_and_pair_rule_alone(rng):
+    cube, _ = transition_cube(n=16, flat=5)  # clusters below REFINE_MIN_SIZE
+    sim = neighbor_similarity(cube)
+    feats = pattern_features(cube)
+    kw = dict(linkage="mean", features=feats, link_threshold=0.25)
+    np.testing.assert_array_equal(
+        grow_regions(sim, 0.5, **kw)[0], grow_regions(sim, 0.5, refine=False, **kw)[0]
+    )
+    sim = random_similarity(rng, (12, 12))
+    np.testing.assert_array_equal(
+        grow_regions(sim, 0.3)[0], grow_regions(sim, 0.3, refine=False)[0]
+    )

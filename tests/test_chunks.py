@@ -1,0 +1,197 @@
+"""Direct chunk reads decoded in parallel give exactly what h5py reads."""
+
+import threading
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+
+from napari_stemcluster.engine._tasks import BlockSource
+from napari_stemcluster.io import open_dataset
+from napari_stemcluster.io._chunks import ChunkReader, chunk_reader
+from napari_stemcluster.io._lazy import H5Array, _covering
+from napari_stemcluster.io.errors import StemFileError
+
+FILTERS = {
+    "none": {},
+    "gzip": {"compression": "gzip"},
+    "shuffle-gzip": {"compression": "gzip", "shuffle": True},
+    "shuffle": {"shuffle": True},
+    "bitshuffle-lz4": dict(hdf5plugin.Bitshuffle(cname="lz4")),
+    "bitshuffle": dict(hdf5plugin.Bitshuffle(cname="none")),
+}
+
+KEYS = [
+    (slice(None),),
+    (1, slice(2, 7), slice(1, 8)),
+    (2, 6, slice(0, 9), slice(1, 4), slice(2, 5)),
+    (0, slice(3, 3)),  # empty
+    (-1, -2),
+    (slice(1, 3), slice(0, 7), 8),
+]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 60000, (3, 7, 9, 5, 6)).astype(np.uint16)
+
+
+@pytest.mark.parametrize("name", sorted(FILTERS))
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", ">f4", "<i4", "u1"])
+@pytest.mark.parametrize("chunks", [(1, 2, 4, 3, 6), (2, 3, 9, 5, 4), (1, 1, 1, 5, 6)])
+def test_reads_equal_h5py(tmp_path, data, name, dtype, chunks):
+    path = tmp_path / "c.h5"
+    values = (data % 251).astype(dtype) if dtype == "u1" else data.astype(dtype)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=values, chunks=chunks, **FILTERS[name])
+    with h5py.File(path, "r") as f:
+        d = f["d"]
+        reader = chunk_reader(d)
+        assert isinstance(reader, ChunkReader)
+        for key in KEYS:
+            got, want = reader.read(key), d[key]
+            assert got.dtype == want.dtype.newbyteorder("=")  # native order
+            assert got.dtype.isnative
+            assert got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+        assert reader._mapped  # the file was mapped, not read through h5py
+
+
+def test_unwritten_chunks_give_the_fill_value(tmp_path):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("d", shape=(5, 7), dtype="u2", chunks=(2, 3), fillvalue=9)
+        d[0:2, 0:3] = 1  # one chunk written
+    with h5py.File(path, "r") as f:
+        got = chunk_reader(f["d"]).read((slice(None), slice(None)))
+        np.testing.assert_array_equal(got, f["d"][()])
+    assert got[0, 0] == 1 and got[4, 6] == 9
+
+
+def test_not_decoded_here_returns_none(tmp_path):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("contiguous", data=np.ones((4, 4), "u2"))
+        f.create_dataset("lz4", data=np.ones((4, 4), "u2"), chunks=(2, 2), **hdf5plugin.LZ4())
+        f.create_dataset("fletcher", data=np.ones((4, 4), "u2"), chunks=(2, 2), fletcher32=True)
+        f.create_dataset("strings", data=np.array([b"ab", b"cd"]), chunks=(1,))
+    with h5py.File(path, "r") as f:
+        for name in f:
+            assert chunk_reader(f[name]) is None, name
+    assert chunk_reader(np.ones((2, 2))) is None
+
+
+def test_bad_keys(tmp_path):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=np.ones((4, 4), "u2"), chunks=(2, 2))
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+        with pytest.raises(IndexError, match="out of range"):
+            reader.read((4,))
+        with pytest.raises(TypeError, match="step-1 slices"):
+            reader.read((slice(None, None, 2),))
+
+
+def test_corrupt_chunk_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "z", data=np.arange(64, dtype="u2").reshape(8, 8), chunks=(4, 8), compression="gzip"
+        )
+    with h5py.File(path, "r+") as f:
+        f["z"].id.write_direct_chunk((4, 0), b"not gzip at all", filter_mask=0)
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["z"])
+        np.testing.assert_array_equal(reader.read((slice(0, 4),)), f["z"][0:4])
+        with pytest.raises(OSError, match="not valid gzip"):
+            reader.read((slice(None),))
+    # through the file readers: the message names the file and dataset
+    arr = H5Array(str(path), "/z", (8, 8), np.dtype("u2"))
+    with pytest.raises(StemFileError, match=r"c\.h5: reading dataset /z failed"):
+        arr[:]
+
+
+def test_threads_reading_at_once(tmp_path, data):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=data, chunks=(1, 2, 4, 5, 6), **FILTERS["bitshuffle-lz4"])
+    errors = []
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+
+        def work(t):
+            try:
+                for _ in range(20):
+                    np.testing.assert_array_equal(reader.read((t,)), data[t])
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert not errors
+
+
+def test_lazy_array_and_block_source_use_chunks(tmp_path, data):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        # chunks that do not align with any block of the engine
+        f.create_dataset("data", data=data.astype(">u2"), chunks=(2, 3, 4, 5, 6), **FILTERS["gzip"])
+    ds = open_dataset(path)
+    src = ds.source
+    assert isinstance(src, H5Array)
+    np.testing.assert_array_equal(src[1, 2:5, 3:9], data[1, 2:5, 3:9])
+    assert src[1, 2:5, 3:9].dtype == np.uint16
+    assert src._reader[1] is not None
+    # strided selections: the covering range, subsampled
+    np.testing.assert_array_equal(src[0, 1:2, ::4], data[0, 1:2, ::4])
+    np.testing.assert_array_equal(src[..., 0, 0], data[..., 0, 0])
+    np.testing.assert_array_equal(src[2, ::3, 1::2, ::2], data[2, ::3, 1::2, ::2])
+    # pickled without the reader, which is rebuilt where it is read
+    import pickle
+
+    again = pickle.loads(pickle.dumps(src))
+    assert "_reader" not in again.__dict__
+    np.testing.assert_array_equal(again[2, 0:2], data[2, 0:2])
+    with h5py.File(path, "r") as f:
+        block = BlockSource(f["data"])
+        np.testing.assert_array_equal(block.read(1, 1, 6, 2, 9), data[1, 1:6, 2:9])
+        np.testing.assert_array_equal(block.read(0, 0, 7, 0, 9), data[0])
+        assert block._reader is not None
+        assert "_reader" not in block.__getstate__()
+
+
+def test_covering_only_for_small_ranges():
+    assert _covering((0, slice(1, 9, 4)), (2, 10, 3), 2) == (
+        (0, slice(1, 9), slice(0, 3)),
+        (slice(0, 8, 4), slice(0, 3, 1)),
+    )
+    assert _covering((slice(None, None, 2),), (2**26, 2), 2) is None  # too large
+    assert _covering((np.array([1, 2]),), (4,), 2) is None
+
+
+def test_file_growing_after_it_was_mapped(tmp_path, data):
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        d = f.create_dataset("d", shape=(3, 7, 9, 5, 6), dtype="u2", chunks=(1, 7, 9, 5, 6))
+        d[0] = data[0]
+    reader_file = h5py.File(path, "r", swmr=False)
+    try:
+        reader = chunk_reader(reader_file["d"])
+        np.testing.assert_array_equal(reader.read((0,)), data[0])
+        size = reader._mm.size
+    finally:
+        reader_file.close()
+    with h5py.File(path, "a") as f:
+        f["d"][1:] = data[1:]  # new chunks, past the old end of the file
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+        reader.read((0,))
+        reader._mm = reader._mm[:size]  # as if mapped before the file grew
+        np.testing.assert_array_equal(reader.read((slice(None),)), data)
+        assert reader._mm.size > size
