@@ -267,6 +267,7 @@ def _prefilter(
         [fwd_index.get((dx, dy), fwd_index.get((-dx, -dy), -1)) for dx, dy in offsets.tolist()],
         dtype=np.int64,
     )
+    union = _pair_union(offsets)
 
     direct = out is None
     if out is None:
@@ -325,6 +326,7 @@ def _prefilter(
     wts = np.empty((block, ny, len(offsets)), np.float32)
     buf = None if direct else np.empty((block, ny, q), np.float32)
     strip = _strip(ny, len(offsets), radius, q * dtype.itemsize)
+    vec_strip = _strip(ny, len(fwd), radius, w_box.size * 4, rows=radius + 1)
 
     read = 0  # raw rows in the ring
     done = 0  # rows turned into vectors
@@ -364,7 +366,9 @@ def _prefilter(
                 )
                 check_finite_values(bad[done:need], "correlative_prefilter", offset=(done, 0))
                 done = need
-            _k.forward_weights(vec, vec_cap, fwd_done, s1, nx, fwd, rmin, rmax, rh, rh_cap)
+            _k.forward_weights(
+                vec, vec_cap, fwd_done, s1, nx, fwd, rmin, rmax, rh, rh_cap, vec_strip
+            )
             fwd_done = s1
         dst = out[r0:r1].reshape(r1 - r0, ny, q) if direct else buf[: r1 - r0]
         _k.weighted_average(
@@ -378,6 +382,7 @@ def _prefilter(
             offsets,
             is_fwd,
             pair,
+            union,
             strip,
             dst,
             wts[: r1 - r0],
@@ -391,13 +396,31 @@ def _prefilter(
     return out
 
 
-def _strip(ny: int, n_offsets: int, radius: int, pattern_bytes: int) -> int:
-    """Scan columns per averaging task: a strip's neighbourhood rows fit in L2."""
+def _pair_union(offsets: np.ndarray) -> np.ndarray:
+    """Offsets of the footprints of ``(r, c)`` and ``(r, c + 1)`` from ``(r, c)``.
+
+    Rows ``(dr, dc, j0, j1)``: ``j0`` is the footprint index of the offset
+    for ``(r, c)``, ``j1`` that of ``(dr, dc - 1)`` for ``(r, c + 1)``, -1
+    where the offset is outside that footprint. Sorted by ``(dr, dc)``.
+    """
+    index = {tuple(d): j for j, d in enumerate(offsets.tolist())}
+    both = sorted(set(index) | {(dr, dc + 1) for dr, dc in index})
+    return np.array(
+        [(dr, dc, index.get((dr, dc), -1), index.get((dr, dc - 1), -1)) for dr, dc in both],
+        dtype=np.int64,
+    ).reshape(-1, 4)
+
+
+def _strip(ny: int, n_offsets: int, radius: int, pattern_bytes: int, rows=None) -> int:
+    """Scan columns per task: the ``rows`` (default ``2 radius + 1``) rows of a
+    strip's neighbourhood fit in L2."""
     import numba
 
-    fit = STRIP_BYTES // max(1, (2 * radius + 1) * pattern_bytes) - 2 * radius
+    rows = 2 * radius + 1 if rows is None else rows
+    fit = STRIP_BYTES // max(1, rows * pattern_bytes) - 2 * radius
     per_thread = max(1, -(-ny // (2 * numba.get_num_threads())))
-    return int(max(1, min(max(fit, 8), per_thread)))
+    strip = int(max(1, min(max(fit, 8), per_thread)))
+    return strip + strip % 2  # even: column pairs (2k, 2k + 1) never split
 
 
 def _check_float32_range(rows: np.ndarray, first_row: int) -> None:

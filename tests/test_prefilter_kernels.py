@@ -1,0 +1,209 @@
+"""The prefilter's kernels, one at a time, against plain numpy versions."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_stemcluster.core import _prefilter_numba as _k
+from napari_stemcluster.core import prefilter
+from napari_stemcluster.core._blur import gaussian_kernel1d, padded_index
+from napari_stemcluster.core.prefilter import (
+    _pair_union,
+    _prefilter,
+    correlative_prefilter,
+    prefilter_footprint,
+)
+from test_prefilter import grains_cube, ref_prefilter, spread_range
+
+# ---------------------------------------------------------------------------
+# Blur of the weight's box
+
+
+def blur_box_numpy(pattern, sigma, box, weight):
+    """scipy's reflect Gaussian of the whole pattern, cropped, weighted."""
+    b = pattern.astype(np.float64)
+    if sigma > 0:
+        b = ndimage.gaussian_filter(b, sigma, mode="reflect", truncate=4.0)
+    i0, i1, j0, j1 = box
+    return b[i0:i1, j0:j1] * weight
+
+
+def run_blur_box(pattern, sigma, box, weight):
+    qx, qy = pattern.shape
+    k = gaussian_kernel1d(sigma)
+    r = (len(k) - 1) // 2
+    box = np.asarray(box, np.int64)
+    bh, bw = int(box[1] - box[0]), int(box[3] - box[2])
+    wd = bw + 2 * r
+    pad = np.full((bh + 2 * r) * wd + 2 * r, np.nan, np.float32)
+    tmp = np.full(max(bh + 2 * r, 2 * _k._BAND) * wd, np.nan, np.float32)
+    out = np.full(bh * bw, np.nan, np.float32)
+    src = np.ascontiguousarray(pattern).ravel()
+    total = _k._blur_box(
+        src,
+        qx,
+        qy,
+        1.0,
+        k,
+        padded_index(qx, r),
+        box,
+        np.ascontiguousarray(weight, np.float32).ravel(),
+        pad,
+        tmp,
+        out,
+    )
+    return out.reshape(bh, bw), total
+
+
+@pytest.mark.parametrize(
+    ("shape", "sigma", "box"),
+    [
+        ((64, 64), 3.0, (4, 60, 4, 60)),  # the default setting
+        ((9, 13), 3.0, (0, 9, 0, 13)),  # blur wider than the detector: reflected twice
+        ((9, 13), 3.0, (2, 7, 1, 12)),
+        ((20, 11), 1.0, (3, 17, 0, 11)),  # non-square, box at the column edges
+        ((40, 40), 2.0, (1, 39, 5, 35)),  # more box rows than one band
+        ((12, 12), 0.0, (2, 10, 2, 10)),  # no blur
+        ((1, 7), 1.5, (0, 1, 0, 7)),  # a single detector row
+        ((7, 1), 1.5, (0, 7, 0, 1)),  # a single detector column
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_blur_box_matches_scipy(shape, sigma, box, dtype):
+    rng = np.random.default_rng(sum(shape) + int(10 * sigma))
+    pattern = rng.integers(0, 1000, shape).astype(dtype)
+    weight = rng.uniform(0.1, 1.0, (box[1] - box[0], box[3] - box[2]))
+    got, total = run_blur_box(pattern, sigma, box, weight.astype(np.float32))
+    ref = blur_box_numpy(pattern, sigma, box, weight)
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(total, np.sum(ref**2), rtol=1e-5)
+
+
+def test_blur_box_of_a_constant_is_the_constant():
+    pattern = np.full((30, 26), 7, np.uint16)
+    box = (3, 27, 2, 24)
+    got, _ = run_blur_box(pattern, 3.0, box, np.ones((24, 22), np.float32))
+    np.testing.assert_allclose(got, 7.0, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Weighted average of neighbours
+
+
+def weighted_average_numpy(cube, offsets, rhat_of):
+    """``(I + sum R I_q) / (1 + sum R)`` with ``rhat_of(p, q)`` the weight."""
+    nx, ny = cube.shape[:2]
+    out = np.empty(cube.shape)
+    for x in range(nx):
+        for y in range(ny):
+            acc = cube[x, y].astype(np.float64)
+            total = 1.0
+            for dx, dy in offsets.tolist():
+                u, v = x + dx, y + dy
+                if (dx, dy) != (0, 0) and 0 <= u < nx and 0 <= v < ny:
+                    w = rhat_of((x, y), (u, v))
+                    acc += w * cube[u, v]
+                    total += w
+            out[x, y] = acc / total
+    return out
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 4])
+@pytest.mark.parametrize("scan", [(5, 7), (4, 6), (1, 9), (9, 1), (3, 2)])
+@pytest.mark.parametrize("dtype", [np.uint16, ">i4", np.float64])
+def test_weighted_average_matches_numpy(radius, scan, dtype):
+    # Random symmetric weights with exact zeros and ones, so the paired
+    # positions often need a neighbour for one of them only.
+    nx, ny = scan
+    rng = np.random.default_rng(radius * 100 + nx * 10 + ny)
+    cube = rng.integers(0, 500, (nx, ny, 5, 6)).astype(dtype)
+    offsets = prefilter_footprint(radius)
+    is_fwd = (offsets[:, 0] > 0) | ((offsets[:, 0] == 0) & (offsets[:, 1] > 0))
+    fwd = offsets[is_fwd]
+    index = {tuple(d): i for i, d in enumerate(fwd.tolist())}
+    pair = np.array(
+        [index.get((dx, dy), index.get((-dx, -dy), -1)) for dx, dy in offsets.tolist()],
+        np.int64,
+    )
+    rh = rng.choice([0.0, 0.0, 0.3, 0.75, 1.0], (nx, ny, len(fwd))).astype(np.float32)
+
+    def rhat_of(p, q):
+        d = (q[0] - p[0], q[1] - p[1])
+        if d in index:
+            return float(rh[p[0], p[1], index[d]])
+        return float(rh[q[0], q[1], index[(-d[0], -d[1])]])
+
+    native = np.ascontiguousarray(cube.astype(cube.dtype.newbyteorder("=")))
+    raw = native.reshape(nx, ny, -1)
+    dst = np.full(raw.shape, np.nan, np.float32)
+    wts = np.full((nx, ny, len(offsets)), np.nan, np.float32)
+    for strip in (2, 4):
+        _k.weighted_average(
+            raw,
+            nx,
+            rh,
+            nx,
+            0,
+            nx,
+            nx,
+            offsets,
+            is_fwd,
+            pair,
+            _pair_union(offsets),
+            strip,
+            dst,
+            wts,
+        )
+        ref = weighted_average_numpy(cube, offsets, rhat_of)
+        np.testing.assert_allclose(dst.reshape(cube.shape), ref, rtol=2e-6, atol=1e-4)
+    centre = len(offsets) // 2
+    assert np.all(wts[..., centre] == 1)
+
+
+def test_pair_union_lists_both_footprints():
+    offsets = prefilter_footprint(2)
+    union = _pair_union(offsets)
+    index = {tuple(d): j for j, d in enumerate(offsets.tolist())}
+    assert len({(dr, dc) for dr, dc, _, _ in union.tolist()}) == len(union)
+    for dr, dc, j0, j1 in union.tolist():
+        assert j0 == index.get((dr, dc), -1)
+        assert j1 == index.get((dr, dc - 1), -1)
+        assert j0 >= 0 or j1 >= 0
+    assert sum(j0 >= 0 for _, _, j0, _ in union.tolist()) == len(offsets)
+    assert sum(j1 >= 0 for _, _, _, j1 in union.tolist()) == len(offsets)
+
+
+# ---------------------------------------------------------------------------
+# The whole filter: radii, blur, borders, strips
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 4])
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+@pytest.mark.parametrize("scan", [(6, 7), (5, 1), (1, 6), (2, 2)])
+def test_radii_and_scans_match_reference(radius, sigma, scan):
+    cube = grains_cube(*scan, 7, 9, seed=radius + 7 * scan[1], dtype=np.uint16)
+    corr_range = spread_range(cube, sigma, radius)
+    ref, ref_w = ref_prefilter(cube, sigma, radius, corr_range)
+    weights = np.empty(ref_w.shape, np.float32)
+    got = _prefilter(cube, sigma, radius, corr_range, None, None, None, None, weights_out=weights)
+    scale = max(np.abs(ref).max(), 1.0)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(weights, ref_w, atol=1e-4)
+
+
+@pytest.mark.parametrize("strip", [2, 4, 6, 100])
+def test_strip_width_does_not_change_the_result(monkeypatch, strip):
+    cube = grains_cube(8, 11, 10, 9, seed=31, dtype=np.uint16)
+    corr_range = spread_range(cube, 1.0, 3)
+    expected = correlative_prefilter(cube, 1.0, 3, corr_range)
+    monkeypatch.setattr(prefilter, "_strip", lambda *args, **kwargs: strip)
+    for block in (1, 3, 8):
+        got = correlative_prefilter(cube, 1.0, 3, corr_range, _block_rows=block)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_all_zero_cube_stays_zero():
+    cube = np.zeros((4, 5, 8, 8), np.uint16)
+    got = correlative_prefilter(cube)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, 0)
