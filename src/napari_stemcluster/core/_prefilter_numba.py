@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._blur import pattern_scale
+from ._blur import _weigh, pattern_scale
 from ._reduce import FASTMATH as _FASTMATH
 from ._reduce import dot4 as _dot4
 
@@ -30,8 +30,9 @@ _CHUNK = 1024
 _BAND = 8
 
 
-# Filling and weighting of the padded box (the steps of ``_blur.blur_box``,
-# kept here so that the prefilter's blur does not change with that module's).
+# Filling of the padded box (the steps of ``_blur.blur_box`` for any tap
+# count, kept here so that the prefilter's blur does not change when that
+# module's fast paths do); the weighting step is the blur module's own.
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -76,22 +77,6 @@ def _fill_ends(src, qy, idx_x, i0, n_rows, c0, off, n_mid, pad, wd, scale):
             pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
         for j in range(off + n_mid, wd):
             pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _weigh(buf, wd, bh, bw, weight, out):
-    total = 0.0
-    for i in range(bh):
-        brow = buf[i * wd : i * wd + bw]
-        orow = out[i * bw : (i + 1) * bw]
-        wrow = weight[i * bw : (i + 1) * bw]
-        part = np.float32(0.0)
-        for j in range(bw):
-            v = brow[j] * wrow[j]
-            orow[j] = v
-            part += v * v
-        total += np.float64(part)
-    return total
 
 
 # One loop per function (a branch around two loops keeps LLVM from

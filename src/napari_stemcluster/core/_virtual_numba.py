@@ -5,6 +5,20 @@ from __future__ import annotations
 import numba
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pattern_sums(row, idx, wx, wy):
+    """Masked sum and first moments of one flat pattern (float64)."""
+    s = 0.0
+    sx = 0.0
+    sy = 0.0
+    for k in range(idx.shape[0]):
+        v = float(row[idx[k]])
+        s += v
+        sx += v * wx[k]
+        sy += v * wy[k]
+    return s, sx, sy
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _detector_sums(block, idx, wx, wy, out_sum, out_x, out_y):
     """Masked sum and first moments of each pattern of ``block``.
@@ -13,21 +27,8 @@ def _detector_sums(block, idx, wx, wy, out_sum, out_x, out_y):
     mask and ``wx``, ``wy`` their coordinates relative to the centre. Sums are
     float64, so integer data up to 2**53 per pattern sum exactly.
     """
-    n = block.shape[0]
-    m = idx.shape[0]
-    for i in numba.prange(n):
-        s = 0.0
-        sx = 0.0
-        sy = 0.0
-        row = block[i]
-        for k in range(m):
-            v = float(row[idx[k]])
-            s += v
-            sx += v * wx[k]
-            sy += v * wy[k]
-        out_sum[i] = s
-        out_x[i] = sx
-        out_y[i] = sy
+    for i in numba.prange(block.shape[0]):
+        out_sum[i], out_x[i], out_y[i] = _pattern_sums(block[i], idx, wx, wy)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -38,21 +39,8 @@ def _detector_sums_serial(block, idx, wx, wy, out_sum, out_x, out_y):
     event loop, and on a busy machine it is faster than waiting for every
     thread of a parallel loop.
     """
-    n = block.shape[0]
-    m = idx.shape[0]
-    for i in range(n):
-        s = 0.0
-        sx = 0.0
-        sy = 0.0
-        row = block[i]
-        for k in range(m):
-            v = float(row[idx[k]])
-            s += v
-            sx += v * wx[k]
-            sy += v * wy[k]
-        out_sum[i] = s
-        out_x[i] = sx
-        out_y[i] = sy
+    for i in range(block.shape[0]):
+        out_sum[i], out_x[i], out_y[i] = _pattern_sums(block[i], idx, wx, wy)
 
 
 @numba.njit(cache=True, nogil=True)

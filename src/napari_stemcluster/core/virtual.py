@@ -109,17 +109,7 @@ def virtual_image(
     >>> virtual_image(cube, np.ones((4, 4), bool))[0, 0]  # no uint32 overflow
     np.int64(34359738368)
     """
-    shape = tuple(getattr(cube, "shape", ()))
-    if len(shape) not in (4, 5):
-        raise ValueError(
-            f"cube must be 4D (Rx, Ry, Qx, Qy) or 5D (T, Rx, Ry, Qx, Qy); got shape {shape}"
-        )
-    dtype = np.dtype(cube.dtype)
-    if dtype.kind not in "uifb":
-        raise TypeError(f"cube must hold integers or floats; got dtype {dtype}")
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != shape[-2:]:
-        raise ValueError(f"mask shape {mask.shape} does not match the detector shape {shape[-2:]}")
+    shape, dtype, mask = _checked(cube, mask)
     if not mask.any():
         raise ValueError("the detector mask selects no pixel")
     acc = np.dtype(np.int64 if dtype.kind in "iub" else np.float64)
@@ -398,18 +388,8 @@ def virtual_detector(
     from ._virtual_numba import _detector_sums, _detector_sums_serial
 
     kernel = _detector_sums if threads else _detector_sums_serial
-    shape = tuple(getattr(cube, "shape", ()))
-    if len(shape) not in (4, 5):
-        raise ValueError(
-            f"cube must be 4D (Rx, Ry, Qx, Qy) or 5D (T, Rx, Ry, Qx, Qy); got shape {shape}"
-        )
-    dtype = np.dtype(cube.dtype)
-    if dtype.kind not in "uifb":
-        raise TypeError(f"cube must hold integers or floats; got dtype {dtype}")
-    mask = np.asarray(mask, dtype=bool)
+    shape, dtype, mask = _checked(cube, mask)
     det = shape[-2:]
-    if mask.shape != det:
-        raise ValueError(f"mask shape {mask.shape} does not match the detector shape {det}")
     stride = int(stride)
     if stride < 1:
         raise ValueError(f"stride must be >= 1; got {stride}")
@@ -734,3 +714,19 @@ class BinnedCube:
             mx = np.where(s != 0, sx / np.where(s != 0, s, 1.0), 0.0)
             my = np.where(s != 0, sy / np.where(s != 0, s, 1.0), 0.0)
         return VirtualImages(*(a.reshape(nr, nc) for a in (s, mx, my)))
+
+
+def _checked(cube, mask):
+    """Shape, dtype and boolean mask of a 4D/5D cube and its detector mask (validated)."""
+    shape = tuple(getattr(cube, "shape", ()))
+    if len(shape) not in (4, 5):
+        raise ValueError(
+            f"cube must be 4D (Rx, Ry, Qx, Qy) or 5D (T, Rx, Ry, Qx, Qy); got shape {shape}"
+        )
+    dtype = np.dtype(cube.dtype)
+    if dtype.kind not in "uifb":
+        raise TypeError(f"cube must hold integers or floats; got dtype {dtype}")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != shape[-2:]:
+        raise ValueError(f"mask shape {mask.shape} does not match the detector shape {shape[-2:]}")
+    return shape, dtype, mask
