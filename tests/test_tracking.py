@@ -823,3 +823,37 @@ def test_bragg_lattices_link_modulo_the_lattice_symmetry():
     kin = grain_kinetics(tr, orientations=lattices)
     np.testing.assert_allclose(kin.table["orientation"][kin.table["step"] == 1], [41.0, 100.0])
     assert kin.units["orientation"] == "deg"
+
+
+def test_cli_track_links_by_the_orientation_results(series, segmented, gold, tmp_path, capsys):
+    from napari_stemcluster import cli
+    from napari_stemcluster.io import read_results, save_orientation, write_results
+
+    path = write_results(tmp_path / "s.h5", segmented, calibration=series.calibration)
+    orient = _truth_orientations(series, segmented.labels, [gold])
+    save_orientation(path, orient)
+    assert cli.main(["track", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "linked by overlap, patterns, orientation results" in out
+    _, info = read_results(path)
+    tracking, kinetics = info["tracking"], info["kinetics"]
+    assert tracking.params["used_orientations"] == "rotations"
+    acc, usual = _accuracy(series.grains, tracking.tracks)
+    assert acc >= 0.95
+    rows = kinetics.rows(usual[series.roles["rotating"]])
+    np.testing.assert_allclose(np.diff(kinetics.table["orientation"][rows]), 4.0, atol=1e-6)
+    assert info["orientation"] is not None  # the rest of the file is kept
+    for name in ("s_kinetics.csv", "s_kinetics_rates.csv", "s_kinetics_events.csv"):
+        assert (tmp_path / name).is_file()
+    # Without orientations, and refusals that name the file.
+    assert cli.main(["track", str(path), "--orientation", "none", "-q"]) == 0
+    assert read_results(path)[1]["tracking"].params["used_orientations"] is None
+    assert cli.main(["track", str(path), "--orientation", "bragg", "-q"]) == 1
+    assert "holds no bragg results" in capsys.readouterr().err
+    from conftest import make_result
+
+    flat = write_results(tmp_path / "4d.h5", make_result(np.ones((3, 3), np.int32)))
+    before = flat.read_bytes()
+    assert cli.main(["track", str(flat), "-q"]) == 1
+    assert "4D segmentation" in capsys.readouterr().err
+    assert flat.read_bytes() == before

@@ -260,3 +260,42 @@ def test_label_correction_carries_merges_and_splits_over_all_steps(
     assert len(changed) > 1  # the same grain split at several steps
     assert cor.undo() == tuple(changed)
     assert np.array_equal(clusters.data, before)
+
+
+def test_link_uses_the_orientation_results_of_the_layer(
+    make_napari_viewer, qtbot, series, segmented
+):
+    from napari_stemcluster.core import load_structure
+    from napari_stemcluster.data import builtin_cif
+    from test_tracking import _truth_orientations
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in result_to_layers(segmented, series.calibration, "series"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    clusters = viewer.layers["series"]
+    orient = _truth_orientations(series, segmented.labels, [load_structure(builtin_cif("Au"))])
+    stem_meta(clusters)["orientation"] = orient  # as the Orientation & phase widget stores it
+    w = KineticsWidget(viewer)
+    w.link()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None
+    assert w.tracking.params["used_orientations"] == "rotations"
+    assert "orientation results" in w._status.value
+    # The orientation curve is the matched in-plane angle: the rotating grain
+    # turns by 4 degrees per step, and corrections keep using it.
+    k = _grain_track(w, series, "rotating")
+    rows = w.kinetics.rows(k)
+    np.testing.assert_allclose(np.diff(w.kinetics.table["orientation"][rows]), 4.0, atol=1e-6)
+    w._tracks_edit.value = str(k)
+    w._new_id.value = 77
+    assert w.relabel() == list(range(8))
+    np.testing.assert_allclose(np.diff(w.kinetics.table["orientation"][w.kinetics.rows(77)]), 4.0)
+    # Clusters edited since the orientations were found: linked without them.
+    stem_meta(clusters)["cube"] = series.cube  # for the new cluster averages
+    clusters.data = np.where(clusters.data == clusters.data.max(), 0, clusters.data)
+    w._layer_combo.value = clusters
+    w.link()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None
+    assert w.tracking.params["used_orientations"] is None
+    assert "do not fit" in w._status.value

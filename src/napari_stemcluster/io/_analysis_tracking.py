@@ -77,6 +77,60 @@ def write_tracking(f, tracking: Tracking, kinetics: Kinetics | None = None) -> N
                 sub.create_dataset(key, data=np.asarray(values))
 
 
+def save_tracking(
+    path: str | os.PathLike, tracking: Tracking, kinetics: Kinetics | None = None
+) -> Path:
+    """Replace the ``/tracking`` group of an existing results file, atomically.
+
+    The file is copied to a temporary file in the same directory, the group
+    written there, and the copy renamed over the original.
+
+    Parameters
+    ----------
+    path : str or Path
+        A 5D results file written by :func:`napari_stemcluster.io.write_results`.
+    tracking : Tracking
+        Its steps and clusters per step must match the file's.
+    kinetics : Kinetics, optional
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> save_tracking("series.h5", tracking, kinetics)  # doctest: +SKIP
+    PosixPath('series.h5')
+    """
+    import shutil
+    import uuid
+
+    import h5py
+
+    from .errors import StemFileError
+    from .results import is_results_file
+
+    path = Path(os.path.abspath(path))
+    if not is_results_file(path):
+        raise StemFileError(f"{path}: not a napari-stemcluster results file")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            try:
+                write_tracking(f, tracking, kinetics)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+        from ._lazy import close_cached_handles
+
+        close_cached_handles(path)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def read_tracking(f, labels: np.ndarray) -> tuple[Tracking | None, Kinetics | None]:
     """The tracking and kinetics stored in the open results file ``f``.
 
