@@ -857,3 +857,17 @@ def test_cli_track_links_by_the_orientation_results(series, segmented, gold, tmp
     assert cli.main(["track", str(flat), "-q"]) == 1
     assert "4D segmentation" in capsys.readouterr().err
     assert flat.read_bytes() == before
+
+
+def test_napari_growth_sample_keeps_its_grains():
+    # The README's figure: the 5D sample, segmented with the defaults.
+    from napari_stemcluster._sample_data import GROWTH_5D
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    sample = make_polycrystal(**GROWTH_5D)
+    res = segment(sample.cube)
+    tr = link_result(res)
+    acc, usual = _accuracy(sample.grains, tr.tracks)
+    per_step, _ = _accuracy(sample.grains, res.labels)
+    assert acc >= 0.95 and per_step < 0.5
+    assert len(usual) == len(set(usual.values())) == tr.n_tracks == 10
