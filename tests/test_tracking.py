@@ -871,3 +871,24 @@ def test_napari_growth_sample_keeps_its_grains():
     per_step, _ = _accuracy(sample.grains, res.labels)
     assert acc >= 0.95 and per_step < 0.5
     assert len(usual) == len(set(usual.values())) == tr.n_tracks == 10
+
+
+def test_save_tracking_replaces_the_group_atomically(series, segmented, tmp_path):
+    from napari_stemcluster.core.tracking import track_series
+    from napari_stemcluster.io import StemFileError, read_results, save_tracking, write_results
+
+    path = write_results(tmp_path / "s.h5", segmented, calibration=series.calibration)
+    tracking, kinetics = track_series(segmented, series.calibration)
+    fixed, _ = merge_tracks(tracking, [1, 2])
+    assert save_tracking(path, fixed, kinetics) == path
+    _, info = read_results(path)
+    assert np.array_equal(info["tracking"].tracks, fixed.tracks)
+    before = path.read_bytes()
+    bad = link_clusters(segmented.labels[:2])
+    with pytest.raises(ValueError, match=r"s\.h5: the tracking has"):
+        save_tracking(path, bad)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    with pytest.raises(StemFileError, match="not a napari-stemcluster results file"):
+        save_tracking(tmp_path / "x.h5", fixed)

@@ -77,7 +77,12 @@ def tracks_to_save(data, stem_meta: dict, result_of):
         if tracking is not None and not np.array_equal(tracking.step_labels, result.labels):
             tracking = None  # edited since linking: the tracks no longer fit
     if tracking is not None and kinetics is None:
+        # The orientation results the tracks were linked with, else measured ones.
+        how = stem_meta.get("orientations")
         kinetics = grain_kinetics(
-            tracking, result, orientations="pattern", calibration=stem_meta.get("calibration")
+            tracking,
+            result,
+            orientations="pattern" if how is None else how,
+            calibration=stem_meta.get("calibration"),
         )
     return result, tracking, kinetics
