@@ -21,8 +21,12 @@ earlier), a score combines
   and the cluster;
 * pattern similarity: the cosine similarity of their cluster-averaged
   diffraction patterns (when given);
-* lattice orientation: ``1 - d / (period / 2)`` for an angle difference
-  ``d`` modulo ``period`` (when orientations are given),
+* lattice orientation (when orientations are given): ``1 - d / (period / 2)``
+  for an in-plane angle difference ``d`` modulo ``period`` (angles, or the
+  rotation of the Bragg lattices), or ``1 - min(m, 90) / 90`` for the
+  misorientation ``m`` modulo the crystal symmetry of the orientation
+  results of :func:`~napari_stemcluster.core.orientation.orient_clusters`
+  (0 for clusters matched to different phases; 0.5 when unknown),
 
 weighted by ``weights`` and lowered by ``gap_penalty`` per missed step. A
 pair is admissible only when the overlap covers at least ``min_overlap`` of
