@@ -11,6 +11,7 @@ from napari_stemcluster._layers import result_to_layers
 from napari_stemcluster.synthetic_series import make_growth_events
 from napari_stemcluster.widgets import KineticsWidget
 from napari_stemcluster.widgets._common import stem_meta
+from napari_stemcluster.widgets._kinetics import _camera
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
 
@@ -95,7 +96,10 @@ def test_clicks_link_viewer_and_plot(make_napari_viewer, qtbot, series, segmente
 
     w._on_click(layer, Click())
     assert w.highlighted == other
-    # Clicking a point of a curve selects the grain and moves the time slider.
+    # Clicking a point of a curve selects the grain and moves the time slider
+    # (zoomed in, so the view must pan to the grain too).
+    viewer.reset_view()
+    _camera(viewer).zoom *= 8
     rows = w.kinetics.rows(k)
     i = 5
     x, y = w.kinetics.table["time"][rows[i]], w.kinetics.table["area"][rows[i]]
@@ -105,6 +109,11 @@ def test_clicks_link_viewer_and_plot(make_napari_viewer, qtbot, series, segmente
     assert layer.selected_label == k
     assert w.highlighted == k
     assert viewer.dims.current_step[0] == int(w.kinetics.table["step"][rows[i]])
+    # ... and pans the view to the grain's centre at that step.
+    step = int(w.kinetics.table["step"][rows[i]])
+    ys, xs = np.nonzero(layer.data[step] == k)
+    centre = layer.data_to_world([step, ys.mean(), xs.mean()])[-2:]
+    np.testing.assert_allclose(_camera(viewer).center[-2:], centre, atol=1e-6)
     # The dashed line marks the time step on screen, in seconds.
     step = int(w.kinetics.table["step"][rows[i]])
     assert w._cursor.get_xdata()[0] == pytest.approx(step * series.t_step)
@@ -114,6 +123,11 @@ def test_clicks_link_viewer_and_plot(make_napari_viewer, qtbot, series, segmente
     w._on_table_click(row, 0)
     assert layer.selected_label == int(ev["track"][row])
     assert viewer.dims.current_step[0] == int(ev["time"][row])
+    # With the whole scan in view, the view stays where it is.
+    viewer.reset_view()
+    before = tuple(_camera(viewer).center)
+    w.select(other, step=2)
+    assert tuple(_camera(viewer).center) == before
 
 
 def test_corrections_apply_to_all_steps_and_undo_reports_steps(

@@ -75,6 +75,12 @@ def _orientation_source(meta):
 _USED = {"rotations": "orientation results", "lattices": "Bragg lattices", "angles": "angles"}
 
 
+def _camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9 on)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def _steps_text(steps) -> str:
     steps = list(steps)
     return ", ".join(map(str, steps)) if steps else "none"
@@ -91,7 +97,7 @@ class KineticsWidget(Container):
     --------
     >>> widget = KineticsWidget(viewer)  # doctest: +SKIP
     >>> widget.link()  # in the background; the tracked layer appears when done  # doctest: +SKIP
-    >>> widget.select(3, step=5)  # grain 3 selected, time slider at step 5  # doctest: +SKIP
+    >>> widget.select(3, step=5)  # grain 3 selected and centred, at step 5  # doctest: +SKIP
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -426,7 +432,29 @@ class KineticsWidget(Container):
         if step is not None:
             world = layer.data_to_world([int(step), 0, 0])[0]
             self._viewer.dims.set_point(0, world)
+            self._centre_on(track, int(step))
         self.highlight(int(track))
+
+    def _centre_on(self, track: int, step: int):
+        """Pan the 2D view to the grain's centre at ``step`` unless it is well in view.
+
+        The zoom stays; a grain already in the middle 80 % of the canvas
+        leaves the view alone, so a view of the whole scan does not jump.
+        """
+        layer = self.tracks_layer
+        if self._viewer.dims.ndisplay != 2 or not 0 <= step < layer.data.shape[0]:
+            return
+        rows, cols = np.nonzero(np.asarray(layer.data[step]) == int(track))
+        if rows.size == 0:
+            return
+        target = np.asarray(layer.data_to_world([step, rows.mean(), cols.mean()])[-2:], float)
+        camera = _camera(self._viewer)
+        size = getattr(getattr(self._viewer, "canvas", None), "size", None)
+        if size is not None and camera.zoom > 0:
+            half = 0.4 * np.asarray(size[-2:], float) / camera.zoom  # world units
+            if np.all(np.abs(target - np.asarray(camera.center[-2:], float)) <= half):
+                return
+        camera.center = tuple(float(v) for v in target)
 
     def _on_click(self, layer, event):
         value = layer.get_value(event.position, world=True)
