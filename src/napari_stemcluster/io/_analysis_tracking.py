@@ -1,5 +1,10 @@
 """Grain tracks, events and kinetics in the results file, and as CSV.
 
+:func:`write_tracking` writes the group into a file being written,
+:func:`save_tracking` replaces it in an existing results file (atomically),
+:func:`read_tracking` reads it back; :func:`write_kinetics_csv` and
+:func:`read_kinetics_csv` handle the CSV tables.
+
 Layout of the ``/tracking`` group of a results file (5D results only)::
 
     /tracking/                      attrs: params (JSON: the linking
