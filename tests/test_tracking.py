@@ -843,6 +843,16 @@ def test_cli_track_links_by_the_orientation_results(series, segmented, gold, tmp
     rows = kinetics.rows(usual[series.roles["rotating"]])
     np.testing.assert_allclose(np.diff(kinetics.table["orientation"][rows]), 4.0, atol=1e-6)
     assert info["orientation"] is not None  # the rest of the file is kept
+    # Opened in napari, the tracked layer keeps the orientations it was linked
+    # with, for kinetics recomputed after a correction.
+    from napari_stemcluster._reader import read_stem
+
+    (meta,) = [
+        kw["metadata"]["stemcluster"]
+        for _, kw, _ in read_stem(str(path))
+        if kw.get("metadata", {}).get("stemcluster", {}).get("kind") == "tracks"
+    ]
+    assert len(meta["orientations"].records) == len(orient.records)
     for name in ("s_kinetics.csv", "s_kinetics_rates.csv", "s_kinetics_events.csv"):
         assert (tmp_path / name).is_file()
     # Without orientations, and refusals that name the file.

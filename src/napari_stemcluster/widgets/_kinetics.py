@@ -295,9 +295,14 @@ class KineticsWidget(Container):
         from .._tracking_layers import tracking_layer
 
         data, kwargs, _ = tracking_layer(
-            tracking, kinetics, result, calibration, f"{name} tracked", source=source
+            tracking,
+            kinetics,
+            result,
+            calibration,
+            f"{name} tracked",
+            source=source,
+            orientations=orientations,
         )
-        kwargs["metadata"]["stemcluster"]["orientations"] = orientations
         target = self.tracks_layer
         if target is not None and target in self._viewer.layers:
             target.data = data
