@@ -114,7 +114,9 @@ def test_zone_axis_spots(au_lib):
     assert len(sp["hkl"])
     assert np.all(sp["hkl"][:, 2] == 0)  # zero-order Laue zone only at this thickness
     r = np.hypot(*sp["q"].T) * QPIX
-    np.testing.assert_allclose(r, np.linalg.norm(sp["hkl"], axis=1) / 4.0782, rtol=1e-12)
+    np.testing.assert_allclose(
+        r, np.linalg.norm(sp["hkl"], axis=1) / au_lib.structure.cell[0], rtol=1e-12
+    )
     # intensities: |F|^2 times a Gaussian in the excitation error s = λg²/2
     lam = electron_wavelength(KEV)
     s = 0.5 * lam * r**2
@@ -416,7 +418,7 @@ def test_reference_lattice(au_lib):
     rot = _rot_z(np.radians(20.0)) @ _rotvec(np.radians([0.3, 0.0, 0.0]))
     g, hkl = reference_lattice(rot, au_lib)
     assert sorted(np.abs(hkl).sum(1).tolist()) == [2, 2]  # two {200}
-    np.testing.assert_allclose(np.hypot(*g.T), 2 / 4.0782 / QPIX, rtol=1e-3)
+    np.testing.assert_allclose(np.hypot(*g.T), 2 / au_lib.structure.cell[0] / QPIX, rtol=1e-3)
     assert abs(g[0] @ g[1]) < 1e-6 * (g[0] @ g[0])
     # the lattice vectors are where the template puts those reflections
     sp = kinematical_spots(au_lib, rot)
