@@ -23,6 +23,7 @@ Poisson noise: single patterns at ``--dose`` electrons, averages at
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -116,6 +117,11 @@ def main(argv=None):
         f"(R = N_cluster/N_probe = {args.clusters / n_probe:.1e})"
     )
     print(f"  {t_c:.2f} s = {args.clusters / t_c:.1f} matches/s (median of {args.repeats})")
+    t_c1, _ = _timed(lambda: match_orientations(avgs, lib, workers=1), args.repeats)
+    print(
+        f"  comparator, one thread: {t_c1:.2f} s; threads ({os.cpu_count()} cores) "
+        f"{t_c1 / t_c:.2f}x faster"
+    )
 
     truth_s = _orientations(st, args.sample, rng)
     singles = _patterns(lib, truth_s, shape, args.dose, 10_000)

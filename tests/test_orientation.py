@@ -585,3 +585,19 @@ def test_orient_clusters_time_series(au_lib):
         ipf[1, 0, 0].tolist() == ipf_colors(res.records["rotation"][2], au_lib.structure).tolist()
     )
     assert layers[0][1]["scale"] == (1.0, 2.0, 2.0)
+
+
+def test_threads_give_the_same_answer(au_lib, rutile_lib):
+    rng = np.random.default_rng(13)
+    truths = [near_axis(au_lib.structure, uvw, 0.8, rng) for uvw in AU_AXES[:5]]
+    patterns = np.stack(
+        [simulate_pattern(au_lib, t, SHAPE, counts=1e5, rng=i) for i, t in enumerate(truths)]
+    )
+    patterns[2] = 0.0  # a not-indexed pattern among them
+    one = match_orientations(patterns, [au_lib, rutile_lib], workers=1)
+    three = match_orientations(patterns, [au_lib, rutile_lib], workers=3)
+    for name in ORIENTATION_DTYPE.names:
+        np.testing.assert_array_equal(one[name], three[name])
+    assert one["indexed"].tolist() == [True, True, False, True, True]
+    with pytest.raises(ValueError, match="workers"):
+        match_orientations(patterns, au_lib, workers=0)

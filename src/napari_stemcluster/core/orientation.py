@@ -38,6 +38,7 @@ Conventions
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -796,6 +797,7 @@ def match_orientations(
     refine: bool = True,
     distinct_deg: float | None = None,
     n_candidates: int = 24,
+    workers: int | None = None,
 ) -> np.ndarray:
     """Orientation and phase of each pattern by sparse template correlation.
 
@@ -832,6 +834,10 @@ def match_orientations(
         for the confidence (default ``max(3, 2.5 step)``).
     n_candidates : int
         Templates rescored exactly, and alternatives for the confidence.
+    workers : int, optional
+        Threads matching patterns side by side (default: one per CPU core;
+        the compiled kernels release the GIL). The answer does not depend
+        on it.
 
     Returns
     -------
@@ -944,9 +950,25 @@ def match_orientations(
         out["inplane_deg"][i] = _inplane_deg(st, rot)
         out["indexed"][i] = True
 
-    for i in range(n_items):
-        match(i)
+    n_threads = _thread_count(workers, n_items)
+    if n_threads <= 1:
+        for i in range(n_items):
+            match(i)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="stem-orient") as pool:
+            list(pool.map(match, range(n_items)))  # list(): raise a pattern's error here
     return out
+
+
+def _thread_count(workers, n_items: int) -> int:
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be a positive number of threads; got {workers}")
+    return max(1, min(workers, n_items))
 
 
 # ---------------------------------------------------------------- outputs
