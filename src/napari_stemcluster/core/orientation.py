@@ -38,7 +38,6 @@ Conventions
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -797,7 +796,7 @@ def match_orientations(
     refine: bool = True,
     distinct_deg: float | None = None,
     n_candidates: int = 24,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """Orientation and phase of each pattern by sparse template correlation.
 
@@ -834,10 +833,11 @@ def match_orientations(
         for the confidence (default ``max(3, 2.5 step)``).
     n_candidates : int
         Templates rescored exactly, and alternatives for the confidence.
-    workers : int, optional
-        Threads matching patterns side by side (default: one per CPU core;
-        the compiled kernels release the GIL). The answer does not depend
-        on it.
+    workers : int
+        Threads matching patterns side by side (the compiled kernels and
+        the FFTs release the GIL, the Python steps do not; on a machine
+        whose cores are busy one thread is as fast). The answer does not
+        depend on it.
 
     Returns
     -------
@@ -963,8 +963,6 @@ def match_orientations(
 
 
 def _thread_count(workers, n_items: int) -> int:
-    if workers is None:
-        workers = os.cpu_count() or 1
     workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be a positive number of threads; got {workers}")
