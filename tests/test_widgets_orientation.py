@@ -88,6 +88,7 @@ def test_widget_matches_and_shows_maps(make_napari_viewer, qtbot, grains, tmp_pa
         "grains IPF y",
         "grains phase",
         "grains in-plane angle",
+        "grains orientation score",
     )
     for name in names:
         assert name in viewer.layers
@@ -105,6 +106,12 @@ def test_widget_matches_and_shows_maps(make_napari_viewer, qtbot, grains, tmp_pa
     texts = [t.get_text() for t in w.figure.axes[0].texts]
     assert len(texts) > 3 and all(t.replace("-", "").isdigit() for t in texts)
     assert "Rutile" in w.figure.axes[0].get_title()
+    # the IPF colour key of the cluster's phase, with its three corners named
+    key_ax = w.figure.axes[1]
+    assert key_ax.get_title() == "IPF colour key"
+    assert sorted(t.get_text() for t in key_ax.texts) == ["[001]", "[100]", "[110]"]
+    score = viewer.layers["grains orientation score"].data
+    assert score[2, 2] == pytest.approx(rec["score"][0]) and np.isnan(score[0, 0])
     w.canvas.draw()
     w.native.grab().save(str(tmp_path / "orientation_widget.png"))
     assert (tmp_path / "orientation_widget.png").stat().st_size > 1000
