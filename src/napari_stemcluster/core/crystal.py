@@ -331,7 +331,7 @@ def structure_factors(structure: Structure, hkl) -> np.ndarray:
     >>> from napari_stemcluster.data import builtin_cif
     >>> au = load_structure(builtin_cif("Au"))
     >>> np.abs(structure_factors(au, [[1, 0, 0], [2, 0, 0]])).round(2)
-    array([ 0.  , 23.59])
+    array([ 0.  , 23.77])
     """
     h = np.asarray(hkl, np.float64)
     if h.shape[-1:] != (3,):
