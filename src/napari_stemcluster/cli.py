@@ -810,8 +810,9 @@ def _orient(args) -> int:
         for k, st in enumerate(res.structures):
             sel = rec["phase"] == k
             if sel.any():
+                n = int(sel.sum())
                 print(
-                    f"  {st.name} ({st.spacegroup}): {int(sel.sum())} clusters, "
+                    f"  {st.name} ({st.spacegroup}): {n} cluster{'' if n == 1 else 's'}, "
                     f"median score {np.median(rec['score'][sel]):.3f}"
                 )
     return 0

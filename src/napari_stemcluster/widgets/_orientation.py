@@ -68,11 +68,20 @@ def template_spots(result, t: int, label: int, shape, cache: dict):
     empty when the cluster is not indexed. The direct beam is at the
     detector centre, as in the matching.
     """
-    from ..core.orientation import kinematical_spots
 
     empty = (np.empty((0, 2)), np.empty(0), [])
     if result is None or not label:
         return empty
+    key = ("spots", id(result), int(t), int(label), tuple(shape))
+    if key not in cache:  # the pattern panel asks again at every mouse move
+        cache[key] = _template_spots(result, t, label, shape, cache)
+    return cache[key]
+
+
+def _template_spots(result, t, label, shape, cache):
+    from ..core.orientation import kinematical_spots
+
+    empty = (np.empty((0, 2)), np.empty(0), [])
     rows = result.step(t)
     if label > len(rows) or not rows[label - 1]["indexed"]:
         return empty
@@ -107,6 +116,7 @@ class TemplateOverlay:
 
         self._dif = weakref.ref(dif)
         self._cache: dict = {}
+        self._result = None
         model = dif.model
         grid = _grid(model)
         stride = max(1, int(grid.stride))
@@ -119,11 +129,12 @@ class TemplateOverlay:
         }
         ref = dif.average_layer
         kw["scale"], kw["units"] = tuple(ref.scale), tuple(ref.units)
+        active = model.layers.selection.active  # adding a layer selects it
         self.pattern_layer = model.add_points(np.empty((0, 2)), name=PATTERN_TEMPLATE_LAYER, **kw)
         model.layers.move(model.layers.index(self.pattern_layer), stride)
         self.average_layer = model.add_points(np.empty((0, 2)), name=TEMPLATE_LAYER, **kw)
         grid.stride = stride + 1
-        model.layers.selection.active = dif.pattern_layer
+        model.layers.selection.active = active
         dif.pattern_layer.events.data.connect(self.update)
         dif.average_layer.events.data.connect(self.update)
 
@@ -135,6 +146,9 @@ class TemplateOverlay:
         layer = dif.cluster_layer
         meta = stem_meta(layer) if layer is not None else None
         res = None if meta is None else meta.get("orientation")
+        if res is not self._result:  # the cache is keyed by id(result)
+            self._cache.clear()
+            self._result = res
         state = dif.state
         t = 0 if state is None else min(dif.t, state.n_steps - 1)
         under_mouse = None
@@ -294,6 +308,8 @@ class OrientationWidget(Container):
             self._qpix.value = float(cal["q_pixel_size"]) * scale
         labels = np.asarray(layer.data)
         self._time.max = labels.shape[0] - 1 if labels.ndim == 3 else 0
+        if meta.get("orientation") is not self.result:
+            self._libs.clear()  # keyed by id(result)
         self.result = meta.get("orientation")
         self._cluster.max = max(1, int(labels.max(initial=0)))
         self.draw()
