@@ -216,6 +216,12 @@ def _add_orient_parser(sub):
         "--sigma-excitation", type=float, default=0.02, help="excitation-error width, 1/Å"
     )
     orient.add_argument("--convergence", type=float, default=0.0, help="semi-angle, mrad")
+    orient.add_argument(
+        "--thickness",
+        type=float,
+        default=0.0,
+        help="slab thickness, nm: sinc² excitation weight instead of the Gaussian (0: Gaussian)",
+    )
     orient.add_argument("--disk-radius", type=float, default=2.0, help="Bragg disk radius, px")
     orient.add_argument("--min-disks", type=int, default=4, help="fewer: not indexed")
     orient.add_argument("-q", "--quiet", action="store_true", help="print nothing")
@@ -797,6 +803,7 @@ def _orient(args) -> int:
         max_angle_mrad=args.max_angle,
         sigma_excitation=args.sigma_excitation,
         convergence_mrad=args.convergence,
+        thickness_nm=args.thickness,
         disk_radius=args.disk_radius,
         min_disks=args.min_disks,
         progress=progress,

@@ -56,6 +56,7 @@ def _display_library(result, phase: int, cache: dict):
             g_max=p.get("g_max"),
             sigma_excitation=p["sigma_excitation"],
             convergence_mrad=p["convergence_mrad"],
+            thickness_nm=p.get("thickness_nm", 0.0),  # absent in files of older versions
         )
     return cache[key]
 
@@ -238,6 +239,14 @@ class OrientationWidget(Container):
         self._sigma = num(0.02, "σ excitation (1/Å)", 0.001, 0.5, 0.005, "About 1/thickness")
         self._sigma.native.setDecimals(3)
         self._conv = num(0.0, "Convergence (mrad)", 0.0, 50.0, 0.1, "Probe semi-angle")
+        self._thickness = num(
+            0.0,
+            "Thickness (nm)",
+            0.0,
+            1000.0,
+            1.0,
+            "0: Gaussian excitation weight of width σ; else the sinc² of a slab this thick",
+        )
         self._disk = num(2.0, "Disk radius (px)", 0.5, 50.0, 0.5, "Bragg disk radius")
         self._min_disks = create_widget(
             4, label="Min. disks", annotation=int, options={"min": 1, "max": 100}
@@ -260,6 +269,7 @@ class OrientationWidget(Container):
                 self._max_angle,
                 self._sigma,
                 self._conv,
+                self._thickness,
                 self._disk,
                 self._min_disks,
                 self._run,
@@ -339,6 +349,7 @@ class OrientationWidget(Container):
             "max_angle_mrad": self._max_angle.value,
             "sigma_excitation": self._sigma.value,
             "convergence_mrad": self._conv.value,
+            "thickness_nm": self._thickness.value,
             "disk_radius": self._disk.value,
             "min_disks": self._min_disks.value,
         }
