@@ -6,6 +6,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from napari_stemcluster._bragg_layers import colour_wheel
 from napari_stemcluster._layers import sample_to_layers
 from napari_stemcluster.widgets import (
     BraggWidget,
@@ -13,12 +14,12 @@ from napari_stemcluster.widgets import (
     DiffractionViewer,
     SimilarityWidget,
 )
-from napari_stemcluster.widgets._bragg import LEGEND, ORIENTATION, STRAIN_NAMES, colour_wheel
+from napari_stemcluster.widgets._bragg import LEGEND, ORIENTATION, STRAIN_NAMES
 from napari_stemcluster.widgets._link import link_for
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
 
-WAIT = 60_000
+WAIT = 180_000  # the first run compiles the numba kernels; slow on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,18 @@ def test_lattices_orientation_strain_and_save(make_napari_viewer, qtbot, scan64,
     from napari_stemcluster._reader import read_stem
 
     names = [kw["name"] for _, kw, _ in read_stem(out[0])]
-    assert ORIENTATION in names and STRAIN_NAMES["exx"] in names
+    assert ORIENTATION in names and STRAIN_NAMES["exx"] in names and LEGEND in names
+    # Opened in napari: the legend beside the scan and the strain colour bars, as made.
+    before = set(viewer.layers)
+    viewer.open(out[0], plugin="napari-stemcluster")
+    added = {x.metadata.get("stemcluster", {}).get("kind"): x for x in viewer.layers}
+    added = {k: v for k, v in added.items() if v not in before}
+    assert added["orientation_legend"].rgb
+    assert added["orientation"].colormap.name == "twilight"
+    for name in ("exx", "eyy", "exy", "rotation"):
+        assert added[f"strain_{name}"].colorbar.visible
+        lo, hi = added[f"strain_{name}"].contrast_limits
+        assert lo == -hi
 
 
 def test_cancel_strain_and_errors(make_napari_viewer, qtbot, scan64):

@@ -41,6 +41,12 @@ DISK_DTYPE = np.dtype(
 #: Patterns per batched FFT.
 BLOCK = 128
 
+#: With fewer disks than this (per pattern, median over a stack) from a
+#: template more than TOO_LARGE times the radius of the brightest disk, the
+#: template's size is named as the likely cause.
+FEW = 4
+TOO_LARGE = 2.5
+
 
 class BraggWarning(UserWarning):
     """Nothing (or only the direct beam) was found in a pattern."""
@@ -436,7 +442,8 @@ def find_bragg_disks(
     BraggWarning
         For a single pattern that is empty or flat, or in which no disk (or
         only the direct beam) passes the thresholds; for a stack in which no
-        pattern has a disk.
+        pattern has a disk; when a given template or ``probe_radius`` is
+        much larger than the disks and few disks were found.
 
     Notes
     -----
@@ -477,6 +484,7 @@ def find_bragg_disks(
     )
     if min(qshape) < 3:
         raise ValueError(f"patterns must be at least 3x3 pixels; got {qshape}")
+    probe_radius_given = template is None and probe_radius is not None
     if template is None:
         if probe_radius is None:
             probe_radius = _estimate_stack_radius(img if single else flat, n, single)
@@ -505,10 +513,13 @@ def find_bragg_disks(
     p.update(min_spacing=float(min_spacing), edge=edge, radius=radius)
 
     det = _Detector(t, qshape, p, workers)
+    chosen = template is not None or probe_radius_given
     if single:
         disks, beams = det.run(img[None])
         d, b = disks[0], beams[0]
         _warn_single(img, d, b)
+        if chosen and len(d) < FEW:
+            _warn_size(radius, lambda: estimate_probe_radius(img))
         return (d, b) if return_beam else d
 
     out: list[np.ndarray] = []
@@ -532,6 +543,8 @@ def find_bragg_disks(
             BraggWarning,
             stacklevel=2,
         )
+    if n and chosen and np.median([len(x) for x in out]) < FEW:
+        _warn_size(radius, lambda: _estimate_stack_radius(flat, n, False))
     return (out, beams) if return_beam else out
 
 
@@ -567,6 +580,23 @@ def _params(
         "upsample": up,
         "beam": beam,
     }
+
+
+def _warn_size(radius: float, estimate: Callable[[], float]) -> None:
+    """Warn when few disks were found with a template much larger than the disks.
+
+    Checked only when the result is poor: the radius estimate from the
+    brightest disk is too small at low dose to judge a good result by.
+    """
+    est = estimate()
+    if radius > TOO_LARGE * est:
+        warnings.warn(
+            f"the probe template (radius {radius:.1f} px) is much larger than the disks "
+            f"(radius about {est:.1f} px, from the brightest disk): neighbouring disks merge "
+            f"in the correlation; use probe_radius={est:.1f}, or leave it unset to estimate it",
+            BraggWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_single(img, d, b):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
+from .._bragg_layers import LEGEND, legend_layer_data
 from ._common import (
     JobRunner,
     button,
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 TEMPLATES = ("synthetic disk", "central disk of the cluster average", "vacuum region (Labels)")
 ORIENTATION = "in-plane orientation"
-LEGEND = "orientation legend"
 STRAIN_NAMES = {
     "exx": "strain εxx (%)",
     "eyy": "strain εyy (%)",
@@ -83,24 +83,6 @@ def set_disk_points(layer, positions, labels) -> None:
     layer.data = np.asarray(positions, np.float64).reshape(-1, 2)
     layer.features = {"hk": np.asarray(list(labels), dtype=object)}
     layer.text = {"string": "{hk}", "color": "cyan", "size": 8, "anchor": "upper_left"}
-
-
-def colour_wheel(size: int = 64, period: float = 180.0) -> np.ndarray:
-    """RGBA legend of the cyclic orientation colour map: direction -> colour.
-
-    The direction from the centre, measured like the lattice rotation (from
-    the first image axis towards the second), modulo ``period`` degrees.
-    """
-    from napari.utils.colormaps import ensure_colormap
-
-    cmap = ensure_colormap("twilight")
-    c = (size - 1) / 2
-    x, y = np.mgrid[:size, :size] - c
-    ang = np.degrees(np.arctan2(y, x)) % period
-    rgba = cmap.map((ang / period).ravel()).reshape(size, size, 4).astype(np.float32)
-    r = np.hypot(x, y)
-    rgba[..., 3] = np.clip(c + 0.5 - r, 0, 1) * (r >= 0.3 * c)
-    return rgba
 
 
 # --------------------------------------------------------------------------
@@ -163,6 +145,10 @@ class BraggWidget(Container):
         w["min_spacing"] = _spin(0.0, "Min. spacing (px)", 0.0, 200.0, 0.5, float)
         w["min_spacing"].tooltip = "0: the disk radius (at least 2 px)"
         w["min_relative"] = _spin(0.005, "Min. relative", 0.0, 1.0, 0.001, float)
+        w["min_absolute"] = _spin(0.0, "Min. absolute", 0.0, 1e9, 0.1, float)
+        w[
+            "min_absolute"
+        ].tooltip = "Least correlation peak (about the mean counts per pixel of the disk); 0: off"
         w["min_snr"] = _spin(5.0, "Min. signal/noise", 0.0, 100.0, 0.5, float)
         w["edge"] = _spin(-1, "Edge margin (px)", -1, 1000, 1, int)
         w["edge"].tooltip = "-1: the disk radius"
@@ -257,6 +243,7 @@ class BraggWidget(Container):
             "corr_power": float(w["corr_power"].value),
             "sigma": float(w["sigma"].value),
             "min_relative": float(w["min_relative"].value),
+            "min_absolute": float(w["min_absolute"].value),
             "min_snr": float(w["min_snr"].value),
             "max_count": int(w["max_count"].value),
             "subpixel": w["subpixel"].value,
@@ -468,20 +455,10 @@ class BraggWidget(Container):
         return layer
 
     def _legend(self, layer, period):
-        wheel = colour_wheel(64, period)
-        scan = np.asarray(layer.data).shape[-2:]
-        scale = np.asarray(layer.scale[-2:], float)
-        size = 0.3 * min(scan)
-        translate = np.asarray(layer.translate[-2:], float) + [0.0, (scan[1] + 2) * scale[1]]
-        kw = {
-            "name": LEGEND,
-            "rgb": True,
-            "scale": scale * size / 64,
-            "translate": translate,
-            "units": [str(u) for u in layer.units][-2:],
-            "metadata": {"stemcluster": {"kind": "orientation_legend", "period": period}},
-        }
-        self._replace(LEGEND, wheel, kw)
+        data, kw, _ = legend_layer_data(
+            period, np.asarray(layer.data).shape, layer.scale, layer.translate, layer.units
+        )
+        self._replace(LEGEND, data, kw)
 
 
 def _spin(value, label, lo, hi, step, kind):
