@@ -115,6 +115,17 @@ def test_reference_mode_keeps_the_reference_basis_and_fits_the_local_one():
     np.testing.assert_array_equal(fit.hk, hk)
 
 
+def test_fit_unpacks_as_g1_g2_and_integer_indices_of_every_disk():
+    g1, g2 = np.array([9.0, 3.0]), np.array([-3.0, 9.0])
+    pos, _ = _lattice_points(g1, g2, (30, 30), n=2)
+    disks = np.zeros(len(pos) + 1, DISK_DTYPE)
+    disks["qx"], disks["qy"] = np.append(pos[:, 0], 5.0), np.append(pos[:, 1], 51.0)
+    a, b, hk = fit_lattice(disks, center=(30, 30))
+    assert a.shape == b.shape == (2,) and hk.shape == (len(disks), 2)
+    assert hk.dtype.kind == "i"
+    np.testing.assert_allclose(30 + hk[:-1] @ np.array([a, b]), pos, atol=1e-9)
+
+
 def test_index_disks_plain():
     hk, ok = index_disks([[10.4, 0.2], [5.1, 5.0], [-20.0, 10.0]], [10, 0], [0, 10], [0, 0], 0.1)
     assert hk.tolist() == [[1, 0], [1, 0], [-2, 1]]
@@ -155,6 +166,11 @@ def test_cluster_lattices_empty_and_blank_clusters():
     assert len(t) == 0
     t = cluster_lattices(np.zeros((2, 32, 32)))
     assert np.isnan(t.g1).all() and t.n_indexed.tolist() == [0, 0]
+    # No lattice: NaN in the orientation map (not 0, which is an orientation).
+    assert np.isnan(orientation_map(np.array([[1, 2], [0, 2]]), t.rotation)).all()
+    np.testing.assert_array_equal(
+        orientation_map(np.array([[1, 2]]), [np.nan, 5.0]), np.array([[np.nan, 5]], np.float32)
+    )
     with pytest.raises(ValueError, match=r"\(N, Qx, Qy\)"):
         cluster_lattices(np.zeros((16, 16)))
 

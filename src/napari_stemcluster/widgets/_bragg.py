@@ -458,7 +458,10 @@ class BraggWidget(Container):
         data, kw, _ = legend_layer_data(
             period, np.asarray(layer.data).shape, layer.scale, layer.translate, layer.units
         )
+        first = LEGEND not in self._viewer.layers
         self._replace(LEGEND, data, kw)
+        if first:  # the legend sits beside the scan: bring it into view once
+            self._viewer.reset_view()
 
 
 def _spin(value, label, lo, hi, step, kind):
