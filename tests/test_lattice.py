@@ -126,6 +126,24 @@ def test_fit_unpacks_as_g1_g2_and_integer_indices_of_every_disk():
     np.testing.assert_allclose(30 + hk[:-1] @ np.array([a, b]), pos, atol=1e-9)
 
 
+def test_rank_check_matches_matrix_rank():
+    from napari_stemcluster.core.lattice import _rank_ok
+
+    def plain(hk, free):
+        a = np.column_stack([hk, np.ones(len(hk))]) if free else hk.astype(float)
+        return len(hk) >= a.shape[1] and np.linalg.matrix_rank(a) == a.shape[1]
+
+    rng = np.random.default_rng(0)
+    for n in range(7):
+        for _ in range(300):
+            hk = rng.integers(-2, 3, (n, 2))
+            if n and rng.random() < 0.4:  # collinear, through the origin or not
+                hk = np.outer(rng.integers(-3, 4, n), rng.integers(-2, 3, 2))
+                hk = hk + rng.integers(-1, 2, 2) * (rng.random() < 0.5)
+            for free in (True, False):
+                assert _rank_ok(hk, free) == plain(hk, free), (hk.tolist(), free)
+
+
 def test_index_disks_plain():
     hk, ok = index_disks([[10.4, 0.2], [5.1, 5.0], [-20.0, 10.0]], [10, 0], [0, 10], [0, 0], 0.1)
     assert hk.tolist() == [[1, 0], [1, 0], [-2, 1]]

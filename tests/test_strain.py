@@ -96,6 +96,25 @@ def test_background_and_too_few_disks_are_nan_not_zero():
     assert np.isnan(strict.exx).all() and strict.n_indexed.max() > 0
 
 
+def test_default_minimum_is_five_indexed_disks():
+    """4 indexed disks give NaN, 5 a value (the disks beyond are erased)."""
+    yy, xx = np.mgrid[:64, :64]
+    cube = np.zeros((1, 2, 64, 64), np.float32)
+    for j, n in enumerate((4, 5)):
+        p, truth = disk_pattern((64, 64), G1, G2, dose=None, hk_max=2)
+        order = np.argsort(-truth.expected)
+        for q in truth.positions[order[n:]]:
+            p[np.hypot(yy - q[0], xx - q[1]) <= 5] = 0.0
+        cube[0, j] = p
+    res = strain_map(cube, np.ones((1, 2), np.int32), [[G1, G2]])
+    assert res.n_indexed.tolist() == [[4, 5]]
+    assert np.isnan(res.exx[0, 0]) and np.isnan(res.rotation[0, 0])
+    assert abs(res.exx[0, 1]) < 5e-4
+    assert np.isfinite(
+        strain_map(cube, np.ones((1, 2), np.int32), [[G1, G2]], min_indexed=4).exx
+    ).all()
+
+
 def test_time_series_progress_and_cancel():
     cube = _scan(lambda i, j: np.diag([0.002 * j, 0.0]), shape=(2, 3))
     cube5 = np.stack([cube, cube])

@@ -65,9 +65,12 @@ def test_lattices_orientation_strain_and_save(make_napari_viewer, qtbot, scan64,
     assert LEGEND in viewer.layers and viewer.layers[LEGEND].rgb
     assert "rotation" in layer.features and "n_indexed" in layer.features
     # Strain in the background, with progress; NaN outside clusters.
-    w.run_strain()
+    steps = []
+    w.run_strain().yielded.connect(steps.append)
     qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
     assert w.runner.last_error is None
+    n_in = int((layer.data > 0).sum())
+    assert steps[-1] == (n_in, n_in) and len(steps) >= 2  # progress per block of rows
     exx = viewer.layers[STRAIN_NAMES["exx"]]
     assert np.isnan(exx.data[layer.data == 0]).all()
     assert np.isfinite(exx.data).sum() > 0
