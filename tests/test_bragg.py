@@ -304,6 +304,25 @@ def test_template_of_the_wrong_size_gives_a_clear_result_or_message():
     assert sum("much larger" in str(r.message) for r in rec) == 1
 
 
+def test_any_scale_of_values_gives_the_same_disks_or_a_clear_error():
+    p, _ = disk_pattern((64, 64), *lattice_vectors(11.3, 17), dose=None)
+
+    def ordered(d):  # equally strong disks may swap places in the strongest-first order
+        xy = _positions(d)
+        return xy[np.lexsort(xy.round(2).T[::-1])]
+
+    ref = ordered(find_bragg_disks(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or underflow inside numpy
+        for scale in (1e-12, 1e9, 1e14):
+            d = find_bragg_disks(p * (scale / p.max()))
+            np.testing.assert_allclose(ordered(d), ref, atol=1e-3)
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        find_bragg_disks(p * 1e300)
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        find_bragg_disks(np.stack([p, p * 1e300]))
+
+
 def test_dask_and_memmap_inputs(tmp_path):
     da = pytest.importorskip("dask.array")
     pats = np.stack([p for p, _ in _random_patterns(3, 8000.0, seed=6)]).astype(np.uint16)

@@ -329,6 +329,14 @@ def _check_template(template) -> np.ndarray:
     return t
 
 
+#: Largest pattern value: the correlation and noise estimate are computed in float32.
+FLOAT32_SAFE = 1e15  # squares of differences (noise estimate) stay finite in float32
+_TOO_LARGE_VALUES = (
+    "pattern values up to {:.3g} are beyond the float32 range the correlation uses; "
+    "rescale the data (detection does not depend on the scale)"
+)
+
+
 def _as_pattern(pattern, name: str) -> np.ndarray:
     p = np.asarray(pattern)
     if p.ndim != 2:
@@ -338,6 +346,8 @@ def _as_pattern(pattern, name: str) -> np.ndarray:
     p = p.astype(np.float64)
     if not np.all(np.isfinite(p)):
         raise ValueError(f"{name} contains NaN or inf; replace those values first")
+    if p.size and float(np.abs(p).max()) > FLOAT32_SAFE:
+        raise ValueError(_TOO_LARGE_VALUES.format(float(np.abs(p).max())))
     return p
 
 
@@ -531,6 +541,8 @@ def find_bragg_disks(
             bad = i0 + int(np.flatnonzero(~np.isfinite(block).reshape(i1 - i0, -1).all(1))[0])
             where = tuple(int(i) for i in np.unravel_index(bad, lead))
             raise ValueError(f"pattern {where} contains NaN or inf")
+        if block.dtype.kind == "f" and block.size and float(np.abs(block).max()) > FLOAT32_SAFE:
+            raise ValueError(_TOO_LARGE_VALUES.format(float(np.abs(block).max())))
         d, b = det.run(block)
         out.extend(d)
         beams[i0:i1] = b
