@@ -155,6 +155,28 @@ def test_live_preview_labels_disks_in_the_diffraction_viewer(make_napari_viewer,
     assert dif.bragg_params is None
 
 
+def test_time_series_gives_t_rx_ry_maps(make_napari_viewer, qtbot):
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    scan = make_polycrystal((16, 16), (48, 48), n_times=3, n_particles=2, seed=2)
+    viewer, layer = _clustered(make_napari_viewer, qtbot, scan)
+    assert layer.data.ndim == 3
+    w = BraggWidget(viewer)
+    w.run_lattices()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None and len(w.lattices) == 3
+    omap = viewer.layers[ORIENTATION].data
+    assert omap.shape == layer.data.shape and np.isnan(omap[layer.data == 0]).all()
+    assert np.isfinite(omap).any()
+    w.run_strain()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None
+    for name in STRAIN_NAMES.values():
+        data = viewer.layers[name].data
+        assert data.shape == layer.data.shape and np.isnan(data[layer.data == 0]).all()
+    assert np.isfinite(viewer.layers[STRAIN_NAMES["exx"]].data).any()
+
+
 def test_colour_wheel_legend():
     wheel = colour_wheel(33, 90.0)
     assert wheel.shape == (33, 33, 4)
