@@ -132,6 +132,20 @@ def test_cancel_strain_and_errors(make_napari_viewer, qtbot, scan64):
     w._w["region"].value = region
     t = w.params()["template"]
     assert t.ndim == 2 and abs(float(t.sum()) - 1) < 1e-5
+    assert w.params()["template"] is t  # the region is read once, not at every preview
+    painted = np.asarray(region.data).copy()
+    painted[0, 0] = 1 - painted[0, 0]
+    region.data = painted
+    assert w.params()["template"] is not t
+    # The runs take the template in their background job.
+    w.run_lattices()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None and w.lattices is not None
+    assert layer_meta_template(_layer) == "vacuum region (Labels)"
+
+
+def layer_meta_template(layer):
+    return layer.metadata["stemcluster"]["bragg"]["params"]["template"]
 
 
 def test_live_preview_labels_disks_in_the_diffraction_viewer(make_napari_viewer, qtbot, scan64):

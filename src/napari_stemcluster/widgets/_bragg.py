@@ -184,6 +184,8 @@ class BraggWidget(Container):
         self.strain = None
         self.orientation_layer = None
         self.strain_layers: dict = {}
+        #: (key, template) of the last template taken from the data.
+        self._template_cache: tuple = (None, None)
         self._run.changed.connect(self.run_lattices)
         self._strain.changed.connect(self.run_strain)
         self._cancel.changed.connect(self.runner.cancel)
@@ -235,8 +237,12 @@ class BraggWidget(Container):
             )
         return link.state
 
-    def params(self, t: int = 0) -> dict:
-        """Keyword arguments for :func:`~napari_stemcluster.core.find_bragg_disks`."""
+    def params(self, t: int = 0, template: bool = True) -> dict:
+        """Keyword arguments for :func:`~napari_stemcluster.core.find_bragg_disks`.
+
+        With ``template=False`` the template taken from the data is left out
+        (the runs compute it in their background job).
+        """
         w = self._w
         p = {
             "ring": bool(w["ring"].value),
@@ -254,12 +260,17 @@ class BraggWidget(Container):
             p["min_spacing"] = float(w["min_spacing"].value)
         if w["edge"].value >= 0:
             p["edge"] = int(w["edge"].value)
-        template = self._template(t)
-        if template is not None:
-            p["template"] = template
+        source = self._template_source(t) if template else None
+        if source is not None:
+            p["template"] = source()
         return p
 
-    def _template(self, t: int):
+    def _template_source(self, t: int):
+        """A function giving the chosen template (None: synthetic disk).
+
+        Checks the inputs now (on the GUI thread) and reads the data only when
+        called, once per input: averaging a vacuum region reads its patterns.
+        """
         from ..core import probe_from_pattern, probe_from_region
 
         choice = self._w["template"].value
@@ -267,24 +278,39 @@ class BraggWidget(Container):
         if choice == TEMPLATES[0]:
             return None
         state = self._state()
+        step = min(t, state.n_steps - 1)
         if choice == TEMPLATES[1]:
-            means = state.means(min(t, state.n_steps - 1))
+            means = state.means(step)
             if means is None or not len(means):
                 raise ValueError("no cluster averages yet: wait for them, or run the clustering")
-            sizes = state.table(min(t, state.n_steps - 1)).size
-            return probe_from_pattern(means[int(np.argmax(sizes))], radius=radius)
+            sizes = state.table(step).size
+            pattern = means[int(np.argmax(sizes))]
+            key = (choice, radius, id(state), step, means.shape, sizes.tobytes())
+            return self._cached(key, lambda: probe_from_pattern(pattern, radius=radius))
         layer = self._w["region"].value
         if layer is None:
             raise ValueError("choose a Labels layer marking the vacuum region")
         region = np.asarray(layer.data) > 0
-        lab = state.step_labels(min(t, state.n_steps - 1))
+        lab = state.step_labels(step)
         if region.ndim == 3:
             region = region[min(t, region.shape[0] - 1)]
         if region.shape != lab.shape:
             raise ValueError(
                 f"the vacuum region {region.shape} must have the scan shape {lab.shape}"
             )
-        return probe_from_region(state.step_cube(min(t, state.n_steps - 1)), region, radius=radius)
+        if not region.any():
+            raise ValueError("the vacuum region is empty: paint at least one scan position")
+        cube = state.step_cube(step)
+        key = (choice, radius, id(state), step, region.shape, np.packbits(region).tobytes())
+        return self._cached(key, lambda: probe_from_region(cube, region, radius=radius))
+
+    def _cached(self, key, make):
+        def get():
+            if self._template_cache[0] != key:
+                self._template_cache = (key, make())
+            return self._template_cache[1]
+
+        return get
 
     # --------------------------------------------------------------- preview
     def diffraction_viewers(self) -> list:
@@ -330,7 +356,8 @@ class BraggWidget(Container):
 
         state = self._state()
         steps = list(range(state.n_steps))
-        params = [self.params(t) for t in steps]
+        params = [self.params(t, template=False) for t in steps]
+        sources = [self._template_source(t) for t in steps]
         means = [state.means(t) for t in steps]
         if any(m is None for m in means):
             raise ValueError("the cluster averages are still being computed; try again shortly")
@@ -339,11 +366,14 @@ class BraggWidget(Container):
         def work(progress):
             out = []
             for i, t in enumerate(steps):
+                kw = dict(params[t])
+                if sources[t] is not None:
+                    kw["template"] = sources[t]()
                 out.append(
                     cluster_lattices(
                         np.asarray(means[t]),
                         progress=step_progress(progress, i, len(steps)),
-                        **params[t],
+                        **kw,
                     )
                 )
             return out
@@ -360,7 +390,8 @@ class BraggWidget(Container):
         if self.lattices is None:
             raise ValueError("detect the cluster lattices first")
         state = self._state()
-        params = self.params()
+        params = self.params(template=False)
+        source = self._template_source(0)
         labels = np.asarray(state.labels).copy()
         cube = state.cube
         lattices = self.lattices
@@ -378,8 +409,11 @@ class BraggWidget(Container):
                 )
 
         def work(progress):
+            kw = dict(params)
+            if source is not None:
+                kw["template"] = source()
             strain = strain_map(
-                cube, labels, lattices, min_indexed=min_indexed, progress=progress, **params
+                cube, labels, lattices, min_indexed=min_indexed, progress=progress, **kw
             )
             if region is not None and (region & np.isfinite(strain.exx)).any():
                 strain = rereference(strain, labels, region)
