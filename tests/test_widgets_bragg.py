@@ -103,6 +103,17 @@ def test_lattices_orientation_strain_and_save(make_napari_viewer, qtbot, scan64,
     added = {k: v for k, v in added.items() if v not in before}
     assert added["orientation_legend"].rgb
     assert added["orientation"].colormap.name == "twilight"
+    # Given its data file, the widget takes up the reopened clusters' analysis
+    # (strain can run on without detecting again).
+    from napari_stemcluster.widgets._export import attach_source
+
+    np.save(tmp_path / "scan.npy", scan64.cube)
+    assert attach_source(viewer, added["segmentation"], tmp_path / "scan.npy") is not None
+    w.reset_choices()
+    w._w["clusters"].value = added["segmentation"]
+    np.testing.assert_array_equal(w.lattices[0].g1, table.g1)
+    np.testing.assert_array_equal(w.strain.exx, bragg["strain"].exx)
+    assert "taken up" in w._status.value
     for name in ("exx", "eyy", "exy", "rotation"):
         assert added[f"strain_{name}"].colorbar.visible
         lo, hi = added[f"strain_{name}"].contrast_limits

@@ -193,6 +193,7 @@ class BraggWidget(Container):
             if key not in ("clusters", "min_indexed", "reference"):
                 widget.changed.connect(self.update_preview)
         w["template"].changed.connect(self._on_template)
+        w["clusters"].changed.connect(self._on_clusters)
         connect_while_alive(
             self.native,
             [
@@ -208,12 +209,34 @@ class BraggWidget(Container):
         if clusters and w["clusters"].value is None:
             w["clusters"].value = clusters[-1]
         self._on_template()
+        self._on_clusters()
 
     # ---------------------------------------------------------------- inputs
     def _on_layers_changed(self, event=None):
         self.reset_choices()
         if event is not None and event.type == "inserted" and is_cluster_layer(event.value):
             self._w["clusters"].value = event.value
+
+    def _on_clusters(self, *_):
+        """Take up the analysis stored with the clusters (a results file opened again).
+
+        Lattices of other clusters are dropped, so that strain is never
+        measured against them.
+        """
+        self.lattices, self.strain = None, None
+        layer = self.cluster_layer
+        stored = (stem_meta(layer) or {}).get("bragg") if layer is not None else None
+        if not stored or not stored.get("lattices"):
+            return
+        lattices = list(stored["lattices"])
+        labels = np.asarray(layer.data)
+        steps = labels if labels.ndim == 3 else labels[None]
+        if len(lattices) == len(steps) and all(
+            len(t) == int(s.max(initial=0)) for t, s in zip(lattices, steps, strict=True)
+        ):
+            self.lattices, self.strain = lattices, stored.get("strain")
+            what = "lattices" if self.strain is None else "lattices and strain"
+            self._status.value = f"{what} of {layer.name!r} taken up (stored with the clusters)"
 
     def _on_template(self, *_):
         self._w["region"].visible = self._w["template"].value == TEMPLATES[2]
