@@ -80,7 +80,7 @@ def test_probe_from_pattern_and_region_recover_the_disk_radius():
 def test_noise_free_positions_within_0_02_px():
     errs = []
     for p, truth in _random_patterns(6, None, seed=1):
-        d = find_bragg_disks(p, probe_radius=2.5)
+        d = find_bragg_disks(p)  # defaults: radius estimated
         m = match(_positions(d), truth.positions)
         strong = truth.expected > 0.004  # fraction of the pattern's counts
         assert (m[strong] >= 0).all()
