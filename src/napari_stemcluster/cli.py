@@ -938,7 +938,7 @@ def _strain_template(args, result, means, open_cube):
 
     if args.vacuum:
         region = _scan_mask(args.vacuum, result.labels.shape, "vacuum")
-        cube = open_cube()
+        cube = open_cube("(the --vacuum template averages its patterns)")
         if cube.ndim == 5:  # the first time step with vacuum in the region
             region = np.broadcast_to(region, result.labels.shape)
             t = int(np.flatnonzero(region.reshape(len(region), -1).any(1))[0])
@@ -986,13 +986,12 @@ def _strain(args) -> int:
     started = time.perf_counter()
     opened = []
 
-    def open_cube():
+    def open_cube(why="(or use --no-strain)"):
         if not opened:
             data = args.data or info.get("source")
             if not data or not Path(data).exists():
                 raise UserError(
-                    f"{src}: the source data {data!r} is not available; give it with --data "
-                    "(or use --no-strain)"
+                    f"{src}: the source data {data!r} is not available; give it with --data " + why
                 )
             ds = open_dataset(data, args.scan_shape)
             if tuple(ds.cube.shape[:-2]) != tuple(result.labels.shape):
