@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -136,3 +137,20 @@ def test_unexpected_failure_is_one_paragraph(monkeypatch, cube_file, capsys):
     err = capsys.readouterr().err
     assert err.startswith("stemcluster: error: RuntimeError: Nanny failed to start.")
     assert "STEMCLUSTER_DEBUG=1" in err and "Traceback" not in err
+
+
+def test_hints_name_a_command_that_runs_from_here(tmp_path, monkeypatch):
+    """After `./dev.sh demo` the command is not on the PATH: the hint gives its full path."""
+    exe = tmp_path / "venv" / "bin" / "stemcluster"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "argv", [str(exe), "demo"])
+    assert cli._command() == str(exe)
+    monkeypatch.setattr(sys, "argv", [str(Path(cli.__file__).with_name("__main__.py"))])
+    assert cli._command().endswith(" -m napari_stemcluster")
+    monkeypatch.setattr(sys, "argv", ["stemcluster"])
+    monkeypatch.setenv("PATH", str(exe.parent))
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.chdir(exe.parent)
+    assert cli._command() == "stemcluster"  # on the PATH: its short name

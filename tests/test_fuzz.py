@@ -1,8 +1,9 @@
 """The reliability contract on a seeded corpus of hostile and unusual files.
 
 Every file of ``_fuzz_corpus`` goes through every entry point: Python
-(``open_dataset``, reading the cube, ``read_results``), napari (``get_reader``
-and the reader it returns) and the command line (``stemcluster info`` and
+(``open_dataset``, reading the cube, ``read_results``), napari (``get_reader``,
+and napari's reading path through npe2: file patterns, hook, reader) and the
+command line (``stemcluster info`` and
 ``segment``, in-process). For each: no exception other than StemFileError /
 ValueError, no traceback on the command line, no hang (a timeout per case),
 the input files byte-identical afterwards and no partial output file.
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from npe2 import PluginManager
+from npe2.io_utils import read as npe2_read
 
 from _fuzz_corpus import build_corpus
 from napari_stemcluster._reader import get_reader
@@ -29,6 +32,7 @@ from napari_stemcluster.cli import main
 from napari_stemcluster.io import StemFileError, open_dataset, read_results
 
 SEED = 2026
+PLUGIN = "napari-stemcluster"
 _DIR = Path(tempfile.mkdtemp(prefix="stemcluster-fuzz-"))
 CASES = {c.name: c for c in build_corpus(_DIR, SEED)}
 #: Cases also segmented through the command line (every valid file, and a
@@ -48,6 +52,9 @@ def _cancel_scan_shape_dialog(monkeypatch):
 
 @pytest.fixture(scope="module", autouse=True)
 def _cleanup():
+    # napari discovers the installed plugins at start-up; so does this module
+    PluginManager.instance().discover()
+    assert PluginManager.instance().get_manifest(PLUGIN)
     yield
     shutil.rmtree(_DIR, ignore_errors=True)
 
@@ -117,23 +124,28 @@ def test_every_entry_point_keeps_the_contract(name, tmp_path, capsys, deadline):
             want = np.asarray(case.expect_data).dtype.newbyteorder("=")
             assert values.dtype == (np.float32 if want == np.float16 else want)
             np.testing.assert_array_equal(values, case.expect_data)
+    # every file through read_results too: only results files may open
+    got_results, _ = _allowed(lambda: read_results(path))
     if case.kind == "results":
-        outcome, _ = _allowed(lambda: read_results(path))
+        outcome = got_results
+    else:
+        assert got_results == "refused", f"{name} read as a results file"
     if case.expect == "ok":
         assert outcome == "ok", ds
     elif case.expect == "error":
         assert outcome == "refused", f"{name} was accepted"
 
-    # napari: get_reader never raises; the reader works or explains
+    # napari: get_reader never raises; napari's reading path (npe2: the
+    # manifest's file patterns, the hook, then the reader) works or explains
     reader = get_reader(path)
-    if reader is not None:
-        got, layers = _allowed(lambda: reader(path))
-        if got == "ok":
-            assert isinstance(layers, list) and layers
-        elif case.expect == "ok" and case.scan_shape is None:
-            pytest.fail(f"napari refused a valid file: {layers}")
+    got, layers = _allowed(lambda: npe2_read([path], stack=False, plugin_name=PLUGIN))
+    if got == "ok":
+        assert reader is not None
+        assert isinstance(layers, list) and layers and all(len(t) == 3 for t in layers)
     elif case.expect == "ok" and case.scan_shape is None:
-        pytest.fail("napari offers no reader for a valid file")
+        pytest.fail(f"napari refused a valid file: {layers}")
+    elif reader is None:  # npe2's own words: no reader for this file
+        assert "refused the file" in layers or "not a compatible reader" in layers, layers
 
     # command line
     info = ["info", path] + (

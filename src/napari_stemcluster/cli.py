@@ -773,10 +773,22 @@ def _demo(args) -> int:
     say(f"parameters: {out / 'params.toml'}")
     say(f"overview: {png}")
     say(
-        f"done in {time.perf_counter() - t0:.1f} s; try: stemcluster segment "
+        f"done in {time.perf_counter() - t0:.1f} s; try: {_command()} segment "
         f"{data_path} --config {out / 'params.toml'} -o {out / 'again.h5'}"
     )
     return 0
+
+
+def _command() -> str:
+    """How to call this command again from here (it may not be on the PATH, e.g. via dev.sh)."""
+    import shutil
+
+    exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if Path(exe).name == "stemcluster" and shutil.which("stemcluster") != exe:
+        return exe
+    if Path(exe).name == "__main__.py":
+        return f"{Path(sys.executable).name} -m napari_stemcluster"
+    return "stemcluster"
 
 
 __all__ = ["DESCRIPTIONS", "SAMPLE", "build_parser", "main"]
