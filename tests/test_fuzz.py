@@ -244,3 +244,26 @@ def test_command_line_process_never_hangs_or_tracebacks(name, tmp_path):
         else:
             assert proc.returncode == 0, proc.stderr
     assert not out.exists() or case.expect == "ok"
+
+
+def test_byte_order_and_float16_segment_as_native(tmp_path, capsys, compiled_kernels):
+    """The same values stored big-endian, or as float16, give the same segmentation."""
+    rng = np.random.default_rng(7)
+    spots = np.zeros((2, 10, 10))
+    spots[0, 2, 2] = spots[1, 7, 6] = 400  # two grains: a Bragg spot each
+    grain = (np.arange(6) >= 3).astype(int)  # columns 0-2 and 3-5
+    base = (rng.poisson(5, (8, 6, 10, 10)) + spots[grain]).astype(np.uint16)
+    results = {}
+    for dt in ("<u2", ">u2", "<f4", "<f2", ">f8", "<f8"):
+        path = tmp_path / f"cube{dt[1:]}{'be' if dt[0] == '>' else ''}.npy"
+        np.save(path, base.astype(dt))
+        out = tmp_path / f"{path.stem}.h5"
+        assert main(["segment", str(path), "-o", str(out), "-q", "--real-mask", "none"]) == 0
+        result, _ = read_results(out)
+        results[dt] = result
+    for a, b in (("<u2", ">u2"), ("<f4", "<f2"), ("<f8", ">f8"), ("<u2", "<f8")):
+        np.testing.assert_array_equal(results[a].labels, results[b].labels)
+        np.testing.assert_allclose(
+            results[a].mean_similarity, results[b].mean_similarity, atol=1e-6
+        )
+    assert results["<u2"].n_clusters == 2  # and the segmentation is the right one
