@@ -228,10 +228,19 @@ def _add_orient_parser(sub):
     orient.add_argument("-q", "--quiet", action="store_true", help="print nothing")
 
 
+#: What an option without a value means, for the help text.
+_UNSET = {
+    "q_mask": "the whole detector",
+    "scan_shape": "from the file; also written RXxRY",
+    "times": "all",
+}
+
+
 def _default_text(p) -> str:
     d = p.default
     if d is None:
-        return ""
+        unset = _UNSET.get(p.name)
+        return f" (default: {unset})" if unset and "(default" not in p.help else ""
     if isinstance(d, bool):
         return " (default: on)" if d else " (default: off)"
     if isinstance(d, tuple | list):
@@ -686,6 +695,18 @@ def _summary(ds, result, stats, seconds, path):
             if stage in read:
                 extra = f" (tasks: read {read[stage][0]:.2f} s, compute {read[stage][1]:.2f} s)"
             parts.append(f"{_stage_label(stage, result.params)} {st[stage]:.2f} s{extra}")
+    # The parts add up to the total: for one time step the stages run one
+    # after the other and what they leave of the segmentation is setup (plan,
+    # kernels loaded or compiled, thresholds); with several, the stages of
+    # different steps run at once and their spans overlap.
+    staged = sum(st.get(s, 0.0) for s in ("similarity", "regions", "averages"))
+    rest = seg - staged
+    if steps == 1 and rest >= 0.005:
+        parts.append(f"setup (plan, kernels, thresholds) {rest:.2f} s")
+    elif rest >= 0.005:
+        parts.append(f"rest of the segmentation (setup; stages of time steps overlap) {rest:.2f} s")
+    elif rest <= -0.005:
+        parts.append(f"(the stages of different time steps overlapped by {-rest:.2f} s)")
     if "track" in seconds:
         parts.append(f"track grains {seconds['track']:.2f} s")
     parts.append(f"write {seconds['write']:.2f} s")
@@ -761,10 +782,22 @@ def _demo(args) -> int:
     say(f"parameters: {out / 'params.toml'}")
     say(f"overview: {png}")
     say(
-        f"done in {time.perf_counter() - t0:.1f} s; try: stemcluster segment "
+        f"done in {time.perf_counter() - t0:.1f} s; try: {_command()} segment "
         f"{data_path} --config {out / 'params.toml'} -o {out / 'again.h5'}"
     )
     return 0
+
+
+def _command() -> str:
+    """How to call this command again from here (it may not be on the PATH, e.g. via dev.sh)."""
+    import shutil
+
+    exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if Path(exe).name == "stemcluster" and shutil.which("stemcluster") != exe:
+        return exe
+    if Path(exe).name == "__main__.py":
+        return f"{Path(sys.executable).name} -m napari_stemcluster"
+    return "stemcluster"
 
 
 __all__ = ["DESCRIPTIONS", "SAMPLE", "build_parser", "main"]
