@@ -1,5 +1,6 @@
 """The chunked engine gives the in-memory result, whatever the block shape."""
 
+import os
 import threading
 
 import dask.array as da
@@ -505,3 +506,17 @@ def test_get_executor_choices():
         get_executor("tcp://127.0.0.1:1", 2)
     with pytest.raises(ValueError, match="n_threads"):
         ThreadExecutor(0)
+
+
+def test_in_memory_hdf5_runs_on_threads_and_is_refused_by_workers(cube5):
+    import pickle
+
+    from napari_stemcluster.engine._tasks import BlockSource
+
+    with h5py.File("in-memory.h5", "w", driver="core", backing_store=False) as f:
+        d = f.create_dataset("data", data=cube5[0], chunks=(3, 4, 6, 6))
+        res = segment_chunked(d, threshold=0.85, real_mask=None, chunks=(4, 5))
+        assert_same(res, segment(cube5[0], threshold=0.85, real_mask=None))
+        with pytest.raises(TypeError, match="held in memory"):
+            pickle.dumps(BlockSource(d))
+    assert not os.path.exists("in-memory.h5")
