@@ -520,3 +520,29 @@ def test_in_memory_hdf5_runs_on_threads_and_is_refused_by_workers(cube5):
         with pytest.raises(TypeError, match="held in memory"):
             pickle.dumps(BlockSource(d))
     assert not os.path.exists("in-memory.h5")
+
+
+def test_mean_linkage_cuts_components_so_sums_wait_for_the_labels():
+    """Why the sums pass needs the labels (kept blocks or a second read).
+
+    Sums accumulated during the similarity pass per connected component of
+    the block's threshold graph would give the cluster sums exactly only if
+    every cluster were a union of such components. That holds for
+    ``linkage="pair"`` with a fixed threshold (clusters are the components),
+    not for the default ``"mean"``: across a gradual transition every
+    neighbouring pair passes the threshold, yet growth splits the component.
+    """
+    from napari_stemcluster.core.regions import grow_regions
+    from napari_stemcluster.core.similarity import neighbor_similarity
+
+    n = 40
+    angle = np.linspace(0, np.pi / 2, n)
+    cube = np.zeros((1, n, 4, 4), np.float32)
+    cube[0, :, 0, 0] = np.cos(angle)
+    cube[0, :, 3, 3] = np.sin(angle)
+    sim = neighbor_similarity(cube)
+    assert np.nanmin(sim) >= 0.95  # one component of the threshold graph
+    pair, _ = grow_regions(sim, 0.95, linkage="pair")
+    mean, _ = grow_regions(sim, 0.95, linkage="mean", features=cube.reshape(1, n, 16))
+    assert set(pair.ravel()) == {1}
+    assert len(set(mean.ravel())) > 1

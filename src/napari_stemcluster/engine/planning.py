@@ -347,10 +347,24 @@ def plan_chunks(
         # whole rows when they fit, else the widest block within the share
         w = ry if ext_r * ry <= max_ext else max_ext // ext_r - 2 * halo
         w = min(w, ry, max_int // h)
+        if source_chunks is not None:
+            # blocks of whole source chunks (or whole axes)
+            cr, cc = (max(1, int(c)) for c in source_chunks)
+            if h % cr and h < rx:
+                continue
+            if w < ry:
+                w = w // cc * cc
         if w < 1:
             continue
         nr, nc = -(-rx // h), -(-ry // w)
-        reads = (rx + 2 * halo * (nr - 1)) * (ry + 2 * halo * (nc - 1))
+        if source_chunks is None:
+            reads = (rx + 2 * halo * (nr - 1)) * (ry + 2 * halo * (nc - 1))
+        else:
+            # A compressed chunk is decoded whole for any part of it: count
+            # the chunks the blocks' reads touch (a halo reaching into the
+            # next chunk column costs that whole column).
+            cr, cc = (max(1, int(c)) for c in source_chunks)
+            reads = _touched(rx, h, halo, cr) * _touched(ry, w, halo, cc)
         cost = reads + overhead * nr * nc
         if best is None or cost < best[0]:
             best = (cost, h, w)
@@ -362,7 +376,9 @@ def plan_chunks(
         # Even out the blocks (same count, smaller last-block waste).
         nr, nc = -(-rx // h), -(-ry // w)
         h, w = -(-rx // nr), -(-ry // nc)
-    if source_chunks is not None:
+    if source_chunks is not None and best is not None:
+        _, h, w = best  # aligned to the chunks already
+    elif source_chunks is not None:
         cr, cc = (int(c) for c in source_chunks)
         # A block spanning a whole axis is aligned already.
         if 1 <= cr <= h < rx:
@@ -370,6 +386,21 @@ def plan_chunks(
         if 1 <= cc <= w < ry:
             w = w // cc * cc
     return ChunkPlan((rx, ry), n_steps, (h, w), halo, conc, task_bytes(h, w), reserved, limit)
+
+
+def _touched(n: int, size: int, halo: int, chunk: int) -> int:
+    """Positions of the chunks read along an axis of ``n`` by blocks of ``size``.
+
+    Examples
+    --------
+    >>> _touched(128, 64, 1, 64), _touched(128, 128, 1, 64)
+    (256, 128)
+    """
+    total = 0
+    for a in range(0, n, size):
+        lo, hi = max(0, a - halo), min(n, a + size + halo)
+        total += min(n, -(-hi // chunk) * chunk) - lo // chunk * chunk
+    return total
 
 
 def _check_block_shape(block_shape, rx: int, ry: int) -> tuple[int, int]:
