@@ -138,13 +138,14 @@ def pass_figures(r: dict, stage: str, base: float | None) -> dict | None:
     return {
         "rate": rate,
         "ratio": rate / base if base else None,
-        "read": r["bytes"] / (t_read / conc) if t_read else math.inf,
+        # under a millisecond: the pass took kept blocks, it read nothing
+        "read": r["bytes"] / (t_read / conc) if t_read > 1e-3 else math.inf,
         "compute": r["bytes"] / (t_comp / conc) if t_comp else math.inf,
     }
 
 
 def _gbs(x: float) -> str:
-    return "no read" if math.isinf(x) else f"{x / 1e9:.3f}"
+    return "no read (kept blocks)" if math.isinf(x) else f"{x / 1e9:.3f}"
 
 
 def table(results: list[dict], budget: str) -> str:
