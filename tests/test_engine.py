@@ -546,3 +546,19 @@ def test_mean_linkage_cuts_components_so_sums_wait_for_the_labels():
     mean, _ = grow_regions(sim, 0.95, linkage="mean", features=cube.reshape(1, n, 16))
     assert set(pair.ravel()) == {1}
     assert len(set(mean.ravel())) > 1
+
+
+def test_series_larger_than_the_budget_is_read_about_once():
+    """Room for one time step's blocks is kept free, so they wait for the sums."""
+    cube = grains_cube(4, (48, 40), (16, 16), n_grains=4, n_times=4, dose=2000.0)
+    kw = dict(threshold=0.85, min_cluster_size=2, real_mask=None)
+    ref = segment(cube, **kw)
+    assert min(ref.n_clusters) >= 2
+    budget = 3 * cube[0].nbytes  # the file is 4 steps
+    stats = RunStats()
+    res = segment_chunked(cube, **kw, memory_limit=budget, stats=stats, executor=ThreadExecutor(2))
+    assert_same(res, ref)
+    assert stats.plan.memory_limit == budget and stats.plan.peak_bytes <= budget
+    assert stats.bytes_reused > 0.5 * cube.nbytes
+    # halos of small blocks included; a second read of the file would be >= 2x
+    assert stats.bytes_read < 1.6 * cube.nbytes

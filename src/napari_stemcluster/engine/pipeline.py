@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections import deque
@@ -331,15 +332,32 @@ def _execute(
         limit = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
         shape = (len(steps), *scan, *det) if steps[0] is not None else data.shape
         pre = spec["prefilter"]
-        plan = plan_chunks(
-            shape,
-            data.dtype,
-            memory_limit=limit * executor.memory_scale,
-            concurrency=executor.slots,
-            prefilter_radius=pre["radius"] if pre else None,
-            block_shape=chunks,
-            source_chunks=source_chunks,
-        )
+        budget = limit * executor.memory_scale
+        # Room to keep one time step's blocks (with their halos) for the sums
+        # pass, so that a series larger than the budget is still read once:
+        # taken from the blocks in flight when a step needs at most half the
+        # budget (smaller blocks cost a little more halo; a second read of the
+        # whole file costs far more). Not when the block shape is forced.
+        step_bytes = int(np.prod(scan)) * int(np.prod(det)) * data.dtype.itemsize
+        keeps = grow is not None and not spec["sums_halo"] and chunks is None
+        keeps = keeps and (executor.in_process or executor.keeps_on_workers)
+        reserve = 5 * step_bytes // 4 if keeps and 5 * step_bytes // 4 <= budget // 2 else 0
+
+        def plan(limit):
+            return plan_chunks(
+                shape,
+                data.dtype,
+                memory_limit=limit,
+                concurrency=executor.slots,
+                prefilter_radius=pre["radius"] if pre else None,
+                block_shape=chunks,
+                source_chunks=source_chunks,
+            )
+
+        try:
+            plan = dataclasses.replace(plan(budget - reserve), memory_limit=budget)
+        except ValueError:  # no room for blocks beside the reserve: none
+            plan = plan(budget)
         run = _Run(
             executor,
             BlockSource(data),
