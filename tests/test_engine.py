@@ -387,6 +387,21 @@ def test_plan_whole_scan_when_small_and_aligned_to_file_chunks():
         source_chunks=(4, 300),
     )
     assert plan.n_blocks > 1 and plan.block_shape[0] % 4 == 0
+    # a halo into the next chunk column decodes it whole: whole-width blocks
+    # of narrow chunks rather than square blocks that straddle them
+    shape = (2, 128, 128, 64, 64)
+    plain = plan_chunks(shape, np.uint16, memory_limit="5GB", concurrency=2)
+    chunked = plan_chunks(
+        shape, np.uint16, memory_limit="5GB", concurrency=2, source_chunks=(4, 64)
+    )
+    assert plain.block_shape == (64, 64)
+    assert chunked.block_shape[1] == 128 and chunked.block_shape[0] % 4 == 0
+    # chunks larger than any block that fits: blocks as without them, not 1x1
+    big = plan_chunks(
+        (8, *shape[1:]), np.uint16, memory_limit="300MB", concurrency=2, source_chunks=(64, 128)
+    )
+    free = plan_chunks((8, *shape[1:]), np.uint16, memory_limit="300MB", concurrency=2)
+    assert big.block_shape == free.block_shape and min(big.block_shape) > 8
     # enough blocks for every task slot
     assert plan_chunks((8, 8, 4, 4), np.uint8, concurrency=4).n_blocks >= 4
 

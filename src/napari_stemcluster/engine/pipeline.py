@@ -404,12 +404,31 @@ def _unwrap(cube):
         data = cube.source if getattr(cube, "source", None) is not None else cube.cube
         cube = cube.cube
     chunks = getattr(cube, "chunks", None)
+    stored = _stored_chunks(data)
+    if stored is not None:  # the file's own chunks, not a dask array's over them
+        chunks = stored
     if chunks is None or not hasattr(cube, "shape"):
         return data, None
     # dask gives the sizes of every chunk per axis, h5py one chunk shape
     dask_like = isinstance(chunks[0], tuple)
     first = [c[0] if dask_like else c for c in chunks[-4:-2]]
     return data, tuple(int(c) for c in first)
+
+
+def _stored_chunks(data):
+    """Chunk shape of the HDF5 dataset behind a file reader, or None."""
+    path, name = getattr(data, "path", None), getattr(data, "dataset", None)
+    if not (isinstance(path, str) and isinstance(name, str)):
+        return None
+    try:
+        from ..io._lazy import open_h5
+
+        chunks = open_h5(path)[name].chunks
+    except Exception:  # not HDF5, or unreadable: the dask chunks will do
+        return None
+    if chunks is None or len(chunks) != len(data.shape):
+        return None
+    return tuple(int(c) for c in chunks)
 
 
 def _time_steps(times, shape, ndim) -> list[int]:
