@@ -225,13 +225,46 @@ def _add_orient_parser(sub):
     )
     orient.add_argument("--disk-radius", type=float, default=2.0, help="Bragg disk radius, px")
     orient.add_argument("--min-disks", type=int, default=4, help="fewer: not indexed")
+    orient.add_argument(
+        "--center",
+        type=_beam_center_arg,
+        default="auto",
+        metavar="auto|QX,QY",
+        help="direct beam, px: 'auto' finds it in every cluster average (default); "
+        "QX,QY fixes it for all",
+    )
     orient.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+
+def _beam_center_arg(text: str):
+    """``--center``: "auto" or "QX,QY" (pixels)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    parts = text.replace(" ", "").split(",")
+    try:
+        qx, qy = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or two pixel positions 'QX,QY' (e.g. 63.5,64.2); got {text!r}"
+        ) from None
+    if not all(v == v and abs(v) != float("inf") for v in (qx, qy)):  # NaN or inf
+        raise argparse.ArgumentTypeError(f"the beam centre must be finite; got {text!r}")
+    return (qx, qy)
+
+
+#: What an option without a value means, for the help text.
+_UNSET = {
+    "q_mask": "the whole detector",
+    "scan_shape": "from the file; also written RXxRY",
+    "times": "all",
+}
 
 
 def _default_text(p) -> str:
     d = p.default
     if d is None:
-        return ""
+        unset = _UNSET.get(p.name)
+        return f" (default: {unset})" if unset and "(default" not in p.help else ""
     if isinstance(d, bool):
         return " (default: on)" if d else " (default: off)"
     if isinstance(d, tuple | list):
@@ -686,6 +719,18 @@ def _summary(ds, result, stats, seconds, path):
             if stage in read:
                 extra = f" (tasks: read {read[stage][0]:.2f} s, compute {read[stage][1]:.2f} s)"
             parts.append(f"{_stage_label(stage, result.params)} {st[stage]:.2f} s{extra}")
+    # The parts add up to the total: for one time step the stages run one
+    # after the other and what they leave of the segmentation is setup (plan,
+    # kernels loaded or compiled, thresholds); with several, the stages of
+    # different steps run at once and their spans overlap.
+    staged = sum(st.get(s, 0.0) for s in ("similarity", "regions", "averages"))
+    rest = seg - staged
+    if steps == 1 and rest >= 0.005:
+        parts.append(f"setup (plan, kernels, thresholds) {rest:.2f} s")
+    elif rest >= 0.005:
+        parts.append(f"rest of the segmentation (setup; stages of time steps overlap) {rest:.2f} s")
+    elif rest <= -0.005:
+        parts.append(f"(the stages of different time steps overlapped by {-rest:.2f} s)")
     if "track" in seconds:
         parts.append(f"track grains {seconds['track']:.2f} s")
     parts.append(f"write {seconds['write']:.2f} s")
@@ -761,10 +806,22 @@ def _demo(args) -> int:
     say(f"parameters: {out / 'params.toml'}")
     say(f"overview: {png}")
     say(
-        f"done in {time.perf_counter() - t0:.1f} s; try: stemcluster segment "
+        f"done in {time.perf_counter() - t0:.1f} s; try: {_command()} segment "
         f"{data_path} --config {out / 'params.toml'} -o {out / 'again.h5'}"
     )
     return 0
+
+
+def _command() -> str:
+    """How to call this command again from here (it may not be on the PATH, e.g. via dev.sh)."""
+    import shutil
+
+    exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if Path(exe).name == "stemcluster" and shutil.which("stemcluster") != exe:
+        return exe
+    if Path(exe).name == "__main__.py":
+        return f"{Path(sys.executable).name} -m napari_stemcluster"
+    return "stemcluster"
 
 
 __all__ = ["DESCRIPTIONS", "SAMPLE", "build_parser", "main"]
@@ -809,6 +866,7 @@ def _orient(args) -> int:
         thickness_nm=args.thickness,
         disk_radius=args.disk_radius,
         min_disks=args.min_disks,
+        center=args.center,
         progress=progress,
     )
     save_orientation(args.results, res)
@@ -817,6 +875,12 @@ def _orient(args) -> int:
         print(file=sys.stderr)
         print(f"{args.results}: {len(rec)} clusters in {time.perf_counter() - t0:.1f} s")
         print(f"  indexed: {int(rec['indexed'].sum())}")
+        if len(rec):
+            lo, hi = rec["center"].min(axis=0), rec["center"].max(axis=0)
+            how = "found per cluster" if args.center == "auto" else "given"
+            print(
+                f"  direct beam ({how}): qx {lo[0]:.2f}-{hi[0]:.2f}, qy {lo[1]:.2f}-{hi[1]:.2f} px"
+            )
         for k, st in enumerate(res.structures):
             sel = rec["phase"] == k
             if sel.any():
