@@ -52,6 +52,24 @@ def _grow(sim, order, allowed, threshold, dx, dy, labels, seeds):
     return n
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _norms2(feats, out):
+    """Squared norm of every row of ``feats`` (float32), summed in float64.
+
+    In column order, one row at a time (rows in parallel): the order of
+    :func:`_grow_linked`'s and :func:`_refine_boundaries`' own dot
+    products, so zero columns (bins outside the q-mask) change nothing and
+    features with or without them give the same norms, bit for bit.
+    """
+    n, k_dim = feats.shape
+    for i in numba.prange(n):
+        t = 0.0
+        for j in range(k_dim):
+            f = np.float64(feats[i, j])
+            t += f * f
+        out[i] = t
+
+
 @numba.njit(cache=True, nogil=True)
 def _grow_linked(sim, order, allowed, threshold, link, feats, norms2, dx, dy, labels, seeds):
     """Region growing in which a joining position must also match the cluster.
