@@ -161,7 +161,7 @@ def read_stem(path) -> list[tuple]:
                 )
             layers += new
             if info.get("tracking") is not None:
-                from ._tracking_layers import tracking_layer
+                from ._tracking_layers import linked_orientations, tracking_layer
 
                 layers.append(
                     tracking_layer(
@@ -171,6 +171,7 @@ def read_stem(path) -> list[tuple]:
                         info["calibration"],
                         f"{Path(p).stem} tracked",
                         source=info["source"],
+                        orientations=linked_orientations(info["tracking"], info),
                     )
                 )
         else:  # the format just detected: open_dataset need not detect it again

@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     _add_orient_parser(sub)
     _add_strain_parser(sub)
+    _add_track_parser(sub)
     return parser
 
 
@@ -309,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             return _orient(args)
         if args.command == "strain":
             return _strain(args)
+        if args.command == "track":
+            return _track_results(args)
         return _demo(args)
     except KeyboardInterrupt as e:  # SIGINT or SIGTERM (see _signals)
         _signals.unmute()
@@ -957,4 +960,82 @@ def _strain(args) -> int:
             )
         print(f"time: {time.perf_counter() - started:.2f} s")
         print(f"written: {written}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# stemcluster track: (re)link the grains of a 5D results file
+
+
+def _add_track_parser(sub) -> None:
+    p = sub.add_parser(
+        "track",
+        help="link the grains of a 5D results file through time, by its orientation results",
+        description=(
+            "Give the clusters of every time step of a 5D results file persistent grain ids "
+            "(overlap, averaged patterns and, when the file holds them, the orientation "
+            "results of `stemcluster orient` or the lattices of `stemcluster strain`), "
+            "record the events and the kinetics, and store them in the file (atomically) "
+            "and in the RESULTS_kinetics*.csv files beside it (replaced). Run it after "
+            "`stemcluster orient` to link by the crystal orientations; this replaces the "
+            "tracks (and any corrections) stored in the file."
+        ),
+    )
+    p.add_argument("results", metavar="RESULTS.h5", help="5D results file of 'segment'")
+    p.add_argument(
+        "--orientation",
+        choices=("auto", "orientation", "bragg", "none"),
+        default="auto",
+        help="orientations used for linking: the /orientation results, the /bragg "
+        "lattices, or none; default: orientation when the file holds it, else bragg, "
+        "else none",
+    )
+    p.add_argument(
+        "--max-gap",
+        type=int,
+        default=1,
+        metavar="N",
+        help="steps a grain may be missing and keep its id (default: 1)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+
+def _track_results(args) -> int:
+    """``stemcluster track``: link a 5D results file and store tracks, events, kinetics."""
+    from .core.tracking import EVENT_KINDS, track_series
+    from .io import read_results
+    from .io._analysis_tracking import save_tracking, write_kinetics_csv
+
+    if args.max_gap < 0:
+        raise UserError(f"--max-gap must be >= 0; got {args.max_gap}")
+    src = Path(args.results)
+    result, info = read_results(src)
+    if not result.is_time_series:
+        raise UserError(f"{src}: holds a 4D segmentation; linking needs a 5D (time series) one")
+    found = {"orientation": info.get("orientation"), "bragg": info.get("bragg")}
+    choice = args.orientation
+    if choice == "auto":
+        choice = next((k for k, v in found.items() if v is not None), "none")
+    elif choice != "none" and found[choice] is None:
+        hint = "stemcluster orient" if choice == "orientation" else "stemcluster strain"
+        raise UserError(f"{src}: holds no {choice} results; run `{hint}` first")
+    orientations = found.get(choice) if choice != "none" else None
+    t0 = time.perf_counter()
+    tracking, kinetics = track_series(
+        result,
+        info["calibration"],
+        orientations="pattern" if orientations is None else orientations,
+        max_gap=args.max_gap,
+    )
+    save_tracking(src, tracking, kinetics)
+    csvs = write_kinetics_csv(_kinetics_paths(src)[0], kinetics, tracking)
+    if not args.quiet:
+        counts = {k: int((tracking.events["kind"] == k).sum()) for k in EVENT_KINDS}
+        by = "overlap, patterns" + ("" if orientations is None else f", {choice} results")
+        events = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no events"
+        print(
+            f"{src}: {tracking.n_tracks} grains over {tracking.n_steps} steps, linked by "
+            f"{by} in {time.perf_counter() - t0:.2f} s; {events}"
+        )
+        print(f"  kinetics: {', '.join(str(p) for p in csvs)}")
     return 0
