@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._regions_numba import _DX, _DY, _grow, _grow_linked, _norms2, _refine_boundaries
+from ._regions_numba import _DX, _DY, _grow, _grow_linked, _refine_boundaries
 
 #: Largest number of passes of the boundary refinement of ``linkage="mean"``.
 REFINE_PASSES = 8
@@ -158,8 +158,9 @@ def grow_regions(
         if feats.ndim != 3 or feats.shape[:2] != shape:
             raise ValueError(f"features must have shape {shape} + (K,); got {feats.shape}")
         feats = np.ascontiguousarray(feats.reshape(shape[0] * shape[1], -1), np.float32)
-        norms2 = np.empty(feats.shape[0], np.float64)
-        _norms2(feats, norms2)
+        # Filled by the growth for every position it seeds or tests (the
+        # refinement needs those of clustered positions only).
+        norms2 = np.full(feats.shape[0], np.nan)
         link = float(threshold if link_threshold is None else link_threshold)
         n = _grow_linked(
             sim32,
