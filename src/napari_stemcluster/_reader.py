@@ -159,6 +159,11 @@ def read_stem(path) -> list[tuple]:
                 new += bragg_layer_data(
                     info["bragg"], result.labels, scale=kw["scale"], units=kw["units"]
                 )
+                from ._bragg_layers import bragg_extra_layers  # legend, colour bars
+
+                new += bragg_extra_layers(
+                    info["bragg"], result.labels.shape, scale=kw["scale"], units=kw["units"]
+                )
             layers += new
             if info.get("tracking") is not None:
                 from ._tracking_layers import linked_orientations, tracking_layer

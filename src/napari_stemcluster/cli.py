@@ -217,15 +217,54 @@ def _add_orient_parser(sub):
         "--sigma-excitation", type=float, default=0.02, help="excitation-error width, 1/Å"
     )
     orient.add_argument("--convergence", type=float, default=0.0, help="semi-angle, mrad")
+    orient.add_argument(
+        "--thickness",
+        type=float,
+        default=0.0,
+        help="slab thickness, nm: sinc² excitation weight instead of the Gaussian (0: Gaussian)",
+    )
     orient.add_argument("--disk-radius", type=float, default=2.0, help="Bragg disk radius, px")
     orient.add_argument("--min-disks", type=int, default=4, help="fewer: not indexed")
+    orient.add_argument(
+        "--center",
+        type=_beam_center_arg,
+        default="auto",
+        metavar="auto|QX,QY",
+        help="direct beam, px: 'auto' finds it in every cluster average (default); "
+        "QX,QY fixes it for all",
+    )
     orient.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+
+def _beam_center_arg(text: str):
+    """``--center``: "auto" or "QX,QY" (pixels)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    parts = text.replace(" ", "").split(",")
+    try:
+        qx, qy = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or two pixel positions 'QX,QY' (e.g. 63.5,64.2); got {text!r}"
+        ) from None
+    if not all(v == v and abs(v) != float("inf") for v in (qx, qy)):  # NaN or inf
+        raise argparse.ArgumentTypeError(f"the beam centre must be finite; got {text!r}")
+    return (qx, qy)
+
+
+#: What an option without a value means, for the help text.
+_UNSET = {
+    "q_mask": "the whole detector",
+    "scan_shape": "from the file; also written RXxRY",
+    "times": "all",
+}
 
 
 def _default_text(p) -> str:
     d = p.default
     if d is None:
-        return ""
+        unset = _UNSET.get(p.name)
+        return f" (default: {unset})" if unset and "(default" not in p.help else ""
     if isinstance(d, bool):
         return " (default: on)" if d else " (default: off)"
     if isinstance(d, tuple | list):
@@ -680,6 +719,18 @@ def _summary(ds, result, stats, seconds, path):
             if stage in read:
                 extra = f" (tasks: read {read[stage][0]:.2f} s, compute {read[stage][1]:.2f} s)"
             parts.append(f"{_stage_label(stage, result.params)} {st[stage]:.2f} s{extra}")
+    # The parts add up to the total: for one time step the stages run one
+    # after the other and what they leave of the segmentation is setup (plan,
+    # kernels loaded or compiled, thresholds); with several, the stages of
+    # different steps run at once and their spans overlap.
+    staged = sum(st.get(s, 0.0) for s in ("similarity", "regions", "averages"))
+    rest = seg - staged
+    if steps == 1 and rest >= 0.005:
+        parts.append(f"setup (plan, kernels, thresholds) {rest:.2f} s")
+    elif rest >= 0.005:
+        parts.append(f"rest of the segmentation (setup; stages of time steps overlap) {rest:.2f} s")
+    elif rest <= -0.005:
+        parts.append(f"(the stages of different time steps overlapped by {-rest:.2f} s)")
     if "track" in seconds:
         parts.append(f"track grains {seconds['track']:.2f} s")
     parts.append(f"write {seconds['write']:.2f} s")
@@ -755,10 +806,22 @@ def _demo(args) -> int:
     say(f"parameters: {out / 'params.toml'}")
     say(f"overview: {png}")
     say(
-        f"done in {time.perf_counter() - t0:.1f} s; try: stemcluster segment "
+        f"done in {time.perf_counter() - t0:.1f} s; try: {_command()} segment "
         f"{data_path} --config {out / 'params.toml'} -o {out / 'again.h5'}"
     )
     return 0
+
+
+def _command() -> str:
+    """How to call this command again from here (it may not be on the PATH, e.g. via dev.sh)."""
+    import shutil
+
+    exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if Path(exe).name == "stemcluster" and shutil.which("stemcluster") != exe:
+        return exe
+    if Path(exe).name == "__main__.py":
+        return f"{Path(sys.executable).name} -m napari_stemcluster"
+    return "stemcluster"
 
 
 __all__ = ["DESCRIPTIONS", "SAMPLE", "build_parser", "main"]
@@ -800,8 +863,10 @@ def _orient(args) -> int:
         max_angle_mrad=args.max_angle,
         sigma_excitation=args.sigma_excitation,
         convergence_mrad=args.convergence,
+        thickness_nm=args.thickness,
         disk_radius=args.disk_radius,
         min_disks=args.min_disks,
+        center=args.center,
         progress=progress,
     )
     save_orientation(args.results, res)
@@ -810,11 +875,18 @@ def _orient(args) -> int:
         print(file=sys.stderr)
         print(f"{args.results}: {len(rec)} clusters in {time.perf_counter() - t0:.1f} s")
         print(f"  indexed: {int(rec['indexed'].sum())}")
+        if len(rec):
+            lo, hi = rec["center"].min(axis=0), rec["center"].max(axis=0)
+            how = "found per cluster" if args.center == "auto" else "given"
+            print(
+                f"  direct beam ({how}): qx {lo[0]:.2f}-{hi[0]:.2f}, qy {lo[1]:.2f}-{hi[1]:.2f} px"
+            )
         for k, st in enumerate(res.structures):
             sel = rec["phase"] == k
             if sel.any():
+                n = int(sel.sum())
                 print(
-                    f"  {st.name} ({st.spacegroup}): {int(sel.sum())} clusters, "
+                    f"  {st.name} ({st.spacegroup}): {n} cluster{'' if n == 1 else 's'}, "
                     f"median score {np.median(rec['score'][sel]):.3f}"
                 )
     return 0
@@ -857,7 +929,34 @@ def _add_strain_parser(sub) -> None:
     )
     p.add_argument("-o", "--output", metavar="OUT.h5", help="default: RESULTS_bragg.h5")
     p.add_argument("--probe-radius", type=float, metavar="PX", help="disk radius (default: auto)")
+    p.add_argument(
+        "--template",
+        choices=("synthetic", "central"),
+        default="synthetic",
+        help=(
+            "probe template: a synthetic soft-edged disk (default) or the central disk of "
+            "the largest cluster's average"
+        ),
+    )
+    p.add_argument(
+        "--vacuum",
+        metavar="MASK.npy",
+        help="probe template from the average of a vacuum region (bool scan mask in a .npy file)",
+    )
+    g = p.add_argument_group("detection (defaults as find_bragg_disks)")
+    for flag, kind, text in _BRAGG_OPTIONS:
+        g.add_argument(flag, type=kind, metavar="X", help=text)
+    g.add_argument("--ring", action="store_true", help="background-subtracted (ring) kernel")
+    g.add_argument("--subpixel", choices=("dft", "parabolic", "none"), help="default: dft")
     p.add_argument("--min-indexed", type=int, default=5, metavar="N", help="default: 5")
+    p.add_argument(
+        "--reference-region",
+        metavar="MASK.npy",
+        help=(
+            "strain relative to the median lattice of each cluster inside this region "
+            "(bool scan mask, or (T, RX, RY) for a time series, in a .npy file)"
+        ),
+    )
     p.add_argument("--no-strain", action="store_true", help="cluster lattices only (fast)")
     p.add_argument(
         "--reference",
@@ -870,6 +969,67 @@ def _add_strain_parser(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+
+_BRAGG_OPTIONS = (
+    ("--corr-power", float, "1: cross-correlation (default), 0: phase correlation"),
+    ("--sigma", float, "smoothing of the correlation in pixels (default 1.5)"),
+    ("--min-spacing", float, "minimum disk distance in pixels (default: the disk radius)"),
+    ("--min-relative", float, "fraction of the strongest disk (default 0.005)"),
+    ("--min-absolute", float, "least correlation peak (default 0: off)"),
+    ("--min-snr", float, "standard deviations above the correlation noise (default 5)"),
+    ("--edge", int, "ignore disks this close to the border (default: the disk radius)"),
+    ("--max-count", int, "most disks per pattern (default 200)"),
+)
+
+
+def _scan_mask(path, shape, what: str):
+    import numpy as np
+
+    try:
+        mask = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the {what} mask ({e})") from None
+    if mask.shape not in (tuple(shape), tuple(shape[-2:])):
+        raise UserError(
+            f"{path}: the {what} mask has shape {mask.shape}; expected the scan shape "
+            f"{tuple(shape[-2:])}" + (f" or {tuple(shape)}" if len(shape) == 3 else "")
+        )
+    if mask.dtype.kind not in "biu":
+        raise UserError(f"{path}: the {what} mask must be bool or integer; got {mask.dtype}")
+    if not mask.any():
+        raise UserError(f"{path}: the {what} mask selects no scan position")
+    return mask != 0
+
+
+def _strain_template(args, result, means, open_cube):
+    """The probe template chosen on the command line (None: synthetic disk)."""
+    import numpy as np
+
+    from .core import probe_from_pattern, probe_from_region
+
+    if args.vacuum:
+        region = _scan_mask(args.vacuum, result.labels.shape, "vacuum")
+        cube = open_cube("(the --vacuum template averages its patterns)")
+        if cube.ndim == 5:  # the first time step with vacuum in the region
+            region = np.broadcast_to(region, result.labels.shape)
+            t = int(np.flatnonzero(region.reshape(len(region), -1).any(1))[0])
+            cube, region = cube[t], region[t]
+        try:
+            return probe_from_region(cube, region, radius=args.probe_radius)
+        except ValueError as e:
+            raise UserError(f"{args.vacuum}: {e}") from None
+    if args.template == "central":
+        tables = result.clusters if result.is_time_series else [result.clusters]
+        t = next((i for i, m in enumerate(means) if len(m)), None)
+        if t is None:
+            raise UserError("no clusters: there is no cluster average to take a template from")
+        largest = int(np.argmax(tables[t].size))
+        try:
+            return probe_from_pattern(np.asarray(means[t][largest]), radius=args.probe_radius)
+        except ValueError as e:
+            raise UserError(f"the largest cluster's average: {e}") from None
+    return None
 
 
 def _strain(args) -> int:
@@ -885,24 +1045,51 @@ def _strain(args) -> int:
     _check_output(out, args.data, args.overwrite)
     result, info = read_results(src)
     detect = {} if args.probe_radius is None else {"probe_radius": args.probe_radius}
+    for flag, _, _ in _BRAGG_OPTIONS:
+        key = flag[2:].replace("-", "_")
+        if getattr(args, key) is not None:
+            detect[key] = getattr(args, key)
+    if args.ring:
+        detect["ring"] = True
+    if args.subpixel:
+        detect["subpixel"] = args.subpixel
     ts = result.is_time_series
     means = list(result.cluster_means) if ts else [result.cluster_means]
     started = time.perf_counter()
-    lattices = [cluster_lattices(np.asarray(m), **detect) for m in means]
+    opened = []
+
+    def open_cube(why="(or use --no-strain)"):
+        if not opened:
+            data = args.data or info.get("source")
+            if not data or not Path(data).exists():
+                raise UserError(
+                    f"{src}: the source data {data!r} is not available; give it with --data " + why
+                )
+            ds = open_dataset(data, args.scan_shape)
+            if tuple(ds.cube.shape[:-2]) != tuple(result.labels.shape):
+                raise UserError(
+                    f"{data}: scan shape {tuple(ds.cube.shape[:-2])} differs from the labels "
+                    f"{tuple(result.labels.shape)} in {src}"
+                )
+            opened.append(ds.cube)
+        return opened[0]
+
+    region = None
+    if args.reference_region and not args.no_strain:
+        region = _scan_mask(args.reference_region, result.labels.shape, "reference region")
+        region = np.broadcast_to(region, result.labels.shape)
+    template = _strain_template(args, result, means, open_cube)
+    stored = dict(detect)  # the template array is not a parameter to store
+    if template is not None:
+        detect["template"] = template
+        stored["template"] = "vacuum region" if args.vacuum else "central disk"
+    try:
+        lattices = [cluster_lattices(np.asarray(m), **detect) for m in means]
+    except ValueError as e:
+        raise UserError(f"Bragg disk detection: {e}") from None
     strain = None
     if not args.no_strain:
-        data = args.data or info.get("source")
-        if not data or not Path(data).exists():
-            raise UserError(
-                f"{src}: the source data {data!r} is not available; give it with --data "
-                "(or use --no-strain)"
-            )
-        ds = open_dataset(data, args.scan_shape)
-        if tuple(ds.cube.shape[:-2]) != tuple(result.labels.shape):
-            raise UserError(
-                f"{data}: scan shape {tuple(ds.cube.shape[:-2])} differs from the labels "
-                f"{tuple(result.labels.shape)} in {src}"
-            )
+        cube = open_cube()
 
         def report(done, total):
             if not args.quiet:
@@ -924,7 +1111,7 @@ def _strain(args) -> int:
             if missing and not args.quiet:
                 print(f"clusters without an orientation reference: {missing}", file=sys.stderr)
         strain = strain_map(
-            ds.cube,
+            cube,
             result.labels,
             refs,
             min_indexed=args.min_indexed,
@@ -933,9 +1120,18 @@ def _strain(args) -> int:
         )
         if not args.quiet:
             print(file=sys.stderr)
-    params = {"min_indexed": args.min_indexed, **detect}
+        if region is not None:
+            from .core import rereference
+
+            if not (region & np.isfinite(strain.exx)).any():
+                raise UserError(
+                    f"{args.reference_region}: no position of the reference region has a "
+                    "strain value"
+                )
+            strain = rereference(strain, result.labels, region)
+    params = {"min_indexed": args.min_indexed, **stored}
     if strain is not None:
-        params["reference"] = reference
+        params["reference"] = "region" if region is not None else reference
     written = write_results(
         out,
         result,

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._orientation_numba import (
+    SINC2_SIGMA,
     _angular_series,
     _aperture_disks,
     _nelder_mead,
@@ -80,6 +81,7 @@ ORIENTATION_DTYPE = np.dtype(
         ("phase_confidence", np.float64),
         ("n_disks", np.int32),
         ("indexed", np.bool_),
+        ("center", np.float64, (2,)),
     ]
 )
 
@@ -242,10 +244,23 @@ def zone_axis_twin(rotation, structure: Structure) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- spots
-def _excitation_weight(g_lab: np.ndarray, wavelength: float, sigma_s, alpha: float):
+def _excitation_weight(
+    g_lab: np.ndarray, wavelength: float, sigma_s, alpha: float, thickness: float = 0.0
+):
+    """Weight of each reflection from its excitation error ``s``.
+
+    Without a thickness, a Gaussian of width ``sqrt(σ_s² + (α g⊥)²)``. With
+    a slab of ``thickness`` t (Å), its shape function ``sinc²(t s)``
+    (``np.sinc(x) = sin(πx)/(πx)``), whose central lobe a convergent probe
+    widens: ``s`` is scaled by ``sqrt(1 + (α g⊥ / w₀)²)`` with
+    ``w₀ = 0.376 / t`` the Gaussian width of that lobe.
+    """
     gz = g_lab[..., 2]
     g2 = np.einsum("...i,...i->...", g_lab, g_lab)
     s = gz + 0.5 * wavelength * g2  # distance from the Ewald sphere
+    if thickness > 0:
+        w0 = SINC2_SIGMA / thickness
+        return np.sinc(thickness * s / np.sqrt(1.0 + alpha**2 * (g2 - gz * gz) / w0**2)) ** 2
     sig2 = np.square(sigma_s) + alpha**2 * (g2 - gz * gz)
     return np.exp(-0.5 * s * s / sig2)
 
@@ -280,6 +295,7 @@ class OrientationLibrary:
     hkl: np.ndarray
     g: np.ndarray
     f2: np.ndarray
+    thickness: float = 0.0
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -298,6 +314,7 @@ class OrientationLibrary:
             "step_deg": self.step_deg,
             "intensity_power": self.intensity_power,
             "n_angles": self.n_angles,
+            "thickness_nm": self.thickness / 10.0,
         }
 
     def spots(self, rotation, *, min_weight: float = 0.01):
@@ -319,6 +336,7 @@ def orientation_library(
     n_angles: int = 180,
     min_weight: float = 0.01,
     zone_axis_index: int = 3,
+    thickness_nm: float = 0.0,
 ) -> OrientationLibrary:
     """Kinematical diffraction templates over the crystal's fundamental zone.
 
@@ -355,6 +373,12 @@ def orientation_library(
     zone_axis_index : int
         Zone axes ``[uvw]`` with indices up to this are added to the sampled
         directions, so that exact zone axes are in the library.
+    thickness_nm : float
+        When > 0, the excitation weight is the shape function ``sinc²(t s)``
+        of a slab this thick instead of the Gaussian, in the templates, the
+        refinement and :func:`simulate_pattern`; ``sigma_excitation`` is then
+        set to the Gaussian of the same central width, ``0.376 / t``, which
+        the search over the library uses.
 
     Returns
     -------
@@ -388,6 +412,11 @@ def orientation_library(
         raise ValueError(f"n_angles must be an even number >= 36; got {n_angles!r}")
     if sigma_excitation <= 0:
         raise ValueError(f"sigma_excitation must be > 0; got {sigma_excitation!r}")
+    thickness = float(thickness_nm) * 10.0
+    if not np.isfinite(thickness) or thickness < 0:
+        raise ValueError(f"thickness_nm must be >= 0 (0: Gaussian weight); got {thickness_nm!r}")
+    if thickness > 0:
+        sigma_excitation = SINC2_SIGMA / thickness
     hkl, g, f2 = reciprocal_lattice(structure, g_max)
     if len(hkl) == 0:
         raise ValueError(
@@ -470,6 +499,7 @@ def orientation_library(
         hkl=hkl,
         g=g,
         f2=f2,
+        thickness=thickness,
     )
 
 
@@ -507,7 +537,11 @@ def kinematical_spots(library: OrientationLibrary, rotation, *, min_weight: floa
         raise ValueError(f"rotation must be a 3x3 matrix; got shape {r.shape}")
     gl = library.g @ r.T
     wt = _excitation_weight(
-        gl, library.wavelength, library.sigma_excitation, library.convergence_mrad * 1e-3
+        gl,
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.thickness,
     )
     sel = wt >= min_weight
     return {
@@ -597,7 +631,11 @@ def _exact_score_numpy(library, rotation, q, amp, sigma, q_limit, min_weight=0.0
     """Cosine similarity of Gaussian-spot images of template and disks (reference)."""
     gl = library.g @ rotation.T
     wt = _excitation_weight(
-        gl, library.wavelength, library.sigma_excitation, library.convergence_mrad * 1e-3
+        gl,
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.thickness,
     )
     sel = (wt >= min_weight) & (np.hypot(gl[:, 0], gl[:, 1]) <= q_limit)
     if not sel.any() or not len(q):
@@ -622,6 +660,7 @@ def _score_model(library, q, amp, sigma, q_limit, min_weight=0.01):
         float(sigma),
         float(min(q_limit, 1e30)),
         float(min_weight),
+        float(library.thickness),
     )
 
 
@@ -787,7 +826,7 @@ def match_orientations(
     patterns_or_disks,
     library_or_libraries,
     *,
-    center=None,
+    center="auto",
     detector_shape=None,
     disk_radius: float = 2.0,
     sigma_px: float = 1.5,
@@ -796,6 +835,7 @@ def match_orientations(
     refine: bool = True,
     distinct_deg: float | None = None,
     n_candidates: int = 24,
+    workers: int = 1,
 ) -> np.ndarray:
     """Orientation and phase of each pattern by sparse template correlation.
 
@@ -810,10 +850,16 @@ def match_orientations(
         order) and ``intensity``, or plain ``(K, 3)`` arrays of the same.
     library_or_libraries : OrientationLibrary or sequence of them
         One library per candidate phase.
-    center : (float, float), optional
-        Direct-beam position in pixels. Default: the detector centre
-        ``((Qx - 1) / 2, (Qy - 1) / 2)``; required with disks unless
-        ``detector_shape`` is given.
+    center : "auto", (float, float), array_like (N, 2) or None
+        Direct-beam position in pixels ``(qx, qy)``, the origin of the
+        templates. ``"auto"`` (default): for patterns, the direct beam found
+        in each pattern by :func:`napari_stemcluster.core.find_bragg_disks`
+        (the detector centre where none is found); disk arrays carry no
+        direct beam, so for them ``"auto"`` is the centre of
+        ``detector_shape`` (pass the beams that ``find_bragg_disks(...,
+        return_beam=True)`` returns instead). One position for all
+        patterns, or one per pattern, overrides it; ``None`` is the
+        detector centre ``((Qx - 1) / 2, (Qy - 1) / 2)``.
     detector_shape : (int, int), optional
         Detector shape, for disks (limits templates to the detector).
     disk_radius : float
@@ -832,6 +878,11 @@ def match_orientations(
         for the confidence (default ``max(3, 2.5 step)``).
     n_candidates : int
         Templates rescored exactly, and alternatives for the confidence.
+    workers : int
+        Threads matching patterns side by side (the compiled kernels and
+        the FFTs release the GIL, the Python steps do not; on a machine
+        whose cores are busy one thread is as fast). The answer does not
+        depend on it.
 
     Returns
     -------
@@ -842,7 +893,8 @@ def match_orientations(
         alternative: the reliability index of Rauch and Veron), ``phase``
         (index into the libraries; -1 when not indexed),
         ``phase_confidence`` (``1 - best other phase / best``), ``n_disks``
-        and ``indexed``. Not-indexed rows have NaN rotation.
+        ``indexed`` and ``center`` (the direct beam used). Not-indexed rows
+        have NaN rotation.
 
     Examples
     --------
@@ -879,36 +931,34 @@ def match_orientations(
     if hasattr(items, "shape") and hasattr(items, "dtype") and not isinstance(items, np.ndarray):
         items = np.asarray(items)
         is_pattern_stack = items.dtype.names is None and items.ndim in (2, 3)
+    stack = disk_list = None
     if is_pattern_stack:
         stack = items[None] if items.ndim == 2 else items
         if stack.dtype.kind not in "uifb":
             raise TypeError(f"patterns must hold numbers; got dtype {stack.dtype}")
         detector_shape = stack.shape[1:]
-        if center is None:
-            center = ((stack.shape[1] - 1) / 2.0, (stack.shape[2] - 1) / 2.0)
         n_items = len(stack)
     else:
         if isinstance(items, np.ndarray) and (items.dtype.names is not None or items.ndim == 2):
             items = [items]
         disk_list = [_as_disks(d, i) for i, d in enumerate(items)]
         n_items = len(disk_list)
-        if center is None:
-            if detector_shape is None:
-                raise ValueError("with disk arrays, give center= (or detector_shape=)")
-            center = ((detector_shape[0] - 1) / 2.0, (detector_shape[1] - 1) / 2.0)
-    center = np.asarray(center, np.float64)
+    n_threads = _thread_count(workers, n_items)
+    centers = _beam_centers(center, stack, detector_shape, n_items, disk_radius, n_threads)
     if detector_shape is not None:
         shp = np.asarray(detector_shape, np.float64)
-        edge = min(center[0], center[1], shp[0] - 1 - center[0], shp[1] - 1 - center[1])
-        q_limit_px = max(edge - 0.5 * disk_radius, 0.0)
+        edge = np.min(np.column_stack([centers, shp - 1 - centers]), axis=1)
+        q_limits_px = np.maximum(edge - 0.5 * disk_radius, 0.0)
     else:
-        q_limit_px = np.inf
+        q_limits_px = np.full(n_items, np.inf)
 
     out = np.zeros(n_items, ORIENTATION_DTYPE)
     out["rotation"] = np.nan
     out["phase"] = -1
+    out["center"] = centers
 
     def match(i):
+        center, q_limit_px = centers[i], q_limits_px[i]
         if is_pattern_stack:
             d = _detect(np.asarray(stack[i], np.float64), center, disk_radius, r_min, max_disks)
         else:
@@ -944,9 +994,65 @@ def match_orientations(
         out["inplane_deg"][i] = _inplane_deg(st, rot)
         out["indexed"][i] = True
 
-    for i in range(n_items):
-        match(i)
+    if n_threads <= 1:
+        for i in range(n_items):
+            match(i)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="stem-orient") as pool:
+            list(pool.map(match, range(n_items)))  # list(): raise a pattern's error here
     return out
+
+
+def _beam_centers(center, stack, detector_shape, n_items: int, disk_radius, workers) -> np.ndarray:
+    """The direct beam of each pattern, ``(n_items, 2)``, from the ``center`` argument."""
+    det = None
+    if detector_shape is not None:
+        det = (np.asarray(detector_shape[:2], np.float64) - 1.0) / 2.0
+    if isinstance(center, str):
+        if center != "auto":
+            raise ValueError(f'center must be "auto", (qx, qy) or None; got {center!r}')
+        if stack is None:  # disk arrays: no pattern to find the beam in
+            center = None
+        else:
+            import warnings
+
+            from .bragg import BraggWarning, find_bragg_disks
+
+            with warnings.catch_warnings():
+                # a pattern without disks is reported as not indexed below
+                warnings.simplefilter("ignore", BraggWarning)
+                _, beams = find_bragg_disks(
+                    stack, probe_radius=float(disk_radius), return_beam=True, workers=workers
+                )
+            beams = np.asarray(beams, np.float64).reshape(n_items, 2)
+            lost = ~np.isfinite(beams).all(axis=1)
+            beams[lost] = det
+            return beams
+    if center is None:
+        if det is None:
+            raise ValueError(
+                "with disk arrays, give center= (the direct beam, as find_bragg_disks(..., "
+                "return_beam=True) returns it) or detector_shape="
+            )
+        return np.tile(det, (n_items, 1))
+    c = np.asarray(center, np.float64)
+    if c.shape == (2,):
+        c = np.tile(c, (n_items, 1))
+    if c.shape != (n_items, 2) or not np.all(np.isfinite(c)):
+        raise ValueError(
+            f"center must be finite (qx, qy) pixels, or one (qx, qy) per pattern ({n_items}, 2); "
+            f"got shape {np.shape(center)}"
+        )
+    return c
+
+
+def _thread_count(workers, n_items: int) -> int:
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be a positive number of threads; got {workers}")
+    return max(1, min(workers, n_items))
 
 
 # ---------------------------------------------------------------- outputs
@@ -994,7 +1100,11 @@ def reference_lattice(rotation, library: OrientationLibrary, *, min_rel: float =
     strong = f2 >= min_rel * f2.max()
     gl = library.g @ r.T
     wt = _excitation_weight(
-        gl, library.wavelength, library.sigma_excitation, library.convergence_mrad * 1e-3
+        gl,
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.thickness,
     )
     # the lattice plane of the zone axis; else (a high-index zone) the excited spots
     for sel in ((hkl @ uvw == 0) & strong, strong & (wt >= 0.1)):
@@ -1284,6 +1394,18 @@ class OrientationResult:
         """Per-position maps of one time step; see :func:`orientation_maps`."""
         return orientation_maps(labels, self.step(t), self.structures)
 
+    def centers(self, detector_shape, t: int = 0) -> np.ndarray:
+        """Direct beam ``(qx, qy)`` of each cluster of time step ``t``, ``(N, 2)``.
+
+        The position the templates were matched around; the detector centre
+        where none was recorded (NaN, as in files of older versions).
+        """
+        c = np.array(self.step(t)["center"], np.float64).reshape(-1, 2)
+        det = (np.asarray(detector_shape[-2:], np.float64) - 1.0) / 2.0
+        lost = ~np.isfinite(c).all(axis=1)
+        c[lost] = det
+        return c
+
 
 def orient_clusters(
     cluster_means,
@@ -1296,6 +1418,8 @@ def orient_clusters(
     g_max: float | None = None,
     sigma_excitation: float = 0.02,
     convergence_mrad: float = 0.0,
+    thickness_nm: float = 0.0,
+    center="auto",
     progress=None,
     **match_kw,
 ) -> OrientationResult:
@@ -1309,8 +1433,14 @@ def orient_clusters(
         Candidate phases.
     energy_kev, q_pixel_size : float
         Beam energy and detector calibration (Å⁻¹ per pixel).
-    step_deg, max_angle_mrad, g_max, sigma_excitation, convergence_mrad
+    step_deg, max_angle_mrad, g_max, sigma_excitation, convergence_mrad, thickness_nm
         Library parameters, see :func:`orientation_library`.
+    center : "auto", (float, float), array_like (N, 2) or None
+        Direct beam: ``"auto"`` finds it in every cluster average (the
+        default), one ``(qx, qy)`` for all, one per cluster (rows in the
+        order of the records), or ``None`` for the detector centre; see
+        :func:`match_orientations`. The position used is stored in each
+        record's ``center``.
     progress : callable, optional
         Called as ``progress(done, total)`` after each chunk of patterns.
     **match_kw
@@ -1327,6 +1457,8 @@ def orient_clusters(
     >>> res = orient_clusters(means, builtin_cif("Au"), 300.0, 0.02, step_deg=5.0)
     >>> res.records["indexed"].tolist(), res.offsets.tolist()
     ([False, False], [0, 2])
+    >>> res.records["center"][0].tolist()  # no beam in an empty pattern: the detector centre
+    [31.5, 31.5]
     """
     from .crystal import load_structure
 
@@ -1343,19 +1475,32 @@ def orient_clusters(
         "g_max": g_max,
         "sigma_excitation": sigma_excitation,
         "convergence_mrad": convergence_mrad,
+        "thickness_nm": thickness_nm,
     }
     libs = [orientation_library(st, energy_kev, q_pixel_size, **lib_kw) for st in structures]
     steps = list(cluster_means) if isinstance(cluster_means, list) else [cluster_means]
     counts = [len(m) for m in steps]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(offsets[-1])
+    per_cluster = None
+    if center is not None and not isinstance(center, str):
+        per_cluster = np.asarray(center, np.float64)
+        if per_cluster.shape == (2,):
+            per_cluster = np.tile(per_cluster, (total, 1))
+        if per_cluster.shape != (total, 2):
+            raise ValueError(
+                f'center must be "auto", None, (qx, qy) or one per cluster ({total}, 2); '
+                f"got shape {np.shape(center)}"
+            )
     out = np.zeros(total, ORIENTATION_DTYPE)
     done = 0
     chunk = 16
     for t, means in enumerate(steps):
         for c0 in range(0, len(means), chunk):
             block = np.asarray(means[c0 : c0 + chunk])
-            rows = match_orientations(block, libs, **match_kw)
+            r0 = offsets[t] + c0
+            cen = center if per_cluster is None else per_cluster[r0 : r0 + len(block)]
+            rows = match_orientations(block, libs, center=cen, **match_kw)
             out[offsets[t] + c0 : offsets[t] + c0 + len(block)] = rows
             done += len(block)
             if progress is not None:
@@ -1364,6 +1509,8 @@ def orient_clusters(
         "energy_kev": float(energy_kev),
         "q_pixel_size": float(q_pixel_size),
         **lib_kw,
+        # "auto", null (the detector centre) or "explicit"; the positions are in the records
+        "center": center if center is None or isinstance(center, str) else "explicit",
         "match": {k: v for k, v in match_kw.items() if np.isscalar(v) or v is None},
     }
     return OrientationResult(records=out, offsets=offsets, structures=structures, params=params)
