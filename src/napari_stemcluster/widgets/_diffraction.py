@@ -150,16 +150,16 @@ class DiffractionViewer(QWidget):
         self._pick_layers()
         # A control used before the canvas is complete completes it (its
         # handlers use the layers).
-        c = self.controls
-        c.data.changed.connect(self._on_data_layer)
-        c.clusters.changed.connect(self._on_cluster_layer)
-        c.source.changed.connect(self._refresh_average)
+        c, built = self.controls, self._built_first
+        c.data.changed.connect(built("_on_data_layer"))
+        c.clusters.changed.connect(built("_on_cluster_layer"))
+        c.source.changed.connect(built("_refresh_average"))
         for w in (c.scaling, c.gamma, c.contrast):
-            w.changed.connect(self._redraw)
-        c.show_q_mask.changed.connect(self._on_show_q_mask)
-        c.edit_q_mask.changed.connect(self._on_edit_q_mask)
-        c.show_peaks.changed.connect(self._refresh_average)
-        c.disk_radius.changed.connect(self._refresh_average)
+            w.changed.connect(built("_redraw"))
+        c.show_q_mask.changed.connect(built("_on_show_q_mask"))
+        c.edit_q_mask.changed.connect(built("_on_edit_q_mask"))
+        c.show_peaks.changed.connect(built("_refresh_average"))
+        c.disk_radius.changed.connect(built("_refresh_average"))
         #: The layers and overlays still to be made, one per event-loop turn.
         self._pending = list(self._build_steps())
         self._in_step = False
@@ -335,6 +335,22 @@ class DiffractionViewer(QWidget):
         clusters = [x for x in self._viewer.layers if is_cluster_layer(x)]
         if clusters and c.clusters.value is None:
             c.clusters.value = clusters[-1]  # the most recent segmentation
+
+    def _built_first(self, name: str):
+        """The handler ``name`` for a control: the canvas is completed first.
+
+        The widget is held weakly, so that the connection keeps nothing alive.
+        """
+        me = weakref.ref(self)
+
+        def handle(*args):
+            dif = me()
+            if dif is None:
+                return None
+            dif.finish_building()
+            return getattr(dif, name)(*args)
+
+        return handle
 
     def _when_built(self, name: str):
         """The handler ``name`` for the main viewer's events, once the canvas is made.
@@ -603,6 +619,11 @@ class DiffractionViewer(QWidget):
         return int(state.step_labels(t)[self.position])
 
     def _refresh_average(self, *_):
+        if self._pending and not self._in_step:
+            # Asked for by another widget (the Bragg widget's settings, say)
+            # while the canvas is being made: its last step shows the average.
+            self._avg_key = None
+            return
         state = self.state
         label = self.current_label()
         t = 0 if state is None else min(self.t, state.n_steps - 1)
