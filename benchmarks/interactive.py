@@ -391,6 +391,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-gui", action="store_true", help="skip the napari hover figure (needs a display)"
     )
+    ap.add_argument(
+        "--responsiveness",
+        action="store_true",
+        help="only the longest event-loop pauses in napari (with --path: minutes, not tens)",
+    )
     args = ap.parse_args(argv)
 
     from napari_stemcluster.io import open_dataset
@@ -407,6 +412,13 @@ def main(argv=None) -> int:
         print(f"wrote {path.name} in {time.perf_counter() - t0:.1f} s")
     size = path.stat().st_size
     print(f"cube: {path.name}, {size / 2**30:.2f} GiB, file-backed (HDF5, contiguous)")
+    if args.responsiveness:
+        try:
+            gui_responsiveness(path)
+        finally:
+            if not args.keep:
+                path.unlink(missing_ok=True)
+        return 0
     try:
         ds = open_dataset(path)
         rows, cols = ds.scan_shape

@@ -192,7 +192,7 @@ class DiffractionViewer(QWidget):
             self._make_q_mask,
             self._make_average,
             self._make_peaks,
-            self._make_grid_and_text,
+            self._make_text,
             self._make_axes,
             self._make_scale_bars,
             self._make_virtual_detector,
@@ -207,12 +207,11 @@ class DiffractionViewer(QWidget):
 
         def run():
             dif = me()
-            if dif is None or not dif._pending:
-                return
-            with contextlib.suppress(RuntimeError):  # the widget was deleted meanwhile
-                dif._run_step()
-                if dif._pending:
-                    dif._next_step_soon()
+            if dif is None or not dif._pending or not _canvas_alive(dif):
+                return  # closed meanwhile: nothing more to make
+            dif._run_step()
+            if dif._pending:
+                dif._next_step_soon()
 
         # a short delay rather than 0: the canvas paints the new visual first
         QTimer.singleShot(BUILD_STEP_MS, run)
@@ -254,6 +253,11 @@ class DiffractionViewer(QWidget):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _make_pattern(self):
+        # The grid first: enabled over existing layers, it rebuilds a view per
+        # layer at once (seconds); enabled on none, each layer joins it cheaply.
+        grid = _grid(self.model)
+        grid.enabled = True
+        grid.stride = 3
         empty = np.zeros((2, 2), np.float32)
         self.pattern_layer = self.model.add_image(empty, name="pattern", colormap="gray")
 
@@ -280,10 +284,7 @@ class DiffractionViewer(QWidget):
             size=4,
         )
 
-    def _make_grid_and_text(self):
-        grid = _grid(self.model)
-        grid.enabled = True
-        grid.stride = 3
+    def _make_text(self):
         self.text_overlay = _text_overlay(self.model)
         self.text_overlay.visible = True
         self.text_overlay.font_size = 9
@@ -875,6 +876,19 @@ class DiffractionViewer(QWidget):
 
 def _none():
     return None
+
+
+def _canvas_alive(dif) -> bool:
+    """False once Qt has deleted the widget or its canvas (the viewer was closed)."""
+    try:
+        dif.objectName()
+        canvas = getattr(dif.qt_viewer, "canvas", None)
+        native = getattr(canvas, "native", None)
+        if native is not None:
+            native.objectName()
+    except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+        return False
+    return True
 
 
 class _PeaksBridge(QObject):
