@@ -233,7 +233,7 @@ class DiffractionViewer(QWidget):
         Examples
         --------
         >>> dif.finish_building()  # doctest: +SKIP
-        >>> dif.built
+        >>> dif.built  # doctest: +SKIP
         True
         """
         while self._pending and not self._in_step:
