@@ -47,7 +47,13 @@ python_env() {
         # one line per package downloaded, so the wait is visible
         "$VENV/bin/pip" install -e "$REPO[testing]" 2>&1 |
             while IFS= read -r line; do
-                case "$line" in Collecting* | Successfully* | ERROR* | error*) echo "  $line" >&2 ;; esac
+                case "$line" in
+                    Collecting* | Successfully* | ERROR* | error*) echo "  $line" >&2 ;;
+                    "Installing collected packages:"*)
+                        n=$(($(tr -cd , <<<"$line" | wc -c) + 1))
+                        echo "  installing $n packages (about a minute, without output)..." >&2
+                        ;;
+                esac
             done
         [ "${PIPESTATUS[0]}" -eq 0 ] || { say "pip install failed (run it by hand to see why)"; exit 1; }
         touch "$stamp"

@@ -23,6 +23,7 @@ Poisson noise: single patterns at ``--dose`` electrons, averages at
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -110,12 +111,23 @@ def main(argv=None):
     size = n_probe / args.clusters
     truth_c = _orientations(st, args.clusters, rng)
     avgs = _patterns(lib, truth_c, shape, args.dose * size, 100)
-    t_c, rec_c = _timed(lambda: match_orientations(avgs, lib), args.repeats)
+    # threads (default) and one thread, alternating so both see the same machine load
+    # one thread (default) and two, alternating so both see the same machine load
+    one, two = [], []
+    for _ in range(args.repeats):
+        t, rec_c = _timed(lambda: match_orientations(avgs, lib), 1)
+        one.append(t)
+        two.append(_timed(lambda: match_orientations(avgs, lib, workers=2), 1)[0])
+    t_c, t_c2 = statistics.median(one), statistics.median(two)
     print(
         f"cluster averages: {args.clusters} clusters of a {scan[0]}x{scan[1]} scan "
         f"(R = N_cluster/N_probe = {args.clusters / n_probe:.1e})"
     )
     print(f"  {t_c:.2f} s = {args.clusters / t_c:.1f} matches/s (median of {args.repeats})")
+    print(
+        f"  two threads (workers=2, {os.cpu_count()} cores): {t_c2:.2f} s, "
+        f"{t_c / t_c2:.2f}x the speed of one"
+    )
 
     truth_s = _orientations(st, args.sample, rng)
     singles = _patterns(lib, truth_s, shape, args.dose, 10_000)

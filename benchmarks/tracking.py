@@ -7,7 +7,9 @@ vanish, with the label numbers shuffled at every step, as independent
 clustering of each step gives them) and one 64x64 cluster-averaged pattern
 per cluster. Reported: the median time per step of
 :func:`napari_stemcluster.core.tracking.link_clusters` (with and without the
-patterns), of :func:`~napari_stemcluster.core.tracking.grain_kinetics`, the
+patterns, and with the patterns and orientation results: one crystal
+orientation per cluster, compared by misorientation modulo the cubic
+symmetry), of :func:`~napari_stemcluster.core.tracking.grain_kinetics`, the
 share of true grain-steps given their grain's track, and the peak memory
 above the input. The comparator, measured in the same process, is
 :func:`napari_stemcluster.core.grow_regions` on one 512x512 step (the
@@ -62,6 +64,34 @@ def make_series(n_steps, shape, n_grains, qshape, seed=0):
     return truth, labels, means
 
 
+def make_orientations(truth, labels, seed=0):
+    """An OrientationResult: one gold orientation per grain, 0.5 deg noise per cluster."""
+    from scipy.spatial.transform import Rotation
+
+    from napari_stemcluster.core import load_structure
+    from napari_stemcluster.core.orientation import ORIENTATION_DTYPE, OrientationResult
+    from napari_stemcluster.data import builtin_cif
+
+    rng = np.random.default_rng(seed)
+    base = Rotation.random(int(truth.max()) + 1, random_state=rng)
+    counts = [int(lab.max()) for lab in labels]
+    rec = np.zeros(sum(counts), ORIENTATION_DTYPE)
+    row = 0
+    for t, n in enumerate(counts):
+        grain = np.zeros(n + 1, np.int64)
+        sel = labels[t] > 0
+        grain[labels[t][sel]] = truth[t][sel]
+        noise = Rotation.from_rotvec(rng.normal(0, np.radians(0.5), (n, 3)))
+        rot = (noise * base[grain[1:]]).as_matrix()
+        rec["rotation"][row : row + n] = rot
+        rec["inplane_deg"][row : row + n] = np.degrees(np.arctan2(rot[:, 1, 0], rot[:, 0, 0]))
+        row += n
+    rec["indexed"] = True
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    au = load_structure(builtin_cif("Au"))
+    return OrientationResult(records=rec, offsets=offsets, structures=[au])
+
+
 def accuracy(truth, tracks):
     pairs = []
     for t in range(truth.shape[0]):
@@ -107,6 +137,8 @@ def main(argv=None):
     link_clusters(labels[:2], means[:2])  # warm-up (imports)
     t_link, tr = timed(lambda: link_clusters(labels, means))
     t_overlap, tr_o = timed(lambda: link_clusters(labels))
+    orient = make_orientations(truth, labels)
+    t_orient, tr_r = timed(lambda: link_clusters(labels, means, orientations=orient))
     t_kin, _ = timed(lambda: grain_kinetics(tr))
     tracemalloc.start()
     link_clusters(labels, means)
@@ -122,6 +154,7 @@ def main(argv=None):
     per = n_steps - 1
     print(f"link (overlap + patterns): {t_link / per * 1e3:.1f} ms per step")
     print(f"link (overlap only):       {t_overlap / per * 1e3:.1f} ms per step")
+    print(f"link (+ orientation results): {t_orient / per * 1e3:.1f} ms per step")
     print(f"kinetics:                  {t_kin / n_steps * 1e3:.1f} ms per step")
     print(f"comparator grow_regions on one {shape[0]}x{shape[1]} step: {t_grow * 1e3:.1f} ms")
     print(f"ratio link per step / grow_regions: {t_link / per / t_grow:.2f}")
@@ -131,6 +164,7 @@ def main(argv=None):
     )
     print(f"accuracy (grain-steps on their grain's track): {accuracy(truth, tr.tracks):.4f}")
     print(f"accuracy without patterns:                     {accuracy(truth, tr_o.tracks):.4f}")
+    print(f"accuracy with orientation results:             {accuracy(truth, tr_r.tracks):.4f}")
     kinds = Counter(tr.events["kind"].tolist())
     print("events: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
 

@@ -70,8 +70,8 @@ def main(out: Path) -> None:
     widget.runner.wait(60)
     layer = widget.tracks_layer
     layer.opacity = 0.6
-    rotating = series.roles["merge_target"]
-    track = int(np.bincount(layer.data[6][series.grains[6] == rotating]).argmax())
+    merged = series.roles["merge_target"]  # the grain two particles merge into
+    track = int(np.bincount(layer.data[6][series.grains[6] == merged]).argmax())
     widget.select(track, step=6)
     settle(1.0)
     shot = out / "kinetics_widget.png"

@@ -80,7 +80,7 @@ def test_probe_from_pattern_and_region_recover_the_disk_radius():
 def test_noise_free_positions_within_0_02_px():
     errs = []
     for p, truth in _random_patterns(6, None, seed=1):
-        d = find_bragg_disks(p, probe_radius=2.5)
+        d = find_bragg_disks(p)  # defaults: radius estimated
         m = match(_positions(d), truth.positions)
         strong = truth.expected > 0.004  # fraction of the pattern's counts
         assert (m[strong] >= 0).all()
@@ -108,9 +108,10 @@ def test_subpixel_error_at_moderate_dose_below_0_1_px_and_recall():
 
 
 def test_strong_disks_subpixel_rms_below_0_1_px():
+    """Moderate dose (20,000 counts per pattern), defaults: disks of >= 400 counts."""
     errs = []
     for p, truth in _random_patterns(12, 20000.0, seed=3):
-        d = find_bragg_disks(p, probe_radius=2.5)
+        d = find_bragg_disks(p)
         m = match(_positions(d), truth.positions)
         ok = (truth.expected >= 400) & (m >= 0)
         errs.append(np.hypot(*(_positions(d)[m[ok]] - truth.positions[ok]).T))
@@ -210,6 +211,12 @@ def test_options_change_results_sensibly():
     assert np.all((_positions(edge) >= 14.5) & (_positions(edge) <= 64 - 15))
     few = find_bragg_disks(p, probe_radius=2.5, min_relative=0.5)
     assert 0 < len(few) < len(full)
+    thr = float(np.median(full["correlation"]))
+    strong = find_bragg_disks(p, probe_radius=2.5, min_absolute=thr)
+    assert 0 < len(strong) < len(full)
+    assert np.all(strong["correlation"] >= thr)
+    above = full["qx"][full["correlation"] > thr]
+    np.testing.assert_array_equal(strong["qx"], above[: len(strong)])
     for mode in ("parabolic", "none"):
         d = find_bragg_disks(p, probe_radius=2.5, subpixel=mode)
         m = match(_positions(d), truth.positions)
@@ -271,6 +278,49 @@ def test_wrong_template_and_parameters_give_clear_messages():
     # A template as large as the pattern is accepted (Poisson noise: no disk).
     with pytest.warns(BraggWarning):
         assert isinstance(find_bragg_disks(p, template=np.ones((32, 32))), np.ndarray)
+
+
+def test_template_of_the_wrong_size_gives_a_clear_result_or_message():
+    """Disks of radius 2.5 px, 11.3 px apart, 20,000 counts."""
+    p, truth = disk_pattern(
+        (64, 64), *lattice_vectors(11.3, 17), dose=20000, rng=np.random.default_rng(0)
+    )
+    # Too small: every disk is still found, without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BraggWarning)
+        for small in (find_bragg_disks(p, probe_radius=1.0), find_bragg_disks(p, probe_radius=2.5)):
+            assert (match(_positions(small), truth.positions) >= 0).mean() >= 0.95
+    # Too large: disks merge in the correlation; the warning names both radii.
+    for kw in ({"probe_radius": 8.0}, {"template": synthetic_probe(10.0)}):
+        with pytest.warns(BraggWarning, match="much larger than the disks") as rec:
+            d = find_bragg_disks(p, **kw)
+        assert len(d) < 4
+        msg = next(str(r.message) for r in rec if "much larger" in str(r.message))
+        suggested = float(msg.split("probe_radius=")[1].split(",")[0])
+        assert 1.8 <= suggested <= 3.0
+    # A stack warns once, from its median result.
+    with pytest.warns(BraggWarning, match="much larger than the disks") as rec:
+        find_bragg_disks(np.stack([p, p, p]), probe_radius=8.0)
+    assert sum("much larger" in str(r.message) for r in rec) == 1
+
+
+def test_any_scale_of_values_gives_the_same_disks_or_a_clear_error():
+    p, _ = disk_pattern((64, 64), *lattice_vectors(11.3, 17), dose=None)
+
+    def ordered(d):  # equally strong disks may swap places in the strongest-first order
+        xy = _positions(d)
+        return xy[np.lexsort(xy.round(2).T[::-1])]
+
+    ref = ordered(find_bragg_disks(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or underflow inside numpy
+        for scale in (1e-12, 1e9, 1e14):
+            d = find_bragg_disks(p * (scale / p.max()))
+            np.testing.assert_allclose(ordered(d), ref, atol=1e-3)
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        find_bragg_disks(p * 1e300)
+    with pytest.raises(ValueError, match="beyond the float32 range"):
+        find_bragg_disks(np.stack([p, p * 1e300]))
 
 
 def test_dask_and_memmap_inputs(tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -31,6 +33,12 @@ def test_every_option_has_help_with_its_default_and_examples():
         for action in p._actions:
             if action.option_strings or action.dest in ("file",):
                 assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    # every segment option that takes a value says what it is when not given
+    # (--config, --overview and --scheduler: nothing, which needs no words)
+    for action in sub.choices["segment"]._actions:
+        takes_value = action.option_strings and action.nargs != 0
+        if takes_value and action.dest not in ("config", "overview", "scheduler", "help"):
+            assert "default" in action.help, (action.dest, action.help)
     seg = " ".join(sub.choices["segment"].format_help().split())
     for text in (
         "examples:",
@@ -97,6 +105,24 @@ def test_segment_overview_and_consistent_summary(cube_file, tmp_path, capsys):
     assert "prefilter+similarity" in text  # the progress bars' name for the stage
     line = next(ln for ln in text.splitlines() if ln.startswith("segmented"))
     assert "in all; segmentation" in line and "/s of input" in line
+    # the figures agree: throughput = input / segmentation time, and the
+    # times per stage add up to the segmentation and to the total
+    m = re.search(
+        r"patterns, ([\d.]+) KiB\) in ([\d.]+) s in all; segmentation ([\d.]+) s, "
+        r"([\d.]+) (KiB|MiB)/s",
+        line,
+    )
+    kib, total, seg, rate = (float(g) for g in m.groups()[:4])
+    rate *= 1024 if m.group(5) == "MiB" else 1
+    assert kib == 8 * 6 * 12 * 12 * 2 / 1024
+    assert abs(rate - kib / seg) <= 0.01 * rate + 0.01
+    stages = next(ln for ln in text.splitlines() if ln.startswith("time per stage"))
+    stages = re.sub(r"\(tasks:[^)]*\)", "", stages)
+    parts = [float(x) for x in re.findall(r" ([\d.]+) s", stages)]
+    assert "setup (plan, kernels, thresholds)" in stages
+    assert abs(sum(parts) - total) <= 0.01 * len(parts) + 0.05, (parts, total)
+    seg_parts = re.search(r"prefilter\+similarity .*setup[^;]*", stages).group(0)
+    assert abs(sum(float(x) for x in re.findall(r" ([\d.]+) s", seg_parts)) - seg) <= 0.02
     other = tmp_path / "seg2.h5"
     assert cli.main(["segment", str(cube_file), "-o", str(other), "--overview", "/nope/x.png"]) == 1
     assert "directory does not exist (--overview)" in capsys.readouterr().err
@@ -111,3 +137,20 @@ def test_unexpected_failure_is_one_paragraph(monkeypatch, cube_file, capsys):
     err = capsys.readouterr().err
     assert err.startswith("stemcluster: error: RuntimeError: Nanny failed to start.")
     assert "STEMCLUSTER_DEBUG=1" in err and "Traceback" not in err
+
+
+def test_hints_name_a_command_that_runs_from_here(tmp_path, monkeypatch):
+    """After `./dev.sh demo` the command is not on the PATH: the hint gives its full path."""
+    exe = tmp_path / "venv" / "bin" / "stemcluster"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "argv", [str(exe), "demo"])
+    assert cli._command() == str(exe)
+    monkeypatch.setattr(sys, "argv", [str(Path(cli.__file__).with_name("__main__.py"))])
+    assert cli._command().endswith(" -m napari_stemcluster")
+    monkeypatch.setattr(sys, "argv", ["stemcluster"])
+    monkeypatch.setenv("PATH", str(exe.parent))
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.chdir(exe.parent)
+    assert cli._command() == "stemcluster"  # on the PATH: its short name

@@ -19,6 +19,9 @@ PENG_1996 = {
 }
 
 
+A_AU = 4.07825  # COD 9008463
+
+
 @pytest.fixture(scope="module")
 def au():
     return load_structure(builtin_cif("Au"))
@@ -58,11 +61,12 @@ def test_electron_wavelength_rejects_nonpositive():
 
 def test_gold_cell_and_symmetry(au):
     assert au.crystal_system == "cubic" and au.laue == "m-3m"
-    np.testing.assert_allclose(au.cell, (4.0782,) * 3 + (90.0,) * 3)
+    np.testing.assert_allclose(au.cell, (A_AU,) * 3 + (90.0,) * 3)
     expected = {(0, 0, 0), (0, 0.5, 0.5), (0.5, 0, 0.5), (0.5, 0.5, 0)}
     assert {tuple(np.round(p, 6) + 0.0) for p in au.positions} == expected
     assert set(au.elements) == {"Au"}
-    assert au.b_iso == pytest.approx(8 * np.pi**2 * 0.0079)
+    # COD 9008463 gives no displacement: the default B
+    np.testing.assert_allclose(au.b_iso, 0.5)
     assert len(au.laue_ops) == 48 and len(au.proper_ops) == 24
 
 
@@ -85,7 +89,7 @@ def test_rutile_expanded_from_asymmetric_unit(rutile):
     ti = rutile.positions[np.array(rutile.elements) == "Ti"]
     assert {tuple(np.round(p, 6) + 0.0) for p in ti} == {(0, 0, 0), (0.5, 0.5, 0.5)}
     o = rutile.positions[np.array(rutile.elements) == "O"]
-    x = 0.3048
+    x = 0.30478
     expected = {(x, x, 0), (1 - x, 1 - x, 0), (0.5 + x, 0.5 - x, 0.5), (0.5 - x, 0.5 + x, 0.5)}
     assert {tuple(np.round(p, 6) + 0.0) for p in o} == {tuple(np.round(e, 6)) for e in expected}
     assert len(rutile.laue_ops) == 16 and len(rutile.proper_ops) == 8
@@ -110,7 +114,7 @@ def test_fcc_extinctions_and_values(au):
     mixed = np.array([len({v % 2 for v in h}) > 1 for h in hkl])
     assert np.all(np.abs(f[mixed]) < 1e-9)
     for h, v in zip(hkl[~mixed], f[~mixed], strict=True):
-        s = np.linalg.norm(h) / 4.0782 / 2
+        s = np.linalg.norm(h) / A_AU / 2
         fe = electron_scattering_factor("Au", s) * np.exp(-au.b_iso[0] * s * s)
         assert v == pytest.approx(4 * fe, rel=1e-9)
 
@@ -144,10 +148,10 @@ def test_reciprocal_lattice_matches_enumeration(au):
         for l in rng  # noqa: E741
         if (h, k, l) != (0, 0, 0)
         and len({h % 2, k % 2, l % 2}) == 1
-        and np.sqrt(h * h + k * k + l * l) / 4.0782 <= g_max
+        and np.sqrt(h * h + k * k + l * l) / A_AU <= g_max
     }
     assert {tuple(h) for h in hkl.tolist()} == expected
-    np.testing.assert_allclose(np.linalg.norm(g, axis=1), np.linalg.norm(hkl, axis=1) / 4.0782)
+    np.testing.assert_allclose(np.linalg.norm(g, axis=1), np.linalg.norm(hkl, axis=1) / A_AU)
     np.testing.assert_allclose(f2, np.abs(structure_factors(au, hkl)) ** 2)
     with pytest.raises(ValueError, match="g_max"):
         reciprocal_lattice(au, -1)
@@ -176,3 +180,79 @@ def test_load_structure_leaves_the_file_alone(tmp_path):
     path.write_bytes(src)
     load_structure(path)
     assert path.read_bytes() == src
+
+
+@pytest.mark.parametrize(
+    ("name", "cod_id", "formula", "spacegroup", "mineral"),
+    [
+        ("Au", "9008463", "Au", "F m -3 m", "Gold"),
+        ("TiO2", "9015662", "'O2 Ti'", "P 42/m n m", "Rutile"),
+    ],
+)
+def test_shipped_cifs_are_cod_entries(name, cod_id, formula, spacegroup, mineral):
+    import gemmi
+
+    block = gemmi.cif.read(str(builtin_cif(name))).sole_block()
+    assert block.find_value("_cod_database_code") == cod_id
+    assert block.name == cod_id
+    assert block.find_value("_chemical_formula_sum") == formula
+    st = load_structure(builtin_cif(name))
+    assert st.spacegroup == spacegroup
+    assert st.name == mineral  # not the block's number
+
+
+def _cif(tmp_path, cell, site_loops):
+    a, b, c, al, be, ga = cell
+    text = (
+        f"data_t\n_cell_length_a {a}\n_cell_length_b {b}\n_cell_length_c {c}\n"
+        f"_cell_angle_alpha {al}\n_cell_angle_beta {be}\n_cell_angle_gamma {ga}\n"
+        "_space_group_name_H-M_alt 'P 1'\n" + site_loops
+    )
+    path = tmp_path / "t.cif"
+    path.write_text(text)
+    return path
+
+
+def test_debye_waller_from_b_iso_and_anisotropic_u(tmp_path):
+    cell = (5.1, 6.3, 7.2, 80.0, 95.0, 105.0)
+    sites = (
+        "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n"
+        "_atom_site_fract_y\n_atom_site_fract_z\n"
+        "Fe1 Fe 0.1 0.2 0.3\nO1 O 0.6 0.7 0.8\nO2 O 0.3 0.1 0.5\nC1 C 0.9 0.4 0.2\n"
+    )
+    st = load_structure(_cif(tmp_path, cell, sites))
+    # an isotropic U of 0.01 Å² written as CIF U^ij: U (a*_i . a*_j) / (|a*_i| |a*_j|)
+    rec = st.reciprocal
+    gstar = rec.T @ rec
+    n = np.sqrt(np.diag(gstar))
+    uij = 0.01 * gstar / np.outer(n, n)
+    # an elongated, still positive-definite tensor: U_eq is a third of its trace
+    rot = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    cart = rot @ np.diag([0.004, 0.01, 0.022]) @ rot.T
+    direct_inv = np.linalg.inv(st.direct)
+    u_ell = (direct_inv @ cart @ direct_inv.T) / np.outer(n, n)
+    rows = []
+    for label, u in (("Fe1", uij), ("O1", u_ell)):
+        rows.append(f"{label} {u[0, 0]} {u[1, 1]} {u[2, 2]} {u[0, 1]} {u[0, 2]} {u[1, 2]}")
+    rows.append("O2 0.01 -0.002 0.0 0.01 0.0 0.004")  # not positive definite: ignored
+    aniso = (
+        "loop_\n_atom_site_aniso_label\n_atom_site_aniso_U_11\n_atom_site_aniso_U_22\n"
+        "_atom_site_aniso_U_33\n_atom_site_aniso_U_12\n_atom_site_aniso_U_13\n"
+        "_atom_site_aniso_U_23\n" + "\n".join(rows) + "\n"
+    )
+    sites_b = sites.replace(
+        "_atom_site_fract_z\n", "_atom_site_fract_z\n_atom_site_B_iso_or_equiv\n"
+    )
+    sites_b = sites_b.replace("0.9 0.4 0.2", "0.9 0.4 0.2 1.5").replace(
+        "0.3 0.1 0.5", "0.3 0.1 0.5 ?"
+    )
+    for line in ("0.1 0.2 0.3", "0.6 0.7 0.8"):
+        sites_b = sites_b.replace(line, line + " ?")
+    st = load_structure(_cif(tmp_path, cell, sites_b + aniso), b_iso_default=0.7)
+    b = dict(zip([f"{e}{i}" for i, e in enumerate(st.elements)], st.b_iso, strict=True))
+    assert b["Fe0"] == pytest.approx(8 * np.pi**2 * 0.01, rel=1e-6)
+    assert b["O1"] == pytest.approx(8 * np.pi**2 * (0.004 + 0.01 + 0.022) / 3, rel=1e-6)
+    assert b["O2"] == pytest.approx(0.7)  # mis-ordered U^ij: the default
+    assert b["C3"] == pytest.approx(1.5)  # B_iso_or_equiv
+    # the shipped rutile entry's U^ij loop is mis-ordered (U_22 < 0): the default
+    np.testing.assert_allclose(load_structure(builtin_cif("TiO2")).b_iso, 0.5)

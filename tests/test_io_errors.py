@@ -186,3 +186,21 @@ def test_unreadable_file_is_a_clear_error_everywhere(tmp_path, monkeypatch):
     assert reader is not None
     with pytest.raises(StemFileError, match="permission denied"):
         reader(str(path))
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (b"MQ1,000001,00000,01,0008,0008,U16,   1x1,01,12,", "too few fields"),
+        (b"MQ1,0!0001,00384,01,0008,0008,U16,   1x1,01,12,", "a number field is not one"),
+    ],
+)
+def test_damaged_merlin_frame_header(tmp_path, head, why):
+    path = tmp_path / "bad.mib"
+    frame = np.zeros((8, 8), ">u2").tobytes()
+    path.write_bytes((head.ljust(384, b"\x00") + frame) * 4)
+    match = rf"bad\.mib.*unreadable Merlin frame header: {why}"
+    with pytest.raises(StemFileError, match=match) as e:
+        open_dataset(path, scan_shape=(2, 2))
+    assert "expected 'MQ1,sequence,header size" in str(e.value)
+    assert "list index" not in str(e.value)

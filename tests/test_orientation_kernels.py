@@ -41,6 +41,7 @@ def test_nelder_mead_follows_scipy(au_lib, seed):
         1.5 * au_lib.q_pixel_size,
         47.0 * au_lib.q_pixel_size,
         0.01,
+        0.0,
     )
     args = (start, model)
     step = 0.5 * np.radians(au_lib.step_deg)

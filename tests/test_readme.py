@@ -164,3 +164,19 @@ def test_readme_lint_command_passes():
     for args in (["check", "."], ["format", "--check", "."]):
         proc = subprocess.run([str(ruff), *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dependency_list_of_the_readme_matches_pyproject():
+    """The README's "the library and the command line need ..." names every dependency."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the tomli dependency
+        import tomli as tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in deps}
+    text = " ".join(README.read_text().split())
+    sentence = re.search(r"The library and the command line need (.*?);", text).group(1)
+    listed = set(re.findall(r"[a-z][a-z0-9_-]+", sentence.lower()))
+    missing = sorted(n for n in names if n not in listed)
+    assert not missing, f"README's dependency list lacks {missing}"

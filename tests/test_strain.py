@@ -96,6 +96,25 @@ def test_background_and_too_few_disks_are_nan_not_zero():
     assert np.isnan(strict.exx).all() and strict.n_indexed.max() > 0
 
 
+def test_default_minimum_is_five_indexed_disks():
+    """4 indexed disks give NaN, 5 a value (the disks beyond are erased)."""
+    yy, xx = np.mgrid[:64, :64]
+    cube = np.zeros((1, 2, 64, 64), np.float32)
+    for j, n in enumerate((4, 5)):
+        p, truth = disk_pattern((64, 64), G1, G2, dose=None, hk_max=2)
+        order = np.argsort(-truth.expected)
+        for q in truth.positions[order[n:]]:
+            p[np.hypot(yy - q[0], xx - q[1]) <= 5] = 0.0
+        cube[0, j] = p
+    res = strain_map(cube, np.ones((1, 2), np.int32), [[G1, G2]])
+    assert res.n_indexed.tolist() == [[4, 5]]
+    assert np.isnan(res.exx[0, 0]) and np.isnan(res.rotation[0, 0])
+    assert abs(res.exx[0, 1]) < 5e-4
+    assert np.isfinite(
+        strain_map(cube, np.ones((1, 2), np.int32), [[G1, G2]], min_indexed=4).exx
+    ).all()
+
+
 def test_time_series_progress_and_cancel():
     cube = _scan(lambda i, j: np.diag([0.002 * j, 0.0]), shape=(2, 3))
     cube5 = np.stack([cube, cube])
@@ -210,6 +229,60 @@ def test_results_file_round_trip_and_cli(tmp_path, capsys):
     assert main(["strain", str(seg), "-o", str(tmp_path / "x.h5")]) == 1
     assert "--data" in capsys.readouterr().err
     assert main(["strain", str(seg), "-o", str(seg)]) == 1
+
+
+def test_cli_detection_options_templates_and_reference_region(tmp_path, capsys):
+    """The command line takes the widget's settings and gives what the API gives."""
+    from napari_stemcluster.cli import main
+    from napari_stemcluster.core import (
+        cluster_lattices,
+        probe_from_pattern,
+        probe_from_region,
+        rereference,
+        strain_map,
+    )
+    from napari_stemcluster.io import read_results
+
+    scan, res, _data, seg = _segmented_sample(tmp_path)
+    opts = ["--min-snr", "4", "--min-relative", "0.01", "--max-count", "30", "--sigma", "1"]
+    kw = {"min_snr": 4.0, "min_relative": 0.01, "max_count": 30, "sigma": 1.0}
+    # The central disk of the largest cluster's average as the template.
+    out = tmp_path / "central.h5"
+    assert main(["strain", str(seg), "--template", "central", *opts, "-o", str(out), "-q"]) == 0
+    template = probe_from_pattern(res.cluster_means[int(np.argmax(res.clusters.size))])
+    want = cluster_lattices(res.cluster_means, template=template, **kw)
+    got = read_results(out)[1]["bragg"]
+    np.testing.assert_array_equal(got["lattices"][0].g1, want.g1)
+    assert got["params"]["template"] == "central disk" and got["params"]["min_snr"] == 4.0
+    np.testing.assert_array_equal(
+        got["strain"].exx, strain_map(scan.cube, res.labels, want, template=template, **kw).exx
+    )
+    # A vacuum region (the liquid around the particles) and a strain reference region.
+    vacuum = tmp_path / "vacuum.npy"
+    np.save(vacuum, res.labels == 0)
+    region = np.zeros(res.labels.shape, bool)
+    region[:, : res.labels.shape[1] // 2] = True
+    ref = tmp_path / "ref.npy"
+    np.save(ref, region)
+    out = tmp_path / "vac.h5"
+    args = ["strain", str(seg), "--vacuum", str(vacuum), "--reference-region", str(ref)]
+    assert main([*args, "-o", str(out), "-q"]) == 0
+    template = probe_from_region(scan.cube, res.labels == 0)
+    want = cluster_lattices(res.cluster_means, template=template)
+    expect = rereference(
+        strain_map(scan.cube, res.labels, want, template=template), res.labels, region
+    )
+    got = read_results(out)[1]["bragg"]
+    assert got["params"]["template"] == "vacuum region" and got["params"]["reference"] == "region"
+    np.testing.assert_array_equal(got["strain"].exx, expect.exx)
+    # Bad masks and thresholds: clear messages naming the file, exit code 1.
+    np.save(tmp_path / "bad.npy", np.ones((3, 3), bool))
+    capsys.readouterr()
+    bad = ["--vacuum", str(tmp_path / "bad.npy")]
+    assert main(["strain", str(seg), *bad, "-o", str(tmp_path / "b.h5")]) == 1
+    assert "bad.npy" in capsys.readouterr().err
+    assert main(["strain", str(seg), "--min-snr", "-1", "-o", str(tmp_path / "c.h5")]) == 1
+    assert "min_snr" in capsys.readouterr().err
 
 
 def test_results_without_bragg_read_as_none(tmp_path):

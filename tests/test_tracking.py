@@ -665,3 +665,240 @@ def test_orientation_from_patterns_follows_the_rotating_grain(series, segmented)
     assert np.all((o >= 0) & (o < 90)) and np.ptp(o) < 1.0
     with pytest.raises(ValueError, match="pattern"):
         track_series(segmented, orientations="bragg")
+
+
+# --------------------------------------------------------------------------
+# orientation and Bragg results in the linking
+
+
+def _rz(deg):
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _orientation_result(rotations, phases, structures, indexed=None):
+    """An OrientationResult from per-step rotations (N_t, 3, 3) and phases."""
+    from napari_stemcluster.core.orientation import ORIENTATION_DTYPE, OrientationResult
+
+    counts = [len(r) for r in rotations]
+    rec = np.zeros(sum(counts), ORIENTATION_DTYPE)
+    if rec.size:
+        rec["rotation"] = np.concatenate([np.reshape(r, (-1, 3, 3)) for r in rotations])
+        rec["phase"] = np.concatenate(phases)
+        rec["indexed"] = True if indexed is None else np.concatenate(indexed)
+        rot = rec["rotation"]
+        rec["inplane_deg"] = np.degrees(np.arctan2(rot[:, 1, 0], rot[:, 0, 0])) % 360.0
+    rec["rotation"][~rec["indexed"]] = np.nan
+    rec["phase"][~rec["indexed"]] = -1
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return OrientationResult(records=rec, offsets=offsets, structures=list(structures))
+
+
+@pytest.fixture(scope="module")
+def gold():
+    from napari_stemcluster.core import load_structure
+    from napari_stemcluster.data import builtin_cif
+
+    return load_structure(builtin_cif("Au"))
+
+
+def test_orientation_results_link_modulo_the_crystal_symmetry(gold):
+    # Two clusters swap halves of one region: only their orientations tell.
+    labels = _stack([[1, 1, 2, 2]], [[1, 2, 2, 1]])
+    # Step 1, cluster 1 is grain A turned by a cubic 4-fold (the same
+    # orientation); cluster 2 is grain B turned by 1 degree.
+    rots = [np.stack([_rz(10), _rz(40)]), np.stack([_rz(100), _rz(41)])]
+    res = _orientation_result(rots, [[0, 0], [0, 0]], [gold])
+    tr = link_clusters(labels, orientations=res, min_overlap=0.0)
+    assert tr.params["used_orientations"] == "rotations"
+    assert tr.track_of[1].tolist() == [1, 2]
+    # The bare in-plane angles (10 -> 100 is 90 degrees) would swap them.
+    angles = [np.array([10.0, 40.0]), np.array([100.0, 41.0])]
+    swapped = link_clusters(labels, orientations=angles, min_overlap=0.0)
+    assert swapped.track_of[1].tolist() == [2, 1]
+    # Another phase is another grain, whatever the angle: cluster 1 has grain
+    # A's orientation in another phase, cluster 2 A's in A's phase.
+    rots[1] = np.stack([_rz(10), _rz(10)])
+    res = _orientation_result(rots, [[0, 0], [1, 0]], [gold, gold])
+    tr = link_clusters(labels, orientations=res, min_overlap=0.0)
+    assert tr.track_of[1].tolist() == [2, 1]
+    # Not indexed: neutral, the overlap decides (here a tie broken by order).
+    res = _orientation_result(rots, [[0, 0], [0, 0]], [gold], [[True, True], [False, False]])
+    assert sorted(link_clusters(labels, orientations=res).track_of[1].tolist()) == [1, 2]
+    with pytest.raises(ValueError, match="clusters per step"):
+        link_clusters(labels[:, :, :2], orientations=res)
+
+
+def test_orientation_similarity_against_a_loop(gold):
+    from scipy.spatial.transform import Rotation
+
+    from napari_stemcluster.core.orientation import misorientation_deg
+    from napari_stemcluster.core.tracking import _Orientations
+
+    rots = [Rotation.random(4, random_state=s).as_matrix() for s in (1, 2)]
+    phases = [np.array([0, 0, 1, 0]), np.array([0, 1, 1, 0])]
+    indexed = [np.array([True, True, True, False]), np.array([True, True, True, True])]
+    res = _orientation_result(rots, phases, [gold, gold], indexed)
+    src = _Orientations(res, [4, 4], None)
+    prev_t = np.zeros(16, int)
+    prev_lab, lab = np.meshgrid(np.arange(1, 5), np.arange(1, 5), indexing="ij")
+    got = src.similarity(prev_t, prev_lab.ravel(), 1, lab.ravel())
+    for k, (i, j) in enumerate(zip(prev_lab.ravel() - 1, lab.ravel() - 1, strict=True)):
+        if not (indexed[0][i] and indexed[1][j]):
+            expect = 0.5
+        elif phases[0][i] != phases[1][j]:
+            expect = 0.0
+        else:
+            d = float(misorientation_deg(rots[0][i], rots[1][j], gold))
+            expect = 1.0 - min(d, 90.0) / 90.0
+        assert got[k] == pytest.approx(expect, abs=1e-9), (i, j)
+    # Kinetics angles: the matched in-plane angle, NaN where not indexed.
+    assert np.isnan(src.angles(0)[3]) and np.isfinite(src.angles(1)).all()
+
+
+def _truth_orientations(series, labels, structures):
+    """OrientationResult of every cluster from the grain it mostly covers."""
+    rng = np.random.default_rng(11)
+    from scipy.spatial.transform import Rotation
+
+    base = Rotation.random(series.n_grains + 1, random_state=rng).as_matrix()
+    rots, phases = [], []
+    for t in range(labels.shape[0]):
+        n = int(labels[t].max())
+        r = np.zeros((n, 3, 3))
+        for lab in range(1, n + 1):
+            g = np.bincount(series.grains[t][labels[t] == lab], minlength=2)[1:].argmax() + 1
+            r[lab - 1] = _rz(series.orientations[t, g]) @ base[g]
+        rots.append(r)
+        phases.append(np.zeros(n, np.int32))
+    return _orientation_result(rots, phases, structures)
+
+
+def test_segmented_series_links_with_orientation_results(series, segmented, gold):
+    from napari_stemcluster.core.tracking import track_series
+
+    orient = _truth_orientations(series, segmented.labels, [gold])
+    tracking, kinetics = track_series(segmented, series.calibration, orientations=orient)
+    assert tracking.params["used_orientations"] == "rotations"
+    acc, usual = _accuracy(series.grains, tracking.tracks)
+    assert acc >= 0.95
+    found = _events(tracking)
+    for ev in _expected_events(series, usual):
+        assert ev in found, (ev, found)
+    # The kinetics follow the matched in-plane angle: 4 degrees per step.
+    rates = kinetics.rates
+    rot = rates["rotation_rate"][rates["track"] == usual[series.roles["rotating"]]][0]
+    assert rot == pytest.approx(series.params["rotation_per_step"] / series.t_step, rel=0.02)
+    still = rates["rotation_rate"][rates["track"] == usual[series.roles["steady"]]][0]
+    assert abs(still) < 1e-6
+
+
+def test_bragg_lattices_link_modulo_the_lattice_symmetry():
+    from napari_stemcluster.core.lattice import LatticeTable
+    from napari_stemcluster.core.tracking import _lattice_period
+
+    def table(angles, square=True):
+        a = np.radians(np.asarray(angles, float))
+        g1 = 10 * np.stack([np.cos(a), np.sin(a)], 1)
+        b = a + np.radians(90.0 if square else 75.0)
+        g2 = (10 if square else 13) * np.stack([np.cos(b), np.sin(b)], 1)
+        n = len(a)
+        z = np.zeros(n, np.int64)
+        return LatticeTable(g1, g2, np.zeros((n, 2)), z, z, np.zeros(n))
+
+    labels = _stack([[1, 1, 2, 2]], [[1, 2, 2, 1]])
+    # Square lattices: g1 may be any of the four shortest vectors, so 10 and
+    # 100 degrees are the same lattice.
+    lattices = [table([10.0, 40.0]), table([100.0, 41.0])]
+    assert _lattice_period(lattices) == 90.0
+    tr = link_clusters(labels, orientations={"lattices": lattices}, min_overlap=0.0)
+    assert tr.params["used_orientations"] == "lattices"
+    assert tr.params["orientation_period"] == 90.0
+    assert tr.track_of[1].tolist() == [1, 2]
+    # Oblique lattices only have the two-fold symmetry (g1 and -g1).
+    lattices = [table([10.0, 40.0], False), table([100.0, 41.0], False)]
+    assert _lattice_period(lattices) == 180.0
+    tr = link_clusters(labels, orientations=lattices, min_overlap=0.0)
+    assert tr.track_of[1].tolist() == [2, 1]
+    kin = grain_kinetics(tr, orientations=lattices)
+    np.testing.assert_allclose(kin.table["orientation"][kin.table["step"] == 1], [41.0, 100.0])
+    assert kin.units["orientation"] == "deg"
+
+
+def test_cli_track_links_by_the_orientation_results(series, segmented, gold, tmp_path, capsys):
+    from napari_stemcluster import cli
+    from napari_stemcluster.io import read_results, save_orientation, write_results
+
+    path = write_results(tmp_path / "s.h5", segmented, calibration=series.calibration)
+    orient = _truth_orientations(series, segmented.labels, [gold])
+    save_orientation(path, orient)
+    assert cli.main(["track", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "linked by overlap, patterns, orientation results" in out
+    _, info = read_results(path)
+    tracking, kinetics = info["tracking"], info["kinetics"]
+    assert tracking.params["used_orientations"] == "rotations"
+    acc, usual = _accuracy(series.grains, tracking.tracks)
+    assert acc >= 0.95
+    rows = kinetics.rows(usual[series.roles["rotating"]])
+    np.testing.assert_allclose(np.diff(kinetics.table["orientation"][rows]), 4.0, atol=1e-6)
+    assert info["orientation"] is not None  # the rest of the file is kept
+    # Opened in napari, the tracked layer keeps the orientations it was linked
+    # with, for kinetics recomputed after a correction.
+    from napari_stemcluster._reader import read_stem
+
+    (meta,) = [
+        kw["metadata"]["stemcluster"]
+        for _, kw, _ in read_stem(str(path))
+        if kw.get("metadata", {}).get("stemcluster", {}).get("kind") == "tracks"
+    ]
+    assert len(meta["orientations"].records) == len(orient.records)
+    for name in ("s_kinetics.csv", "s_kinetics_rates.csv", "s_kinetics_events.csv"):
+        assert (tmp_path / name).is_file()
+    # Without orientations, and refusals that name the file.
+    assert cli.main(["track", str(path), "--orientation", "none", "-q"]) == 0
+    assert read_results(path)[1]["tracking"].params["used_orientations"] is None
+    assert cli.main(["track", str(path), "--orientation", "bragg", "-q"]) == 1
+    assert "holds no bragg results" in capsys.readouterr().err
+    from conftest import make_result
+
+    flat = write_results(tmp_path / "4d.h5", make_result(np.ones((3, 3), np.int32)))
+    before = flat.read_bytes()
+    assert cli.main(["track", str(flat), "-q"]) == 1
+    assert "4D segmentation" in capsys.readouterr().err
+    assert flat.read_bytes() == before
+
+
+def test_napari_growth_sample_keeps_its_grains():
+    # The README's figure: the 5D sample, segmented with the defaults.
+    from napari_stemcluster._sample_data import GROWTH_5D
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    sample = make_polycrystal(**GROWTH_5D)
+    res = segment(sample.cube)
+    tr = link_result(res)
+    acc, usual = _accuracy(sample.grains, tr.tracks)
+    per_step, _ = _accuracy(sample.grains, res.labels)
+    assert acc >= 0.95 and per_step < 0.5
+    assert len(usual) == len(set(usual.values())) == tr.n_tracks == 10
+
+
+def test_save_tracking_replaces_the_group_atomically(series, segmented, tmp_path):
+    from napari_stemcluster.core.tracking import track_series
+    from napari_stemcluster.io import StemFileError, read_results, save_tracking, write_results
+
+    path = write_results(tmp_path / "s.h5", segmented, calibration=series.calibration)
+    tracking, kinetics = track_series(segmented, series.calibration)
+    fixed, _ = merge_tracks(tracking, [1, 2])
+    assert save_tracking(path, fixed, kinetics) == path
+    _, info = read_results(path)
+    assert np.array_equal(info["tracking"].tracks, fixed.tracks)
+    before = path.read_bytes()
+    bad = link_clusters(segmented.labels[:2])
+    with pytest.raises(ValueError, match=r"s\.h5: the tracking has"):
+        save_tracking(path, bad)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    with pytest.raises(StemFileError, match="not a napari-stemcluster results file"):
+        save_tracking(tmp_path / "x.h5", fixed)

@@ -6,6 +6,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from napari_stemcluster._bragg_layers import colour_wheel
 from napari_stemcluster._layers import sample_to_layers
 from napari_stemcluster.widgets import (
     BraggWidget,
@@ -13,12 +14,12 @@ from napari_stemcluster.widgets import (
     DiffractionViewer,
     SimilarityWidget,
 )
-from napari_stemcluster.widgets._bragg import LEGEND, ORIENTATION, STRAIN_NAMES, colour_wheel
+from napari_stemcluster.widgets._bragg import LEGEND, ORIENTATION, STRAIN_NAMES
 from napari_stemcluster.widgets._link import link_for
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
 
-WAIT = 60_000
+WAIT = 180_000  # the first run compiles the numba kernels; slow on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,12 @@ def test_lattices_orientation_strain_and_save(make_napari_viewer, qtbot, scan64,
     assert LEGEND in viewer.layers and viewer.layers[LEGEND].rgb
     assert "rotation" in layer.features and "n_indexed" in layer.features
     # Strain in the background, with progress; NaN outside clusters.
-    w.run_strain()
+    steps = []
+    w.run_strain().yielded.connect(steps.append)
     qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
     assert w.runner.last_error is None
+    n_in = int((layer.data > 0).sum())
+    assert steps[-1] == (n_in, n_in) and len(steps) >= 2  # progress per block of rows
     exx = viewer.layers[STRAIN_NAMES["exx"]]
     assert np.isnan(exx.data[layer.data == 0]).all()
     assert np.isfinite(exx.data).sum() > 0
@@ -91,7 +95,29 @@ def test_lattices_orientation_strain_and_save(make_napari_viewer, qtbot, scan64,
     from napari_stemcluster._reader import read_stem
 
     names = [kw["name"] for _, kw, _ in read_stem(out[0])]
-    assert ORIENTATION in names and STRAIN_NAMES["exx"] in names
+    assert ORIENTATION in names and STRAIN_NAMES["exx"] in names and LEGEND in names
+    # Opened in napari: the legend beside the scan and the strain colour bars, as made.
+    before = set(viewer.layers)
+    viewer.open(out[0], plugin="napari-stemcluster")
+    added = {x.metadata.get("stemcluster", {}).get("kind"): x for x in viewer.layers}
+    added = {k: v for k, v in added.items() if v not in before}
+    assert added["orientation_legend"].rgb
+    assert added["orientation"].colormap.name == "twilight"
+    # Given its data file, the widget takes up the reopened clusters' analysis
+    # (strain can run on without detecting again).
+    from napari_stemcluster.widgets._export import attach_source
+
+    np.save(tmp_path / "scan.npy", scan64.cube)
+    assert attach_source(viewer, added["segmentation"], tmp_path / "scan.npy") is not None
+    w.reset_choices()
+    w._w["clusters"].value = added["segmentation"]
+    np.testing.assert_array_equal(w.lattices[0].g1, table.g1)
+    np.testing.assert_array_equal(w.strain.exx, bragg["strain"].exx)
+    assert "taken up" in w._status.value
+    for name in ("exx", "eyy", "exy", "rotation"):
+        assert added[f"strain_{name}"].colorbar.visible
+        lo, hi = added[f"strain_{name}"].contrast_limits
+        assert lo == -hi
 
 
 def test_cancel_strain_and_errors(make_napari_viewer, qtbot, scan64):
@@ -117,6 +143,20 @@ def test_cancel_strain_and_errors(make_napari_viewer, qtbot, scan64):
     w._w["region"].value = region
     t = w.params()["template"]
     assert t.ndim == 2 and abs(float(t.sum()) - 1) < 1e-5
+    assert w.params()["template"] is t  # the region is read once, not at every preview
+    painted = np.asarray(region.data).copy()
+    painted[0, 0] = 1 - painted[0, 0]
+    region.data = painted
+    assert w.params()["template"] is not t
+    # The runs take the template in their background job.
+    w.run_lattices()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None and w.lattices is not None
+    assert layer_meta_template(_layer) == "vacuum region (Labels)"
+
+
+def layer_meta_template(layer):
+    return layer.metadata["stemcluster"]["bragg"]["params"]["template"]
 
 
 def test_live_preview_labels_disks_in_the_diffraction_viewer(make_napari_viewer, qtbot, scan64):
@@ -140,6 +180,28 @@ def test_live_preview_labels_disks_in_the_diffraction_viewer(make_napari_viewer,
     assert len(dif.peaks_layer.data) == 3  # the beam and two disks
     w._w["preview"].value = False
     assert dif.bragg_params is None
+
+
+def test_time_series_gives_t_rx_ry_maps(make_napari_viewer, qtbot):
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    scan = make_polycrystal((16, 16), (48, 48), n_times=3, n_particles=2, seed=2)
+    viewer, layer = _clustered(make_napari_viewer, qtbot, scan)
+    assert layer.data.ndim == 3
+    w = BraggWidget(viewer)
+    w.run_lattices()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None and len(w.lattices) == 3
+    omap = viewer.layers[ORIENTATION].data
+    assert omap.shape == layer.data.shape and np.isnan(omap[layer.data == 0]).all()
+    assert np.isfinite(omap).any()
+    w.run_strain()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None
+    for name in STRAIN_NAMES.values():
+        data = viewer.layers[name].data
+        assert data.shape == layer.data.shape and np.isnan(data[layer.data == 0]).all()
+    assert np.isfinite(viewer.layers[STRAIN_NAMES["exx"]].data).any()
 
 
 def test_colour_wheel_legend():

@@ -11,6 +11,7 @@ from napari_stemcluster._layers import result_to_layers
 from napari_stemcluster.synthetic_series import make_growth_events
 from napari_stemcluster.widgets import KineticsWidget
 from napari_stemcluster.widgets._common import stem_meta
+from napari_stemcluster.widgets._kinetics import _camera
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
 
@@ -95,7 +96,10 @@ def test_clicks_link_viewer_and_plot(make_napari_viewer, qtbot, series, segmente
 
     w._on_click(layer, Click())
     assert w.highlighted == other
-    # Clicking a point of a curve selects the grain and moves the time slider.
+    # Clicking a point of a curve selects the grain and moves the time slider
+    # (zoomed in, so the view must pan to the grain too).
+    viewer.reset_view()
+    _camera(viewer).zoom *= 8
     rows = w.kinetics.rows(k)
     i = 5
     x, y = w.kinetics.table["time"][rows[i]], w.kinetics.table["area"][rows[i]]
@@ -105,6 +109,11 @@ def test_clicks_link_viewer_and_plot(make_napari_viewer, qtbot, series, segmente
     assert layer.selected_label == k
     assert w.highlighted == k
     assert viewer.dims.current_step[0] == int(w.kinetics.table["step"][rows[i]])
+    # ... and pans the view to the grain's centre at that step.
+    step = int(w.kinetics.table["step"][rows[i]])
+    ys, xs = np.nonzero(layer.data[step] == k)
+    centre = layer.data_to_world([step, ys.mean(), xs.mean()])[-2:]
+    np.testing.assert_allclose(_camera(viewer).center[-2:], centre, atol=1e-6)
     # The dashed line marks the time step on screen, in seconds.
     step = int(w.kinetics.table["step"][rows[i]])
     assert w._cursor.get_xdata()[0] == pytest.approx(step * series.t_step)
@@ -114,6 +123,11 @@ def test_clicks_link_viewer_and_plot(make_napari_viewer, qtbot, series, segmente
     w._on_table_click(row, 0)
     assert layer.selected_label == int(ev["track"][row])
     assert viewer.dims.current_step[0] == int(ev["time"][row])
+    # With the whole scan in view, the view stays where it is.
+    viewer.reset_view()
+    before = tuple(_camera(viewer).center)
+    w.select(other, step=2)
+    assert tuple(_camera(viewer).center) == before
 
 
 def test_corrections_apply_to_all_steps_and_undo_reports_steps(
@@ -260,3 +274,42 @@ def test_label_correction_carries_merges_and_splits_over_all_steps(
     assert len(changed) > 1  # the same grain split at several steps
     assert cor.undo() == tuple(changed)
     assert np.array_equal(clusters.data, before)
+
+
+def test_link_uses_the_orientation_results_of_the_layer(
+    make_napari_viewer, qtbot, series, segmented
+):
+    from napari_stemcluster.core import load_structure
+    from napari_stemcluster.data import builtin_cif
+    from test_tracking import _truth_orientations
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in result_to_layers(segmented, series.calibration, "series"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    clusters = viewer.layers["series"]
+    orient = _truth_orientations(series, segmented.labels, [load_structure(builtin_cif("Au"))])
+    stem_meta(clusters)["orientation"] = orient  # as the Orientation & phase widget stores it
+    w = KineticsWidget(viewer)
+    w.link()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None
+    assert w.tracking.params["used_orientations"] == "rotations"
+    assert "orientation results" in w._status.value
+    # The orientation curve is the matched in-plane angle: the rotating grain
+    # turns by 4 degrees per step, and corrections keep using it.
+    k = _grain_track(w, series, "rotating")
+    rows = w.kinetics.rows(k)
+    np.testing.assert_allclose(np.diff(w.kinetics.table["orientation"][rows]), 4.0, atol=1e-6)
+    w._tracks_edit.value = str(k)
+    w._new_id.value = 77
+    assert w.relabel() == list(range(8))
+    np.testing.assert_allclose(np.diff(w.kinetics.table["orientation"][w.kinetics.rows(77)]), 4.0)
+    # Clusters edited since the orientations were found: linked without them.
+    stem_meta(clusters)["cube"] = series.cube  # for the new cluster averages
+    clusters.data = np.where(clusters.data == clusters.data.max(), 0, clusters.data)
+    w._layer_combo.value = clusters
+    w.link()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None
+    assert w.tracking.params["used_orientations"] is None
+    assert "do not fit" in w._status.value

@@ -88,6 +88,7 @@ def test_widget_matches_and_shows_maps(make_napari_viewer, qtbot, grains, tmp_pa
         "grains IPF y",
         "grains phase",
         "grains in-plane angle",
+        "grains orientation score",
     )
     for name in names:
         assert name in viewer.layers
@@ -104,7 +105,13 @@ def test_widget_matches_and_shows_maps(make_napari_viewer, qtbot, grains, tmp_pa
     w.draw()
     texts = [t.get_text() for t in w.figure.axes[0].texts]
     assert len(texts) > 3 and all(t.replace("-", "").isdigit() for t in texts)
-    assert "TiO2" in w.figure.axes[0].get_title()
+    assert "Rutile" in w.figure.axes[0].get_title()
+    # the IPF colour key of the cluster's phase, with its three corners named
+    key_ax = w.figure.axes[1]
+    assert key_ax.get_title() == "IPF colour key"
+    assert sorted(t.get_text() for t in key_ax.texts) == ["[001]", "[100]", "[110]"]
+    score = viewer.layers["grains orientation score"].data
+    assert score[2, 2] == pytest.approx(rec["score"][0]) and np.isnan(score[0, 0])
     w.canvas.draw()
     w.native.grab().save(str(tmp_path / "orientation_widget.png"))
     assert (tmp_path / "orientation_widget.png").stat().st_size > 1000
@@ -130,3 +137,75 @@ def test_widget_without_layer_says_so(make_napari_viewer):
     assert w.run() is None
     assert "No segmentation layer" in w._status.value
     w.draw()  # an empty plot, no error
+
+
+def test_template_in_the_diffraction_viewer(make_napari_viewer, qtbot, grains, tmp_path):
+    """The matched template, with (hkl), over the diffraction viewer's average and pattern."""
+    from napari_stemcluster._layers import dataset_to_layers
+    from napari_stemcluster.io import Calibration, StemDataset
+    from napari_stemcluster.widgets import DiffractionViewer
+    from napari_stemcluster.widgets._orientation import (
+        PATTERN_TEMPLATE_LAYER,
+        TEMPLATE_LAYER,
+        template_spots,
+    )
+
+    result = grains[0]
+    labels = result.labels
+    # every position shows its cluster's pattern: the averages are the matched patterns
+    cube = np.where(labels[..., None, None] > 0, result.cluster_means[labels - 1], 0)
+    cube = cube.astype(np.float32)
+    cal = Calibration(r_pixel_size=1.0, r_units="nm", q_pixel_size=QPIX, q_units="1/angstrom")
+    ds = StemDataset.from_array(cube, cal, name="grains")
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in dataset_to_layers(ds, name="grains ADF"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    for data, kwargs, kind in result_to_layers(result, CAL, name="grains", cube=ds.cube):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    n_before = len(dif.model.layers)
+    w = OrientationWidget(viewer)
+    w._cif.value = [builtin_cif("Au"), builtin_cif("TiO2")]
+    w._step.value = 2.0
+    w._max_angle.value = 1.2 * 19.687
+    w.run()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=60_000)
+    assert w.jobs.last_error is None
+    names = [lay.name for lay in dif.model.layers]
+    assert len(names) == n_before + 2
+    # one template layer closes each panel of the grid
+    stride = dif.model.grid.stride
+    assert names.index(PATTERN_TEMPLATE_LAYER) == stride - 1
+    assert names.index(TEMPLATE_LAYER) == 2 * stride - 1
+    assert dif.model.layers[TEMPLATE_LAYER].scale[0] == pytest.approx(QPIX)
+
+    # the average of cluster 2 (rutile) and the pattern under the mouse (cluster 1, gold)
+    labels_layer = viewer.layers["grains"]
+    dif.controls.source.value = "selected label"
+    labels_layer.selected_label = 2
+    qtbot.waitUntil(lambda: dif.label == 2, timeout=10_000)
+    viewer.cursor.position = tuple(labels_layer.data_to_world((6, 2)))
+    qtbot.waitUntil(lambda: dif.position == (6, 2), timeout=10_000)
+    avg = dif.model.layers[TEMPLATE_LAYER]
+    pat = dif.model.layers[PATTERN_TEMPLATE_LAYER]
+    cache = {}
+    rec = w.result.records
+    for layer, label in ((avg, 2), (pat, 1)):
+        pos, _, _ = template_spots(w.result, 0, label, (96, 96), cache)
+        assert len(pos) > 5
+        np.testing.assert_allclose(layer.data, pos)
+        shown = [t for t in layer.features["hkl"] if t]
+        assert len(shown) >= 5 and all(t.replace("-", "").isdigit() for t in shown)
+        # the template sits on the disks of the shown pattern
+        image = dif.average if layer is avg else dif.pattern
+        strong = np.argsort(-np.asarray(layer.size))[:5]
+        at_spots = [image[round(x), round(y)] for x, y in layer.data[strong]]
+        assert np.median(at_spots) > 5 * np.median(image)
+    assert rec["phase"][1] == 1 and rec["phase"][0] == 0
+    # not indexed or background: nothing drawn
+    viewer.cursor.position = tuple(labels_layer.data_to_world((0, 0)))
+    qtbot.waitUntil(lambda: dif.position == (0, 0), timeout=10_000)
+    assert len(pat.data) == 0
+    dif.grab().save(str(tmp_path / "diffraction_template.png"))
+    assert (tmp_path / "diffraction_template.png").stat().st_size > 1000

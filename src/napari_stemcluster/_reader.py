@@ -159,9 +159,14 @@ def read_stem(path) -> list[tuple]:
                 new += bragg_layer_data(
                     info["bragg"], result.labels, scale=kw["scale"], units=kw["units"]
                 )
+                from ._bragg_layers import bragg_extra_layers  # legend, colour bars
+
+                new += bragg_extra_layers(
+                    info["bragg"], result.labels.shape, scale=kw["scale"], units=kw["units"]
+                )
             layers += new
             if info.get("tracking") is not None:
-                from ._tracking_layers import tracking_layer
+                from ._tracking_layers import linked_orientations, tracking_layer
 
                 layers.append(
                     tracking_layer(
@@ -171,6 +176,7 @@ def read_stem(path) -> list[tuple]:
                         info["calibration"],
                         f"{Path(p).stem} tracked",
                         source=info["source"],
+                        orientations=linked_orientations(info["tracking"], info),
                     )
                 )
         else:  # the format just detected: open_dataset need not detect it again

@@ -3,7 +3,8 @@
 Its ``metadata["stemcluster"]`` has ``kind = "tracks"`` and holds the
 ``tracking`` (:class:`~napari_stemcluster.core.tracking.Tracking`), the
 ``kinetics`` (:class:`~napari_stemcluster.core.tracking.Kinetics`), the
-``result`` it was linked from, the ``calibration`` and the ``source``. The
+``result`` it was linked from, the ``calibration``, the ``source`` and the
+``orientations`` it was linked with. The
 layer's label values are track ids, so napari gives a grain the same colour
 at every time step. This module never imports napari.
 """
@@ -15,10 +16,35 @@ from .io.dataset import Calibration
 METADATA_KEY = "stemcluster"
 
 
+def linked_orientations(tracking, info: dict):
+    """The orientation results of a results file that ``tracking`` was linked with, or None.
+
+    ``info`` is the second value of :func:`~napari_stemcluster.io.read_results`.
+
+    Examples
+    --------
+    >>> linked_orientations(info["tracking"], info)  # doctest: +SKIP
+    OrientationResult(...)
+    """
+    used = (tracking.params or {}).get("used_orientations")
+    key = {"rotations": "orientation", "lattices": "bragg"}.get(used)
+    return None if key is None else info.get(key)
+
+
 def tracking_layer(
-    tracking, kinetics, result=None, calibration=None, name: str = "grains", *, source=None
+    tracking,
+    kinetics,
+    result=None,
+    calibration=None,
+    name: str = "grains",
+    *,
+    source=None,
+    orientations=None,
 ) -> tuple:
     """``(tracks, kwargs, "labels")`` for the tracked grains of a 5D result.
+
+    ``orientations`` are the orientation (or Bragg) results the tracks were
+    linked with, kept so that kinetics recomputed after a correction use them.
 
     Examples
     --------
@@ -37,6 +63,7 @@ def tracking_layer(
         "calibration": cal.as_dict(),
         "source": source,
         "cube": None,
+        "orientations": orientations,
     }
     kwargs = {
         "name": name,
@@ -77,7 +104,12 @@ def tracks_to_save(data, stem_meta: dict, result_of):
         if tracking is not None and not np.array_equal(tracking.step_labels, result.labels):
             tracking = None  # edited since linking: the tracks no longer fit
     if tracking is not None and kinetics is None:
+        # The orientation results the tracks were linked with, else measured ones.
+        how = stem_meta.get("orientations")
         kinetics = grain_kinetics(
-            tracking, result, orientations="pattern", calibration=stem_meta.get("calibration")
+            tracking,
+            result,
+            orientations="pattern" if how is None else how,
+            calibration=stem_meta.get("calibration"),
         )
     return result, tracking, kinetics

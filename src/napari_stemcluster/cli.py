@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     _add_orient_parser(sub)
     _add_strain_parser(sub)
+    _add_track_parser(sub)
     return parser
 
 
@@ -216,15 +217,30 @@ def _add_orient_parser(sub):
         "--sigma-excitation", type=float, default=0.02, help="excitation-error width, 1/Å"
     )
     orient.add_argument("--convergence", type=float, default=0.0, help="semi-angle, mrad")
+    orient.add_argument(
+        "--thickness",
+        type=float,
+        default=0.0,
+        help="slab thickness, nm: sinc² excitation weight instead of the Gaussian (0: Gaussian)",
+    )
     orient.add_argument("--disk-radius", type=float, default=2.0, help="Bragg disk radius, px")
     orient.add_argument("--min-disks", type=int, default=4, help="fewer: not indexed")
     orient.add_argument("-q", "--quiet", action="store_true", help="print nothing")
 
 
+#: What an option without a value means, for the help text.
+_UNSET = {
+    "q_mask": "the whole detector",
+    "scan_shape": "from the file; also written RXxRY",
+    "times": "all",
+}
+
+
 def _default_text(p) -> str:
     d = p.default
     if d is None:
-        return ""
+        unset = _UNSET.get(p.name)
+        return f" (default: {unset})" if unset and "(default" not in p.help else ""
     if isinstance(d, bool):
         return " (default: on)" if d else " (default: off)"
     if isinstance(d, tuple | list):
@@ -309,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             return _orient(args)
         if args.command == "strain":
             return _strain(args)
+        if args.command == "track":
+            return _track_results(args)
         return _demo(args)
     except KeyboardInterrupt as e:  # SIGINT or SIGTERM (see _signals)
         _signals.unmute()
@@ -677,6 +695,18 @@ def _summary(ds, result, stats, seconds, path):
             if stage in read:
                 extra = f" (tasks: read {read[stage][0]:.2f} s, compute {read[stage][1]:.2f} s)"
             parts.append(f"{_stage_label(stage, result.params)} {st[stage]:.2f} s{extra}")
+    # The parts add up to the total: for one time step the stages run one
+    # after the other and what they leave of the segmentation is setup (plan,
+    # kernels loaded or compiled, thresholds); with several, the stages of
+    # different steps run at once and their spans overlap.
+    staged = sum(st.get(s, 0.0) for s in ("similarity", "regions", "averages"))
+    rest = seg - staged
+    if steps == 1 and rest >= 0.005:
+        parts.append(f"setup (plan, kernels, thresholds) {rest:.2f} s")
+    elif rest >= 0.005:
+        parts.append(f"rest of the segmentation (setup; stages of time steps overlap) {rest:.2f} s")
+    elif rest <= -0.005:
+        parts.append(f"(the stages of different time steps overlapped by {-rest:.2f} s)")
     if "track" in seconds:
         parts.append(f"track grains {seconds['track']:.2f} s")
     parts.append(f"write {seconds['write']:.2f} s")
@@ -752,10 +782,22 @@ def _demo(args) -> int:
     say(f"parameters: {out / 'params.toml'}")
     say(f"overview: {png}")
     say(
-        f"done in {time.perf_counter() - t0:.1f} s; try: stemcluster segment "
+        f"done in {time.perf_counter() - t0:.1f} s; try: {_command()} segment "
         f"{data_path} --config {out / 'params.toml'} -o {out / 'again.h5'}"
     )
     return 0
+
+
+def _command() -> str:
+    """How to call this command again from here (it may not be on the PATH, e.g. via dev.sh)."""
+    import shutil
+
+    exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if Path(exe).name == "stemcluster" and shutil.which("stemcluster") != exe:
+        return exe
+    if Path(exe).name == "__main__.py":
+        return f"{Path(sys.executable).name} -m napari_stemcluster"
+    return "stemcluster"
 
 
 __all__ = ["DESCRIPTIONS", "SAMPLE", "build_parser", "main"]
@@ -797,6 +839,7 @@ def _orient(args) -> int:
         max_angle_mrad=args.max_angle,
         sigma_excitation=args.sigma_excitation,
         convergence_mrad=args.convergence,
+        thickness_nm=args.thickness,
         disk_radius=args.disk_radius,
         min_disks=args.min_disks,
         progress=progress,
@@ -810,8 +853,9 @@ def _orient(args) -> int:
         for k, st in enumerate(res.structures):
             sel = rec["phase"] == k
             if sel.any():
+                n = int(sel.sum())
                 print(
-                    f"  {st.name} ({st.spacegroup}): {int(sel.sum())} clusters, "
+                    f"  {st.name} ({st.spacegroup}): {n} cluster{'' if n == 1 else 's'}, "
                     f"median score {np.median(rec['score'][sel]):.3f}"
                 )
     return 0
@@ -854,7 +898,34 @@ def _add_strain_parser(sub) -> None:
     )
     p.add_argument("-o", "--output", metavar="OUT.h5", help="default: RESULTS_bragg.h5")
     p.add_argument("--probe-radius", type=float, metavar="PX", help="disk radius (default: auto)")
+    p.add_argument(
+        "--template",
+        choices=("synthetic", "central"),
+        default="synthetic",
+        help=(
+            "probe template: a synthetic soft-edged disk (default) or the central disk of "
+            "the largest cluster's average"
+        ),
+    )
+    p.add_argument(
+        "--vacuum",
+        metavar="MASK.npy",
+        help="probe template from the average of a vacuum region (bool scan mask in a .npy file)",
+    )
+    g = p.add_argument_group("detection (defaults as find_bragg_disks)")
+    for flag, kind, text in _BRAGG_OPTIONS:
+        g.add_argument(flag, type=kind, metavar="X", help=text)
+    g.add_argument("--ring", action="store_true", help="background-subtracted (ring) kernel")
+    g.add_argument("--subpixel", choices=("dft", "parabolic", "none"), help="default: dft")
     p.add_argument("--min-indexed", type=int, default=5, metavar="N", help="default: 5")
+    p.add_argument(
+        "--reference-region",
+        metavar="MASK.npy",
+        help=(
+            "strain relative to the median lattice of each cluster inside this region "
+            "(bool scan mask, or (T, RX, RY) for a time series, in a .npy file)"
+        ),
+    )
     p.add_argument("--no-strain", action="store_true", help="cluster lattices only (fast)")
     p.add_argument(
         "--reference",
@@ -867,6 +938,67 @@ def _add_strain_parser(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+
+_BRAGG_OPTIONS = (
+    ("--corr-power", float, "1: cross-correlation (default), 0: phase correlation"),
+    ("--sigma", float, "smoothing of the correlation in pixels (default 1.5)"),
+    ("--min-spacing", float, "minimum disk distance in pixels (default: the disk radius)"),
+    ("--min-relative", float, "fraction of the strongest disk (default 0.005)"),
+    ("--min-absolute", float, "least correlation peak (default 0: off)"),
+    ("--min-snr", float, "standard deviations above the correlation noise (default 5)"),
+    ("--edge", int, "ignore disks this close to the border (default: the disk radius)"),
+    ("--max-count", int, "most disks per pattern (default 200)"),
+)
+
+
+def _scan_mask(path, shape, what: str):
+    import numpy as np
+
+    try:
+        mask = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the {what} mask ({e})") from None
+    if mask.shape not in (tuple(shape), tuple(shape[-2:])):
+        raise UserError(
+            f"{path}: the {what} mask has shape {mask.shape}; expected the scan shape "
+            f"{tuple(shape[-2:])}" + (f" or {tuple(shape)}" if len(shape) == 3 else "")
+        )
+    if mask.dtype.kind not in "biu":
+        raise UserError(f"{path}: the {what} mask must be bool or integer; got {mask.dtype}")
+    if not mask.any():
+        raise UserError(f"{path}: the {what} mask selects no scan position")
+    return mask != 0
+
+
+def _strain_template(args, result, means, open_cube):
+    """The probe template chosen on the command line (None: synthetic disk)."""
+    import numpy as np
+
+    from .core import probe_from_pattern, probe_from_region
+
+    if args.vacuum:
+        region = _scan_mask(args.vacuum, result.labels.shape, "vacuum")
+        cube = open_cube("(the --vacuum template averages its patterns)")
+        if cube.ndim == 5:  # the first time step with vacuum in the region
+            region = np.broadcast_to(region, result.labels.shape)
+            t = int(np.flatnonzero(region.reshape(len(region), -1).any(1))[0])
+            cube, region = cube[t], region[t]
+        try:
+            return probe_from_region(cube, region, radius=args.probe_radius)
+        except ValueError as e:
+            raise UserError(f"{args.vacuum}: {e}") from None
+    if args.template == "central":
+        tables = result.clusters if result.is_time_series else [result.clusters]
+        t = next((i for i, m in enumerate(means) if len(m)), None)
+        if t is None:
+            raise UserError("no clusters: there is no cluster average to take a template from")
+        largest = int(np.argmax(tables[t].size))
+        try:
+            return probe_from_pattern(np.asarray(means[t][largest]), radius=args.probe_radius)
+        except ValueError as e:
+            raise UserError(f"the largest cluster's average: {e}") from None
+    return None
 
 
 def _strain(args) -> int:
@@ -882,24 +1014,51 @@ def _strain(args) -> int:
     _check_output(out, args.data, args.overwrite)
     result, info = read_results(src)
     detect = {} if args.probe_radius is None else {"probe_radius": args.probe_radius}
+    for flag, _, _ in _BRAGG_OPTIONS:
+        key = flag[2:].replace("-", "_")
+        if getattr(args, key) is not None:
+            detect[key] = getattr(args, key)
+    if args.ring:
+        detect["ring"] = True
+    if args.subpixel:
+        detect["subpixel"] = args.subpixel
     ts = result.is_time_series
     means = list(result.cluster_means) if ts else [result.cluster_means]
     started = time.perf_counter()
-    lattices = [cluster_lattices(np.asarray(m), **detect) for m in means]
+    opened = []
+
+    def open_cube(why="(or use --no-strain)"):
+        if not opened:
+            data = args.data or info.get("source")
+            if not data or not Path(data).exists():
+                raise UserError(
+                    f"{src}: the source data {data!r} is not available; give it with --data " + why
+                )
+            ds = open_dataset(data, args.scan_shape)
+            if tuple(ds.cube.shape[:-2]) != tuple(result.labels.shape):
+                raise UserError(
+                    f"{data}: scan shape {tuple(ds.cube.shape[:-2])} differs from the labels "
+                    f"{tuple(result.labels.shape)} in {src}"
+                )
+            opened.append(ds.cube)
+        return opened[0]
+
+    region = None
+    if args.reference_region and not args.no_strain:
+        region = _scan_mask(args.reference_region, result.labels.shape, "reference region")
+        region = np.broadcast_to(region, result.labels.shape)
+    template = _strain_template(args, result, means, open_cube)
+    stored = dict(detect)  # the template array is not a parameter to store
+    if template is not None:
+        detect["template"] = template
+        stored["template"] = "vacuum region" if args.vacuum else "central disk"
+    try:
+        lattices = [cluster_lattices(np.asarray(m), **detect) for m in means]
+    except ValueError as e:
+        raise UserError(f"Bragg disk detection: {e}") from None
     strain = None
     if not args.no_strain:
-        data = args.data or info.get("source")
-        if not data or not Path(data).exists():
-            raise UserError(
-                f"{src}: the source data {data!r} is not available; give it with --data "
-                "(or use --no-strain)"
-            )
-        ds = open_dataset(data, args.scan_shape)
-        if tuple(ds.cube.shape[:-2]) != tuple(result.labels.shape):
-            raise UserError(
-                f"{data}: scan shape {tuple(ds.cube.shape[:-2])} differs from the labels "
-                f"{tuple(result.labels.shape)} in {src}"
-            )
+        cube = open_cube()
 
         def report(done, total):
             if not args.quiet:
@@ -921,7 +1080,7 @@ def _strain(args) -> int:
             if missing and not args.quiet:
                 print(f"clusters without an orientation reference: {missing}", file=sys.stderr)
         strain = strain_map(
-            ds.cube,
+            cube,
             result.labels,
             refs,
             min_indexed=args.min_indexed,
@@ -930,9 +1089,18 @@ def _strain(args) -> int:
         )
         if not args.quiet:
             print(file=sys.stderr)
-    params = {"min_indexed": args.min_indexed, **detect}
+        if region is not None:
+            from .core import rereference
+
+            if not (region & np.isfinite(strain.exx)).any():
+                raise UserError(
+                    f"{args.reference_region}: no position of the reference region has a "
+                    "strain value"
+                )
+            strain = rereference(strain, result.labels, region)
+    params = {"min_indexed": args.min_indexed, **stored}
     if strain is not None:
-        params["reference"] = reference
+        params["reference"] = "region" if region is not None else reference
     written = write_results(
         out,
         result,
@@ -957,4 +1125,82 @@ def _strain(args) -> int:
             )
         print(f"time: {time.perf_counter() - started:.2f} s")
         print(f"written: {written}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# stemcluster track: (re)link the grains of a 5D results file
+
+
+def _add_track_parser(sub) -> None:
+    p = sub.add_parser(
+        "track",
+        help="link the grains of a 5D results file through time, by its orientation results",
+        description=(
+            "Give the clusters of every time step of a 5D results file persistent grain ids "
+            "(overlap, averaged patterns and, when the file holds them, the orientation "
+            "results of `stemcluster orient` or the lattices of `stemcluster strain`), "
+            "record the events and the kinetics, and store them in the file (atomically) "
+            "and in the RESULTS_kinetics*.csv files beside it (replaced). Run it after "
+            "`stemcluster orient` to link by the crystal orientations; this replaces the "
+            "tracks (and any corrections) stored in the file."
+        ),
+    )
+    p.add_argument("results", metavar="RESULTS.h5", help="5D results file of 'segment'")
+    p.add_argument(
+        "--orientation",
+        choices=("auto", "orientation", "bragg", "none"),
+        default="auto",
+        help="orientations used for linking: the /orientation results, the /bragg "
+        "lattices, or none; default: orientation when the file holds it, else bragg, "
+        "else none",
+    )
+    p.add_argument(
+        "--max-gap",
+        type=int,
+        default=1,
+        metavar="N",
+        help="steps a grain may be missing and keep its id (default: 1)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+
+def _track_results(args) -> int:
+    """``stemcluster track``: link a 5D results file and store tracks, events, kinetics."""
+    from .core.tracking import EVENT_KINDS, track_series
+    from .io import read_results
+    from .io._analysis_tracking import save_tracking, write_kinetics_csv
+
+    if args.max_gap < 0:
+        raise UserError(f"--max-gap must be >= 0; got {args.max_gap}")
+    src = Path(args.results)
+    result, info = read_results(src)
+    if not result.is_time_series:
+        raise UserError(f"{src}: holds a 4D segmentation; linking needs a 5D (time series) one")
+    found = {"orientation": info.get("orientation"), "bragg": info.get("bragg")}
+    choice = args.orientation
+    if choice == "auto":
+        choice = next((k for k, v in found.items() if v is not None), "none")
+    elif choice != "none" and found[choice] is None:
+        hint = "stemcluster orient" if choice == "orientation" else "stemcluster strain"
+        raise UserError(f"{src}: holds no {choice} results; run `{hint}` first")
+    orientations = found.get(choice) if choice != "none" else None
+    t0 = time.perf_counter()
+    tracking, kinetics = track_series(
+        result,
+        info["calibration"],
+        orientations="pattern" if orientations is None else orientations,
+        max_gap=args.max_gap,
+    )
+    save_tracking(src, tracking, kinetics)
+    csvs = write_kinetics_csv(_kinetics_paths(src)[0], kinetics, tracking)
+    if not args.quiet:
+        counts = {k: int((tracking.events["kind"] == k).sum()) for k in EVENT_KINDS}
+        by = "overlap, patterns" + ("" if orientations is None else f", {choice} results")
+        events = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "no events"
+        print(
+            f"{src}: {tracking.n_tracks} grains over {tracking.n_steps} steps, linked by "
+            f"{by} in {time.perf_counter() - t0:.2f} s; {events}"
+        )
+        print(f"  kinetics: {', '.join(str(p) for p in csvs)}")
     return 0

@@ -3,6 +3,9 @@
 import numba
 import numpy as np
 
+#: Gaussian width (times 1/thickness) with the FWHM of the slab's sinc² (0.886 / 2.355).
+SINC2_SIGMA = 0.376
+
 
 @numba.njit(cache=True, nogil=True)
 def _angular_series(theta, amp, entry, n_entries, n_terms):  # pragma: no cover - compiled
@@ -27,12 +30,12 @@ def _overlap_score(rot, model):  # pragma: no cover - compiled
     """Cosine similarity of Gaussian-spot images of a template and measured disks.
 
     ``model`` is the tuple ``(g, f2, q, amp, wavelength, sigma_s, alpha,
-    power, sigma, q_limit, min_weight)`` of
+    power, sigma, q_limit, min_weight, thickness)`` of
     :func:`napari_stemcluster.core.orientation._score_model`. Same arithmetic
     as the numpy reference ``_exact_score_numpy`` in
     :mod:`napari_stemcluster.core.orientation`.
     """
-    g, f2, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight = model
+    g, f2, q, amp, wavelength, sigma_s, alpha, power, sigma, q_limit, min_weight, thickness = model
     num = 0.0
     norm_t = 0.0
     inv4s2 = 1.0 / (4.0 * sigma * sigma)
@@ -42,8 +45,13 @@ def _overlap_score(rot, model):  # pragma: no cover - compiled
         z = rot[2, 0] * g[j, 0] + rot[2, 1] * g[j, 1] + rot[2, 2] * g[j, 2]
         g2 = x * x + y * y + z * z
         s = z + 0.5 * wavelength * g2
-        sig2 = sigma_s * sigma_s + alpha * alpha * (g2 - z * z)
-        w = np.exp(-0.5 * s * s / sig2)
+        if thickness > 0.0:  # slab shape function, see _excitation_weight
+            w0 = SINC2_SIGMA / thickness
+            arg = np.pi * thickness * s / np.sqrt(1.0 + alpha * alpha * (g2 - z * z) / (w0 * w0))
+            w = 1.0 if abs(arg) < 1e-12 else (np.sin(arg) / arg) ** 2
+        else:
+            sig2 = sigma_s * sigma_s + alpha * alpha * (g2 - z * z)
+            w = np.exp(-0.5 * s * s / sig2)
         if w < min_weight or x * x + y * y > q_limit * q_limit:
             continue
         a = (f2[j] * w) ** power

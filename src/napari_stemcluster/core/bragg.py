@@ -41,6 +41,12 @@ DISK_DTYPE = np.dtype(
 #: Patterns per batched FFT.
 BLOCK = 128
 
+#: With fewer disks than this (per pattern, median over a stack) from a
+#: template more than TOO_LARGE times the radius of the brightest disk, the
+#: template's size is named as the likely cause.
+FEW = 4
+TOO_LARGE = 2.5
+
 
 class BraggWarning(UserWarning):
     """Nothing (or only the direct beam) was found in a pattern."""
@@ -323,6 +329,14 @@ def _check_template(template) -> np.ndarray:
     return t
 
 
+#: Largest pattern value: the correlation and noise estimate are computed in float32.
+FLOAT32_SAFE = 1e15  # squares of differences (noise estimate) stay finite in float32
+_TOO_LARGE_VALUES = (
+    "pattern values up to {:.3g} are beyond the float32 range the correlation uses; "
+    "rescale the data (detection does not depend on the scale)"
+)
+
+
 def _as_pattern(pattern, name: str) -> np.ndarray:
     p = np.asarray(pattern)
     if p.ndim != 2:
@@ -332,6 +346,8 @@ def _as_pattern(pattern, name: str) -> np.ndarray:
     p = p.astype(np.float64)
     if not np.all(np.isfinite(p)):
         raise ValueError(f"{name} contains NaN or inf; replace those values first")
+    if p.size and float(np.abs(p).max()) > FLOAT32_SAFE:
+        raise ValueError(_TOO_LARGE_VALUES.format(float(np.abs(p).max())))
     return p
 
 
@@ -436,7 +452,8 @@ def find_bragg_disks(
     BraggWarning
         For a single pattern that is empty or flat, or in which no disk (or
         only the direct beam) passes the thresholds; for a stack in which no
-        pattern has a disk.
+        pattern has a disk; when a given template or ``probe_radius`` is
+        much larger than the disks and few disks were found.
 
     Notes
     -----
@@ -477,6 +494,7 @@ def find_bragg_disks(
     )
     if min(qshape) < 3:
         raise ValueError(f"patterns must be at least 3x3 pixels; got {qshape}")
+    probe_radius_given = template is None and probe_radius is not None
     if template is None:
         if probe_radius is None:
             probe_radius = _estimate_stack_radius(img if single else flat, n, single)
@@ -505,10 +523,13 @@ def find_bragg_disks(
     p.update(min_spacing=float(min_spacing), edge=edge, radius=radius)
 
     det = _Detector(t, qshape, p, workers)
+    chosen = template is not None or probe_radius_given
     if single:
         disks, beams = det.run(img[None])
         d, b = disks[0], beams[0]
         _warn_single(img, d, b)
+        if chosen and len(d) < FEW:
+            _warn_size(radius, lambda: estimate_probe_radius(img))
         return (d, b) if return_beam else d
 
     out: list[np.ndarray] = []
@@ -520,6 +541,8 @@ def find_bragg_disks(
             bad = i0 + int(np.flatnonzero(~np.isfinite(block).reshape(i1 - i0, -1).all(1))[0])
             where = tuple(int(i) for i in np.unravel_index(bad, lead))
             raise ValueError(f"pattern {where} contains NaN or inf")
+        if block.dtype.kind == "f" and block.size and float(np.abs(block).max()) > FLOAT32_SAFE:
+            raise ValueError(_TOO_LARGE_VALUES.format(float(np.abs(block).max())))
         d, b = det.run(block)
         out.extend(d)
         beams[i0:i1] = b
@@ -532,6 +555,8 @@ def find_bragg_disks(
             BraggWarning,
             stacklevel=2,
         )
+    if n and chosen and np.median([len(x) for x in out]) < FEW:
+        _warn_size(radius, lambda: _estimate_stack_radius(flat, n, False))
     return (out, beams) if return_beam else out
 
 
@@ -567,6 +592,23 @@ def _params(
         "upsample": up,
         "beam": beam,
     }
+
+
+def _warn_size(radius: float, estimate: Callable[[], float]) -> None:
+    """Warn when few disks were found with a template much larger than the disks.
+
+    Checked only when the result is poor: the radius estimate from the
+    brightest disk is too small at low dose to judge a good result by.
+    """
+    est = estimate()
+    if radius > TOO_LARGE * est:
+        warnings.warn(
+            f"the probe template (radius {radius:.1f} px) is much larger than the disks "
+            f"(radius about {est:.1f} px, from the brightest disk): neighbouring disks merge "
+            f"in the correlation; use probe_radius={est:.1f}, or leave it unset to estimate it",
+            BraggWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_single(img, d, b):

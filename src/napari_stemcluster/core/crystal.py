@@ -9,7 +9,8 @@ Conventions
 * Electron scattering factors: Peng et al. (1996), see
   :mod:`napari_stemcluster.core._scattering_factors`.
 * Debye-Waller factor ``exp(-B s²)`` with ``s = |g|/2`` and
-  ``B = 8π² U_iso`` from the CIF (a default where the CIF gives none).
+  ``B = 8π² U`` with ``U`` the CIF's ``U_iso`` (or ``B_iso``), else the
+  equivalent isotropic ``U_eq`` of its anisotropic ``U``, else a default.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class Structure:
     Attributes
     ----------
     name : str
-        Data-block name of the CIF (or the file stem).
+        Mineral or common name from the CIF, else its data-block name (or
+        the file stem).
     cell : tuple of float
         ``(a, b, c, alpha, beta, gamma)`` in Å and degrees.
     spacegroup : str
@@ -145,6 +147,47 @@ def _laue_ops(sg, direct: np.ndarray) -> np.ndarray:
         if not any(np.allclose(r, o, atol=1e-6) for o in out):
             out.append(r)
     return np.array(out)
+
+
+def _display_name(block, block_name: str, path: Path) -> str:
+    """A readable name: the mineral or common name, else the block's name.
+
+    Database entries name their block by a number (``data_9008463``), so
+    the chemical name says more.
+    """
+    for tag in ("_chemical_name_mineral", "_chemical_name_common"):
+        value = block.find_value(tag)
+        if value and value not in ("?", "."):
+            return _cif_string(value)
+    return str(block_name or path.stem)
+
+
+def _cif_string(value: str) -> str:
+    """A CIF value without its quotes or text-field markers."""
+    import gemmi
+
+    return gemmi.cif.as_string(value).strip()
+
+
+def _u_equivalent(site, direct: np.ndarray) -> float:
+    """``U_iso`` of a site, else ``U_eq`` of its anisotropic ``U``, else 0.
+
+    ``U_eq`` is a third of the trace of the Cartesian tensor
+    ``M diag(a*) U diag(a*) Mᵀ`` (Fischer & Tillmanns 1988, *Acta Cryst.*
+    C44:775). A tensor that is not positive definite (a misread or
+    mis-ordered CIF loop) is not used.
+    """
+    if site.u_iso > 0:
+        return float(site.u_iso)
+    a = site.aniso
+    if not a.nonzero():
+        return 0.0
+    u = np.array([[a.u11, a.u12, a.u13], [a.u12, a.u22, a.u23], [a.u13, a.u23, a.u33]])
+    astar = np.linalg.norm(np.linalg.inv(direct), axis=1)  # |a*|, |b*|, |c*|
+    cart = direct @ (astar[:, None] * u * astar[None, :]) @ direct.T
+    if np.any(np.linalg.eigvalsh(cart) <= 0):
+        return 0.0
+    return float(np.trace(cart) / 3.0)
 
 
 def load_structure(cif_path, *, b_iso_default: float = 0.5, block: str | None = None) -> Structure:
@@ -247,12 +290,12 @@ def structure_from_cif_text(
     for s, el in zip(sites, elements, strict=True):
         if s.element.atomic_number == 0:
             raise ValueError(f"{path}: atom site {s.label!r} has no known element ({el!r})")
-    u = np.array([s.u_iso for s in sites], np.float64)
+    u = np.array([_u_equivalent(s, direct) for s in sites], np.float64)
     b = np.where(u > 0, 8.0 * np.pi**2 * u, float(b_iso_default))
     occ = np.array([s.occ for s in sites], np.float64)
     c = st.cell
     return Structure(
-        name=str(st.name or path.stem),
+        name=_display_name(blk, st.name, path),
         cif_text=text,
         cell=(c.a, c.b, c.c, c.alpha, c.beta, c.gamma),
         spacegroup=sg.hm,
@@ -288,7 +331,7 @@ def structure_factors(structure: Structure, hkl) -> np.ndarray:
     >>> from napari_stemcluster.data import builtin_cif
     >>> au = load_structure(builtin_cif("Au"))
     >>> np.abs(structure_factors(au, [[1, 0, 0], [2, 0, 0]])).round(2)
-    array([ 0.  , 23.59])
+    array([ 0.  , 23.77])
     """
     h = np.asarray(hkl, np.float64)
     if h.shape[-1:] != (3,):

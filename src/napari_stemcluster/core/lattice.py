@@ -234,8 +234,20 @@ def _least_squares(pos, hk, center=None, w=None):
 
 
 def _rank_ok(hk, free_origin: bool) -> bool:
-    a = np.column_stack([hk, np.ones(len(hk))]) if free_origin else hk.astype(float)
-    return len(hk) >= a.shape[1] and np.linalg.matrix_rank(a) == a.shape[1]
+    """Whether the indices determine the basis (and origin): not all collinear.
+
+    Exact on the integer indices (two cross products instead of an SVD: this
+    runs for every probe position of a strain map).
+    """
+    hk = np.asarray(hk, np.int64).reshape(-1, 2)
+    if len(hk) < (3 if free_origin else 2):
+        return False
+    d = hk - hk[0] if free_origin else hk  # with a free origin, differences span the plane
+    nz = np.flatnonzero(d.any(axis=1))
+    if nz.size == 0:
+        return False
+    v = d[nz[0]]
+    return bool(np.any(v[0] * d[:, 1] - v[1] * d[:, 0]))
 
 
 def fit_lattice(

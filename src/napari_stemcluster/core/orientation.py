@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._orientation_numba import (
+    SINC2_SIGMA,
     _angular_series,
     _aperture_disks,
     _nelder_mead,
@@ -242,10 +243,23 @@ def zone_axis_twin(rotation, structure: Structure) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- spots
-def _excitation_weight(g_lab: np.ndarray, wavelength: float, sigma_s, alpha: float):
+def _excitation_weight(
+    g_lab: np.ndarray, wavelength: float, sigma_s, alpha: float, thickness: float = 0.0
+):
+    """Weight of each reflection from its excitation error ``s``.
+
+    Without a thickness, a Gaussian of width ``sqrt(σ_s² + (α g⊥)²)``. With
+    a slab of ``thickness`` t (Å), its shape function ``sinc²(t s)``
+    (``np.sinc(x) = sin(πx)/(πx)``), whose central lobe a convergent probe
+    widens: ``s`` is scaled by ``sqrt(1 + (α g⊥ / w₀)²)`` with
+    ``w₀ = 0.376 / t`` the Gaussian width of that lobe.
+    """
     gz = g_lab[..., 2]
     g2 = np.einsum("...i,...i->...", g_lab, g_lab)
     s = gz + 0.5 * wavelength * g2  # distance from the Ewald sphere
+    if thickness > 0:
+        w0 = SINC2_SIGMA / thickness
+        return np.sinc(thickness * s / np.sqrt(1.0 + alpha**2 * (g2 - gz * gz) / w0**2)) ** 2
     sig2 = np.square(sigma_s) + alpha**2 * (g2 - gz * gz)
     return np.exp(-0.5 * s * s / sig2)
 
@@ -280,6 +294,7 @@ class OrientationLibrary:
     hkl: np.ndarray
     g: np.ndarray
     f2: np.ndarray
+    thickness: float = 0.0
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -298,6 +313,7 @@ class OrientationLibrary:
             "step_deg": self.step_deg,
             "intensity_power": self.intensity_power,
             "n_angles": self.n_angles,
+            "thickness_nm": self.thickness / 10.0,
         }
 
     def spots(self, rotation, *, min_weight: float = 0.01):
@@ -319,6 +335,7 @@ def orientation_library(
     n_angles: int = 180,
     min_weight: float = 0.01,
     zone_axis_index: int = 3,
+    thickness_nm: float = 0.0,
 ) -> OrientationLibrary:
     """Kinematical diffraction templates over the crystal's fundamental zone.
 
@@ -355,6 +372,12 @@ def orientation_library(
     zone_axis_index : int
         Zone axes ``[uvw]`` with indices up to this are added to the sampled
         directions, so that exact zone axes are in the library.
+    thickness_nm : float
+        When > 0, the excitation weight is the shape function ``sinc²(t s)``
+        of a slab this thick instead of the Gaussian, in the templates, the
+        refinement and :func:`simulate_pattern`; ``sigma_excitation`` is then
+        set to the Gaussian of the same central width, ``0.376 / t``, which
+        the search over the library uses.
 
     Returns
     -------
@@ -388,6 +411,11 @@ def orientation_library(
         raise ValueError(f"n_angles must be an even number >= 36; got {n_angles!r}")
     if sigma_excitation <= 0:
         raise ValueError(f"sigma_excitation must be > 0; got {sigma_excitation!r}")
+    thickness = float(thickness_nm) * 10.0
+    if not np.isfinite(thickness) or thickness < 0:
+        raise ValueError(f"thickness_nm must be >= 0 (0: Gaussian weight); got {thickness_nm!r}")
+    if thickness > 0:
+        sigma_excitation = SINC2_SIGMA / thickness
     hkl, g, f2 = reciprocal_lattice(structure, g_max)
     if len(hkl) == 0:
         raise ValueError(
@@ -470,6 +498,7 @@ def orientation_library(
         hkl=hkl,
         g=g,
         f2=f2,
+        thickness=thickness,
     )
 
 
@@ -507,7 +536,11 @@ def kinematical_spots(library: OrientationLibrary, rotation, *, min_weight: floa
         raise ValueError(f"rotation must be a 3x3 matrix; got shape {r.shape}")
     gl = library.g @ r.T
     wt = _excitation_weight(
-        gl, library.wavelength, library.sigma_excitation, library.convergence_mrad * 1e-3
+        gl,
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.thickness,
     )
     sel = wt >= min_weight
     return {
@@ -597,7 +630,11 @@ def _exact_score_numpy(library, rotation, q, amp, sigma, q_limit, min_weight=0.0
     """Cosine similarity of Gaussian-spot images of template and disks (reference)."""
     gl = library.g @ rotation.T
     wt = _excitation_weight(
-        gl, library.wavelength, library.sigma_excitation, library.convergence_mrad * 1e-3
+        gl,
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.thickness,
     )
     sel = (wt >= min_weight) & (np.hypot(gl[:, 0], gl[:, 1]) <= q_limit)
     if not sel.any() or not len(q):
@@ -622,6 +659,7 @@ def _score_model(library, q, amp, sigma, q_limit, min_weight=0.01):
         float(sigma),
         float(min(q_limit, 1e30)),
         float(min_weight),
+        float(library.thickness),
     )
 
 
@@ -796,6 +834,7 @@ def match_orientations(
     refine: bool = True,
     distinct_deg: float | None = None,
     n_candidates: int = 24,
+    workers: int = 1,
 ) -> np.ndarray:
     """Orientation and phase of each pattern by sparse template correlation.
 
@@ -832,6 +871,11 @@ def match_orientations(
         for the confidence (default ``max(3, 2.5 step)``).
     n_candidates : int
         Templates rescored exactly, and alternatives for the confidence.
+    workers : int
+        Threads matching patterns side by side (the compiled kernels and
+        the FFTs release the GIL, the Python steps do not; on a machine
+        whose cores are busy one thread is as fast). The answer does not
+        depend on it.
 
     Returns
     -------
@@ -944,9 +988,23 @@ def match_orientations(
         out["inplane_deg"][i] = _inplane_deg(st, rot)
         out["indexed"][i] = True
 
-    for i in range(n_items):
-        match(i)
+    n_threads = _thread_count(workers, n_items)
+    if n_threads <= 1:
+        for i in range(n_items):
+            match(i)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="stem-orient") as pool:
+            list(pool.map(match, range(n_items)))  # list(): raise a pattern's error here
     return out
+
+
+def _thread_count(workers, n_items: int) -> int:
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be a positive number of threads; got {workers}")
+    return max(1, min(workers, n_items))
 
 
 # ---------------------------------------------------------------- outputs
@@ -994,7 +1052,11 @@ def reference_lattice(rotation, library: OrientationLibrary, *, min_rel: float =
     strong = f2 >= min_rel * f2.max()
     gl = library.g @ r.T
     wt = _excitation_weight(
-        gl, library.wavelength, library.sigma_excitation, library.convergence_mrad * 1e-3
+        gl,
+        library.wavelength,
+        library.sigma_excitation,
+        library.convergence_mrad * 1e-3,
+        library.thickness,
     )
     # the lattice plane of the zone axis; else (a high-index zone) the excited spots
     for sel in ((hkl @ uvw == 0) & strong, strong & (wt >= 0.1)):
@@ -1296,6 +1358,7 @@ def orient_clusters(
     g_max: float | None = None,
     sigma_excitation: float = 0.02,
     convergence_mrad: float = 0.0,
+    thickness_nm: float = 0.0,
     progress=None,
     **match_kw,
 ) -> OrientationResult:
@@ -1309,7 +1372,7 @@ def orient_clusters(
         Candidate phases.
     energy_kev, q_pixel_size : float
         Beam energy and detector calibration (Å⁻¹ per pixel).
-    step_deg, max_angle_mrad, g_max, sigma_excitation, convergence_mrad
+    step_deg, max_angle_mrad, g_max, sigma_excitation, convergence_mrad, thickness_nm
         Library parameters, see :func:`orientation_library`.
     progress : callable, optional
         Called as ``progress(done, total)`` after each chunk of patterns.
@@ -1343,6 +1406,7 @@ def orient_clusters(
         "g_max": g_max,
         "sigma_excitation": sigma_excitation,
         "convergence_mrad": convergence_mrad,
+        "thickness_nm": thickness_nm,
     }
     libs = [orientation_library(st, energy_kev, q_pixel_size, **lib_kw) for st in structures]
     steps = list(cluster_means) if isinstance(cluster_means, list) else [cluster_means]

@@ -21,8 +21,12 @@ earlier), a score combines
   and the cluster;
 * pattern similarity: the cosine similarity of their cluster-averaged
   diffraction patterns (when given);
-* lattice orientation: ``1 - d / (period / 2)`` for an angle difference
-  ``d`` modulo ``period`` (when orientations are given),
+* lattice orientation (when orientations are given): ``1 - d / (period / 2)``
+  for an in-plane angle difference ``d`` modulo ``period`` (angles, or the
+  rotation of the Bragg lattices), or ``1 - min(m, 90) / 90`` for the
+  misorientation ``m`` modulo the crystal symmetry of the orientation
+  results of :func:`~napari_stemcluster.core.orientation.orient_clusters`
+  (0 for clusters matched to different phases; 0.5 when unknown),
 
 weighted by ``weights`` and lowered by ``gap_penalty`` per missed step. A
 pair is admissible only when the overlap covers at least ``min_overlap`` of
@@ -46,6 +50,7 @@ after it was last seen).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -160,6 +165,111 @@ def _as_orientations(orientations, counts):
     return out
 
 
+#: Misorientation (degrees) at which two indexed orientations count as
+#: entirely different in the linking score (cubic crystals never exceed 62.8).
+_MAX_MISORIENTATION = 90.0
+
+
+def _lattice_period(lattices) -> float:
+    """Rotational symmetry of the 2D lattices (degrees): 60 hexagonal, 90 square, else 180.
+
+    The reduced basis of a square (hexagonal) lattice may start from any of
+    its 4 (6) equivalent shortest vectors, so its angle only means something
+    modulo 90 (60) degrees. The majority of the measured lattices decides.
+    """
+    votes = {60.0: 0, 90.0: 0, 180.0: 0}
+    for tab in lattices:
+        lengths = np.asarray(tab.lengths, np.float64)
+        angle = np.asarray(tab.angle, np.float64)
+        ok = np.isfinite(lengths).all(axis=1) & np.isfinite(angle)
+        ratio = lengths[ok, 0] / np.maximum(lengths[ok, 1], 1e-12)
+        equal = np.abs(ratio - 1.0) < 0.05
+        square = equal & (np.abs(angle[ok] - 90.0) < 3.0)
+        hexagonal = equal & ((np.abs(angle[ok] - 60.0) < 3.0) | (np.abs(angle[ok] - 120.0) < 3.0))
+        votes[90.0] += int(square.sum())
+        votes[60.0] += int(hexagonal.sum())
+        votes[180.0] += int((~square & ~hexagonal).sum())
+    return max(votes, key=lambda k: (votes[k], k))
+
+
+class _Orientations:
+    """Per-cluster orientations of every step, as angles or crystal rotations.
+
+    ``similarity`` scores pairs of clusters in [0, 1] (1: the same
+    orientation, 0.5: unknown); ``angles`` gives each cluster's in-plane
+    angle for the kinetics, modulo ``period`` degrees.
+    """
+
+    def __init__(self, orientations, counts, period):
+        self.rotations = self.phases = self.structures = None
+        if hasattr(orientations, "records") and hasattr(orientations, "offsets"):
+            # An OrientationResult: full crystal orientations of every cluster.
+            offsets = np.asarray(orientations.offsets, np.int64)
+            sizes = np.diff(offsets).tolist()
+            if sizes != list(counts):
+                raise ValueError(
+                    f"the orientation results hold {sizes} clusters per step; "
+                    f"the labels have {list(counts)}"
+                )
+            rec = orientations.records
+            steps = [slice(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
+            ok = np.asarray(rec["indexed"], bool) & (np.asarray(rec["phase"]) >= 0)
+            inplane = np.where(ok, np.asarray(rec["inplane_deg"], np.float64), np.nan)
+            self.kind = "rotations"
+            self.rotations = [np.asarray(rec["rotation"][s], np.float64) for s in steps]
+            self.phases = [
+                np.where(ok[s], np.asarray(rec["phase"][s], np.int64), -1) for s in steps
+            ]
+            self.structures = list(orientations.structures)
+            self._angles = [inplane[s] for s in steps]
+            self.period = 360.0 if period is None else float(period)
+            return
+        if isinstance(orientations, dict) and "lattices" in orientations:
+            orientations = orientations["lattices"]  # a Bragg analysis
+        seq = list(orientations)
+        if seq and all(hasattr(tab, "g1") and hasattr(tab, "rotation") for tab in seq):
+            # Lattices of a Bragg analysis: the in-plane rotation of g1.
+            self.kind = "lattices"
+            self.period = _lattice_period(seq) if period is None else float(period)
+            self._angles = _as_orientations([tab.rotation for tab in seq], counts)
+            return
+        self.kind = "angles"
+        self.period = 360.0 if period is None else float(period)
+        self._angles = _as_orientations(seq, counts)
+
+    def angles(self, t: int) -> np.ndarray:
+        return self._angles[t]
+
+    def similarity(self, prev_t, prev_label, t, label) -> np.ndarray:
+        """Scores of the pairs (``prev_label[k]`` at step ``prev_t[k]``, ``label[k]`` at ``t``)."""
+        prev_t = np.asarray(prev_t, np.int64)
+        prev_row = np.asarray(prev_label, np.int64) - 1
+        row = np.asarray(label, np.int64) - 1
+        n = len(row)
+        if self.kind != "rotations":
+            a = np.array([self._angles[s][i] for s, i in zip(prev_t, prev_row, strict=True)])
+            d = np.abs(a.reshape(n) - self._angles[t][row]) % self.period
+            d = np.minimum(d, self.period - d)
+            sim = 1.0 - d / (self.period / 2.0)
+            # Unknown orientations count as neutral (0.5), not as a mismatch.
+            return np.where(np.isfinite(sim), sim, 0.5)
+        from .orientation import misorientation_deg
+
+        pa = np.array([self.phases[s][i] for s, i in zip(prev_t, prev_row, strict=True)], np.int64)
+        pa = pa.reshape(n)
+        pb = self.phases[t][row]
+        sim = np.full(n, 0.5)
+        known = (pa >= 0) & (pb >= 0)
+        sim[known & (pa != pb)] = 0.0  # another phase: another grain
+        same = known & (pa == pb)
+        for k in np.unique(pb[same]):
+            sel = np.flatnonzero(same & (pb == k))
+            ra = np.stack([self.rotations[prev_t[i]][prev_row[i]] for i in sel])
+            d = misorientation_deg(ra, self.rotations[t][row[sel]], self.structures[int(k)])
+            sim[sel] = 1.0 - np.minimum(d, _MAX_MISORIENTATION) / _MAX_MISORIENTATION
+        return sim
+
+
 def _check_patterns(means, counts):
     if means is None:
         return None
@@ -189,7 +299,7 @@ def link_clusters(
     cluster_means: Sequence[np.ndarray] | None = None,
     *,
     orientations: Sequence[np.ndarray] | None = None,
-    orientation_period: float = 360.0,
+    orientation_period: float | None = None,
     max_gap: int = 1,
     min_overlap: float = 0.2,
     event_overlap: float = 0.3,
@@ -206,12 +316,27 @@ def link_clusters(
     cluster_means : sequence of ndarray (N_t, Qx, Qy), optional
         Cluster-averaged patterns per step; their cosine similarity joins
         the score.
-    orientations : sequence of ndarray (N_t,), optional
-        In-plane lattice orientation of each cluster in degrees (NaN when
-        unknown), e.g. from an orientation map of the cluster averages.
-    orientation_period : float
-        Angles differing by this many degrees are the same orientation (360
-        for none, 90 for a four-fold zone axis).
+    orientations : optional
+        Lattice orientation of each cluster, one of
+
+        * a sequence of ndarray (N_t,): in-plane angles in degrees (NaN when
+          unknown), compared modulo ``orientation_period``;
+        * an :class:`~napari_stemcluster.core.orientation.OrientationResult`
+          (from :func:`~napari_stemcluster.core.orientation.orient_clusters`
+          on the result's cluster averages): crystal orientations, compared
+          by their misorientation modulo the crystal symmetry (score
+          ``1 - min(angle, 90) / 90``; clusters matched to different phases
+          score 0);
+        * the Bragg analysis (a dict with ``"lattices"``) or a sequence of
+          :class:`~napari_stemcluster.core.lattice.LatticeTable`, one per
+          step: the in-plane rotation of each lattice, modulo its 2D
+          symmetry (60, 90 or 180 degrees, from the majority of lattices,
+          unless ``orientation_period`` is given).
+
+        Clusters without an orientation (not indexed) score 0.5.
+    orientation_period : float, optional
+        Angles differing by this many degrees are the same orientation
+        (default 360 for angles; 90 for a four-fold zone axis).
     max_gap : int
         Number of consecutive steps a grain may be missing and still be
         re-linked (0 disables gap closing).
@@ -268,7 +393,7 @@ def link_clusters(
     w = np.asarray(weights, np.float64)
     if w.shape != (3,) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
         raise ValueError(f"weights must be three non-negative numbers; got {weights!r}")
-    if not orientation_period > 0:
+    if orientation_period is not None and not orientation_period > 0:
         raise ValueError(f"orientation_period must be > 0; got {orientation_period}")
 
     n_t = labels.shape[0]
@@ -277,7 +402,9 @@ def link_clusters(
     sizes = [np.pad(s, (0, counts[t] + 1 - len(s))) for t, s in enumerate(sizes)]
     means = _check_patterns(cluster_means, counts)
     units: dict[int, np.ndarray] = {}  # unit patterns of the steps still in use
-    orient = _as_orientations(orientations, counts)
+    orient = (
+        None if orientations is None else _Orientations(orientations, counts, orientation_period)
+    )
     if means is None:
         w[1] = 0.0
     if orient is None:
@@ -348,12 +475,12 @@ def link_clusters(
             pattern[ri, ci] = np.clip(cos, -1.0, 1.0)
             score = score + w[1] * pattern
         if orient is not None:
-            prev_o = np.array([orient[alive[c][0]][alive[c][1] - 1] for c in cand])
-            d = np.abs(prev_o[:, None] - orient[t][None, :]) % orientation_period
-            d = np.minimum(d, orientation_period - d)
-            osim = 1.0 - d / (orientation_period / 2.0)
-            # Unknown orientations count as neutral (0.5), not as a mismatch.
-            score = score + w[2] * np.where(np.isfinite(osim), osim, 0.5)
+            ri, ci = np.nonzero(admissible)
+            osim = np.zeros(score.shape)
+            osim[ri, ci] = orient.similarity(
+                [alive[cand[r]][0] for r in ri], [alive[cand[r]][1] for r in ri], t, ci + 1
+            )
+            score = score + w[2] * osim
         score = score - gap_penalty * gaps[:, None]
         cost = np.where(admissible, -score, _FORBIDDEN)
         rows, cols = linear_sum_assignment(cost)
@@ -409,9 +536,9 @@ def link_clusters(
         "event_overlap": float(event_overlap),
         "weights": [float(x) for x in weights],
         "gap_penalty": float(gap_penalty),
-        "orientation_period": float(orientation_period),
+        "orientation_period": float(360.0 if orient is None else orient.period),
         "used_patterns": means is not None,
-        "used_orientations": orient is not None,
+        "used_orientations": None if orient is None else orient.kind,
     }
     return Tracking(track_of=track_of, step_labels=labels, events=ev, params=params)
 
@@ -498,9 +625,12 @@ def grain_kinetics(
     intensity : array_like (T, Rx, Ry), optional
         An intensity map (e.g. a virtual image) to average over each grain
         instead.
-    orientations : sequence of ndarray (N_t,), or "pattern", optional
-        Lattice orientation (degrees) of each cluster per step; a grain's is
-        the size-weighted circular mean of its clusters'. ``"pattern"``
+    orientations : sequence of ndarray (N_t,), OrientationResult, lattices, or "pattern", optional
+        Lattice orientation (degrees) of each cluster per step, or the
+        orientation or Bragg results accepted by :func:`link_clusters` (their
+        in-plane angle: ``inplane_deg`` of the matched orientation, or the
+        rotation of the lattice vector ``g1``); a grain's is the
+        size-weighted circular mean of its clusters'. ``"pattern"``
         measures it from the result's cluster averages
         (:func:`pattern_orientation`, order 4, period 90 degrees).
     calibration : dict, optional
@@ -541,10 +671,15 @@ def grain_kinetics(
         orientations = [pattern_orientation(m)[0] for m in result.cluster_means]
         if orientation_period is None:
             orientation_period = 90.0
-    if orientation_period is None:
-        orientation_period = tracking.params.get("orientation_period", 360.0)
-    period = float(orientation_period)
-    orient = _as_orientations(orientations, [len(a) for a in tracking.track_of])
+    orient = None
+    period = orientation_period
+    if orientations is not None:
+        src = _Orientations(orientations, [len(a) for a in tracking.track_of], period)
+        if period is None and src.kind == "angles":
+            src.period = float(tracking.params.get("orientation_period", 360.0))
+        orient = [src.angles(t) for t in range(n_t)]
+        period = src.period
+    period = float(tracking.params.get("orientation_period", 360.0) if period is None else period)
     labels = tracking.step_labels
     if intensity is not None:
         intensity = np.asarray(intensity)

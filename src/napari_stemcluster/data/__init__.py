@@ -1,4 +1,10 @@
-"""Crystal structures shipped with the package (CIF files used by the tests and examples)."""
+"""Crystal structures shipped with the package (CIF files used by the tests and examples).
+
+Both are entries of the Crystallography Open Database, unchanged:
+``Au_fcc.cif`` is COD 9008463 (gold; Wyckoff, *Crystal Structures* 1, 1963)
+and ``TiO2_rutile.cif`` is COD 9015662 (rutile; Howard, Sabine & Dickson,
+*Acta Cryst.* B47, 462, 1991).
+"""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from ._analysis_orientation import save_orientation
-from ._analysis_tracking import read_kinetics_csv, write_kinetics_csv
+from ._analysis_tracking import read_kinetics_csv, save_tracking, write_kinetics_csv
 from ._lazy import close_cached_handles
 from .dataset import Calibration, StemDataset, normalize_units
 from .errors import StemFileError
@@ -37,6 +37,7 @@ __all__ = [
     "read_kinetics_csv",
     "read_results",
     "save_orientation",
+    "save_tracking",
     "write_kinetics_csv",
     "write_results",
 ]

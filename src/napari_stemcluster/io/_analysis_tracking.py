@@ -1,5 +1,10 @@
 """Grain tracks, events and kinetics in the results file, and as CSV.
 
+:func:`write_tracking` writes the group into a file being written,
+:func:`save_tracking` replaces it in an existing results file (atomically),
+:func:`read_tracking` reads it back; :func:`write_kinetics_csv` and
+:func:`read_kinetics_csv` handle the CSV tables.
+
 Layout of the ``/tracking`` group of a results file (5D results only)::
 
     /tracking/                      attrs: params (JSON: the linking
@@ -75,6 +80,60 @@ def write_tracking(f, tracking: Tracking, kinetics: Kinetics | None = None) -> N
             sub = g.create_group(name)
             for key, values in table.items():
                 sub.create_dataset(key, data=np.asarray(values))
+
+
+def save_tracking(
+    path: str | os.PathLike, tracking: Tracking, kinetics: Kinetics | None = None
+) -> Path:
+    """Replace the ``/tracking`` group of an existing results file, atomically.
+
+    The file is copied to a temporary file in the same directory, the group
+    written there, and the copy renamed over the original.
+
+    Parameters
+    ----------
+    path : str or Path
+        A 5D results file written by :func:`napari_stemcluster.io.write_results`.
+    tracking : Tracking
+        Its steps and clusters per step must match the file's.
+    kinetics : Kinetics, optional
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> save_tracking("series.h5", tracking, kinetics)  # doctest: +SKIP
+    PosixPath('series.h5')
+    """
+    import shutil
+    import uuid
+
+    import h5py
+
+    from .errors import StemFileError
+    from .results import is_results_file
+
+    path = Path(os.path.abspath(path))
+    if not is_results_file(path):
+        raise StemFileError(f"{path}: not a napari-stemcluster results file")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            try:
+                write_tracking(f, tracking, kinetics)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+        from ._lazy import close_cached_handles
+
+        close_cached_handles(path)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_tracking(f, labels: np.ndarray) -> tuple[Tracking | None, Kinetics | None]:

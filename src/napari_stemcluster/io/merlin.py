@@ -92,7 +92,11 @@ def parse_frame_header(raw: bytes, where: str) -> dict:
         if last.isdigit() and int(last) in (1, 6, 12, 24):
             info["depth"] = int(last)
     except (IndexError, ValueError) as e:
-        raise StemFileError(f"{where}: unreadable Merlin frame header ({e})") from None
+        why = "too few fields" if isinstance(e, IndexError) else f"a number field is not one ({e})"
+        raise StemFileError(
+            f"{where}: unreadable Merlin frame header: {why}; expected 'MQ1,sequence,"
+            "header size,chips,width,height,pixel type,...' (damaged header)"
+        ) from None
     if not 0 < header_size <= MAX_HEADER_BYTES:
         raise StemFileError(
             f"{where}: Merlin frame header declares a header of {header_size} bytes; "

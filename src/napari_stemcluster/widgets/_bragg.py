@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, create_widget
 
+from .._bragg_layers import LEGEND, legend_layer_data
 from ._common import (
     JobRunner,
     button,
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 TEMPLATES = ("synthetic disk", "central disk of the cluster average", "vacuum region (Labels)")
 ORIENTATION = "in-plane orientation"
-LEGEND = "orientation legend"
 STRAIN_NAMES = {
     "exx": "strain εxx (%)",
     "eyy": "strain εyy (%)",
@@ -83,24 +83,6 @@ def set_disk_points(layer, positions, labels) -> None:
     layer.data = np.asarray(positions, np.float64).reshape(-1, 2)
     layer.features = {"hk": np.asarray(list(labels), dtype=object)}
     layer.text = {"string": "{hk}", "color": "cyan", "size": 8, "anchor": "upper_left"}
-
-
-def colour_wheel(size: int = 64, period: float = 180.0) -> np.ndarray:
-    """RGBA legend of the cyclic orientation colour map: direction -> colour.
-
-    The direction from the centre, measured like the lattice rotation (from
-    the first image axis towards the second), modulo ``period`` degrees.
-    """
-    from napari.utils.colormaps import ensure_colormap
-
-    cmap = ensure_colormap("twilight")
-    c = (size - 1) / 2
-    x, y = np.mgrid[:size, :size] - c
-    ang = np.degrees(np.arctan2(y, x)) % period
-    rgba = cmap.map((ang / period).ravel()).reshape(size, size, 4).astype(np.float32)
-    r = np.hypot(x, y)
-    rgba[..., 3] = np.clip(c + 0.5 - r, 0, 1) * (r >= 0.3 * c)
-    return rgba
 
 
 # --------------------------------------------------------------------------
@@ -163,6 +145,10 @@ class BraggWidget(Container):
         w["min_spacing"] = _spin(0.0, "Min. spacing (px)", 0.0, 200.0, 0.5, float)
         w["min_spacing"].tooltip = "0: the disk radius (at least 2 px)"
         w["min_relative"] = _spin(0.005, "Min. relative", 0.0, 1.0, 0.001, float)
+        w["min_absolute"] = _spin(0.0, "Min. absolute", 0.0, 1e9, 0.1, float)
+        w[
+            "min_absolute"
+        ].tooltip = "Least correlation peak (about the mean counts per pixel of the disk); 0: off"
         w["min_snr"] = _spin(5.0, "Min. signal/noise", 0.0, 100.0, 0.5, float)
         w["edge"] = _spin(-1, "Edge margin (px)", -1, 1000, 1, int)
         w["edge"].tooltip = "-1: the disk radius"
@@ -198,6 +184,8 @@ class BraggWidget(Container):
         self.strain = None
         self.orientation_layer = None
         self.strain_layers: dict = {}
+        #: (key, template) of the last template taken from the data.
+        self._template_cache: tuple = (None, None)
         self._run.changed.connect(self.run_lattices)
         self._strain.changed.connect(self.run_strain)
         self._cancel.changed.connect(self.runner.cancel)
@@ -205,6 +193,7 @@ class BraggWidget(Container):
             if key not in ("clusters", "min_indexed", "reference"):
                 widget.changed.connect(self.update_preview)
         w["template"].changed.connect(self._on_template)
+        w["clusters"].changed.connect(self._on_clusters)
         connect_while_alive(
             self.native,
             [
@@ -220,12 +209,34 @@ class BraggWidget(Container):
         if clusters and w["clusters"].value is None:
             w["clusters"].value = clusters[-1]
         self._on_template()
+        self._on_clusters()
 
     # ---------------------------------------------------------------- inputs
     def _on_layers_changed(self, event=None):
         self.reset_choices()
         if event is not None and event.type == "inserted" and is_cluster_layer(event.value):
             self._w["clusters"].value = event.value
+
+    def _on_clusters(self, *_):
+        """Take up the analysis stored with the clusters (a results file opened again).
+
+        Lattices of other clusters are dropped, so that strain is never
+        measured against them.
+        """
+        self.lattices, self.strain = None, None
+        layer = self.cluster_layer
+        stored = (stem_meta(layer) or {}).get("bragg") if layer is not None else None
+        if not stored or not stored.get("lattices"):
+            return
+        lattices = list(stored["lattices"])
+        labels = np.asarray(layer.data)
+        steps = labels if labels.ndim == 3 else labels[None]
+        if len(lattices) == len(steps) and all(
+            len(t) == int(s.max(initial=0)) for t, s in zip(lattices, steps, strict=True)
+        ):
+            self.lattices, self.strain = lattices, stored.get("strain")
+            what = "lattices" if self.strain is None else "lattices and strain"
+            self._status.value = f"{what} of {layer.name!r} taken up (stored with the clusters)"
 
     def _on_template(self, *_):
         self._w["region"].visible = self._w["template"].value == TEMPLATES[2]
@@ -249,14 +260,19 @@ class BraggWidget(Container):
             )
         return link.state
 
-    def params(self, t: int = 0) -> dict:
-        """Keyword arguments for :func:`~napari_stemcluster.core.find_bragg_disks`."""
+    def params(self, t: int = 0, template: bool = True) -> dict:
+        """Keyword arguments for :func:`~napari_stemcluster.core.find_bragg_disks`.
+
+        With ``template=False`` the template taken from the data is left out
+        (the runs compute it in their background job).
+        """
         w = self._w
         p = {
             "ring": bool(w["ring"].value),
             "corr_power": float(w["corr_power"].value),
             "sigma": float(w["sigma"].value),
             "min_relative": float(w["min_relative"].value),
+            "min_absolute": float(w["min_absolute"].value),
             "min_snr": float(w["min_snr"].value),
             "max_count": int(w["max_count"].value),
             "subpixel": w["subpixel"].value,
@@ -267,12 +283,17 @@ class BraggWidget(Container):
             p["min_spacing"] = float(w["min_spacing"].value)
         if w["edge"].value >= 0:
             p["edge"] = int(w["edge"].value)
-        template = self._template(t)
-        if template is not None:
-            p["template"] = template
+        source = self._template_source(t) if template else None
+        if source is not None:
+            p["template"] = source()
         return p
 
-    def _template(self, t: int):
+    def _template_source(self, t: int):
+        """A function giving the chosen template (None: synthetic disk).
+
+        Checks the inputs now (on the GUI thread) and reads the data only when
+        called, once per input: averaging a vacuum region reads its patterns.
+        """
         from ..core import probe_from_pattern, probe_from_region
 
         choice = self._w["template"].value
@@ -280,24 +301,39 @@ class BraggWidget(Container):
         if choice == TEMPLATES[0]:
             return None
         state = self._state()
+        step = min(t, state.n_steps - 1)
         if choice == TEMPLATES[1]:
-            means = state.means(min(t, state.n_steps - 1))
+            means = state.means(step)
             if means is None or not len(means):
                 raise ValueError("no cluster averages yet: wait for them, or run the clustering")
-            sizes = state.table(min(t, state.n_steps - 1)).size
-            return probe_from_pattern(means[int(np.argmax(sizes))], radius=radius)
+            sizes = state.table(step).size
+            pattern = means[int(np.argmax(sizes))]
+            key = (choice, radius, id(state), step, means.shape, sizes.tobytes())
+            return self._cached(key, lambda: probe_from_pattern(pattern, radius=radius))
         layer = self._w["region"].value
         if layer is None:
             raise ValueError("choose a Labels layer marking the vacuum region")
         region = np.asarray(layer.data) > 0
-        lab = state.step_labels(min(t, state.n_steps - 1))
+        lab = state.step_labels(step)
         if region.ndim == 3:
             region = region[min(t, region.shape[0] - 1)]
         if region.shape != lab.shape:
             raise ValueError(
                 f"the vacuum region {region.shape} must have the scan shape {lab.shape}"
             )
-        return probe_from_region(state.step_cube(min(t, state.n_steps - 1)), region, radius=radius)
+        if not region.any():
+            raise ValueError("the vacuum region is empty: paint at least one scan position")
+        cube = state.step_cube(step)
+        key = (choice, radius, id(state), step, region.shape, np.packbits(region).tobytes())
+        return self._cached(key, lambda: probe_from_region(cube, region, radius=radius))
+
+    def _cached(self, key, make):
+        def get():
+            if self._template_cache[0] != key:
+                self._template_cache = (key, make())
+            return self._template_cache[1]
+
+        return get
 
     # --------------------------------------------------------------- preview
     def diffraction_viewers(self) -> list:
@@ -343,7 +379,8 @@ class BraggWidget(Container):
 
         state = self._state()
         steps = list(range(state.n_steps))
-        params = [self.params(t) for t in steps]
+        params = [self.params(t, template=False) for t in steps]
+        sources = [self._template_source(t) for t in steps]
         means = [state.means(t) for t in steps]
         if any(m is None for m in means):
             raise ValueError("the cluster averages are still being computed; try again shortly")
@@ -352,11 +389,14 @@ class BraggWidget(Container):
         def work(progress):
             out = []
             for i, t in enumerate(steps):
+                kw = dict(params[t])
+                if sources[t] is not None:
+                    kw["template"] = sources[t]()
                 out.append(
                     cluster_lattices(
                         np.asarray(means[t]),
                         progress=step_progress(progress, i, len(steps)),
-                        **params[t],
+                        **kw,
                     )
                 )
             return out
@@ -373,7 +413,8 @@ class BraggWidget(Container):
         if self.lattices is None:
             raise ValueError("detect the cluster lattices first")
         state = self._state()
-        params = self.params()
+        params = self.params(template=False)
+        source = self._template_source(0)
         labels = np.asarray(state.labels).copy()
         cube = state.cube
         lattices = self.lattices
@@ -391,8 +432,11 @@ class BraggWidget(Container):
                 )
 
         def work(progress):
+            kw = dict(params)
+            if source is not None:
+                kw["template"] = source()
             strain = strain_map(
-                cube, labels, lattices, min_indexed=min_indexed, progress=progress, **params
+                cube, labels, lattices, min_indexed=min_indexed, progress=progress, **kw
             )
             if region is not None and (region & np.isfinite(strain.exx)).any():
                 strain = rereference(strain, labels, region)
@@ -468,20 +512,13 @@ class BraggWidget(Container):
         return layer
 
     def _legend(self, layer, period):
-        wheel = colour_wheel(64, period)
-        scan = np.asarray(layer.data).shape[-2:]
-        scale = np.asarray(layer.scale[-2:], float)
-        size = 0.3 * min(scan)
-        translate = np.asarray(layer.translate[-2:], float) + [0.0, (scan[1] + 2) * scale[1]]
-        kw = {
-            "name": LEGEND,
-            "rgb": True,
-            "scale": scale * size / 64,
-            "translate": translate,
-            "units": [str(u) for u in layer.units][-2:],
-            "metadata": {"stemcluster": {"kind": "orientation_legend", "period": period}},
-        }
-        self._replace(LEGEND, wheel, kw)
+        data, kw, _ = legend_layer_data(
+            period, np.asarray(layer.data).shape, layer.scale, layer.translate, layer.units
+        )
+        first = LEGEND not in self._viewer.layers
+        self._replace(LEGEND, data, kw)
+        if first:  # the legend sits beside the scan: bring it into view once
+            self._viewer.reset_view()
 
 
 def _spin(value, label, lo, hi, step, kind):

@@ -53,12 +53,32 @@ def is_series_layer(layer) -> bool:
     )
 
 
-def _kinetics_of(tracking, result, calibration):
-    """Kinetics with orientations measured from the cluster averages when known."""
+def _kinetics_of(tracking, result, calibration, orientations=None):
+    """Kinetics with the orientation results, else orientations measured from the averages."""
     from ..core.tracking import grain_kinetics
 
-    how = "pattern" if result is not None else None
+    how = orientations
+    if how is None:
+        how = "pattern" if result is not None else None
     return grain_kinetics(tracking, result, orientations=how, calibration=calibration)
+
+
+def _orientation_source(meta):
+    """The layer's orientation results, else its Bragg analysis, else None."""
+    for key in ("orientation", "bragg"):
+        value = meta.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+_USED = {"rotations": "orientation results", "lattices": "Bragg lattices", "angles": "angles"}
+
+
+def _camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9 on)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
 
 
 def _steps_text(steps) -> str:
@@ -77,7 +97,7 @@ class KineticsWidget(Container):
     --------
     >>> widget = KineticsWidget(viewer)  # doctest: +SKIP
     >>> widget.link()  # in the background; the tracked layer appears when done  # doctest: +SKIP
-    >>> widget.select(3, step=5)  # grain 3 selected, time slider at step 5  # doctest: +SKIP
+    >>> widget.select(3, step=5)  # grain 3 selected and centred, at step 5  # doctest: +SKIP
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -237,32 +257,51 @@ class KineticsWidget(Container):
             result = None
         cal = meta.get("calibration")
         max_gap = int(self._max_gap.value)
+        # Orientation or Bragg results of the clusters join the linking score.
+        orient = _orientation_source(meta)
 
         def work(progress):
             from ..core.tracking import link_result
 
             res = result if result is not None else layers_to_result(labels, md)
             progress(1, 3)
-            tracking = link_result(res, max_gap=max_gap)
+            used = orient
+            try:
+                tracking = link_result(res, max_gap=max_gap, orientations=used)
+            except ValueError:
+                if used is None:
+                    raise
+                # Clusters edited since the orientations were found: they no
+                # longer fit, so link by overlap and patterns alone.
+                used = None
+                tracking = link_result(res, max_gap=max_gap)
             progress(2, 3)
-            kinetics = _kinetics_of(tracking, res, cal)
-            return res, tracking, kinetics
+            kinetics = _kinetics_of(tracking, res, cal, used)
+            return res, tracking, kinetics, used, orient is not None and used is None
 
         def done(value):
-            res, tracking, kinetics = value
+            res, tracking, kinetics, used, stale = value
             if meta.get("kind") == "segmentation":
                 # The Label correction widget carries edits over the same grains.
                 meta["tracking"] = tracking
-            self._show(res, tracking, kinetics, cal, source, meta.get("source"))
+            self._show(res, tracking, kinetics, cal, source, meta.get("source"), used)
+            if stale:
+                self._status.value += " (orientation results do not fit the clusters: not used)"
 
         self._status.value = "linking…"
         return self.runner.start(work, description="Linking time steps", on_returned=done)
 
-    def _show(self, result, tracking, kinetics, calibration, name, source):
+    def _show(self, result, tracking, kinetics, calibration, name, source, orientations=None):
         from .._tracking_layers import tracking_layer
 
         data, kwargs, _ = tracking_layer(
-            tracking, kinetics, result, calibration, f"{name} tracked", source=source
+            tracking,
+            kinetics,
+            result,
+            calibration,
+            f"{name} tracked",
+            source=source,
+            orientations=orientations,
         )
         target = self.tracks_layer
         if target is not None and target in self._viewer.layers:
@@ -273,7 +312,12 @@ class KineticsWidget(Container):
             target = self._viewer.add_labels(data, **kwargs)
         self._adopt(target)
         n_ev = len(tracking.events["time"])
-        self._status.value = f"{tracking.n_tracks} grains, {n_ev} events"
+        by = ["overlap"]
+        if tracking.params.get("used_patterns"):
+            by.append("patterns")
+        if tracking.params.get("used_orientations"):
+            by.append(_USED.get(tracking.params["used_orientations"], "orientations"))
+        self._status.value = f"{tracking.n_tracks} grains, {n_ev} events (by {', '.join(by)})"
 
     def _adopt(self, layer):
         meta = stem_meta(layer)
@@ -281,7 +325,9 @@ class KineticsWidget(Container):
         self.tracking = meta["tracking"]
         self.kinetics = meta.get("kinetics")
         if self.kinetics is None:
-            self.kinetics = _kinetics_of(self.tracking, meta.get("result"), meta.get("calibration"))
+            self.kinetics = _kinetics_of(
+                self.tracking, meta.get("result"), meta.get("calibration"), meta.get("orientations")
+            )
             meta["kinetics"] = self.kinetics
         if getattr(layer, "_stemcluster_kinetics_bound", None) is not self:
             layer.mouse_drag_callbacks.append(self._on_click)
@@ -391,7 +437,29 @@ class KineticsWidget(Container):
         if step is not None:
             world = layer.data_to_world([int(step), 0, 0])[0]
             self._viewer.dims.set_point(0, world)
+            self._centre_on(track, int(step))
         self.highlight(int(track))
+
+    def _centre_on(self, track: int, step: int):
+        """Pan the 2D view to the grain's centre at ``step`` unless it is well in view.
+
+        The zoom stays; a grain already in the middle 80 % of the canvas
+        leaves the view alone, so a view of the whole scan does not jump.
+        """
+        layer = self.tracks_layer
+        if self._viewer.dims.ndisplay != 2 or not 0 <= step < layer.data.shape[0]:
+            return
+        rows, cols = np.nonzero(np.asarray(layer.data[step]) == int(track))
+        if rows.size == 0:
+            return
+        target = np.asarray(layer.data_to_world([step, rows.mean(), cols.mean()])[-2:], float)
+        camera = _camera(self._viewer)
+        size = getattr(getattr(self._viewer, "canvas", None), "size", None)
+        if size is not None and camera.zoom > 0:
+            half = 0.4 * np.asarray(size[-2:], float) / camera.zoom  # world units
+            if np.all(np.abs(target - np.asarray(camera.center[-2:], float)) <= half):
+                return
+        camera.center = tuple(float(v) for v in target)
 
     def _on_click(self, layer, event):
         value = layer.get_value(event.position, world=True)
@@ -457,7 +525,9 @@ class KineticsWidget(Container):
 
         meta = stem_meta(self.tracks_layer)
         if kinetics is None:
-            kinetics = _kinetics_of(tracking, meta.get("result"), meta.get("calibration"))
+            kinetics = _kinetics_of(
+                tracking, meta.get("result"), meta.get("calibration"), meta.get("orientations")
+            )
         self.tracking, self.kinetics = tracking, kinetics
         meta["tracking"], meta["kinetics"] = tracking, kinetics
         self.tracks_layer.data = tracking.tracks

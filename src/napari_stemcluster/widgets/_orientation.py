@@ -4,11 +4,14 @@ The cluster averages of a segmentation layer are matched against kinematical
 templates (:func:`napari_stemcluster.core.orient_clusters`) in a background
 thread. The maps (IPF colours along z, x, y, phase, score) appear as layers;
 the dock shows the selected cluster's average with its matched template, the
-(hkl) of the spots, and the IPF colour key.
+(hkl) of the spots, and the IPF colour key. In the diffraction viewer the
+matched template, with the (hkl) of its strongest spots, is drawn over the
+cluster average and over the pattern under the mouse (its cluster's match).
 """
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +27,151 @@ from ._common import (
 
 if TYPE_CHECKING:
     import napari
+
+
+#: Names of the template layers added to a diffraction viewer's two panels.
+TEMPLATE_LAYER = "orientation template"
+PATTERN_TEMPLATE_LAYER = "orientation template (pattern)"
+#: Spots labelled with their (hkl), strongest first.
+N_LABELS = 16
+
+
+def _hkl_text(h) -> str:
+    return "".join(str(int(v)) if v >= 0 else f"-{-int(v)}" for v in h)
+
+
+def _display_library(result, phase: int, cache: dict):
+    """A library holding the crystal and geometry of a match, for drawing templates."""
+    from ..core.orientation import orientation_library
+
+    key = (id(result), phase)
+    if key not in cache:
+        p = result.params
+        cache[key] = orientation_library(
+            result.structures[phase],
+            p["energy_kev"],
+            p["q_pixel_size"],
+            step_deg=30.0,  # no search: only the crystal, the geometry and the weights
+            max_angle_mrad=p.get("max_angle_mrad"),
+            g_max=p.get("g_max"),
+            sigma_excitation=p["sigma_excitation"],
+            convergence_mrad=p["convergence_mrad"],
+            thickness_nm=p.get("thickness_nm", 0.0),  # absent in files of older versions
+        )
+    return cache[key]
+
+
+def template_spots(result, t: int, label: int, shape, cache: dict):
+    """Spots of a cluster's matched template on a detector of ``shape``.
+
+    Returns ``(positions (N, 2) in pixels, relative intensities (N,), hkl
+    labels)``, the ``N_LABELS`` strongest labelled and the others ``""``;
+    empty when the cluster is not indexed. The direct beam is at the
+    detector centre, as in the matching.
+    """
+
+    empty = (np.empty((0, 2)), np.empty(0), [])
+    if result is None or not label:
+        return empty
+    key = ("spots", id(result), int(t), int(label), tuple(shape))
+    if key not in cache:  # the pattern panel asks again at every mouse move
+        cache[key] = _template_spots(result, t, label, shape, cache)
+    return cache[key]
+
+
+def _template_spots(result, t, label, shape, cache):
+    from ..core.orientation import kinematical_spots
+
+    empty = (np.empty((0, 2)), np.empty(0), [])
+    rows = result.step(t)
+    if label > len(rows) or not rows[label - 1]["indexed"]:
+        return empty
+    rec = rows[label - 1]
+    lib = _display_library(result, int(rec["phase"]), cache)
+    sp = kinematical_spots(lib, rec["rotation"])
+    center = np.array([(shape[0] - 1) / 2, (shape[1] - 1) / 2])
+    pos = center + sp["q"]
+    inside = np.all((pos >= -0.5) & (pos <= np.array(shape) - 0.5), axis=1)
+    pos, inten, hkl = pos[inside], sp["intensity"][inside], sp["hkl"][inside]
+    if not len(pos):
+        return empty
+    inten = inten / inten.max()
+    labels = [""] * len(pos)
+    for i in np.argsort(-inten)[:N_LABELS]:
+        labels[i] = _hkl_text(hkl[i])
+    return pos, inten, labels
+
+
+class TemplateOverlay:
+    """The matched template over a diffraction viewer's pattern and average.
+
+    Adds one Points layer at the end of each of the viewer's two panels
+    (the grid grows by one layer per panel) and redraws them whenever the
+    shown pattern or average changes. The orientation comes from the
+    clusters layer's metadata (``"orientation"``), so matches restored from
+    a results file are drawn too.
+    """
+
+    def __init__(self, dif):
+        from ._diffraction import _grid
+
+        self._dif = weakref.ref(dif)
+        self._cache: dict = {}
+        self._result = None
+        model = dif.model
+        grid = _grid(model)
+        stride = max(1, int(grid.stride))
+        kw = {
+            "face_color": "transparent",
+            "border_color": "orange",
+            "border_width": 0.12,
+            "features": {"hkl": np.empty(0, dtype=object)},
+            "text": {"string": "{hkl}", "color": "yellow", "size": 8, "anchor": "upper_left"},
+        }
+        ref = dif.average_layer
+        kw["scale"], kw["units"] = tuple(ref.scale), tuple(ref.units)
+        active = model.layers.selection.active  # adding a layer selects it
+        self.pattern_layer = model.add_points(np.empty((0, 2)), name=PATTERN_TEMPLATE_LAYER, **kw)
+        model.layers.move(model.layers.index(self.pattern_layer), stride)
+        self.average_layer = model.add_points(np.empty((0, 2)), name=TEMPLATE_LAYER, **kw)
+        grid.stride = stride + 1
+        model.layers.selection.active = active
+        dif.pattern_layer.events.data.connect(self.update)
+        dif.average_layer.events.data.connect(self.update)
+
+    def update(self, *_):
+        """Redraw both templates for what the viewer shows now."""
+        dif = self._dif()
+        if dif is None:
+            return
+        layer = dif.cluster_layer
+        meta = stem_meta(layer) if layer is not None else None
+        res = None if meta is None else meta.get("orientation")
+        if res is not self._result:  # the cache is keyed by id(result)
+            self._cache.clear()
+            self._result = res
+        state = dif.state
+        t = 0 if state is None else min(dif.t, state.n_steps - 1)
+        under_mouse = None
+        if state is not None and dif.position is not None and dif.pattern is not None:
+            try:
+                under_mouse = int(state.step_labels(t)[dif.position])
+            except (IndexError, TypeError):
+                under_mouse = None
+        for points, label, image in (
+            (self.average_layer, dif.label, dif.average),
+            (self.pattern_layer, under_mouse, dif.pattern),
+        ):
+            shape = None if image is None else np.shape(image)[-2:]
+            if shape is None:
+                pos, inten, labels = np.empty((0, 2)), np.empty(0), []
+            else:
+                pos, inten, labels = template_spots(res, t, label, shape, self._cache)
+            points.data = pos
+            points.features = {"hkl": np.asarray(labels, dtype=object)}
+            if len(pos):
+                points.size = 2.0 + 6.0 * np.sqrt(inten)
+            points.scale = dif.average_layer.scale
 
 
 def _has_result(layer) -> bool:
@@ -91,6 +239,14 @@ class OrientationWidget(Container):
         self._sigma = num(0.02, "σ excitation (1/Å)", 0.001, 0.5, 0.005, "About 1/thickness")
         self._sigma.native.setDecimals(3)
         self._conv = num(0.0, "Convergence (mrad)", 0.0, 50.0, 0.1, "Probe semi-angle")
+        self._thickness = num(
+            0.0,
+            "Thickness (nm)",
+            0.0,
+            1000.0,
+            1.0,
+            "0: Gaussian excitation weight of width σ; else the sinc² of a slab this thick",
+        )
         self._disk = num(2.0, "Disk radius (px)", 0.5, 50.0, 0.5, "Bragg disk radius")
         self._min_disks = create_widget(
             4, label="Min. disks", annotation=int, options={"min": 1, "max": 100}
@@ -113,6 +269,7 @@ class OrientationWidget(Container):
                 self._max_angle,
                 self._sigma,
                 self._conv,
+                self._thickness,
                 self._disk,
                 self._min_disks,
                 self._run,
@@ -161,9 +318,12 @@ class OrientationWidget(Container):
             self._qpix.value = float(cal["q_pixel_size"]) * scale
         labels = np.asarray(layer.data)
         self._time.max = labels.shape[0] - 1 if labels.ndim == 3 else 0
+        if meta.get("orientation") is not self.result:
+            self._libs.clear()  # keyed by id(result)
         self.result = meta.get("orientation")
         self._cluster.max = max(1, int(labels.max(initial=0)))
         self.draw()
+        self.update_overlays()
 
     def _cluster_means(self, layer):
         from .._layers import layers_to_result
@@ -189,6 +349,7 @@ class OrientationWidget(Container):
             "max_angle_mrad": self._max_angle.value,
             "sigma_excitation": self._sigma.value,
             "convergence_mrad": self._conv.value,
+            "thickness_nm": self._thickness.value,
             "disk_radius": self._disk.value,
             "min_disks": self._min_disks.value,
         }
@@ -229,24 +390,28 @@ class OrientationWidget(Container):
             f"{int(ok.sum())} of {len(rec)} clusters indexed; median score {median:.3f}"
         )
         self.draw()
+        self.update_overlays()
 
     def _display_library(self, phase: int):
         """A library holding the crystal and geometry, for drawing templates."""
-        from ..core.orientation import orientation_library
+        return _display_library(self.result, phase, self._libs)
 
-        if phase not in self._libs:
-            p = self.result.params
-            self._libs[phase] = orientation_library(
-                self.result.structures[phase],
-                p["energy_kev"],
-                p["q_pixel_size"],
-                step_deg=30.0,
-                max_angle_mrad=p.get("max_angle_mrad"),
-                g_max=p.get("g_max"),
-                sigma_excitation=p["sigma_excitation"],
-                convergence_mrad=p["convergence_mrad"],
-            )
-        return self._libs[phase]
+    def diffraction_viewers(self) -> list:
+        from ._diffraction import DiffractionViewer
+
+        window = getattr(self._viewer, "window", None)
+        qt = getattr(window, "_qt_window", None)
+        return [] if qt is None else list(qt.findChildren(DiffractionViewer))
+
+    def update_overlays(self) -> None:
+        """Draw the matched templates in every diffraction viewer (once there is a match)."""
+        if self.result is None:
+            return
+        for dif in self.diffraction_viewers():
+            overlay = getattr(dif, "orientation_overlay", None)
+            if overlay is None:
+                overlay = dif.orientation_overlay = TemplateOverlay(dif)
+            overlay.update()
 
     def draw(self, *_):
         """Redraw the cluster average, its template with (hkl), and the IPF key."""
