@@ -209,3 +209,50 @@ def test_template_in_the_diffraction_viewer(make_napari_viewer, qtbot, grains, t
     assert len(pat.data) == 0
     dif.grab().save(str(tmp_path / "diffraction_template.png"))
     assert (tmp_path / "diffraction_template.png").stat().st_size > 1000
+
+
+def test_widget_beam_centre_auto_and_manual(make_napari_viewer, qtbot, grains):
+    """Auto finds each average's direct beam; manual fixes it; the dock plot and the
+    diffraction-viewer templates are drawn around the centre each cluster was matched with."""
+    from napari_stemcluster.core.orientation import kinematical_spots
+    from napari_stemcluster.widgets._orientation import _display_library, template_spots
+
+    result = grains[0]
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in result_to_layers(result, CAL, name="grains"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    w = OrientationWidget(viewer)
+    assert w._center_mode.value == "auto" and not w._center_qx.enabled
+    assert (w._center_qx.value, w._center_qy.value) == (47.5, 47.5)  # this detector's centre
+    w._cif.value = [builtin_cif("Au"), builtin_cif("TiO2")]
+    w._step.value = 2.0
+    w._max_angle.value = 1.2 * 19.687
+    w.run()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=60_000)
+    assert w.jobs.last_error is None
+    np.testing.assert_allclose(w.result.records["center"], [[47.5, 47.5]] * 3, atol=0.05)
+    assert w.result.params["center"] == "auto"
+
+    w._center_mode.value = "manual"
+    assert w._center_qx.enabled and w._center_qy.enabled
+    w._center_qx.value, w._center_qy.value = 46.0, 49.5
+    w.run()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=60_000)
+    assert w.jobs.last_error is None
+    rec = w.result.records
+    assert rec["center"].tolist() == [[46.0, 49.5]] * 3
+    # 1.5 px off: the match is worse than around the found beam
+    assert np.median(rec["score"]) < 0.95
+    # the templates sit on the centre used
+    k = int(np.flatnonzero(rec["indexed"])[0])
+    pos, _, _ = template_spots(w.result, 0, k + 1, (96, 96), {})
+    lib = _display_library(w.result, int(rec["phase"][k]), {})
+    q = kinematical_spots(lib, rec["rotation"][k])["q"]
+    inside = np.all((q + [46.0, 49.5] >= -0.5) & (q + [46.0, 49.5] <= 95.5), axis=1)
+    np.testing.assert_allclose(pos, q[inside] + [46.0, 49.5])
+    w._cluster.value = k + 1
+    w.draw()
+    ax = w.figure.axes[0]
+    assert "beam (46.0, 49.5)" in ax.get_title()
+    marker = ax.lines[0].get_xydata()[0]  # (column, row)
+    np.testing.assert_allclose(marker, [49.5, 46.0])

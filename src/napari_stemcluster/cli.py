@@ -225,7 +225,31 @@ def _add_orient_parser(sub):
     )
     orient.add_argument("--disk-radius", type=float, default=2.0, help="Bragg disk radius, px")
     orient.add_argument("--min-disks", type=int, default=4, help="fewer: not indexed")
+    orient.add_argument(
+        "--center",
+        type=_beam_center_arg,
+        default="auto",
+        metavar="auto|QX,QY",
+        help="direct beam, px: 'auto' finds it in every cluster average (default); "
+        "QX,QY fixes it for all",
+    )
     orient.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+
+
+def _beam_center_arg(text: str):
+    """``--center``: "auto" or "QX,QY" (pixels)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    parts = text.replace(" ", "").split(",")
+    try:
+        qx, qy = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or two pixel positions 'QX,QY' (e.g. 63.5,64.2); got {text!r}"
+        ) from None
+    if not all(v == v and abs(v) != float("inf") for v in (qx, qy)):  # NaN or inf
+        raise argparse.ArgumentTypeError(f"the beam centre must be finite; got {text!r}")
+    return (qx, qy)
 
 
 #: What an option without a value means, for the help text.
@@ -842,6 +866,7 @@ def _orient(args) -> int:
         thickness_nm=args.thickness,
         disk_radius=args.disk_radius,
         min_disks=args.min_disks,
+        center=args.center,
         progress=progress,
     )
     save_orientation(args.results, res)
@@ -850,6 +875,12 @@ def _orient(args) -> int:
         print(file=sys.stderr)
         print(f"{args.results}: {len(rec)} clusters in {time.perf_counter() - t0:.1f} s")
         print(f"  indexed: {int(rec['indexed'].sum())}")
+        if len(rec):
+            lo, hi = rec["center"].min(axis=0), rec["center"].max(axis=0)
+            how = "found per cluster" if args.center == "auto" else "given"
+            print(
+                f"  direct beam ({how}): qx {lo[0]:.2f}-{hi[0]:.2f}, qy {lo[1]:.2f}-{hi[1]:.2f} px"
+            )
         for k, st in enumerate(res.structures):
             sel = rec["phase"] == k
             if sel.any():

@@ -81,6 +81,7 @@ ORIENTATION_DTYPE = np.dtype(
         ("phase_confidence", np.float64),
         ("n_disks", np.int32),
         ("indexed", np.bool_),
+        ("center", np.float64, (2,)),
     ]
 )
 
@@ -825,7 +826,7 @@ def match_orientations(
     patterns_or_disks,
     library_or_libraries,
     *,
-    center=None,
+    center="auto",
     detector_shape=None,
     disk_radius: float = 2.0,
     sigma_px: float = 1.5,
@@ -849,10 +850,16 @@ def match_orientations(
         order) and ``intensity``, or plain ``(K, 3)`` arrays of the same.
     library_or_libraries : OrientationLibrary or sequence of them
         One library per candidate phase.
-    center : (float, float), optional
-        Direct-beam position in pixels. Default: the detector centre
-        ``((Qx - 1) / 2, (Qy - 1) / 2)``; required with disks unless
-        ``detector_shape`` is given.
+    center : "auto", (float, float), array_like (N, 2) or None
+        Direct-beam position in pixels ``(qx, qy)``, the origin of the
+        templates. ``"auto"`` (default): for patterns, the direct beam found
+        in each pattern by :func:`napari_stemcluster.core.find_bragg_disks`
+        (the detector centre where none is found); disk arrays carry no
+        direct beam, so for them ``"auto"`` is the centre of
+        ``detector_shape`` (pass the beams that ``find_bragg_disks(...,
+        return_beam=True)`` returns instead). One position for all
+        patterns, or one per pattern, overrides it; ``None`` is the
+        detector centre ``((Qx - 1) / 2, (Qy - 1) / 2)``.
     detector_shape : (int, int), optional
         Detector shape, for disks (limits templates to the detector).
     disk_radius : float
@@ -886,7 +893,8 @@ def match_orientations(
         alternative: the reliability index of Rauch and Veron), ``phase``
         (index into the libraries; -1 when not indexed),
         ``phase_confidence`` (``1 - best other phase / best``), ``n_disks``
-        and ``indexed``. Not-indexed rows have NaN rotation.
+        ``indexed`` and ``center`` (the direct beam used). Not-indexed rows
+        have NaN rotation.
 
     Examples
     --------
@@ -923,36 +931,34 @@ def match_orientations(
     if hasattr(items, "shape") and hasattr(items, "dtype") and not isinstance(items, np.ndarray):
         items = np.asarray(items)
         is_pattern_stack = items.dtype.names is None and items.ndim in (2, 3)
+    stack = disk_list = None
     if is_pattern_stack:
         stack = items[None] if items.ndim == 2 else items
         if stack.dtype.kind not in "uifb":
             raise TypeError(f"patterns must hold numbers; got dtype {stack.dtype}")
         detector_shape = stack.shape[1:]
-        if center is None:
-            center = ((stack.shape[1] - 1) / 2.0, (stack.shape[2] - 1) / 2.0)
         n_items = len(stack)
     else:
         if isinstance(items, np.ndarray) and (items.dtype.names is not None or items.ndim == 2):
             items = [items]
         disk_list = [_as_disks(d, i) for i, d in enumerate(items)]
         n_items = len(disk_list)
-        if center is None:
-            if detector_shape is None:
-                raise ValueError("with disk arrays, give center= (or detector_shape=)")
-            center = ((detector_shape[0] - 1) / 2.0, (detector_shape[1] - 1) / 2.0)
-    center = np.asarray(center, np.float64)
+    n_threads = _thread_count(workers, n_items)
+    centers = _beam_centers(center, stack, detector_shape, n_items, disk_radius, n_threads)
     if detector_shape is not None:
         shp = np.asarray(detector_shape, np.float64)
-        edge = min(center[0], center[1], shp[0] - 1 - center[0], shp[1] - 1 - center[1])
-        q_limit_px = max(edge - 0.5 * disk_radius, 0.0)
+        edge = np.min(np.column_stack([centers, shp - 1 - centers]), axis=1)
+        q_limits_px = np.maximum(edge - 0.5 * disk_radius, 0.0)
     else:
-        q_limit_px = np.inf
+        q_limits_px = np.full(n_items, np.inf)
 
     out = np.zeros(n_items, ORIENTATION_DTYPE)
     out["rotation"] = np.nan
     out["phase"] = -1
+    out["center"] = centers
 
     def match(i):
+        center, q_limit_px = centers[i], q_limits_px[i]
         if is_pattern_stack:
             d = _detect(np.asarray(stack[i], np.float64), center, disk_radius, r_min, max_disks)
         else:
@@ -988,7 +994,6 @@ def match_orientations(
         out["inplane_deg"][i] = _inplane_deg(st, rot)
         out["indexed"][i] = True
 
-    n_threads = _thread_count(workers, n_items)
     if n_threads <= 1:
         for i in range(n_items):
             match(i)
@@ -998,6 +1003,49 @@ def match_orientations(
         with ThreadPoolExecutor(n_threads, thread_name_prefix="stem-orient") as pool:
             list(pool.map(match, range(n_items)))  # list(): raise a pattern's error here
     return out
+
+
+def _beam_centers(center, stack, detector_shape, n_items: int, disk_radius, workers) -> np.ndarray:
+    """The direct beam of each pattern, ``(n_items, 2)``, from the ``center`` argument."""
+    det = None
+    if detector_shape is not None:
+        det = (np.asarray(detector_shape[:2], np.float64) - 1.0) / 2.0
+    if isinstance(center, str):
+        if center != "auto":
+            raise ValueError(f'center must be "auto", (qx, qy) or None; got {center!r}')
+        if stack is None:  # disk arrays: no pattern to find the beam in
+            center = None
+        else:
+            import warnings
+
+            from .bragg import BraggWarning, find_bragg_disks
+
+            with warnings.catch_warnings():
+                # a pattern without disks is reported as not indexed below
+                warnings.simplefilter("ignore", BraggWarning)
+                _, beams = find_bragg_disks(
+                    stack, probe_radius=float(disk_radius), return_beam=True, workers=workers
+                )
+            beams = np.asarray(beams, np.float64).reshape(n_items, 2)
+            lost = ~np.isfinite(beams).all(axis=1)
+            beams[lost] = det
+            return beams
+    if center is None:
+        if det is None:
+            raise ValueError(
+                "with disk arrays, give center= (the direct beam, as find_bragg_disks(..., "
+                "return_beam=True) returns it) or detector_shape="
+            )
+        return np.tile(det, (n_items, 1))
+    c = np.asarray(center, np.float64)
+    if c.shape == (2,):
+        c = np.tile(c, (n_items, 1))
+    if c.shape != (n_items, 2) or not np.all(np.isfinite(c)):
+        raise ValueError(
+            f"center must be finite (qx, qy) pixels, or one (qx, qy) per pattern ({n_items}, 2); "
+            f"got shape {np.shape(center)}"
+        )
+    return c
 
 
 def _thread_count(workers, n_items: int) -> int:
@@ -1346,6 +1394,18 @@ class OrientationResult:
         """Per-position maps of one time step; see :func:`orientation_maps`."""
         return orientation_maps(labels, self.step(t), self.structures)
 
+    def centers(self, detector_shape, t: int = 0) -> np.ndarray:
+        """Direct beam ``(qx, qy)`` of each cluster of time step ``t``, ``(N, 2)``.
+
+        The position the templates were matched around; the detector centre
+        where none was recorded (NaN, as in files of older versions).
+        """
+        c = np.array(self.step(t)["center"], np.float64).reshape(-1, 2)
+        det = (np.asarray(detector_shape[-2:], np.float64) - 1.0) / 2.0
+        lost = ~np.isfinite(c).all(axis=1)
+        c[lost] = det
+        return c
+
 
 def orient_clusters(
     cluster_means,
@@ -1359,6 +1419,7 @@ def orient_clusters(
     sigma_excitation: float = 0.02,
     convergence_mrad: float = 0.0,
     thickness_nm: float = 0.0,
+    center="auto",
     progress=None,
     **match_kw,
 ) -> OrientationResult:
@@ -1374,6 +1435,12 @@ def orient_clusters(
         Beam energy and detector calibration (Å⁻¹ per pixel).
     step_deg, max_angle_mrad, g_max, sigma_excitation, convergence_mrad, thickness_nm
         Library parameters, see :func:`orientation_library`.
+    center : "auto", (float, float), array_like (N, 2) or None
+        Direct beam: ``"auto"`` finds it in every cluster average (the
+        default), one ``(qx, qy)`` for all, one per cluster (rows in the
+        order of the records), or ``None`` for the detector centre; see
+        :func:`match_orientations`. The position used is stored in each
+        record's ``center``.
     progress : callable, optional
         Called as ``progress(done, total)`` after each chunk of patterns.
     **match_kw
@@ -1390,6 +1457,8 @@ def orient_clusters(
     >>> res = orient_clusters(means, builtin_cif("Au"), 300.0, 0.02, step_deg=5.0)
     >>> res.records["indexed"].tolist(), res.offsets.tolist()
     ([False, False], [0, 2])
+    >>> res.records["center"][0].tolist()  # no beam in an empty pattern: the detector centre
+    [31.5, 31.5]
     """
     from .crystal import load_structure
 
@@ -1413,13 +1482,25 @@ def orient_clusters(
     counts = [len(m) for m in steps]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(offsets[-1])
+    per_cluster = None
+    if center is not None and not isinstance(center, str):
+        per_cluster = np.asarray(center, np.float64)
+        if per_cluster.shape == (2,):
+            per_cluster = np.tile(per_cluster, (total, 1))
+        if per_cluster.shape != (total, 2):
+            raise ValueError(
+                f'center must be "auto", None, (qx, qy) or one per cluster ({total}, 2); '
+                f"got shape {np.shape(center)}"
+            )
     out = np.zeros(total, ORIENTATION_DTYPE)
     done = 0
     chunk = 16
     for t, means in enumerate(steps):
         for c0 in range(0, len(means), chunk):
             block = np.asarray(means[c0 : c0 + chunk])
-            rows = match_orientations(block, libs, **match_kw)
+            r0 = offsets[t] + c0
+            cen = center if per_cluster is None else per_cluster[r0 : r0 + len(block)]
+            rows = match_orientations(block, libs, center=cen, **match_kw)
             out[offsets[t] + c0 : offsets[t] + c0 + len(block)] = rows
             done += len(block)
             if progress is not None:
@@ -1428,6 +1509,8 @@ def orient_clusters(
         "energy_kev": float(energy_kev),
         "q_pixel_size": float(q_pixel_size),
         **lib_kw,
+        # "auto", null (the detector centre) or "explicit"; the positions are in the records
+        "center": center if center is None or isinstance(center, str) else "explicit",
         "match": {k: v for k, v in match_kw.items() if np.isscalar(v) or v is None},
     }
     return OrientationResult(records=out, offsets=offsets, structures=structures, params=params)

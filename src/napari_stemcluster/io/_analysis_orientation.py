@@ -13,6 +13,9 @@ Layout (a group beside ``/clusters``; its rows follow ``/clusters``)::
         phase_confidence float64 (N,)
         n_disks          int32   (N,)
         indexed          bool    (N,)
+        center           float64 (N, 2)     direct beam (qx, qy) the templates were
+                                            matched around; absent in files of older
+                                            versions: read as the detector centre
         offsets          int64   (T + 1,)
         phases/<k>/                attrs: name, spacegroup, source; dataset cif (text)
 """
@@ -99,6 +102,9 @@ def read_orientation(f) -> OrientationResult | None:
         n = g["score"].shape[0]
         rec = np.zeros(n, ORIENTATION_DTYPE)
         for name in ORIENTATION_DTYPE.names:
+            if name == "center" and name not in g:
+                rec[name] = _detector_centre(f)  # written before the beam was found
+                continue
             rec[name] = g[name][()]
         offsets = g["offsets"][()]
         structures = []
@@ -116,6 +122,15 @@ def read_orientation(f) -> OrientationResult | None:
     params = g.attrs.get("params", "{}")
     params = json.loads(params.decode() if isinstance(params, bytes) else params)
     return OrientationResult(records=rec, offsets=offsets, structures=structures, params=params)
+
+
+def _detector_centre(f):
+    """The detector centre of a results file's cluster averages (NaN if unknown)."""
+    means = f.get("clusters/cluster_means")
+    if means is None or means.ndim < 2:
+        return np.nan
+    qx, qy = means.shape[-2:]
+    return ((qx - 1) / 2.0, (qy - 1) / 2.0)
 
 
 def save_orientation(path: str | os.PathLike, orientation: OrientationResult) -> Path:

@@ -66,8 +66,9 @@ def template_spots(result, t: int, label: int, shape, cache: dict):
 
     Returns ``(positions (N, 2) in pixels, relative intensities (N,), hkl
     labels)``, the ``N_LABELS`` strongest labelled and the others ``""``;
-    empty when the cluster is not indexed. The direct beam is at the
-    detector centre, as in the matching.
+    empty when the cluster is not indexed. The spots are drawn around the
+    direct beam the cluster was matched with (its record's ``center``; the
+    detector centre for results of older versions).
     """
 
     empty = (np.empty((0, 2)), np.empty(0), [])
@@ -89,7 +90,7 @@ def _template_spots(result, t, label, shape, cache):
     rec = rows[label - 1]
     lib = _display_library(result, int(rec["phase"]), cache)
     sp = kinematical_spots(lib, rec["rotation"])
-    center = np.array([(shape[0] - 1) / 2, (shape[1] - 1) / 2])
+    center = result.centers(shape, t)[label - 1]
     pos = center + sp["q"]
     inside = np.all((pos >= -0.5) & (pos <= np.array(shape) - 0.5), axis=1)
     pos, inten, hkl = pos[inside], sp["intensity"][inside], sp["hkl"][inside]
@@ -251,6 +252,20 @@ class OrientationWidget(Container):
         self._min_disks = create_widget(
             4, label="Min. disks", annotation=int, options={"min": 1, "max": 100}
         )
+        self._center_mode = create_widget(
+            "auto",
+            label="Beam centre",
+            annotation=str,
+            widget_type="ComboBox",
+            options={"choices": ["auto", "manual"]},
+        )
+        self._center_mode.tooltip = (
+            "auto: the direct beam found in each cluster average; "
+            "manual: the position below for all clusters"
+        )
+        self._center_qx = num(31.5, "Centre qx (px)", -1e4, 1e4, 0.5, "Direct beam, detector row")
+        self._center_qy = num(31.5, "Centre qy (px)", -1e4, 1e4, 0.5, "Direct beam, column")
+        self._center_mode.changed.connect(self._on_center_mode)
         self._run = button("Match cluster averages", "Run")
         self._cancel = create_widget(label="Cancel", annotation=None, widget_type="PushButton")
         self._cancel.enabled = False
@@ -272,6 +287,9 @@ class OrientationWidget(Container):
                 self._thickness,
                 self._disk,
                 self._min_disks,
+                self._center_mode,
+                self._center_qx,
+                self._center_qy,
                 self._run,
                 self._cancel,
                 self._status,
@@ -295,6 +313,7 @@ class OrientationWidget(Container):
         self._layer_combo.changed.connect(self._on_layer)
         viewer.layers.events.inserted.connect(self._layer_combo.reset_choices)
         viewer.layers.events.removed.connect(self._layer_combo.reset_choices)
+        self._on_center_mode()
         self._on_layer()
 
     # ------------------------------------------------------------ helpers
@@ -305,6 +324,10 @@ class OrientationWidget(Container):
         self._run.enabled = not busy
         self._cancel.enabled = busy
 
+    def _on_center_mode(self, *_):
+        manual = self._center_mode.value == "manual"
+        self._center_qx.enabled = self._center_qy.enabled = manual
+
     def _on_layer(self, *_):
         from ..io import normalize_units
 
@@ -312,6 +335,14 @@ class OrientationWidget(Container):
         meta = stem_meta(layer) if layer is not None else None
         if meta is None:
             return
+        result = meta.get("result")
+        means = getattr(result, "cluster_means", None)
+        if means is not None and self._center_mode.value == "auto":
+            # the manual centre starts at this detector's centre
+            qshape = np.shape(means[0] if isinstance(means, list) else means)[-2:]
+            if len(qshape) == 2:
+                self._center_qx.value = (qshape[0] - 1) / 2
+                self._center_qy.value = (qshape[1] - 1) / 2
         cal = meta.get("calibration") or {}
         scale = {"1/angstrom": 1.0, "1/nm": 0.1}.get(normalize_units(cal.get("q_units")))
         if scale is not None and cal.get("q_pixel_size"):
@@ -352,6 +383,11 @@ class OrientationWidget(Container):
             "thickness_nm": self._thickness.value,
             "disk_radius": self._disk.value,
             "min_disks": self._min_disks.value,
+            "center": (
+                "auto"
+                if self._center_mode.value == "auto"
+                else (self._center_qx.value, self._center_qy.value)
+            ),
         }
 
         def job(progress):
@@ -440,7 +476,8 @@ class OrientationWidget(Container):
         avg = np.asarray(means[label - 1], np.float64)
         ax.imshow(np.log1p(np.clip(avg, 0, None)), cmap="gray")
         rec = rows[label - 1]
-        center = np.array([(avg.shape[0] - 1) / 2, (avg.shape[1] - 1) / 2])
+        center = res.centers(avg.shape, t)[label - 1]
+        ax.plot(center[1], center[0], "+", color="tab:cyan", markersize=9, mew=1.2)
         if rec["indexed"]:
             st = res.structures[int(rec["phase"])]
             lib = self._display_library(int(rec["phase"]))
@@ -475,7 +512,8 @@ class OrientationWidget(Container):
             za = "".join(str(v) for v in rec["zone_axis"])
             ax.set_title(
                 f"cluster {label}: {st.name} [{za}], in-plane {rec['inplane_deg']:.1f}°\n"
-                f"score {rec['score']:.3f}, confidence {rec['confidence']:.2f}",
+                f"score {rec['score']:.3f}, confidence {rec['confidence']:.2f}, "
+                f"beam ({center[0]:.1f}, {center[1]:.1f})",
                 fontsize=8,
             )
             key, names = ipf_color_key(st, 128)
