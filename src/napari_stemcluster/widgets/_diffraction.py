@@ -170,8 +170,10 @@ class DiffractionViewer(QWidget):
             [
                 (viewer.cursor.events.position, self._when_built("_on_mouse_throttled")),
                 (viewer.dims.events.current_step, self._when_built("_on_step")),
-                (viewer.layers.events.inserted, self._when_built("_on_layers_changed")),
-                (viewer.layers.events.removed, self._when_built("_on_layers_changed")),
+                # the layer choices follow at once (a clusters layer chosen
+                # meanwhile completes the canvas, through its control)
+                (viewer.layers.events.inserted, self._on_layers_changed),
+                (viewer.layers.events.removed, self._on_layers_changed),
                 (self._session.q_mask_changed, self._when_built("_draw_q_mask")),
             ],
         )
