@@ -33,7 +33,7 @@ def settle(seconds: float = 0.4) -> None:
 
 
 def save(widget, path: Path) -> None:
-    settle()
+    settle(1.0)  # layouts and plots settle (slowly on a busy machine)
     widget.grab().save(str(path))
     print(f"wrote {path}")
 
@@ -56,6 +56,13 @@ def dock(viewer, widget, name, area="right", tabify=False):
     return viewer.window.add_dock_widget(widget, name=name, area=area, tabify=tabify)
 
 
+def until(condition, timeout: float = 60.0) -> None:
+    """Let events run until ``condition()`` holds (or ``timeout`` seconds)."""
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        settle(0.05)
+
+
 def grain_label(labels, grains):
     inside = labels[(grains > 0) & (labels > 0)]
     return int(np.bincount(inside).argmax())
@@ -70,6 +77,7 @@ def workflow_4d(out: Path) -> None:
     wf = WorkflowDock(viewer)
     wf_dock = dock(viewer, wf, "STEM cluster")
     widen(viewer, wf_dock)
+    until(lambda: wf._diffraction is not None and wf._diffraction.built)  # made in steps
     pre, sim = wf.stage("1. Prefilter"), wf.stage("2. Similarity")
     clu, cor = wf.stage("3. Clustering"), wf.stage("Correct")
 
@@ -111,6 +119,7 @@ def workflow_4d(out: Path) -> None:
 
     # 4. the diffraction viewer following the mouse over a grain
     viewer.layers.selection.active = labels
+    until(lambda: not wf.diffraction.peaks_pending)  # Bragg disks found in a worker
     save(wf.diffraction, out / "diffraction.png")
     save(viewer.window._qt_window, out / "workflow.png")
 
@@ -204,6 +213,8 @@ def workflow_5d(out: Path) -> None:
     rx, ry = members[len(members) // 2]
     hover(viewer, data, (t, rx, ry))
     viewer.layers.selection.active = labels
+    until(lambda: wf._diffraction is not None and wf._diffraction.built)
+    until(lambda: not wf.diffraction.peaks_pending)
     save(viewer.window._qt_window, out / "time_series.png")
     viewer.close()
 

@@ -172,9 +172,11 @@ def test_live_preview_labels_disks_in_the_diffraction_viewer(make_napari_viewer,
     qtbot.waitUntil(lambda: dif.average is not None, timeout=WAIT)
     w._w["radius"].value = 2.5
     assert dif.bragg_params["probe_radius"] == 2.5
+    qtbot.waitUntil(lambda: not dif.peaks_pending, timeout=WAIT)  # found in a worker
     hk = list(dif.peaks_layer.features["hk"])
     assert hk[0] == "0 0" and sum(1 for s in hk if s) >= 4
     w._w["max_count"].value = 2
+    qtbot.waitUntil(lambda: not dif.peaks_pending, timeout=WAIT)
     assert len(dif.peaks_layer.data) == 3  # the beam and two disks
     w._w["preview"].value = False
     assert dif.bragg_params is None

@@ -147,6 +147,8 @@ def test_cluster_average_peaks_and_marker(make_napari_viewer, qtbot, scan4d):
     np.testing.assert_allclose(dif.average_layer.data, want, rtol=1e-5)
     pos, _, hk = bragg_display(dif.average, radius=dif.controls.disk_radius.value)
     assert len(pos) >= 3  # a grain average shows Bragg disks
+    # the disks are searched for in a worker thread and shown when found
+    qtbot.waitUntil(lambda: not dif.peaks_pending, timeout=WAIT)
     assert list(dif.peaks_layer.features["hk"]) == hk
     np.testing.assert_allclose(dif.peaks_layer.data, pos)
     marker = viewer.layers[MARKER_NAME]
@@ -171,8 +173,11 @@ def test_cluster_average_peaks_and_marker(make_napari_viewer, qtbot, scan4d):
     assert clu.labels_layer is layer and not np.array_equal(layer.data, labels)
     new_label = int(layer.selected_label)
     assert (layer.data == new_label).any()
-    np.testing.assert_allclose(
-        dif.average, _cluster_mean(scan4d.cube, layer.data, new_label), rtol=1e-5
+    want = _cluster_mean(scan4d.cube, layer.data, new_label)
+    # the viewer follows new clusters in an event-loop turn of its own
+    qtbot.waitUntil(
+        lambda: dif.average is not None and np.allclose(dif.average, want, rtol=1e-5),
+        timeout=WAIT,
     )
 
 

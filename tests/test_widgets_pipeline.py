@@ -412,4 +412,5 @@ def test_sample_data_and_plugin_menu_widgets(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: dif.label == label, timeout=WAIT)
     cube = np.asarray(stem_meta(data)["cube"][t])
     np.testing.assert_allclose(dif.average, cube[layer.data[t] == label].mean(0), rtol=1e-5)
+    qtbot.waitUntil(lambda: not dif.peaks_pending, timeout=WAIT)  # found in a worker
     assert len(dif.peaks) >= 3

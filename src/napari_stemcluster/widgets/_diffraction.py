@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import Container, create_widget
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ._common import (
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Minimum interval (ms) between two pattern reads while the mouse moves.
 MOUSE_THROTTLE_MS = 25
+#: Pause (ms) between two steps of making the canvas, for it to paint meanwhile.
+BUILD_STEP_MS = 15
 MARKER_NAME = "selected cluster"
 
 
@@ -78,6 +81,19 @@ class DiffractionViewer(QWidget):
     >>> widget.pattern, widget.average  # what is shown, unscaled  # doctest: +SKIP
     """
 
+    #: Attributes made by the staged construction (see :meth:`_build_steps`).
+    _LAZY = frozenset(
+        {
+            "pattern_layer",
+            "q_mask_layer",
+            "average_layer",
+            "peaks_layer",
+            "text_overlay",
+            "virtual",
+            "average_q_mask_layer",
+        }
+    )
+
     def __init__(self, viewer: napari.viewer.Viewer):
         from napari.components.viewer_model import ViewerModel
         from napari.qt import QtViewer
@@ -86,10 +102,10 @@ class DiffractionViewer(QWidget):
         super().__init__()
         self._viewer = viewer = unwrap(viewer)
         self._session = session(viewer)
-        self.model = ViewerModel(title="diffraction")
-        self.qt_viewer = QtViewer(self.model, show_welcome_screen=False)
+        self._model = ViewerModel(title="diffraction")
+        self.qt_viewer = QtViewer(self._model, show_welcome_screen=False)
         self.controls = _Controls(viewer)
-        layout = QVBoxLayout(self)
+        self._layout = layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addWidget(self.controls.native)
@@ -104,49 +120,6 @@ class DiffractionViewer(QWidget):
         layout.addWidget(self.qt_viewer, stretch=1)
         self.setMinimumSize(360, 480)
 
-        empty = np.zeros((2, 2), np.float32)
-        self.pattern_layer = self.model.add_image(empty, name="pattern", colormap="gray")
-        self.q_mask_layer = self.model.add_shapes(
-            name="q-mask",
-            edge_color="yellow",
-            face_color="transparent",
-            edge_width=0.6,
-            opacity=0.8,
-        )
-        self.average_layer = self.model.add_image(empty, name="cluster average", colormap="magma")
-        self.peaks_layer = self.model.add_points(
-            np.empty((0, 2)),
-            name="Bragg peaks",
-            face_color="transparent",
-            border_color="cyan",
-            border_width=0.15,
-            size=4,
-        )
-        grid = _grid(self.model)
-        grid.enabled = True
-        grid.stride = 3
-        self.text_overlay = _text_overlay(self.model)
-        self.text_overlay.visible = True
-        self.text_overlay.font_size = 9
-        self.text_overlay.color = "white"
-        self.text_overlay.position = "bottom_left"
-        self.model.layers.selection.active = self.pattern_layer
-        axes = _axes(self.model)
-        axes.visible = True
-        axes.labels = True
-        scale_bar = _scale_bar(self.model)
-        scale_bar.visible = True
-        if hasattr(scale_bar, "gridded"):
-            scale_bar.gridded = True  # one per panel
-        scale_bar.position = "top_right"  # the text overlay is at the bottom
-        _scale_bar(viewer).visible = True
-        self.virtual = VirtualDetector(self)  # its ROI layer joins the pattern panel
-        # the q-mask drawn on the average too (and the third layer of its panel)
-        self.average_q_mask_layer = self.model.add_shapes(
-            name="q-mask (average)", edge_color="yellow", face_color="transparent", opacity=0.5
-        )
-        layout.insertWidget(1, self.virtual.controls.native)
-        layout.insertWidget(2, self.virtual.histogram.canvas)
         #: Patterns read ahead around the last hovered position.
         self._prefetched: dict = {}
         self._prefetch_pool = None
@@ -162,44 +135,256 @@ class DiffractionViewer(QWidget):
         self.peak_intensities = np.empty(0)
         #: Detection settings of the Bragg widget's live preview (None: defaults).
         self.bragg_params: dict | None = None
+        #: True while the disks of the shown average are being searched for.
+        self.peaks_pending = False
+        self._peaks_request = 0
+        self._peaks_future = None
+        self._bragg_pool = None
+        self._peaks_bridge = _PeaksBridge(self)
+        self._peaks_bridge.found.connect(self._on_peaks_found)
         self._avg_key = None
         self._detector = None
         self._linked_state = None
         self._watched = _none
         self._marker = None
-
+        self._pick_layers()
+        # A control used before the canvas is complete completes it (its
+        # handlers use the layers).
+        c, built = self.controls, self._built_first
+        c.data.changed.connect(built("_on_data_layer"))
+        c.clusters.changed.connect(built("_on_cluster_layer"))
+        c.source.changed.connect(built("_refresh_average"))
+        for w in (c.scaling, c.gamma, c.contrast):
+            w.changed.connect(built("_redraw"))
+        c.show_q_mask.changed.connect(built("_on_show_q_mask"))
+        c.edit_q_mask.changed.connect(built("_on_edit_q_mask"))
+        c.show_peaks.changed.connect(built("_refresh_average"))
+        c.disk_radius.changed.connect(built("_refresh_average"))
+        #: The layers and overlays still to be made, one per event-loop turn.
+        self._pending = list(self._build_steps())
+        self._in_step = False
+        self._missed_mouse = False
         self._on_mouse_throttled = qthrottled(self.on_mouse_move, timeout=MOUSE_THROTTLE_MS)
         connect_while_alive(
             self,
             [
-                (viewer.cursor.events.position, self._on_mouse_throttled),
-                (viewer.dims.events.current_step, self._on_step),
+                (viewer.cursor.events.position, self._when_built("_on_mouse_throttled")),
+                (viewer.dims.events.current_step, self._when_built("_on_step")),
+                # the layer choices follow at once (a clusters layer chosen
+                # meanwhile completes the canvas, through its control)
                 (viewer.layers.events.inserted, self._on_layers_changed),
                 (viewer.layers.events.removed, self._on_layers_changed),
-                (self._session.q_mask_changed, self._draw_q_mask),
+                (self._session.q_mask_changed, self._when_built("_draw_q_mask")),
             ],
         )
+        self._next_step_soon()
+
+    # -------------------------------------------------------- construction
+    def _build_steps(self):
+        """The canvas's layers and overlays, in the order they are made.
+
+        Each is a separate turn of the event loop, and the canvas paints
+        (compiling the new visual's shaders) between two of them: making
+        them all at once held the window for seconds, mostly napari and
+        vispy building visuals and OpenGL compiling their shaders at the
+        first paint, all of which Qt allows only in the GUI thread.
+        """
+        return [
+            self._make_pattern,
+            self._make_q_mask,
+            self._make_average,
+            self._make_peaks,
+            self._make_text,
+            self._make_axes,
+            self._make_scale_bars,
+            self._make_virtual_detector,
+            self._make_average_q_mask,
+            self._connect,
+        ]
+
+    def _next_step_soon(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        me = weakref.ref(self)
+
+        def run():
+            dif = me()
+            if dif is None or not dif._pending or not _canvas_alive(dif):
+                return  # closed meanwhile: nothing more to make
+            dif._run_step()
+            if dif._pending:
+                dif._next_step_soon()
+
+        # a short delay rather than 0: the canvas paints the new visual first
+        QTimer.singleShot(BUILD_STEP_MS, run)
+
+    def _run_step(self) -> None:
+        step = self._pending.pop(0)
+        self._in_step = True
+        try:
+            step()
+        finally:
+            self._in_step = False
+
+    def finish_building(self) -> None:
+        """Make the layers and overlays still missing now (normally one per turn).
+
+        Any use of a layer of the canvas does this first, so that callers
+        never see a half-made viewer.
+
+        Examples
+        --------
+        >>> dif.finish_building()  # doctest: +SKIP
+        >>> dif.built  # doctest: +SKIP
+        True
+        """
+        while self._pending and not self._in_step:
+            self._run_step()
+
+    @property
+    def model(self):
+        """The canvas's ``ViewerModel``, complete: using it from outside makes what is missing."""
+        self.finish_building()
+        return self._model
+
+    @property
+    def built(self) -> bool:
+        """True once every layer and overlay has been made and events are followed."""
+        return not self._pending
+
+    def __getattr__(self, name):
+        # A layer asked for before its turn: make the rest now.
+        if name in DiffractionViewer._LAZY and self.__dict__.get("_pending"):
+            self.finish_building()
+            if name in self.__dict__:
+                return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _make_pattern(self):
+        # The grid first: enabled over existing layers, it rebuilds a view per
+        # layer at once (seconds); enabled on none, each layer joins it cheaply.
+        grid = _grid(self._model)
+        grid.enabled = True
+        grid.stride = 3
+        empty = np.zeros((2, 2), np.float32)
+        self.pattern_layer = self._model.add_image(empty, name="pattern", colormap="gray")
+
+    def _make_q_mask(self):
+        self.q_mask_layer = self._model.add_shapes(
+            name="q-mask",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=0.6,
+            opacity=0.8,
+        )
+
+    def _make_average(self):
+        empty = np.zeros((2, 2), np.float32)
+        self.average_layer = self._model.add_image(empty, name="cluster average", colormap="magma")
+
+    def _make_peaks(self):
+        self.peaks_layer = self._model.add_points(
+            np.empty((0, 2)),
+            name="Bragg peaks",
+            face_color="transparent",
+            border_color="cyan",
+            border_width=0.15,
+            size=4,
+        )
+
+    def _make_text(self):
+        self.text_overlay = _text_overlay(self._model)
+        self.text_overlay.visible = True
+        self.text_overlay.font_size = 9
+        self.text_overlay.color = "white"
+        self.text_overlay.position = "bottom_left"
+        self._model.layers.selection.active = self.pattern_layer
+
+    def _make_axes(self):
+        axes = _axes(self._model)
+        axes.visible = True
+        axes.labels = True
+
+    def _make_scale_bars(self):
+        scale_bar = _scale_bar(self._model)
+        scale_bar.visible = True
+        if hasattr(scale_bar, "gridded"):
+            scale_bar.gridded = True  # one per panel
+        scale_bar.position = "top_right"  # the text overlay is at the bottom
+        _scale_bar(self._viewer).visible = True
+
+    def _make_virtual_detector(self):
+        self.virtual = VirtualDetector(self)  # its ROI layer joins the pattern panel
+        self._layout.insertWidget(1, self.virtual.controls.native)
+        self._layout.insertWidget(2, self.virtual.histogram.canvas)
+
+    def _make_average_q_mask(self):
+        # the q-mask drawn on the average too (and the third layer of its panel)
+        self.average_q_mask_layer = self._model.add_shapes(
+            name="q-mask (average)", edge_color="yellow", face_color="transparent", opacity=0.5
+        )
+
+    def _connect(self):
+        """Follow the controls, and show what the main viewer has now."""
         self.q_mask_layer.events.data.connect(self._on_q_mask_edited)
-        c = self.controls
-        c.data.changed.connect(self._on_data_layer)
-        c.clusters.changed.connect(self._on_cluster_layer)
-        c.source.changed.connect(self._refresh_average)
-        for w in (c.scaling, c.gamma, c.contrast):
-            w.changed.connect(self._redraw)
-        c.show_q_mask.changed.connect(self._on_show_q_mask)
-        c.edit_q_mask.changed.connect(self._on_edit_q_mask)
-        c.show_peaks.changed.connect(self._refresh_average)
-        c.disk_radius.changed.connect(self._refresh_average)
-        clusters = [x for x in viewer.layers if is_cluster_layer(x)]
-        if clusters and c.clusters.value is None:
-            c.clusters.value = clusters[-1]  # the most recent segmentation
+        self.controls.reset_choices()  # layers added while the canvas was being made
+        self._pick_layers()
         self._on_data_layer()
         self._on_cluster_layer()
         self._draw_q_mask(self._session.q_mask)
+        if self._missed_mouse:  # the cursor moved while the canvas was being made
+            self.on_mouse_move()
+
+    def _pick_layers(self):
+        c = self.controls
+        if c.data.value is None:
+            data = [x for x in self._viewer.layers if is_data_layer(x)]
+            if data:
+                c.data.value = data[-1]
+        clusters = [x for x in self._viewer.layers if is_cluster_layer(x)]
+        if clusters and c.clusters.value is None:
+            c.clusters.value = clusters[-1]  # the most recent segmentation
+
+    def _built_first(self, name: str):
+        """The handler ``name`` for a control: the canvas is completed first.
+
+        The widget is held weakly, so that the connection keeps nothing alive.
+        """
+        me = weakref.ref(self)
+
+        def handle(*args):
+            dif = me()
+            if dif is None:
+                return None
+            dif.finish_building()
+            return getattr(dif, name)(*args)
+
+        return handle
+
+    def _when_built(self, name: str):
+        """The handler ``name`` for the main viewer's events, once the canvas is made.
+
+        Until then the events only count: :meth:`_connect` shows the state
+        they lead to. Connected at once, so that none is lost meanwhile; the
+        widget is held weakly, so that the connection keeps nothing alive.
+        """
+        me = weakref.ref(self)
+
+        def follow(*args):
+            dif = me()
+            if dif is None:
+                return None
+            if dif._pending:
+                if name == "_on_mouse_throttled":
+                    dif._missed_mouse = True
+                return None
+            return getattr(dif, name)(*args)
+
+        return follow
 
     def resizeEvent(self, event):
         super().resizeEvent(event)
-        self.model.reset_view()  # keep both patterns whole in the panels
+        self._model.reset_view()  # keep both patterns whole in the panels
 
     def showEvent(self, event):
         super().showEvent(event)
@@ -272,7 +457,7 @@ class DiffractionViewer(QWidget):
             self.pattern = None
             self._set_image(self.pattern_layer, None)
             self._draw_q_mask(self._session.q_mask)
-            self.model.reset_view()
+            self._model.reset_view()
         self.virtual.detector_changed()
 
     def _calibrate(self, meta):
@@ -280,13 +465,13 @@ class DiffractionViewer(QWidget):
         cal = (meta or {}).get("calibration") or {}
         size = float(cal.get("q_pixel_size") or 1.0)
         units = str(cal.get("q_units") or "pixel")
-        for lay in self.model.layers:
+        for lay in self._model.layers:
             lay.scale = (size, size)
             try:
                 lay.units = (units, units)
             except Exception:  # a unit pint does not know: plain pixels
                 lay.units = ("pixel", "pixel")
-        self.model.dims.axis_labels = ("qx", "qy")
+        self._model.dims.axis_labels = ("qx", "qy")
 
     def _on_cluster_layer(self, *_):
         layer = self.cluster_layer
@@ -443,6 +628,11 @@ class DiffractionViewer(QWidget):
         return int(state.step_labels(t)[self.position])
 
     def _refresh_average(self, *_):
+        if self._pending and not self._in_step:
+            # Asked for by another widget (the Bragg widget's settings, say)
+            # while the canvas is being made: its last step shows the average.
+            self._avg_key = None
+            return
         state = self.state
         label = self.current_label()
         t = 0 if state is None else min(self.t, state.n_steps - 1)
@@ -456,19 +646,79 @@ class DiffractionViewer(QWidget):
             self._avg_key = key
         self.label = label if mean is not None else None
         self.average = mean
-        from ._bragg import bragg_display, set_disk_points
-
-        shown = mean if self.controls.show_peaks.value else None
-        radius = float(self.controls.disk_radius.value)
-        self.peaks, self.peak_intensities, hk = bragg_display(shown, self.bragg_params, radius)
         self._set_image(self.average_layer, mean)
         self.average_title.setText(
             "cluster average" if self.label is None else f"average of cluster {self.label}"
         )
-        set_disk_points(self.peaks_layer, self.peaks, hk)
-        self.peaks_layer.size = max(3.0, 2.4 * float(self.controls.disk_radius.value))
         self._update_marker(state, t, self.label)
+        self._find_peaks(mean if self.controls.show_peaks.value else None)
         self._update_text()
+
+    # --------------------------------------------------------- Bragg disks
+    def _find_peaks(self, pattern) -> None:
+        """Find the average's Bragg disks in a worker thread (the newest request wins).
+
+        The search takes 0.2-0.4 s per average (seconds the first time, while
+        its kernels load), too long for the GUI thread while the mouse moves
+        from cluster to cluster. The disks of the previous average are
+        removed at once; a request still waiting is cancelled by the next
+        one, and a result that arrives after a newer request is dropped.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._peaks_request += 1
+        request = self._peaks_request
+        if self._peaks_future is not None:
+            self._peaks_future.cancel()
+            self._peaks_future = None
+        radius = float(self.controls.disk_radius.value)
+        if pattern is None:
+            self._show_peaks(request, (np.empty((0, 2)), np.empty(0), []), radius)
+            return
+        self._show_peaks(None, (np.empty((0, 2)), np.empty(0), []), radius)
+        self.peaks_pending = True
+        if self._bragg_pool is None:
+            self._bragg_pool = ThreadPoolExecutor(1, thread_name_prefix="stem-bragg")
+        params = None if self.bragg_params is None else dict(self.bragg_params)
+        bridge = self._peaks_bridge
+
+        def work():
+            from ._bragg import bragg_display
+
+            return bragg_display(pattern, params, radius)
+
+        def done(future):
+            if future.cancelled():
+                return
+            with contextlib.suppress(RuntimeError):  # the viewer was closed meanwhile
+                bridge.found.emit(request, future, radius)
+
+        future = self._bragg_pool.submit(work)
+        self._peaks_future = future
+        future.add_done_callback(done)
+
+    def _on_peaks_found(self, request, future, radius):
+        if request != self._peaks_request:
+            return  # a newer average was asked for meanwhile
+        self._peaks_future = None
+        try:
+            found = future.result()
+        except Exception as e:  # shown in the panel, not raised into Qt
+            found = (np.empty((0, 2)), np.empty(0), [])
+            self.text_overlay.text = f"Bragg disks not found: {e}"
+            self._show_peaks(request, found, radius)
+            return
+        self._show_peaks(request, found, radius)
+        self._update_text()
+
+    def _show_peaks(self, request, found, radius):
+        from ._bragg import set_disk_points
+
+        self.peaks, self.peak_intensities, hk = found
+        set_disk_points(self.peaks_layer, self.peaks, hk)
+        self.peaks_layer.size = max(3.0, 2.4 * radius)
+        if request is not None:
+            self.peaks_pending = False
 
     def _update_marker(self, state, t, label):
         """Mark the cluster's seed in the main view, with its label and size."""
@@ -536,7 +786,7 @@ class DiffractionViewer(QWidget):
                 a, b = a - 0.5, a + 0.5
         layer.contrast_limits = (a, b)
         if reset:
-            self.model.reset_view()
+            self._model.reset_view()
 
     def _update_text(self):
         parts = []  # the scan position is in the pattern panel's title
@@ -548,7 +798,8 @@ class DiffractionViewer(QWidget):
             seed = table.seed[self.label - 1]
             parts.append(
                 f"cluster {self.label}: {int(table.size[self.label - 1])} positions, "
-                f"seed ({int(seed[0])}, {int(seed[1])}), {len(self.peaks)} disks"
+                f"seed ({int(seed[0])}, {int(seed[1])}), "
+                + ("finding disks…" if self.peaks_pending else f"{len(self.peaks)} disks")
             )
         elif state is not None and not state.has_sums(min(self.t, state.n_steps - 1)):
             parts.append("computing cluster averages…")
@@ -624,15 +875,34 @@ class DiffractionViewer(QWidget):
 
     def _on_edit_q_mask(self, value=None):
         if self.controls.edit_q_mask.value:
-            self.model.layers.selection.active = self.q_mask_layer
+            self._model.layers.selection.active = self.q_mask_layer
             self.q_mask_layer.mode = "direct"
         else:
             self.q_mask_layer.mode = "pan_zoom"
-            self.model.layers.selection.active = self.pattern_layer
+            self._model.layers.selection.active = self.pattern_layer
 
 
 def _none():
     return None
+
+
+def _canvas_alive(dif) -> bool:
+    """False once Qt has deleted the widget or its canvas (the viewer was closed)."""
+    try:
+        dif.objectName()
+        canvas = getattr(dif.qt_viewer, "canvas", None)
+        native = getattr(canvas, "native", None)
+        if native is not None:
+            native.objectName()
+    except RuntimeError:  # "wrapped C/C++ object ... has been deleted"
+        return False
+    return True
+
+
+class _PeaksBridge(QObject):
+    """Carries a Bragg search's result from its worker thread to the GUI thread."""
+
+    found = Signal(int, object, float)
 
 
 def _read(source, t, rx, ry) -> np.ndarray:

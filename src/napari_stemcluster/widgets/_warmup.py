@@ -13,6 +13,7 @@ of the threshold slider or the first job does not stall.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -48,6 +49,50 @@ def warm_up_kernels() -> None:
         binned.add_rows(0, cube, np.ones((6, 6), bool))
         binned.images(np.ones((6, 6), bool))
     correlative_prefilter(np.ones((3, 4, 6, 6), np.uint16), sigma=1.0, radius=1)
+    warm_up_bragg()
+
+
+def warm_up_bragg() -> None:
+    """Run the diffraction viewer's Bragg-disk search once on a small square lattice.
+
+    Its kernels are compiled (the first time on a machine: many seconds)
+    or loaded from the cache; the first cluster average shown then gets
+    its disks at once.
+
+    Examples
+    --------
+    >>> warm_up_bragg()  # doctest: +SKIP
+    """
+    from ._bragg import bragg_display
+
+    q = np.arange(48, dtype=np.float32) - 23.5
+    pattern = np.zeros((48, 48), np.float32)
+    for i in (-1, 0, 1):
+        for j in (-1, 0, 1):
+            r2 = (q[:, None] - 12 * i) ** 2 + (q[None, :] - 12 * j) ** 2
+            pattern += (1000 if i == j == 0 else 200) * (r2 < 4)
+    bragg_display(pattern + 1, None, 2.0)
+
+
+def warm_up_napari() -> None:
+    """Load napari's own numba kernels (shape triangulation, label colours).
+
+    A first Shapes layer (the q-mask circles, the virtual detector) and the
+    first texture of a Labels layer each load them on the GUI thread
+    otherwise, about a second each on a busy machine. Pure functions: no
+    Qt or layer object is made.
+
+    Examples
+    --------
+    >>> warm_up_napari()  # doctest: +SKIP
+    """
+    from napari.layers.shapes import _accelerated_triangulate_dispatch as tri
+    from napari.utils.colormaps import label_colormap
+
+    tri.warmup_numba_cache()
+    cmap = label_colormap(49)
+    for dtype in (np.int32, np.int64, np.uint16, np.uint8):
+        cmap._data_to_texture(np.arange(12, dtype=dtype).reshape(3, 4))
 
 
 #: Modules the dock widgets need, imported ahead (pure Python, no Qt objects made).
@@ -55,6 +100,7 @@ _MODULES = (
     "pandas",
     "matplotlib.figure",
     "matplotlib.backends.backend_agg",
+    "matplotlib.backends.backend_qtagg",
     "napari.layers",
     "napari._vispy.layers.shapes",
     "napari._vispy.layers.points",
@@ -73,7 +119,6 @@ def warm_up_imports() -> None:
     --------
     >>> warm_up_imports()  # doctest: +SKIP
     """
-    import contextlib
     import importlib
 
     for name in _MODULES:
@@ -99,6 +144,8 @@ def start_warm_up() -> threading.Event:
             def run():
                 try:
                     warm_up_imports()
+                    with contextlib.suppress(Exception):  # napari's own: optional
+                        warm_up_napari()
                     warm_up_kernels()
                 finally:
                     _done.set()
