@@ -18,31 +18,15 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from make_screenshots import save, settle  # the same folder: run as a script
 
 WINDOW = (1500, 950)
 SCAN = (40, 48)
 DETECTOR = (96, 96)
 QPIX = 0.02
-
-
-def settle(seconds: float = 0.4) -> None:
-    """Let Qt lay out and paint (and queued events run) for a moment."""
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.01)
-
-
-def save(widget, path: Path) -> None:
-    settle()
-    widget.grab().save(str(path))
-    print(f"wrote {path}")
 
 
 def grains_scan(seed: int = 7):
