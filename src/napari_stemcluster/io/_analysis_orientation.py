@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +156,8 @@ def save_orientation(path: str | os.PathLike, orientation: OrientationResult) ->
     """
     import h5py
 
+    from ._lazy import close_cached_handles
+    from .output import atomic_output
     from .results import is_results_file
 
     path = Path(os.path.abspath(path))
@@ -169,18 +170,11 @@ def save_orientation(path: str | os.PathLike, orientation: OrientationResult) ->
             f"{path}: has {n_rows} clusters but the orientation results have "
             f"{len(orientation.records)} rows"
         )
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_output(path) as tmp:  # a changed copy, renamed over the file
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "r+") as f:
             write_orientation(f, orientation)
-        from ._lazy import close_cached_handles
-
-        close_cached_handles(path)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        close_cached_handles(path)  # readers must reopen the new file
     return path
 
 

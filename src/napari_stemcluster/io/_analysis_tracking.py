@@ -108,31 +108,25 @@ def save_tracking(
     PosixPath('series.h5')
     """
     import shutil
-    import uuid
 
     import h5py
 
+    from ._lazy import close_cached_handles
     from .errors import StemFileError
+    from .output import atomic_output
     from .results import is_results_file
 
     path = Path(os.path.abspath(path))
     if not is_results_file(path):
         raise StemFileError(f"{path}: not a napari-stemcluster results file")
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_output(path) as tmp:  # a changed copy, renamed over the file
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "r+") as f:
             try:
                 write_tracking(f, tracking, kinetics)
             except ValueError as e:
                 raise ValueError(f"{path}: {e}") from None
-        from ._lazy import close_cached_handles
-
-        close_cached_handles(path)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        close_cached_handles(path)  # readers must reopen the new file
     return path
 
 
