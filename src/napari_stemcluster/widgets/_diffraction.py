@@ -481,6 +481,7 @@ class DiffractionViewer(QWidget):
             self._detector = det
             self.pattern = None
             self._set_image(self.pattern_layer, None)
+            self.refresh_pattern_disks()  # removes the previous detector's disks
             self._draw_q_mask(self._session.q_mask)
             self.model.reset_view()
         self.virtual.detector_changed()
@@ -824,9 +825,12 @@ class DiffractionViewer(QWidget):
     def _show_pattern_peaks(self, request, found, radius):
         from ._bragg import set_disk_points
 
+        layer = self.pattern_peaks_layer
+        had = len(self.pattern_peaks)
         self.pattern_peaks, _, hk = found
-        set_disk_points(self.pattern_peaks_layer, self.pattern_peaks, hk)
-        self.pattern_peaks_layer.size = max(3.0, 2.4 * radius)
+        if had or len(self.pattern_peaks):  # clearing an empty layer costs a hover time
+            set_disk_points(layer, self.pattern_peaks, hk)
+            layer.size = max(3.0, 2.4 * radius)
         if request is not None:
             self.pattern_peaks_pending = False
 
