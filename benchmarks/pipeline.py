@@ -119,26 +119,33 @@ def total_seconds(r: dict) -> float:
     return r["seconds"] + r.get("load_seconds", 0.0)
 
 
-def passes(r: dict, base: float | None) -> tuple[str, str, str]:
-    """Similarity and averages pass throughput (vs the read) and file reads per input.
+def pass_figures(r: dict, stage: str, base: float | None) -> dict | None:
+    """Throughput of one pass and of its parts (read alone, compute alone).
 
     A pass's time is the time its tasks took (reading and computing), summed
     and divided by the tasks run at once: the passes of different time steps
-    overlap, so their wall times do not add up.
+    overlap, so their wall times do not add up. "read" and "compute" are the
+    same figure for each part alone: the smaller one limits the pass.
     """
     if r["spec"]["mode"] != "engine":
-        return "-", "-", "-"
-    out = []
-    for stage in ("similarity", "averages"):
-        sec = sum(r.get("task_seconds", {}).get(stage, [])) / r["concurrency"]
-        if not sec:
-            out.append("-")
-            continue
-        rate = r["bytes"] / sec
-        ratio = f" ({100 * rate / base:.0f} %)" if base else ""
-        out.append(f"{rate / 1e9:.3f}{ratio}")
-    out.append(f"{r['bytes_read'] / r['bytes']:.2f}x")
-    return tuple(out)
+        return None
+    t_read, t_comp = r.get("task_seconds", {}).get(stage, [0.0, 0.0])
+    conc = r["concurrency"]
+    sec = (t_read + t_comp) / conc
+    if not sec:
+        return None
+    rate = r["bytes"] / sec
+    return {
+        "rate": rate,
+        "ratio": rate / base if base else None,
+        # under a millisecond: the pass took kept blocks, it read nothing
+        "read": r["bytes"] / (t_read / conc) if t_read > 1e-3 else math.inf,
+        "compute": r["bytes"] / (t_comp / conc) if t_comp else math.inf,
+    }
+
+
+def _gbs(x: float) -> str:
+    return "no read (kept blocks)" if math.isinf(x) else f"{x / 1e9:.3f}"
 
 
 def table(results: list[dict], budget: str) -> str:
@@ -146,27 +153,50 @@ def table(results: list[dict], budget: str) -> str:
         r["spec"]["file"]: r["bytes"] / r["seconds"] for r in results if r["spec"]["mode"] == "read"
     }
     head = (
-        "| file | path | settings | time (s) | GB/s | vs h5py read of the file "
-        "| similarity pass GB/s (vs read) | averages pass GB/s (vs read) "
-        "| file bytes read / input | peak RSS |"
+        "| file | path | settings | time (s) | GB/s | h5py read of the file, same run (GB/s) "
+        "| vs read | similarity pass GB/s (vs read) | averages pass GB/s (vs read) "
+        "| file bytes read / input | peak RSS | load avg |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    parts = [
+        "| file | path | pass | pass GB/s | its reads alone GB/s | its compute alone GB/s "
+        "| limited by |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         rate = r["bytes"] / total_seconds(r)
         base = read.get(r["spec"]["file"])
-        ratio = f"{100 * rate / base:.0f} %" if base and r["spec"]["mode"] != "read" else "-"
-        sim, avg, reads = passes(r, base)
+        engine = r["spec"]["mode"] != "read"
+        ratio = f"{100 * rate / base:.0f} %" if base and engine else "-"
+        cells = []
+        for stage in ("similarity", "averages"):
+            f = pass_figures(r, stage, base)
+            if f is None:
+                cells.append("-")
+                continue
+            pct = f" ({100 * f['ratio']:.0f} %)" if f["ratio"] is not None else ""
+            cells.append(f"{f['rate'] / 1e9:.3f}{pct}")
+            limit = "compute" if f["compute"] < f["read"] else "read"
+            parts.append(
+                f"| {r['spec']['file']} | {describe(r)} | {stage} | {f['rate'] / 1e9:.3f} "
+                f"| {_gbs(f['read'])} | {_gbs(f['compute'])} | {limit} |"
+            )
+        reads = f"{r['bytes_read'] / r['bytes']:.2f}x" if "bytes_read" in r else "-"
+        load = r.get("load")
+        load = f"{load[0]:.1f}-{load[1]:.1f}" if load else "-"
         lines.append(
             f"| {r['spec']['file']} | {describe(r)} | {settings(r['spec'])} "
-            f"| {total_seconds(r):.2f} | {rate / 1e9:.3f} | {ratio} | {sim} | {avg} | {reads} "
-            f"| {format_bytes(r['peak_tree_rss'])} |"
+            f"| {total_seconds(r):.2f} | {rate / 1e9:.3f} | {base / 1e9 if base else 0:.3f} "
+            f"| {ratio} | {cells[0]} | {cells[1]} | {reads} "
+            f"| {format_bytes(r['peak_tree_rss'])} | {load} |"
         )
     lines.append(
         f"\nmemory limit of the engine runs: {budget}. Times are medians of the repeats "
         "in each process; a pass's time is its tasks' time (read + compute) summed and divided "
-        "by the tasks run at once."
+        "by the tasks run at once. load avg: the machine's 1-minute load average at the start "
+        "and end of the run.\n\nWhere each pass's time goes (same runs):\n"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + parts)
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import sys
 import time
@@ -107,5 +108,7 @@ def main(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
+    load0 = os.getloadavg()[0]
     result = main(json.loads(sys.argv[1]))
+    result["load"] = [load0, os.getloadavg()[0]]
     print("RESULT " + json.dumps(result), flush=True)

@@ -67,6 +67,37 @@ def test_blocks_dask_and_threads_bit_for_bit(rng):
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.int32])
+def test_position_parallel_integer_sums_equal_raster_order(rng, dtype):
+    """Integer sums take the position-parallel kernel: the same numbers bit for bit."""
+    from napari_stemcluster.core._averages_numba import _accumulate, _accumulate_exact
+
+    info = np.iinfo(dtype)
+    cube = rng.integers(max(info.min, -(2**31)), info.max, (9, 13, 5, 7), endpoint=True)
+    cube = cube.astype(dtype)
+    labels = rng.integers(-1, 5, (9, 13))
+    want = np.zeros((4, 35))
+    _accumulate(cube.reshape(-1, 35), labels.ravel().astype(np.int64), want)
+    for tasks in (2, 3, 5):
+        got = np.zeros((4, 35))
+        _accumulate_exact(cube.reshape(-1, 35), labels.ravel().astype(np.int64), got, tasks)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(cluster_sums(cube, labels, 4)[0].reshape(4, 35), want)
+
+
+def test_position_parallel_sums_only_where_exact():
+    from napari_stemcluster.core.averages import _exact_tasks
+
+    assert _exact_tasks(np.float32, 10, 2, 16) == 1  # float sums depend on order
+    assert _exact_tasks(np.uint64, 10, 2, 16) == 1  # may exceed 2**53
+    assert _exact_tasks(np.uint32, 2**22, 2, 16) == 1  # 2**32 * 2**22 > 2**53
+    assert _exact_tasks(np.uint16, 10, 10**6, 4096) == 1  # copies too large
+    import numba
+
+    if numba.get_num_threads() > 1:
+        assert _exact_tasks(np.uint16, 10, 2, 16) == numba.get_num_threads()
+
+
 def test_nan_input_is_an_error(rng):
     cube = random_cube(rng, (3, 3, 2, 2), np.float64)
     cube[1, 1, 0, 0] = np.nan

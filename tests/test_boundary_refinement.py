@@ -154,3 +154,30 @@ def test_refinement_leaves_small_clusters_and_pair_rule_alone(rng):
     np.testing.assert_array_equal(
         grow_regions(sim, 0.3)[0], grow_regions(sim, 0.3, refine=False)[0]
     )
+
+
+def test_growth_fills_the_norms_of_every_clustered_position(rng):
+    """The refinement's norms come from the growth: known wherever a cluster is."""
+    from napari_stemcluster.core._regions_numba import _DX, _DY, _grow_linked
+    from napari_stemcluster.core.regions import seed_order
+
+    shape = (12, 9)
+    sim = random_similarity(rng, shape, levels=10)
+    feats = rng.random((shape[0] * shape[1], 5)).astype(np.float32)
+    feats[::7] = 0  # all-zero features: norm 0, never joins
+    allowed = rng.random(shape) > 0.2
+    order = seed_order(mean_similarity(sim), allowed)
+    labels = np.zeros(shape, np.int32)
+    seeds = np.empty(order.size, np.int64)
+    norms2 = np.full(feats.shape[0], np.nan)
+    t = np.float32(0.3)
+    n = _grow_linked(sim, order, allowed, t, 0.6, feats, norms2, _DX, _DY, labels, seeds)
+    assert n > 1
+    clustered = labels.ravel() > 0
+    assert np.isfinite(norms2[clustered]).all()
+    for p in np.flatnonzero(np.isfinite(norms2)):
+        want = 0.0
+        for f in feats[p].astype(np.float64):  # float64, in column order
+            want += f * f
+        assert norms2[p] == want
+    assert np.isnan(norms2[~allowed.ravel()]).all()  # never tested, never computed

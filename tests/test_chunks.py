@@ -195,3 +195,31 @@ def test_file_growing_after_it_was_mapped(tmp_path, data):
         reader._mm = reader._mm[:size]  # as if mapped before the file grew
         np.testing.assert_array_equal(reader.read((slice(None),)), data)
         assert reader._mm.size > size
+
+
+def _rss_file() -> int:
+    """Resident bytes of this process that map files (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_reading_a_file_does_not_keep_it_mapped(tmp_path, compression):
+    """The pages of chunks read stay in the page cache, not in this process."""
+    path = tmp_path / "big.h5"
+    data = np.random.default_rng(0).integers(0, 50, (128, 64, 32, 32), dtype=np.uint16)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=data, chunks=(4, 64, 32, 32), compression=compression)
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+        reader.read((slice(0, 4),))  # map the file
+        before = _rss_file()
+        for r in range(0, 128, 4):
+            np.testing.assert_array_equal(reader.read((slice(r, r + 4),)), data[r : r + 4])
+        grown = _rss_file() - before
+    assert reader._mapped
+    # 16 MiB read (less with gzip); about a chunk (512 KiB) per thread stays mapped
+    assert grown < 4 * 2**20, grown

@@ -13,6 +13,7 @@ import pytest
 
 from napari_stemcluster import segment
 from napari_stemcluster.engine import DistributedExecutor, RunStats, segment_chunked
+from napari_stemcluster.engine.planning import plan_chunks
 from napari_stemcluster.io import open_dataset
 from test_engine import assert_same, grains_cube
 
@@ -104,3 +105,73 @@ def test_cancel_and_worker_errors(cluster, series):
     # the cluster still works after both
     res = segment_chunked(series[2], executor=cluster, chunks=(5, 5))
     assert_same(res, segment(series[2]))
+
+
+def _kept_blocks():
+    from napari_stemcluster.engine import _tasks
+
+    return len(_tasks._kept)
+
+
+def test_workers_read_the_file_once(cluster, series, tmp_path):
+    """Blocks stay in the worker that read them; the sums task is sent there."""
+    path = tmp_path / "series.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=series, chunks=(1, 3, 12, 16, 16))
+    kw = {"threshold": 0.8, "min_cluster_size": 2, "real_mask": None}
+    ref = segment(series, **kw)
+    stats = RunStats()
+    res = segment_chunked(open_dataset(path), **kw, executor=cluster, chunks=(4, 5), stats=stats)
+    assert_same(res, ref)
+    assert stats.bytes_reused > 0
+    # every kept block was summed where it was read, or read again: never both
+    # the whole similarity pass was read once and nothing else (halos included)
+    halo_bytes = 0
+    for r0, r1, c0, c1 in stats.plan.boxes():
+        h = min(10, r1 + 1) - max(0, r0 - 1)
+        w = min(12, c1 + 1) - max(0, c0 - 1)
+        halo_bytes += h * w * 16 * 16 * series.itemsize
+    assert stats.bytes_read == 3 * halo_bytes
+    assert stats.bytes_reused == stats.bytes_read  # no position without a label
+    # nothing stays in the workers after the run
+    assert set(cluster.client.run(_kept_blocks).values()) == {0}
+    # without room for kept blocks, the sums pass reads the file again
+    plan = plan_chunks(series.shape, series.dtype, block_shape=(4, 5), concurrency=2)
+    stats = RunStats()
+    res = segment_chunked(
+        open_dataset(path),
+        **kw,
+        executor=cluster,
+        chunks=(4, 5),
+        stats=stats,
+        memory_limit=plan.peak_bytes,
+    )
+    assert_same(res, ref)
+    assert stats.bytes_reused == 0 and stats.bytes_read > 3 * halo_bytes
+
+
+def test_sums_task_reads_a_block_kept_elsewhere(series):
+    from napari_stemcluster.core.passes import make_spec
+    from napari_stemcluster.engine._tasks import (
+        BlockSource,
+        drop_kept,
+        similarity_task,
+        sums_task,
+    )
+
+    src = BlockSource(series)
+    spec = make_spec(None, None, 0.0)
+    box = (0, 4, 0, 5)
+    labels = np.ones((4, 5), np.int32)
+    *_, kept = similarity_task(src, 1, box, spec, False, "run-a")
+    assert kept.nbytes == 5 * 6 * 16 * 16 * series.itemsize  # with the halo
+    ids, sums, _, reused = sums_task(src, 1, box, labels, spec, "run-b")  # not there: read
+    assert reused == 0
+    ids2, sums2, _, reused2 = sums_task(src, 1, box, labels, spec, "run-a")
+    assert reused2 == kept.nbytes
+    np.testing.assert_array_equal(ids, ids2)
+    np.testing.assert_array_equal(sums, sums2)
+    np.testing.assert_array_equal(sums[0], series[1, :4, :5].sum(axis=(0, 1), dtype=np.float64))
+    assert drop_kept("run-a") == 0  # taken by its sums task
+    similarity_task(src, 0, box, spec, False, "run-c")
+    assert drop_kept("run-c") == 1

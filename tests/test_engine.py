@@ -1,5 +1,6 @@
 """The chunked engine gives the in-memory result, whatever the block shape."""
 
+import os
 import threading
 
 import dask.array as da
@@ -386,6 +387,21 @@ def test_plan_whole_scan_when_small_and_aligned_to_file_chunks():
         source_chunks=(4, 300),
     )
     assert plan.n_blocks > 1 and plan.block_shape[0] % 4 == 0
+    # a halo into the next chunk column decodes it whole: whole-width blocks
+    # of narrow chunks rather than square blocks that straddle them
+    shape = (2, 128, 128, 64, 64)
+    plain = plan_chunks(shape, np.uint16, memory_limit="5GB", concurrency=2)
+    chunked = plan_chunks(
+        shape, np.uint16, memory_limit="5GB", concurrency=2, source_chunks=(4, 64)
+    )
+    assert plain.block_shape == (64, 64)
+    assert chunked.block_shape[1] == 128 and chunked.block_shape[0] % 4 == 0
+    # chunks larger than any block that fits: blocks as without them, not 1x1
+    big = plan_chunks(
+        (8, *shape[1:]), np.uint16, memory_limit="300MB", concurrency=2, source_chunks=(64, 128)
+    )
+    free = plan_chunks((8, *shape[1:]), np.uint16, memory_limit="300MB", concurrency=2)
+    assert big.block_shape == free.block_shape and min(big.block_shape) > 8
     # enough blocks for every task slot
     assert plan_chunks((8, 8, 4, 4), np.uint8, concurrency=4).n_blocks >= 4
 
@@ -505,3 +521,59 @@ def test_get_executor_choices():
         get_executor("tcp://127.0.0.1:1", 2)
     with pytest.raises(ValueError, match="n_threads"):
         ThreadExecutor(0)
+
+
+def test_in_memory_hdf5_runs_on_threads_and_is_refused_by_workers(cube5):
+    import pickle
+
+    from napari_stemcluster.engine._tasks import BlockSource
+
+    with h5py.File("in-memory.h5", "w", driver="core", backing_store=False) as f:
+        d = f.create_dataset("data", data=cube5[0], chunks=(3, 4, 6, 6))
+        res = segment_chunked(d, threshold=0.85, real_mask=None, chunks=(4, 5))
+        assert_same(res, segment(cube5[0], threshold=0.85, real_mask=None))
+        with pytest.raises(TypeError, match="held in memory"):
+            pickle.dumps(BlockSource(d))
+    assert not os.path.exists("in-memory.h5")
+
+
+def test_mean_linkage_cuts_components_so_sums_wait_for_the_labels():
+    """Why the sums pass needs the labels (kept blocks or a second read).
+
+    Sums accumulated during the similarity pass per connected component of
+    the block's threshold graph would give the cluster sums exactly only if
+    every cluster were a union of such components. That holds for
+    ``linkage="pair"`` with a fixed threshold (clusters are the components),
+    not for the default ``"mean"``: across a gradual transition every
+    neighbouring pair passes the threshold, yet growth splits the component.
+    """
+    from napari_stemcluster.core.regions import grow_regions
+    from napari_stemcluster.core.similarity import neighbor_similarity
+
+    n = 40
+    angle = np.linspace(0, np.pi / 2, n)
+    cube = np.zeros((1, n, 4, 4), np.float32)
+    cube[0, :, 0, 0] = np.cos(angle)
+    cube[0, :, 3, 3] = np.sin(angle)
+    sim = neighbor_similarity(cube)
+    assert np.nanmin(sim) >= 0.95  # one component of the threshold graph
+    pair, _ = grow_regions(sim, 0.95, linkage="pair")
+    mean, _ = grow_regions(sim, 0.95, linkage="mean", features=cube.reshape(1, n, 16))
+    assert set(pair.ravel()) == {1}
+    assert len(set(mean.ravel())) > 1
+
+
+def test_series_larger_than_the_budget_is_read_about_once():
+    """Room for one time step's blocks is kept free, so they wait for the sums."""
+    cube = grains_cube(4, (48, 40), (16, 16), n_grains=4, n_times=4, dose=2000.0)
+    kw = dict(threshold=0.85, min_cluster_size=2, real_mask=None)
+    ref = segment(cube, **kw)
+    assert min(ref.n_clusters) >= 2
+    budget = 3 * cube[0].nbytes  # the file is 4 steps
+    stats = RunStats()
+    res = segment_chunked(cube, **kw, memory_limit=budget, stats=stats, executor=ThreadExecutor(2))
+    assert_same(res, ref)
+    assert stats.plan.memory_limit == budget and stats.plan.peak_bytes <= budget
+    assert stats.bytes_reused > 0.5 * cube.nbytes
+    # halos of small blocks included; a second read of the file would be >= 2x
+    assert stats.bytes_read < 1.6 * cube.nbytes

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_stemcluster.core import passes
-from napari_stemcluster.core.linkage import feature_bins, pattern_features
+from napari_stemcluster.core.linkage import feature_bins, feature_slots, pattern_features
 from napari_stemcluster.core.masking import (
     dark_field_image,
     dark_field_keep,
@@ -248,7 +248,65 @@ def test_similarity_block_extras_equal_the_references(rng, prefilter):
     else:
         compared = inner
     ref = pattern_features(compared, qmask, 1.0)
+    # Only the bins that meet the q-mask are kept; the others are 0 in the reference.
+    slots = feature_slots((12, 12), qmask)
+    np.testing.assert_array_equal(np.delete(ref, slots, axis=-1), 0)
+    ref = ref[..., slots]
     np.testing.assert_allclose(extras["features"], ref, rtol=2e-6, atol=float(ref.max()) * 2e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, ">u2", np.int64, np.float32])
+@pytest.mark.parametrize(
+    "shape, q_mask",
+    [
+        ((5, 6, 7, 9), None),
+        ((1, 7, 12, 7), (1, 4)),
+        ((7, 1, 40, 33), (3, 14)),
+        ((3, 4, 64, 64), (4, 28.8)),
+        ((2, 3, 33, 70), "custom"),
+    ],
+)
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_compact_features_are_the_full_ones_at_the_kept_bins(rng, dtype, shape, q_mask, sigma):
+    cube = random_cube(rng, shape, np.uint16, high=60).astype(dtype)
+    if q_mask == "custom":
+        q_mask = np.zeros(shape[2:], bool)
+        q_mask[3:-5, 1::3] = True
+        q_mask[10, :] = True
+    _, full, _, _ = fused(cube, q_mask, sigma)
+    slots = feature_slots(shape[2:], q_mask)
+    # the bins left out are those the q-mask does not reach: 0 for every pattern
+    mask = resolve_q_mask(q_mask, shape[2:])
+    b, bx, by = feature_bins(shape[2:])
+    reached = np.zeros((bx * b, by * b), bool)
+    reached[: shape[2], : shape[3]] = True if mask is None else mask
+    reached = reached.reshape(bx, b, by, b).any(axis=(1, 3)).ravel()
+    np.testing.assert_array_equal(slots, np.flatnonzero(reached))
+    np.testing.assert_array_equal(full[..., ~reached], 0)
+    compact = np.full(shape[:2] + (len(slots),), np.nan, np.float32)
+    sim = neighbor_similarity(cube, q_mask, sigma, features=compact, feature_dims=1024)
+    np.testing.assert_array_equal(compact, full[..., slots])
+    np.testing.assert_array_equal(sim, neighbor_similarity(cube, q_mask, sigma))
+
+
+def test_growth_with_compact_features_is_bit_identical(rng):
+    from napari_stemcluster.core.regions import grow_regions
+    from napari_stemcluster.core.similarity import mean_similarity
+    from napari_stemcluster.synthetic import make_polycrystal
+
+    cube = make_polycrystal(scan_shape=(30, 28), detector_shape=(32, 32), seed=2).cube
+    full = pattern_features(cube, (3, 14), 1.0)
+    slots = feature_slots((32, 32), (3, 14))
+    assert len(slots) < full.shape[-1]
+    sim = neighbor_similarity(cube, (3, 14), 1.0)
+    ms = mean_similarity(sim)
+    for t in (0.5, 0.8):
+        kw = dict(mean_similarity=ms, linkage="mean", link_threshold=0.9 * t)
+        want, seeds = grow_regions(sim, t, features=full, **kw)
+        got, got_seeds = grow_regions(sim, t, features=np.ascontiguousarray(full[..., slots]), **kw)
+        assert want.max() > 1
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_seeds, seeds)
 
 
 def test_segment_labels_with_fused_features_equal_the_reference_path():

@@ -29,3 +29,38 @@ def _accumulate(block, labels, sums):
             src = block[p, q0:q1]
             for k in range(src.shape[0]):
                 dst[k] += np.float64(src[k])
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _accumulate_exact(block, labels, sums, n_tasks):
+    """:func:`_accumulate` for inputs whose float64 sums are exact in any order.
+
+    Each task adds a contiguous run of positions (whole patterns, read
+    sequentially) into its own copy of the sums; the copies are added at the
+    end. Only for integers whose sums stay below 2**53 (the caller checks):
+    then every partial sum is an exact integer and the result is the same
+    number as :func:`_accumulate`'s, whatever the split.
+    """
+    n_pos, q = block.shape
+    n_lab = sums.shape[0]
+    parts = np.zeros((n_tasks, n_lab, q), np.float64)
+    per = (n_pos + n_tasks - 1) // n_tasks
+    for t in numba.prange(n_tasks):
+        for p in range(t * per, min(n_pos, (t + 1) * per)):
+            lab = labels[p]
+            if lab <= 0 or lab > n_lab:
+                continue
+            dst = parts[t, lab - 1]
+            src = block[p]
+            for k in range(q):
+                dst[k] += np.float64(src[k])
+    n_chunks = (q + _CHUNK - 1) // _CHUNK
+    for c in numba.prange(n_chunks):
+        q0 = c * _CHUNK
+        q1 = min(q, q0 + _CHUNK)
+        for lab in range(n_lab):
+            dst = sums[lab, q0:q1]
+            for t in range(n_tasks):
+                src = parts[t, lab, q0:q1]
+                for k in range(src.shape[0]):
+                    dst[k] += src[k]

@@ -52,6 +52,17 @@ def _grow(sim, order, allowed, threshold, dx, dy, labels, seeds):
     return n
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _norm2(feats, q):
+    """Squared norm of row ``q`` of ``feats`` (float32), summed in float64 in
+    column order: zero columns (bins outside the q-mask) change nothing."""
+    t = 0.0
+    for j in range(feats.shape[1]):
+        f = np.float64(feats[q, j])
+        t += f * f
+    return t
+
+
 @numba.njit(cache=True, nogil=True)
 def _grow_linked(sim, order, allowed, threshold, link, feats, norms2, dx, dy, labels, seeds):
     """Region growing in which a joining position must also match the cluster.
@@ -60,6 +71,11 @@ def _grow_linked(sim, order, allowed, threshold, link, feats, norms2, dx, dy, la
     between its feature vector and the running sum of the cluster's feature
     vectors is at least ``link``. The sum is updated as positions join, so a
     test costs O(K) and the growth stays linear in the scan size.
+
+    ``norms2`` holds the features' squared norms, NaN where not yet known;
+    each is computed (as :func:`_norm2`) in the same sweep as a position's
+    first test, so every seeded or joined position has its norm afterwards
+    without a separate pass over the features.
     """
     rx, ry = allowed.shape
     k_dim = feats.shape[1]
@@ -76,6 +92,8 @@ def _grow_linked(sim, order, allowed, threshold, link, feats, norms2, dx, dy, la
         labels[x0, y0] = n
         for j in range(k_dim):
             acc[j] = feats[s, j]
+        if np.isnan(norms2[s]):
+            norms2[s] = _norm2(feats, s)
         acc2 = norms2[s]
         queue[0] = s
         head = 0
@@ -96,8 +114,16 @@ def _grow_linked(sim, order, allowed, threshold, link, feats, norms2, dx, dy, la
                     continue
                 q = nx * ry + ny
                 d = 0.0
-                for j in range(k_dim):
-                    d += feats[q, j] * acc[j]
+                if np.isnan(norms2[q]):
+                    t = 0.0
+                    for j in range(k_dim):
+                        f = np.float64(feats[q, j])
+                        d += f * acc[j]
+                        t += f * f
+                    norms2[q] = t
+                else:
+                    for j in range(k_dim):
+                        d += feats[q, j] * acc[j]
                 if d <= 0.0 or d * d < link * norms2[q] * acc2:
                     continue
                 labels[nx, ny] = n

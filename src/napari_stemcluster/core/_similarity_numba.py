@@ -173,6 +173,7 @@ def fused_similarity(
     runs,
     exact,
     signal,
+    slots,
 ):
     """Cosine similarity of each pattern with its 4 forward neighbours.
 
@@ -189,7 +190,9 @@ def fused_similarity(
 
     Optional outputs for the output rows (empty arrays skip them): ``feats``
     ``(n_out, Ry, K)`` receives the patterns binned by :func:`bin_box` with
-    ``bins = (b, by)``; ``signal`` ``(n_out, Ry)`` the float32 :func:`dark_sum`
+    ``bins = (b, bx, by)``, or with ``slots`` (non-empty) only the bins
+    ``slots`` (those that meet the q-mask; the others are always 0);
+    ``signal`` ``(n_out, Ry)`` the float32 :func:`dark_sum`
     of the raw patterns over the pixel ``runs`` of the kept mask (``exact`` for
     integers of up to 32 bits).
     """
@@ -203,7 +206,9 @@ def fused_similarity(
     want_feats = feats.shape[0] > 0
     want_signal = signal.shape[0] > 0
     b = bins[0] if want_feats else 1
-    by = bins[1] if want_feats else 1
+    by = bins[2] if want_feats else 1
+    compact = want_feats and slots.shape[0] > 0
+    n_slots = slots.shape[0]
     n_strips = (ry + strip - 1) // strip
     for s in numba.prange(n_strips):
         c0 = s * strip
@@ -218,6 +223,8 @@ def fused_similarity(
         wd = bw + 2 * r
         line = np.empty((bh + 2 * r) * wd + 2 * r, np.float32)
         tmp = np.empty((bh + 2 * r) * wd, np.float32)
+        # All bins of one pattern, in cache, when only some are kept.
+        full = np.empty(bins[1] * bins[2] if compact else 1, np.float32)
         for row in range(n_rows):
             prev, cur = cur, prev
             prev_sq, cur_sq = cur_sq, prev_sq
@@ -233,7 +240,13 @@ def fused_similarity(
                         # The pattern is in cache: its other per-position outputs.
                         if want_feats:
                             inv = 1.0 / scale if scale != 0.0 else 1.0
-                            bin_box(v, bh, bw, box[0], box[2], b, by, inv, feats[row, y])
+                            if compact:
+                                bin_box(v, bh, bw, box[0], box[2], b, by, inv, full)
+                                fo = feats[row, y]
+                                for i in range(n_slots):
+                                    fo[i] = full[slots[i]]
+                            else:
+                                bin_box(v, bh, bw, box[0], box[2], b, by, inv, feats[row, y])
                         if want_signal:
                             signal[row, y] = np.float32(
                                 dark_sum(src.reshape((qx, qy)), runs, exact)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numba
 import numpy as np
 
-from ._averages_numba import _accumulate
+from ._averages_numba import _accumulate, _accumulate_exact
 from ._validate import block_rows, check_cube, check_finite_values, read_rows
 from .result import ClusterTable
 
@@ -72,11 +73,45 @@ def cluster_sums(
         lab = np.ascontiguousarray(labels[r0:r1], dtype=np.int64).ravel()
         if n and np.any((lab > 0) & (lab <= n)):
             block = read_rows(cube, r0, r1).reshape(-1, qx * qy)
-            _accumulate(block, lab, sums)
+            tasks = _exact_tasks(block.dtype, rx * ry, n, qx * qy)
+            if tasks > 1:
+                _accumulate_exact(block, lab, sums, tasks)
+            else:
+                _accumulate(block, lab, sums)
         if progress is not None:
             progress(i + 1, len(starts))
     check_finite_values(sums.sum(axis=1), "cluster_sums")
     return sums.reshape(n, qx, qy), counts.astype(np.int64)
+
+
+#: Largest per-thread copy of the sums (bytes) for :func:`_accumulate_exact`.
+_EXACT_COPY_BYTES = 2**26
+
+
+def _exact_tasks(dtype, n_positions: int, n_labels: int, q: int) -> int:
+    """Tasks for the position-parallel sums, or 1 for the raster-order kernel.
+
+    Integer sums in float64 are exact, hence independent of the order of
+    additions, while every partial sum stays below 2**53: true when the
+    largest magnitude of the dtype times the number of positions is below
+    it. Then each thread adds whole patterns (sequential reads) into its own
+    copy of the sums, when the copies are small.
+
+    Examples
+    --------
+    >>> _exact_tasks(np.float32, 100, 2, 16)
+    1
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        return 1
+    info = np.iinfo(dtype)
+    if float(max(abs(int(info.min)), int(info.max))) * n_positions >= 2.0**53:
+        return 1
+    tasks = numba.get_num_threads()
+    if tasks < 2 or tasks * n_labels * q * 8 > _EXACT_COPY_BYTES:
+        return 1
+    return tasks
 
 
 def means_from_sums(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -32,6 +32,32 @@ def feature_bins(detector_shape, dims: int = FEATURE_DIMS) -> tuple[int, int, in
     return b, -(-qx // b), -(-qy // b)
 
 
+def feature_slots(detector_shape, q_mask=None, dims: int = FEATURE_DIMS) -> np.ndarray:
+    """The bins of :func:`pattern_features` that meet the q-mask (sorted).
+
+    The other bins are 0 for every pattern, so features restricted to these
+    columns give the same dot products and norms (sums in bin order) with
+    less memory: about a quarter less for an annulus that excludes the
+    direct beam and the detector corners.
+
+    Examples
+    --------
+    >>> feature_slots((4, 4), dims=4).tolist()
+    [0, 1, 2, 3]
+    >>> mask = np.zeros((4, 4), bool)
+    >>> mask[3, 3] = True
+    >>> feature_slots((4, 4), mask, dims=4).tolist()
+    [3]
+    """
+    qx, qy = (int(s) for s in detector_shape)
+    b, bx, by = feature_bins((qx, qy), dims)
+    mask = resolve_q_mask(q_mask, (qx, qy))
+    if mask is None:
+        return np.arange(bx * by, dtype=np.int64)
+    xs, ys = np.nonzero(mask)
+    return np.unique((xs // b) * by + ys // b).astype(np.int64)
+
+
 def pattern_features(cube, q_mask=None, sigma: float = 0.0, dims: int = FEATURE_DIMS):
     """Binned patterns: compact feature vectors for the running cluster mean.
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from .averages import cluster_sums, cluster_table, means_from_sums
 from .clustering import cluster_scan
-from .linkage import feature_bins
+from .linkage import FEATURE_DIMS, feature_slots
 from .masking import IMAGE_METHODS, _sample_mean, dark_field_image, direct_beam
 from .result import SegmentationResult, StepResult
 from .similarity import mean_similarity, neighbor_similarity
@@ -196,7 +196,8 @@ def similarity_block(
         Filled with the per-position inputs of the regions pass that
         ``spec`` asks for: ``"signal"`` (dark-field image of the raw
         patterns of ``box``) and ``"features"`` (binned patterns, as
-        compared).
+        compared; only the bins that meet the q-mask,
+        :func:`~napari_stemcluster.core.linkage.feature_slots`).
 
     Returns
     -------
@@ -225,8 +226,9 @@ def similarity_block(
     shape = (near[1] - near[0], near[3] - near[2])
     feats = None
     if extras is not None and spec.get("features"):
-        _, bx, by = feature_bins(raw.shape[-2:])
-        feats = np.empty((*shape, bx * by), np.float32)
+        # Only the bins that meet the q-mask: the others are 0 everywhere.
+        k = len(feature_slots(raw.shape[-2:], spec["q_mask"], FEATURE_DIMS))
+        feats = np.empty((*shape, k), np.float32)
     signal = np.empty(shape, np.float32) if beam is not None and not pre else None
     try:
         if pre:
@@ -248,6 +250,7 @@ def similarity_block(
             spec["sigma"],
             progress=stage(),
             features=feats,
+            feature_dims=FEATURE_DIMS,
             dark_field=signal,
             beam=beam if signal is not None else None,
         )

@@ -158,7 +158,9 @@ def grow_regions(
         if feats.ndim != 3 or feats.shape[:2] != shape:
             raise ValueError(f"features must have shape {shape} + (K,); got {feats.shape}")
         feats = np.ascontiguousarray(feats.reshape(shape[0] * shape[1], -1), np.float32)
-        norms2 = np.einsum("ij,ij->i", feats, feats, dtype=np.float64)
+        # Filled by the growth for every position it seeds or tests (the
+        # refinement needs those of clustered positions only).
+        norms2 = np.full(feats.shape[0], np.nan)
         link = float(threshold if link_threshold is None else link_threshold)
         n = _grow_linked(
             sim32,

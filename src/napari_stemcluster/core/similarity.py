@@ -11,7 +11,7 @@ import numpy as np
 from ._blur import gaussian_kernel1d
 from ._similarity_numba import fused_similarity
 from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
-from .linkage import feature_bins
+from .linkage import feature_bins, feature_slots
 from .masking import dark_exact, dark_field_keep, mask_runs, resolve_q_mask
 
 #: Scan offsets ``(drx, dry)`` of the 8 neighbours, in the order of the last
@@ -36,6 +36,7 @@ def neighbor_similarity(
     features: np.ndarray | None = None,
     dark_field: np.ndarray | None = None,
     beam: tuple[float, float, float] | None = None,
+    feature_dims: int | None = None,
     _block_rows: int | None = None,
 ) -> np.ndarray:
     """Cosine similarity between every pattern and its 8 scan neighbours.
@@ -68,7 +69,10 @@ def neighbor_similarity(
         bins, :func:`~napari_stemcluster.core.linkage.feature_bins` of at
         most ``K``), from the blurred, masked patterns while they are
         compared: no second pass over the cube. Equal to
-        ``pattern_features`` up to float32 rounding of the blur.
+        ``pattern_features`` up to float32 rounding of the blur. With
+        ``feature_dims``, ``K`` may also be the number of those bins that
+        meet the q-mask (:func:`~napari_stemcluster.core.linkage.feature_slots`):
+        then only they are written, in order (the others are always 0).
     dark_field : ndarray of float32, shape (Rx, Ry), optional
         Filled with the dark-field image of the patterns,
         bit-identical to
@@ -77,6 +81,8 @@ def neighbor_similarity(
     beam : (cx, cy, radius), optional
         Direct beam for ``dark_field``; by default found as
         ``dark_field_image`` does.
+    feature_dims : int, optional
+        The ``dims`` of the features' bins (default ``K``).
 
     Returns
     -------
@@ -107,8 +113,9 @@ def neighbor_similarity(
         raise ValueError("q_mask selects no detector pixel; nothing to compare")
     dims = None
     if features is not None:
-        dims = np.shape(features)[-1] if np.ndim(features) == 3 else 0
-        _check_out("features", features, (rx, ry, dims))
+        width = np.shape(features)[-1] if np.ndim(features) == 3 else 0
+        dims = width if feature_dims is None else int(feature_dims)
+        _check_out("features", features, (rx, ry, width))
     if dark_field is not None:
         _check_out("dark_field", dark_field, (rx, ry))
         if beam is None:
@@ -156,6 +163,7 @@ class SimilarityPlan(NamedTuple):
     scaled: bool  # scale each pattern by a power of two (wide or float input)
     bins: tuple[int, int, int] | None = None  # features: (b, bx, by) of feature_bins
     runs: np.ndarray | None = None  # dark field: (row, start, stop) of the pixels summed
+    slots: np.ndarray | None = None  # features: the bins that meet the q-mask (feature_slots)
 
 
 def similarity_plan(
@@ -214,10 +222,13 @@ def similarity_plan(
     # float32 squares overflow above ~1.8e19 and underflow below ~1e-19; only
     # 64-bit integers and floats can reach that, so only they are rescaled.
     scaled = kind.kind == "f" or kind.itemsize > 4
-    bins = None if feature_dims is None else feature_bins((qx, qy), int(feature_dims))
+    bins = slots = None
+    if feature_dims is not None:
+        bins = feature_bins((qx, qy), int(feature_dims))
+        slots = feature_slots((qx, qy), mask, int(feature_dims))
     runs = None if beam is None else mask_runs(dark_field_keep((qx, qy), beam))
     taps = gaussian_kernel1d(sigma)
-    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, runs)
+    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, runs, slots)
 
 
 def block_similarity(
@@ -250,7 +261,8 @@ def block_similarity(
         left as they are (the default is NaN).
     features : ndarray of float32, shape (n_out, Ry, K), optional
         C-contiguous; receives the binned patterns of the output rows (the
-        plan needs ``feature_dims``, see :func:`neighbor_similarity`).
+        plan needs ``feature_dims``, see :func:`neighbor_similarity`): all
+        bins, or (``K == len(plan.slots)``) those that meet the q-mask.
     dark_field : ndarray of float32, shape (n_out, Ry), optional
         Receives the dark-field image of the output rows (the plan needs
         ``beam``).
@@ -281,15 +293,18 @@ def block_similarity(
         raise ValueError(f"n_out={n_out} does not fit a block of {n_rows} rows")
     if out is None:
         out = np.full((n_out, ry, 4), np.nan, np.float32)
-    bins, feats = _NO_BINS, _NO_FEATURES
+    bins, feats, slots = _NO_BINS, _NO_FEATURES, _NO_SLOTS
     if features is not None:
         if plan.bins is None:
             raise ValueError("features need a plan made with feature_dims")
         b, bx, by = plan.bins
-        _check_out("features", features, (n_out, ry, bx * by))
+        width = bx * by
+        if np.ndim(features) == 3 and features.shape[-1] == len(plan.slots) < width:
+            width, slots = len(plan.slots), plan.slots
+        _check_out("features", features, (n_out, ry, width))
         if not features.flags.c_contiguous:
             raise ValueError("features must be C-contiguous")
-        bins, feats = np.array([b, by], np.int64), features
+        bins, feats = np.array([b, bx, by], np.int64), features
     runs, signal = _NO_RUNS, _NO_SIGNAL
     if dark_field is not None:
         if plan.runs is None:
@@ -315,13 +330,15 @@ def block_similarity(
         runs,
         dark_exact(plan.dtype, plan.detector),
         signal,
+        slots,
     )
     return sq
 
 
 # Empty stand-ins for the kernel's optional outputs (same types, so one
 # compiled version serves calls with and without them).
-_NO_BINS = np.zeros(2, np.int64)
+_NO_BINS = np.zeros(3, np.int64)
+_NO_SLOTS = np.zeros(0, np.int64)
 _NO_FEATURES = np.zeros((0, 0, 0), np.float32)
 _NO_RUNS = np.zeros((0, 3), np.int64)
 _NO_SIGNAL = np.zeros((0, 0), np.float32)

@@ -7,8 +7,11 @@ everything they need as (picklable) arguments and return only small arrays.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -63,6 +66,15 @@ class BlockSource:
         if self._kind == "h5py":
             from ..io._lazy import H5Array
 
+            f = self.data.file
+            if f.driver != "sec2" or not os.path.isfile(f.filename):
+                # an in-memory file (driver "core"): workers cannot open it
+                raise TypeError(
+                    f"the HDF5 dataset {self.data.name} is in a file held in memory "
+                    f"(driver {f.driver!r}), which worker processes cannot open; "
+                    "write it to disk, or run on threads"
+                )
+
             # Sent as file name and dataset path; workers open the file through
             # the readers' per-process handle cache.
             state["data"] = H5Array(self.data.file.filename, self.data.name, self.shape, self.dtype)
@@ -95,6 +107,45 @@ def _numba_threads(n: int | None):
         numba.set_num_threads(old)
 
 
+#: Blocks a worker process keeps for the sums pass of the same block:
+#: ``{(run, t, box): patterns}`` (a cluster's results travel, so the blocks
+#: stay where they were read and the sums task is sent there).
+_kept: dict = {}
+_kept_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class KeptOnWorker:
+    """A block kept in the memory of the worker process at ``where``."""
+
+    where: str | None
+    nbytes: int
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
+
+
+def drop_kept(run: str) -> int:
+    """Forget the blocks this process keeps for ``run``; returns how many.
+
+    Examples
+    --------
+    >>> drop_kept("no such run")
+    0
+    """
+    with _kept_lock:
+        keys = [k for k in _kept if k[0] == run]
+        for k in keys:
+            del _kept[k]
+    return len(keys)
+
+
 def similarity_task(source, t, box, spec, raw_map=False, keep=False):
     """The similarity pass of one block (:func:`~napari_stemcluster.core.passes.similarity_block`).
 
@@ -113,9 +164,11 @@ def similarity_task(source, t, box, spec, raw_map=False, keep=False):
     extras : dict
         The block's dark-field image and binned patterns when ``spec`` asks
         for them (for the regions pass).
-    kept : ndarray or None
+    kept : ndarray, KeptOnWorker or None
         With ``keep``: the patterns read (over ``extended(box, spec["halo"])``),
-        for the sums pass of the same block without reading it again.
+        for the sums pass of the same block without reading it again. When
+        ``keep`` is a run id (a string), the patterns stay in this process
+        and a :class:`KeptOnWorker` says where.
     """
     scan = source.shape[-4:-2]
     read_ext = passes.extended(box, spec["halo"], scan)
@@ -127,7 +180,12 @@ def similarity_task(source, t, box, spec, raw_map=False, keep=False):
         sim, mask_map, _ = passes.similarity_block(
             raw, read_ext, box, spec, raw_map=raw_map, t=t, extras=extras
         )
-    return sim, mask_map, (t1 - t0, time.perf_counter() - t1), extras, raw if keep else None
+    kept = raw if keep else None
+    if isinstance(keep, str):
+        with _kept_lock:
+            _kept[(keep, t, tuple(box))] = raw
+        kept = KeptOnWorker(_worker_address(), raw.nbytes)
+    return sim, mask_map, (t1 - t0, time.perf_counter() - t1), extras, kept
 
 
 def sums_task(source, t, box, labels, spec, kept=None):
@@ -140,14 +198,19 @@ def sums_task(source, t, box, labels, spec, kept=None):
     sums : ndarray of float64, shape (k, Qx, Qy)
     seconds : (float, float)
         Time spent reading and computing.
-    reused : ndarray or None
-        ``kept`` when it was used instead of reading.
+    reused : int
+        Bytes of ``kept`` used instead of reading (0: the file was read).
 
     ``kept`` may give the patterns the similarity pass read for this block
-    (only when the sums need no halo): the file is then not read again.
+    (only when the sums need no halo): the file is then not read again. A
+    run id (a string) looks them up among the blocks this process keeps; a
+    block that is not there (the task ran on another worker) is read.
     """
     scan = source.shape[-4:-2]
     t0 = time.perf_counter()
+    if isinstance(kept, str):
+        with _kept_lock:
+            kept = _kept.pop((kept, t, tuple(box)), None)
     if kept is not None and not spec["sums_halo"]:
         raw, read_ext = kept, passes.extended(box, spec["halo"], scan)
     else:
@@ -155,8 +218,17 @@ def sums_task(source, t, box, labels, spec, kept=None):
         raw = source.read(t, *read_ext)
     t1 = time.perf_counter()
     with _numba_threads(spec.get("numba_threads")):
-        ids, sums = passes.sums_block(raw, read_ext, box, labels, spec)
-    reused = raw if raw is kept else None
+        if raw is kept and read_ext != tuple(box):
+            # The kept block has the similarity's halo: add it up whole with
+            # the halo unlabelled rather than copy out the box (same
+            # positions in the same order, so the same sums bit for bit).
+            r0, r1, c0, c1 = read_ext
+            wide = np.zeros((r1 - r0, c1 - c0), np.asarray(labels).dtype)
+            wide[box[0] - r0 : box[1] - r0, box[2] - c0 : box[3] - c0] = labels
+            ids, sums = passes.sums_block(None, read_ext, read_ext, wide, spec, data=raw)
+        else:
+            ids, sums = passes.sums_block(raw, read_ext, box, labels, spec)
+    reused = raw.nbytes if raw is kept else 0
     return ids, sums, (t1 - t0, time.perf_counter() - t1), reused
 
 

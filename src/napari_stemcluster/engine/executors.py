@@ -68,6 +68,9 @@ class Executor:
     in_process : bool
         Tasks run in this process, so results (such as blocks of patterns
         kept for a later pass) cost no transfer.
+    keeps_on_workers : bool
+        Tasks can keep blocks in their worker process for a later task sent
+        to the same worker (:meth:`submit_to`).
     """
 
     slots: int = 1
@@ -75,6 +78,7 @@ class Executor:
     memory_scale: int = 1
     #: Tasks run in this process (their results are not copied).
     in_process: bool = False
+    keeps_on_workers: bool = False
 
     def share(self, obj):
         """Make ``obj`` available to every worker; returns what tasks receive."""
@@ -83,6 +87,13 @@ class Executor:
     def submit(self, fn, *args):
         """Start ``fn(*args)``; returns a future."""
         raise NotImplementedError
+
+    def submit_to(self, where, fn, *args):
+        """Start ``fn(*args)``, preferably on the worker at ``where``."""
+        return self.submit(fn, *args)
+
+    def run_everywhere(self, fn, *args) -> None:
+        """Call ``fn(*args)`` once in every worker process (not in this one)."""
 
     def wait(self, futures, timeout: float):
         """Futures among ``futures`` that are done, after at most ``timeout`` s."""
@@ -252,8 +263,19 @@ class DistributedExecutor(Executor):
         self._shared.append(fut)
         return fut
 
+    keeps_on_workers = True
+
     def submit(self, fn, *args):
         return self.client.submit(fn, *args, pure=False)
+
+    def submit_to(self, where, fn, *args):
+        if where is None:
+            return self.submit(fn, *args)
+        # a loose restriction: another worker may run it if this one is gone
+        return self.client.submit(fn, *args, pure=False, workers=[where], allow_other_workers=True)
+
+    def run_everywhere(self, fn, *args) -> None:
+        self.client.run(fn, *args)
 
     def wait(self, futures, timeout: float):
         from distributed import wait

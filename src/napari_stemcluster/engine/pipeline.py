@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from ..core.passes import (
 from ..core.pipeline import _describe, _per_step_masks, grow_options, segment_params
 from ..core.result import SegmentationResult
 from ..core.similarity import neighbor_similarity
-from ._tasks import BlockSource, similarity_task, sums_task
+from ._tasks import BlockSource, KeptOnWorker, drop_kept, similarity_task, sums_task
 from .executors import DistributedExecutor, Executor, ThreadExecutor
 from .planning import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
 
@@ -331,15 +332,32 @@ def _execute(
         limit = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
         shape = (len(steps), *scan, *det) if steps[0] is not None else data.shape
         pre = spec["prefilter"]
-        plan = plan_chunks(
-            shape,
-            data.dtype,
-            memory_limit=limit * executor.memory_scale,
-            concurrency=executor.slots,
-            prefilter_radius=pre["radius"] if pre else None,
-            block_shape=chunks,
-            source_chunks=source_chunks,
-        )
+        budget = limit * executor.memory_scale
+        # Room to keep one time step's blocks (with their halos) for the sums
+        # pass, so that a series larger than the budget is still read once:
+        # taken from the blocks in flight when a step needs at most half the
+        # budget (smaller blocks cost a little more halo; a second read of the
+        # whole file costs far more). Not when the block shape is forced.
+        step_bytes = int(np.prod(scan)) * int(np.prod(det)) * data.dtype.itemsize
+        keeps = grow is not None and not spec["sums_halo"] and chunks is None
+        keeps = keeps and (executor.in_process or executor.keeps_on_workers)
+        reserve = 5 * step_bytes // 4 if keeps and 5 * step_bytes // 4 <= budget // 2 else 0
+
+        def plan(limit):
+            return plan_chunks(
+                shape,
+                data.dtype,
+                memory_limit=limit,
+                concurrency=executor.slots,
+                prefilter_radius=pre["radius"] if pre else None,
+                block_shape=chunks,
+                source_chunks=source_chunks,
+            )
+
+        try:
+            plan = dataclasses.replace(plan(budget - reserve), memory_limit=budget)
+        except ValueError:  # no room for blocks beside the reserve: none
+            plan = plan(budget)
         run = _Run(
             executor,
             BlockSource(data),
@@ -386,12 +404,31 @@ def _unwrap(cube):
         data = cube.source if getattr(cube, "source", None) is not None else cube.cube
         cube = cube.cube
     chunks = getattr(cube, "chunks", None)
+    stored = _stored_chunks(data)
+    if stored is not None:  # the file's own chunks, not a dask array's over them
+        chunks = stored
     if chunks is None or not hasattr(cube, "shape"):
         return data, None
     # dask gives the sizes of every chunk per axis, h5py one chunk shape
     dask_like = isinstance(chunks[0], tuple)
     first = [c[0] if dask_like else c for c in chunks[-4:-2]]
     return data, tuple(int(c) for c in first)
+
+
+def _stored_chunks(data):
+    """Chunk shape of the HDF5 dataset behind a file reader, or None."""
+    path, name = getattr(data, "path", None), getattr(data, "dataset", None)
+    if not (isinstance(path, str) and isinstance(name, str)):
+        return None
+    try:
+        from ..io._lazy import open_h5
+
+        chunks = open_h5(path)[name].chunks
+    except Exception:  # not HDF5, or unreadable: the dask chunks will do
+        return None
+    if chunks is None or len(chunks) != len(data.shape):
+        return None
+    return tuple(int(c) for c in chunks)
 
 
 def _time_steps(times, shape, ndim) -> list[int]:
@@ -513,14 +550,21 @@ class _Run:
         self.done = dict.fromkeys(STAGES, 0)
         self.span = {}
         self.pattern_bytes = int(np.prod(source.shape[-2:])) * source.dtype.itemsize
-        # Read once where memory allows: on threads, blocks read by the
-        # similarity pass are kept (within what the budget leaves beside the
-        # tasks) until the sums pass of their step has added them up. The
-        # sums then need no halo (raw averages, or no prefilter); on a
-        # cluster the blocks would have to travel, so they are read again.
-        keeps = grows and executor.in_process and not spec["sums_halo"]
+        # Read once where memory allows: blocks read by the similarity pass
+        # are kept (within what the budget leaves beside the tasks) until the
+        # sums pass of their step has added them up. The sums then need no
+        # halo (raw averages, or no prefilter). On threads the task returns
+        # the block; on a cluster it stays in the worker process that read
+        # it and the sums task is sent there (blocks never travel).
+        where = executor.in_process or executor.keeps_on_workers
+        keeps = grows and where and not spec["sums_halo"]
         self.keep_budget = max(0, plan.memory_limit - plan.peak_bytes) if keeps else 0
         self.kept_bytes = 0  # kept or promised to running tasks
+        self.run_id = None
+        if keeps and not executor.in_process:
+            import uuid
+
+            self.run_id = uuid.uuid4().hex
         stats.plan = plan
         stats.executor = executor.describe()
         stats.task_seconds = {s: [0.0, 0.0] for s in ("similarity", "averages")}
@@ -564,6 +608,10 @@ class _Run:
         except BaseException:
             ex.cancel(list(in_flight))
             raise
+        finally:
+            if self.run_id is not None:
+                # blocks never summed (no label in them, or a run cut short)
+                ex.run_everywhere(drop_kept, self.run_id)
         for kind in ("similarity", "averages"):
             if kind in self.span and self.span[kind][1] is not None:
                 start, end = self.span[kind]
@@ -579,8 +627,13 @@ class _Run:
             keep = self.kept_bytes + need <= self.keep_budget
             if keep:
                 self.kept_bytes += need
+                keep = self.run_id or True  # a run id: kept by the worker
             return self.ex.submit(similarity_task, src, t, box, self.spec, self.raw_maps[i], keep)
         kept = self.states[i].kept.pop(b, None)
+        if isinstance(kept, KeptOnWorker):
+            return self.ex.submit_to(
+                kept.where, sums_task, src, t, box, extra, self.spec, self.run_id
+            )
         return self.ex.submit(sums_task, src, t, box, extra, self.spec, kept)
 
     def _read_bytes(self, box, halo):
@@ -630,23 +683,27 @@ class _Run:
         st.sums_left = len(todo)
         st.order = [bb for _, _, bb, _ in todo]
         for bb in set(st.kept) - set(st.order):  # nothing to add up there
-            self._release(st.kept.pop(bb))
+            block = st.kept.pop(bb)
+            if not isinstance(block, KeptOnWorker):  # on a worker: until the end
+                self._release(block.nbytes)
         self.done["averages"] += len(self.boxes) - len(todo)
         high.extend(todo)
         if not todo:
             self._finish(st)
 
-    def _release(self, block):
-        self.kept_bytes -= block.nbytes
+    def _release(self, nbytes: int):
+        self.kept_bytes -= nbytes
 
     def _sums_done(self, states, i, b, out):
         ids, sums, (t_read, t_comp), reused = out
         st = states[i]
         self._count("averages", 1, t_read, t_comp)
-        if reused is not None:
+        if reused:
             self._release(reused)
-            self.stats.bytes_reused += reused.nbytes
+            self.stats.bytes_reused += reused
         else:
+            # (a block kept by a worker that did not run its sums task stays
+            # there, still counted in kept_bytes, until the run ends)
             # the prefilter's halo when the averages are of the prefiltered cube
             self.stats.bytes_read += self._read_bytes(self.boxes[b], self.spec["sums_halo"])
         # Merge in block order, whatever order blocks finish in, so that the

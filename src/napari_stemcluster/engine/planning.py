@@ -339,37 +339,75 @@ def plan_chunks(
     max_int = min(max_int, max(several, MIN_BLOCK_BYTES // max(pattern_bytes, 1)))
     overhead = TASK_OVERHEAD_BYTES / max(pattern_bytes, 1)
 
-    best = None
-    for h in range(1, rx + 1):
-        ext_r = _extent(h, rx, halo)
-        if ext_r * _extent(1, ry, halo) > max_ext:
-            break
-        # whole rows when they fit, else the widest block within the share
-        w = ry if ext_r * ry <= max_ext else max_ext // ext_r - 2 * halo
-        w = min(w, ry, max_int // h)
-        if w < 1:
-            continue
-        nr, nc = -(-rx // h), -(-ry // w)
-        reads = (rx + 2 * halo * (nr - 1)) * (ry + 2 * halo * (nc - 1))
-        cost = reads + overhead * nr * nc
-        if best is None or cost < best[0]:
-            best = (cost, h, w)
-    if best is None:
-        # Only a 1x1 block fits within the interior cap; it fits the budget.
-        h, w = 1, 1
+    def search(chunks):
+        """The cheapest (cost, h, w); with ``chunks``, of whole source chunks."""
+        best = None
+        for h in range(1, rx + 1):
+            ext_r = _extent(h, rx, halo)
+            if ext_r * _extent(1, ry, halo) > max_ext:
+                break
+            # whole rows when they fit, else the widest block within the share
+            w = ry if ext_r * ry <= max_ext else max_ext // ext_r - 2 * halo
+            w = min(w, ry, max_int // h)
+            if chunks is not None:
+                cr, cc = chunks
+                if h % cr and h < rx:
+                    continue
+                if w < ry:
+                    w = w // cc * cc
+            if w < 1:
+                continue
+            nr, nc = -(-rx // h), -(-ry // w)
+            if chunks is None:
+                reads = (rx + 2 * halo * (nr - 1)) * (ry + 2 * halo * (nc - 1))
+            else:
+                # A compressed chunk is decoded whole for any part of it:
+                # count the chunks the blocks' reads touch (a halo reaching
+                # into the next chunk column costs that whole column).
+                reads = _touched(rx, h, halo, cr) * _touched(ry, w, halo, cc)
+            cost = reads + overhead * nr * nc
+            if best is None or cost < best[0]:
+                best = (cost, h, w)
+        return best
+
+    chunks = None if source_chunks is None else tuple(max(1, int(c)) for c in source_chunks)
+    best = None if chunks is None else search(chunks)
+    if best is not None:
+        _, h, w = best  # whole source chunks
     else:
-        _, h, w = best
-        # Even out the blocks (same count, smaller last-block waste).
-        nr, nc = -(-rx // h), -(-ry // w)
-        h, w = -(-rx // nr), -(-ry // nc)
-    if source_chunks is not None:
-        cr, cc = (int(c) for c in source_chunks)
-        # A block spanning a whole axis is aligned already.
-        if 1 <= cr <= h < rx:
-            h = h // cr * cr
-        if 1 <= cc <= w < ry:
-            w = w // cc * cc
+        # No block of whole chunks fits (or the source is not chunked).
+        best = search(None)
+        if best is None:
+            # Only a 1x1 block fits within the interior cap; it fits the budget.
+            h, w = 1, 1
+        else:
+            _, h, w = best
+            # Even out the blocks (same count, smaller last-block waste).
+            nr, nc = -(-rx // h), -(-ry // w)
+            h, w = -(-rx // nr), -(-ry // nc)
+        if chunks is not None:
+            cr, cc = chunks
+            # A block spanning a whole axis is aligned already.
+            if cr <= h < rx:
+                h = h // cr * cr
+            if cc <= w < ry:
+                w = w // cc * cc
     return ChunkPlan((rx, ry), n_steps, (h, w), halo, conc, task_bytes(h, w), reserved, limit)
+
+
+def _touched(n: int, size: int, halo: int, chunk: int) -> int:
+    """Positions of the chunks read along an axis of ``n`` by blocks of ``size``.
+
+    Examples
+    --------
+    >>> _touched(128, 64, 1, 64), _touched(128, 128, 1, 64)
+    (256, 128)
+    """
+    total = 0
+    for a in range(0, n, size):
+        lo, hi = max(0, a - halo), min(n, a + size + halo)
+        total += min(n, -(-hi // chunk) * chunk) - lo // chunk * chunk
+    return total
 
 
 def _check_block_shape(block_shape, rx: int, ry: int) -> tuple[int, int]:

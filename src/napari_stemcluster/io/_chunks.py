@@ -18,7 +18,9 @@ chunk, so results are always those of h5py.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import mmap
 import os
 import threading
 import zlib
@@ -28,6 +30,9 @@ import numpy as np
 
 #: HDF5 filter ids decoded here.
 GZIP, SHUFFLE, BITSHUFFLE = 1, 2, 32008
+
+#: Granularity of memory mappings.
+_PAGE = mmap.PAGESIZE
 
 #: Bitshuffle's compression codes (cd_values[4]).
 _BSHUF_NONE, _BSHUF_LZ4 = 0, 2
@@ -189,7 +194,7 @@ class ChunkReader:
 
     def _fill(self, off, sel, out) -> None:
         """Decode the chunk at ``off`` and copy its part of ``sel`` into ``out``."""
-        chunk = self._chunk(off)
+        chunk, span = self._chunk(off)
         src = tuple(
             slice(max(a, o) - o, min(b, o + c) - o)
             for (a, b), o, c in zip(sel, off, self.chunks, strict=True)
@@ -199,9 +204,28 @@ class ChunkReader:
             for (a, b), o, c in zip(sel, off, self.chunks, strict=True)
         )
         out[dst] = chunk[src]
+        if span is not None:
+            self._unmap(*span)
 
-    def _chunk(self, off) -> np.ndarray:
-        """The whole chunk at ``off`` (full chunk shape, file byte order).
+    def _unmap(self, addr: int, size: int) -> None:
+        """Drop this process's mapping of the chunk's pages once copied out.
+
+        The pages stay in the page cache (a later read maps them again);
+        without this the resident size of a reader grows by every byte of
+        the file it has read, however small its blocks.
+        """
+        mm = getattr(self._mm, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        lo = addr // _PAGE * _PAGE
+        hi = min(len(mm), -(-(addr + size) // _PAGE) * _PAGE)
+        if hi > lo:
+            with contextlib.suppress(OSError, ValueError):  # only a hint
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def _chunk(self, off) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """The whole chunk at ``off`` (full chunk shape, file byte order), and
+        where it lies in the mapped file (None if not read through the map).
 
         May be a view of this thread's decoding buffer: copy it out before
         the next call in the same thread.
@@ -218,7 +242,7 @@ class ChunkReader:
                 part = np.asarray(self.ds[region])
                 full = np.zeros(self.chunks, self.file_dtype)
                 full[tuple(slice(0, s) for s in part.shape)] = part
-                return full
+                return full, None
             if self._mapped is None:
                 self._check_map(off, addr, size)
             if not self._mapped:
@@ -234,8 +258,8 @@ class ChunkReader:
                         "end of the file; the file is truncated"
                     )
             # a view of the page cache: decoders read it without a copy
-            data = mm[addr : addr + size]
-        return self._decode(data)
+            return self._decode(mm[addr : addr + size]), (addr, size)
+        return self._decode(data), None
 
     def _check_map(self, off, addr, size) -> None:
         """Map the file only if the mapping gives HDF5's bytes (plain file driver)."""
