@@ -175,3 +175,6 @@ def test_sums_task_reads_a_block_kept_elsewhere(series):
     assert drop_kept("run-a") == 0  # taken by its sums task
     similarity_task(src, 0, box, spec, False, "run-c")
     assert drop_kept("run-c") == 1
+    # a task of a run that already ended (cancelled while it ran) keeps nothing
+    similarity_task(src, 0, box, spec, False, "run-c")
+    assert drop_kept("run-c") == 0

@@ -222,3 +222,46 @@ def test_threads_run_without_workers_stop_too(workdir, tmp_path, popen):
     ]
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [scratch]
+
+
+def _interrupt_wrapped_by_a_library(*_args):
+    # A library catching the handler's exception and raising its own (as an
+    # import machinery or a C extension's error path may do).
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler runs here
+    except BaseException as e:
+        raise RuntimeError("library failure") from e
+    raise AssertionError("the signal did not arrive")
+
+
+def test_interrupt_turned_into_another_error_still_ends_as_interrupted(
+    monkeypatch, capsys, terminal_signals
+):
+    monkeypatch.setattr(cli, "_info", _interrupt_wrapped_by_a_library)
+    assert cli.main(["info", "scan.h5"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "stemcluster: interrupted (Ctrl-C); no results written"
+    # without a signal the same failure is an error, not an interrupt
+    monkeypatch.setattr(cli, "_info", lambda args: (_ for _ in ()).throw(RuntimeError("x")))
+    assert cli.main(["info", "scan.h5"]) == 1
+    assert "RuntimeError: x" in capsys.readouterr().err
+
+
+def test_interrupt_wrapped_during_the_imports_ends_as_interrupted(
+    monkeypatch, capsys, terminal_signals
+):
+    class Importing(type(cli)):
+        def __getattr__(self, name):
+            _interrupt_wrapped_by_a_library()
+
+    monkeypatch.setitem(sys.modules, "napari_stemcluster.cli", Importing("napari_stemcluster.cli"))
+    saved = {sig: signal.getsignal(sig) for sig in STATUS}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            _signals.run()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert exit_.value.code == 130
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err

@@ -406,6 +406,15 @@ def test_jobs_leave_the_event_loop_free(make_napari_viewer, qtbot, tmp_path, mon
     )
     dock = WorkflowDock(viewer)
     viewer.window.add_dock_widget(dock, name="STEM cluster")
+    # docking is measured elsewhere: its canvas and tabs made before the jobs
+    qtbot.waitUntil(
+        lambda: (
+            dock._diffraction is not None
+            and dock._diffraction.built
+            and len(dock.stages) == len(WORKFLOW_TABS)
+        ),
+        timeout=WAIT,
+    )
     qtbot.wait(300)
     sim, clu = dock.stage("2. Similarity"), dock.stage("3. Clustering")
     measure("similarity", sim.run, _mark_calls(sim.runner, "_on_outcome"))

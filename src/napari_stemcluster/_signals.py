@@ -89,12 +89,28 @@ def install() -> dict | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     previous = {}
+    ours = False
     for sig in EXIT_STATUS:
         if signal.getsignal(sig) is signal.SIG_IGN:
             continue  # ignored on purpose by whoever started us (nohup, `cmd &`)
         previous[sig] = signal.signal(sig, _handler)
-    _state["pending"] = None
+        ours = ours or previous[sig] is _handler
+    if not ours:  # a signal recorded by an outer install() must not be forgotten
+        _state["pending"] = None
     return previous
+
+
+def swallowed(error: BaseException) -> Interrupted | None:
+    """The interrupt behind ``error`` when a library turned it into another exception.
+
+    A handler's exception raised inside library code (an import, h5py's read
+    path) can come out as an ``ImportError`` or ``RuntimeError``; the signal was
+    recorded all the same, and the run must end as interrupted, not as failed.
+    """
+    signum = _state["pending"]
+    if signum is None or isinstance(error, KeyboardInterrupt):
+        return None
+    return Interrupted(signum)
 
 
 def restore(previous: dict | None) -> None:
@@ -136,8 +152,11 @@ def run() -> None:
     """Entry point of the ``stemcluster`` command (handlers first, then imports)."""
     install()
     try:
-        from .cli import main
-
+        try:
+            from .cli import main
+        except Exception as e:  # an interrupt that an imported library re-raised as its own
+            raise (swallowed(e) or e) from None
+        raise_pending()  # an interrupt that an imported library swallowed whole
         code = main()
     except KeyboardInterrupt as e:  # before main() took over
         unmute()

@@ -363,21 +363,32 @@ def main(argv: list[str] | None = None) -> int:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (UserError, ValueError, OSError, MemoryError, OverflowError) as e:
-        # ValueError covers the readers' StemFileError and ConfigError.
-        print(f"stemcluster: error: {_one_paragraph(e)}", file=sys.stderr)
-        return 1
-    except Exception as e:  # a failure of ours or of a library: still one paragraph
-        if os.environ.get("STEMCLUSTER_DEBUG"):
-            raise
-        print(
-            f"stemcluster: error: {type(e).__name__}: {_one_paragraph(e)} (an unexpected "
-            "failure; run again with STEMCLUSTER_DEBUG=1 for the traceback and report it)",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as e:
+        interrupt = _signals.swallowed(e)
+        if interrupt is None:
+            return _report_error(e)
+        _signals.unmute()
+        print(_signals.message(interrupt), file=sys.stderr)
+        return _signals.status(interrupt)
     finally:
         _signals.restore(previous)
+
+
+def _report_error(e: Exception) -> int:
+    """One paragraph on stderr for a failed run; the exit status 1."""
+    # ValueError covers the readers' StemFileError and ConfigError.
+    if isinstance(e, (UserError, ValueError, OSError, MemoryError, OverflowError)):
+        print(f"stemcluster: error: {_one_paragraph(e)}", file=sys.stderr)
+        return 1
+    if os.environ.get("STEMCLUSTER_DEBUG"):
+        raise e
+    # a failure of ours or of a library: still one paragraph
+    print(
+        f"stemcluster: error: {type(e).__name__}: {_one_paragraph(e)} (an unexpected "
+        "failure; run again with STEMCLUSTER_DEBUG=1 for the traceback and report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _one_paragraph(e: BaseException) -> str:

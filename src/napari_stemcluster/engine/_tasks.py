@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -112,6 +113,9 @@ def _numba_threads(n: int | None):
 #: stay where they were read and the sums task is sent there).
 _kept: dict = {}
 _kept_lock = threading.Lock()
+#: Runs whose kept blocks were dropped: a similarity task of such a run still
+#: running when it ended (cancelled, or cut short by an error) keeps nothing.
+_ended: deque = deque(maxlen=4096)
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ def drop_kept(run: str) -> int:
     0
     """
     with _kept_lock:
+        _ended.append(run)
         keys = [k for k in _kept if k[0] == run]
         for k in keys:
             del _kept[k]
@@ -183,7 +188,8 @@ def similarity_task(source, t, box, spec, raw_map=False, keep=False):
     kept = raw if keep else None
     if isinstance(keep, str):
         with _kept_lock:
-            _kept[(keep, t, tuple(box))] = raw
+            if keep not in _ended:
+                _kept[(keep, t, tuple(box))] = raw
         kept = KeptOnWorker(_worker_address(), raw.nbytes)
     return sim, mask_map, (t1 - t0, time.perf_counter() - t1), extras, kept
 

@@ -103,8 +103,8 @@ class DiffractionViewer(QWidget):
         super().__init__()
         self._viewer = viewer = unwrap(viewer)
         self._session = session(viewer)
-        self.model = ViewerModel(title="diffraction")
-        self.qt_viewer = QtViewer(self.model, show_welcome_screen=False)
+        self._model = ViewerModel(title="diffraction")
+        self.qt_viewer = QtViewer(self._model, show_welcome_screen=False)
         self.controls = _Controls(viewer)
         self._layout = layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -179,8 +179,10 @@ class DiffractionViewer(QWidget):
             [
                 (viewer.cursor.events.position, self._when_built("_on_mouse_throttled")),
                 (viewer.dims.events.current_step, self._when_built("_on_step")),
-                (viewer.layers.events.inserted, self._when_built("_on_layers_changed")),
-                (viewer.layers.events.removed, self._when_built("_on_layers_changed")),
+                # the layer choices follow at once (a clusters layer chosen
+                # meanwhile completes the canvas, through its control)
+                (viewer.layers.events.inserted, self._on_layers_changed),
+                (viewer.layers.events.removed, self._on_layers_changed),
                 (self._session.q_mask_changed, self._when_built("_draw_q_mask")),
             ],
         )
@@ -250,6 +252,12 @@ class DiffractionViewer(QWidget):
             self._run_step()
 
     @property
+    def model(self):
+        """The canvas's ``ViewerModel``, complete: using it from outside makes what is missing."""
+        self.finish_building()
+        return self._model
+
+    @property
     def built(self) -> bool:
         """True once every layer and overlay has been made and events are followed."""
         return not self._pending
@@ -265,14 +273,14 @@ class DiffractionViewer(QWidget):
     def _make_pattern(self):
         # The grid first: enabled over existing layers, it rebuilds a view per
         # layer at once (seconds); enabled on none, each layer joins it cheaply.
-        grid = _grid(self.model)
+        grid = _grid(self._model)
         grid.enabled = True
         grid.stride = 3
         empty = np.zeros((2, 2), np.float32)
-        self.pattern_layer = self.model.add_image(empty, name="pattern", colormap="gray")
+        self.pattern_layer = self._model.add_image(empty, name="pattern", colormap="gray")
 
     def _make_q_mask(self):
-        self.q_mask_layer = self.model.add_shapes(
+        self.q_mask_layer = self._model.add_shapes(
             name="q-mask",
             edge_color="yellow",
             face_color="transparent",
@@ -282,10 +290,10 @@ class DiffractionViewer(QWidget):
 
     def _make_average(self):
         empty = np.zeros((2, 2), np.float32)
-        self.average_layer = self.model.add_image(empty, name="cluster average", colormap="magma")
+        self.average_layer = self._model.add_image(empty, name="cluster average", colormap="magma")
 
     def _make_peaks(self):
-        self.peaks_layer = self.model.add_points(
+        self.peaks_layer = self._model.add_points(
             np.empty((0, 2)),
             name="Bragg peaks",
             face_color="transparent",
@@ -295,20 +303,20 @@ class DiffractionViewer(QWidget):
         )
 
     def _make_text(self):
-        self.text_overlay = _text_overlay(self.model)
+        self.text_overlay = _text_overlay(self._model)
         self.text_overlay.visible = True
         self.text_overlay.font_size = 9
         self.text_overlay.color = "white"
         self.text_overlay.position = "bottom_left"
-        self.model.layers.selection.active = self.pattern_layer
+        self._model.layers.selection.active = self.pattern_layer
 
     def _make_axes(self):
-        axes = _axes(self.model)
+        axes = _axes(self._model)
         axes.visible = True
         axes.labels = True
 
     def _make_scale_bars(self):
-        scale_bar = _scale_bar(self.model)
+        scale_bar = _scale_bar(self._model)
         scale_bar.visible = True
         if hasattr(scale_bar, "gridded"):
             scale_bar.gridded = True  # one per panel
@@ -322,7 +330,7 @@ class DiffractionViewer(QWidget):
 
     def _make_average_q_mask(self):
         # the q-mask drawn on the average too (and the third layer of its panel)
-        self.average_q_mask_layer = self.model.add_shapes(
+        self.average_q_mask_layer = self._model.add_shapes(
             name="q-mask (average)", edge_color="yellow", face_color="transparent", opacity=0.5
         )
 
@@ -409,7 +417,7 @@ class DiffractionViewer(QWidget):
 
     def resizeEvent(self, event):
         super().resizeEvent(event)
-        self.model.reset_view()  # keep both patterns whole in the panels
+        self._model.reset_view()  # keep both patterns whole in the panels
 
     def showEvent(self, event):
         super().showEvent(event)
@@ -483,7 +491,7 @@ class DiffractionViewer(QWidget):
             self._set_image(self.pattern_layer, None)
             self.refresh_pattern_disks()  # removes the previous detector's disks
             self._draw_q_mask(self._session.q_mask)
-            self.model.reset_view()
+            self._model.reset_view()
         self.virtual.detector_changed()
 
     def _calibrate(self, meta):
@@ -491,13 +499,13 @@ class DiffractionViewer(QWidget):
         cal = (meta or {}).get("calibration") or {}
         size = float(cal.get("q_pixel_size") or 1.0)
         units = str(cal.get("q_units") or "pixel")
-        for lay in self.model.layers:
+        for lay in self._model.layers:
             lay.scale = (size, size)
             try:
                 lay.units = (units, units)
             except Exception:  # a unit pint does not know: plain pixels
                 lay.units = ("pixel", "pixel")
-        self.model.dims.axis_labels = ("qx", "qy")
+        self._model.dims.axis_labels = ("qx", "qy")
 
     def _on_cluster_layer(self, *_):
         layer = self.cluster_layer
@@ -900,7 +908,7 @@ class DiffractionViewer(QWidget):
                 a, b = a - 0.5, a + 0.5
         layer.contrast_limits = (a, b)
         if reset:
-            self.model.reset_view()
+            self._model.reset_view()
 
     def _update_text(self):
         parts = []  # the scan position is in the pattern panel's title
@@ -989,11 +997,11 @@ class DiffractionViewer(QWidget):
 
     def _on_edit_q_mask(self, value=None):
         if self.controls.edit_q_mask.value:
-            self.model.layers.selection.active = self.q_mask_layer
+            self._model.layers.selection.active = self.q_mask_layer
             self.q_mask_layer.mode = "direct"
         else:
             self.q_mask_layer.mode = "pan_zoom"
-            self.model.layers.selection.active = self.pattern_layer
+            self._model.layers.selection.active = self.pattern_layer
 
 
 def _none():
