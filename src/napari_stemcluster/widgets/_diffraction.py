@@ -341,10 +341,10 @@ class DiffractionViewer(QWidget):
         layer per panel (the orientation templates) count on both panels
         holding ``grid.stride`` layers.
         """
-        grid = _grid(self.model)
+        grid = _grid(self._model)
         stride = max(1, int(grid.stride))
-        active = self.model.layers.selection.active  # adding a layer selects it
-        self.pattern_peaks_layer = self.model.add_points(
+        active = self._model.layers.selection.active  # adding a layer selects it
+        self.pattern_peaks_layer = self._model.add_points(
             np.empty((0, 2)),
             name="Bragg disks (pattern)",
             face_color="transparent",
@@ -352,10 +352,10 @@ class DiffractionViewer(QWidget):
             border_width=0.15,
             size=4,
         )
-        self.model.layers.move(self.model.layers.index(self.pattern_peaks_layer), stride)
-        self.model.add_points(np.empty((0, 2)), name="(average panel spacer)", visible=False)
+        self._model.layers.move(self._model.layers.index(self.pattern_peaks_layer), stride)
+        self._model.add_points(np.empty((0, 2)), name="(average panel spacer)", visible=False)
         grid.stride = stride + 1
-        self.model.layers.selection.active = active
+        self._model.layers.selection.active = active
 
     def _connect(self):
         """Follow the controls, and show what the main viewer has now."""
