@@ -5,7 +5,8 @@ Run headless with::
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_bragg_screenshots.py
 
 Writes ``bragg.png`` (orientation map, colour-wheel legend, diffraction
-viewer with the indexed disks of a cluster average, the widget) and
+viewer with the live preview's indexed disks on the pattern under the mouse
+and on its cluster average, the widget) and
 ``bragg_strain.png`` (the εxx map with its colour bar) to ``docs/images/``
 (or the directory given as the first argument), from the bundled synthetic
 sample.
@@ -22,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_screenshots import dock, grain_label, hover, new_viewer, save, settle, widen
+from make_screenshots import dock, grain_label, hover, new_viewer, save, settle, until, widen
 
 
 def bragg(out: Path) -> None:
@@ -60,6 +61,9 @@ def bragg(out: Path) -> None:
     labels.selected_label = label
     wf.diffraction.controls.source.value = "selected label"
     hover(viewer, data, tuple(members[len(members) // 2]))
+    dif = wf.diffraction
+    assert dif.bragg_params is not None  # the live preview is on
+    until(lambda: not dif.peaks_pending and not dif.pattern_peaks_pending)
     labels.visible = False
     for layer in w.strain_layers.values():
         layer.visible = False

@@ -211,3 +211,176 @@ def test_colour_wheel_legend():
     np.testing.assert_allclose(wheel[16, 30, :3], wheel[16, 2, :3], atol=1e-6)
     np.testing.assert_allclose(wheel[30, 16, :3], wheel[16, 30, :3], atol=1e-6)
     assert wheel[0, 0, 3] == 0 and wheel[16, 16, 3] == 0  # round, with a hole
+
+
+# --------------------------------------------------------------------------
+# live preview on the pattern under the mouse
+
+#: Two grains of known lattices: scan columns < 4 and >= 4.
+GRAIN_LATTICES = ((12.0, 0.0), (11.0, 25.0))
+
+
+@pytest.fixture(scope="module")
+def two_grains():
+    """(cube, labels, truths): noise-free disk patterns of two known lattices."""
+    from napari_stemcluster._bragg_synth import disk_pattern, lattice_vectors
+
+    patterns, truths = [], []
+    for length, angle in GRAIN_LATTICES:
+        p, truth = disk_pattern((64, 64), *lattice_vectors(length, angle), dose=None)
+        patterns.append((p * 1e4).astype(np.float32))
+        truths.append(truth)
+    labels = np.ones((6, 8), np.int32)
+    labels[:, 4:] = 2
+    cube = np.stack([patterns[lab - 1] for lab in labels.ravel()]).reshape(6, 8, 64, 64)
+    return cube, labels, truths
+
+
+def _grains_viewer(make_napari_viewer, qtbot, two_grains):
+    from napari_stemcluster._layers import dataset_to_layers
+    from napari_stemcluster.io.dataset import StemDataset
+
+    cube, labels, _ = two_grains
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in dataset_to_layers(StemDataset.from_array(cube, name="grains")):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    layer = viewer.add_labels(
+        labels.copy(),
+        name="clusters",
+        metadata={"stemcluster": {"kind": "segmentation", "cube": cube}},
+    )
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    dif.finish_building()
+    w = BraggWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Bragg")
+    w._w["template"].value = "synthetic disk"
+    w._w["radius"].value = 2.5
+    assert dif.cluster_layer is layer and w.cluster_layer is layer
+    return viewer, layer, dif, w
+
+
+def _hover_and_wait(qtbot, viewer, dif, index):
+    data = dif.data_layer
+    viewer.cursor.position = tuple(data.data_to_world(index))
+    qtbot.waitUntil(lambda: dif.position == tuple(index), timeout=5000)
+    qtbot.waitUntil(lambda: not dif.pattern_peaks_pending, timeout=WAIT)
+
+
+def _disks(dif):
+    """Positions and index labels drawn on the pattern panel (direct beam first)."""
+    layer = dif.pattern_peaks_layer
+    return np.asarray(layer.data), list(layer.features["hk"])
+
+
+def _assert_true_disks(pos, truth):
+    from napari_stemcluster._bragg_synth import match
+
+    np.testing.assert_allclose(pos[0], truth.center, atol=0.1)  # the direct beam
+    # Every disk of the strong inner orders is drawn at its true position.
+    inner = np.hypot(*truth.hk.T) <= 2
+    found = match(pos[1:], truth.positions[inner], tol=0.2)
+    assert (found >= 0).all()
+    assert len(pos) - 1 <= len(truth.positions)  # nothing drawn where no disk is
+
+
+def test_preview_draws_the_hovered_patterns_disks(make_napari_viewer, qtbot, two_grains):
+    import threading
+
+    import napari_stemcluster.core as core
+    from napari_stemcluster._bragg_synth import match
+    from napari_stemcluster.core.lattice import index_disks
+
+    _, _, truths = two_grains
+    threads = []
+    original = core.find_bragg_disks
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    viewer, layer, dif, w = _grains_viewer(make_napari_viewer, qtbot, two_grains)
+    assert dif.bragg_params is not None  # the preview is on from the start
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(core, "find_bragg_disks", recording)
+        _hover_and_wait(qtbot, viewer, dif, (2, 1))
+    assert threads and threading.main_thread() not in threads  # found off the GUI thread
+    assert all(t.name.startswith("stem-bragg") for t in threads)
+    pos, hk = _disks(dif)
+    _assert_true_disks(pos, truths[0])
+    assert not any(hk)  # no lattice fitted yet: unlabelled
+
+    # With the clusters' lattices, the disks carry their indices against them.
+    layer_state = link_for(layer).state
+    layer_state.ensure_sums(0)
+    w.run_lattices()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=WAIT)
+    assert w.runner.last_error is None and dif.bragg_lattices is w.lattices
+    qtbot.waitUntil(lambda: not dif.pattern_peaks_pending, timeout=WAIT)
+    table = w.lattices[0]
+
+    def check_indices(pos, hk, label, truth):
+        assert hk[0] == "0 0"
+        expected, ok = index_disks(
+            truth.positions, table.g1[label - 1], table.g2[label - 1], truth.center
+        )
+        assert ok.all()
+        j = match(pos[1:], truth.positions, tol=0.2)
+        labelled = 0
+        for i, drawn in enumerate(j):
+            if drawn >= 0:
+                h, k = expected[i]
+                assert hk[1 + drawn] == f"{h} {k}"
+                labelled += 1
+        assert labelled >= 8
+
+    pos, hk = _disks(dif)
+    check_indices(pos, hk, 1, truths[0])
+    # Another grain: its own disks and indices replace the first ones.
+    _hover_and_wait(qtbot, viewer, dif, (3, 6))
+    pos2, hk2 = _disks(dif)
+    _assert_true_disks(pos2, truths[1])
+    check_indices(pos2, hk2, 2, truths[1])
+    assert (match(pos2[1:], truths[0].positions, tol=0.5) >= 0).sum() <= 1
+    # Preview off: the disks go; on again: they come back for the same position.
+    w._w["preview"].value = False
+    assert len(dif.pattern_peaks_layer.data) == 0 and not dif.pattern_peaks_pending
+    _hover_and_wait(qtbot, viewer, dif, (1, 2))
+    assert len(dif.pattern_peaks_layer.data) == 0
+    w._w["preview"].value = True
+    qtbot.waitUntil(lambda: not dif.pattern_peaks_pending, timeout=WAIT)
+    _assert_true_disks(_disks(dif)[0], truths[0])
+
+
+def test_stale_pattern_disks_are_dropped(make_napari_viewer, qtbot, two_grains):
+    """A search still running when the mouse moves on never draws its disks."""
+    import threading
+
+    import napari_stemcluster.core as core
+
+    _, _, truths = two_grains
+    viewer, _layer, dif, _w = _grains_viewer(make_napari_viewer, qtbot, two_grains)
+    _hover_and_wait(qtbot, viewer, dif, (0, 0))
+    gate, started = threading.Event(), threading.Event()
+    original = core.find_bragg_disks
+
+    def slow(*args, **kwargs):
+        started.set()
+        gate.wait(10)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(core, "find_bragg_disks", slow)
+        data = dif.data_layer
+        viewer.cursor.position = tuple(data.data_to_world((0, 7)))
+        qtbot.waitUntil(lambda: dif.position == (0, 7), timeout=5000)
+        # The pattern is shown at once; its disks are still being searched for.
+        assert dif.pattern is not None and dif.pattern_peaks_pending
+        assert len(dif.pattern_peaks_layer.data) == 0
+        assert started.wait(10)
+        viewer.cursor.position = tuple(data.data_to_world((1, 1)))
+        qtbot.waitUntil(lambda: dif.position == (1, 1), timeout=5000)
+        gate.set()
+    qtbot.waitUntil(lambda: not dif.pattern_peaks_pending, timeout=WAIT)
+    qtbot.wait(200)  # the stale result has arrived by now, and was dropped
+    _assert_true_disks(_disks(dif)[0], truths[0])

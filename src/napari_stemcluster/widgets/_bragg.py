@@ -78,6 +78,67 @@ def bragg_display(pattern, params: dict | None = None, radius: float | None = No
     return pos, inten, labels
 
 
+def pattern_disks_display(
+    pattern, params: dict | None = None, radius: float | None = None, lattice=None
+):
+    """Disks of one scan position, indexed against its cluster's lattice.
+
+    ``lattice`` is ``(g1, g2, center)`` of the cluster (None: no fitted
+    lattice). Returns ``(positions (N, 2), intensities (N,), labels)`` like
+    :func:`bragg_display`: the direct beam first, then the disks; the labels
+    are ``"h k"`` of the disks indexed against the cluster's lattice (the
+    beam ``"0 0"``), and all ``""`` without a lattice. As in the strain
+    maps, the local lattice is refined from the cluster's basis, so a
+    strained or slightly rotated position keeps its cluster's indices.
+
+    Examples
+    --------
+    >>> from napari_stemcluster._bragg_synth import disk_pattern
+    >>> p, truth = disk_pattern((64, 64), dose=None)
+    >>> pos, _, labels = pattern_disks_display(p, {"probe_radius": 2.5},
+    ...                                        lattice=(truth.g1, truth.g2, truth.center))
+    >>> labels[0], pos[0].round(1).tolist()
+    ('0 0', [31.5, 31.5])
+    """
+    from ..core import find_bragg_disks, fit_lattice
+    from ..core.bragg import BraggWarning
+    from ..core.lattice import index_disks
+
+    empty = (np.empty((0, 2)), np.empty(0), [])
+    if pattern is None:
+        return empty
+    if lattice is not None and not all(np.all(np.isfinite(v)) for v in lattice[:2]):
+        lattice = None  # no lattice was found for this cluster
+    kw = dict(params or {})
+    if radius is not None and kw.get("template") is None and not kw.get("probe_radius"):
+        kw["probe_radius"] = float(radius)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BraggWarning)
+        try:
+            disks, beam = find_bragg_disks(np.asarray(pattern), return_beam=True, **kw)
+        except ValueError:
+            return empty  # e.g. a template larger than this pattern: nothing to draw
+    pos = np.stack([disks["qx"], disks["qy"]], axis=1)
+    inten = np.asarray(disks["intensity"], np.float64)
+    labels = [""] * len(pos)
+    has_beam = bool(np.all(np.isfinite(beam)))
+    if lattice is not None:
+        g1, g2, center = (np.asarray(v, np.float64) for v in lattice)
+        start = beam if has_beam else center
+        if np.all(np.isfinite(start)) and len(pos):
+            fit = fit_lattice(disks, center=start, reference=(g1, g2))
+            if fit.ok:
+                hk, ok = fit.hk, fit.indexed
+            else:  # too few disks to refine: index against the cluster's basis
+                hk, ok = index_disks(pos, g1, g2, start)
+            labels = [f"{h} {k}" if good else "" for (h, k), good in zip(hk, ok, strict=True)]
+    if has_beam:
+        pos = np.vstack([beam[None], pos])
+        inten = np.concatenate([[np.nan], inten])
+        labels = ["0 0" if lattice is not None else "", *labels]
+    return pos, inten, labels
+
+
 def set_disk_points(layer, positions, labels) -> None:
     """Points of a disk list, with their index labels as text."""
     layer.data = np.asarray(positions, np.float64).reshape(-1, 2)
@@ -99,9 +160,11 @@ class BraggWidget(Container):
     with a colour-wheel legend. *Strain maps* runs the hybrid strain at every
     position in the background (progress, Cancel) and adds εxx, εyy, εxy and
     rotation maps with diverging colour maps centred on zero and colour bars.
-    While *Live preview* is on, the diffraction viewer shows the disks of the
-    cluster average under the mouse found with these settings, labelled with
-    their indices.
+    While *Live preview* is on, the diffraction viewer shows the disks found
+    with these settings on both of its panels: on the cluster average,
+    labelled with the indices of its own lattice, and on the pattern under
+    the mouse, labelled with their indices against its cluster's lattice
+    once *Detect on cluster averages* has found one (unlabelled before).
 
     Parameters
     ----------
@@ -223,6 +286,10 @@ class BraggWidget(Container):
         Lattices of other clusters are dropped, so that strain is never
         measured against them.
         """
+        self._take_up_stored()
+        self.update_preview()  # the viewers index against these clusters' lattices
+
+    def _take_up_stored(self):
         self.lattices, self.strain = None, None
         layer = self.cluster_layer
         stored = (stem_meta(layer) or {}).get("bragg") if layer is not None else None
@@ -352,8 +419,11 @@ class BraggWidget(Container):
             params = None
         for dif in self.diffraction_viewers():
             dif.bragg_params = params
+            dif.bragg_lattices = self.lattices
             dif._avg_key = None
             dif._refresh_average()
+            if dif.built:  # else its last step shows the pattern and its disks
+                dif.refresh_pattern_disks()
 
     # ----------------------------------------------------------------- runs
     def run_lattices(self, *_):
@@ -480,6 +550,7 @@ class BraggWidget(Container):
         n = sum(len(t) for t in lattices)
         found = sum(int(np.isfinite(t.g1).all(axis=1).sum()) for t in lattices)
         self._status.value = f"lattice found for {found} of {n} clusters"
+        self.update_preview()  # the pattern's disks indexed against the new lattices
 
     def _apply_strain(self, layer, strain, params, min_indexed):
         from ..io._analysis_bragg import bragg_layer_data

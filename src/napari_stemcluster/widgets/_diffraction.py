@@ -91,6 +91,7 @@ class DiffractionViewer(QWidget):
             "text_overlay",
             "virtual",
             "average_q_mask_layer",
+            "pattern_peaks_layer",
         }
     )
 
@@ -142,6 +143,14 @@ class DiffractionViewer(QWidget):
         self._bragg_pool = None
         self._peaks_bridge = _PeaksBridge(self)
         self._peaks_bridge.found.connect(self._on_peaks_found)
+        #: Per time step lattice table of the Bragg widget (indexes the pattern's disks).
+        self.bragg_lattices: list | None = None
+        #: Disks of the pattern under the mouse (shown while the Bragg preview is on).
+        self.pattern_peaks = np.empty((0, 2))
+        self.pattern_peaks_pending = False
+        self._pattern_peaks_request = 0
+        self._pattern_peaks_future = None
+        self._peaks_bridge.pattern_found.connect(self._on_pattern_peaks_found)
         self._avg_key = None
         self._detector = None
         self._linked_state = None
@@ -199,6 +208,7 @@ class DiffractionViewer(QWidget):
             self._make_scale_bars,
             self._make_virtual_detector,
             self._make_average_q_mask,
+            self._make_pattern_peaks,
             self._connect,
         ]
 
@@ -323,6 +333,29 @@ class DiffractionViewer(QWidget):
         self.average_q_mask_layer = self._model.add_shapes(
             name="q-mask (average)", edge_color="yellow", face_color="transparent", opacity=0.5
         )
+
+    def _make_pattern_peaks(self):
+        """The Bragg preview's disks on the pattern panel, at the end of it.
+
+        The average panel gets an empty layer too: overlays that add one
+        layer per panel (the orientation templates) count on both panels
+        holding ``grid.stride`` layers.
+        """
+        grid = _grid(self._model)
+        stride = max(1, int(grid.stride))
+        active = self._model.layers.selection.active  # adding a layer selects it
+        self.pattern_peaks_layer = self._model.add_points(
+            np.empty((0, 2)),
+            name="Bragg disks (pattern)",
+            face_color="transparent",
+            border_color="cyan",
+            border_width=0.15,
+            size=4,
+        )
+        self._model.layers.move(self._model.layers.index(self.pattern_peaks_layer), stride)
+        self._model.add_points(np.empty((0, 2)), name="(average panel spacer)", visible=False)
+        grid.stride = stride + 1
+        self._model.layers.selection.active = active
 
     def _connect(self):
         """Follow the controls, and show what the main viewer has now."""
@@ -456,6 +489,7 @@ class DiffractionViewer(QWidget):
             self._detector = det
             self.pattern = None
             self._set_image(self.pattern_layer, None)
+            self.refresh_pattern_disks()  # removes the previous detector's disks
             self._draw_q_mask(self._session.q_mask)
             self._model.reset_view()
         self.virtual.detector_changed()
@@ -571,6 +605,7 @@ class DiffractionViewer(QWidget):
         self._set_image(self.pattern_layer, self.pattern)
         self.pattern_title.setText(f"pattern at scan ({rx}, {ry})")
         self._update_text()
+        self.refresh_pattern_disks()
         self._prefetch(source, t, rx, ry)
 
     def _prefetch(self, source, t, rx, ry):
@@ -719,6 +754,93 @@ class DiffractionViewer(QWidget):
         self.peaks_layer.size = max(3.0, 2.4 * radius)
         if request is not None:
             self.peaks_pending = False
+
+    def refresh_pattern_disks(self) -> None:
+        """Search the disks of the pattern under the mouse (while the Bragg preview is on).
+
+        Like the average's, the search runs in the worker thread and the
+        newest request wins: the pattern is shown at once, the previous
+        disks are removed, and its own disks follow when found unless the
+        mouse moved on meanwhile. They are labelled with their indices
+        against the lattice of the position's cluster, when the Bragg
+        widget has one (:attr:`bragg_lattices`).
+
+        Examples
+        --------
+        >>> dif.bragg_params = {"probe_radius": 2.5}  # doctest: +SKIP
+        >>> dif.refresh_pattern_disks()  # doctest: +SKIP
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pattern_peaks_request += 1
+        request = self._pattern_peaks_request
+        if self._pattern_peaks_future is not None:
+            self._pattern_peaks_future.cancel()
+            self._pattern_peaks_future = None
+        radius = float(self.controls.disk_radius.value)
+        self._show_pattern_peaks(None, (np.empty((0, 2)), np.empty(0), []), radius)
+        pattern = self.pattern
+        if self.bragg_params is None or pattern is None:
+            self.pattern_peaks_pending = False
+            return
+        self.pattern_peaks_pending = True
+        if self._bragg_pool is None:
+            self._bragg_pool = ThreadPoolExecutor(1, thread_name_prefix="stem-bragg")
+        params, lattice = dict(self.bragg_params), self._pattern_lattice()
+        bridge = self._peaks_bridge
+
+        def work():
+            from ._bragg import pattern_disks_display
+
+            return pattern_disks_display(pattern, params, radius, lattice)
+
+        def done(future):
+            if future.cancelled():
+                return
+            with contextlib.suppress(RuntimeError):  # the viewer was closed meanwhile
+                bridge.pattern_found.emit(request, future, radius)
+
+        future = self._bragg_pool.submit(work)
+        self._pattern_peaks_future = future
+        future.add_done_callback(done)
+
+    def _pattern_lattice(self):
+        """``(g1, g2, center)`` of the hovered position's cluster, or None."""
+        state, lattices = self.state, self.bragg_lattices
+        if state is None or not lattices or self.position is None:
+            return None
+        t = min(self.t, state.n_steps - 1, len(lattices) - 1)
+        try:
+            label = int(state.step_labels(t)[self.position])
+        except (IndexError, TypeError):
+            return None
+        table = lattices[t]
+        if not 0 < label <= len(table):
+            return None
+        return table.g1[label - 1], table.g2[label - 1], table.center[label - 1]
+
+    def _on_pattern_peaks_found(self, request, future, radius):
+        if request != self._pattern_peaks_request:
+            return  # the mouse moved on (or the preview changed) meanwhile
+        self._pattern_peaks_future = None
+        try:
+            found = future.result()
+        except Exception as e:  # shown in the panel, not raised into Qt
+            found = (np.empty((0, 2)), np.empty(0), [])
+            self.text_overlay.text = f"Bragg disks of the pattern not found: {e}"
+        self._show_pattern_peaks(request, found, radius)
+
+    def _show_pattern_peaks(self, request, found, radius):
+        from ._bragg import set_disk_points
+
+        layer = self.pattern_peaks_layer
+        had = len(self.pattern_peaks)
+        self.pattern_peaks, _, hk = found
+        if had or len(self.pattern_peaks):  # clearing an empty layer costs a hover time
+            set_disk_points(layer, self.pattern_peaks, hk)
+            layer.size = max(3.0, 2.4 * radius)
+        if request is not None:
+            self.pattern_peaks_pending = False
 
     def _update_marker(self, state, t, label):
         """Mark the cluster's seed in the main view, with its label and size."""
@@ -903,6 +1025,8 @@ class _PeaksBridge(QObject):
     """Carries a Bragg search's result from its worker thread to the GUI thread."""
 
     found = Signal(int, object, float)
+    #: The same for the disks of the pattern under the mouse.
+    pattern_found = Signal(int, object, float)
 
 
 def _read(source, t, rx, ry) -> np.ndarray:
