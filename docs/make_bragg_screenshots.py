@@ -14,16 +14,24 @@ sample.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_screenshots import dock, grain_label, hover, new_viewer, save, settle, until, widen
+from make_screenshots import (
+    dock,
+    grain_label,
+    hover,
+    new_viewer,
+    output_dir,
+    save,
+    settle,
+    until,
+    widen,
+)
 
 
 def bragg(out: Path) -> None:
@@ -82,12 +90,7 @@ def bragg(out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    out = Path(argv[0]) if argv else Path(__file__).resolve().parent / "images"
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ["NAPARI_STEMCLUSTER_SETTINGS"] = str(
-        Path(tempfile.mkdtemp(prefix="stemcluster-shots-")) / "settings.json"
-    )
+    out = output_dir(argv)
     bragg(out)
     return 0
 

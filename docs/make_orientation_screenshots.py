@@ -15,13 +15,8 @@ shifted by up to 0.4 px from grain to grain, at 2·10⁵ electrons per pattern.
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-from pathlib import Path
-
 import numpy as np
-from make_screenshots import save, settle  # the same folder: run as a script
+from make_screenshots import output_dir, save, settle  # the same folder: run as a script
 
 WINDOW = (1500, 950)
 SCAN = (40, 48)
@@ -84,12 +79,7 @@ def grains_scan(seed: int = 7):
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    out = Path(argv[0]) if argv else Path(__file__).resolve().parent / "images"
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ["NAPARI_STEMCLUSTER_SETTINGS"] = str(
-        Path(tempfile.mkdtemp(prefix="stemcluster-shots-")) / "settings.json"
-    )
+    out = output_dir(argv)
     import napari
 
     from napari_stemcluster._layers import dataset_to_layers, result_to_layers

@@ -219,14 +219,22 @@ def workflow_5d(out: Path) -> None:
     viewer.close()
 
 
-def main(argv=None) -> int:
+def output_dir(argv=None) -> Path:
+    """The folder the pictures go to (first argument, else docs/images), made ready.
+
+    Widgets start from their default parameters, not the ones saved on this machine.
+    """
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0]) if argv else Path(__file__).resolve().parent / "images"
     out.mkdir(parents=True, exist_ok=True)
-    # Start from default widget parameters, not the ones saved on this machine.
     os.environ["NAPARI_STEMCLUSTER_SETTINGS"] = str(
         Path(tempfile.mkdtemp(prefix="stemcluster-shots-")) / "settings.json"
     )
+    return out
+
+
+def main(argv=None) -> int:
+    out = output_dir(argv)
     workflow_4d(out)
     workflow_5d(out)
     open_widget(out)
