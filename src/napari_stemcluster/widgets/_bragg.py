@@ -41,19 +41,17 @@ STRAIN_NAMES = {
 # display helpers (also used by the diffraction viewer)
 
 
-def bragg_display(pattern, params: dict | None = None, radius: float | None = None):
-    """Disks of one pattern with their lattice indices, for drawing.
+def _detect(pattern, params: dict | None, radius: float | None):
+    """``(disks, beam, positions, intensities)`` of one pattern, or None.
 
-    Returns ``(positions (N, 2), intensities (N,), labels)``: the direct
-    beam first (label ``"0 0"``), then the disks, labelled ``"h k"`` when
-    indexed by the fitted lattice and ``""`` otherwise.
+    The widget's settings, with the q-mask radius as the probe size when no
+    template or size is set; quiet (a preview warns by showing nothing).
     """
-    from ..core import find_bragg_disks, fit_lattice
+    from ..core import find_bragg_disks
     from ..core.bragg import BraggWarning
 
-    empty = (np.empty((0, 2)), np.empty(0), [])
     if pattern is None:
-        return empty
+        return None
     kw = dict(params or {})
     if radius is not None and kw.get("template") is None and not kw.get("probe_radius"):
         kw["probe_radius"] = float(radius)
@@ -62,9 +60,24 @@ def bragg_display(pattern, params: dict | None = None, radius: float | None = No
         try:
             disks, beam = find_bragg_disks(np.asarray(pattern), return_beam=True, **kw)
         except ValueError:
-            return empty  # e.g. a template larger than this pattern: nothing to draw
+            return None  # e.g. a template larger than this pattern: nothing to draw
     pos = np.stack([disks["qx"], disks["qy"]], axis=1)
-    inten = np.asarray(disks["intensity"], np.float64)
+    return disks, beam, pos, np.asarray(disks["intensity"], np.float64)
+
+
+def bragg_display(pattern, params: dict | None = None, radius: float | None = None):
+    """Disks of one pattern with their lattice indices, for drawing.
+
+    Returns ``(positions (N, 2), intensities (N,), labels)``: the direct
+    beam first (label ``"0 0"``), then the disks, labelled ``"h k"`` when
+    indexed by the fitted lattice and ``""`` otherwise.
+    """
+    from ..core import fit_lattice
+
+    found = _detect(pattern, params, radius)
+    if found is None:
+        return np.empty((0, 2)), np.empty(0), []
+    disks, beam, pos, inten = found
     labels = [""] * len(pos)
     if np.all(np.isfinite(beam)):
         fit = fit_lattice(disks, center=beam)
@@ -100,26 +113,15 @@ def pattern_disks_display(
     >>> labels[0], pos[0].round(1).tolist()
     ('0 0', [31.5, 31.5])
     """
-    from ..core import find_bragg_disks, fit_lattice
-    from ..core.bragg import BraggWarning
+    from ..core import fit_lattice
     from ..core.lattice import index_disks
 
-    empty = (np.empty((0, 2)), np.empty(0), [])
-    if pattern is None:
-        return empty
+    found = _detect(pattern, params, radius)
+    if found is None:
+        return np.empty((0, 2)), np.empty(0), []
+    disks, beam, pos, inten = found
     if lattice is not None and not all(np.all(np.isfinite(v)) for v in lattice[:2]):
         lattice = None  # no lattice was found for this cluster
-    kw = dict(params or {})
-    if radius is not None and kw.get("template") is None and not kw.get("probe_radius"):
-        kw["probe_radius"] = float(radius)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BraggWarning)
-        try:
-            disks, beam = find_bragg_disks(np.asarray(pattern), return_beam=True, **kw)
-        except ValueError:
-            return empty  # e.g. a template larger than this pattern: nothing to draw
-    pos = np.stack([disks["qx"], disks["qy"]], axis=1)
-    inten = np.asarray(disks["intensity"], np.float64)
     labels = [""] * len(pos)
     has_beam = bool(np.all(np.isfinite(beam)))
     if lattice is not None:
