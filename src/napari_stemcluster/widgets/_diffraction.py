@@ -699,7 +699,6 @@ class DiffractionViewer(QWidget):
         removed at once; a request still waiting is cancelled by the next
         one, and a result that arrives after a newer request is dropped.
         """
-        from concurrent.futures import ThreadPoolExecutor
 
         self._peaks_request += 1
         request = self._peaks_request
@@ -712,25 +711,31 @@ class DiffractionViewer(QWidget):
             return
         self._show_peaks(None, (np.empty((0, 2)), np.empty(0), []), radius)
         self.peaks_pending = True
-        if self._bragg_pool is None:
-            self._bragg_pool = ThreadPoolExecutor(1, thread_name_prefix="stem-bragg")
         params = None if self.bragg_params is None else dict(self.bragg_params)
-        bridge = self._peaks_bridge
 
         def work():
             from ._bragg import bragg_display
 
             return bragg_display(pattern, params, radius)
 
+        self._peaks_future = self._submit_bragg(work, self._peaks_bridge.found, request, radius)
+
+    def _submit_bragg(self, work, signal, request, radius):
+        """Run ``work`` in the one Bragg thread; its future reaches ``signal`` in the GUI thread."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._bragg_pool is None:
+            self._bragg_pool = ThreadPoolExecutor(1, thread_name_prefix="stem-bragg")
+
         def done(future):
             if future.cancelled():
                 return
             with contextlib.suppress(RuntimeError):  # the viewer was closed meanwhile
-                bridge.found.emit(request, future, radius)
+                signal.emit(request, future, radius)
 
         future = self._bragg_pool.submit(work)
-        self._peaks_future = future
         future.add_done_callback(done)
+        return future
 
     def _on_peaks_found(self, request, future, radius):
         if request != self._peaks_request:
@@ -770,7 +775,6 @@ class DiffractionViewer(QWidget):
         >>> dif.bragg_params = {"probe_radius": 2.5}  # doctest: +SKIP
         >>> dif.refresh_pattern_disks()  # doctest: +SKIP
         """
-        from concurrent.futures import ThreadPoolExecutor
 
         self._pattern_peaks_request += 1
         request = self._pattern_peaks_request
@@ -784,25 +788,16 @@ class DiffractionViewer(QWidget):
             self.pattern_peaks_pending = False
             return
         self.pattern_peaks_pending = True
-        if self._bragg_pool is None:
-            self._bragg_pool = ThreadPoolExecutor(1, thread_name_prefix="stem-bragg")
         params, lattice = dict(self.bragg_params), self._pattern_lattice()
-        bridge = self._peaks_bridge
 
         def work():
             from ._bragg import pattern_disks_display
 
             return pattern_disks_display(pattern, params, radius, lattice)
 
-        def done(future):
-            if future.cancelled():
-                return
-            with contextlib.suppress(RuntimeError):  # the viewer was closed meanwhile
-                bridge.pattern_found.emit(request, future, radius)
-
-        future = self._bragg_pool.submit(work)
-        self._pattern_peaks_future = future
-        future.add_done_callback(done)
+        self._pattern_peaks_future = self._submit_bragg(
+            work, self._peaks_bridge.pattern_found, request, radius
+        )
 
     def _pattern_lattice(self):
         """``(g1, g2, center)`` of the hovered position's cluster, or None."""
