@@ -292,15 +292,19 @@ class DiffractionViewer(QWidget):
         empty = np.zeros((2, 2), np.float32)
         self.average_layer = self._model.add_image(empty, name="cluster average", colormap="magma")
 
-    def _make_peaks(self):
-        self.peaks_layer = self._model.add_points(
+    def _add_disk_points(self, name):
+        """An empty Points layer in the style of Bragg disks (cyan rings)."""
+        return self._model.add_points(
             np.empty((0, 2)),
-            name="Bragg peaks",
+            name=name,
             face_color="transparent",
             border_color="cyan",
             border_width=0.15,
             size=4,
         )
+
+    def _make_peaks(self):
+        self.peaks_layer = self._add_disk_points("Bragg peaks")
 
     def _make_text(self):
         self.text_overlay = _text_overlay(self._model)
@@ -344,14 +348,7 @@ class DiffractionViewer(QWidget):
         grid = _grid(self._model)
         stride = max(1, int(grid.stride))
         active = self._model.layers.selection.active  # adding a layer selects it
-        self.pattern_peaks_layer = self._model.add_points(
-            np.empty((0, 2)),
-            name="Bragg disks (pattern)",
-            face_color="transparent",
-            border_color="cyan",
-            border_width=0.15,
-            size=4,
-        )
+        self.pattern_peaks_layer = self._add_disk_points("Bragg disks (pattern)")
         self._model.layers.move(self._model.layers.index(self.pattern_peaks_layer), stride)
         self._model.add_points(np.empty((0, 2)), name="(average panel spacer)", visible=False)
         grid.stride = stride + 1
