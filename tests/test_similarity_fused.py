@@ -58,6 +58,26 @@ def fused(cube, q_mask=None, sigma=0.0, beam=None, dims=1024, **kw):
     return sim, feats, dark, beam
 
 
+#: Scans and detectors (odd, non-square, 1xN) with q-masks (none, annulus, custom).
+SHAPES_AND_MASKS = [
+    ((5, 6, 7, 9), None),
+    ((1, 7, 12, 7), (1, 4)),
+    ((7, 1, 40, 33), (3, 14)),
+    ((3, 4, 64, 64), (4, 28.8)),
+    ((2, 3, 33, 70), "custom"),
+]
+
+
+def cube_and_mask(rng, dtype, shape, q_mask):
+    """A random cube of ``dtype`` and the q-mask (``"custom"``: an irregular boolean one)."""
+    cube = random_cube(rng, shape, np.uint16, high=60).astype(dtype)
+    if q_mask == "custom":
+        q_mask = np.zeros(shape[2:], bool)
+        q_mask[3:-5, 1::3] = True
+        q_mask[10, :] = True
+    return cube, q_mask
+
+
 def numpy_features(cube, mask, dims=1024):
     """``pattern_features`` without blur, in plain numpy (float64)."""
     rx, ry, qx, qy = cube.shape
@@ -69,22 +89,9 @@ def numpy_features(cube, mask, dims=1024):
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-@pytest.mark.parametrize(
-    "shape, q_mask",
-    [
-        ((5, 6, 7, 9), None),
-        ((1, 7, 12, 7), (1, 4)),
-        ((7, 1, 40, 33), (3, 14)),
-        ((3, 4, 64, 64), (4, 28.8)),
-        ((2, 3, 33, 70), "custom"),
-    ],
-)
+@pytest.mark.parametrize("shape, q_mask", SHAPES_AND_MASKS)
 def test_features_without_blur_equal_the_reference(rng, dtype, shape, q_mask):
-    cube = random_cube(rng, shape, np.uint16, high=60).astype(dtype)
-    if q_mask == "custom":
-        q_mask = np.zeros(shape[2:], bool)
-        q_mask[3:-5, 1::3] = True
-        q_mask[10, :] = True
+    cube, q_mask = cube_and_mask(rng, dtype, shape, q_mask)
     sim, feats, _, _ = fused(cube, q_mask)
     ref = pattern_features(cube, q_mask)
     # Same values added in the same order: bit for bit.
@@ -256,23 +263,10 @@ def test_similarity_block_extras_equal_the_references(rng, prefilter):
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, ">u2", np.int64, np.float32])
-@pytest.mark.parametrize(
-    "shape, q_mask",
-    [
-        ((5, 6, 7, 9), None),
-        ((1, 7, 12, 7), (1, 4)),
-        ((7, 1, 40, 33), (3, 14)),
-        ((3, 4, 64, 64), (4, 28.8)),
-        ((2, 3, 33, 70), "custom"),
-    ],
-)
+@pytest.mark.parametrize("shape, q_mask", SHAPES_AND_MASKS)
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_compact_features_are_the_full_ones_at_the_kept_bins(rng, dtype, shape, q_mask, sigma):
-    cube = random_cube(rng, shape, np.uint16, high=60).astype(dtype)
-    if q_mask == "custom":
-        q_mask = np.zeros(shape[2:], bool)
-        q_mask[3:-5, 1::3] = True
-        q_mask[10, :] = True
+    cube, q_mask = cube_and_mask(rng, dtype, shape, q_mask)
     _, full, _, _ = fused(cube, q_mask, sigma)
     slots = feature_slots(shape[2:], q_mask)
     # the bins left out are those the q-mask does not reach: 0 for every pattern
