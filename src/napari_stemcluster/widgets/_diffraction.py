@@ -772,7 +772,6 @@ class DiffractionViewer(QWidget):
         >>> dif.bragg_params = {"probe_radius": 2.5}  # doctest: +SKIP
         >>> dif.refresh_pattern_disks()  # doctest: +SKIP
         """
-
         self._pattern_peaks_request += 1
         request = self._pattern_peaks_request
         if self._pattern_peaks_future is not None:
