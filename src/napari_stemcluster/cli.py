@@ -922,6 +922,8 @@ def _print_diagnostics(result) -> None:
 
 
 def _add_strain_parser(sub) -> None:
+    from .core import find_bragg_disks, strain_map
+
     p = sub.add_parser(
         "strain",
         help="Bragg disks, lattice and orientation per cluster, and hybrid strain maps",
@@ -958,10 +960,21 @@ def _add_strain_parser(sub) -> None:
     )
     g = p.add_argument_group("detection (defaults as find_bragg_disks)")
     for flag, kind, text in _BRAGG_OPTIONS:
-        g.add_argument(flag, type=kind, metavar="X", help=text)
+        g.add_argument(flag, type=kind, metavar="X", help=_bragg_help(flag, text))
     g.add_argument("--ring", action="store_true", help="background-subtracted (ring) kernel")
-    g.add_argument("--subpixel", choices=("dft", "parabolic", "none"), help="default: dft")
-    p.add_argument("--min-indexed", type=int, default=5, metavar="N", help="default: 5")
+    g.add_argument(
+        "--subpixel",
+        choices=("dft", "parabolic", "none"),
+        help=f"default: {_default_of(find_bragg_disks, '--subpixel')}",
+    )
+    min_indexed = _default_of(strain_map, "--min-indexed")
+    p.add_argument(
+        "--min-indexed",
+        type=int,
+        default=min_indexed,
+        metavar="N",
+        help=f"fewest indexed disks for a strain value (default: {min_indexed})",
+    )
     p.add_argument(
         "--reference-region",
         metavar="MASK.npy",
@@ -984,16 +997,33 @@ def _add_strain_parser(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
 
 
+#: Detection options of ``stemcluster strain``: flag, type and help; the
+#: defaults shown are those of :func:`~napari_stemcluster.core.find_bragg_disks`.
 _BRAGG_OPTIONS = (
-    ("--corr-power", float, "1: cross-correlation (default), 0: phase correlation"),
-    ("--sigma", float, "smoothing of the correlation in pixels (default 1.5)"),
+    ("--corr-power", float, "1: cross-correlation, 0: phase correlation"),
+    ("--sigma", float, "smoothing of the correlation in pixels"),
     ("--min-spacing", float, "minimum disk distance in pixels (default: the disk radius)"),
-    ("--min-relative", float, "fraction of the strongest disk (default 0.005)"),
-    ("--min-absolute", float, "least correlation peak (default 0: off)"),
-    ("--min-snr", float, "standard deviations above the correlation noise (default 5)"),
+    ("--min-relative", float, "fraction of the strongest disk"),
+    ("--min-absolute", float, "least correlation peak, 0 for none"),
+    ("--min-snr", float, "standard deviations above the correlation noise"),
     ("--edge", int, "ignore disks this close to the border (default: the disk radius)"),
-    ("--max-count", int, "most disks per pattern (default 200)"),
+    ("--max-count", int, "most disks per pattern"),
 )
+
+
+def _default_of(func, flag: str):
+    """The default of the keyword of ``func`` that the option ``flag`` sets."""
+    import inspect
+
+    return inspect.signature(func).parameters[flag[2:].replace("-", "_")].default
+
+
+def _bragg_help(flag: str, text: str) -> str:
+    """``text`` with the default of ``find_bragg_disks`` (when it has a value)."""
+    from .core import find_bragg_disks
+
+    default = _default_of(find_bragg_disks, flag)
+    return text if default is None else f"{text} (default {default:g})"
 
 
 def _scan_mask(path, shape, what: str):
