@@ -33,6 +33,7 @@ FULL = {
     "prefilter_radius": 3,
     "corr_range": [0.8, 0.97],
     "prefilter_edge": 2,
+    "prefilter_q_step": 2,
     "real_mask": 0.25,
     "mask_min_size": 4,
     "mask_hole_size": 9,
@@ -83,6 +84,7 @@ def test_segment_kwargs_and_params_from_result():
         "radius": 3,
         "corr_range": (0.8, 0.97),
         "edge": 2,
+        "q_step": 2,
     }
     assert kw["q_mask"] == (4.0, 30.5) and kw["real_mask"] == 0.25
     assert "times" not in kw and "workers" not in kw

@@ -40,6 +40,7 @@ def test_prefilter_defaults_are_the_model_defaults():
         "radius": model.DEFAULTS["prefilter_radius"],
         "corr_range": model.DEFAULTS["corr_range"],
         "edge": model.DEFAULTS["prefilter_edge"],
+        "q_step": model.DEFAULTS["prefilter_q_step"],
     } == PREFILTER_DEFAULTS
     res = segment(np.ones((3, 3, 4, 4)), prefilter=True, real_mask=None)
     assert res.params["prefilter"] == PREFILTER_DEFAULTS

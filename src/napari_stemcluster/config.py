@@ -413,6 +413,7 @@ def segment_kwargs(params: dict) -> dict:
             "radius": p["prefilter_radius"],
             "corr_range": tuple(p["corr_range"]),
             "edge": p["prefilter_edge"],
+            "q_step": p["prefilter_q_step"],
         }
     real_mask = p["real_mask"]
     if real_mask == "none":
@@ -462,4 +463,5 @@ def params_from_result(params: dict) -> dict:
         out["corr_range"] = list(pre.get("corr_range", PARAMETERS["corr_range"]))
         if pre.get("edge") is not None:
             out["prefilter_edge"] = pre["edge"]
+        out["prefilter_q_step"] = pre.get("q_step", PARAMETERS["prefilter_q_step"])
     return check_params(out)

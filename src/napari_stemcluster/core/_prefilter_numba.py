@@ -592,3 +592,134 @@ def weighted_average(
                                 wa[g + 3],
                             )
                 _divide(acc[0], o0, np.float32(t0))
+
+
+# Subsampled correlation grid (``q_step > 1``): the blurred pattern is only
+# needed at every ``step``-th box row and column. The pass along the
+# detector rows runs on the sampled rows only; for the pass along the
+# columns each sampled row is split into ``step`` phases (columns ``step m
+# + p``), so that output column ``m`` is a sum of contiguous runs of the
+# phases with the taps ``k[p::step]``: plain loops that vectorise, instead
+# of a strided gather.
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _tap_set(src, w, n, dst):
+    d = dst[0:n]
+    s = src[0:n]
+    for j in range(n):
+        d[j] = w * s[j]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _tap_add(src, w, n, dst):
+    d = dst[0:n]
+    s = src[0:n]
+    for j in range(n):
+        d[j] += w * s[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _phases(row, step, n_ph, stride, ph):
+    # ph[p * stride + m] = row[step * m + p] (beyond the row: 0, never used).
+    n = row.shape[0]
+    for p in range(step):
+        for m in range(n_ph):
+            i = step * m + p
+            ph[p * stride + m] = row[i] if i < n else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrow, ph, hb, out):
+    """The blurred ``box`` of one raveled pattern at every ``step``-th pixel.
+
+    ``out[a * nbw + b]`` is the value of :func:`_blur_box` (unit weight) at
+    box pixel ``(step a, step b)``, ``nbw = ceil(bw / step)``; the arithmetic
+    differs (other summation order), the values agree to float32 rounding.
+    The phases of all sampled rows are laid out one after the other (row
+    stride ``n_ph``), so the pass along the columns runs each tap over them
+    as one line; outputs straddling a row end land in unused columns of
+    ``hb``.
+    """
+    nk = k.shape[0]
+    r = (nk - 1) // 2
+    i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
+    bh = i1 - i0
+    bw = j1 - j0
+    wd = bw + 2 * r
+    lo = max(0, j0 - r)
+    hi = min(qy, j1 + r)
+    off = lo - (j0 - r)
+    n_rows = bh + 2 * r
+    if scale == 1.0:
+        _fill_mid(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off)
+    else:
+        _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale)
+    if off > 0 or hi < j1 + r:
+        _fill_ends(src, qy, idx_x, i0, n_rows, j0 - r, off, hi - lo, pad, wd, scale)
+    nbh = (bh + step - 1) // step
+    nbw = (bw + step - 1) // step
+    n_ph = nbw + (nk + step - 1) // step
+    stride = nbh * n_ph + n_ph  # one phase plane, with a spare row
+    for a in range(nbh):
+        _symmetric_taps(pad[step * a * wd :], wd, k, wd, vrow)
+        _phases(vrow, step, n_ph, stride, ph[a * n_ph :])
+    n = nbh * n_ph
+    _tap_set(ph, k[0], n, hb)
+    for t in range(1, nk):
+        _tap_add(ph[(t % step) * stride + t // step :], k[t], n, hb)
+    for a in range(nbh):
+        o = out[a * nbw : (a + 1) * nbw]
+        h = hb[a * n_ph : a * n_ph + nbw]
+        for b in range(nbw):
+            o[b] = h[b]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def normalised_vectors_sub(
+    raw, raw_cap, rows, qx, qy, scaled, k, idx_x, box, step, wm, wmsum, wv, vec, vec_cap, bad
+):
+    """:func:`normalised_vectors` on the grid of every ``step``-th box pixel.
+
+    The weighted mean uses the sample weights ``wm`` (sum ``wmsum``), the
+    vector the weights ``wv``: ``v = (b - mean) wv``, L2-normalised, with
+    ``b`` the blurred pattern at the samples (see :func:`_blur_box_sub`).
+    """
+    ny = raw.shape[1]
+    nk = k.shape[0]
+    r = (nk - 1) // 2
+    bh = box[1] - box[0]
+    bw = box[3] - box[2]
+    wd = bw + 2 * r
+    n_ph = (bw + step - 1) // step + (nk + step - 1) // step
+    n_s = wm.shape[0]
+    n_items = rows.shape[0] * ny
+    for task in numba.prange((n_items + _TASK - 1) // _TASK):
+        pad = np.empty((bh + 2 * r) * wd + 2 * r, np.float32)
+        vrow = np.empty(wd, np.float32)
+        nbh = (bh + step - 1) // step
+        ph = np.zeros(step * (nbh + 1) * n_ph, np.float32)
+        hb = np.empty(nbh * n_ph, np.float32)
+        b = np.empty(n_s, np.float32)
+        for t in range(task * _TASK, min(n_items, (task + 1) * _TASK)):
+            row = rows[t // ny]
+            c = t % ny
+            src = raw[row % raw_cap, c]
+            v = vec[row % vec_cap, c]
+            scale = 1.0
+            bad[row, c] = 0.0
+            if scaled:
+                scale = pattern_scale(src)
+                if scale == 0.0:
+                    bad[row, c] = np.nan
+                    v[:] = 0.0
+                    continue
+            _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrow, ph, hb, b)
+            b0 = np.float64(b[0])
+            shifted, spread = _moments(b, wm, np.float32(b0))
+            mean = b0 + shifted / wmsum
+            norm2 = _centred_norm2(b, wv, np.float32(mean))
+            if norm2 > _ZERO_NORM2 * spread:
+                _centred_unit(b, wv, np.float32(mean), np.float32(1.0 / np.sqrt(norm2)), v)
+            else:
+                v[:] = 0.0

@@ -157,6 +157,9 @@ PARAMS: tuple[Param, ...] = (
     Param("prefilter_edge", "int", None,
           "detector border ignored by the prefilter, pixels (default: 1/16 of the detector)",
           0, 65536, metavar="PX", prefilter_key="edge"),
+    Param("prefilter_q_step", "int", 1,
+          "prefilter correlates every N-th detector pixel in each direction (1: every pixel)",
+          1, 4, metavar="N", prefilter_key="q_step"),
     Param("real_mask", "real_mask", "dark_field",
           "real-space mask: dark-field image, or the mean similarity (automatic, none, a value)",
           -2.0, 2.0, choices=("dark_field", "triangle", "otsu", "none"),
@@ -433,7 +436,7 @@ def prefilter_options(prefilter) -> dict | None:
         )
     out = {**PREFILTER_DEFAULTS, **prefilter}
     names = {p.prefilter_key: p.name for p in PARAMS if p.prefilter_key}
-    for k in ("sigma", "radius", "edge"):
+    for k in ("sigma", "radius", "edge", "q_step"):
         check(names[k], out[k])
     checked = check("corr_range", out["corr_range"])
     if checked is not None:

@@ -152,6 +152,7 @@ def correlative_prefilter(
     out=None,
     progress: Callable[[int, int], None] | None = None,
     *,
+    q_step: int = 1,
     _block_rows: int | None = None,
 ) -> np.ndarray:
     """Average every pattern with the neighbours it correlates with.
@@ -233,11 +234,22 @@ def correlative_prefilter(
         out,
         progress,
         block=_block_rows,
+        q_step=q_step,
     )
 
 
 def _prefilter(
-    cube, sigma, radius, corr_range, edge, center, out, progress, block=None, weights_out=None
+    cube,
+    sigma,
+    radius,
+    corr_range,
+    edge,
+    center,
+    out,
+    progress,
+    block=None,
+    weights_out=None,
+    q_step=1,
 ):
     """Implementation of :func:`correlative_prefilter`.
 
@@ -251,6 +263,7 @@ def _prefilter(
     offsets = prefilter_footprint(radius)
     radius = int(offsets[:, 0].max())
     rmin, rmax = _check_range(corr_range)
+    q_step = _check_step(q_step)
     w = prefilter_weight((qx, qy), edge=edge, center=center).reshape(q)
     if progress is not None and not callable(progress):
         raise TypeError(
@@ -282,6 +295,12 @@ def _prefilter(
     box = np.array([rows_in[0], rows_in[-1] + 1, cols_in[0], cols_in[-1] + 1], np.int64)
     w_box = np.ascontiguousarray(w2[box[0] : box[1], box[2] : box[3]]).ravel()
     wsum = float(w_box.sum(dtype=np.float64))
+    if q_step > 1:
+        wm, wv = sample_weights(w2[box[0] : box[1], box[2] : box[3]], q_step)
+        wmsum = float(wm.sum(dtype=np.float64))
+        n_vec = wm.size
+    else:
+        n_vec = w_box.size
     ones = np.ones(w_box.size, np.float32)
     k = gaussian_kernel1d(sigma)
     idx_x = padded_index(qx, (len(k) - 1) // 2)
@@ -302,7 +321,7 @@ def _prefilter(
     # for the rest.
     cube_bytes = nx * ny * q * dtype.itemsize
     budget = max(1, min(BLOCK_BYTES, cube_bytes // 40))
-    vec_row = ny * w_box.size * 4
+    vec_row = ny * n_vec * 4
     vec_budget = min(BLOCK_BYTES, max(cube_bytes * 6 // 100, 16 * 2**20))
     vec_block = max(1, min(nx, vec_budget // vec_row - radius))
     if block is None:
@@ -320,13 +339,13 @@ def _prefilter(
     vec_cap = min(nx, vec_block + radius)
     rh_cap = min(nx, block + radius)
     raw = cube.reshape(nx, ny, q) if in_place else np.empty((raw_cap, ny, q), dtype)
-    vec = np.empty((vec_cap, ny, w_box.size), np.float32)
+    vec = np.empty((vec_cap, ny, n_vec), np.float32)
     rh = np.zeros((rh_cap, ny, len(fwd)), np.float32)
     bad = np.zeros((nx, ny), np.float64)
     wts = np.empty((block, ny, len(offsets)), np.float32)
     buf = None if direct else np.empty((block, ny, q), np.float32)
     strip = _strip(ny, len(offsets), radius, q * dtype.itemsize)
-    vec_strip = _strip(ny, len(fwd), radius, w_box.size * 4, rows=radius + 1)
+    vec_strip = _strip(ny, len(fwd), radius, n_vec * 4, rows=radius + 1)
 
     read = 0  # raw rows in the ring
     done = 0  # rows turned into vectors
@@ -346,7 +365,26 @@ def _prefilter(
         while fwd_done < r1:
             s1 = min(r1, fwd_done + vec_block)
             need = min(nx, s1 + radius)
-            if done < need:
+            if done < need and q_step > 1:
+                _k.normalised_vectors_sub(
+                    raw,
+                    raw_cap,
+                    np.arange(done, need, dtype=np.int64),
+                    qx,
+                    qy,
+                    scaled,
+                    k,
+                    idx_x,
+                    box,
+                    q_step,
+                    wm,
+                    wmsum,
+                    wv,
+                    vec,
+                    vec_cap,
+                    bad,
+                )
+            elif done < need:
                 _k.normalised_vectors(
                     raw,
                     raw_cap,
@@ -364,6 +402,7 @@ def _prefilter(
                     vec_cap,
                     bad,
                 )
+            if done < need:
                 check_finite_values(bad[done:need], "correlative_prefilter", offset=(done, 0))
                 done = need
             _k.forward_weights(
@@ -394,6 +433,57 @@ def _prefilter(
         if progress is not None:
             progress(r1, nx)
     return out
+
+
+def _interpolation(n: int, step: int) -> np.ndarray:
+    """``(n, m)`` weights of linear interpolation from samples ``0, step, ...``.
+
+    Row ``i`` interpolates pixel ``i`` of a length-``n`` line from its two
+    nearest samples; pixels past the last sample take its value. Every row
+    sums to 1.
+    """
+    m = -(-n // step)
+    a = np.zeros((n, m), np.float64)
+    for i in range(n):
+        j, f = divmod(i, step)
+        if j >= m - 1:
+            a[i, m - 1] = 1.0
+        else:
+            a[i, j] = 1.0 - f / step
+            a[i, j + 1] = f / step
+    return a
+
+
+def sample_weights(w_box: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of the subsampled correlation grid (``q_step > 1``).
+
+    The correlation sums ``sum(f w)`` (weighted mean) and ``sum(f g w**2)``
+    (inner products) over the box are replaced by sums over the samples
+    ``(step a, step b)`` of the linear interpolant of ``f`` and ``f g``:
+    sample weights ``A.T @ w @ B`` and ``A.T @ w**2 @ B`` with ``A``, ``B``
+    the interpolation matrices of the box's rows and columns. Both keep the
+    totals of ``w`` and ``w**2`` exactly, so the quadrature is exact for
+    patterns linear between samples.
+
+    Returns
+    -------
+    wm, wv : ndarray of float32, raveled ``(ceil(bh / step), ceil(bw / step))``
+        Weights of the mean, and the vector weight ``sqrt(A.T @ w**2 @ B)``.
+    """
+    bh, bw = w_box.shape
+    ax = _interpolation(bh, step)
+    ay = _interpolation(bw, step)
+    w64 = w_box.astype(np.float64)
+    wm = ax.T @ w64 @ ay
+    wv = np.sqrt(ax.T @ (w64 * w64) @ ay)
+    return wm.astype(np.float32).ravel(), wv.astype(np.float32).ravel()
+
+
+def _check_step(q_step) -> int:
+    step = _check_int(q_step, "q_step")
+    if step < 1:
+        raise ValueError(f"q_step must be an integer >= 1; got {step}")
+    return step
 
 
 def _pair_union(offsets: np.ndarray) -> np.ndarray:
