@@ -1,5 +1,6 @@
 """The correlative prefilter against a plain numpy version of the method."""
 
+import functools
 import math
 
 import dask.array as da
@@ -9,12 +10,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from napari_stemcluster.core import prefilter as _pf
 from napari_stemcluster.core.prefilter import (
     _prefilter,
-    correlative_prefilter,
     prefilter_footprint,
     prefilter_weight,
 )
+
+# This module tests the exact definition (every detector pixel); the
+# subsampled default is tested in test_prefilter_subsampled.py.
+correlative_prefilter = functools.partial(_pf.correlative_prefilter, q_step=1)
 
 # ---------------------------------------------------------------------------
 # Reference implementation: per-position loops, float64, scipy blur.

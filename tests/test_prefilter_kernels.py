@@ -10,10 +10,9 @@ from napari_stemcluster.core._blur import gaussian_kernel1d, padded_index
 from napari_stemcluster.core.prefilter import (
     _pair_union,
     _prefilter,
-    correlative_prefilter,
     prefilter_footprint,
 )
-from test_prefilter import grains_cube, ref_prefilter, spread_range
+from test_prefilter import correlative_prefilter, grains_cube, ref_prefilter, spread_range
 
 # ---------------------------------------------------------------------------
 # Blur of the weight's box

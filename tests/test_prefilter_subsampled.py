@@ -6,9 +6,17 @@ import pytest
 from scipy import ndimage
 
 from napari_stemcluster.core import _prefilter_numba as _k
+from napari_stemcluster.core import prefilter
 from napari_stemcluster.core._blur import gaussian_kernel1d, padded_index
 from napari_stemcluster.core.prefilter import _prefilter, correlative_prefilter, sample_weights
 from test_prefilter import assert_close, grains_cube, ref_footprint, ref_weight
+
+
+@pytest.fixture(autouse=True)
+def small_detectors_subsample(monkeypatch):
+    # Subsample the small test detectors too (see test_small_boxes_are_exact).
+    monkeypatch.setattr(prefilter, "MIN_SAMPLES", 1)
+
 
 # ---------------------------------------------------------------------------
 # Reference: per-position loops, float64, scipy blur, samples picked by slicing.
@@ -240,8 +248,22 @@ def test_constant_and_empty_patterns_are_left_alone():
 
 def test_step_one_is_the_exact_path():
     cube = grains_cube(5, 6, 24, 20, seed=11, scale=400.0)
+    w = np.full((5, 6, 69), np.nan, np.float32)
+    exact = _prefilter(cube, 3.0, 4, (0.85, 0.95), None, None, None, None, weights_out=w)
+    np.testing.assert_array_equal(correlative_prefilter(cube, q_step=1), exact)
+    assert not np.array_equal(correlative_prefilter(cube), exact)  # the default subsamples
+
+
+def test_small_boxes_are_exact(monkeypatch):
+    monkeypatch.setattr(prefilter, "MIN_SAMPLES", 8)
+    cube = grains_cube(4, 5, 17, 17, seed=4, scale=300.0)  # box 15x15 < 8 * 2
     np.testing.assert_array_equal(
-        correlative_prefilter(cube, q_step=1), correlative_prefilter(cube)
+        correlative_prefilter(cube, q_step=2), correlative_prefilter(cube, q_step=1)
+    )
+    big = grains_cube(3, 4, 36, 34, seed=4, scale=300.0)  # box 32x30 >= 16
+    assert not np.array_equal(
+        correlative_prefilter(big, 1.0, 1, (0.0, 0.5), q_step=2),
+        correlative_prefilter(big, 1.0, 1, (0.0, 0.5), q_step=1),
     )
 
 

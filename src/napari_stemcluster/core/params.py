@@ -157,7 +157,7 @@ PARAMS: tuple[Param, ...] = (
     Param("prefilter_edge", "int", None,
           "detector border ignored by the prefilter, pixels (default: 1/16 of the detector)",
           0, 65536, metavar="PX", prefilter_key="edge"),
-    Param("prefilter_q_step", "int", 1,
+    Param("prefilter_q_step", "int", 2,
           "prefilter correlates every N-th detector pixel in each direction (1: every pixel)",
           1, 4, metavar="N", prefilter_key="q_step"),
     Param("real_mask", "real_mask", "dark_field",

@@ -23,6 +23,10 @@ __all__ = ["correlative_prefilter", "prefilter_footprint", "prefilter_weight"]
 #: Cache budget of the raw patterns one averaging task works on at a time.
 STRIP_BYTES = 2 << 20
 
+#: ``q_step`` applies only when both sides of the weight's box hold at least
+#: this many samples; smaller detectors are correlated on every pixel.
+MIN_SAMPLES = 8
+
 
 def prefilter_footprint(radius: int) -> np.ndarray:
     """Scan offsets compared by the prefilter: a disk of the given radius.
@@ -152,7 +156,7 @@ def correlative_prefilter(
     out=None,
     progress: Callable[[int, int], None] | None = None,
     *,
-    q_step: int = 1,
+    q_step: int = 2,
     _block_rows: int | None = None,
 ) -> np.ndarray:
     """Average every pattern with the neighbours it correlates with.
@@ -188,6 +192,14 @@ def correlative_prefilter(
     progress : callable, optional
         ``progress(done, total)`` is called with the number of scan rows
         finished after each block; raise from it to cancel.
+    q_step : int
+        Blur and correlate on every ``q_step``-th detector pixel in each
+        direction (``1``: every pixel, the exact definition). The sums of
+        the correlation become sums over the samples with the weights of
+        linear interpolation (:func:`sample_weights`). The default 2 is about
+        twice as fast at 64x64 and changes ``R`` by about 0.002-0.009 RMS on
+        realistic scans (see the README). Used only when both sides of the
+        weight's box hold at least 8 samples.
 
     Returns
     -------
@@ -295,6 +307,8 @@ def _prefilter(
     box = np.array([rows_in[0], rows_in[-1] + 1, cols_in[0], cols_in[-1] + 1], np.int64)
     w_box = np.ascontiguousarray(w2[box[0] : box[1], box[2] : box[3]]).ravel()
     wsum = float(w_box.sum(dtype=np.float64))
+    if min(box[1] - box[0], box[3] - box[2]) < MIN_SAMPLES * q_step:
+        q_step = 1
     if q_step > 1:
         wm, wv = sample_weights(w2[box[0] : box[1], box[2] : box[3]], q_step)
         wmsum = float(wm.sum(dtype=np.float64))
@@ -465,10 +479,26 @@ def sample_weights(w_box: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray
     totals of ``w`` and ``w**2`` exactly, so the quadrature is exact for
     patterns linear between samples.
 
+    Parameters
+    ----------
+    w_box : ndarray, shape (bh, bw)
+        The weight of :func:`prefilter_weight` on its nonzero box.
+    step : int
+        Sample spacing in pixels.
+
     Returns
     -------
     wm, wv : ndarray of float32, raveled ``(ceil(bh / step), ceil(bw / step))``
         Weights of the mean, and the vector weight ``sqrt(A.T @ w**2 @ B)``.
+
+    Examples
+    --------
+    >>> wm, wv = sample_weights(np.ones((4, 3), np.float32), 2)
+    >>> wm.reshape(2, 2)
+    array([[2.25, 2.25],
+           [3.75, 3.75]], dtype=float32)
+    >>> float(wm.sum()), float((wv**2).sum())
+    (12.0, 12.0)
     """
     bh, bw = w_box.shape
     ax = _interpolation(bh, step)
