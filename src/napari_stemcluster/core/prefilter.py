@@ -196,8 +196,8 @@ def correlative_prefilter(
         Blur and correlate on every ``q_step``-th detector pixel in each
         direction (``1``: every pixel, the exact definition). The sums of
         the correlation become sums over the samples with the weights of
-        linear interpolation (:func:`sample_weights`). The default 2 is about
-        twice as fast at 64x64 and changes ``R`` by about 0.002-0.009 RMS on
+        linear interpolation (:func:`sample_weights`). The default 2 is 1.4-2x
+        as fast at 64x64 and changes ``R`` by about 0.002-0.009 RMS on
         realistic scans (see the README). Used only when both sides of the
         weight's box hold at least 8 samples.
 
