@@ -1,6 +1,8 @@
 """Interactive figures of the napari workflow on a file-backed cube.
 
     python benchmarks/interactive.py [--rows 256] [--cols 256] [--keep] [--no-gui]
+    python benchmarks/interactive.py --responsiveness [--sample-pauses] [--path FILE]
+    python benchmarks/interactive.py --hover [--path FILE]
 
 Writes a ``rows x cols`` scan of 128x128 uint16 patterns (256 x 256: 2 GiB)
 to an HDF5 file in the temporary directory (deleted afterwards unless
@@ -25,6 +27,9 @@ to an HDF5 file in the temporary directory (deleted afterwards unless
   edited labels are saved from the File menu.
 
 ``--path FILE`` reuses a cube written by ``--keep`` (writing 2 GiB takes minutes).
+``--responsiveness`` and ``--hover`` measure only those figures in napari;
+``--sample-pauses`` adds, for each action, the GUI thread's calls sampled
+during its longest pause.
 
 Peak memory (resident set) is printed at the end.
 """
@@ -458,6 +463,11 @@ def main(argv=None) -> int:
         help="only the longest event-loop pauses in napari (with --path: minutes, not tens)",
     )
     ap.add_argument(
+        "--hover",
+        action="store_true",
+        help="only the hover figure in napari (with --path: a minute)",
+    )
+    ap.add_argument(
         "--sample-pauses",
         action="store_true",
         help="with --responsiveness: print the GUI thread's calls during each longest pause",
@@ -478,6 +488,16 @@ def main(argv=None) -> int:
         print(f"wrote {path.name} in {time.perf_counter() - t0:.1f} s")
     size = path.stat().st_size
     print(f"cube: {path.name}, {size / 2**30:.2f} GiB, file-backed (HDF5, contiguous)")
+    if args.hover:
+        try:
+            rows, cols = open_dataset(path).scan_shape
+            rng = np.random.default_rng(1)
+            spots = [tuple(int(v) for v in rng.integers(0, (rows, cols))) for _ in range(100)]
+            gui_hover(path, spots)
+        finally:
+            if not args.keep:
+                path.unlink(missing_ok=True)
+        return 0
     if args.responsiveness:
         try:
             gui_responsiveness(path, sample=args.sample_pauses)
