@@ -231,6 +231,12 @@ class DistributedExecutor(Executor):
                     # that memory returns to the OS; every block would then be
                     # read into freshly faulted pages, 2-3 times slower.
                     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                    # The sums task of a block goes to the worker that kept the
+                    # block (a loose restriction); work stealing would move it to
+                    # an idle worker, which reads the block again while the kept
+                    # copy waits in the first one. The engine submits only a few
+                    # tasks per worker at a time, so there is little to balance.
+                    "distributed.scheduler.work-stealing": False,
                 }
                 with dask.config.set(config), _workers_ignore_ctrl_c():
                     self._cluster = LocalCluster(
