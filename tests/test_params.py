@@ -204,14 +204,12 @@ def test_widget_defaults_come_from_the_model(make_napari_viewer, widget_settings
 
     viewer = make_napari_viewer()
     pre = PrefilterWidget(viewer)
-    # The widget has no q_step control yet: it leaves q_step to
-    # correlative_prefilter, whose default is the model's.
     from napari_stemcluster.core.prefilter import correlative_prefilter
 
-    expected = {k: v for k, v in model.PREFILTER_DEFAULTS.items() if k != "q_step"}
-    assert pre.params() == expected | {"edge": None}
+    assert pre.params() == model.PREFILTER_DEFAULTS | {"edge": None}
     q_step = inspect.signature(correlative_prefilter).parameters["q_step"].default
-    assert q_step == model.DEFAULTS["prefilter_q_step"]
+    assert pre.params()["q_step"] == q_step == model.DEFAULTS["prefilter_q_step"]
+    assert pre._q_step.max == model.BY_NAME["prefilter_q_step"].high
     assert pre._radius.max == model.BY_NAME["prefilter_radius"].high
     sim = SimilarityWidget(viewer)
     assert sim._sigma.value == model.DEFAULTS["sigma"]

@@ -396,6 +396,8 @@ class ClusteringWidget(Container):
             p["prefilter_radius"] = int(pre["radius"])
             p["corr_range"] = [float(v) for v in pre["corr_range"]]
             p["prefilter_edge"] = None if pre.get("edge") is None else int(pre["edge"])
+            if pre.get("q_step") is not None:
+                p["prefilter_q_step"] = int(pre["q_step"])
         # The Similarity widget thresholds the raw cube's map for prefiltered
         # data (the pipeline's rule), so the mask source is "raw" then too.
         raw_map = meta.get("mask_map") is not None

@@ -67,6 +67,7 @@ class PrefilterWidget(Container):
         )
         self._sigma = param_widget("prefilter_sigma", "Blur σ (px)", step=0.5)
         self._radius = param_widget("prefilter_radius", "Footprint radius")
+        self._q_step = param_widget("prefilter_q_step", "Correlate every N-th q pixel")
         self._corr_range = create_widget(
             DEFAULTS["corr_range"],
             label="Correlation range",
@@ -102,6 +103,7 @@ class PrefilterWidget(Container):
                 self._layer_combo,
                 self._sigma,
                 self._radius,
+                self._q_step,
                 self._corr_range,
                 self._edge_auto,
                 self._edge,
@@ -131,6 +133,7 @@ class PrefilterWidget(Container):
             {
                 "sigma": self._sigma,
                 "radius": self._radius,
+                "q_step": self._q_step,
                 "corr_range": self._corr_range,
                 "edge_auto": self._edge_auto,
                 "edge": self._edge,
@@ -160,6 +163,7 @@ class PrefilterWidget(Container):
         return {
             "sigma": float(self._sigma.value),
             "radius": int(self._radius.value),
+            "q_step": int(self._q_step.value),
             "corr_range": tuple(float(v) for v in self._corr_range.value),
             "edge": None if self._edge_auto.value else int(self._edge.value),
         }
