@@ -174,9 +174,34 @@ def _ring_connected(labels, x, y, a, dx, dy):
     return reached == count
 
 
+#: Fewest feature columns per parallel task of :func:`_slot_sums`.
+_COLUMNS = 64
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _slot_sums(labels, slot, feats, sums, width):
+    """``sums[slot[a]] += feats[p]`` for every position ``p`` of a cluster ``a`` with a slot.
+
+    Each task owns a run of ``width`` feature columns and adds the positions
+    in raster order, so every sum is the same number as a raster loop's,
+    whatever the number of threads.
+    """
+    n_pos, k_dim = feats.shape
+    for c in numba.prange((k_dim + width - 1) // width):
+        j0 = c * width
+        j1 = min(k_dim, j0 + width)
+        for p in range(n_pos):
+            a = labels[p]
+            if a > 0 and slot[a] >= 0:
+                dst = sums[slot[a], j0:j1]
+                src = feats[p, j0:j1]
+                for j in range(src.shape[0]):
+                    dst[j] += src[j]
+
+
 @numba.njit(cache=True, nogil=True)
 def _refine_boundaries(
-    labels, sim, threshold, link, feats, norms2, fixed, n, min_size, dx, dy, max_passes
+    labels, sim, threshold, link, feats, norms2, fixed, slot, sums, dx, dy, max_passes
 ):
     """Move positions on the border of two clusters to the grain that dominates them.
 
@@ -198,32 +223,18 @@ def _refine_boundaries(
     ``fixed`` positions (the seeds) stay, and a position whose departure
     would split its cluster (:func:`_ring_connected`) stays. Sums are updated
     after every move; passes repeat until nothing moves or ``max_passes``
-    passes. Returns the number of moves. Cost: O(K) per border position and
+    passes. ``slot[a]`` is the row of ``sums`` of cluster ``a`` (-1 when it
+    takes no part) and ``sums`` the float64 sums of their members' features
+    in raster order (:func:`_slot_sums`); the sums are updated in place.
+    Returns the number of moves. Cost: O(K) per border position and
     candidate per pass; sums are kept for the clusters of ``min_size`` or
     more only (at most ``Rx*Ry/min_size`` vectors of K).
     """
     rx, ry = labels.shape
     k_dim = feats.shape[1]
-    size = np.zeros(n + 1, np.int64)
-    for x in range(rx):
-        for y in range(ry):
-            size[labels[x, y]] += 1
-    slot = np.full(n + 1, -1, np.int64)
-    m = 0
-    for a in range(1, n + 1):
-        if size[a] >= min_size:
-            slot[a] = m
-            m += 1
+    m = sums.shape[0]
     if m < 2:
         return 0
-    sums = np.zeros((m, k_dim), np.float64)
-    for x in range(rx):
-        for y in range(ry):
-            a = labels[x, y]
-            if a > 0 and slot[a] >= 0:
-                p = x * ry + y
-                for j in range(k_dim):
-                    sums[slot[a], j] += feats[p, j]
     sq = np.zeros(m, np.float64)
     tot = np.zeros(m, np.float64)
     for i in range(m):
