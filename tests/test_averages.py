@@ -202,3 +202,40 @@ def test_non_contiguous_and_float16_cubes(rng):
     )
     half = cube.astype(np.float16)
     np.testing.assert_array_equal(cluster_sums(half, labels, 3)[0], _plain_sums(half, labels, 3))
+
+
+def _plain_table(labels, ms, n):
+    """Obviously right: per label, its members' count, float64 sum in raster
+    order and first member (raster order) of highest similarity, NaN lowest."""
+    size, total, seed = np.zeros(n, np.int64), np.zeros(n), np.full((n, 2), -1)
+    best = np.full(n, np.nan)
+    for (x, y), lab in np.ndenumerate(labels):
+        if 0 < lab <= n:
+            v = float(ms[x, y])
+            size[lab - 1] += 1
+            total[lab - 1] += v
+            key = -np.inf if np.isnan(v) else float(np.clip(v, -1e308, 1e308))
+            if seed[lab - 1, 0] < 0 or key > best[lab - 1]:
+                best[lab - 1], seed[lab - 1] = key, (x, y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return size, seed, (total / size).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (1, 12), (12, 1), (1, 1)])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.int8])
+def test_table_equals_a_plain_loop(rng, shape, dtype):
+    labels = rng.integers(0, 6, shape).astype(dtype)
+    if np.dtype(dtype).kind == "i":
+        labels[rng.random(shape) < 0.1] = -1
+    ms = rng.choice([0.25, 0.5, 0.75, 1.0], shape).astype(np.float32)  # ties
+    ms[rng.random(shape) < 0.2] = np.nan
+    ms.flat[0] = np.inf
+    for n in (None, 7):
+        t = cluster_table(labels, ms, n)
+        k = int(labels.max(initial=0)) if n is None else n
+        size, seed, msim = _plain_table(labels, ms, k)
+        np.testing.assert_array_equal(t.size, size)
+        np.testing.assert_array_equal(t.seed, seed)
+        np.testing.assert_array_equal(t.mean_similarity, msim)
+    empty = cluster_table(np.zeros(shape, dtype), ms)
+    assert len(empty) == 0 and empty.seed.shape == (0, 2)

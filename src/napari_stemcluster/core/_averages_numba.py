@@ -100,3 +100,36 @@ def _accumulate_narrow(block, labels, sums, parts):
             src = parts[t, lab, q0:q1]
             for k in range(src.shape[0]):
                 dst[k] += np.float64(src[k])
+
+
+@numba.njit(cache=True, nogil=True)
+def _table_sums(labels, ms, size, total, seed):
+    """One raster pass for :func:`~napari_stemcluster.core.averages.cluster_table`.
+
+    For labels ``1..len(size)``: member counts, float64 sums of ``ms`` in
+    raster order (as ``np.bincount`` adds its weights) and the flat index of
+    the member of highest ``ms`` (NaN lowest, first in raster order on ties;
+    ``seed`` starts at -1).
+    """
+    n = size.shape[0]
+    best = np.empty(n, np.float64)
+    big = np.finfo(np.float64).max
+    for p in range(labels.shape[0]):
+        a = labels[p]
+        if a <= 0 or a > n:
+            continue
+        v = ms[p]
+        size[a - 1] += 1
+        total[a - 1] += v
+        # the sort key of cluster_table: NaN last, infinities as the largest finite values
+        if np.isnan(v):
+            key = -np.inf
+        elif v > big:
+            key = big
+        elif v < -big:
+            key = -big
+        else:
+            key = v
+        if seed[a - 1] < 0 or key > best[a - 1]:
+            best[a - 1] = key
+            seed[a - 1] = p

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from ._averages_numba import _accumulate, _accumulate_exact, _accumulate_narrow
+from ._averages_numba import _accumulate, _accumulate_exact, _accumulate_narrow, _table_sums
 from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
 from .result import ClusterTable
 
@@ -250,31 +250,36 @@ def cluster_table(
     labels = np.asarray(labels)
     n = int(labels.max(initial=0)) if n_clusters is None else int(n_clusters)
     flat = labels.ravel()
+    seed = np.full((n, 2), -1, np.int64)
+    if mean_similarity is not None:
+        ms = np.asarray(mean_similarity, np.float64).ravel()
+        if ms.size != flat.size:
+            raise ValueError("mean_similarity must have the shape of labels")
+        # One raster pass (no sort): sizes, sums and the first member of
+        # highest similarity, the seed region growing started from.
+        size = np.zeros(n, np.int64)
+        tot = np.zeros(n, np.float64)
+        first = np.full(n, -1, np.int64)
+        _table_sums(np.ascontiguousarray(flat), ms, size, tot, first)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            msim = (tot / size).astype(np.float32)
+        has = first >= 0
+        seed[has] = np.stack(np.unravel_index(first[has], labels.shape), 1)
+        return ClusterTable(size=size, seed=seed, mean_similarity=msim)
     valid = np.flatnonzero((flat > 0) & (flat <= n))
     lab = flat[valid].astype(np.int64)
     size = np.bincount(lab, minlength=n + 1)[1 : n + 1].astype(np.int64)
-    seed = np.full((n, 2), -1, np.int64)
     msim = np.full(n, np.nan, np.float32)
     if valid.size:
-        if mean_similarity is not None:
-            ms = np.asarray(mean_similarity, np.float64).ravel()
-            if ms.size != flat.size:
-                raise ValueError("mean_similarity must have the shape of labels")
-            tot = np.bincount(lab, weights=ms[valid], minlength=n + 1)[1 : n + 1]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                msim = (tot / size).astype(np.float32)
-            # Sort by (label, -similarity, raster index): first of each label wins.
-            key = np.lexsort((valid, -np.nan_to_num(ms[valid], nan=-np.inf), lab))
-        else:
-            rows, cols = np.unravel_index(valid, labels.shape)
-            cx = np.bincount(lab, weights=rows, minlength=n + 1) / np.maximum(
-                np.bincount(lab, minlength=n + 1), 1
-            )
-            cy = np.bincount(lab, weights=cols, minlength=n + 1) / np.maximum(
-                np.bincount(lab, minlength=n + 1), 1
-            )
-            dist = (rows - cx[lab]) ** 2 + (cols - cy[lab]) ** 2
-            key = np.lexsort((valid, dist, lab))
+        rows, cols = np.unravel_index(valid, labels.shape)
+        cx = np.bincount(lab, weights=rows, minlength=n + 1) / np.maximum(
+            np.bincount(lab, minlength=n + 1), 1
+        )
+        cy = np.bincount(lab, weights=cols, minlength=n + 1) / np.maximum(
+            np.bincount(lab, minlength=n + 1), 1
+        )
+        dist = (rows - cx[lab]) ** 2 + (cols - cy[lab]) ** 2
+        key = np.lexsort((valid, dist, lab))
         first = np.ones(key.size, bool)
         first[1:] = lab[key][1:] != lab[key][:-1]
         winners = valid[key[first]]
