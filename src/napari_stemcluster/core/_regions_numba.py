@@ -276,9 +276,25 @@ def _refine_boundaries(
                 sa = slot[a]
                 fsum = 0.0
                 d = 0.0
-                for j in range(k_dim):
-                    d += feats[p, j] * sums[sa, j]
-                    fsum += feats[p, j]
+                # One candidate (the usual case): its two dot products in the
+                # same sweep as the position's own. Each sum still adds in
+                # column order (the same numbers); four independent chains
+                # instead of two, one sweep over the features instead of two.
+                s0 = slot[cand[0]]
+                fused = nc == 1 and sq[s0] > 0.0 and tot[s0] > 0.0
+                e0 = 0.0
+                rb0 = 0.0
+                if fused:
+                    for j in range(k_dim):
+                        f = feats[p, j]
+                        d += f * sums[sa, j]
+                        fsum += f
+                        e0 += f * sums[s0, j]
+                        rb0 += sums[sa, j] * sums[s0, j]
+                else:
+                    for j in range(k_dim):
+                        d += feats[p, j] * sums[sa, j]
+                        fsum += feats[p, j]
                 # the rest of its own cluster: R = S_a - f
                 rr = sq[sa] - 2.0 * d + norms2[p]
                 ta = tot[sa] - fsum
@@ -294,11 +310,12 @@ def _refine_boundaries(
                     tb = tot[sb]
                     if sq[sb] <= 0.0 or tb <= 0.0:
                         continue
-                    e = 0.0
-                    rb = 0.0
-                    for j in range(k_dim):
-                        e += feats[p, j] * sums[sb, j]
-                        rb += sums[sa, j] * sums[sb, j]
+                    e = e0
+                    rb = rb0
+                    if not fused:
+                        for j in range(k_dim):
+                            e += feats[p, j] * sums[sb, j]
+                            rb += sums[sa, j] * sums[sb, j]
                     if e <= 0.0 or e * e < link * norms2[p] * sq[sb]:
                         continue  # it could not join b under the linkage's test
                     rb -= e  # R . S_b
