@@ -349,3 +349,27 @@ def _refine_boundaries(
         if moved == 0:
             break
     return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_neighbours(sim, mask, out):
+    """Highest finite-or-not similarity of each position in ``mask`` (raster order).
+
+    ``sim`` is ``(P, 8)`` float32, ``mask`` ``(P,)`` bool. Writes, in raster
+    order, the largest non-NaN value of every masked position whose largest
+    value is finite into ``out``; returns how many (as
+    :func:`~napari_stemcluster.core.threshold.auto_threshold` selects them).
+    """
+    m = 0
+    for p in range(sim.shape[0]):
+        if not mask[p]:
+            continue
+        best = -np.inf
+        for k in range(sim.shape[1]):
+            v = sim[p, k]
+            if v > best:  # False for NaN
+                best = v
+        if np.isfinite(best):
+            out[m] = best
+            m += 1
+    return m
