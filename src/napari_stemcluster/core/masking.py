@@ -327,7 +327,7 @@ def dark_exact(dtype, detector_shape) -> bool:
 def _sample_mean(cube) -> np.ndarray:
     rx, ry = cube.shape[:2]
     stride = max(1, int(np.sqrt(rx * ry / 1024)))
-    dtype = np.dtype(cube.dtype)
+    dtype = np.dtype(getattr(cube, "dtype", np.float64))
     # Integers of up to 32 bits are summed as int64 without a float64 copy:
     # exact, as the float64 sums are (every partial sum is an integer below
     # 2**53 for the at most ~1024 patterns sampled), so the same numbers.
