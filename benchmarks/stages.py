@@ -1,7 +1,8 @@
 """Per-stage throughput and peak memory of the core algorithm.
 
 Run ``python benchmarks/stages.py`` (about 3-4 minutes; ``--quick`` for one
-small configuration). Each configuration runs in a fresh process on an
+small configuration, ``--segment`` for only the similarity with an annulus
+and sigma 1, ``segment`` and where its time goes). Each configuration runs in a fresh process on an
 in-memory uint16 cube of grain-like Poisson patterns:
 
 - similarity for {no q-mask, annulus} x {sigma 0, sigma 1}, the correlative
