@@ -135,13 +135,3 @@ def test_mask_source_with_prefilter(rng, source):
     assert res.params["mask_source"] == source
     with pytest.raises(ValueError, match="mask_source must be"):
         segment(cube, mask_source="both")
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (33, 668)])
-def test_zero_rows_clears_every_element(shape):
-    """The features buffer is cleared (pages mapped) before the similarity pass."""
-    from napari_stemcluster.core._linkage_numba import _zero_rows
-
-    out = np.full(shape, np.nan, np.float32)
-    _zero_rows(out)
-    np.testing.assert_array_equal(out, np.zeros(shape, np.float32))

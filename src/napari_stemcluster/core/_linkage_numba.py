@@ -35,17 +35,3 @@ def _masked_sums(block, runs, exact, out):
         i = t // m
         j = t - i * m
         out[i, j] = np.float32(dark_sum(block[i, j], runs, exact))
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _zero_rows(out):
-    """``out[:] = 0`` for a 2-D array, in parallel over rows.
-
-    Touches fresh memory on every core before a kernel writes it: the pages
-    are then mapped (and cleared by the system) here, not in the middle of
-    a cache-blocked kernel.
-    """
-    for i in numba.prange(out.shape[0]):
-        row = out[i]
-        for j in range(row.shape[0]):
-            row[j] = 0.0

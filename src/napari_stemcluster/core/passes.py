@@ -30,7 +30,6 @@ import numbers
 
 import numpy as np
 
-from ._linkage_numba import _zero_rows
 from .averages import cluster_sums, cluster_table, means_from_sums
 from .clustering import cluster_scan
 from .linkage import FEATURE_DIMS, feature_slots
@@ -231,10 +230,6 @@ def similarity_block(
         # Only the bins that meet the q-mask: the others are 0 everywhere.
         k = len(feature_slots(raw.shape[-2:], spec["q_mask"], FEATURE_DIMS))
         feats = np.empty((*shape, k), np.float32)
-        # Mapped on both cores before the similarity kernel writes them (a
-        # few hundred MiB at most): the pass measured 8-9 % faster than letting the
-        # kernel's writes fault the fresh pages in between its cache blocks.
-        _zero_rows(feats.reshape(-1, k))
     signal = np.empty(shape, np.float32) if beam is not None and not pre else None
     try:
         if pre:
