@@ -1,6 +1,8 @@
 """Interactive figures of the napari workflow on a file-backed cube.
 
     python benchmarks/interactive.py [--rows 256] [--cols 256] [--keep] [--no-gui]
+    python benchmarks/interactive.py --responsiveness [--sample-pauses] [--path FILE]
+    python benchmarks/interactive.py --hover [--path FILE]
 
 Writes a ``rows x cols`` scan of 128x128 uint16 patterns (256 x 256: 2 GiB)
 to an HDF5 file in the temporary directory (deleted afterwards unless
@@ -25,6 +27,9 @@ to an HDF5 file in the temporary directory (deleted afterwards unless
   edited labels are saved from the File menu.
 
 ``--path FILE`` reuses a cube written by ``--keep`` (writing 2 GiB takes minutes).
+``--responsiveness`` and ``--hover`` measure only those figures in napari;
+``--sample-pauses`` adds, for each action, the GUI thread's calls sampled
+during its longest pause.
 
 Peak memory (resident set) is printed at the end.
 """
@@ -102,11 +107,65 @@ def gui_hover(path: Path, spots) -> None:
     viewer.close()
 
 
-def gui_responsiveness(path: Path) -> None:
+class GapSampler:
+    """Samples the GUI thread's stack every ``every`` s while the event loop is paused.
+
+    A watchdog thread: once the last timer tick is older than ``after`` s, it
+    records the main thread's stack until the next tick, so the longest pause
+    of an action can be attributed to the calls that made it.
+    """
+
+    def __init__(self, ticks: list, after: float = 0.04, every: float = 0.01):
+        import threading
+
+        self.ticks, self.after, self.every = ticks, after, every
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self.main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            last = self.ticks[-1] if self.ticks else None
+            now = time.perf_counter()
+            if last is None or now - last < self.after:
+                continue
+            frame = sys._current_frames().get(self.main)
+            stack = []
+            while frame is not None:
+                code = frame.f_code
+                stack.append(f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}")
+                frame = frame.f_back
+            self.samples.append((now, tuple(reversed(stack))))
+
+    def report(self, t0: float, t1: float, top: int = 70) -> None:
+        """Prints the frames seen most often in the samples between t0 and t1."""
+        inside = [s for t, s in self.samples if t0 <= t <= t1]
+        if not inside:
+            return
+        counts: dict[str, int] = {}
+        depth: dict[str, int] = {}
+        for stack in inside:
+            for d, f in enumerate(dict.fromkeys(stack)):
+                counts[f] = counts.get(f, 0) + 1
+                depth[f] = min(depth.get(f, d), d)
+        print(f"  {len(inside)} samples in the longest pause; frames in >= 10 % (count, depth):")
+        common = [f for f in counts if counts[f] >= max(2, len(inside) // 10)]
+        for f in sorted(common, key=lambda f: (depth[f], -counts[f]))[:top]:
+            print(f"    {counts[f]:4d} {depth[f]:3d} {f}")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def gui_responsiveness(path: Path, sample: bool = False) -> None:
     """Longest pause of a 10 ms QTimer while opening, docking, drawing and saving in napari.
 
     Comparator: saving edited labels as the writer did before (cluster means
-    recomputed from the file), timed in the same run.
+    recomputed from the file), timed in the same run. With ``sample``, the GUI
+    thread's stack is sampled during pauses and the frames of each action's
+    longest pause are printed.
     """
     import napari
     from qtpy.QtCore import QTimer
@@ -126,6 +185,7 @@ def gui_responsiveness(path: Path) -> None:
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
+    sampler = GapSampler(ticks) if sample else None
 
     def pump(seconds):
         end = time.perf_counter() + seconds
@@ -145,8 +205,12 @@ def gui_responsiveness(path: Path) -> None:
         out = action()
         wait(until)
         pump(0.5)
-        gap = np.diff([t0, *ticks, time.perf_counter()]).max() * 1000
+        times = [t0, *ticks, time.perf_counter()]
+        k = int(np.argmax(np.diff(times)))
+        gap = (times[k + 1] - times[k]) * 1000
         print(f"event loop, longest pause: {name}: {gap:.0f} ms")
+        if sampler is not None:
+            sampler.report(times[k], times[k + 1])
         return out
 
     viewer.window._qt_window.resize(1600, 1000)
@@ -204,6 +268,8 @@ def gui_responsiveness(path: Path) -> None:
     finally:
         out.unlink(missing_ok=True)
     timer.stop()
+    if sampler is not None:
+        sampler.stop()
     viewer.close()
 
 
@@ -396,6 +462,16 @@ def main(argv=None) -> int:
         action="store_true",
         help="only the longest event-loop pauses in napari (with --path: minutes, not tens)",
     )
+    ap.add_argument(
+        "--hover",
+        action="store_true",
+        help="only the hover figure in napari (with --path: a minute)",
+    )
+    ap.add_argument(
+        "--sample-pauses",
+        action="store_true",
+        help="with --responsiveness: print the GUI thread's calls during each longest pause",
+    )
     args = ap.parse_args(argv)
 
     from napari_stemcluster.io import open_dataset
@@ -412,9 +488,19 @@ def main(argv=None) -> int:
         print(f"wrote {path.name} in {time.perf_counter() - t0:.1f} s")
     size = path.stat().st_size
     print(f"cube: {path.name}, {size / 2**30:.2f} GiB, file-backed (HDF5, contiguous)")
+    if args.hover:
+        try:
+            rows, cols = open_dataset(path).scan_shape
+            rng = np.random.default_rng(1)
+            spots = [tuple(int(v) for v in rng.integers(0, (rows, cols))) for _ in range(100)]
+            gui_hover(path, spots)
+        finally:
+            if not args.keep:
+                path.unlink(missing_ok=True)
+        return 0
     if args.responsiveness:
         try:
-            gui_responsiveness(path)
+            gui_responsiveness(path, sample=args.sample_pauses)
         finally:
             if not args.keep:
                 path.unlink(missing_ok=True)

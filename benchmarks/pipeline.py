@@ -13,9 +13,15 @@ reports the median run; the table also gives each pass's throughput
 (similarity, averages) against the read, and the bytes read from the file
 per input byte (1.00x: read once). ``--plain`` adds runs without mask and
 blur and with the prefilter; ``--runs memory,threads,1,2`` chooses
-executors. ``--big`` generates files of at least 1.5 times this machine's
-RAM, runs them under ``--memory-limit`` (default 4GB), and deletes them
-afterwards (``--keep`` to keep them).
+executors. ``--big`` generates files larger than this machine's RAM (1.15x
+by default, time steps of 128² scan positions x 128² uint16, 512 MiB each),
+runs them under ``--memory-limit`` (default 4GB), evicts each file from the
+page cache before every run (so every run reads it from the disk, also an
+LZ4 file smaller than RAM), adds a plain sequential read of the file (the
+disk's throughput) beside the comparators, and deletes the files afterwards
+(``--keep`` to keep them; ``--dir D --reuse`` uses files kept in ``D``).
+The table also gives the CPU seconds per GB of every run (workers included),
+the figure a busy machine disturbs least.
 
 Every run is a fresh process; its peak memory is the largest sum of the
 resident set sizes of the process and all its children (the dask workers),
@@ -92,6 +98,8 @@ def describe(r: dict) -> str:
     s = r["spec"]
     if s["mode"] == "read":
         return "h5py read of the file (comparator)"
+    if s["mode"] == "disk":
+        return "plain sequential read of the file (the disk)"
     if s["mode"] == "chunks":
         return "file readers' parallel chunk read"
     if s["mode"] == "memory":
@@ -102,7 +110,7 @@ def describe(r: dict) -> str:
 
 
 def settings(spec: dict) -> str:
-    if spec["mode"] in ("read", "chunks"):
+    if spec["mode"] in ("read", "chunks", "disk"):
         return "-"
     parts = []
     if spec.get("q_mask"):
@@ -155,9 +163,9 @@ def table(results: list[dict], budget: str) -> str:
     head = (
         "| file | path | settings | time (s) | GB/s | h5py read of the file, same run (GB/s) "
         "| vs read | similarity pass GB/s (vs read) | averages pass GB/s (vs read) "
-        "| file bytes read / input | peak RSS | load avg |"
+        "| file bytes read / input | CPU s per GB | peak RSS | load avg |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     parts = [
         "| file | path | pass | pass GB/s | its reads alone GB/s | its compute alone GB/s "
         "| limited by |",
@@ -184,19 +192,34 @@ def table(results: list[dict], budget: str) -> str:
         reads = f"{r['bytes_read'] / r['bytes']:.2f}x" if "bytes_read" in r else "-"
         load = r.get("load")
         load = f"{load[0]:.1f}-{load[1]:.1f}" if load else "-"
+        cpu = r.get("cpu_seconds")
+        cpu = f"{cpu / (r['bytes'] / 1e9):.2f}" if cpu else "-"
         lines.append(
             f"| {r['spec']['file']} | {describe(r)} | {settings(r['spec'])} "
             f"| {total_seconds(r):.2f} | {rate / 1e9:.3f} | {base / 1e9 if base else 0:.3f} "
-            f"| {ratio} | {cells[0]} | {cells[1]} | {reads} "
+            f"| {ratio} | {cells[0]} | {cells[1]} | {reads} | {cpu} "
             f"| {format_bytes(r['peak_tree_rss'])} | {load} |"
         )
     lines.append(
         f"\nmemory limit of the engine runs: {budget}. Times are medians of the repeats "
         "in each process; a pass's time is its tasks' time (read + compute) summed and divided "
-        "by the tasks run at once. load avg: the machine's 1-minute load average at the start "
-        "and end of the run.\n\nWhere each pass's time goes (same runs):\n"
+        "by the tasks run at once. CPU s per GB: CPU time of the run's processes (workers "
+        "included) per GB of input, which a busy machine disturbs least. load avg: the "
+        "machine's 1-minute load average at the start and end of the run.\n\n"
+        "Where each pass's time goes (same runs):\n"
     )
     return "\n".join(lines + parts)
+
+
+def _matches(path: Path, shape: tuple) -> bool:
+    """Whether ``path`` is a benchmark file of this shape (to reuse it)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return tuple(f["data"].shape) == tuple(shape)
+    except (OSError, KeyError):
+        return False
 
 
 def main(argv=None) -> int:
@@ -206,6 +229,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="time steps of the generated file")
     p.add_argument("--dir", help="where to write the file (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use the files already in --dir (cube-<kind>.h5) when their shape matches",
+    )
     p.add_argument(
         "--runs",
         default=None,
@@ -229,9 +257,11 @@ def main(argv=None) -> int:
 
     ram = total_memory()
     if args.big:
-        scan, det = (256, 256), (128, 128)
+        # 512 MiB per time step: a 4 GB budget keeps a whole step's blocks
+        # for the averages, so the file is read once.
+        scan, det = (128, 128), (128, 128)
         step = scan[0] * scan[1] * det[0] * det[1] * 2
-        n_steps = args.steps or math.ceil(1.5 * ram / step)
+        n_steps = args.steps or math.ceil(1.15 * ram / step)
         budget = args.memory_limit or "4GB"
     else:
         scan, det = (128, 128), (64, 64)
@@ -255,29 +285,54 @@ def main(argv=None) -> int:
         f"({size / ram:.2f}x RAM)",
         flush=True,
     )
-    if args.big:
+    if args.big and not args.reuse:
         free = shutil.disk_usage(args.dir or tempfile.gettempdir()).free
-        if free < size * 1.05 * len(files):
+        if free < size * 1.05:  # one file at a time
             print(f"not enough disk space: {format_bytes(free)} free", file=sys.stderr)
             return 1
-    tmp = Path(tempfile.mkdtemp(prefix="stemcluster-bench-", dir=args.dir))
+    if args.reuse and not args.dir:
+        print("--reuse needs --dir", file=sys.stderr)
+        return 1
+    tmp = (
+        Path(args.dir)
+        if args.reuse
+        else Path(tempfile.mkdtemp(prefix="stemcluster-bench-", dir=args.dir))
+    )
     results = []
     try:
         for kind in files:
             path = tmp / f"cube-{kind}.h5"
             t0 = time.perf_counter()
             compression = None if kind == "uncompressed" else kind
-            write_cube(
-                path, n_steps, scan, det, log=print if args.big else None, compression=compression
-            )
+            if args.reuse and _matches(path, (n_steps, *scan, *det)):
+                print(f"reusing {path}", flush=True)
+            else:
+                write_cube(
+                    path,
+                    n_steps,
+                    scan,
+                    det,
+                    log=print if args.big else None,
+                    compression=compression,
+                )
+                print(
+                    f"generated {path.name} in {time.perf_counter() - t0:.0f} s",
+                    flush=True,
+                )
+            on_disk = path.stat().st_size
             print(
-                f"generated {path.name} ({format_bytes(path.stat().st_size)} on disk) in "
-                f"{time.perf_counter() - t0:.0f} s",
+                f"{path.name}: {format_bytes(on_disk)} on disk ({on_disk / ram:.2f}x RAM; "
+                f"{format_bytes(psutil.virtual_memory().available)} of memory available)",
                 flush=True,
             )
             # The read comparator runs first and last: the page cache and the
             # machine's load change between runs, so both bracket the engine.
+            # With --big every run starts with the file evicted from the page
+            # cache, so each reads it from the disk (a file larger than RAM
+            # would not be cached anyway; an LZ4 file may be smaller).
             specs = [{"mode": "read"}, {"mode": "chunks"}]
+            if args.big:
+                specs.insert(0, {"mode": "disk"})
             for cfg in configs:
                 for run_kind in runs:
                     spec = {**cfg, "memory_limit": budget}
@@ -290,7 +345,7 @@ def main(argv=None) -> int:
             specs.append({"mode": "read"})
             reads = []
             for spec in specs:
-                spec.update(path=str(path), file=kind, repeat=args.repeat)
+                spec.update(path=str(path), file=kind, repeat=args.repeat, cold=args.big)
                 r = run(spec)
                 if spec["mode"] == "read":
                     reads.append(r)
@@ -316,13 +371,15 @@ def main(argv=None) -> int:
             results.append(comparator)
             if not args.keep:
                 path.unlink()
+            elif args.reuse:
+                print(f"kept {path}")
         for kind in files:
             for cfg in configs:
                 hashes = {
                     r["labels_sha1"]
                     for r in results
                     if r["spec"]["file"] == kind
-                    and r["spec"]["mode"] not in ("read", "chunks")
+                    and r["spec"]["mode"] not in ("read", "chunks", "disk")
                     and all(r["spec"].get(k) == v for k, v in cfg.items())
                 }
                 status = "identical" if len(hashes) <= 1 else "DIFFERENT"
@@ -335,6 +392,9 @@ def main(argv=None) -> int:
     finally:
         if args.keep:
             print(f"kept {tmp}")
+        elif args.reuse:
+            for kind in files:
+                (tmp / f"cube-{kind}.h5").unlink(missing_ok=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0

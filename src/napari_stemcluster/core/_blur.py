@@ -495,3 +495,118 @@ def blur_box(src, qx, qy, scale, k, idx_x, box, weight, pad, tmp, out):
     taps_pass(pad, 1, k, n, tmp)
     taps_pass(tmp, W, k, bh * W, pad)
     return _weigh(pad, W, bh, bw, weight, out)
+
+
+# --- compact output: only the pixels of a q-mask -------------------------------
+#
+# The q-mask is given as its row segments ``runs`` ``(m, 3)`` = ``(row, start,
+# stop)`` in box coordinates and raster order; the output vector holds the
+# blurred values of those pixels only, run after run (``runs_len`` of them).
+# Compared with the box vector of :func:`blur_box` there are no zero lanes for
+# the dot products and no weight to multiply. Output buffers need 8 floats of slack after the
+# last value (the runs are swept in whole 8-float vectors; the overflow of a
+# run is overwritten by the next one) and ``tmp`` 16 floats beyond its
+# ``bh * W`` values (see :func:`runs_scratch`).
+
+
+def runs_scratch(box, r: int) -> tuple[int, int]:
+    """Sizes of the two float32 scratch buffers :func:`blur_runs` needs."""
+    pad_n, tmp_n = box_scratch(box, r)
+    return pad_n, tmp_n + 16
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _horizontal9_runs(tmp, W, k, runs, out):
+    # out (compact) = 9-tap blur along tmp at the runs' pixels, each run
+    # swept in whole 8-float vectors (its overflow is overwritten by the next
+    # run, the last one's lands in the slack).
+    w0, w1, w2, w3, w4 = k[0], k[1], k[2], k[3], k[4]
+    o = 0
+    for t in range(runs.shape[0]):
+        n = runs[t, 2] - runs[t, 1]
+        b = U(runs[t, 0] * W + runs[t, 1])
+        d = U(o)
+        for j in range(U((n + 7) // 8 * 8)):
+            q = b + j
+            out[d + j] = (
+                w4 * tmp[q + U(4)]
+                + w3 * (tmp[q + U(3)] + tmp[q + U(5)])
+                + w2 * (tmp[q + U(2)] + tmp[q + U(6)])
+                + w1 * (tmp[q + U(1)] + tmp[q + U(7)])
+                + w0 * (tmp[q] + tmp[q + U(8)])
+            )
+        o += n
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _crop_runs(src, qy, i0, j0, runs, scale, out):
+    # No blur: out (compact) = scale * src at the runs' pixels; whole
+    # 8-float sweeps where the source has room for the overflow.
+    o = 0
+    size = src.shape[0]
+    for t in range(runs.shape[0]):
+        n = runs[t, 2] - runs[t, 1]
+        s0 = (i0 + runs[t, 0]) * qy + j0 + runs[t, 1]
+        m = (n + 7) // 8 * 8
+        if s0 + m > size:
+            m = n
+        s = U(s0)
+        d = U(o)
+        if scale == 1.0:
+            for j in range(U(m)):
+                out[d + j] = np.float32(src[s + j])
+        else:
+            for j in range(U(m)):
+                out[d + j] = np.float32(np.float64(src[s + j]) * scale)
+        o += n
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_runs(buf, W, runs, out):
+    o = 0
+    for t in range(runs.shape[0]):
+        b = runs[t, 0] * W + runs[t, 1]
+        for j in range(runs[t, 2] - runs[t, 1]):
+            out[o + j] = buf[b + j]
+        o += runs[t, 2] - runs[t, 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def blur_runs(src, qx, qy, scale, k, idx_x, box, runs, pad, tmp, out):
+    """Blur one raveled ``(qx, qy)`` pattern and keep the q-mask's pixels.
+
+    The values of :func:`blur_box` with a 0/1 weight, but only at the pixels
+    of ``runs`` (``(row, start, stop)`` in ``box`` coordinates, raster
+    order), written one after the other into ``out``. ``out`` needs 8 floats beyond the
+    ``n = sum(stop - start)`` values, ``pad`` and ``tmp`` the sizes
+    :func:`runs_scratch` gives. Returns ``n``. (No sum of squares here: the
+    similarity kernel takes it in the sweep of its dot products.)
+    """
+    nk = k.shape[0]
+    r = (nk - 1) // 2
+    i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
+    bh = i1 - i0
+    bw = j1 - j0
+    n = 0
+    for t in range(runs.shape[0]):
+        n += runs[t, 2] - runs[t, 1]
+    if nk == 1:
+        _crop_runs(src, qy, i0, j0, runs, scale, out)
+        return n
+    nr = bh + 2 * r
+    W = bw + 2 * r
+    _fill(src, qy, idx_x, i0, nr, j0 - r, W, pad, scale)
+    if nk == 9:  # sigma 1, the usual setting
+        # The vertical pass over whole rows of the box: restricted to the
+        # columns each group of rows needs it compiled to a slower loop
+        # (its row sweeps no longer one stride long), which ate the gain.
+        _vertical9(pad, W, k, bh, tmp)
+        _horizontal9_runs(tmp, W, k, runs, out)
+        return n
+    m = nr * W
+    for j in range(m, m + 2 * r):
+        pad[j] = 0.0
+    taps_pass(pad, 1, k, m, tmp)
+    taps_pass(tmp, W, k, bh * W, pad)
+    _gather_runs(pad, W, runs, out)
+    return n

@@ -164,6 +164,7 @@ class SimilarityPlan(NamedTuple):
     bins: tuple[int, int, int] | None = None  # features: (b, bx, by) of feature_bins
     runs: np.ndarray | None = None  # dark field: (row, start, stop) of the pixels summed
     slots: np.ndarray | None = None  # features: the bins that meet the q-mask (feature_slots)
+    qruns: np.ndarray | None = None  # int64 (row, start, stop) of the q-mask in box coordinates
 
 
 def similarity_plan(
@@ -228,7 +229,9 @@ def similarity_plan(
         slots = feature_slots((qx, qy), mask, int(feature_dims))
     runs = None if beam is None else mask_runs(dark_field_keep((qx, qy), beam))
     taps = gaussian_kernel1d(sigma)
-    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, runs, slots)
+    # The kernel keeps only the q-mask's pixels, as row segments of the box.
+    qruns = mask_runs(mask[box[0] : box[1], box[2] : box[3]]).astype(np.int64)
+    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, runs, slots, qruns)
 
 
 def block_similarity(
@@ -311,6 +314,10 @@ def block_similarity(
             raise ValueError("dark_field needs a plan made with beam")
         _check_out("dark_field", dark_field, (n_out, ry))
         runs, signal = plan.runs, dark_field
+    qruns = plan.qruns
+    if qruns is None:  # a plan built by hand, without the mask's runs
+        i0, i1, j0, j1 = (int(v) for v in plan.box)
+        qruns = mask_runs(plan.weight.reshape(i1 - i0, j1 - j0) != 0)
     flat = np.ascontiguousarray(block, dtype=plan.dtype).reshape(n_rows, ry, qx * qy)
     sq = np.empty((n_rows, ry), np.float64)
     fused_similarity(
@@ -321,7 +328,7 @@ def block_similarity(
         plan.scaled,
         plan.taps,
         plan.box,
-        plan.weight,
+        qruns,
         _strip(ry, plan),
         out,
         sq,
@@ -360,7 +367,7 @@ def _check_out(name: str, arr, shape) -> None:
 
 def _strip(ry: int, plan: SimilarityPlan) -> int:
     """Scan columns per task: two rows of a strip's vectors fit in half the L2."""
-    n = int(plan.weight.size)
+    n = int(np.count_nonzero(plan.weight))
     width = max(4, STRIP_BYTES // (2 * 4 * n) - 2)
     threads = numba.get_num_threads()
     # At least two strips per thread, so that threads finish together.

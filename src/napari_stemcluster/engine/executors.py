@@ -71,6 +71,9 @@ class Executor:
     keeps_on_workers : bool
         Tasks can keep blocks in their worker process for a later task sent
         to the same worker (:meth:`submit_to`).
+    same_machine : bool
+        Every task runs on this machine (threads, or a local cluster), so
+        they share its page cache: blocks read ahead here serve them.
     """
 
     slots: int = 1
@@ -79,6 +82,7 @@ class Executor:
     #: Tasks run in this process (their results are not copied).
     in_process: bool = False
     keeps_on_workers: bool = False
+    same_machine: bool = False
 
     def share(self, obj):
         """Make ``obj`` available to every worker; returns what tasks receive."""
@@ -145,6 +149,7 @@ class ThreadExecutor(Executor):
         self.slots = n
         self.numba_threads = max(1, cpus // n)
         self.in_process = True
+        self.same_machine = True
         self._pool = None
 
     def submit(self, fn, *args):
@@ -226,6 +231,12 @@ class DistributedExecutor(Executor):
                     # that memory returns to the OS; every block would then be
                     # read into freshly faulted pages, 2-3 times slower.
                     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                    # The sums task of a block goes to the worker that kept the
+                    # block (a loose restriction); work stealing would move it to
+                    # an idle worker, which reads the block again while the kept
+                    # copy waits in the first one. The engine submits only a few
+                    # tasks per worker at a time, so there is little to balance.
+                    "distributed.scheduler.work-stealing": False,
                 }
                 with dask.config.set(config), _workers_ignore_ctrl_c():
                     self._cluster = LocalCluster(
@@ -250,6 +261,7 @@ class DistributedExecutor(Executor):
             self.client.wait_for_workers(1, timeout=60)
             workers = self.client.nthreads()
         self.slots = max(1, sum(workers.values()))
+        self.same_machine = self._cluster is not None or all(_is_loopback(addr) for addr in workers)
         if self._cluster is not None:
             self.numba_threads = max(1, available_cpus() // len(workers))
             self.memory_scale = 1
@@ -358,3 +370,9 @@ def get_executor(
     if workers is not None:
         return DistributedExecutor(n_workers=workers)
     return ThreadExecutor(threads)
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a worker address (``tcp://host:port``) is on this machine."""
+    host = str(address).split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")

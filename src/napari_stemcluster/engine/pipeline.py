@@ -27,6 +27,7 @@ from ..core.passes import (
 from ..core.pipeline import _describe, _per_step_masks, grow_options, segment_params
 from ..core.result import SegmentationResult
 from ..core.similarity import neighbor_similarity
+from ._prefetch import Prefetcher
 from ._tasks import BlockSource, KeptOnWorker, drop_kept, similarity_task, sums_task
 from .executors import DistributedExecutor, Executor, ThreadExecutor
 from .planning import ChunkPlan, default_memory_limit, parse_memory, plan_chunks
@@ -59,6 +60,9 @@ class RunStats:
     bytes_reused : int
         Bytes of patterns the sums pass took from the similarity pass's
         reads instead of reading them again.
+    bytes_prefetched : int
+        Bytes of the file the engine asked the disk for ahead of the tasks
+        that read them (read-ahead of HDF5 files on this machine).
     input_bytes : int
         Size of the part of the cube segmented.
     seconds : float
@@ -71,6 +75,7 @@ class RunStats:
     task_seconds: dict = field(default_factory=dict)
     bytes_read: int = 0
     bytes_reused: int = 0
+    bytes_prefetched: int = 0
     input_bytes: int = 0
     seconds: float = 0.0
 
@@ -565,6 +570,7 @@ class _Run:
             import uuid
 
             self.run_id = uuid.uuid4().hex
+        self.prefetch = None  # a Prefetcher while blocks are read ahead
         stats.plan = plan
         stats.executor = executor.describe()
         stats.task_seconds = {s: [0.0, 0.0] for s in ("similarity", "averages")}
@@ -588,6 +594,11 @@ class _Run:
         window = conc if conc < slots else 2 * slots
         in_flight = {}
         src = ex.share(self.source)
+        # Read-ahead: each block's bytes are requested from the disk when its
+        # task is submitted (and the next queued one's), so reading overlaps
+        # the computing of the tasks still running.
+        if ex.same_machine and self.source.can_prefetch():
+            self.prefetch = Prefetcher(self.source)
         self._report()
         try:
             while low or high or in_flight:
@@ -596,6 +607,8 @@ class _Run:
                     fut = self._submit(src, kind, i, b, extra)
                     in_flight[fut] = (next(order), kind, i, b)
                     self.span.setdefault(kind, [time.perf_counter(), None])
+                    if high or low:
+                        self._hint(*(high[0] if high else low[0])[:3])
                 done = ex.wait(list(in_flight), _POLL)
                 for fut in sorted(done, key=lambda f: in_flight[f][0]):
                     _, kind, i, b = in_flight.pop(fut)
@@ -609,6 +622,9 @@ class _Run:
             ex.cancel(list(in_flight))
             raise
         finally:
+            if self.prefetch is not None:
+                self.prefetch.close()
+                self.stats.bytes_prefetched += self.prefetch.hinted_bytes
             if self.run_id is not None:
                 # blocks never summed (no label in them, or a run cut short)
                 ex.run_everywhere(drop_kept, self.run_id)
@@ -619,9 +635,22 @@ class _Run:
         self.stats.stage_seconds.setdefault("regions", 0.0)
         return [s.result for s in states]
 
+    def _hint(self, kind, i, b):
+        """Ask the disk for the bytes the task of ``(kind, i, b)`` will read."""
+        if self.prefetch is None:
+            return
+        if kind == "similarity":
+            halo = self.plan.halo
+        elif b in self.states[i].kept:  # summed from the kept block: no read
+            return
+        else:
+            halo = self.spec["sums_halo"]
+        self.prefetch.hint(self.steps[i], extended(self.boxes[b], halo, self.plan.scan_shape))
+
     def _submit(self, src, kind, i, b, extra):
         box = self.boxes[b]
         t = self.steps[i]
+        self._hint(kind, i, b)
         if kind == "similarity":
             need = self._read_bytes(box, self.plan.halo)
             keep = self.kept_bytes + need <= self.keep_budget

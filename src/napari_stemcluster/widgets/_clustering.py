@@ -534,31 +534,47 @@ class ClusteringWidget(Container):
             layer = self._viewer.add_labels(
                 labels, name="clusters", metadata={"stemcluster": new_meta}, **sk
             )
-        points, feats = seed_points(state)
-        seeds = self.seeds_layer
-        if seeds is None or seeds not in self._viewer.layers or seeds.ndim != points.shape[1]:
-            seeds = self._viewer.add_points(
-                points,
-                name=f"{layer.name} seeds",
-                features=feats,
-                size=max(1.0, 0.02 * max(labels.shape[-2:])),
-                face_color="white",
-                border_color="black",
-                border_width=0.15,
-                symbol="disc",
-                **{k: v for k, v in sk.items() if k != "axis_labels"},
+        new_layer = layer is not target
+
+        def seeds_and_link():
+            points, feats = seed_points(state)
+            seeds = self.seeds_layer
+            if seeds is None or seeds not in self._viewer.layers or seeds.ndim != points.shape[1]:
+                seeds = self._viewer.add_points(
+                    points,
+                    name=f"{layer.name} seeds",
+                    features=feats,
+                    size=max(1.0, 0.02 * max(labels.shape[-2:])),
+                    face_color="white",
+                    border_color="black",
+                    border_width=0.15,
+                    symbol="disc",
+                    **{k: v for k, v in sk.items() if k != "axis_labels"},
+                )
+            else:
+                seeds.data, seeds.features = points, feats
+            self.seeds_layer = seeds
+            attach(self._viewer, layer, state, seeds_layer=seeds)
+            self.labels_layer = layer
+            self._viewer.layers.selection.active = layer
+
+        def report():
+            n = [len(tb) for tb in tables]
+            counts = (
+                f"{n[0]} clusters" if len(n) == 1 else f"{min(n)}–{max(n)} clusters per time step"
             )
+            self.diagnostics = [step.diagnostics for step in steps]
+            self._status.value = f"done: {counts} in '{layer.name}'\n" + self.diagnostics_text()
+            self.update_preview()  # the scatter's colours follow the new layer
+
+        if new_layer:
+            # one new visual per event-loop turn (the canvas paints in between),
+            # and the plots redrawn in a turn of their own
+            self.runner.later(seeds_and_link, "Clustering")
+            self.runner.later(report, "Clustering")
         else:
-            seeds.data, seeds.features = points, feats
-        self.seeds_layer = seeds
-        attach(self._viewer, layer, state, seeds_layer=seeds)
-        self.labels_layer = layer
-        self._viewer.layers.selection.active = layer
-        n = [len(tb) for tb in tables]
-        counts = f"{n[0]} clusters" if len(n) == 1 else f"{min(n)}–{max(n)} clusters per time step"
-        self.diagnostics = [step.diagnostics for step in steps]
-        self._status.value = f"done: {counts} in '{layer.name}'\n" + self.diagnostics_text()
-        self.update_preview()  # the scatter's colours follow the new layer
+            seeds_and_link()
+            report()
 
     def diagnostics_text(self, t: int | None = None) -> str:
         """Core's diagnostics summary of the last run (of step ``t`` of a series)."""

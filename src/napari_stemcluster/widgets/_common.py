@@ -273,6 +273,10 @@ class _Outcome:
     cancelled: bool = False
 
 
+#: Delay (ms) between the steps of :meth:`JobRunner.later`, long enough for a paint.
+LATER_STEP_MS = 15
+
+
 class JobRunner:
     """Runs one background job at a time for a widget.
 
@@ -282,7 +286,9 @@ class JobRunner:
     :class:`Cancelled` after :meth:`cancel`. Errors are caught in the worker
     and shown with :func:`napari.utils.notifications.show_error`; the result
     is passed to ``on_returned`` in the main thread (workers never touch
-    layers).
+    layers). ``on_returned`` may hand further steps to :meth:`later` (a new
+    layer each, so that no event-loop turn draws two); the job counts as
+    running until they are done.
     """
 
     def __init__(self, on_busy: Callable[[bool], None] | None = None):
@@ -295,6 +301,7 @@ class JobRunner:
         self._pbar = None
         self._pbar_n = 0
         self._silent = False
+        self._later: list[tuple[Callable[[], None], str]] = []
 
     def start(
         self,
@@ -400,12 +407,50 @@ class JobRunner:
                 self.last_error = exc
                 show_error(f"{description} failed: {exc}")
 
+    def later(self, step: Callable[[], None], description: str = "") -> None:
+        """Run ``step()`` in a later event-loop turn, after the steps queued before it.
+
+        For applying a result in pieces (one new layer per turn): the canvas
+        paints in between and the window never waits for the sum of them.
+        The job stays :attr:`running` until the last step has run; an error
+        in a step is shown like a job's, and drops the steps after it.
+        """
+        self._later.append((step, description))
+        if len(self._later) == 1:
+            self._next_later()
+
+    def _next_later(self):
+        from qtpy.QtCore import QTimer
+
+        # a short delay rather than 0: the canvas paints what the last step added first
+        QTimer.singleShot(LATER_STEP_MS, self._run_later)
+
+    def _run_later(self):
+        from napari.utils.notifications import show_error
+
+        if not self._later:
+            return
+        step, description = self._later[0]
+        try:
+            step()
+        except Exception as exc:  # applying the result must not crash the GUI
+            self.last_error = exc
+            show_error(f"{description or 'applying the result'} failed: {exc}")
+            self._later.clear()
+        else:
+            self._later.pop(0)
+        if self._later:
+            self._next_later()
+        elif self.worker is None:
+            self._set_busy(False)
+
     def _on_finished(self):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
         self.worker = None
-        self._set_busy(False)
+        if not self._later:
+            self._set_busy(False)
 
     def _set_busy(self, busy: bool):
         self.running = busy

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import string
 import weakref
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -204,11 +206,15 @@ class DiffractionViewer(QWidget):
             self._make_average,
             self._make_peaks,
             self._make_text,
+            # before the axes and scale bars: their labels find their glyphs made
+            *[partial(self._load_glyphs, chars) for chars in _glyph_chunks()],
             self._make_axes,
             self._make_scale_bars,
             self._make_virtual_detector,
             self._make_average_q_mask,
+            self._make_panels,
             self._make_pattern_peaks,
+            self._make_average_spacer,
             self._connect,
         ]
 
@@ -292,9 +298,11 @@ class DiffractionViewer(QWidget):
         empty = np.zeros((2, 2), np.float32)
         self.average_layer = self._model.add_image(empty, name="cluster average", colormap="magma")
 
-    def _add_disk_points(self, name):
-        """An empty Points layer in the style of Bragg disks (cyan rings)."""
-        return self._model.add_points(
+    def _add_disk_points(self, name, index: int | None = None):
+        """An empty Points layer in the style of Bragg disks (cyan rings), at ``index``."""
+        from napari.layers import Points
+
+        layer = Points(
             np.empty((0, 2)),
             name=name,
             face_color="transparent",
@@ -302,6 +310,9 @@ class DiffractionViewer(QWidget):
             border_width=0.15,
             size=4,
         )
+        layers = self._model.layers
+        layers.insert(len(layers) if index is None else index, layer)
+        return layer
 
     def _make_peaks(self):
         self.peaks_layer = self._add_disk_points("Bragg peaks")
@@ -313,6 +324,19 @@ class DiffractionViewer(QWidget):
         self.text_overlay.color = "white"
         self.text_overlay.position = "bottom_left"
         self._model.layers.selection.active = self.pattern_layer
+
+    def _load_glyphs(self, chars: str):
+        """Draw ``chars`` once, invisibly, so that their glyphs are rendered now.
+
+        vispy renders each character's glyph the first time a text of the
+        canvas shows it (a few milliseconds each); the axes' and scale bars'
+        labels, and the first cluster's caption, would otherwise render
+        dozens in one paint. A few characters per turn while the canvas is
+        made instead.
+        """
+        overlay = self.text_overlay
+        overlay.color = (0.0, 0.0, 0.0, 0.0) if chars else "white"
+        overlay.text = chars
 
     def _make_axes(self):
         axes = _axes(self._model)
@@ -338,6 +362,17 @@ class DiffractionViewer(QWidget):
             name="q-mask (average)", edge_color="yellow", face_color="transparent", opacity=0.5
         )
 
+    def _make_panels(self):
+        """One more layer per panel (see :meth:`_make_pattern_peaks`), first.
+
+        Each of this and the next two steps updates the grid's views, one per
+        turn; raising the stride before the two layers arrive means that no
+        third panel (a view with its own overlays) is ever made meanwhile.
+        """
+        grid = _grid(self._model)
+        self._panel_stride = max(1, int(grid.stride))
+        grid.stride = self._panel_stride + 1
+
     def _make_pattern_peaks(self):
         """The Bragg preview's disks on the pattern panel, at the end of it.
 
@@ -345,13 +380,15 @@ class DiffractionViewer(QWidget):
         layer per panel (the orientation templates) count on both panels
         holding ``grid.stride`` layers.
         """
-        grid = _grid(self._model)
-        stride = max(1, int(grid.stride))
         active = self._model.layers.selection.active  # adding a layer selects it
-        self.pattern_peaks_layer = self._add_disk_points("Bragg disks (pattern)")
-        self._model.layers.move(self._model.layers.index(self.pattern_peaks_layer), stride)
+        self.pattern_peaks_layer = self._add_disk_points(
+            "Bragg disks (pattern)", index=self._panel_stride
+        )
+        self._model.layers.selection.active = active
+
+    def _make_average_spacer(self):
+        active = self._model.layers.selection.active
         self._model.add_points(np.empty((0, 2)), name="(average panel spacer)", visible=False)
-        grid.stride = stride + 1
         self._model.layers.selection.active = active
 
     def _connect(self):
@@ -993,6 +1030,12 @@ class DiffractionViewer(QWidget):
         else:
             self.q_mask_layer.mode = "pan_zoom"
             self._model.layers.selection.active = self.pattern_layer
+
+
+def _glyph_chunks(size: int = 12) -> list[str]:
+    """The characters of the captions in chunks (then "" to end), see ``_load_glyphs``."""
+    chars = "".join(ch for ch in string.printable if not ch.isspace()) + "…–×·°Åσ"
+    return [chars[i : i + size] for i in range(0, len(chars), size)] + [""]
 
 
 def _none():

@@ -434,8 +434,15 @@ class SimilarityWidget(Container):
         # The manual slider's range follows the map.
         lo, hi = limits
         self._value.min, self._value.max = min(lo, -1.0), max(hi, 1.0)
-        self._make_mask_layer(src, ms if mask_map is None else mask_map, sk, new_meta["signal"])
-        self._status.value = f"done: '{layer.name}' and '{self.mask_layer.name}'"
+
+        def mask_layer():
+            self._make_mask_layer(src, ms if mask_map is None else mask_map, sk, new_meta["signal"])
+            self._status.value = f"done: '{layer.name}' and '{self.mask_layer.name}'"
+
+        if same:
+            mask_layer()
+        else:  # a new mask layer in a later turn: the map's visual is drawn first
+            self.runner.later(mask_layer, "Similarity")
 
     def _make_mask_layer(self, src, ms, sk, signal=None):
         mask = self.compute_mask(ms, signal)

@@ -105,6 +105,7 @@ _MODULES = (
     "napari._vispy.layers.shapes",
     "napari._vispy.layers.points",
     "napari._vispy.layers.labels",
+    "dask.array",  # the reader wraps the file in a dask array
 )
 
 
@@ -125,6 +126,32 @@ def warm_up_imports() -> None:
         # an optional module missing: imported (and reported) when used
         with contextlib.suppress(Exception):
             importlib.import_module(name)
+    with contextlib.suppress(Exception):
+        warm_up_units()
+
+
+def warm_up_units() -> None:
+    """Give pint's application registry (napari's units) its parsed definitions.
+
+    The registry parses its definition files on first use, when the first
+    layer is made: about a second in the reader, on the GUI thread. Here a
+    complete registry is built aside and installed only if the lazy one is
+    still unused, so that the GUI thread never sees one half made.
+
+    Examples
+    --------
+    >>> warm_up_units()  # doctest: +SKIP
+    """
+    import pint
+    from pint.registry import LazyRegistry
+
+    app = pint.get_application_registry()
+    if type(app.get()) is not LazyRegistry:
+        return  # already in use
+    registry = pint.UnitRegistry(on_redefinition="raise")  # the lazy one's settings
+    registry.Quantity(1.0, "pixel")
+    if type(app.get()) is LazyRegistry:
+        app.set(registry)
 
 
 def start_warm_up() -> threading.Event:
