@@ -1,7 +1,8 @@
 """Per-stage throughput and peak memory of the core algorithm.
 
 Run ``python benchmarks/stages.py`` (about 3-4 minutes; ``--quick`` for one
-small configuration). Each configuration runs in a fresh process on an
+small configuration, ``--segment`` for only the similarity with an annulus
+and sigma 1, ``segment`` and where its time goes). Each configuration runs in a fresh process on an
 in-memory uint16 cube of grain-like Poisson patterns:
 
 - similarity for {no q-mask, annulus} x {sigma 0, sigma 1}, the correlative
@@ -16,7 +17,10 @@ in-memory uint16 cube of grain-like Poisson patterns:
   implementation of the whole ``segment`` (annulus, sigma 1; scipy blur,
   masked einsum dots, sparse connected components, sparse-matrix sums; run
   on a quarter of the scan and scaled up) and, as before, straightforward
-  per-position Python loops (timed on a few positions and extrapolated).
+  per-position Python loops (timed on a few positions and extrapolated);
+- where the time of ``segment`` goes: wall and CPU seconds of each of its
+  steps (the similarity pass, the regions pass with its mask, threshold,
+  growth and refinement, the sums pass), beside the plain similarity.
 
 Times are medians of repeats. On a shared machine quote ratios (to the
 bandwidth, to the comparators) rather than absolute figures.
@@ -280,6 +284,98 @@ def numpy_segment(cube, q_mask, sigma, threshold=0.9, min_size=5):
     return labels.reshape(rx, ry), sums / np.maximum(sizes[big], 1)[:, None]
 
 
+# --- where the time of segment goes ---------------------------------------------
+
+#: The steps of ``segment`` timed by :func:`segment_steps`: (label, module,
+#: function, depth); the function is wrapped where its caller looks it up
+#: (the first of ``a|b`` that exists, for older versions).
+SEGMENT_STEPS = [
+    ("checks and parameters", "pipeline", "segment_params", 0),
+    ("direct beam (sampled mean)", "pipeline", "dark_field_beam", 0),
+    ("similarity pass", "passes", "similarity_block", 0),
+    ("regions pass", "passes", "grow_step", 0),
+    ("mean similarity", "passes", "mean_similarity", 1),
+    ("real-space mask", "clustering", "real_space_mask", 1),
+    ("auto threshold", "clustering", "auto_threshold", 1),
+    ("seed order", "regions", "seed_order", 1),
+    ("growth, mean linkage", "regions", "_grow_linked", 1),
+    ("boundary refinement", "regions", "_refine|_refine_boundaries", 1),
+    ("diagnostics", "clustering", "_explain", 1),
+    ("cluster table", "passes", "cluster_table", 1),
+    ("sums pass (averages)", "passes", "step_sums", 0),
+    ("result", "passes", "finish_step", 0),
+]
+
+
+def segment_steps(run, repeats=REPEATS) -> dict:
+    """Median wall and CPU seconds of every step of ``segment`` over ``repeats`` runs.
+
+    ``run()`` calls ``segment``; the steps of :data:`SEGMENT_STEPS` are
+    timed by wrapping their functions for the duration (a few microseconds
+    per call). ``total`` is the whole call and ``other`` what no step covers.
+    """
+    import importlib
+
+    spent = {}
+    undo = []
+    for label, mod_name, func, _ in SEGMENT_STEPS:
+        mod = importlib.import_module(f"napari_stemcluster.core.{mod_name}")
+        func = next((f for f in func.split("|") if hasattr(mod, f)), None)
+        if func is None:
+            continue
+        orig = getattr(mod, func)
+
+        def timed(*a, _orig=orig, _label=label, **k):
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                return _orig(*a, **k)
+            finally:
+                w, p = spent.get(_label, (0.0, 0.0))
+                spent[_label] = (w + time.perf_counter() - t, p + time.process_time() - c)
+
+        setattr(mod, func, timed)
+        undo.append((mod, func, orig))
+    runs = []
+    try:
+        for _ in range(repeats):
+            spent.clear()
+            t, c = time.perf_counter(), time.process_time()
+            run()
+            spent["total"] = (time.perf_counter() - t, time.process_time() - c)
+            runs.append(dict(spent))
+    finally:
+        for mod, func, orig in undo:
+            setattr(mod, func, orig)
+    out = {
+        k: [float(np.median([r.get(k, (0.0, 0.0))[i] for r in runs])) for i in (0, 1)]
+        for k in runs[0]
+    }
+    top = [label for label, _, _, depth in SEGMENT_STEPS if depth == 0]
+    out["other"] = [
+        max(0.0, out["total"][i] - sum(out.get(k, (0, 0))[i] for k in top)) for i in (0, 1)
+    ]
+    return out
+
+
+def print_segment_steps(steps: dict, sim_seconds: float | None, bandwidth: float, nbytes: int):
+    """The breakdown of :func:`segment_steps` as an indented table."""
+    print(
+        f"  where segment's time goes (medians; wall and CPU seconds of this process, "
+        f"read BW {bandwidth:.1f} GB/s = {nbytes / bandwidth / 1e9 * 1e3:.0f} ms for the cube)"
+    )
+    for label, _, _, depth in [*SEGMENT_STEPS, ("other", 0, 0, 0), ("total", 0, 0, 0)]:
+        if label in steps:
+            wall, cpu = steps[label]
+            name = f"{'  ' * depth}{label:<{30 - 2 * depth}}"
+            print(f"    {name}{wall * 1e3:>8.1f} ms{cpu * 1e3:>8.1f} ms CPU")
+    if sim_seconds:
+        beside = steps["total"][0] - sim_seconds
+        print(
+            f"    beside the plain similarity (annulus, σ 1: {sim_seconds * 1e3:.1f} ms): "
+            f"{beside * 1e3:.1f} ms"
+        )
+
+
 # --- one configuration in this process ---------------------------------------------
 
 
@@ -301,7 +397,7 @@ def _stage(fn, cube_bytes, repeats=REPEATS):
     return seconds, peak / cube_bytes
 
 
-def child(shape, path) -> dict:
+def child(shape, path, only_segment=False) -> dict:
     from napari_stemcluster.core import cluster_means, neighbor_similarity, segment
     from napari_stemcluster.core.prefilter import correlative_prefilter
 
@@ -325,6 +421,33 @@ def child(shape, path) -> dict:
         seconds, peak = _stage(fn, nbytes, repeats)
         rows.append({"stage": name, "seconds": seconds, "peak_ratio": peak, **extra})
 
+    if only_segment:
+        # The similarity alone and segment, interleaved, then the breakdown.
+        for _ in range(REPEATS):
+            add("similarity, annulus, σ 1", lambda: neighbor_similarity(cube, ring, 1.0), 1)
+            add("segment, annulus, σ 1", lambda: segment(cube, q_mask=ring, sigma=1.0), 1)
+        merged = {}
+        for row in rows:
+            merged.setdefault(row["stage"], []).append(row)
+        rows = [
+            {
+                "stage": k,
+                "seconds": float(np.median([r["seconds"] for r in v])),
+                "peak_ratio": max(r["peak_ratio"] for r in v),
+            }
+            for k, v in merged.items()
+        ]
+        steps = segment_steps(lambda: segment(cube, q_mask=ring, sigma=1.0))
+        bw.append(read_bandwidth())
+        return {
+            "rows": rows,
+            "cube_bytes": nbytes,
+            "patterns": int(shape[0] * shape[1]),
+            "bandwidth": float(np.median(bw)),
+            "numpy_segment_seconds": float("nan"),
+            "loop_seconds": {},
+            "segment_steps": steps,
+        }
     for qm, label in ((None, "no mask"), (ring, "annulus")):
         for sig in (0.0, 1.0):
             add(
@@ -340,6 +463,7 @@ def child(shape, path) -> dict:
     labels = (grain + 1).astype(np.int32)
     add("cluster averages", lambda: cluster_means(cube, labels))
     add("segment, annulus, σ 1", lambda: segment(cube, q_mask=ring, sigma=1.0), repeats=2)
+    steps = segment_steps(lambda: segment(cube, q_mask=ring, sigma=1.0))
 
     # Comparators, in this process.
     part = cube[: max(8, shape[0] // 4)]
@@ -357,6 +481,7 @@ def child(shape, path) -> dict:
         "bandwidth": float(np.median(bw)),
         "numpy_segment_seconds": np_seconds,
         "loop_seconds": loops,
+        "segment_steps": steps,
     }
 
 
@@ -399,6 +524,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one small configuration")
     ap.add_argument("--no-grow", action="store_true", help="skip the region-growing row")
+    ap.add_argument(
+        "--segment",
+        action="store_true",
+        help="only the similarity (annulus, σ 1), segment and where its time goes",
+    )
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -423,7 +553,7 @@ def main(argv=None) -> int:
             np.save(path, cube)
             np.save(path.replace(".npy", "-grain.npy"), grain)
             del cube
-            r = run_child(list(shape), path)
+            r = run_child(list(shape), path, args.segment)
             results[name] = r
             print(f"\n{name} (uint16, {np.prod(shape) * 2 / 2**30:.2f} GiB)")
             if "error" in r:
@@ -448,7 +578,11 @@ def main(argv=None) -> int:
                 f"{'numpy segment (comparator)':<27}{npseg:>8.2f}"
                 f"{r['cube_bytes'] / npseg / 1e9:>7.2f}{r['patterns'] / npseg:>10.0f}"
             )
-    if not args.no_grow:
+            sim = next(
+                (x["seconds"] for x in r["rows"] if x["stage"] == "similarity, annulus, σ 1"), None
+            )
+            print_segment_steps(r["segment_steps"], sim, bw, r["cube_bytes"])
+    if not (args.no_grow or args.segment):
         shape = (256, 256) if args.quick else (512, 512)
         r = run_child("grow", list(shape))
         results["grow"] = r

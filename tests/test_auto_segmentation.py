@@ -303,3 +303,34 @@ def test_cluster_scan_threshold_arguments():
         segment(cube, threshold="high")
     with pytest.raises(ValueError, match="linkage"):
         segment(cube, linkage="single")
+
+
+def _plain_auto_threshold(sim, mask):
+    """Obviously right: each masked position's best finite neighbour, a loop."""
+    from napari_stemcluster.core.threshold import AUTO_FACTOR, AUTO_QUANTILE
+
+    best = []
+    for (x, y), keep in np.ndenumerate(mask):
+        vals = [float(v) for v in sim[x, y] if not np.isnan(v)]
+        if keep and vals and np.isfinite(max(vals)):
+            best.append(np.float32(max(vals)))
+    if len(best) < 4:
+        return 0.9
+    t = AUTO_FACTOR * float(np.quantile(np.array(best, np.float32), AUTO_QUANTILE))
+    return float(np.clip(round(t, 2), 0.05, 0.99))
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (1, 16), (16, 1), (2, 2)])
+def test_auto_threshold_equals_a_plain_loop(shape):
+    from napari_stemcluster.core.threshold import auto_threshold
+
+    rng = np.random.default_rng(shape[0])
+    sim = rng.random((*shape, 8)).astype(np.float32)
+    sim[rng.random(sim.shape) < 0.3] = np.nan
+    sim[0, 0] = np.nan  # no neighbour at all
+    sim.flat[9] = np.inf
+    sim.flat[17] = -np.inf
+    for mask in (np.ones(shape, bool), rng.random(shape) < 0.6):
+        assert auto_threshold(sim, mask) == _plain_auto_threshold(sim, mask)
+    assert auto_threshold(sim) == _plain_auto_threshold(sim, np.ones(shape, bool))
+    assert auto_threshold(sim.astype(np.float64)) == auto_threshold(sim)

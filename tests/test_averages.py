@@ -131,3 +131,111 @@ def test_table_without_map_uses_centroid_and_handles_gaps():
     assert t.size.tolist() == [0, 0, 9]
     assert t.seed.tolist() == [[-1, -1], [-1, -1], [2, 2]]
     assert np.isnan(t.mean_similarity).all()
+
+
+def _plain_sums(cube, labels, n):
+    """Obviously right: a Python loop adding each labelled pattern in float64."""
+    sums = np.zeros((n, *cube.shape[2:]))
+    for (x, y), lab in np.ndenumerate(labels):
+        if 0 < lab <= n:
+            sums[lab - 1] += cube[x, y].astype(np.float64)
+    return sums
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, ">u2", ">i2"])
+@pytest.mark.parametrize("shape", [(6, 7, 5, 9), (1, 9, 4, 4), (9, 1, 3, 5), (4, 5, 1, 1)])
+def test_narrow_integer_sums_equal_a_plain_loop(rng, dtype, shape):
+    """Small integers are summed in 32-bit parts: the same numbers as a float64 loop."""
+    info = np.iinfo(np.dtype(dtype))
+    cube = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    labels = rng.integers(-1, 5, shape[:2])
+    want = _plain_sums(cube, labels, 4)
+    np.testing.assert_array_equal(cluster_sums(cube, labels, 4)[0], want)
+    np.testing.assert_array_equal(cluster_sums(cube, labels, 4, _block_rows=2)[0], want)
+    flat = np.ascontiguousarray(cube, np.dtype(dtype).newbyteorder("=")).reshape(
+        -1, shape[2] * shape[3]
+    )
+    from napari_stemcluster.core._averages_numba import _accumulate_narrow
+
+    acc = np.uint32 if info.min == 0 else np.int32
+    for tasks in (1, 2, 5):
+        got = np.zeros((4, flat.shape[1]))
+        parts = np.zeros((tasks, 4, flat.shape[1]), acc)
+        _accumulate_narrow(flat, labels.ravel().astype(np.int64), got, parts)
+        np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_narrow_sums_cannot_overflow(dtype):
+    """More extreme values than one 32-bit sum can hold: split into more parts."""
+    from napari_stemcluster.core.averages import _narrow_parts
+
+    info = np.iinfo(dtype)
+    n = 2**32 // 2**15 + 3  # a 32-bit sum of this many int16 minima overflows
+    n = 65_540 if dtype == np.uint16 else n
+    value = info.max if dtype == np.uint16 else info.min
+    cube = np.full((n, 1, 2, 1), value, dtype)
+    cube[:, :, 1] = 1
+    _, tasks = _narrow_parts(dtype, n, 1, 2)
+    assert tasks >= 2
+    sums, counts = cluster_sums(cube, np.ones((n, 1), np.int32))
+    assert sums[0, 0, 0] == float(value) * n and sums[0, 1, 0] == n
+    assert counts.tolist() == [n]
+
+
+def test_narrow_sums_only_for_small_integers():
+    from napari_stemcluster.core.averages import _narrow_parts
+
+    assert _narrow_parts(np.float32, 10, 2, 16) is None
+    assert _narrow_parts(np.uint32, 10, 2, 16) is None  # 32-bit sums could overflow
+    assert _narrow_parts(np.uint16, 10, 10**6, 4096) is None  # copies too large
+    assert _narrow_parts(np.int16, 10, 2, 16)[0] == np.int32
+    assert _narrow_parts(np.uint8, 10, 2, 16)[0] == np.uint32
+
+
+def test_non_contiguous_and_float16_cubes(rng):
+    cube = random_cube(rng, (6, 8, 4, 6), np.uint16)
+    labels = rng.integers(0, 4, (6, 8))
+    view = cube[:, 1:6, :, 1:5]  # a crop: not contiguous
+    np.testing.assert_array_equal(
+        cluster_sums(view, labels[:, 1:6], 3)[0], _plain_sums(view, labels[:, 1:6], 3)
+    )
+    half = cube.astype(np.float16)
+    np.testing.assert_array_equal(cluster_sums(half, labels, 3)[0], _plain_sums(half, labels, 3))
+
+
+def _plain_table(labels, ms, n):
+    """Obviously right: per label, its members' count, float64 sum in raster
+    order and first member (raster order) of highest similarity, NaN lowest."""
+    size, total, seed = np.zeros(n, np.int64), np.zeros(n), np.full((n, 2), -1)
+    best = np.full(n, np.nan)
+    for (x, y), lab in np.ndenumerate(labels):
+        if 0 < lab <= n:
+            v = float(ms[x, y])
+            size[lab - 1] += 1
+            total[lab - 1] += v
+            key = -np.inf if np.isnan(v) else float(np.clip(v, -1e308, 1e308))
+            if seed[lab - 1, 0] < 0 or key > best[lab - 1]:
+                best[lab - 1], seed[lab - 1] = key, (x, y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return size, seed, (total / size).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (1, 12), (12, 1), (1, 1)])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.int8])
+def test_table_equals_a_plain_loop(rng, shape, dtype):
+    labels = rng.integers(0, 6, shape).astype(dtype)
+    if np.dtype(dtype).kind == "i":
+        labels[rng.random(shape) < 0.1] = -1
+    ms = rng.choice([0.25, 0.5, 0.75, 1.0], shape).astype(np.float32)  # ties
+    ms[rng.random(shape) < 0.2] = np.nan
+    ms.flat[0] = np.inf
+    for n in (None, 7):
+        t = cluster_table(labels, ms, n)
+        k = int(labels.max(initial=0)) if n is None else n
+        size, seed, msim = _plain_table(labels, ms, k)
+        np.testing.assert_array_equal(t.size, size)
+        np.testing.assert_array_equal(t.seed, seed)
+        np.testing.assert_array_equal(t.mean_similarity, msim)
+    empty = cluster_table(np.zeros(shape, dtype), ms)
+    assert len(empty) == 0 and empty.seed.shape == (0, 2)

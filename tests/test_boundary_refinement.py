@@ -181,3 +181,25 @@ def test_growth_fills_the_norms_of_every_clustered_position(rng):
             want += f * f
         assert norms2[p] == want
     assert np.isnan(norms2[~allowed.ravel()]).all()  # never tested, never computed
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (1, 13), (11, 1)])
+@pytest.mark.parametrize("k", [1, 5, 70, 200])
+def test_slot_sums_equal_a_raster_loop(shape, k):
+    """The refinement's cluster sums, parallel over feature columns: the same
+    numbers as adding the members in raster order, for any column split."""
+    from napari_stemcluster.core._regions_numba import _slot_sums
+
+    rng = np.random.default_rng(k)
+    n = shape[0] * shape[1]
+    labels = rng.integers(0, 5, n).astype(np.int32)
+    slot = np.array([-1, 0, -1, 1, 2], np.int64)  # label 2 takes no part
+    feats = (rng.random((n, k)) * 10.0 ** rng.integers(-6, 6, (n, k))).astype(np.float32)
+    want = np.zeros((3, k))
+    for p in range(n):
+        if slot[labels[p]] >= 0:
+            want[slot[labels[p]]] += feats[p].astype(np.float64)
+    for width in (1, 16, 64, 256):
+        got = np.zeros((3, k))
+        _slot_sums(labels, slot, feats, got, width)
+        np.testing.assert_array_equal(got, want)

@@ -69,3 +69,29 @@ def test_small_objects_and_holes():
 def test_bad_methods(bimodal, bad, match):
     with pytest.raises(ValueError, match=match):
         real_space_mask(bimodal, bad)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int16, np.uint16, ">u2", np.int32, np.uint32, np.float32]
+)
+@pytest.mark.parametrize("shape", [(70, 50, 5, 7), (1, 9, 4, 4), (9, 1, 3, 5)])
+def test_sample_mean_equals_float64_sums(dtype, shape):
+    """The sampled mean pattern behind the direct beam: integers summed in
+    int64 give the same numbers as float64 sums of a float64 copy."""
+    from napari_stemcluster.core.masking import _sample_mean
+
+    rng = np.random.default_rng(3)
+    info = np.iinfo(np.dtype(dtype)) if np.dtype(dtype).kind in "iu" else None
+    if info is None:
+        cube = (rng.random(shape) * 1e3).astype(dtype)
+    else:
+        cube = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    rx, ry = shape[:2]
+    stride = max(1, int(np.sqrt(rx * ry / 1024)))
+    total = np.zeros(shape[2:])
+    n = 0
+    for x in range(0, rx, stride):
+        for y in range(0, ry, stride):
+            total += cube[x, y].astype(np.float64)
+            n += 1
+    np.testing.assert_array_equal(_sample_mean(cube), total / n)

@@ -174,9 +174,34 @@ def _ring_connected(labels, x, y, a, dx, dy):
     return reached == count
 
 
+#: Fewest feature columns per parallel task of :func:`_slot_sums`.
+_COLUMNS = 64
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _slot_sums(labels, slot, feats, sums, width):
+    """``sums[slot[a]] += feats[p]`` for every position ``p`` of a cluster ``a`` with a slot.
+
+    Each task owns a run of ``width`` feature columns and adds the positions
+    in raster order, so every sum is the same number as a raster loop's,
+    whatever the number of threads.
+    """
+    n_pos, k_dim = feats.shape
+    for c in numba.prange((k_dim + width - 1) // width):
+        j0 = c * width
+        j1 = min(k_dim, j0 + width)
+        for p in range(n_pos):
+            a = labels[p]
+            if a > 0 and slot[a] >= 0:
+                dst = sums[slot[a], j0:j1]
+                src = feats[p, j0:j1]
+                for j in range(src.shape[0]):
+                    dst[j] += src[j]
+
+
 @numba.njit(cache=True, nogil=True)
 def _refine_boundaries(
-    labels, sim, threshold, link, feats, norms2, fixed, n, min_size, dx, dy, max_passes
+    labels, sim, threshold, link, feats, norms2, fixed, slot, sums, dx, dy, max_passes
 ):
     """Move positions on the border of two clusters to the grain that dominates them.
 
@@ -198,32 +223,18 @@ def _refine_boundaries(
     ``fixed`` positions (the seeds) stay, and a position whose departure
     would split its cluster (:func:`_ring_connected`) stays. Sums are updated
     after every move; passes repeat until nothing moves or ``max_passes``
-    passes. Returns the number of moves. Cost: O(K) per border position and
+    passes. ``slot[a]`` is the row of ``sums`` of cluster ``a`` (-1 when it
+    takes no part) and ``sums`` the float64 sums of their members' features
+    in raster order (:func:`_slot_sums`); the sums are updated in place.
+    Returns the number of moves. Cost: O(K) per border position and
     candidate per pass; sums are kept for the clusters of ``min_size`` or
     more only (at most ``Rx*Ry/min_size`` vectors of K).
     """
     rx, ry = labels.shape
     k_dim = feats.shape[1]
-    size = np.zeros(n + 1, np.int64)
-    for x in range(rx):
-        for y in range(ry):
-            size[labels[x, y]] += 1
-    slot = np.full(n + 1, -1, np.int64)
-    m = 0
-    for a in range(1, n + 1):
-        if size[a] >= min_size:
-            slot[a] = m
-            m += 1
+    m = sums.shape[0]
     if m < 2:
         return 0
-    sums = np.zeros((m, k_dim), np.float64)
-    for x in range(rx):
-        for y in range(ry):
-            a = labels[x, y]
-            if a > 0 and slot[a] >= 0:
-                p = x * ry + y
-                for j in range(k_dim):
-                    sums[slot[a], j] += feats[p, j]
     sq = np.zeros(m, np.float64)
     tot = np.zeros(m, np.float64)
     for i in range(m):
@@ -265,9 +276,25 @@ def _refine_boundaries(
                 sa = slot[a]
                 fsum = 0.0
                 d = 0.0
-                for j in range(k_dim):
-                    d += feats[p, j] * sums[sa, j]
-                    fsum += feats[p, j]
+                # One candidate (the usual case): its two dot products in the
+                # same sweep as the position's own. Each sum still adds in
+                # column order (the same numbers); four independent chains
+                # instead of two, one sweep over the features instead of two.
+                s0 = slot[cand[0]]
+                fused = nc == 1 and sq[s0] > 0.0 and tot[s0] > 0.0
+                e0 = 0.0
+                rb0 = 0.0
+                if fused:
+                    for j in range(k_dim):
+                        f = feats[p, j]
+                        d += f * sums[sa, j]
+                        fsum += f
+                        e0 += f * sums[s0, j]
+                        rb0 += sums[sa, j] * sums[s0, j]
+                else:
+                    for j in range(k_dim):
+                        d += feats[p, j] * sums[sa, j]
+                        fsum += feats[p, j]
                 # the rest of its own cluster: R = S_a - f
                 rr = sq[sa] - 2.0 * d + norms2[p]
                 ta = tot[sa] - fsum
@@ -283,11 +310,12 @@ def _refine_boundaries(
                     tb = tot[sb]
                     if sq[sb] <= 0.0 or tb <= 0.0:
                         continue
-                    e = 0.0
-                    rb = 0.0
-                    for j in range(k_dim):
-                        e += feats[p, j] * sums[sb, j]
-                        rb += sums[sa, j] * sums[sb, j]
+                    e = e0
+                    rb = rb0
+                    if not fused:
+                        for j in range(k_dim):
+                            e += feats[p, j] * sums[sb, j]
+                            rb += sums[sa, j] * sums[sb, j]
                     if e <= 0.0 or e * e < link * norms2[p] * sq[sb]:
                         continue  # it could not join b under the linkage's test
                     rb -= e  # R . S_b
@@ -321,3 +349,27 @@ def _refine_boundaries(
         if moved == 0:
             break
     return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_neighbours(sim, mask, out):
+    """Highest finite-or-not similarity of each position in ``mask`` (raster order).
+
+    ``sim`` is ``(P, 8)`` float32, ``mask`` ``(P,)`` bool. Writes, in raster
+    order, the largest non-NaN value of every masked position whose largest
+    value is finite into ``out``; returns how many (as
+    :func:`~napari_stemcluster.core.threshold.auto_threshold` selects them).
+    """
+    m = 0
+    for p in range(sim.shape[0]):
+        if not mask[p]:
+            continue
+        best = -np.inf
+        for k in range(sim.shape[1]):
+            v = sim[p, k]
+            if v > best:  # False for NaN
+                best = v
+        if np.isfinite(best):
+            out[m] = best
+            m += 1
+    return m

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from ._averages_numba import _accumulate, _accumulate_exact
-from ._validate import block_rows, check_cube, check_finite_values, read_rows
+from ._averages_numba import _accumulate, _accumulate_exact, _accumulate_narrow, _table_sums
+from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
 from .result import ClusterTable
 
 
@@ -66,22 +66,72 @@ def cluster_sums(
     n = int(labels.max(initial=0)) if n_clusters is None else int(n_clusters)
     sums = np.zeros((n, qx * qy), np.float64)
     counts = np.bincount(np.clip(labels, 0, None).ravel(), minlength=n + 1)[1 : n + 1]
-    step = _block_rows or block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+    step = _block_rows or _sum_rows(cube)
     starts = range(0, rx, step)
     for i, r0 in enumerate(starts):
         r1 = min(r0 + step, rx)
         lab = np.ascontiguousarray(labels[r0:r1], dtype=np.int64).ravel()
         if n and np.any((lab > 0) & (lab <= n)):
             block = read_rows(cube, r0, r1).reshape(-1, qx * qy)
+            if block.dtype != native_dtype(block.dtype):
+                block = block.astype(native_dtype(block.dtype))  # same values, for the kernels
+            narrow = _narrow_parts(block.dtype, lab.size, n, qx * qy, total=rx * ry)
             tasks = _exact_tasks(block.dtype, rx * ry, n, qx * qy)
-            if tasks > 1:
+            if narrow is not None:
+                acc, count = narrow
+                _accumulate_narrow(block, lab, sums, np.zeros((count, n, qx * qy), acc))
+            elif tasks > 1:
                 _accumulate_exact(block, lab, sums, tasks)
             else:
                 _accumulate(block, lab, sums)
         if progress is not None:
             progress(i + 1, len(starts))
-    check_finite_values(sums.sum(axis=1), "cluster_sums")
+    if np.dtype(cube.dtype).kind == "f":  # integer sums are always finite
+        check_finite_values(sums.sum(axis=1), "cluster_sums")
     return sums.reshape(n, qx, qy), counts.astype(np.int64)
+
+
+def _sum_rows(cube) -> int:
+    """Scan rows per kernel call: all of a C-contiguous numpy cube (summed where
+    it lies: one call, so the per-call partial sums are made and merged once),
+    blocks of about :data:`~napari_stemcluster.core._validate.BLOCK_BYTES`
+    of anything else (read, or made contiguous, one block at a time)."""
+    if isinstance(cube, np.ndarray) and cube.flags.c_contiguous and cube.dtype.isnative:
+        return int(cube.shape[0])
+    return block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+
+
+def _narrow_parts(dtype, n_positions: int, n_labels: int, q: int, total: int | None = None):
+    """32-bit integer partial sums for :func:`_accumulate_narrow`, or None.
+
+    Integers of at most 16 bits are summed per task in ``uint32`` (signed:
+    ``int32``) over runs of positions short enough that no partial sum can
+    overflow, then added in float64: exact (while ``total``, the positions
+    of the whole scan, times the largest value stays below 2**53), so the
+    same numbers as the raster-order kernel. Returns ``(dtype, tasks)``; None for other dtypes,
+    or when the per-task copies would exceed the copy budget.
+
+    Examples
+    --------
+    >>> _narrow_parts(np.float32, 100, 2, 16) is None
+    True
+    >>> acc, tasks = _narrow_parts(np.uint16, 200_000, 2, 16)
+    >>> acc, tasks >= 4  # at most 65,537 uint16 values per uint32 sum
+    (dtype('uint32'), True)
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu" or dtype.itemsize > 2:
+        return None
+    acc = np.dtype(np.uint32 if dtype.kind == "u" else np.int32)
+    info = np.iinfo(dtype)
+    largest = max(abs(int(info.min)), int(info.max))
+    if float(largest) * max(n_positions, total or 0) >= 2.0**53:
+        return None
+    cap = int(np.iinfo(acc).max) // largest  # positions per task without overflow
+    tasks = max(numba.get_num_threads(), -(-int(n_positions) // cap))
+    if tasks * n_labels * q * acc.itemsize > _EXACT_COPY_BYTES:
+        return None
+    return acc, tasks
 
 
 #: Largest per-thread copy of the sums (bytes) for :func:`_accumulate_exact`.
@@ -200,31 +250,36 @@ def cluster_table(
     labels = np.asarray(labels)
     n = int(labels.max(initial=0)) if n_clusters is None else int(n_clusters)
     flat = labels.ravel()
+    seed = np.full((n, 2), -1, np.int64)
+    if mean_similarity is not None:
+        ms = np.asarray(mean_similarity, np.float64).ravel()
+        if ms.size != flat.size:
+            raise ValueError("mean_similarity must have the shape of labels")
+        # One raster pass (no sort): sizes, sums and the first member of
+        # highest similarity, the seed region growing started from.
+        size = np.zeros(n, np.int64)
+        tot = np.zeros(n, np.float64)
+        first = np.full(n, -1, np.int64)
+        _table_sums(np.ascontiguousarray(flat), ms, size, tot, first)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            msim = (tot / size).astype(np.float32)
+        has = first >= 0
+        seed[has] = np.stack(np.unravel_index(first[has], labels.shape), 1)
+        return ClusterTable(size=size, seed=seed, mean_similarity=msim)
     valid = np.flatnonzero((flat > 0) & (flat <= n))
     lab = flat[valid].astype(np.int64)
     size = np.bincount(lab, minlength=n + 1)[1 : n + 1].astype(np.int64)
-    seed = np.full((n, 2), -1, np.int64)
     msim = np.full(n, np.nan, np.float32)
     if valid.size:
-        if mean_similarity is not None:
-            ms = np.asarray(mean_similarity, np.float64).ravel()
-            if ms.size != flat.size:
-                raise ValueError("mean_similarity must have the shape of labels")
-            tot = np.bincount(lab, weights=ms[valid], minlength=n + 1)[1 : n + 1]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                msim = (tot / size).astype(np.float32)
-            # Sort by (label, -similarity, raster index): first of each label wins.
-            key = np.lexsort((valid, -np.nan_to_num(ms[valid], nan=-np.inf), lab))
-        else:
-            rows, cols = np.unravel_index(valid, labels.shape)
-            cx = np.bincount(lab, weights=rows, minlength=n + 1) / np.maximum(
-                np.bincount(lab, minlength=n + 1), 1
-            )
-            cy = np.bincount(lab, weights=cols, minlength=n + 1) / np.maximum(
-                np.bincount(lab, minlength=n + 1), 1
-            )
-            dist = (rows - cx[lab]) ** 2 + (cols - cy[lab]) ** 2
-            key = np.lexsort((valid, dist, lab))
+        rows, cols = np.unravel_index(valid, labels.shape)
+        cx = np.bincount(lab, weights=rows, minlength=n + 1) / np.maximum(
+            np.bincount(lab, minlength=n + 1), 1
+        )
+        cy = np.bincount(lab, weights=cols, minlength=n + 1) / np.maximum(
+            np.bincount(lab, minlength=n + 1), 1
+        )
+        dist = (rows - cx[lab]) ** 2 + (cols - cy[lab]) ** 2
+        key = np.lexsort((valid, dist, lab))
         first = np.ones(key.size, bool)
         first[1:] = lab[key][1:] != lab[key][:-1]
         winners = valid[key[first]]

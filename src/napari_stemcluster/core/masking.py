@@ -327,14 +327,23 @@ def dark_exact(dtype, detector_shape) -> bool:
 def _sample_mean(cube) -> np.ndarray:
     rx, ry = cube.shape[:2]
     stride = max(1, int(np.sqrt(rx * ry / 1024)))
-    total = np.zeros(cube.shape[-2:], np.float64)
+    dtype = np.dtype(getattr(cube, "dtype", np.float64))
+    # Integers of up to 32 bits are summed as int64 without a float64 copy:
+    # exact, as the float64 sums are (every partial sum is an integer below
+    # 2**53 for the at most ~1024 patterns sampled), so the same numbers.
+    exact = dtype.kind in "iu" and dtype.itemsize <= 4
+    total = np.zeros(cube.shape[-2:], np.int64 if exact else np.float64)
     n = 0
     for x in range(0, rx, stride):
         # slices only: some lazy array-likes support nothing else
-        row = np.asarray(cube[x : x + 1, ::stride], dtype=np.float64)
-        total += row.sum(axis=(0, 1))
+        if exact:
+            row = np.asarray(cube[x : x + 1, ::stride])
+            total += row.sum(axis=(0, 1), dtype=np.int64)
+        else:
+            row = np.asarray(cube[x : x + 1, ::stride], dtype=np.float64)
+            total += row.sum(axis=(0, 1))
         n += row.shape[0] * row.shape[1]
-    return total / max(n, 1)
+    return total.astype(np.float64) / max(n, 1)
 
 
 def signal_mask(image: np.ndarray, method: str = "dark_field") -> np.ndarray:

@@ -102,6 +102,7 @@ class _StepView:
     def __init__(self, data, t):
         self.data, self.t = data, t
         self.shape = tuple(data.shape[1:])
+        self.dtype = data.dtype
 
     def __getitem__(self, key):
         block = self.data[(self.t, *key)]
@@ -388,12 +389,16 @@ def sums_block(raw, read_ext, box, labels, spec, *, data=None, progress=None):
     (array([2]), 2.0)
     """
     labels = np.asarray(labels)
-    ids = np.unique(labels)
-    ids = ids[ids > 0].astype(np.int64)
     # Labels renumbered 1..k within the block: partial sums hold only the
-    # clusters present, not every cluster of the scan.
-    compact = np.searchsorted(ids, labels).astype(np.int64) + 1
-    compact[labels <= 0] = 0
+    # clusters present, not every cluster of the scan (a lookup table: no
+    # sort of the labels).
+    flat = np.clip(labels, 0, None).ravel()
+    present = np.bincount(flat) > 0
+    present[0] = False
+    ids = np.flatnonzero(present).astype(np.int64)
+    lut = np.zeros(present.size, np.int64)
+    lut[ids] = np.arange(1, ids.size + 1)
+    compact = lut[flat].reshape(labels.shape)
     if data is None:
         pre = spec["prefilter"] if spec["average"] == "prefiltered" else None
         if pre:

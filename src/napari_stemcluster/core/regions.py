@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
-from ._regions_numba import _DX, _DY, _grow, _grow_linked, _refine_boundaries
+from ._regions_numba import _COLUMNS, _DX, _DY, _grow, _grow_linked, _refine_boundaries, _slot_sums
 
 #: Largest number of passes of the boundary refinement of ``linkage="mean"``.
 REFINE_PASSES = 8
@@ -176,12 +177,7 @@ def grow_regions(
             seeds,
         )
         if refine and n > 1:
-            fixed = np.zeros(shape, bool)
-            fixed.flat[seeds[:n]] = True
-            # fmt: off
-            _refine_boundaries(labels, sim32, t32, link, feats, norms2, fixed, n,
-                               REFINE_MIN_SIZE, _DX, _DY, REFINE_PASSES)
-            # fmt: on
+            _refine(labels, sim32, t32, link, feats, norms2, seeds[:n])
     seeds = seeds[:n]
     if min_cluster_size > 1 and n:
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -191,3 +187,30 @@ def grow_regions(
         labels = relabel[labels]
         seeds = seeds[keep]
     return labels, np.stack(np.unravel_index(seeds, shape), axis=1).astype(np.int64)
+
+
+def _refine(labels, sim32, t32, link, feats, norms2, seeds) -> None:
+    """The boundary refinement of :func:`grow_regions` (``linkage="mean"``), in place.
+
+    The feature sums of the clusters that take part are made first, in
+    parallel over feature columns (each in raster order: the same numbers
+    for any thread count).
+    """
+    n = seeds.size
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    big = sizes >= REFINE_MIN_SIZE
+    big[0] = False
+    if big.sum() < 2:
+        return
+    slot = np.full(n + 1, -1, np.int64)
+    slot[big] = np.arange(int(big.sum()))
+    sums = np.zeros((int(big.sum()), feats.shape[1]), np.float64)
+    # One run of columns per thread: each reads a contiguous part of every row.
+    per = -(-feats.shape[1] // numba.get_num_threads())
+    _slot_sums(labels.ravel(), slot, feats, sums, max(_COLUMNS, -(-per // 16) * 16))
+    fixed = np.zeros(labels.shape, bool)
+    fixed.flat[seeds] = True
+    # fmt: off
+    _refine_boundaries(labels, sim32, t32, link, feats, norms2, fixed, slot, sums,
+                       _DX, _DY, REFINE_PASSES)
+    # fmt: on

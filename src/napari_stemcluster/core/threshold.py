@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._regions_numba import _best_neighbours
+
 #: Quantile of the best-neighbour similarity that stands for "a typical
 #: within-grain pair at this noise level".
 AUTO_QUANTILE = 0.10
@@ -56,10 +58,13 @@ def auto_threshold(similarity: np.ndarray, mask: np.ndarray | None = None) -> fl
     sim = np.asarray(similarity, np.float32)
     if sim.ndim != 3 or sim.shape[-1] != 8:
         raise ValueError(f"similarity must have shape (Rx, Ry, 8); got {sim.shape}")
-    best = np.max(np.where(np.isnan(sim), -np.inf, sim), axis=-1)
-    if mask is not None:
-        best = best[np.asarray(mask, bool)]
-    best = best[np.isfinite(best)]
+    flat = np.ascontiguousarray(sim).reshape(-1, 8)
+    keep = np.ones(flat.shape[0], bool) if mask is None else np.asarray(mask, bool).ravel()
+    if keep.size != flat.shape[0]:
+        raise ValueError(f"mask must have the scan shape {sim.shape[:2]}; got {np.shape(mask)}")
+    # Each position's best neighbour in one pass (no NaN-replaced copy).
+    best = np.empty(flat.shape[0], np.float32)
+    best = best[: _best_neighbours(flat, keep, best)]
     if best.size < 4:
         return 0.9
     t = AUTO_FACTOR * float(np.quantile(best, AUTO_QUANTILE))
