@@ -70,7 +70,13 @@ def test_prefilter_in_memory_keeps_the_original(make_napari_viewer, qtbot, scan4
     assert meta["raw_cube"] is stem_meta(data)["cube"]
     assert out.data.shape == (32, 32) and np.ptp(out.data) > 0
     np.testing.assert_array_equal(out.scale, data.scale)
-    assert meta["prefilter"] == {"sigma": 1.0, "radius": 2, "corr_range": [0.5, 0.9], "edge": None}
+    assert meta["prefilter"] == {
+        "sigma": 1.0,
+        "radius": 2,
+        "q_step": 2,
+        "corr_range": [0.5, 0.9],
+        "edge": None,
+    }
     assert "in memory" in w._status.value
 
 
