@@ -6,8 +6,8 @@ and sigma 1, ``segment`` and where its time goes). Each configuration runs in a 
 in-memory uint16 cube of grain-like Poisson patterns:
 
 - similarity for {no q-mask, annulus} x {sigma 0, sigma 1}, the correlative
-  prefilter (defaults), the cluster averages and the whole ``segment`` with
-  an annulus and sigma 1;
+  prefilter (defaults, and its exact path ``q_step=1``), the cluster averages
+  and the whole ``segment`` with an annulus and sigma 1;
 - for every row: GB/s of uint16 input, patterns/s, peak memory / input (the
   peak resident set during the stage, input included, over the input size;
   the prefilter's float32 output is allocated beforehand) and the ratio to a
@@ -408,6 +408,7 @@ def child(shape, path, only_segment=False) -> dict:
         for sig in (0.0, 1.0):
             neighbor_similarity(warm, qm, sig)
     correlative_prefilter(warm)
+    correlative_prefilter(warm, q_step=1)
     cluster_means(warm, (wgrain + 1).astype(np.int32))
     segment(warm, q_mask=ring, sigma=1.0)
     bw = [read_bandwidth()]
@@ -459,6 +460,11 @@ def child(shape, path, only_segment=False) -> dict:
     held = [np.empty(cube.shape, np.float32)]
     held[0].fill(0)
     add("prefilter (r 4, σ 3)", lambda: correlative_prefilter(cube, out=held[0]), repeats=2)
+    add(
+        "prefilter, exact (q_step 1)",
+        lambda: correlative_prefilter(cube, out=held[0], q_step=1),
+        repeats=2,
+    )
     held.clear()
     labels = (grain + 1).astype(np.int32)
     add("cluster averages", lambda: cluster_means(cube, labels))
