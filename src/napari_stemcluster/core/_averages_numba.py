@@ -32,51 +32,17 @@ def _accumulate(block, labels, sums):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _accumulate_exact(block, labels, sums, n_tasks):
-    """:func:`_accumulate` for inputs whose float64 sums are exact in any order.
-
-    Each task adds a contiguous run of positions (whole patterns, read
-    sequentially) into its own copy of the sums; the copies are added at the
-    end. Only for integers whose sums stay below 2**53 (the caller checks):
-    then every partial sum is an exact integer and the result is the same
-    number as :func:`_accumulate`'s, whatever the split.
-    """
-    n_pos, q = block.shape
-    n_lab = sums.shape[0]
-    parts = np.zeros((n_tasks, n_lab, q), np.float64)
-    per = (n_pos + n_tasks - 1) // n_tasks
-    for t in numba.prange(n_tasks):
-        for p in range(t * per, min(n_pos, (t + 1) * per)):
-            lab = labels[p]
-            if lab <= 0 or lab > n_lab:
-                continue
-            dst = parts[t, lab - 1]
-            src = block[p]
-            for k in range(q):
-                dst[k] += np.float64(src[k])
-    n_chunks = (q + _CHUNK - 1) // _CHUNK
-    for c in numba.prange(n_chunks):
-        q0 = c * _CHUNK
-        q1 = min(q, q0 + _CHUNK)
-        for lab in range(n_lab):
-            dst = sums[lab, q0:q1]
-            for t in range(n_tasks):
-                src = parts[t, lab, q0:q1]
-                for k in range(src.shape[0]):
-                    dst[k] += src[k]
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
 def _accumulate_narrow(block, labels, sums, parts):
-    """:func:`_accumulate` for small integers, summed in 32-bit integers first.
+    """:func:`_accumulate` for integers, summed per task in exact partial sums.
 
     Task ``t`` adds a contiguous run of positions (whole patterns, read
-    sequentially) into ``parts[t]`` (zeros, a 32-bit integer dtype that
-    cannot overflow over the run: the caller sizes the runs); the parts are
-    then added to ``sums`` in float64. Every partial sum is an exact
-    integer, so the result is the same number as :func:`_accumulate`'s,
-    with half the bytes per sum of :func:`_accumulate_exact` and integer
-    adds that vectorise twice as wide.
+    sequentially) into ``parts[t]`` (zeros of a dtype whose sums over the run
+    are exact: a 32-bit integer dtype that cannot overflow over the run, the
+    caller sizing the runs, or float64 below 2**53); the parts are then
+    added to ``sums`` in float64. Every partial sum is an exact integer, so
+    the result is the same number as :func:`_accumulate`'s. For small
+    integers the 32-bit parts take half the bytes of float64 ones, and their
+    adds vectorise twice as wide.
     """
     n_pos, q = block.shape
     n_tasks, n_lab = parts.shape[:2]
@@ -100,6 +66,20 @@ def _accumulate_narrow(block, labels, sums, parts):
             src = parts[t, lab, q0:q1]
             for k in range(src.shape[0]):
                 dst[k] += np.float64(src[k])
+
+
+def _accumulate_exact(block, labels, sums, n_tasks):
+    """:func:`_accumulate` for inputs whose float64 sums are exact in any order.
+
+    Each of ``n_tasks`` tasks adds a contiguous run of positions (whole
+    patterns, read sequentially) into its own float64 copy of the sums (see
+    :func:`_accumulate_narrow`). Only for integers whose sums stay below
+    2**53 (the caller checks): then every partial sum is an exact integer
+    and the result is the same number as :func:`_accumulate`'s, whatever the
+    split.
+    """
+    parts = np.zeros((n_tasks, sums.shape[0], block.shape[1]), np.float64)
+    _accumulate_narrow(block, labels, sums, parts)
 
 
 @numba.njit(cache=True, nogil=True)

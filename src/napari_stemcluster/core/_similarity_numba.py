@@ -126,31 +126,35 @@ def _bins_n(dst, w, m, b):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _bins(dst, w, m, b):
+    # Whole bins of ``b`` values: the common widths take a loop of constant
+    # stride (inlined), which vectorises; a stride only known at run time
+    # does not (4x slower, measured).
+    if b == 2:
+        _bins_2(dst, w, m)
+    elif b == 1:
+        for t in range(m):
+            dst[t] += w[t]
+    elif b == 4:
+        _bins_4(dst, w, m)
+    elif b == 3:
+        _bins_3(dst, w, m)
+    else:
+        _bins_n(dst, w, m, b)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _bin_row(vrow, bw, j0, base, b, feat):
     # Add the ``bw`` values of ``vrow`` (detector columns j0..) to the bins
     # of the bin row starting at ``base``: a partial bin at each end, whole
-    # bins between. The whole bins take a loop of constant stride (inlined),
-    # which vectorises; a stride only known at run time does not (4x slower,
-    # measured).
+    # bins between (:func:`_bins`).
     lead = min(bw, (b - j0 % b) % b)
     nfull = (bw - lead) // b
     tail = lead + nfull * b
     for j in range(lead):
         feat[base + (j0 + j) // b] += vrow[j]
     first = base + (j0 + lead) // b
-    dst = feat[first : first + nfull]
-    w = vrow[lead:tail]
-    if b == 2:
-        _bins_2(dst, w, nfull)
-    elif b == 1:
-        for t in range(nfull):
-            dst[t] += w[t]
-    elif b == 4:
-        _bins_4(dst, w, nfull)
-    elif b == 3:
-        _bins_3(dst, w, nfull)
-    else:
-        _bins_n(dst, w, nfull, b)
+    _bins(feat[first : first + nfull], vrow[lead:tail], nfull, b)
     for j in range(tail, bw):
         feat[base + (j0 + j) // b] += vrow[j]
 
@@ -221,19 +225,7 @@ def bin_runs_laid(v, lay, b, inv_scale, feat):
             feat[lay[t, 1]] += v[o + j]
         o += lead
         first = lay[t, 2]
-        dst = feat[first : first + nfull]
-        w = v[o : o + nfull * b]
-        if b == 2:
-            _bins_2(dst, w, nfull)
-        elif b == 1:
-            for j in range(nfull):
-                dst[j] += w[j]
-        elif b == 4:
-            _bins_4(dst, w, nfull)
-        elif b == 3:
-            _bins_3(dst, w, nfull)
-        else:
-            _bins_n(dst, w, nfull, b)
+        _bins(feat[first : first + nfull], v[o : o + nfull * b], nfull, b)
         o += nfull * b
         for j in range(tail):
             feat[lay[t, 5]] += v[o + j]

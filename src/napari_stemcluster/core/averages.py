@@ -76,11 +76,10 @@ def cluster_sums(
             if block.dtype != native_dtype(block.dtype):
                 block = block.astype(native_dtype(block.dtype))  # same values, for the kernels
             narrow = _narrow_parts(block.dtype, lab.size, n, qx * qy, total=rx * ry)
-            tasks = _exact_tasks(block.dtype, rx * ry, n, qx * qy)
             if narrow is not None:
                 acc, count = narrow
                 _accumulate_narrow(block, lab, sums, np.zeros((count, n, qx * qy), acc))
-            elif tasks > 1:
+            elif (tasks := _exact_tasks(block.dtype, rx * ry, n, qx * qy)) > 1:
                 _accumulate_exact(block, lab, sums, tasks)
             else:
                 _accumulate(block, lab, sums)
