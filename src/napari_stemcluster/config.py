@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 
 from .core import params as _model
-from .core.params import ParameterError
+from .core.params import PREFILTER_NAMES, ParameterError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -408,13 +408,8 @@ def segment_kwargs(params: dict) -> dict:
     p = {**PARAMETERS, **{k: v for k, v in check_params(params).items() if v is not None}}
     prefilter = False
     if p["prefilter"]:
-        prefilter = {
-            "sigma": p["prefilter_sigma"],
-            "radius": p["prefilter_radius"],
-            "corr_range": tuple(p["corr_range"]),
-            "edge": p["prefilter_edge"],
-            "q_step": p["prefilter_q_step"],
-        }
+        prefilter = {k: p[name] for k, name in PREFILTER_NAMES.items()}
+        prefilter["corr_range"] = tuple(prefilter["corr_range"])
     real_mask = p["real_mask"]
     if real_mask == "none":
         real_mask = None
@@ -458,10 +453,8 @@ def params_from_result(params: dict) -> dict:
     pre = params.get("prefilter")
     out["prefilter"] = bool(pre)
     if pre:
-        out["prefilter_sigma"] = pre.get("sigma", PARAMETERS["prefilter_sigma"])
-        out["prefilter_radius"] = pre.get("radius", PARAMETERS["prefilter_radius"])
-        out["corr_range"] = list(pre.get("corr_range", PARAMETERS["corr_range"]))
-        if pre.get("edge") is not None:
-            out["prefilter_edge"] = pre["edge"]
-        out["prefilter_q_step"] = pre.get("q_step", PARAMETERS["prefilter_q_step"])
+        for k, name in PREFILTER_NAMES.items():
+            value = pre.get(k, PARAMETERS[name])
+            if value is not None:  # the automatic edge stays unset
+                out[name] = list(value) if k == "corr_range" else value
     return check_params(out)

@@ -205,6 +205,11 @@ EXECUTION: tuple[str, ...] = tuple(p.name for p in PARAMS if p.group == "executi
 PREFILTER_DEFAULTS: dict[str, object] = {
     p.prefilter_key: p.default for p in PARAMS if p.prefilter_key is not None
 }
+#: The parameter model's name of each prefilter option (``"radius"`` ->
+#: ``"prefilter_radius"``), in declaration order.
+PREFILTER_NAMES: dict[str, str] = {
+    p.prefilter_key: p.name for p in PARAMS if p.prefilter_key is not None
+}
 
 
 def unknown(key, where: str = "", error=ParameterError):
@@ -435,9 +440,9 @@ def prefilter_options(prefilter) -> dict | None:
             f"{sorted(PREFILTER_DEFAULTS)}"
         )
     out = {**PREFILTER_DEFAULTS, **prefilter}
-    names = {p.prefilter_key: p.name for p in PARAMS if p.prefilter_key}
-    for k in ("sigma", "radius", "edge", "q_step"):
-        check(names[k], out[k])
+    for k, name in PREFILTER_NAMES.items():
+        if k != "corr_range":
+            check(name, out[k])
     checked = check("corr_range", out["corr_range"])
     if checked is not None:
         out["corr_range"] = tuple(checked)
