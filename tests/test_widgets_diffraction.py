@@ -333,7 +333,8 @@ def test_time_series_browsing_and_edits_survive(make_napari_viewer, qtbot, scan5
     viewer.window.remove_dock_widget(dif)
     dif2 = DiffractionViewer(viewer)
     viewer.window.add_dock_widget(dif2, name="Diffraction 2")
-    dif2.controls.scaling.value = "linear"
+    dif2.controls.scaling.value = "linear"  # remembered: may not complete the canvas
+    qtbot.waitUntil(lambda: dif2.built, timeout=WAIT)  # made in steps meanwhile
     assert dif2.cluster_layer is layer
     _hover(qtbot, viewer, data, dif2, (0, 1, 1))
     assert dif2.label == 50

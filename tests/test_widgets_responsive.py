@@ -180,3 +180,105 @@ def test_later_steps_wait_for_a_paint(qtbot):
     qtbot.waitUntil(lambda: not runner.running, timeout=WAIT)
     assert len(times) == 2
     assert np.diff(times)[0] >= 0.9 * LATER_STEP_MS / 1000
+
+
+def _node_visible(dif, layer):
+    return dif.qt_viewer.canvas.layer_to_visual[layer].node.visible
+
+
+def test_the_diffraction_canvas_compiles_a_new_layer_in_a_turn_of_its_own(
+    make_napari_viewer, qtbot
+):
+    """A layer's visual is made hidden and shown one step later; none stays hidden."""
+    viewer = make_napari_viewer()
+    dif = DiffractionViewer(viewer)
+    assert "qt_viewer" not in dif.__dict__  # the canvas is made in the first step
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    model = dif._model
+    hidden_after_step = []
+    while not dif.built:
+        before = set(model.layers)
+        dif._run_step()
+        for layer in set(model.layers) - before:
+            if layer.visible:  # the layers meant to show (not the spacer, the detector)
+                hidden_after_step.append(layer.name)
+                assert not _node_visible(dif, layer), layer.name
+                dif._run_step()  # the next step shows it
+                assert _node_visible(dif, layer), layer.name
+    assert {"pattern", "q-mask", "cluster average", "Bragg peaks"} <= set(hidden_after_step)
+    for layer in model.layers:  # every visual shows as its layer says
+        assert _node_visible(dif, layer) == layer.visible, layer.name
+    qtbot.wait(100)
+    from napari_stemcluster.widgets._diffraction import _grid
+
+    assert dif.qt_viewer.parent() is dif and _grid(model).enabled  # in the kept place
+
+
+def test_docking_holds_full_garbage_collection_until_the_canvas_is_made(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    """No step of the dock or its canvas can run into a full collection; it is back on after."""
+    import gc
+
+    from napari_stemcluster.widgets import WorkflowDock, _workflow
+
+    assert gc.isenabled()
+    viewer = make_napari_viewer()
+    during = []
+    run_step = DiffractionViewer._run_step
+    build_stage = _workflow.WorkflowDock._build_stage
+
+    def step(self):
+        during.append(gc.isenabled())
+        return run_step(self)
+
+    def stage(self, title):
+        during.append(gc.isenabled())
+        return build_stage(self, title)
+
+    monkeypatch.setattr(DiffractionViewer, "_run_step", step)
+    monkeypatch.setattr(_workflow.WorkflowDock, "_build_stage", stage)
+    dock = WorkflowDock(viewer)
+    viewer.window.add_dock_widget(dock, name="STEM cluster")
+    assert not gc.isenabled()  # held while the dock builds
+    qtbot.waitUntil(
+        lambda: (
+            dock._diffraction is not None
+            and dock._diffraction.built
+            and len(dock.stages) == len(dock._specs)
+        ),
+        timeout=WAIT,
+    )
+    qtbot.waitUntil(gc.isenabled, timeout=WAIT)  # released with the last step
+    assert len(during) > 20 and not any(during)
+
+
+def test_gc_hold_nests_respects_a_disabled_collector_and_expires(qtbot):
+    import gc
+
+    from napari_stemcluster.widgets._warmup import GcHold
+
+    assert gc.isenabled()
+    a, b = GcHold(), GcHold()
+    assert not gc.isenabled()
+    a.release(collect=False)
+    a.release(collect=False)  # once only: b still holds
+    assert not gc.isenabled()
+    b.release(collect=False)
+    assert gc.isenabled()
+
+    gc.disable()  # a host that turned the collector off keeps it off
+    try:
+        GcHold(limit=None).release()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    expiring = GcHold(limit=0.05)  # a hold never released is released anyway
+    assert not gc.isenabled()
+    qtbot.waitUntil(gc.isenabled, timeout=2000)
+    assert not expiring.held
+
+    dropped = GcHold()  # a hold dropped unreleased releases its count
+    del dropped
+    assert gc.isenabled()

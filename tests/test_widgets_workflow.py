@@ -584,16 +584,20 @@ def test_the_workflow_on_a_gib_file_leaves_the_event_loop_free(make_napari_viewe
     Each action is measured from its call until the events it causes have
     been processed (half a second later): opening the file (its virtual
     image computed in the background), docking the workflow (the canvas is
-    made one layer per event-loop turn), the similarity and clustering jobs
+    made one layer per event-loop turn, each layer's shaders compiled in a
+    turn after it, no full garbage collection inside a step), the
+    similarity and clustering jobs
     with the first drawing of their layers, docking a second diffraction
     viewer, and saving edited labels from napari's File menu (the writer
     takes the cluster averages the viewer keeps, it does not read the cube
     again). The background virtual image is bounded at 250 ms. Docking and
     drawing new layers are napari building visuals and OpenGL compiling
     their shaders, which Qt allows only in the GUI thread: bounded
-    generously here (seconds with the software renderer on a busy machine;
-    docking took 8-18 s before the canvas was made in steps), saving at
-    1.5 s and the jobs at 3 s.
+    generously here (the software renderer on a busy machine; docking took
+    8-18 s before the canvas was made in steps, 0.5-0.6 s on a quiet machine
+    before the compiling had turns of its own and the garbage collection was
+    held off),
+    docking at 2 s, saving at 1.5 s and the jobs at 3 s.
     ``test_jobs_leave_the_event_loop_free`` bounds the jobs' computing at
     250 ms; ``benchmarks/interactive.py`` measures all of it on a 2 GiB file.
     """
@@ -695,6 +699,8 @@ def test_the_workflow_on_a_gib_file_leaves_the_event_loop_free(make_napari_viewe
     # previous pauses did not meet (saving 3 s, the jobs 2.5-3 s, docking
     # 8-18 s). The jobs' results arrive one new layer per turn.
     assert worst["saving edited labels (File menu)"] < 1500, worst
+    assert worst["first docking of the workflow"] < 2000, worst
+    assert worst["docking a diffraction viewer"] < 2000, worst
     assert worst["similarity job"] < 3000, worst
     assert worst["first clustering, its new layers drawn"] < 3000, worst
     assert max(worst.values()) < 5000, worst

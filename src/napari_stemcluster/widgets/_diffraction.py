@@ -86,6 +86,7 @@ class DiffractionViewer(QWidget):
     #: Attributes made by the staged construction (see :meth:`_build_steps`).
     _LAZY = frozenset(
         {
+            "qt_viewer",
             "pattern_layer",
             "q_mask_layer",
             "average_layer",
@@ -99,14 +100,16 @@ class DiffractionViewer(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         from napari.components.viewer_model import ViewerModel
-        from napari.qt import QtViewer
         from superqt.utils import qthrottled
 
+        from ._warmup import GcHold
+
         super().__init__()
+        # no full garbage collection inside a step (see GcHold)
+        self._gc_hold = GcHold()
         self._viewer = viewer = unwrap(viewer)
         self._session = session(viewer)
         self._model = ViewerModel(title="diffraction")
-        self.qt_viewer = QtViewer(self._model, show_welcome_screen=False)
         self.controls = _Controls(viewer)
         self._layout = layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -120,7 +123,9 @@ class DiffractionViewer(QWidget):
             label.setStyleSheet("font-weight: bold")
             titles.addWidget(label, stretch=1)
         layout.addLayout(titles)
-        layout.addWidget(self.qt_viewer, stretch=1)
+        # the canvas (napari's QtViewer) is made in the first step
+        self._canvas_slot = QWidget()
+        layout.addWidget(self._canvas_slot, stretch=1)
         self.setMinimumSize(360, 480)
 
         #: Patterns read ahead around the last hovered position.
@@ -200,23 +205,60 @@ class DiffractionViewer(QWidget):
         vispy building visuals and OpenGL compiling their shaders at the
         first paint, all of which Qt allows only in the GUI thread.
         """
+        reveal = partial(partial, self._reveal)
         return [
+            self._make_canvas,
+            # a layer's visual is made hidden and shown in the next turn: the
+            # layer and its visual made in one turn, its shaders compiled by
+            # the paint after the other (the two together were the longest
+            # pauses of docking)
             self._make_pattern,
+            reveal("pattern_layer"),
             self._make_q_mask,
+            reveal("q_mask_layer"),
             self._make_average,
+            reveal("average_layer"),
             self._make_peaks,
+            reveal("peaks_layer"),
             self._make_text,
             # before the axes and scale bars: their labels find their glyphs made
             *[partial(self._load_glyphs, chars) for chars in _glyph_chunks()],
             self._make_axes,
             self._make_scale_bars,
+            self._make_main_scale_bar,
             self._make_virtual_detector,
             self._make_average_q_mask,
+            reveal("average_q_mask_layer"),
             self._make_panels,
             self._make_pattern_peaks,
+            reveal("pattern_peaks_layer"),
             self._make_average_spacer,
             self._connect,
+            self._connect_clusters,
+            self._connect_q_mask,
+            self._collect_garbage,
         ]
+
+    def _collect_garbage(self) -> None:
+        """Garbage collection back on, the steps' short-lived garbage collected in a turn."""
+        self._gc_hold.release(collect=True)
+
+    def _hide_visual(self, layer) -> None:
+        """Hide a new layer's vispy visual (not the layer) until :meth:`_reveal`.
+
+        The layer is made and sliced as usual; only its first drawing, which
+        compiles its shaders, waits for the next turn.
+        """
+        visual = self.qt_viewer.canvas.layer_to_visual.get(layer)
+        if visual is not None:
+            visual.node.visible = False
+
+    def _reveal(self, name: str) -> None:
+        """Show the visual hidden in the previous turn: the next paint compiles it."""
+        layer = getattr(self, name)
+        visual = self.qt_viewer.canvas.layer_to_visual.get(layer)
+        if visual is not None:
+            visual.node.visible = layer.visible
 
     def _next_step_soon(self) -> None:
         from qtpy.QtCore import QTimer
@@ -226,6 +268,8 @@ class DiffractionViewer(QWidget):
         def run():
             dif = me()
             if dif is None or not dif._pending or not _canvas_alive(dif):
+                if dif is not None:
+                    dif._gc_hold.release(collect=False)
                 return  # closed meanwhile: nothing more to make
             dif._run_step()
             if dif._pending:
@@ -276,6 +320,14 @@ class DiffractionViewer(QWidget):
                 return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def _make_canvas(self):
+        """napari's QtViewer (the vispy canvas), in the place kept for it."""
+        from napari.qt import QtViewer
+
+        self.qt_viewer = QtViewer(self._model, show_welcome_screen=False)
+        self._layout.replaceWidget(self._canvas_slot, self.qt_viewer)
+        self._canvas_slot.deleteLater()
+
     def _make_pattern(self):
         # The grid first: enabled over existing layers, it rebuilds a view per
         # layer at once (seconds); enabled on none, each layer joins it cheaply.
@@ -284,6 +336,7 @@ class DiffractionViewer(QWidget):
         grid.stride = 3
         empty = np.zeros((2, 2), np.float32)
         self.pattern_layer = self._model.add_image(empty, name="pattern", colormap="gray")
+        self._hide_visual(self.pattern_layer)
 
     def _make_q_mask(self):
         self.q_mask_layer = self._model.add_shapes(
@@ -293,13 +346,18 @@ class DiffractionViewer(QWidget):
             edge_width=0.6,
             opacity=0.8,
         )
+        self._hide_visual(self.q_mask_layer)
 
     def _make_average(self):
         empty = np.zeros((2, 2), np.float32)
         self.average_layer = self._model.add_image(empty, name="cluster average", colormap="magma")
+        self._hide_visual(self.average_layer)
 
     def _add_disk_points(self, name, index: int | None = None):
-        """An empty Points layer in the style of Bragg disks (cyan rings), at ``index``."""
+        """An empty Points layer in the style of Bragg disks (cyan rings), at ``index``.
+
+        Its visual is hidden until :meth:`_reveal`.
+        """
         from napari.layers import Points
 
         layer = Points(
@@ -312,6 +370,7 @@ class DiffractionViewer(QWidget):
         )
         layers = self._model.layers
         layers.insert(len(layers) if index is None else index, layer)
+        self._hide_visual(layer)
         return layer
 
     def _make_peaks(self):
@@ -349,6 +408,9 @@ class DiffractionViewer(QWidget):
         if hasattr(scale_bar, "gridded"):
             scale_bar.gridded = True  # one per panel
         scale_bar.position = "top_right"  # the text overlay is at the bottom
+
+    def _make_main_scale_bar(self):
+        # a turn of its own: the main canvas paints (and compiles) it
         _scale_bar(self._viewer).visible = True
 
     def _make_virtual_detector(self):
@@ -359,8 +421,12 @@ class DiffractionViewer(QWidget):
     def _make_average_q_mask(self):
         # the q-mask drawn on the average too (and the third layer of its panel)
         self.average_q_mask_layer = self._model.add_shapes(
-            name="q-mask (average)", edge_color="yellow", face_color="transparent", opacity=0.5
+            name="q-mask (average)",
+            edge_color="yellow",
+            face_color="transparent",
+            opacity=0.5,
         )
+        self._hide_visual(self.average_q_mask_layer)
 
     def _make_panels(self):
         """One more layer per panel (see :meth:`_make_pattern_peaks`), first.
@@ -392,12 +458,20 @@ class DiffractionViewer(QWidget):
         self._model.layers.selection.active = active
 
     def _connect(self):
-        """Follow the controls, and show what the main viewer has now."""
+        """Follow the controls, and show what the main viewer has now.
+
+        In three turns (the data layer, the clusters layer, the q-mask and
+        the pattern under the mouse), each redrawing part of the canvas.
+        """
         self.q_mask_layer.events.data.connect(self._on_q_mask_edited)
         self.controls.reset_choices()  # layers added while the canvas was being made
         self._pick_layers()
         self._on_data_layer()
+
+    def _connect_clusters(self):
         self._on_cluster_layer()
+
+    def _connect_q_mask(self):
         self._draw_q_mask(self._session.q_mask)
         if self._missed_mouse:  # the cursor moved while the canvas was being made
             self.on_mouse_move()
@@ -1046,7 +1120,8 @@ def _canvas_alive(dif) -> bool:
     """False once Qt has deleted the widget or its canvas (the viewer was closed)."""
     try:
         dif.objectName()
-        canvas = getattr(dif.qt_viewer, "canvas", None)
+        # not the lazy attribute: asking for it would make the canvas
+        canvas = getattr(dif.__dict__.get("qt_viewer"), "canvas", None)
         native = getattr(canvas, "native", None)
         if native is not None:
             native.objectName()

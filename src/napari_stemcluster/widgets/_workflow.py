@@ -19,6 +19,9 @@ from qtpy.QtWidgets import QLabel, QScrollArea, QSplitter, QTabWidget, QVBoxLayo
 
 from ._common import unwrap
 
+#: Pause (ms) between two pieces of the dock built in later turns.
+BUILD_STEP_MS = 15
+
 if TYPE_CHECKING:
     import napari
 
@@ -143,7 +146,11 @@ class WorkflowDock(QWidget):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
+        from ._warmup import GcHold
+
         super().__init__()
+        # no full garbage collection inside a build step (see GcHold)
+        self._gc_hold = GcHold()
         self._viewer = viewer = unwrap(viewer)
         self._specs = list(WORKFLOW_TABS)
         self.tabs = QTabWidget()
@@ -204,13 +211,16 @@ class WorkflowDock(QWidget):
                 else:
                     missing = [t.title for t in dock._specs if t.title not in dock.stages]
                     if not missing:
+                        dock._gc_hold.release(collect=True)  # a turn of its own
                         return
                     dock._build_stage(missing[0])
             except RuntimeError:  # the dock was closed meanwhile
+                dock._gc_hold.release(collect=False)
                 return
             dock._build_later()
 
-        QTimer.singleShot(0, step)
+        # not 0: the canvas paints (and other timers run) before the next piece
+        QTimer.singleShot(BUILD_STEP_MS, step)
 
     @property
     def diffraction(self):
