@@ -181,9 +181,12 @@ def gui_responsiveness(path: Path, sample: bool = False) -> None:
     app = QApplication.instance()
     start_warm_up().wait(600)  # kernels compiled once per machine: not measured
     ticks: list[float] = []
+    cpu: list[float] = []  # the process's CPU time at each tick
     timer = QTimer()
     timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.timeout.connect(
+        lambda: (cpu.append(time.process_time()), ticks.append(time.perf_counter()))
+    )
     timer.start()
     sampler = GapSampler(ticks) if sample else None
 
@@ -201,14 +204,24 @@ def gui_responsiveness(path: Path, sample: bool = False) -> None:
     def measure(name, action, until=lambda: True):
         pump(0.05)
         ticks.clear()
-        t0 = time.perf_counter()
+        cpu.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = action()
         wait(until)
         pump(0.5)
         times = [t0, *ticks, time.perf_counter()]
+        cpus = [c0, *cpu[: len(ticks)], time.process_time()]
         k = int(np.argmax(np.diff(times)))
         gap = (times[k + 1] - times[k]) * 1000
-        print(f"event loop, longest pause: {name}: {gap:.0f} ms")
+        # CPU time of the process (all its threads) in the longest pause, and
+        # the most CPU time between two ticks: less dependent on other jobs
+        # sharing the cores than the pause itself
+        in_gap = (cpus[k + 1] - cpus[k]) * 1000
+        most = float(np.diff(cpus).max()) * 1000
+        print(
+            f"event loop, longest pause: {name}: {gap:.0f} ms (CPU in it {in_gap:.0f} ms; "
+            f"most CPU between two ticks {most:.0f} ms; load average {os.getloadavg()[0]:.1f})"
+        )
         if sampler is not None:
             sampler.report(times[k], times[k + 1])
         return out
