@@ -230,7 +230,13 @@ def gui_responsiveness(path: Path, sample: bool = False) -> None:
     pump(0.5)
     (layer,) = measure("open the file", lambda: viewer.open(str(path), plugin="napari-stemcluster"))
     if isinstance(layer.data, BackgroundImage):
-        measure("virtual image computed", lambda: None, lambda: layer.data.ready(0))
+        # until the GUI thread has shown it (its progress and ready signals
+        # handled), not only until the worker has it: the queued progress
+        # updates otherwise fall into the next action
+        def shown():
+            return layer.data.ready(0) and id(layer) in layer.data._contrast_done
+
+        measure("virtual image computed", lambda: None, shown)
     docks = []
 
     def dock_workflow():

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 MOUSE_THROTTLE_MS = 25
 #: Pause (ms) between two steps of making the canvas, for it to paint meanwhile.
 BUILD_STEP_MS = 15
+#: Pause (ms) before the first step, for the window to show the new dock first.
+FIRST_STEP_MS = 80
 MARKER_NAME = "selected cluster"
 
 
@@ -193,7 +195,9 @@ class DiffractionViewer(QWidget):
                 (self._session.q_mask_changed, self._when_built("_draw_q_mask")),
             ],
         )
-        self._next_step_soon()
+        # the first step (the canvas) after the window has laid out and
+        # painted the new dock: the two together made one pause
+        self._next_step_soon(FIRST_STEP_MS)
 
     # -------------------------------------------------------- construction
     def _build_steps(self):
@@ -260,7 +264,7 @@ class DiffractionViewer(QWidget):
         if visual is not None:
             visual.node.visible = layer.visible
 
-    def _next_step_soon(self) -> None:
+    def _next_step_soon(self, delay: int = BUILD_STEP_MS) -> None:
         from qtpy.QtCore import QTimer
 
         me = weakref.ref(self)
@@ -276,7 +280,7 @@ class DiffractionViewer(QWidget):
                 dif._next_step_soon()
 
         # a short delay rather than 0: the canvas paints the new visual first
-        QTimer.singleShot(BUILD_STEP_MS, run)
+        QTimer.singleShot(delay, run)
 
     def _run_step(self) -> None:
         step = self._pending.pop(0)

@@ -21,6 +21,8 @@ from ._common import unwrap
 
 #: Pause (ms) between two pieces of the dock built in later turns.
 BUILD_STEP_MS = 15
+#: Turns the stage widgets wait for the diffraction canvas at most.
+MAX_WAIT_TURNS = 400
 
 if TYPE_CHECKING:
     import napari
@@ -130,9 +132,9 @@ class WorkflowDock(QWidget):
     Top: the :class:`~._diffraction.DiffractionViewer`; bottom: one tab per
     entry of :data:`WORKFLOW_TABS`, each in a scroll area, so the dock never
     grows taller than the window. The splitter between them can be dragged.
-    The dock shows at once; the diffraction viewer and the stage widgets are
-    built one per turn of the event loop afterwards (or when first used),
-    so that docking does not hold the window for the sum of them.
+    The dock shows at once; the diffraction viewer, then the stage widgets,
+    are built one per turn of the event loop afterwards (or when first
+    used), so that docking does not hold the window for the sum of them.
 
     Parameters
     ----------
@@ -171,6 +173,7 @@ class WorkflowDock(QWidget):
             self._scrolls[spec.title] = scroll
         self.tabs.currentChanged.connect(self._on_tab)
         self._diffraction = None
+        self._waited = 0
         self._placeholder = QLabel("Preparing the diffraction viewer…")
         self._placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
@@ -208,10 +211,14 @@ class WorkflowDock(QWidget):
             try:
                 if dock._diffraction is None:
                     dock.diffraction  # noqa: B018 (builds it)
+                elif not dock._diffraction.built and dock._waited < MAX_WAIT_TURNS:
+                    # the stages after the canvas: a stage built in the turn
+                    # of a canvas step's paint made one pause of the two
+                    dock._waited += 1
                 else:
                     missing = [t.title for t in dock._specs if t.title not in dock.stages]
                     if not missing:
-                        dock._gc_hold.release(collect=True)  # a turn of its own
+                        dock._gc_hold.release(collect=True)  # young garbage, a turn of its own
                         return
                     dock._build_stage(missing[0])
             except RuntimeError:  # the dock was closed meanwhile
