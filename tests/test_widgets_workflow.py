@@ -596,8 +596,8 @@ def test_the_workflow_on_a_gib_file_leaves_the_event_loop_free(make_napari_viewe
     generously here (the software renderer on a busy machine; docking took
     8-18 s before the canvas was made in steps, 0.5-0.6 s on a quiet machine
     before the compiling had turns of its own and the garbage collection was
-    held off),
-    docking at 2 s, saving at 1.5 s and the jobs at 3 s.
+    held off, up to 1.9 s with these tests sharing the 2 cores with a load
+    average of 11): docking and the jobs at 3 s, saving at 1.5 s.
     ``test_jobs_leave_the_event_loop_free`` bounds the jobs' computing at
     250 ms; ``benchmarks/interactive.py`` measures all of it on a 2 GiB file.
     """
@@ -704,8 +704,8 @@ def test_the_workflow_on_a_gib_file_leaves_the_event_loop_free(make_napari_viewe
     # previous pauses did not meet (saving 3 s, the jobs 2.5-3 s, docking
     # 8-18 s). The jobs' results arrive one new layer per turn.
     assert worst["saving edited labels (File menu)"] < 1500, worst
-    assert worst["first docking of the workflow"] < 2000, worst
-    assert worst["docking a diffraction viewer"] < 2000, worst
+    assert worst["first docking of the workflow"] < 3000, worst
+    assert worst["docking a diffraction viewer"] < 3000, worst
     assert worst["similarity job"] < 3000, worst
     assert worst["first clustering, its new layers drawn"] < 3000, worst
     assert max(worst.values()) < 5000, worst

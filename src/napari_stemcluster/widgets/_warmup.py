@@ -215,9 +215,14 @@ class GcHold:
 
     _count = 0
     _was_enabled = True
+    #: Seconds after which a hold made without ``limit`` is released anyway.
+    default_limit = 10.0
 
-    def __init__(self, limit: float | None = 30.0):
+    def __init__(self, limit=...):
         import gc
+
+        if limit is ...:
+            limit = type(self).default_limit
 
         cls = GcHold
         if cls._count == 0:
