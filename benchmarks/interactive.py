@@ -232,7 +232,8 @@ def gui_responsiveness(path: Path, sample: bool = False) -> None:
     if isinstance(layer.data, BackgroundImage):
         # until the GUI thread has shown it (its progress and ready signals
         # handled), not only until the worker has it: the queued progress
-        # updates otherwise fall into the next action
+        # updates otherwise fall into the next action (the GiB workflow test
+        # waits only until the worker has it)
         def shown():
             return layer.data.ready(0) and id(layer) in layer.data._contrast_done
 
