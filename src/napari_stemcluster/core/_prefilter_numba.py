@@ -76,14 +76,43 @@ def _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_ends(src, qy, idx_x, i0, n_rows, c0, off, n_mid, pad, wd, scale):
-    # Padded columns outside the detector, reflected: at most r each side.
+def _fill_ends(src, qy, idx_x, i0, n_rows, cols, off, n_mid, pad, wd, scale):
+    # Padded columns outside the detector, reflected: at most r each side;
+    # ``cols[j]`` is the source column of padded column ``j`` (see
+    # :func:`_reflected_columns`: no index arithmetic per pixel).
     for p in range(n_rows):
         s0 = idx_x[i0 + p] * qy
+        row = pad[p * wd : (p + 1) * wd]
         for j in range(off):
-            pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
+            row[j] = np.float32(np.float64(src[s0 + cols[j]]) * scale)
         for j in range(off + n_mid, wd):
-            pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
+            row[j] = np.float32(np.float64(src[s0 + cols[j]]) * scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def _within(cols, off, n_mid, wd, lo, hi):
+    # Whether every end column's source lies in the filled columns lo:hi.
+    for j in range(wd):
+        if (j < off or j >= off + n_mid) and (cols[j] < lo or cols[j] >= hi):
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_ends(row, cols, off, n_mid, wd, lo):
+    # End columns from the filled column they reflect (at off + col - lo).
+    for j in range(off):
+        row[j] = row[off + cols[j] - lo]
+    for j in range(off + n_mid, wd):
+        row[j] = row[off + cols[j] - lo]
+
+
+@numba.njit(cache=True, nogil=True)
+def _reflected_columns(c0, wd, qy):
+    cols = np.empty(wd, np.int64)
+    for j in range(wd):
+        cols[j] = _reflect(c0 + j, qy)
+    return cols
 
 
 # One loop per function (a branch around two loops keeps LLVM from
@@ -208,7 +237,8 @@ def _blur_box(src, qx, qy, scale, k, idx_x, box, weight, pad, tmp, out):
     else:
         _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale)
     if off > 0 or hi < j1 + r:
-        _fill_ends(src, qy, idx_x, i0, n_rows, j0 - r, off, hi - lo, pad, wd, scale)
+        cols = _reflected_columns(j0 - r, wd, qy)
+        _fill_ends(src, qy, idx_x, i0, n_rows, cols, off, hi - lo, pad, wd, scale)
     if nk == 1:
         return _weigh(pad, wd, bh, bw, weight, out)
     # Bands of _BAND box rows: the band's intermediate values stay in L1
@@ -1017,6 +1047,12 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
     off = lo - (j0 - r)
     n_rows = bh + 2 * r
     rpp = (n_rows + step - 1) // step
+    ends = off > 0 or hi < j1 + r
+    cols = _reflected_columns(j0 - r, wd, qy) if ends else idx_x
+    # The pass along the detector rows treats every column alike, so the
+    # reflected end columns can be copied after it, on the sampled rows
+    # only (same values), when their sources are among the filled columns.
+    late = ends and _within(cols, off, hi - lo, wd, lo, hi)
     for phase in range(step):  # (integer divisions per row were measurable)
         slot = phase * rpp
         for p in range(phase, n_rows, step):
@@ -1026,8 +1062,8 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
                 _fill_mid(src, qy, idx_x, i0 + p, 1, lo, hi, row, wd, off)
             else:
                 _fill_mid_scaled(src, qy, idx_x, i0 + p, 1, lo, hi, row, wd, off, scale)
-            if off > 0 or hi < j1 + r:
-                _fill_ends(src, qy, idx_x, i0 + p, 1, j0 - r, off, hi - lo, row, wd, scale)
+            if ends and not late:
+                _fill_ends(src, qy, idx_x, i0 + p, 1, cols, off, hi - lo, row, wd, scale)
     nbh = (bh + step - 1) // step
     nbw = (bw + step - 1) // step
     n_ph = nbw + (nk + step - 1) // step
@@ -1035,6 +1071,9 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
     at = np.empty(nk, np.int64)
     _phase_starts(nk, step, rpp, wd, at)
     _sampled_rows(pad, at, k, nbh * wd, vrows)
+    if late:
+        for a in range(nbh):
+            _copy_ends(vrows[a * wd : (a + 1) * wd], cols, off, hi - lo, wd, lo)
     for a in range(nbh):
         if step == 2:
             _phases2(vrows[a * wd : (a + 1) * wd], n_ph, stride, ph[a * n_ph :])
@@ -1068,7 +1107,7 @@ def normalised_vectors_sub(
     n_s = wm.shape[0]
     n_items = rows.shape[0] * ny
     for task in numba.prange((n_items + _TASK - 1) // _TASK):
-        pad = np.empty(n_pad, np.float32)
+        pad = np.zeros(n_pad, np.float32)  # end columns filled late stay 0
         vrows = np.empty(n_rows, np.float32)
         ph = np.zeros(n_ph, np.float32)
         hb = np.empty(n_hb, np.float32)
