@@ -19,8 +19,12 @@ from napari_stemcluster.core._blur import (
     runs_scratch,
 )
 from napari_stemcluster.core._similarity_numba import bin_box, bin_runs, dot5
-from napari_stemcluster.core.masking import mask_runs
-from napari_stemcluster.core.similarity import neighbor_similarity, similarity_plan
+from napari_stemcluster.core.masking import dark_field_keep, mask_runs
+from napari_stemcluster.core.similarity import (
+    kernel_dtype,
+    neighbor_similarity,
+    similarity_plan,
+)
 
 import _reference as ref
 
@@ -101,13 +105,16 @@ def test_blur_runs_matches_scipy(rng, shape, sigma):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.uint64, np.float64])
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_blur_runs_dtypes_and_scale(rng, dtype, sigma):
+    # The kernel reads every dtype as its kernel_dtype (a few compilations
+    # instead of one per dtype); the reference takes the original values.
     src = rng.integers(0, 120, (13, 17)).astype(dtype)
+    seen = src.astype(kernel_dtype(dtype))
     for mask in _masks(13, 17):
         np.testing.assert_allclose(
-            _run_kernel(src, mask, sigma), _reference(src, mask, sigma), rtol=2e-6, atol=2e-4
+            _run_kernel(seen, mask, sigma), _reference(src, mask, sigma), rtol=2e-6, atol=2e-4
         )
         np.testing.assert_allclose(
-            _run_kernel(src, mask, sigma, 0.125),
+            _run_kernel(seen, mask, sigma, 0.125),
             _reference(src, mask, sigma, 0.125),
             rtol=2e-6,
             atol=2e-5,
@@ -154,6 +161,65 @@ def test_dot5_matches_numpy(rng, n):
     got = dot5(v, a, b, c, d)
     want = [float(np.dot(v.astype(np.float64), w.astype(np.float64))) for w in (a, b, c, d, v)]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        np.uint8,
+        np.int8,
+        np.uint16,
+        ">u2",
+        np.int16,
+        np.uint32,
+        np.int32,
+        ">i4",
+        np.int64,
+        np.uint64,
+        np.float16,
+        np.float32,
+        ">f4",
+        np.float64,
+        ">f8",
+    ],
+)
+def test_kernel_dtype_converts_exactly(dtype):
+    # The kernel reads a block of any dtype as kernel_dtype(dtype): the
+    # float32 values its arithmetic starts from are those of the original
+    # values (up to 32 bits every value is exact in the kernel dtype; 64-bit
+    # values the kernel always rounded through float64), so results are
+    # bit-identical to a kernel compiled for the original dtype.
+    dt = np.dtype(dtype)
+    kd = kernel_dtype(dt)
+    assert kd.isnative and kd in (np.uint8, np.uint16, np.float32, np.float64)
+    if dt.kind == "f":
+        info = np.finfo(dt)
+        vals = np.array([0, 1, -1.5, info.max, info.min, info.tiny, info.eps, 1e-3], dt)
+    else:
+        info = np.iinfo(dt)
+        wide = [2**24 - 3, 2**24 - 1, 2**24 + 1, 2**24 + 3, 2**31 // 5 + 1, 2**31 - 1]
+        wide += [2**53 + 1, 2**63 - 1, 2**64 - 1]
+        vals = [0, 1, 2, 3, info.max, info.max - 1, info.min, info.min + 1, info.max // 3]
+        vals = np.array(vals + [v for v in wide if info.min <= v <= info.max], dt)
+    conv = vals.astype(kd)
+    if dt.itemsize < 8:
+        assert np.array_equal(conv.astype(dt), vals)  # every value exact
+        assert np.array_equal(conv.astype(np.float32), vals.astype(np.float32))
+    else:
+        assert np.array_equal(conv, vals.astype(np.float64))
+
+
+def test_dark_field_of_wide_integers_is_exact():
+    # int32 blocks are read as float64: the dark field's integer sums stay exact.
+    rng = np.random.default_rng(5)
+    cube = rng.integers(2**30 - 2**10, 2**30, (2, 3, 9, 10)).astype(np.int32)
+    cube[0, 0] = 2**24 + 1  # odd values that float32 cannot hold
+    beam = (4.0, 4.5, 1.0)
+    dark = np.empty((2, 3), np.float32)
+    neighbor_similarity(cube, (1, 4), 1.0, dark_field=dark, beam=beam)
+    keep = dark_field_keep((9, 10), beam)
+    want = cube[..., keep].astype(np.int64).sum(axis=-1).astype(np.float64).astype(np.float32)
+    np.testing.assert_array_equal(dark, want)
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,9 @@ def neighbor_similarity(
     plan = similarity_plan((qx, qy), mask, sigma, cube.dtype, feature_dims=dims, beam=beam)
 
     out = np.full((rx, ry, 8), np.nan, np.float32)
-    step = _block_rows or block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+    # Blocks of another dtype than the kernel's are converted: budget the copy.
+    size = max(np.dtype(cube.dtype).itemsize, plan.dtype.itemsize)
+    step = _block_rows or block_rows(cube.shape, size)
     starts = range(0, rx, step)
     for i, r0 in enumerate(starts):
         r1 = min(r0 + step, rx)
@@ -159,12 +161,38 @@ class SimilarityPlan(NamedTuple):
     taps: np.ndarray  # float32 1-D Gaussian taps (one tap: no blur)
     box: np.ndarray  # int64 (i0, i1, j0, j1): bounding box of the q-mask
     weight: np.ndarray  # float32 raveled q-mask on the box
-    dtype: np.dtype  # native dtype the kernel reads
+    dtype: np.dtype  # dtype the kernel reads (kernel_dtype of the cube's)
     scaled: bool  # scale each pattern by a power of two (wide or float input)
     bins: tuple[int, int, int] | None = None  # features: (b, bx, by) of feature_bins
     runs: np.ndarray | None = None  # dark field: (row, start, stop) of the pixels summed
     slots: np.ndarray | None = None  # features: the bins that meet the q-mask (feature_slots)
     qruns: np.ndarray | None = None  # int64 (row, start, stop) of the q-mask in box coordinates
+    exact: bool | None = None  # dark field: integer sums (dark_exact of the cube's dtype)
+
+
+def kernel_dtype(dtype) -> np.dtype:
+    """The dtype the similarity kernel reads a cube of ``dtype`` as.
+
+    The kernel is compiled for uint8, uint16, float32 and float64 only (each
+    dtype is a separate compilation of a large kernel). The other dtypes are
+    converted block by block to one whose values give the same float32
+    arithmetic: 8- and 16-bit signed integers to float32 (every value
+    exact), 32- and 64-bit integers to float64 (32-bit ones exact; the
+    kernel rounds 64-bit ones through float64 anyway). Together with the
+    ``scaled`` and ``exact`` flags of the cube's own dtype the results are
+    bit-identical to a kernel compiled for the cube's dtype.
+
+    Examples
+    --------
+    >>> [str(kernel_dtype(d)) for d in (">u2", np.int16, np.int32, np.uint64, np.float16)]
+    ['uint16', 'float32', 'float64', 'float64', 'float32']
+    """
+    kind = native_dtype(dtype)
+    if kind in (np.uint8, np.uint16, np.float32, np.float64):
+        return kind
+    if kind.kind in "ui" and kind.itemsize <= 2:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
 
 def similarity_plan(
@@ -231,7 +259,10 @@ def similarity_plan(
     taps = gaussian_kernel1d(sigma)
     # The kernel keeps only the q-mask's pixels, as row segments of the box.
     qruns = mask_runs(mask[box[0] : box[1], box[2] : box[3]]).astype(np.int64)
-    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, runs, slots, qruns)
+    exact = dark_exact(kind, (qx, qy))
+    return SimilarityPlan(
+        (qx, qy), taps, box, weight, kernel_dtype(kind), scaled, bins, runs, slots, qruns, exact
+    )
 
 
 def block_similarity(
@@ -335,7 +366,7 @@ def block_similarity(
         bins,
         feats,
         runs,
-        dark_exact(plan.dtype, plan.detector),
+        dark_exact(plan.dtype, plan.detector) if plan.exact is None else plan.exact,
         signal,
         slots,
     )
