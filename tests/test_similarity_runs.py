@@ -258,3 +258,33 @@ def test_plan_runs_cover_the_mask():
     np.testing.assert_array_equal(rebuilt, mask[i0:i1, j0:j1])
     assert not rebuilt.all(axis=1).all()  # box rows with gaps, and empty ones
     assert (~rebuilt.any(axis=1)).any()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.uint32, np.int64, np.uint64, ">i8"])
+def test_features_and_dark_field_of_converted_dtypes(dtype):
+    # pattern_features and dark_field_image read these dtypes as float32 /
+    # kernel_dtype blocks: one-pixel bins are float32(value) exactly as a
+    # cast of the original, and the dark field's sums stay exact for
+    # integers of up to 32 bits (float64 sums in raster order for 64-bit).
+    from napari_stemcluster.core.linkage import pattern_features
+    from napari_stemcluster.core.masking import dark_field_image
+
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(11)
+    native = np.dtype(dtype).newbyteorder("=")
+    cube = rng.integers(info.min, info.max, (2, 3, 5, 6), endpoint=True, dtype=native)
+    cube = cube.astype(dtype)
+    cube[0, 0, 0, :4] = [info.max, info.min, 2**24 + 1 if info.bits > 24 else 3, 0]
+    feats = pattern_features(cube, dims=30)
+    np.testing.assert_array_equal(feats, cube.astype(np.float32).reshape(2, 3, 30))
+    beam = (2.0, 2.5, 0.5)
+    keep = dark_field_keep((5, 6), beam)
+    if info.bits <= 32:
+        want = cube[..., keep].astype(np.int64).sum(axis=-1).astype(np.float32)
+    else:
+        vals = cube[..., keep].astype(np.float64)
+        want = np.zeros(cube.shape[:2])
+        for p in range(vals.shape[-1]):  # raster order, float64
+            want += vals[..., p]
+        want = want.astype(np.float32)
+    np.testing.assert_array_equal(dark_field_image(cube, beam), want)

@@ -254,7 +254,7 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
     array([[0., 3.]], dtype=float32)
     """
     from ._linkage_numba import _masked_sums
-    from ._validate import block_rows, check_cube, native_dtype
+    from ._validate import block_rows, check_cube, kernel_dtype, native_dtype
 
     check_cube(cube, 4)
     rx, ry, qx, qy = cube.shape
@@ -262,19 +262,23 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
         beam = direct_beam(_sample_mean(cube))
     runs = mask_runs(dark_field_keep((qx, qy), beam))
     kind = native_dtype(cube.dtype)
+    # The kernel's few dtypes (the same sums, see kernel_dtype); the exact
+    # integer sums are chosen by the cube's own dtype.
+    exact = dark_exact(kind, (qx, qy))
+    kind = kernel_dtype(kind)
     out = np.empty((rx, ry), np.float32)
-    step = block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+    step = block_rows(cube.shape, max(np.dtype(cube.dtype).itemsize, kind.itemsize))
     for r0 in range(0, rx, step):
         r1 = min(r0 + step, rx)
         block = cube[r0:r1]
         if hasattr(block, "compute"):
             block = block.compute()
         # A numpy view is summed where it lies (a crop of a larger block
-        # needs no copy); only other byte orders or float16 are converted.
+        # needs no copy); only other byte orders and dtypes are converted.
         block = np.asarray(block)
         if block.dtype != kind or block.strides[-1] != block.itemsize:
             block = np.ascontiguousarray(block, dtype=kind)
-        _masked_sums(block, runs, dark_exact(kind, (qx, qy)), out[r0:r1])
+        _masked_sums(block, runs, exact, out[r0:r1])
     return out
 
 

@@ -10,7 +10,14 @@ import numpy as np
 
 from ._blur import gaussian_kernel1d
 from ._similarity_numba import fused_similarity
-from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
+from ._validate import (
+    block_rows,
+    check_cube,
+    check_finite_values,
+    kernel_dtype,
+    native_dtype,
+    read_rows,
+)
 from .linkage import feature_bins, feature_slots
 from .masking import dark_exact, dark_field_keep, mask_runs, resolve_q_mask
 
@@ -168,31 +175,6 @@ class SimilarityPlan(NamedTuple):
     slots: np.ndarray | None = None  # features: the bins that meet the q-mask (feature_slots)
     qruns: np.ndarray | None = None  # int64 (row, start, stop) of the q-mask in box coordinates
     exact: bool | None = None  # dark field: integer sums (dark_exact of the cube's dtype)
-
-
-def kernel_dtype(dtype) -> np.dtype:
-    """The dtype the similarity kernel reads a cube of ``dtype`` as.
-
-    The kernel is compiled for uint8, uint16, float32 and float64 only (each
-    dtype is a separate compilation of a large kernel). The other dtypes are
-    converted block by block to one whose values give the same float32
-    arithmetic: 8- and 16-bit signed integers to float32 (every value
-    exact), 32- and 64-bit integers to float64 (32-bit ones exact; the
-    kernel rounds 64-bit ones through float64 anyway). Together with the
-    ``scaled`` and ``exact`` flags of the cube's own dtype the results are
-    bit-identical to a kernel compiled for the cube's dtype.
-
-    Examples
-    --------
-    >>> [str(kernel_dtype(d)) for d in (">u2", np.int16, np.int32, np.uint64, np.float16)]
-    ['uint16', 'float32', 'float64', 'float64', 'float32']
-    """
-    kind = native_dtype(dtype)
-    if kind in (np.uint8, np.uint16, np.float32, np.float64):
-        return kind
-    if kind.kind in "ui" and kind.itemsize <= 2:
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
 
 
 def similarity_plan(
