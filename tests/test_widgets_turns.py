@@ -143,3 +143,30 @@ def test_the_bragg_widget_leaves_viewers_alone_when_nothing_they_take_changes(
     dif.bragg_params = None
     viewer.add_labels(labels.copy(), name="clusters 2", metadata=meta)
     qtbot.waitUntil(lambda: len(previews) == 1, timeout=WAIT)
+
+
+def test_a_large_file_is_shown_a_turn_after_napari_adds_it(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    import h5py
+
+    import napari_stemcluster.widgets._background as background
+    from napari_stemcluster._reader import read_stem
+
+    monkeypatch.setattr(background, "BACKGROUND_BYTES", 0)  # every file counts as large
+    data = np.random.default_rng(0).integers(0, 100, (6, 5, 8, 7)).astype(np.uint16)
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cube", data=data)
+    # no viewer: nothing hidden (a script adding the layer itself sees it)
+    ((img, kwargs, _),) = read_stem(str(path))
+    assert isinstance(img, background.BackgroundImage) and kwargs.get("visible", True)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-stemcluster")
+    # added hidden: its first paint (shaders compiled) is not in the opening's pause
+    assert isinstance(layer.data, background.BackgroundImage) and not layer.visible
+    qtbot.waitUntil(lambda: layer.visible, timeout=WAIT)
+    assert layer.data.wait(0, timeout=30)
+    np.testing.assert_array_equal(layer.data[:, :], np.asarray(layer.data))
+    lo, hi = layer.contrast_limits
+    assert layer.visible and hi > lo and (lo, hi) != (0.0, 1.0)  # from the computed image
