@@ -170,3 +170,27 @@ def test_a_large_file_is_shown_a_turn_after_napari_adds_it(
     np.testing.assert_array_equal(layer.data[:, :], np.asarray(layer.data))
     lo, hi = layer.contrast_limits
     assert layer.visible and hi > lo and (lo, hi) != (0.0, 1.0)  # from the computed image
+
+
+def test_the_threshold_plot_draws_once_in_a_later_turn(qtbot):
+    plot = ThresholdPlot()
+    qtbot.addWidget(plot.canvas)
+    draws = []
+    plot.canvas.mpl_connect("draw_event", lambda event: draws.append(event))
+    qtbot.wait(100)
+    draws.clear()
+    lab = np.array([[1, 1, 0, 2], [3, 3, 3, 0]])
+    stats = threshold_stats(lab, np.full(lab.shape, 0.9), None, 0.8, 1)
+    plot.set_histogram(np.linspace(0.2, 1.0, 50))
+    plot.set_threshold(0.8)
+    plot.set_clusters(stats, np.ones((3, 4)))
+    plot.set_clusters(stats, np.ones((3, 4)))  # two updates in a turn: one drawing
+    assert draws == []  # not in the turn that made the data
+    assert plot._draw_pending  # one drawing asked for
+    qtbot.waitUntil(lambda: len(draws) >= 1, timeout=WAIT)
+    assert not plot._draw_pending
+    assert plot._background is not None  # the ring blits onto the drawn figure
+    n = len(draws)
+    plot.highlight(2)
+    qtbot.wait(100)
+    assert len(draws) == n and plot.highlighted == 2

@@ -9,6 +9,7 @@ mouse in the main viewer is ringed in the plot.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,7 @@ class ThresholdPlot:
         # the ring moves with the mouse: it is blitted onto a saved background
         # instead of redrawing the figure (a full draw takes 50-200 ms)
         self._background = None
+        self._draw_pending = False
         self.canvas.mpl_connect("draw_event", self._on_draw)
         for ax in (self.hist_ax, self.scatter_ax):
             self._style(ax)
@@ -220,9 +222,25 @@ class ThresholdPlot:
         self.redraw()
 
     def redraw(self) -> None:
-        """Draw the whole figure (after new data), the ring included."""
+        """Draw the whole figure (after new data), the ring included, in a later turn.
+
+        Not ``draw_idle``: its zero-delay timer runs before the event loop's
+        other work, so the drawing (50-200 ms) added to the turn that made
+        the new data (a preview's region growing, a job's new layer).
+        """
+        from qtpy.QtCore import QTimer
+
+        from ._common import LATER_STEP_MS
+
         self._background = None
-        self.canvas.draw_idle()
+        if not self._draw_pending:
+            self._draw_pending = True
+            QTimer.singleShot(LATER_STEP_MS, self._draw_later)
+
+    def _draw_later(self) -> None:
+        self._draw_pending = False
+        with contextlib.suppress(RuntimeError):  # the widget was closed and deleted meanwhile
+            self.canvas.draw()
 
     def _on_draw(self, event=None):
         self._background = self.canvas.copy_from_bbox(self.scatter_ax.bbox)
