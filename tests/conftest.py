@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(reason=MISSING_DATA)
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _freeze_survivors():
+    """Keep the objects that earlier tests left alive out of later garbage collections.
+
+    napari collects garbage (a full collection) whenever a viewer closes or a layer goes,
+    and its test fixture again after each test. Objects that survive tests (caches,
+    compiled kernels, napari's own references to closed viewers) pile up, and every
+    full collection walked them all: late in the suite a GUI test's teardown took
+    5-25 s. Freezing moves the survivors into the permanent generation, which
+    collections skip; reference counting still frees them as usual.
+    """
+    gc.freeze()
+    yield
 
 
 @pytest.fixture(autouse=True)
