@@ -71,16 +71,18 @@ def test_blocks_dask_and_threads_bit_for_bit(rng):
 def test_position_parallel_integer_sums_equal_raster_order(rng, dtype):
     """Integer sums take the position-parallel kernel: the same numbers bit for bit."""
     from napari_stemcluster.core._averages_numba import _accumulate, _accumulate_exact
+    from napari_stemcluster.core.averages import sum_dtype
 
     info = np.iinfo(dtype)
     cube = rng.integers(max(info.min, -(2**31)), info.max, (9, 13, 5, 7), endpoint=True)
     cube = cube.astype(dtype)
     labels = rng.integers(-1, 5, (9, 13))
+    flat = cube.reshape(-1, 35).astype(sum_dtype(dtype))  # as cluster_sums gives the kernels
     want = np.zeros((4, 35))
-    _accumulate(cube.reshape(-1, 35), labels.ravel().astype(np.int64), want)
+    _accumulate(flat, labels.ravel().astype(np.int64), want)
     for tasks in (2, 3, 5):
         got = np.zeros((4, 35))
-        _accumulate_exact(cube.reshape(-1, 35), labels.ravel().astype(np.int64), got, tasks)
+        _accumulate_exact(flat, labels.ravel().astype(np.int64), got, tasks)
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(cluster_sums(cube, labels, 4)[0].reshape(4, 35), want)
 
@@ -239,3 +241,40 @@ def test_table_equals_a_plain_loop(rng, shape, dtype):
         np.testing.assert_array_equal(t.mean_similarity, msim)
     empty = cluster_table(np.zeros(shape, dtype), ms)
     assert len(empty) == 0 and empty.seed.shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.int8, ">i2", np.uint32, ">i4", np.int64, np.uint64, np.float16, ">f4", ">f8"]
+)
+def test_converted_dtypes_give_the_sums_of_their_own_values(rng, dtype):
+    """Cubes are read in a few kernel dtypes: the sums are those of the cube's own values."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        cube = rng.normal(0, 1e3, (5, 6, 3, 4))
+    else:
+        info = np.iinfo(dtype)
+        if dtype.itemsize == 8:  # beyond 2**53: each value rounds through float64
+            cube = rng.integers(2**60, 2**62, (5, 6, 3, 4), dtype=np.int64)
+        else:
+            cube = rng.integers(info.min, info.max, (5, 6, 3, 4), endpoint=True)
+    cube = cube.astype(dtype)
+    labels = rng.integers(-1, 4, (5, 6))
+    want = np.zeros((3, 3, 4))
+    for x, y in np.ndindex(5, 6):  # raster order, float64 of each value
+        if labels[x, y] > 0:
+            want[labels[x, y] - 1] += cube[x, y].astype(np.float64)
+    for rows in (None, 2):  # the whole cube in one call, and blocks
+        got, counts = cluster_sums(cube, labels, 3, _block_rows=rows)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(counts, np.bincount(labels[labels > 0] - 1, minlength=3))
+
+
+def test_a_converted_cube_is_read_in_blocks():
+    """Never a float64 copy of a whole cube: converted cubes go block by block."""
+    from napari_stemcluster.core._validate import block_rows
+    from napari_stemcluster.core.averages import _sum_rows, sum_dtype
+
+    wide = np.zeros((8192, 8, 16, 16), np.uint32)  # 64 MiB, C-contiguous
+    assert _sum_rows(wide, sum_dtype(wide.dtype)) == block_rows(wide.shape, 8) == 4096
+    narrow = np.zeros((64, 8, 16, 16), np.uint16)
+    assert _sum_rows(narrow, sum_dtype(narrow.dtype)) == 64  # summed where it lies

@@ -67,7 +67,7 @@ def run_blur_box(pattern, sigma, box, weight):
         ((7, 1), 1.5, (0, 7, 0, 1)),  # a single detector column
     ],
 )
-@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])  # the kernels' dtypes
 def test_blur_box_matches_scipy(shape, sigma, box, dtype):
     rng = np.random.default_rng(sum(shape) + int(10 * sigma))
     pattern = rng.integers(0, 1000, shape).astype(dtype)
@@ -107,6 +107,41 @@ def weighted_average_numpy(cube, offsets, rhat_of):
     return out
 
 
+def kernel_inputs(offsets):
+    """Forward offsets, pair indices, union and row half-widths of a footprint."""
+    is_fwd = (offsets[:, 0] > 0) | ((offsets[:, 0] == 0) & (offsets[:, 1] > 0))
+    fwd = offsets[is_fwd]
+    index = {tuple(d): i for i, d in enumerate(fwd.tolist())}
+    pair = np.array(
+        [index.get((dx, dy), index.get((-dx, -dy), -1)) for dx, dy in offsets.tolist()],
+        np.int64,
+    )
+    radius = int(offsets[:, 0].max())
+    half = np.array(
+        [max(dc for dr, dc in offsets.tolist() if dr == i - radius) for i in range(2 * radius + 1)],
+        np.int64,
+    )
+    return is_fwd, fwd, index, pair, _pair_union(offsets), half
+
+
+def run_weighted_average(raw, rh, offsets, strip, cap=None):
+    """Run the kernel the filter uses for ``raw``'s dtype; ``(dst, wts)``."""
+    nx, ny = raw.shape[:2]
+    cap = nx if cap is None else cap
+    is_fwd, _, _, pair, union, half = kernel_inputs(offsets)
+    dst = np.full(raw.shape, np.nan, np.float32)
+    wts = np.full((nx, ny, len(offsets)), np.nan, np.float32)
+    if raw.dtype == np.uint16:
+        _k.weighted_average_int(
+            raw, cap, rh, nx, 0, nx, nx, offsets, is_fwd, pair, union, half, strip, dst, wts
+        )
+    else:
+        _k.weighted_average(
+            raw, cap, rh, nx, 0, nx, nx, offsets, is_fwd, pair, union, strip, dst, wts
+        )
+    return dst, wts
+
+
 @pytest.mark.parametrize("radius", [1, 2, 3, 4])
 @pytest.mark.parametrize("scan", [(5, 7), (4, 6), (1, 9), (9, 1), (3, 2)])
 @pytest.mark.parametrize("dtype", [np.uint16, ">i4", np.float64])
@@ -117,13 +152,7 @@ def test_weighted_average_matches_numpy(radius, scan, dtype):
     rng = np.random.default_rng(radius * 100 + nx * 10 + ny)
     cube = rng.integers(0, 500, (nx, ny, 5, 6)).astype(dtype)
     offsets = prefilter_footprint(radius)
-    is_fwd = (offsets[:, 0] > 0) | ((offsets[:, 0] == 0) & (offsets[:, 1] > 0))
-    fwd = offsets[is_fwd]
-    index = {tuple(d): i for i, d in enumerate(fwd.tolist())}
-    pair = np.array(
-        [index.get((dx, dy), index.get((-dx, -dy), -1)) for dx, dy in offsets.tolist()],
-        np.int64,
-    )
+    _, fwd, index, _, _, _ = kernel_inputs(offsets)
     rh = rng.choice([0.0, 0.0, 0.3, 0.75, 1.0], (nx, ny, len(fwd))).astype(np.float32)
 
     def rhat_of(p, q):
@@ -132,31 +161,73 @@ def test_weighted_average_matches_numpy(radius, scan, dtype):
             return float(rh[p[0], p[1], index[d]])
         return float(rh[q[0], q[1], index[(-d[0], -d[1])]])
 
-    native = np.ascontiguousarray(cube.astype(cube.dtype.newbyteorder("=")))
-    raw = native.reshape(nx, ny, -1)
-    dst = np.full(raw.shape, np.nan, np.float32)
-    wts = np.full((nx, ny, len(offsets)), np.nan, np.float32)
+    # The kernels see the block in the filter's ring dtype.
+    ring = prefilter.ring_dtype(cube.dtype.newbyteorder("="))
+    raw = np.ascontiguousarray(cube.astype(ring)).reshape(nx, ny, -1)
+    ref = weighted_average_numpy(cube, offsets, rhat_of)
     for strip in (2, 4):
-        _k.weighted_average(
-            raw,
-            nx,
-            rh,
-            nx,
-            0,
-            nx,
-            nx,
-            offsets,
-            is_fwd,
-            pair,
-            _pair_union(offsets),
-            strip,
-            dst,
-            wts,
-        )
-        ref = weighted_average_numpy(cube, offsets, rhat_of)
+        dst, wts = run_weighted_average(raw, rh, offsets, strip)
         np.testing.assert_allclose(dst.reshape(cube.shape), ref, rtol=2e-6, atol=1e-4)
     centre = len(offsets) // 2
     assert np.all(wts[..., centre] == 1)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 4])
+@pytest.mark.parametrize("scan", [(7, 13), (1, 11), (10, 1), (6, 2)])
+@pytest.mark.parametrize("fractional", [0.0, 0.01, 0.3])
+def test_integer_sums_are_the_float32_sweep_bit_for_bit(radius, scan, fractional):
+    # uint16 rings are summed in int32 where a pair's weights are all 0 or 1
+    # (running disk sums, corrected for the zeros) and by the float32 sweep
+    # elsewhere: the result must be the float32 sweep's, bit for bit, up to
+    # the largest uint16 values, for any strip width and ring capacity.
+    nx, ny = scan
+    rng = np.random.default_rng(radius * 1000 + nx * 10 + ny + int(fractional * 100))
+    cube = rng.integers(0, 65536, (nx, ny, 7, 5), dtype=np.uint16)
+    cube[rng.random((nx, ny)) < 0.2] = 65535
+    offsets = prefilter_footprint(radius)
+    _, fwd, _, _, _, _ = kernel_inputs(offsets)
+    rh = (rng.random((nx, ny, len(fwd))) < 0.85).astype(np.float32)
+    rh[rng.random((nx, ny)) < 0.15] = 0.0  # positions that correlate with nobody
+    rh[rng.random(rh.shape) < fractional] = 0.5
+    expected, expected_w = run_weighted_average(
+        cube.reshape(nx, ny, -1).astype(np.float32), rh, offsets, 2
+    )
+    for strip in (2, 4, 100):
+        got, w = run_weighted_average(cube.reshape(nx, ny, -1), rh, offsets, strip)
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(w, expected_w)
+    # A ring of fewer rows than the scan (slot r % cap) holding the same rows.
+    cap = min(nx, 2 * radius + 1)
+    if cap < nx:
+        # Only the last `cap` rows are in the ring, so check the rows whose
+        # neighbourhood lies in them.
+        ring = np.empty((cap, ny, 35), np.uint16)
+        for r in range(nx - cap, nx):
+            ring[r % cap] = cube[r].reshape(ny, -1)
+        is_fwd, _, _, pair, union, half = kernel_inputs(offsets)
+        r0 = nx - cap + radius
+        dst = np.full((nx - r0, ny, 35), np.nan, np.float32)
+        wts = np.empty((nx - r0, ny, len(offsets)), np.float32)
+        _k.weighted_average_int(
+            ring, cap, rh, nx, r0, nx, nx, offsets, is_fwd, pair, union, half, 4, dst, wts
+        )
+        np.testing.assert_array_equal(dst, expected[r0:])
+
+
+def test_ring_dtypes():
+    # Three kernel dtypes only; each conversion keeps every value exactly as
+    # the kernels would convert it.
+    expected = {
+        "u1": "uint16", "u2": "uint16", "i1": "float32", "i2": "float32", "i4": "float32",
+        "u4": "float32", "f4": "float32", "i8": "float64", "u8": "float64", "f8": "float64",
+    }  # fmt: skip
+    for code, ring in expected.items():
+        assert prefilter.ring_dtype(np.dtype(code)) == np.dtype(ring)
+    big = np.array([2**31 - 1, -(2**31), 16777217, 2**32 - 1], np.int64)
+    for dt in (np.int32, np.uint32):
+        x = big[(big >= np.iinfo(dt).min) & (big <= np.iinfo(dt).max)].astype(dt)
+        # numpy's conversion rounds like the kernels' float32(x).
+        np.testing.assert_array_equal(x.astype(np.float32), [np.float32(int(v)) for v in x])
 
 
 def test_pair_union_lists_both_footprints():

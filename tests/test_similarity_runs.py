@@ -19,8 +19,12 @@ from napari_stemcluster.core._blur import (
     runs_scratch,
 )
 from napari_stemcluster.core._similarity_numba import bin_box, bin_runs, dot5
-from napari_stemcluster.core.masking import mask_runs
-from napari_stemcluster.core.similarity import neighbor_similarity, similarity_plan
+from napari_stemcluster.core.masking import dark_field_keep, mask_runs
+from napari_stemcluster.core.similarity import (
+    kernel_dtype,
+    neighbor_similarity,
+    similarity_plan,
+)
 
 import _reference as ref
 
@@ -101,13 +105,16 @@ def test_blur_runs_matches_scipy(rng, shape, sigma):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.uint64, np.float64])
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_blur_runs_dtypes_and_scale(rng, dtype, sigma):
+    # The kernel reads every dtype as its kernel_dtype (a few compilations
+    # instead of one per dtype); the reference takes the original values.
     src = rng.integers(0, 120, (13, 17)).astype(dtype)
+    seen = src.astype(kernel_dtype(dtype))
     for mask in _masks(13, 17):
         np.testing.assert_allclose(
-            _run_kernel(src, mask, sigma), _reference(src, mask, sigma), rtol=2e-6, atol=2e-4
+            _run_kernel(seen, mask, sigma), _reference(src, mask, sigma), rtol=2e-6, atol=2e-4
         )
         np.testing.assert_allclose(
-            _run_kernel(src, mask, sigma, 0.125),
+            _run_kernel(seen, mask, sigma, 0.125),
             _reference(src, mask, sigma, 0.125),
             rtol=2e-6,
             atol=2e-5,
@@ -157,6 +164,65 @@ def test_dot5_matches_numpy(rng, n):
 
 
 @pytest.mark.parametrize(
+    "dtype",
+    [
+        np.uint8,
+        np.int8,
+        np.uint16,
+        ">u2",
+        np.int16,
+        np.uint32,
+        np.int32,
+        ">i4",
+        np.int64,
+        np.uint64,
+        np.float16,
+        np.float32,
+        ">f4",
+        np.float64,
+        ">f8",
+    ],
+)
+def test_kernel_dtype_converts_exactly(dtype):
+    # The kernel reads a block of any dtype as kernel_dtype(dtype): the
+    # float32 values its arithmetic starts from are those of the original
+    # values (up to 32 bits every value is exact in the kernel dtype; 64-bit
+    # values the kernel always rounded through float64), so results are
+    # bit-identical to a kernel compiled for the original dtype.
+    dt = np.dtype(dtype)
+    kd = kernel_dtype(dt)
+    assert kd.isnative and kd in (np.uint8, np.uint16, np.float32, np.float64)
+    if dt.kind == "f":
+        info = np.finfo(dt)
+        vals = np.array([0, 1, -1.5, info.max, info.min, info.tiny, info.eps, 1e-3], dt)
+    else:
+        info = np.iinfo(dt)
+        wide = [2**24 - 3, 2**24 - 1, 2**24 + 1, 2**24 + 3, 2**31 // 5 + 1, 2**31 - 1]
+        wide += [2**53 + 1, 2**63 - 1, 2**64 - 1]
+        vals = [0, 1, 2, 3, info.max, info.max - 1, info.min, info.min + 1, info.max // 3]
+        vals = np.array(vals + [v for v in wide if info.min <= v <= info.max], dt)
+    conv = vals.astype(kd)
+    if dt.itemsize < 8:
+        assert np.array_equal(conv.astype(dt), vals)  # every value exact
+        assert np.array_equal(conv.astype(np.float32), vals.astype(np.float32))
+    else:
+        assert np.array_equal(conv, vals.astype(np.float64))
+
+
+def test_dark_field_of_wide_integers_is_exact():
+    # int32 blocks are read as float64: the dark field's integer sums stay exact.
+    rng = np.random.default_rng(5)
+    cube = rng.integers(2**30 - 2**10, 2**30, (2, 3, 9, 10)).astype(np.int32)
+    cube[0, 0] = 2**24 + 1  # odd values that float32 cannot hold
+    beam = (4.0, 4.5, 1.0)
+    dark = np.empty((2, 3), np.float32)
+    neighbor_similarity(cube, (1, 4), 1.0, dark_field=dark, beam=beam)
+    keep = dark_field_keep((9, 10), beam)
+    want = cube[..., keep].astype(np.int64).sum(axis=-1).astype(np.float64).astype(np.float32)
+    np.testing.assert_array_equal(dark, want)
+
+
+@pytest.mark.parametrize(
     "dtype", [np.uint8, np.uint16, ">u2", np.int32, np.uint64, np.float32, ">f8"]
 )
 @pytest.mark.parametrize("sigma", [0.0, 1.0, 2.0])
@@ -192,3 +258,33 @@ def test_plan_runs_cover_the_mask():
     np.testing.assert_array_equal(rebuilt, mask[i0:i1, j0:j1])
     assert not rebuilt.all(axis=1).all()  # box rows with gaps, and empty ones
     assert (~rebuilt.any(axis=1)).any()
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.uint32, np.int64, np.uint64, ">i8"])
+def test_features_and_dark_field_of_converted_dtypes(dtype):
+    # pattern_features and dark_field_image read these dtypes as float32 /
+    # kernel_dtype blocks: one-pixel bins are float32(value) exactly as a
+    # cast of the original, and the dark field's sums stay exact for
+    # integers of up to 32 bits (float64 sums in raster order for 64-bit).
+    from napari_stemcluster.core.linkage import pattern_features
+    from napari_stemcluster.core.masking import dark_field_image
+
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(11)
+    native = np.dtype(dtype).newbyteorder("=")
+    cube = rng.integers(info.min, info.max, (2, 3, 5, 6), endpoint=True, dtype=native)
+    cube = cube.astype(dtype)
+    cube[0, 0, 0, :4] = [info.max, info.min, 2**24 + 1 if info.bits > 24 else 3, 0]
+    feats = pattern_features(cube, dims=30)
+    np.testing.assert_array_equal(feats, cube.astype(np.float32).reshape(2, 3, 30))
+    beam = (2.0, 2.5, 0.5)
+    keep = dark_field_keep((5, 6), beam)
+    if info.bits <= 32:
+        want = cube[..., keep].astype(np.int64).sum(axis=-1).astype(np.float32)
+    else:
+        vals = cube[..., keep].astype(np.float64)
+        want = np.zeros(cube.shape[:2])
+        for p in range(vals.shape[-1]):  # raster order, float64
+            want += vals[..., p]
+        want = want.astype(np.float32)
+    np.testing.assert_array_equal(dark_field_image(cube, beam), want)

@@ -282,8 +282,29 @@ def _in_background(layers: list[tuple], nbytes: int) -> list[tuple]:
         if wrapped is not data:
             # napari would compute the whole image to find them
             kwargs = {**kwargs, "contrast_limits": (0.0, 1.0)}
+            if kwargs.get("visible", True) and _in_a_viewer():
+                # shown a turn after napari adds it: its first paint (shader
+                # compilation) is then not part of the opening's pause
+                kwargs["visible"] = False
+                wrapped.reveal_later()
         out.append((wrapped, kwargs, kind))
     return out
+
+
+def _in_a_viewer() -> bool:
+    """Whether this runs in the GUI thread of a napari session (a viewer exists)."""
+    import threading
+
+    try:
+        from napari import Viewer
+        from qtpy.QtWidgets import QApplication
+    except Exception:  # no napari or no Qt binding
+        return False
+    return (
+        QApplication.instance() is not None
+        and threading.current_thread() is threading.main_thread()
+        and bool(Viewer._instances)
+    )
 
 
 def _refuse(message: str):

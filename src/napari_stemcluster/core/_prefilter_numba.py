@@ -37,7 +37,14 @@ _BAND = 8
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _reflect(i, n):
-    # scipy's "reflect" (half-sample symmetric) extension: period 2n.
+    # scipy's "reflect" (half-sample symmetric) extension: period 2n. The
+    # usual case, at most n outside, without the (slow) integer division.
+    if i < 0 and i >= -n:
+        return -1 - i
+    if i >= n and i < 2 * n:
+        return 2 * n - 1 - i
+    if i >= 0 and i < n:
+        return i
     m = i % (2 * n)
     if m < 0:
         m += 2 * n
@@ -69,14 +76,43 @@ def _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_ends(src, qy, idx_x, i0, n_rows, c0, off, n_mid, pad, wd, scale):
-    # Padded columns outside the detector, reflected: at most r each side.
+def _fill_ends(src, qy, idx_x, i0, n_rows, cols, off, n_mid, pad, wd, scale):
+    # Padded columns outside the detector, reflected: at most r each side;
+    # ``cols[j]`` is the source column of padded column ``j`` (see
+    # :func:`_reflected_columns`: no index arithmetic per pixel).
     for p in range(n_rows):
         s0 = idx_x[i0 + p] * qy
+        row = pad[p * wd : (p + 1) * wd]
         for j in range(off):
-            pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
+            row[j] = np.float32(np.float64(src[s0 + cols[j]]) * scale)
         for j in range(off + n_mid, wd):
-            pad[p * wd + j] = np.float32(np.float64(src[s0 + _reflect(c0 + j, qy)]) * scale)
+            row[j] = np.float32(np.float64(src[s0 + cols[j]]) * scale)
+
+
+@numba.njit(cache=True, nogil=True)
+def _within(cols, off, n_mid, wd, lo, hi):
+    # Whether every end column's source lies in the filled columns lo:hi.
+    for j in range(wd):
+        if (j < off or j >= off + n_mid) and (cols[j] < lo or cols[j] >= hi):
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_ends(row, cols, off, n_mid, wd, lo):
+    # End columns from the filled column they reflect (at off + col - lo).
+    for j in range(off):
+        row[j] = row[off + cols[j] - lo]
+    for j in range(off + n_mid, wd):
+        row[j] = row[off + cols[j] - lo]
+
+
+@numba.njit(cache=True, nogil=True)
+def _reflected_columns(c0, wd, qy):
+    cols = np.empty(wd, np.int64)
+    for j in range(wd):
+        cols[j] = _reflect(c0 + j, qy)
+    return cols
 
 
 # One loop per function (a branch around two loops keeps LLVM from
@@ -201,7 +237,8 @@ def _blur_box(src, qx, qy, scale, k, idx_x, box, weight, pad, tmp, out):
     else:
         _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale)
     if off > 0 or hi < j1 + r:
-        _fill_ends(src, qy, idx_x, i0, n_rows, j0 - r, off, hi - lo, pad, wd, scale)
+        cols = _reflected_columns(j0 - r, wd, qy)
+        _fill_ends(src, qy, idx_x, i0, n_rows, cols, off, hi - lo, pad, wd, scale)
     if nk == 1:
         return _weigh(pad, wd, bh, bw, weight, out)
     # Bands of _BAND box rows: the band's intermediate values stay in L1
@@ -446,6 +483,75 @@ def _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, wrow):
     return total
 
 
+@numba.njit(cache=True, nogil=True)
+def _pair_sums(raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc, o0, o1, t0, t1):
+    """Averages of ``(r, c)`` and ``(r, c + 1)`` in one sweep over their neighbours.
+
+    Every neighbour with a nonzero weight for either output is converted
+    once and added to both (float32 multiply-adds, four neighbours a sweep).
+    """
+    q = raw2.shape[1]
+    nu = union.shape[0]
+    n_sel = 0
+    for m in range(nu):
+        rr = r + union[m, 0]
+        cc = c + union[m, 1]
+        if rr < 0 or rr >= nx or cc < 0 or cc >= ny:
+            continue
+        j0 = union[m, 2]
+        j1 = union[m, 3]
+        x0 = w0[j0] if j0 >= 0 else np.float32(0.0)
+        x1 = w1[j1] if j1 >= 0 else np.float32(0.0)
+        if x0 > 0.0 or x1 > 0.0:
+            sel[n_sel] = (rr % raw_cap) * ny + cc
+            wa[n_sel] = x0
+            wb[n_sel] = x1
+            n_sel += 1
+    for g in range(n_sel, n_sel + 3):
+        sel[g] = sel[0]  # padding: weight 0 for both
+        wa[g] = 0.0
+        wb[g] = 0.0
+    # Pixel chunks: the two outputs' chunk stays in L1 while every
+    # neighbour is added to it.
+    for p0 in range(0, q, _CHUNK):
+        p1 = min(q, p0 + _CHUNK)
+        _set4x2(
+            acc, raw2, p0, p1, sel[0], sel[1], sel[2], sel[3],
+            wa[0], wa[1], wa[2], wa[3], wb[0], wb[1], wb[2], wb[3],
+        )  # fmt: skip
+        for g in range(4, n_sel, 4):
+            _add4x2(
+                acc, raw2, p0, p1, sel[g], sel[g + 1], sel[g + 2], sel[g + 3],
+                wa[g], wa[g + 1], wa[g + 2], wa[g + 3], wb[g], wb[g + 1], wb[g + 2], wb[g + 3],
+            )  # fmt: skip
+    _divide(acc[1], o1, np.float32(t1))
+    _divide(acc[0], o0, np.float32(t0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc, o0, t0):
+    """Average of ``(r, c)`` alone (the last column of an odd-width scan)."""
+    q = raw2.shape[1]
+    n_sel = 0
+    for j in range(offsets.shape[0]):
+        if w0[j] > 0.0:
+            sel[n_sel] = ((r + offsets[j, 0]) % raw_cap) * ny + c + offsets[j, 1]
+            wa[n_sel] = w0[j]
+            n_sel += 1
+    for g in range(n_sel, n_sel + 3):
+        sel[g] = sel[0]
+        wa[g] = 0.0
+    for p0 in range(0, q, _CHUNK):
+        p1 = min(q, p0 + _CHUNK)
+        _set4(acc, raw2, p0, p1, sel[0], sel[1], sel[2], sel[3], wa[0], wa[1], wa[2], wa[3])
+        for g in range(4, n_sel, 4):
+            _add4(
+                acc, raw2, p0, p1, sel[g], sel[g + 1], sel[g + 2], sel[g + 3],
+                wa[g], wa[g + 1], wa[g + 2], wa[g + 3],
+            )  # fmt: skip
+    _divide(acc, o0, np.float32(t0))
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def weighted_average(
     raw, raw_cap, rh, rh_cap, r0, r1, nx, offsets, forward, pair, union, strip, dst, wts
@@ -469,7 +575,6 @@ def weighted_average(
     and its weights, not on blocks, strips or threads.
     """
     ny = raw.shape[1]
-    nk = offsets.shape[0]
     nu = union.shape[0]
     q = raw.shape[2]
     raw2 = raw.reshape(raw.shape[0] * ny, q)
@@ -484,114 +589,259 @@ def weighted_average(
                 w0 = wts[r - r0, c]
                 t0 = _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, w0)
                 if c + 1 < ny:
+                    w1 = wts[r - r0, c + 1]
+                    t1 = _weights_of(rh, rh_cap, r, c + 1, nx, ny, offsets, forward, pair, w1)
+                    _pair_sums(
+                        raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc,
+                        o0, dst[r - r0, c + 1], t0, t1,
+                    )  # fmt: skip
+                else:
+                    _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc[0], o0, t0)
+
+
+# Exact sums of integer patterns (uint16 or uint8 rings). With weights 0 and
+# 1 only (most positions inside grains: R_hat is clipped at Rmax), the
+# float32 sweep above adds integers exactly (sums of at most 69 values below
+# 2**16 stay below 2**24), so integer sums in int32 give the same bits. A
+# running sum over the whole disk, moved along a scan row by adding the
+# entering and subtracting the leaving column of the footprint (18 patterns
+# at radius 4 instead of 69), minus the in-scan neighbours of weight 0, gives
+# those sums with far fewer operations. A pair of positions with any weight
+# strictly between 0 and 1 takes the float32 sweep, so every output keeps the
+# bits of the float32 kernel.
+
+
+@numba.njit(cache=True, nogil=True)
+def _iset4(acc, raw2, p0, p1, i0, i1, i2, i3):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] = (np.int32(raw2[i0, i]) + np.int32(raw2[i1, i])) + (
+            np.int32(raw2[i2, i]) + np.int32(raw2[i3, i])
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _iadd4(acc, raw2, p0, p1, i0, i1, i2, i3):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] += (np.int32(raw2[i0, i]) + np.int32(raw2[i1, i])) + (
+            np.int32(raw2[i2, i]) + np.int32(raw2[i3, i])
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _isub4(acc, raw2, p0, p1, i0, i1, i2, i3):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] -= (np.int32(raw2[i0, i]) + np.int32(raw2[i1, i])) + (
+            np.int32(raw2[i2, i]) + np.int32(raw2[i3, i])
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _iset1(acc, raw2, p0, p1, i0):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] = np.int32(raw2[i0, i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _iadd1(acc, raw2, p0, p1, i0):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] += np.int32(raw2[i0, i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _isub1(acc, raw2, p0, p1, i0):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] -= np.int32(raw2[i0, i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _icopy(dst, src, p0, p1):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        dst[i] = src[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _idivide(acc, o, p0, p1, norm):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        o[i] = np.float32(acc[i]) / norm
+
+
+@numba.njit(cache=True, nogil=True)
+def _iapply(acc, raw2, p0, p1, idx, n, sign):
+    """``acc[p0:p1] += sign * sum of the rows idx[:n]`` (sign +1 or -1)."""
+    g = 0
+    while g + 4 <= n:
+        if sign > 0:
+            _iadd4(acc, raw2, p0, p1, idx[g], idx[g + 1], idx[g + 2], idx[g + 3])
+        else:
+            _isub4(acc, raw2, p0, p1, idx[g], idx[g + 1], idx[g + 2], idx[g + 3])
+        g += 4
+    while g < n:
+        if sign > 0:
+            _iadd1(acc, raw2, p0, p1, idx[g])
+        else:
+            _isub1(acc, raw2, p0, p1, idx[g])
+        g += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _iset(acc, raw2, p0, p1, idx, n):
+    """``acc[p0:p1] = sum of the rows idx[:n]`` (``n >= 1``)."""
+    if n >= 4:
+        _iset4(acc, raw2, p0, p1, idx[0], idx[1], idx[2], idx[3])
+        _iapply(acc, raw2, p0, p1, idx[4:], n - 4, 1)
+    else:
+        _iset1(acc, raw2, p0, p1, idx[0])
+        _iapply(acc, raw2, p0, p1, idx[1:], n - 1, 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_index(r, c, nx, ny, raw_cap):
+    if r < 0 or r >= nx or c < 0 or c >= ny:
+        return -1
+    return (r % raw_cap) * ny + c
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, lists, tmp, o, t):
+    """Average of ``(r, c)`` whose weights are all 0 or 1, in int32.
+
+    ``disk`` holds the sum of the in-scan footprint around ``(r,
+    state[0])`` when ``state[0] >= 0``; when the neighbours of weight 0 are
+    fewer than those of weight 1 it is moved to column ``c`` (or summed anew
+    when that is cheaper) and the zeros are subtracted, else the ones are
+    summed directly. ``lists`` is int64 scratch of ``4 * len(offsets)``.
+    """
+    q = raw2.shape[1]
+    nk = offsets.shape[0]
+    rad = (half.shape[0] - 1) // 2
+    ones = lists[0:nk]
+    zeros = lists[nk : 2 * nk]
+    n_one = 0
+    n_zero = 0
+    for j in range(nk):
+        k = _ring_index(r + offsets[j, 0], c + offsets[j, 1], nx, ny, raw_cap)
+        if k < 0:
+            continue
+        if w[j] > 0.0:
+            ones[n_one] = k
+            n_one += 1
+        else:
+            zeros[n_zero] = k
+            n_zero += 1
+    # The running sum pays off when weight 1 dominates: it is then moved
+    # (or set up, once per row of a strip) and corrected for the zeros.
+    if n_one <= n_zero:
+        for p0 in range(0, q, _CHUNK):
+            p1 = min(q, p0 + _CHUNK)
+            _iset(tmp, raw2, p0, p1, ones, n_one)
+            _idivide(tmp, o, p0, p1, np.float32(t))
+        return
+    enter = lists[2 * nk : 3 * nk]
+    leave = lists[3 * nk : 4 * nk]
+    n_in = 0
+    n_out = 0
+    at = state[0]
+    steps = c - at if at >= 0 and at <= c else nk
+    init = steps * 2 * (2 * rad + 1) >= n_one + n_zero
+    if init:
+        for j in range(n_one):
+            enter[j] = ones[j]
+        for j in range(n_zero):
+            enter[n_one + j] = zeros[j]
+        n_in = n_one + n_zero
+    else:
+        for cc in range(at, c):
+            for i in range(2 * rad + 1):
+                k = _ring_index(r + i - rad, cc + 1 + half[i], nx, ny, raw_cap)
+                if k >= 0:
+                    enter[n_in] = k
+                    n_in += 1
+                k = _ring_index(r + i - rad, cc - half[i], nx, ny, raw_cap)
+                if k >= 0:
+                    leave[n_out] = k
+                    n_out += 1
+    state[0] = c
+    for p0 in range(0, q, _CHUNK):
+        p1 = min(q, p0 + _CHUNK)
+        if init:
+            _iset(disk, raw2, p0, p1, enter, n_in)
+        else:
+            _iapply(disk, raw2, p0, p1, enter, n_in, 1)
+            _iapply(disk, raw2, p0, p1, leave, n_out, -1)
+        if n_zero > 0:
+            _icopy(tmp, disk, p0, p1)
+            _iapply(tmp, raw2, p0, p1, zeros, n_zero, -1)
+            _idivide(tmp, o, p0, p1, np.float32(t))
+        else:
+            _idivide(disk, o, p0, p1, np.float32(t))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _binary(w):
+    # All weights 0 or 1 (a loop with an early exit: numba compiles no
+    # generators).
+    j = 0
+    while j < w.shape[0] and (w[j] == 0.0 or w[j] == 1.0):
+        j += 1
+    return j == w.shape[0]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def weighted_average_int(
+    raw, raw_cap, rh, rh_cap, r0, r1, nx, offsets, forward, pair, union, half, strip, dst, wts
+):
+    """:func:`weighted_average` of a uint16 or uint8 ring, same results.
+
+    A pair of positions whose weights are all 0 or 1 is summed exactly in
+    int32 (:func:`_exact_sums`), a pair with any other weight by the float32
+    sweep of :func:`weighted_average`. ``half[i]`` is the footprint's
+    half-width in scan row ``i - radius``.
+    """
+    ny = raw.shape[1]
+    nk = offsets.shape[0]
+    nu = union.shape[0]
+    q = raw.shape[2]
+    raw2 = raw.reshape(raw.shape[0] * ny, q)
+    for s in numba.prange((ny + strip - 1) // strip):
+        sel = np.empty(nu + 3, np.int64)
+        acc = np.empty((2, q), np.float32)
+        wa = np.zeros(nu + 3, np.float32)
+        wb = np.zeros(nu + 3, np.float32)
+        disk = np.empty(q, np.int32)
+        tmp = np.empty(q, np.int32)
+        lists = np.empty(4 * nk, np.int64)
+        state = np.empty(1, np.int64)
+        for r in range(r0, r1):
+            state[0] = -1
+            for c in range(s * strip, min(ny, (s + 1) * strip), 2):
+                o0 = dst[r - r0, c]
+                w0 = wts[r - r0, c]
+                t0 = _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, w0)
+                if c + 1 < ny:
                     o1 = dst[r - r0, c + 1]
                     w1 = wts[r - r0, c + 1]
                     t1 = _weights_of(rh, rh_cap, r, c + 1, nx, ny, offsets, forward, pair, w1)
-                    n_sel = 0
-                    for m in range(nu):
-                        rr = r + union[m, 0]
-                        cc = c + union[m, 1]
-                        if rr < 0 or rr >= nx or cc < 0 or cc >= ny:
-                            continue
-                        j0 = union[m, 2]
-                        j1 = union[m, 3]
-                        x0 = w0[j0] if j0 >= 0 else np.float32(0.0)
-                        x1 = w1[j1] if j1 >= 0 else np.float32(0.0)
-                        if x0 > 0.0 or x1 > 0.0:
-                            sel[n_sel] = (rr % raw_cap) * ny + cc
-                            wa[n_sel] = x0
-                            wb[n_sel] = x1
-                            n_sel += 1
-                    for g in range(n_sel, n_sel + 3):
-                        sel[g] = sel[0]  # padding: weight 0 for both
-                        wa[g] = 0.0
-                        wb[g] = 0.0
-                    # Pixel chunks: the two outputs' chunk stays in L1 while
-                    # every neighbour is added to it.
-                    for p0 in range(0, q, _CHUNK):
-                        p1 = min(q, p0 + _CHUNK)
-                        _set4x2(
-                            acc,
-                            raw2,
-                            p0,
-                            p1,
-                            sel[0],
-                            sel[1],
-                            sel[2],
-                            sel[3],
-                            wa[0],
-                            wa[1],
-                            wa[2],
-                            wa[3],
-                            wb[0],
-                            wb[1],
-                            wb[2],
-                            wb[3],
-                        )
-                        for g in range(4, n_sel, 4):
-                            _add4x2(
-                                acc,
-                                raw2,
-                                p0,
-                                p1,
-                                sel[g],
-                                sel[g + 1],
-                                sel[g + 2],
-                                sel[g + 3],
-                                wa[g],
-                                wa[g + 1],
-                                wa[g + 2],
-                                wa[g + 3],
-                                wb[g],
-                                wb[g + 1],
-                                wb[g + 2],
-                                wb[g + 3],
-                            )
-                    _divide(acc[1], o1, np.float32(t1))
+                    if _binary(w0) and _binary(w1):
+                        _exact_sums(
+                            raw2, raw_cap, r, c, nx, ny, offsets, half, w0, disk, state,
+                            lists, tmp, o0, t0,
+                        )  # fmt: skip
+                        _exact_sums(
+                            raw2, raw_cap, r, c + 1, nx, ny, offsets, half, w1, disk, state,
+                            lists, tmp, o1, t1,
+                        )  # fmt: skip
+                    else:
+                        _pair_sums(
+                            raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc,
+                            o0, o1, t0, t1,
+                        )  # fmt: skip
+                elif _binary(w0):
+                    _exact_sums(
+                        raw2, raw_cap, r, c, nx, ny, offsets, half, w0, disk, state, lists,
+                        tmp, o0, t0,
+                    )  # fmt: skip
                 else:
-                    n_sel = 0
-                    for j in range(nk):
-                        if w0[j] > 0.0:
-                            rr = r + offsets[j, 0]
-                            cc = c + offsets[j, 1]
-                            sel[n_sel] = (rr % raw_cap) * ny + cc
-                            wa[n_sel] = w0[j]
-                            n_sel += 1
-                    for g in range(n_sel, n_sel + 3):
-                        sel[g] = sel[0]
-                        wa[g] = 0.0
-                    for p0 in range(0, q, _CHUNK):
-                        p1 = min(q, p0 + _CHUNK)
-                        _set4(
-                            acc[0],
-                            raw2,
-                            p0,
-                            p1,
-                            sel[0],
-                            sel[1],
-                            sel[2],
-                            sel[3],
-                            wa[0],
-                            wa[1],
-                            wa[2],
-                            wa[3],
-                        )
-                        for g in range(4, n_sel, 4):
-                            _add4(
-                                acc[0],
-                                raw2,
-                                p0,
-                                p1,
-                                sel[g],
-                                sel[g + 1],
-                                sel[g + 2],
-                                sel[g + 3],
-                                wa[g],
-                                wa[g + 1],
-                                wa[g + 2],
-                                wa[g + 3],
-                            )
-                _divide(acc[0], o0, np.float32(t0))
+                    _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc[0], o0, t0)
 
 
 # Subsampled correlation grid (``q_step > 1``): the blurred pattern is only
@@ -620,6 +870,25 @@ def _tap_add(src, w, n, dst):
 
 
 @numba.njit(cache=True, nogil=True)
+def _phases2(row, n_ph, stride, ph):
+    # _phases for step 2, with the step known to the compiler (vectorised).
+    n = row.shape[0]
+    m_in = n // 2
+    ev = ph[0:n_ph]
+    od = ph[stride : stride + n_ph]
+    for m in range(m_in):
+        ev[m] = row[2 * m]
+        od[m] = row[2 * m + 1]
+    if n % 2 == 1 and m_in < n_ph:
+        ev[m_in] = row[n - 1]
+        od[m_in] = 0.0
+        m_in += 1
+    for m in range(m_in, n_ph):
+        ev[m] = 0.0
+        od[m] = 0.0
+
+
+@numba.njit(cache=True, nogil=True)
 def _phases(row, step, n_ph, stride, ph):
     # ph[p * stride + m] = row[step * m + p] (beyond the row: 0, never used).
     n = row.shape[0]
@@ -629,17 +898,143 @@ def _phases(row, step, n_ph, stride, ph):
             ph[p * stride + m] = row[i] if i < n else np.float32(0.0)
 
 
+# The pass along the detector rows on the sampled rows only: the padded
+# rows are stored phase by phase (row ``p`` in slot ``(p % step) * rpp + p //
+# step``), so for every tap the source rows of all sampled output rows are
+# one contiguous run and each tap is one long loop over all of them (a
+# separate short loop per sampled row left a scalar remainder in each).
+# Mirror taps are added before they are multiplied, grouped as in
+# :func:`_symmetric_taps`, so the values are the same.
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _runs4_first(c, a0, b0, a1, b1, a2, b2, a3, b3, wc, w0, w1, w2, w3, n, dst):
+    d = dst[0:n]
+    c = c[0:n]
+    a0 = a0[0:n]
+    b0 = b0[0:n]
+    a1 = a1[0:n]
+    b1 = b1[0:n]
+    a2 = a2[0:n]
+    b2 = b2[0:n]
+    a3 = a3[0:n]
+    b3 = b3[0:n]
+    for j in range(n):
+        d[j] = (
+            wc * c[j] + w0 * (a0[j] + b0[j]) + w1 * (a1[j] + b1[j])
+            + w2 * (a2[j] + b2[j]) + w3 * (a3[j] + b3[j])
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _runs4_add(a0, b0, a1, b1, a2, b2, a3, b3, w0, w1, w2, w3, n, dst):
+    d = dst[0:n]
+    a0 = a0[0:n]
+    b0 = b0[0:n]
+    a1 = a1[0:n]
+    b1 = b1[0:n]
+    a2 = a2[0:n]
+    b2 = b2[0:n]
+    a3 = a3[0:n]
+    b3 = b3[0:n]
+    for j in range(n):
+        d[j] += (
+            w0 * (a0[j] + b0[j]) + w1 * (a1[j] + b1[j])
+            + w2 * (a2[j] + b2[j]) + w3 * (a3[j] + b3[j])
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _runs1_first(c, a0, b0, wc, w0, n, dst):
+    d = dst[0:n]
+    c = c[0:n]
+    a0 = a0[0:n]
+    b0 = b0[0:n]
+    for j in range(n):
+        d[j] = wc * c[j] + w0 * (a0[j] + b0[j])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _runs1_add(a0, b0, w0, n, dst):
+    d = dst[0:n]
+    a0 = a0[0:n]
+    b0 = b0[0:n]
+    for j in range(n):
+        d[j] += w0 * (a0[j] + b0[j])
+
+
 @numba.njit(cache=True, nogil=True)
-def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrow, ph, hb, out):
+def _sampled_rows(pad, at, k, n, dst):
+    """``dst[a * wd + j] = sum_t k[t] pad[at[t] + a * wd + j]``, symmetric ``k``.
+
+    ``at[t]`` is where the source rows of tap ``t`` start (see above).
+    """
+    r = (k.shape[0] - 1) // 2
+    if r == 0:
+        _tap_set(pad[at[0] :], k[0], n, dst)
+        return
+    c = pad[at[r] :]
+    if r >= 4:
+        _runs4_first(
+            c,
+            pad[at[r - 1] :], pad[at[r + 1] :], pad[at[r - 2] :], pad[at[r + 2] :],
+            pad[at[r - 3] :], pad[at[r + 3] :], pad[at[r - 4] :], pad[at[r + 4] :],
+            k[r], k[r + 1], k[r + 2], k[r + 3], k[r + 4], n, dst,
+        )  # fmt: skip
+        t = 5
+    else:
+        _runs1_first(c, pad[at[r - 1] :], pad[at[r + 1] :], k[r], k[r + 1], n, dst)
+        t = 2
+    while t <= r:
+        if r - t + 1 >= 4:
+            _runs4_add(
+                pad[at[r - t] :], pad[at[r + t] :], pad[at[r - t - 1] :], pad[at[r + t + 1] :],
+                pad[at[r - t - 2] :], pad[at[r + t + 2] :], pad[at[r - t - 3] :],
+                pad[at[r + t + 3] :], k[r + t], k[r + t + 1], k[r + t + 2], k[r + t + 3], n, dst,
+            )  # fmt: skip
+            t += 4
+        else:
+            _runs1_add(pad[at[r - t] :], pad[at[r + t] :], k[r + t], n, dst)
+            t += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _phase_starts(nk, step, plane, row, at):
+    """``at[t] = ((t % step) * plane + t // step) * row`` without divisions."""
+    p = 0
+    m = 0
+    for t in range(nk):
+        at[t] = (p * plane + m) * row
+        p += 1
+        if p == step:
+            p = 0
+            m += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def sub_scratch(bh, bw, nk, step):
+    """Sizes of the scratch of :func:`_blur_box_sub`: ``pad, vrows, ph, hb``."""
+    r = (nk - 1) // 2
+    wd = bw + 2 * r
+    rpp = (bh + 2 * r + step - 1) // step
+    nbh = (bh + step - 1) // step
+    n_ph = (bw + step - 1) // step + (nk + step - 1) // step
+    return step * rpp * wd + 2 * r, nbh * wd, step * (nbh + 1) * n_ph, nbh * n_ph
+
+
+@numba.njit(cache=True, nogil=True)
+def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, out):
     """The blurred ``box`` of one raveled pattern at every ``step``-th pixel.
 
     ``out[a * nbw + b]`` is the value of :func:`_blur_box` (unit weight) at
     box pixel ``(step a, step b)``, ``nbw = ceil(bw / step)``; the arithmetic
     differs (other summation order), the values agree to float32 rounding.
-    The phases of all sampled rows are laid out one after the other (row
-    stride ``n_ph``), so the pass along the columns runs each tap over them
-    as one line; outputs straddling a row end land in unused columns of
-    ``hb``.
+    The padded rows are stored phase by phase, so the pass along the
+    detector rows runs each tap group over all sampled rows at once
+    (:func:`_sampled_rows`). The phases of all sampled rows are laid out one
+    after the other (row stride ``n_ph``), so the pass along the columns
+    runs each tap over them as one line; outputs straddling a row end land
+    in unused columns of ``hb``. Scratch sizes: :func:`sub_scratch`.
     """
     nk = k.shape[0]
     r = (nk - 1) // 2
@@ -651,23 +1046,44 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrow, ph, hb, ou
     hi = min(qy, j1 + r)
     off = lo - (j0 - r)
     n_rows = bh + 2 * r
-    if scale == 1.0:
-        _fill_mid(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off)
-    else:
-        _fill_mid_scaled(src, qy, idx_x, i0, n_rows, lo, hi, pad, wd, off, scale)
-    if off > 0 or hi < j1 + r:
-        _fill_ends(src, qy, idx_x, i0, n_rows, j0 - r, off, hi - lo, pad, wd, scale)
+    rpp = (n_rows + step - 1) // step
+    ends = off > 0 or hi < j1 + r
+    cols = _reflected_columns(j0 - r, wd, qy) if ends else idx_x
+    # The pass along the detector rows treats every column alike, so the
+    # reflected end columns can be copied after it, on the sampled rows
+    # only (same values), when their sources are among the filled columns.
+    late = ends and _within(cols, off, hi - lo, wd, lo, hi)
+    for phase in range(step):  # (integer divisions per row were measurable)
+        slot = phase * rpp
+        for p in range(phase, n_rows, step):
+            row = pad[slot * wd :]
+            slot += 1
+            if scale == 1.0:
+                _fill_mid(src, qy, idx_x, i0 + p, 1, lo, hi, row, wd, off)
+            else:
+                _fill_mid_scaled(src, qy, idx_x, i0 + p, 1, lo, hi, row, wd, off, scale)
+            if ends and not late:
+                _fill_ends(src, qy, idx_x, i0 + p, 1, cols, off, hi - lo, row, wd, scale)
     nbh = (bh + step - 1) // step
     nbw = (bw + step - 1) // step
     n_ph = nbw + (nk + step - 1) // step
     stride = nbh * n_ph + n_ph  # one phase plane, with a spare row
+    at = np.empty(nk, np.int64)
+    _phase_starts(nk, step, rpp, wd, at)
+    _sampled_rows(pad, at, k, nbh * wd, vrows)
+    if late:
+        for a in range(nbh):
+            _copy_ends(vrows[a * wd : (a + 1) * wd], cols, off, hi - lo, wd, lo)
     for a in range(nbh):
-        _symmetric_taps(pad[step * a * wd :], wd, k, wd, vrow)
-        _phases(vrow, step, n_ph, stride, ph[a * n_ph :])
+        if step == 2:
+            _phases2(vrows[a * wd : (a + 1) * wd], n_ph, stride, ph[a * n_ph :])
+        else:
+            _phases(vrows[a * wd : (a + 1) * wd], step, n_ph, stride, ph[a * n_ph :])
     n = nbh * n_ph
+    _phase_starts(nk, step, stride, 1, at)
     _tap_set(ph, k[0], n, hb)
     for t in range(1, nk):
-        _tap_add(ph[(t % step) * stride + t // step :], k[t], n, hb)
+        _tap_add(ph[at[t] :], k[t], n, hb)
     for a in range(nbh):
         o = out[a * nbw : (a + 1) * nbw]
         h = hb[a * n_ph : a * n_ph + nbw]
@@ -687,19 +1103,14 @@ def normalised_vectors_sub(
     """
     ny = raw.shape[1]
     nk = k.shape[0]
-    r = (nk - 1) // 2
-    bh = box[1] - box[0]
-    bw = box[3] - box[2]
-    wd = bw + 2 * r
-    n_ph = (bw + step - 1) // step + (nk + step - 1) // step
+    n_pad, n_rows, n_ph, n_hb = sub_scratch(box[1] - box[0], box[3] - box[2], nk, step)
     n_s = wm.shape[0]
     n_items = rows.shape[0] * ny
     for task in numba.prange((n_items + _TASK - 1) // _TASK):
-        pad = np.empty((bh + 2 * r) * wd + 2 * r, np.float32)
-        vrow = np.empty(wd, np.float32)
-        nbh = (bh + step - 1) // step
-        ph = np.zeros(step * (nbh + 1) * n_ph, np.float32)
-        hb = np.empty(nbh * n_ph, np.float32)
+        pad = np.zeros(n_pad, np.float32)  # end columns filled late stay 0
+        vrows = np.empty(n_rows, np.float32)
+        ph = np.zeros(n_ph, np.float32)
+        hb = np.empty(n_hb, np.float32)
         b = np.empty(n_s, np.float32)
         for t in range(task * _TASK, min(n_items, (task + 1) * _TASK)):
             row = rows[t // ny]
@@ -714,7 +1125,7 @@ def normalised_vectors_sub(
                     bad[row, c] = np.nan
                     v[:] = 0.0
                     continue
-            _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrow, ph, hb, b)
+            _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, b)
             b0 = np.float64(b[0])
             shifted, spread = _moments(b, wm, np.float32(b0))
             mean = b0 + shifted / wmsum

@@ -76,3 +76,29 @@ def native_dtype(dtype) -> np.dtype:
     if dtype == np.float16:  # no float16 arithmetic in the kernels
         return np.dtype(np.float32)
     return dtype.newbyteorder("=")
+
+
+def kernel_dtype(dtype) -> np.dtype:
+    """The dtype the similarity and dark-field kernels read a cube of ``dtype`` as.
+
+    The kernels are compiled for uint8, uint16, float32 and float64 only
+    (each dtype is a separate compilation, and the similarity kernel is a
+    large one). The other dtypes are converted block by block to one whose
+    values give the same arithmetic: 8- and 16-bit signed integers to
+    float32 (every value exact), 32- and 64-bit integers to float64 (32-bit
+    ones exact; the kernels round 64-bit ones through float64 anyway). With
+    the flags of the cube's own dtype (the similarity's power-of-two scaling,
+    the dark field's exact integer sums) the results are bit-identical to
+    kernels compiled for the cube's dtype.
+
+    Examples
+    --------
+    >>> [str(kernel_dtype(d)) for d in (">u2", np.int16, np.int32, np.uint64, np.float16)]
+    ['uint16', 'float32', 'float64', 'float64', 'float32']
+    """
+    kind = native_dtype(dtype)
+    if kind in (np.uint8, np.uint16, np.float32, np.float64):
+        return kind
+    if kind.kind in "ui" and kind.itemsize <= 2:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)

@@ -66,20 +66,21 @@ def cluster_sums(
     n = int(labels.max(initial=0)) if n_clusters is None else int(n_clusters)
     sums = np.zeros((n, qx * qy), np.float64)
     counts = np.bincount(np.clip(labels, 0, None).ravel(), minlength=n + 1)[1 : n + 1]
-    step = _block_rows or _sum_rows(cube)
+    own, kind = native_dtype(cube.dtype), sum_dtype(cube.dtype)
+    step = _block_rows or _sum_rows(cube, kind)
     starts = range(0, rx, step)
     for i, r0 in enumerate(starts):
         r1 = min(r0 + step, rx)
         lab = np.ascontiguousarray(labels[r0:r1], dtype=np.int64).ravel()
         if n and np.any((lab > 0) & (lab <= n)):
             block = read_rows(cube, r0, r1).reshape(-1, qx * qy)
-            if block.dtype != native_dtype(block.dtype):
-                block = block.astype(native_dtype(block.dtype))  # same values, for the kernels
-            narrow = _narrow_parts(block.dtype, lab.size, n, qx * qy, total=rx * ry)
+            if block.dtype != kind:
+                block = block.astype(kind)  # the same values, in a dtype the kernels know
+            narrow = _narrow_parts(own, lab.size, n, qx * qy, total=rx * ry)
             if narrow is not None:
                 acc, count = narrow
                 _accumulate_narrow(block, lab, sums, np.zeros((count, n, qx * qy), acc))
-            elif (tasks := _exact_tasks(block.dtype, rx * ry, n, qx * qy)) > 1:
+            elif (tasks := _exact_tasks(own, rx * ry, n, qx * qy)) > 1:
                 _accumulate_exact(block, lab, sums, tasks)
             else:
                 _accumulate(block, lab, sums)
@@ -90,14 +91,38 @@ def cluster_sums(
     return sums.reshape(n, qx, qy), counts.astype(np.int64)
 
 
-def _sum_rows(cube) -> int:
-    """Scan rows per kernel call: all of a C-contiguous numpy cube (summed where
-    it lies: one call, so the per-call partial sums are made and merged once),
-    blocks of about :data:`~napari_stemcluster.core._validate.BLOCK_BYTES`
-    of anything else (read, or made contiguous, one block at a time)."""
-    if isinstance(cube, np.ndarray) and cube.flags.c_contiguous and cube.dtype.isnative:
+def sum_dtype(dtype) -> np.dtype:
+    """The dtype :func:`cluster_sums`' kernels read a cube of ``dtype`` as.
+
+    The kernels are compiled for a few dtypes only (each is a separate
+    compilation): uint8, uint16 and int16 (summed exactly in 32-bit parts),
+    float32 and float64. The others are converted block by block to one that
+    gives the same sums: int8 to int16, float16 to float32, and integers of
+    32 or 64 bits to float64, which the kernels converted each value to
+    anyway.
+
+    Examples
+    --------
+    >>> [str(sum_dtype(d)) for d in (">u2", np.int8, np.uint32, np.int64, np.float16)]
+    ['uint16', 'int16', 'float64', 'float64', 'float32']
+    """
+    kind = native_dtype(dtype)
+    if kind in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        return kind
+    if kind == np.int8:
+        return np.dtype(np.int16)
+    return np.dtype(np.float32 if kind.kind == "f" and kind.itemsize < 4 else np.float64)
+
+
+def _sum_rows(cube, kind: np.dtype) -> int:
+    """Scan rows per kernel call: all of a C-contiguous numpy cube that the kernels
+    read as it is (summed where it lies: one call, so the per-call partial sums are
+    made and merged once), blocks of about
+    :data:`~napari_stemcluster.core._validate.BLOCK_BYTES` of anything else (read,
+    made contiguous or converted to ``kind`` one block at a time)."""
+    if isinstance(cube, np.ndarray) and cube.flags.c_contiguous and cube.dtype == kind:
         return int(cube.shape[0])
-    return block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+    return block_rows(cube.shape, max(np.dtype(cube.dtype).itemsize, kind.itemsize))
 
 
 def _narrow_parts(dtype, n_positions: int, n_labels: int, q: int, total: int | None = None):

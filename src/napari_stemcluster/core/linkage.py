@@ -119,7 +119,9 @@ def pattern_features(cube, q_mask=None, sigma: float = 0.0, dims: int = FEATURE_
         block = read_rows(cube, r0, r1)
         if sigma > 0:
             block = blur_patterns(block, sigma)
-        elif block.dtype.kind == "f" and block.dtype.itemsize > 4:
+        elif native_dtype(block.dtype) not in (np.uint8, np.uint16, np.float32):
+            # The kernel adds float32(value): converting first gives the same
+            # numbers and keeps it to three compiled versions.
             block = block.astype(np.float32)
         elif block.dtype != native_dtype(block.dtype):
             block = block.astype(native_dtype(block.dtype))  # same values, for the kernel

@@ -254,7 +254,7 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
     array([[0., 3.]], dtype=float32)
     """
     from ._linkage_numba import _masked_sums
-    from ._validate import block_rows, check_cube, native_dtype
+    from ._validate import block_rows, check_cube, kernel_dtype, native_dtype
 
     check_cube(cube, 4)
     rx, ry, qx, qy = cube.shape
@@ -262,19 +262,23 @@ def dark_field_image(cube, beam: tuple[float, float, float] | None = None) -> np
         beam = direct_beam(_sample_mean(cube))
     runs = mask_runs(dark_field_keep((qx, qy), beam))
     kind = native_dtype(cube.dtype)
+    # The kernel's few dtypes (the same sums, see kernel_dtype); the exact
+    # integer sums are chosen by the cube's own dtype.
+    exact = dark_exact(kind, (qx, qy))
+    kind = kernel_dtype(kind)
     out = np.empty((rx, ry), np.float32)
-    step = block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+    step = block_rows(cube.shape, max(np.dtype(cube.dtype).itemsize, kind.itemsize))
     for r0 in range(0, rx, step):
         r1 = min(r0 + step, rx)
         block = cube[r0:r1]
         if hasattr(block, "compute"):
             block = block.compute()
         # A numpy view is summed where it lies (a crop of a larger block
-        # needs no copy); only other byte orders or float16 are converted.
+        # needs no copy); only other byte orders and dtypes are converted.
         block = np.asarray(block)
         if block.dtype != kind or block.strides[-1] != block.itemsize:
             block = np.ascontiguousarray(block, dtype=kind)
-        _masked_sums(block, runs, dark_exact(kind, (qx, qy)), out[r0:r1])
+        _masked_sums(block, runs, exact, out[r0:r1])
     return out
 
 
@@ -332,13 +336,19 @@ def _sample_mean(cube) -> np.ndarray:
     # exact, as the float64 sums are (every partial sum is an integer below
     # 2**53 for the at most ~1024 patterns sampled), so the same numbers.
     exact = dtype.kind in "iu" and dtype.itemsize <= 4
+    # A row of at most 65537 unsigned 8- or 16-bit patterns sums in uint32
+    # without overflow (half the bytes of int64 to add: 1.5x faster).
+    narrow = dtype.kind == "u" and dtype.itemsize <= 2 and -(-ry // stride) <= 65537
     total = np.zeros(cube.shape[-2:], np.int64 if exact else np.float64)
     n = 0
     for x in range(0, rx, stride):
         # slices only: some lazy array-likes support nothing else
         if exact:
             row = np.asarray(cube[x : x + 1, ::stride])
-            total += row.sum(axis=(0, 1), dtype=np.int64)
+            if narrow:
+                total += np.add.reduce(row[0], axis=0, dtype=np.uint32)
+            else:
+                total += row.sum(axis=(0, 1), dtype=np.int64)
         else:
             row = np.asarray(cube[x : x + 1, ::stride], dtype=np.float64)
             total += row.sum(axis=(0, 1))

@@ -293,6 +293,9 @@ def _prefilter(
         dtype=np.int64,
     )
     union = _pair_union(offsets)
+    # Half-width of the footprint in each of its rows (for running disk sums).
+    half = np.zeros(2 * int(offsets[:, 0].max()) + 1, np.int64)
+    np.maximum.at(half, offsets[:, 0] - offsets[:, 0].min(), offsets[:, 1])
 
     direct = out is None
     if out is None:
@@ -321,6 +324,8 @@ def _prefilter(
 
     dtype = native_dtype(cube.dtype)
     scaled = dtype.kind == "f" or dtype.itemsize > 4
+    in_itemsize = dtype.itemsize
+    dtype = ring_dtype(dtype)
     # An in-memory cube in a dtype the kernels read is its own ring buffer of
     # raw rows (capacity nx): nothing is copied.
     in_place = isinstance(cube, np.ndarray) and cube.dtype == dtype and cube.flags.c_contiguous
@@ -333,7 +338,7 @@ def _prefilter(
     # busy machine), so vectors are made several rows per call when the
     # budget allows: up to 6 % of the cube (at least 16 MiB) for them, 2.5 %
     # for the rest.
-    cube_bytes = nx * ny * q * dtype.itemsize
+    cube_bytes = nx * ny * q * in_itemsize
     budget = max(1, min(BLOCK_BYTES, cube_bytes // 40))
     vec_row = ny * n_vec * 4
     vec_budget = min(BLOCK_BYTES, max(cube_bytes * 6 // 100, 16 * 2**20))
@@ -424,22 +429,16 @@ def _prefilter(
             )
             fwd_done = s1
         dst = out[r0:r1].reshape(r1 - r0, ny, q) if direct else buf[: r1 - r0]
-        _k.weighted_average(
-            raw,
-            raw_cap,
-            rh,
-            rh_cap,
-            r0,
-            r1,
-            nx,
-            offsets,
-            is_fwd,
-            pair,
-            union,
-            strip,
-            dst,
-            wts[: r1 - r0],
-        )
+        if dtype == np.uint16:
+            _k.weighted_average_int(
+                raw, raw_cap, rh, rh_cap, r0, r1, nx, offsets, is_fwd, pair, union, half,
+                strip, dst, wts[: r1 - r0],
+            )  # fmt: skip
+        else:
+            _k.weighted_average(
+                raw, raw_cap, rh, rh_cap, r0, r1, nx, offsets, is_fwd, pair, union, strip,
+                dst, wts[: r1 - r0],
+            )  # fmt: skip
         if not direct:
             out[r0:r1] = dst.reshape(r1 - r0, ny, qx, qy)
         if weights_out is not None:
@@ -447,6 +446,31 @@ def _prefilter(
         if progress is not None:
             progress(r1, nx)
     return out
+
+
+def ring_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the kernels read a (native) input dtype as.
+
+    The kernels are compiled for three dtypes only: uint16 (the common
+    detector dtype, averaged with exact integer sums; uint8 is widened to
+    it), float32 (every other integer dtype of at most 4 bytes, float16 and
+    float32: the kernels convert each value to float32 anyway, so converting
+    a block first gives the same bits) and float64 (float64 and 64-bit
+    integers: the correlation scales them in float64 before rounding to
+    float32, which keeps values from 1e-300 to 1e300 and integers up to
+    2**64 in range; the averages of 64-bit integers beyond 2**53 may differ
+    from a direct conversion by one float32 rounding).
+
+    Examples
+    --------
+    >>> [str(ring_dtype(np.dtype(t))) for t in ("u1", "i2", "u4", "i8", "f4")]
+    ['uint16', 'float32', 'float32', 'float64', 'float32']
+    """
+    if dtype in (np.uint8, np.uint16):
+        return np.dtype(np.uint16)
+    if dtype.itemsize > 4:
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
 
 
 def _interpolation(n: int, step: int) -> np.ndarray:

@@ -10,7 +10,14 @@ import numpy as np
 
 from ._blur import gaussian_kernel1d
 from ._similarity_numba import fused_similarity
-from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
+from ._validate import (
+    block_rows,
+    check_cube,
+    check_finite_values,
+    kernel_dtype,
+    native_dtype,
+    read_rows,
+)
 from .linkage import feature_bins, feature_slots
 from .masking import dark_exact, dark_field_keep, mask_runs, resolve_q_mask
 
@@ -127,7 +134,9 @@ def neighbor_similarity(
     plan = similarity_plan((qx, qy), mask, sigma, cube.dtype, feature_dims=dims, beam=beam)
 
     out = np.full((rx, ry, 8), np.nan, np.float32)
-    step = _block_rows or block_rows(cube.shape, np.dtype(cube.dtype).itemsize)
+    # Blocks of another dtype than the kernel's are converted: budget the copy.
+    size = max(np.dtype(cube.dtype).itemsize, plan.dtype.itemsize)
+    step = _block_rows or block_rows(cube.shape, size)
     starts = range(0, rx, step)
     for i, r0 in enumerate(starts):
         r1 = min(r0 + step, rx)
@@ -159,12 +168,13 @@ class SimilarityPlan(NamedTuple):
     taps: np.ndarray  # float32 1-D Gaussian taps (one tap: no blur)
     box: np.ndarray  # int64 (i0, i1, j0, j1): bounding box of the q-mask
     weight: np.ndarray  # float32 raveled q-mask on the box
-    dtype: np.dtype  # native dtype the kernel reads
+    dtype: np.dtype  # dtype the kernel reads (kernel_dtype of the cube's)
     scaled: bool  # scale each pattern by a power of two (wide or float input)
     bins: tuple[int, int, int] | None = None  # features: (b, bx, by) of feature_bins
     runs: np.ndarray | None = None  # dark field: (row, start, stop) of the pixels summed
     slots: np.ndarray | None = None  # features: the bins that meet the q-mask (feature_slots)
     qruns: np.ndarray | None = None  # int64 (row, start, stop) of the q-mask in box coordinates
+    exact: bool | None = None  # dark field: integer sums (dark_exact of the cube's dtype)
 
 
 def similarity_plan(
@@ -231,7 +241,10 @@ def similarity_plan(
     taps = gaussian_kernel1d(sigma)
     # The kernel keeps only the q-mask's pixels, as row segments of the box.
     qruns = mask_runs(mask[box[0] : box[1], box[2] : box[3]]).astype(np.int64)
-    return SimilarityPlan((qx, qy), taps, box, weight, kind, scaled, bins, runs, slots, qruns)
+    exact = dark_exact(kind, (qx, qy))
+    return SimilarityPlan(
+        (qx, qy), taps, box, weight, kernel_dtype(kind), scaled, bins, runs, slots, qruns, exact
+    )
 
 
 def block_similarity(
@@ -335,7 +348,7 @@ def block_similarity(
         bins,
         feats,
         runs,
-        dark_exact(plan.dtype, plan.detector),
+        dark_exact(plan.dtype, plan.detector) if plan.exact is None else plan.exact,
         signal,
         slots,
     )

@@ -109,6 +109,7 @@ class BackgroundImage:
         self._pbar = None
         self.cancelled = threading.Event()
         self._contrast_done: set[int] = set()
+        self._hidden = False  # added hidden by the reader, to be shown (reveal_later)
         _IMAGES.add(self)
 
     @property
@@ -158,6 +159,43 @@ class BackgroundImage:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True)
                 self._thread.start()
+
+    def reveal_later(self, turns: int = 400) -> None:
+        """Make the layers showing this image visible in a later event-loop turn.
+
+        For a reader that adds them hidden: napari paints a new layer within
+        the call that adds it, and the first paint of an image layer compiles
+        its shaders; shown a turn later, that paint is a pause of its own
+        instead of adding to the opening's. Looked for every turn until napari
+        has added the layer (for up to ``turns`` turns), then shown a turn
+        later: napari's progress bar processes events while it opens files.
+        """
+        from qtpy.QtCore import QTimer
+
+        from ._common import LATER_STEP_MS
+
+        self._hidden = True
+
+        def find(left: int) -> None:
+            layers = self._layers()
+            if layers:
+                QTimer.singleShot(LATER_STEP_MS, lambda: self._reveal(layers))
+            elif left > 0:
+                QTimer.singleShot(LATER_STEP_MS, lambda: find(left - 1))
+
+        QTimer.singleShot(LATER_STEP_MS, lambda: find(turns))
+
+    def _layers(self) -> list:
+        from napari import Viewer
+
+        return [x for v in list(Viewer._instances) for x in v.layers if x.data is self]
+
+    def _reveal(self, layers) -> None:
+        if not self._hidden:
+            return  # shown already (the image was ready first)
+        self._hidden = False
+        for layer in layers:
+            layer.visible = True
 
     def wait(self, t: int = 0, timeout: float = 60.0) -> bool:
         """Block (processing Qt events) until step ``t`` is shown; for scripts and tests."""
@@ -274,6 +312,8 @@ class BackgroundImage:
 
         from ._common import layer_step
 
+        if self._hidden:  # napari slices (and finds contrast limits) only visible layers
+            self._reveal(self._layers())
         for viewer in list(Viewer._instances):
             for layer in viewer.layers:
                 if layer.data is not self:

@@ -11,6 +11,7 @@ from magicgui.widgets import Container, create_widget
 
 from .._bragg_layers import LEGEND, legend_layer_data
 from ._common import (
+    LATER_STEP_MS,
     JobRunner,
     button,
     connect_while_alive,
@@ -278,9 +279,46 @@ class BraggWidget(Container):
 
     # ---------------------------------------------------------------- inputs
     def _on_layers_changed(self, event=None):
-        self.reset_choices()
-        if event is not None and event.type == "inserted" and is_cluster_layer(event.value):
-            self._w["clusters"].value = event.value
+        clusters = self._w["clusters"]
+        before = clusters.value
+        with clusters.changed.blocked():
+            self.reset_choices()
+            if event is not None and event.type == "inserted" and is_cluster_layer(event.value):
+                clusters.value = event.value
+        if clusters.value is not before:
+            self._take_up_stored()
+            # The viewers' average and disks in a later event-loop turn: they
+            # add a layer there, which must not add to the turn (and paint)
+            # that draws the new clusters layer.
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(LATER_STEP_MS, self._preview_later)
+
+    def _preview_later(self):
+        try:
+            self.native.objectName()
+        except RuntimeError:  # the widget was closed and deleted meanwhile
+            return
+        if not self._viewers_current():
+            self.update_preview()
+
+    def _viewers_current(self) -> bool:
+        """Whether every diffraction viewer already has these settings and lattices.
+
+        Then the new clusters change nothing the viewers take from this
+        widget: they show the new clusters' average on their own, and
+        refreshing them here would search its disks a second time.
+        """
+        if self._w["template"].value != TEMPLATES[0]:
+            return False  # a template taken from the clusters changes with them
+        try:
+            params = self.params() if self._w["preview"].value else None
+        except ValueError:
+            return False
+        return all(
+            dif.bragg_params == params and dif.bragg_lattices is self.lattices
+            for dif in self.diffraction_viewers()
+        )
 
     def _on_clusters(self, *_):
         """Take up the analysis stored with the clusters (a results file opened again).

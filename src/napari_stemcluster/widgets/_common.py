@@ -273,6 +273,31 @@ class _Outcome:
     cancelled: bool = False
 
 
+_visuals_prepared = threading.Event()
+
+
+def prepare_visuals() -> None:
+    """Compute once, in the calling (worker) thread, what new result layers need.
+
+    napari outlines every Labels layer with a vispy line visual whose first
+    instance computes its dash patterns (a Python loop, about 0.1 s); vispy
+    caches them, so a job pays that beside its computing instead of the GUI
+    thread when the job's first Labels layer is added. Pure numpy, safe in
+    any thread; never raises.
+
+    Examples
+    --------
+    >>> prepare_visuals()
+    """
+    if _visuals_prepared.is_set():
+        return
+    _visuals_prepared.set()
+    with contextlib.suppress(Exception):  # an optimisation only (vispy internals)
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
+
+
 #: Delay (ms) between the steps of :meth:`JobRunner.later`, long enough for a paint.
 LATER_STEP_MS = 15
 
@@ -331,6 +356,7 @@ class JobRunner:
 
         def generate():
             yield (0, 1)
+            prepare_visuals()
             try:
                 value = fn(report)
             except Cancelled:

@@ -9,6 +9,7 @@ mouse in the main viewer is ringed in the plot.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +102,19 @@ def masked_similarities(similarity, mask) -> np.ndarray:
     return vals[np.isfinite(vals)]
 
 
+def _plain_log_labels(axis) -> None:
+    """Plain-text labels ("100", "1e+05") on a log axis instead of mathtext.
+
+    matplotlib's default log labels are mathtext ("$10^{2}$"): the first one
+    drawn builds its parser (about 0.1 s in the GUI thread) and every draw
+    lays them out again (a quarter of the figure's drawing time).
+    """
+    from matplotlib.ticker import LogFormatter
+
+    axis.set_major_formatter(LogFormatter())
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+
+
 class ThresholdPlot:
     """The matplotlib canvas of the guidance (histogram and cluster scatter)."""
 
@@ -129,6 +143,7 @@ class ThresholdPlot:
         # the ring moves with the mouse: it is blitted onto a saved background
         # instead of redrawing the figure (a full draw takes 50-200 ms)
         self._background = None
+        self._draw_pending = False
         self.canvas.mpl_connect("draw_event", self._on_draw)
         for ax in (self.hist_ax, self.scatter_ax):
             self._style(ax)
@@ -150,6 +165,7 @@ class ThresholdPlot:
             counts, edges = np.histogram(values, bins=100, range=(lo, 1.0))
             ax.stairs(counts, edges, fill=True, color="#8fb3ff")
             ax.set_yscale("log")
+            _plain_log_labels(ax.yaxis)
             self._hist = (counts, edges)
         ax.set_xlabel("neighbour similarity (in mask)", color="white", fontsize=7, labelpad=1)
         ax.set_ylabel("pairs", color="white", fontsize=7, labelpad=1)
@@ -197,6 +213,7 @@ class ThresholdPlot:
             from matplotlib.ticker import NullFormatter
 
             ax.set_xscale("log")
+            _plain_log_labels(ax.xaxis)
             ax.xaxis.set_minor_formatter(NullFormatter())  # they overlap on a short axis
         ax.set_xlabel("cluster size (positions)", color="white", fontsize=7, labelpad=1)
         ax.set_ylabel("mean similarity", color="white", fontsize=7, labelpad=1)
@@ -205,9 +222,25 @@ class ThresholdPlot:
         self.redraw()
 
     def redraw(self) -> None:
-        """Draw the whole figure (after new data), the ring included."""
+        """Draw the whole figure (after new data), the ring included, in a later turn.
+
+        Not ``draw_idle``: its zero-delay timer runs before the event loop's
+        other work, so the drawing (50-200 ms) added to the turn that made
+        the new data (a preview's region growing, a job's new layer).
+        """
+        from qtpy.QtCore import QTimer
+
+        from ._common import LATER_STEP_MS
+
         self._background = None
-        self.canvas.draw_idle()
+        if not self._draw_pending:
+            self._draw_pending = True
+            QTimer.singleShot(LATER_STEP_MS, self._draw_later)
+
+    def _draw_later(self) -> None:
+        self._draw_pending = False
+        with contextlib.suppress(RuntimeError):  # the widget was closed and deleted meanwhile
+            self.canvas.draw()
 
     def _on_draw(self, event=None):
         self._background = self.canvas.copy_from_bbox(self.scatter_ax.bbox)

@@ -1,0 +1,196 @@
+"""What a job's new layers and plots cost the GUI thread: paid aside or in later turns."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_stemcluster.widgets._common import JobRunner, prepare_visuals
+from napari_stemcluster.widgets._threshold_plot import ThresholdPlot, threshold_stats
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
+
+WAIT = 30_000
+
+
+def _labels_of(axis):
+    return [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+
+
+def _num(s):
+    return float(s.replace("\N{MINUS SIGN}", "-"))
+
+
+def test_log_axes_of_the_threshold_plot_have_plain_text_labels(qtbot):
+    plot = ThresholdPlot()
+    qtbot.addWidget(plot.canvas)
+    rng = np.random.default_rng(0)
+    plot.set_histogram(np.concatenate([rng.uniform(0.3, 1.0, 20_000), np.full(3, 0.31)]))
+    lab = np.repeat(np.arange(1, 41), np.arange(1, 41) ** 2)[None, :]  # sizes 1 .. 1600
+    stats = threshold_stats(lab, np.ones(lab.shape), None, 0.9, 1)
+    plot.set_threshold(0.9, auto=0.85)
+    plot.set_clusters(stats, np.ones((40, 4)))
+    plot.figure.canvas.draw()
+    ylabels = _labels_of(plot.hist_ax.yaxis)
+    xlabels = _labels_of(plot.scatter_ax.xaxis)
+    assert plot.hist_ax.get_yscale() == "log" and plot.scatter_ax.get_xscale() == "log"
+    assert ylabels and xlabels
+    # no mathtext: its parser is built at the first draw, in the GUI thread
+    assert not any("$" in s for s in ylabels + xlabels)
+    # the decades are still labelled, as numbers
+    ticks = plot.scatter_ax.xaxis.get_majorticklocs()
+    lo, hi = plot.scatter_ax.get_xlim()
+    shown = [v for v in ticks if lo <= v <= hi]
+    values = {_num(s) for s in xlabels}
+    assert values >= {float(v) for v in shown if v in (1, 10, 100, 1000)}
+    assert {10.0, 100.0} <= values
+    assert all(_num(s) > 0 for s in ylabels)
+
+
+def test_a_job_computes_the_label_outline_patterns_in_its_thread(qtbot, monkeypatch):
+    import threading
+
+    from vispy.visuals.line import dash_atlas
+
+    from napari_stemcluster.widgets import _common
+
+    threads = []
+    real = dash_atlas.DashAtlas
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            threads.append(threading.current_thread())
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(dash_atlas, "DashAtlas", Spy)
+    monkeypatch.setattr(_common, "_visuals_prepared", threading.Event())
+    runner = JobRunner()
+    out = []
+    runner.start(lambda progress: 7, description="test", on_returned=out.append)
+    qtbot.waitUntil(lambda: not runner.running, timeout=WAIT)
+    assert out == [7]
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+    # once per process: the next job does not build it again
+    runner.start(lambda progress: 8, description="test", on_returned=out.append)
+    qtbot.waitUntil(lambda: not runner.running, timeout=WAIT)
+    assert out == [7, 8] and len(threads) == 1
+    prepare_visuals()
+    assert len(threads) == 1
+
+
+def test_the_bragg_widget_refreshes_the_viewers_for_new_clusters_in_a_later_turn(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    from napari_stemcluster.widgets import BraggWidget
+
+    viewer = make_napari_viewer()
+    w = BraggWidget(viewer)
+    assert w.cluster_layer is None
+    # a template from the clusters: the viewers' disks change with them
+    w._w["template"].value = "central disk of the cluster average"
+    previews = []
+    monkeypatch.setattr(
+        BraggWidget, "update_preview", lambda self, *_: previews.append(self.cluster_layer)
+    )
+    cube = np.ones((8, 9, 6, 5), np.float32)
+    labels = np.zeros((8, 9), np.int32)
+    labels[2:5, 3:6] = 1
+    meta = {"stemcluster": {"kind": "segmentation", "cube": cube}}
+    layer = viewer.add_labels(labels, name="clusters", metadata=meta)
+    # chosen at once (no lattices of other clusters kept) ...
+    assert w.cluster_layer is layer and w.lattices is None
+    # ... but the diffraction viewers are refreshed after the new layer's turn
+    assert previews == []
+    qtbot.waitUntil(lambda: previews == [layer], timeout=WAIT)
+    # a layer removed is dropped from the choices at once
+    viewer.layers.remove(layer)
+    assert w.cluster_layer is None
+    assert layer not in w._w["clusters"].choices
+    qtbot.waitUntil(lambda: previews == [layer, None], timeout=WAIT)
+    # other layers leave the choice and the viewers alone
+    viewer.add_image(np.zeros((8, 9)), name="other")
+    qtbot.wait(100)
+    assert previews == [layer, None] and w.cluster_layer is None
+
+
+def test_the_bragg_widget_leaves_viewers_alone_when_nothing_they_take_changes(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    from napari_stemcluster.widgets import BraggWidget, DiffractionViewer
+
+    viewer = make_napari_viewer()
+    cube = np.ones((8, 9, 6, 5), np.float32)
+    viewer.add_image(cube.sum(axis=(2, 3)), name="scan", metadata={"stemcluster": {"cube": cube}})
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    dif.finish_building()
+    w = BraggWidget(viewer)  # the synthetic disk template: nothing from the clusters
+    w.update_preview()
+    assert dif.bragg_params == w.params() and dif.bragg_lattices is None
+    previews = []
+    monkeypatch.setattr(
+        BraggWidget, "update_preview", lambda self, *_: previews.append(self.cluster_layer)
+    )
+    labels = np.zeros((8, 9), np.int32)
+    labels[2:5, 3:6] = 1
+    meta = {"stemcluster": {"kind": "segmentation", "cube": cube}}
+    layer = viewer.add_labels(labels, name="clusters", metadata=meta)
+    assert w.cluster_layer is layer
+    qtbot.wait(150)
+    assert previews == []  # the viewer shows the new clusters on its own
+    # settings the viewer does not have yet are sent to it
+    dif.bragg_params = None
+    viewer.add_labels(labels.copy(), name="clusters 2", metadata=meta)
+    qtbot.waitUntil(lambda: len(previews) == 1, timeout=WAIT)
+
+
+def test_a_large_file_is_shown_a_turn_after_napari_adds_it(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    import h5py
+
+    import napari_stemcluster.widgets._background as background
+    from napari_stemcluster._reader import read_stem
+
+    monkeypatch.setattr(background, "BACKGROUND_BYTES", 0)  # every file counts as large
+    data = np.random.default_rng(0).integers(0, 100, (6, 5, 8, 7)).astype(np.uint16)
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cube", data=data)
+    # no viewer: nothing hidden (a script adding the layer itself sees it)
+    ((img, kwargs, _),) = read_stem(str(path))
+    assert isinstance(img, background.BackgroundImage) and kwargs.get("visible", True)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-stemcluster")
+    # added hidden: its first paint (shaders compiled) is not in the opening's pause
+    assert isinstance(layer.data, background.BackgroundImage) and not layer.visible
+    qtbot.waitUntil(lambda: layer.visible, timeout=WAIT)
+    assert layer.data.wait(0, timeout=30)
+    np.testing.assert_array_equal(layer.data[:, :], np.asarray(layer.data))
+    lo, hi = layer.contrast_limits
+    assert layer.visible and hi > lo and (lo, hi) != (0.0, 1.0)  # from the computed image
+
+
+def test_the_threshold_plot_draws_once_in_a_later_turn(qtbot):
+    plot = ThresholdPlot()
+    qtbot.addWidget(plot.canvas)
+    draws = []
+    plot.canvas.mpl_connect("draw_event", lambda event: draws.append(event))
+    qtbot.wait(100)
+    draws.clear()
+    lab = np.array([[1, 1, 0, 2], [3, 3, 3, 0]])
+    stats = threshold_stats(lab, np.full(lab.shape, 0.9), None, 0.8, 1)
+    plot.set_histogram(np.linspace(0.2, 1.0, 50))
+    plot.set_threshold(0.8)
+    plot.set_clusters(stats, np.ones((3, 4)))
+    plot.set_clusters(stats, np.ones((3, 4)))  # two updates in a turn: one drawing
+    assert draws == []  # not in the turn that made the data
+    assert plot._draw_pending  # one drawing asked for
+    qtbot.waitUntil(lambda: len(draws) >= 1, timeout=WAIT)
+    assert not plot._draw_pending
+    assert plot._background is not None  # the ring blits onto the drawn figure
+    n = len(draws)
+    plot.highlight(2)
+    qtbot.wait(100)
+    assert len(draws) == n and plot.highlighted == 2
