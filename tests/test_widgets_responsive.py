@@ -285,3 +285,26 @@ def test_gc_hold_nests_respects_a_disabled_collector_and_expires(qtbot):
     dropped = GcHold()  # a hold dropped unreleased releases its count
     del dropped
     assert gc.isenabled()
+
+
+def test_a_job_may_end_after_its_widget_is_gone(qtbot):
+    """A dock closed while its job runs: the job's end touches no deleted control."""
+    from qtpy.QtWidgets import QComboBox
+
+    box = QComboBox()
+    runner = JobRunner(on_busy=lambda busy: box.setEnabled(not busy))
+    release = __import__("threading").Event()
+    runner.start(lambda progress: release.wait(10), description="test", on_returned=print)
+    box.deleteLater()
+    qtbot.waitUntil(lambda: not _alive(box), timeout=WAIT)
+    release.set()
+    qtbot.waitUntil(lambda: not runner.running, timeout=WAIT)
+    assert runner.last_error is None
+
+
+def _alive(widget) -> bool:
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True

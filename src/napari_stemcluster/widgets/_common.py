@@ -481,7 +481,13 @@ class JobRunner:
     def _set_busy(self, busy: bool):
         self.running = busy
         if self._on_busy is not None:
-            self._on_busy(busy)
+            try:
+                self._on_busy(busy)
+            except RuntimeError as exc:
+                # The widget closed while its job ran: its controls are gone, and
+                # there is nothing left to enable or disable.
+                if "has been deleted" not in str(exc):
+                    raise
 
 
 # ---------------------------------------------------------------------------
