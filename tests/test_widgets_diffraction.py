@@ -152,6 +152,7 @@ def test_cluster_average_peaks_and_marker(make_napari_viewer, qtbot, scan4d):
     assert list(dif.peaks_layer.features["hk"]) == hk
     np.testing.assert_allclose(dif.peaks_layer.data, pos)
     marker = viewer.layers[MARKER_NAME]
+    qtbot.waitUntil(lambda: len(marker.data) == 1, timeout=WAIT)  # a turn after the layer
     table = cluster_table(labels, stem_meta(layer)["result"].mean_similarity)
     np.testing.assert_allclose(marker.data, [table.seed[label - 1]])
     assert marker.features["size"][0] == table.size[label - 1]

@@ -498,6 +498,12 @@ class ClusteringWidget(Container):
         self._status.value = ""
         return self.runner.start(work, description="Clustering", on_returned=done)
 
+    def _show_seeds(self) -> None:
+        """Show the seeds layer made hidden in the previous turn."""
+        seeds, self._hidden_seeds = getattr(self, "_hidden_seeds", None), None
+        if seeds is not None and seeds in self._viewer.layers:
+            seeds.visible = True
+
     def _apply(self, sim_layer, meta, value, sim, ms, mask, cube, params, mode, target):
         from ..core.passes import assemble
         from ._state import _Sums
@@ -551,8 +557,12 @@ class ClusteringWidget(Container):
                     border_color="black",
                     border_width=0.15,
                     symbol="disc",
+                    # shown in a turn of its own: making the layer and the paint
+                    # that compiles its shaders together were too long a pause
+                    visible=not new_layer,
                     **{k: v for k, v in sk.items() if k != "axis_labels"},
                 )
+                self._hidden_seeds = None if seeds.visible else seeds
             else:
                 seeds.data, seeds.features = points, feats
             self.seeds_layer = seeds
@@ -573,6 +583,7 @@ class ClusteringWidget(Container):
             # one new visual per event-loop turn (the canvas paints in between),
             # and the plots redrawn in a turn of their own
             self.runner.later(seeds_and_link, "Clustering")
+            self.runner.later(self._show_seeds, "Clustering")
             self.runner.later(report, "Clustering")
         else:
             seeds_and_link()

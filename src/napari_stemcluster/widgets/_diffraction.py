@@ -165,6 +165,7 @@ class DiffractionViewer(QWidget):
         self._linked_state = None
         self._watched = _none
         self._marker = None
+        self._marker_next = None  # (point, label, size) for a marker made this turn
         self._pick_layers()
         # A control used before the canvas is complete completes it (its
         # handlers use the layers).
@@ -952,6 +953,7 @@ class DiffractionViewer(QWidget):
         """Mark the cluster's seed in the main view, with its label and size."""
         layer = self.cluster_layer
         if state is None or layer is None or not label:
+            self._marker_next = None
             if self._marker is not None and self._marker in self._viewer.layers:
                 self._marker.data = np.empty((0, self._marker.ndim))
             return
@@ -982,13 +984,54 @@ class DiffractionViewer(QWidget):
                     "translation": [0.0] * (len(point) - 2) + [-1.5, 1.5],
                 },
                 features={"label": np.empty(0, int), "size": np.empty(0, int)},
+                visible=False,
                 **sk,
             )
             self._marker = marker
             if active is not None:
                 self._viewer.layers.selection.active = active
+            # Shown a turn later, and its first point and caption a turn after
+            # that: making the layer, the paint that compiles its shaders and the
+            # one that renders the caption's glyphs were one of the longest
+            # pauses of a clustering job.
+            self._marker_next = (point, int(label), size)
+            self._show_marker_soon(reveal=True)
+            return
+        if getattr(self, "_marker_next", None) is not None:
+            self._marker_next = (point, int(label), size)  # the newest wins
+            return
         marker.data = np.array([point])
         marker.features = {"label": [int(label)], "size": [size]}
+
+    def _show_marker_soon(self, reveal: bool = False) -> None:
+        """Show the new marker layer (``reveal``), then give it its point, a turn each."""
+        from qtpy.QtCore import QTimer
+
+        from ._common import LATER_STEP_MS
+
+        me = weakref.ref(self)
+
+        def run():
+            dif = me()
+            if dif is None:
+                return
+            marker = dif._marker
+            if marker is None or marker not in dif._viewer.layers:
+                dif._marker_next = None
+                return
+            if reveal:
+                marker.visible = True
+                dif._show_marker_soon()
+                return
+            nxt, dif._marker_next = dif._marker_next, None
+            if nxt is None:
+                return
+            point, label, size = nxt
+            if len(point) == marker.ndim:
+                marker.data = np.array([point])
+                marker.features = {"label": [label], "size": [size]}
+
+        QTimer.singleShot(LATER_STEP_MS, run)
 
     # ---------------------------------------------------------- display
     def _redraw(self, *_):
