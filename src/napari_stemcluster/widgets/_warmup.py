@@ -106,6 +106,8 @@ _MODULES = (
     "napari._vispy.layers.points",
     "napari._vispy.layers.labels",
     "dask.array",  # the reader wraps the file in a dask array
+    "hdf5plugin",  # the reader's format check of an HDF5 file
+    "scipy.ndimage",  # napari's layer thumbnails
 )
 
 
