@@ -63,10 +63,14 @@ def ref_vectors(cube, sigma, edge=None, center=None):
     return vec
 
 
-def ref_correlations(cube, sigma=3.0, radius=4, edge=None, center=None):
-    """R for every position and footprint offset (NaN outside the scan)."""
+def ref_correlations(cube, sigma=3.0, radius=4, edge=None, center=None, vec=None):
+    """R for every position and footprint offset (NaN outside the scan).
+
+    ``vec``: the unit vectors to correlate (default: :func:`ref_vectors`).
+    """
     nx, ny = cube.shape[:2]
-    vec = ref_vectors(cube, sigma, edge, center)
+    if vec is None:
+        vec = ref_vectors(cube, sigma, edge, center)
     offs = ref_footprint(radius)
     r = np.full((nx, ny, len(offs)), np.nan)
     for x in range(nx):
@@ -78,10 +82,14 @@ def ref_correlations(cube, sigma=3.0, radius=4, edge=None, center=None):
     return r
 
 
-def ref_prefilter(cube, sigma=3.0, radius=4, corr_range=(0.85, 0.95), edge=None, center=None):
+def ref_prefilter(
+    cube, sigma=3.0, radius=4, corr_range=(0.85, 0.95), edge=None, center=None, vec=None
+):
+    """The prefiltered cube and the weights, from the unit vectors ``vec`` (default:
+    :func:`ref_vectors`)."""
     nx, ny = cube.shape[:2]
     raw = cube.astype(np.float64)
-    r = ref_correlations(cube, sigma, radius, edge, center)
+    r = ref_correlations(cube, sigma, radius, edge, center, vec=vec)
     rmin, rmax = corr_range
     offs = ref_footprint(radius)
     out = np.empty(cube.shape)

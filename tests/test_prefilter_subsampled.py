@@ -9,7 +9,7 @@ from napari_stemcluster.core import _prefilter_numba as _k
 from napari_stemcluster.core import prefilter
 from napari_stemcluster.core._blur import gaussian_kernel1d, padded_index
 from napari_stemcluster.core.prefilter import _prefilter, correlative_prefilter, sample_weights
-from test_prefilter import assert_close, grains_cube, ref_footprint, ref_weight
+from test_prefilter import assert_close, grains_cube, ref_footprint, ref_prefilter, ref_weight
 
 
 @pytest.fixture(autouse=True)
@@ -66,29 +66,8 @@ def ref_vectors_sub(cube, sigma, step, edge=None, center=None):
 
 
 def ref_prefilter_sub(cube, sigma, radius, corr_range, step, edge=None, center=None):
-    nx, ny = cube.shape[:2]
-    raw = cube.astype(np.float64)
     vec = ref_vectors_sub(cube, sigma, step, edge, center)
-    rmin, rmax = corr_range
-    offs = ref_footprint(radius)
-    out = np.empty(cube.shape)
-    weights = np.zeros((nx, ny, len(offs)))
-    for x in range(nx):
-        for y in range(ny):
-            acc = raw[x, y].copy()
-            total = 1.0
-            for j, (dx, dy) in enumerate(offs):
-                u, v = x + dx, y + dy
-                if (dx, dy) == (0, 0):
-                    weights[x, y, j] = 1.0
-                elif 0 <= u < nx and 0 <= v < ny:
-                    r = np.sum(vec[x, y] * vec[u, v])
-                    rhat = min(max((r - rmin) / (rmax - rmin), 0.0), 1.0)
-                    weights[x, y, j] = rhat
-                    acc += rhat * raw[u, v]
-                    total += rhat
-            out[x, y] = acc / total
-    return out, weights
+    return ref_prefilter(cube, sigma, radius, corr_range, edge, center, vec=vec)
 
 
 def sub_range(cube, sigma, radius, step):

@@ -295,6 +295,41 @@ def _centred_unit(b, w, mean, inv, v):
         v[i] = (b[i] - mean) * w[i] * inv
 
 
+@numba.njit(cache=True, nogil=True)
+def _item_scale(src, scaled, v, bad, row, c):
+    """The power-of-two scale of pattern ``src`` (1 unless ``scaled``), 0 for a bad one.
+
+    Correlations do not depend on a pattern's scale: a power of two keeps
+    64-bit and float values inside float32's range. A pattern holding NaN or
+    inf gets ``bad[row, c] = NaN`` and a zero vector ``v``.
+    """
+    bad[row, c] = 0.0
+    if not scaled:
+        return 1.0
+    scale = pattern_scale(src)
+    if scale == 0.0:
+        bad[row, c] = np.nan
+        v[:] = 0.0
+    return scale
+
+
+@numba.njit(cache=True, nogil=True)
+def _unit_vector(b, wm, wmsum, wv, v):
+    """``v = (b - mean) wv`` L2-normalised, the mean weighted by ``wm`` (sum ``wmsum``)."""
+    # Weighted mean taken relative to one pixel, so a constant pattern
+    # centres to exactly zero instead of to rounding noise.
+    b0 = np.float64(b[0])
+    shifted, spread = _moments(b, wm, np.float32(b0))
+    mean = b0 + shifted / wmsum
+    norm2 = _centred_norm2(b, wv, np.float32(mean))
+    # A norm at the rounding level of the mean (a pattern constant where the
+    # weight is nonzero) is zero: normalising it would amplify noise.
+    if norm2 > _ZERO_NORM2 * spread:
+        _centred_unit(b, wv, np.float32(mean), np.float32(1.0 / np.sqrt(norm2)), v)
+    else:
+        v[:] = 0.0
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def normalised_vectors(
     raw, raw_cap, rows, qx, qy, scaled, k, idx_x, box, ones, w, wsum, vec, vec_cap, bad
@@ -322,30 +357,11 @@ def normalised_vectors(
             c = t % ny
             src = raw[row % raw_cap, c]
             v = vec[row % vec_cap, c]
-            scale = 1.0
-            bad[row, c] = 0.0
-            if scaled:
-                # Correlations do not depend on a pattern's scale: a power of
-                # two keeps 64-bit and float values inside float32's range.
-                scale = pattern_scale(src)
-                if scale == 0.0:
-                    bad[row, c] = np.nan
-                    v[:] = 0.0
-                    continue
+            scale = _item_scale(src, scaled, v, bad, row, c)
+            if scale == 0.0:
+                continue
             _blur_box(src, qx, qy, scale, k, idx_x, box, ones, pad, tmp, b)
-            # Weighted mean taken relative to one pixel, so a constant
-            # pattern centres to exactly zero instead of to rounding noise.
-            b0 = np.float64(b[0])
-            shifted, spread = _moments(b, w, np.float32(b0))
-            mean = b0 + shifted / wsum
-            norm2 = _centred_norm2(b, w, np.float32(mean))
-            # A norm at the rounding level of the mean (a pattern constant
-            # where the weight is nonzero) is zero: normalising it would
-            # amplify noise.
-            if norm2 > _ZERO_NORM2 * spread:
-                _centred_unit(b, w, np.float32(mean), np.float32(1.0 / np.sqrt(norm2)), v)
-            else:
-                v[:] = 0.0
+            _unit_vector(b, w, wsum, w, v)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -1117,20 +1133,8 @@ def normalised_vectors_sub(
             c = t % ny
             src = raw[row % raw_cap, c]
             v = vec[row % vec_cap, c]
-            scale = 1.0
-            bad[row, c] = 0.0
-            if scaled:
-                scale = pattern_scale(src)
-                if scale == 0.0:
-                    bad[row, c] = np.nan
-                    v[:] = 0.0
-                    continue
+            scale = _item_scale(src, scaled, v, bad, row, c)
+            if scale == 0.0:
+                continue
             _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, b)
-            b0 = np.float64(b[0])
-            shifted, spread = _moments(b, wm, np.float32(b0))
-            mean = b0 + shifted / wmsum
-            norm2 = _centred_norm2(b, wv, np.float32(mean))
-            if norm2 > _ZERO_NORM2 * spread:
-                _centred_unit(b, wv, np.float32(mean), np.float32(1.0 / np.sqrt(norm2)), v)
-            else:
-                v[:] = 0.0
+            _unit_vector(b, wm, wmsum, wv, v)
