@@ -8,7 +8,14 @@ import numba
 import numpy as np
 
 from ._averages_numba import _accumulate, _accumulate_exact, _accumulate_narrow, _table_sums
-from ._validate import block_rows, check_cube, check_finite_values, native_dtype, read_rows
+from ._validate import (
+    block_rows,
+    check_cube,
+    check_finite_values,
+    kernel_dtype,
+    native_dtype,
+    read_rows,
+)
 from .result import ClusterTable
 
 
@@ -94,12 +101,11 @@ def cluster_sums(
 def sum_dtype(dtype) -> np.dtype:
     """The dtype :func:`cluster_sums`' kernels read a cube of ``dtype`` as.
 
-    The kernels are compiled for a few dtypes only (each is a separate
-    compilation): uint8, uint16 and int16 (summed exactly in 32-bit parts),
-    float32 and float64. The others are converted block by block to one that
-    gives the same sums: int8 to int16, float16 to float32, and integers of
-    32 or 64 bits to float64, which the kernels converted each value to
-    anyway.
+    That of the similarity kernels (see
+    :func:`~napari_stemcluster.core._validate.kernel_dtype`: each dtype is a
+    separate compilation), except that 8- and 16-bit signed integers are read
+    as int16, which the 32-bit exact partial sums take. The sums are those of
+    the cube's own values: the kernels add each value as float64 anyway.
 
     Examples
     --------
@@ -107,11 +113,9 @@ def sum_dtype(dtype) -> np.dtype:
     ['uint16', 'int16', 'float64', 'float64', 'float32']
     """
     kind = native_dtype(dtype)
-    if kind in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
-        return kind
-    if kind == np.int8:
+    if kind in (np.int8, np.int16):
         return np.dtype(np.int16)
-    return np.dtype(np.float32 if kind.kind == "f" and kind.itemsize < 4 else np.float64)
+    return kernel_dtype(kind)
 
 
 def _sum_rows(cube, kind: np.dtype) -> int:

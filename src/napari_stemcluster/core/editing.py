@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._validate import check_finite_values
+from ._validate import check_finite_values, kernel_dtype
 from .averages import cluster_table
 from .regions import grow_regions
 from .result import ClusterTable
@@ -206,10 +206,10 @@ def update_sums(
         flat = np.ascontiguousarray(patterns).reshape(len(patterns), -1)
         if flat.dtype == bool:
             flat = flat.view(np.uint8)
-        elif flat.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-            # The kernel adds float64(value): converting first gives the same sums
-            # and keeps it to four compiled versions.
-            flat = flat.astype(np.float64)
+        else:
+            # The kernel adds float64(value): the kernels' few dtypes give the same
+            # sums and keep it to four compiled versions.
+            flat = flat.astype(kernel_dtype(flat.dtype), copy=False)
         _move_patterns(sums.reshape(len(sums), -1), flat, old, new)
     moved = old != new
     np.subtract.at(counts, old[moved & (old > 0)] - 1, 1)
