@@ -185,10 +185,14 @@ class BackgroundImage:
 
         QTimer.singleShot(LATER_STEP_MS, lambda: find(turns))
 
-    def _layers(self) -> list:
+    def _shown_in(self) -> list[tuple]:
+        """``(viewer, layer)`` of every layer showing this image."""
         from napari import Viewer
 
-        return [x for v in list(Viewer._instances) for x in v.layers if x.data is self]
+        return [(v, x) for v in list(Viewer._instances) for x in v.layers if x.data is self]
+
+    def _layers(self) -> list:
+        return [layer for _, layer in self._shown_in()]
 
     def _reveal(self, layers) -> None:
         if not self._hidden:
@@ -308,22 +312,18 @@ class BackgroundImage:
 
             show_error(f"{self.description}: {getattr(self, '_error', 'failed')}")
             return
-        from napari import Viewer
-
         from ._common import layer_step
 
+        shown_in = self._shown_in()
         if self._hidden:  # napari slices (and finds contrast limits) only visible layers
-            self._reveal(self._layers())
-        for viewer in list(Viewer._instances):
-            for layer in viewer.layers:
-                if layer.data is not self:
-                    continue
-                layer.refresh()
-                shown = layer_step(viewer, layer) if self.ndim == 3 else 0
-                # contrast from the first real values on screen (zeros before)
-                if shown == t and id(layer) not in self._contrast_done:
-                    self._contrast_done.add(id(layer))
-                    layer.reset_contrast_limits()
+            self._reveal([layer for _, layer in shown_in])
+        for viewer, layer in shown_in:
+            layer.refresh()
+            shown = layer_step(viewer, layer) if self.ndim == 3 else 0
+            # contrast from the first real values on screen (zeros before)
+            if shown == t and id(layer) not in self._contrast_done:
+                self._contrast_done.add(id(layer))
+                layer.reset_contrast_limits()
 
 
 def _direct_reads(metadata: dict | None, lazy):

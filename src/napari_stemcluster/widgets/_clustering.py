@@ -166,6 +166,7 @@ class ClusteringWidget(Container):
         self.ask_path = _ask_toml_path
         self.labels_layer = None
         self.seeds_layer = None
+        self._hidden_seeds = None  # a seeds layer made hidden, shown a turn later
         self.preview_count: int | None = None
         #: Automatic threshold of every time step of the similarity layer.
         self.auto_thresholds: list[float] = []
@@ -500,7 +501,7 @@ class ClusteringWidget(Container):
 
     def _show_seeds(self) -> None:
         """Show the seeds layer made hidden in the previous turn."""
-        seeds, self._hidden_seeds = getattr(self, "_hidden_seeds", None), None
+        seeds, self._hidden_seeds = self._hidden_seeds, None
         if seeds is not None and seeds in self._viewer.layers:
             seeds.visible = True
 

@@ -997,7 +997,7 @@ class DiffractionViewer(QWidget):
             self._marker_next = (point, int(label), size)
             self._show_marker_soon(reveal=True)
             return
-        if getattr(self, "_marker_next", None) is not None:
+        if self._marker_next is not None:
             self._marker_next = (point, int(label), size)  # the newest wins
             return
         marker.data = np.array([point])
