@@ -194,3 +194,36 @@ def test_the_threshold_plot_draws_once_in_a_later_turn(qtbot):
     plot.highlight(2)
     qtbot.wait(100)
     assert len(draws) == n and plot.highlighted == 2
+
+
+def test_the_diffraction_canvas_is_shown_a_turn_after_it_is_made(make_napari_viewer, qtbot):
+    from napari_stemcluster.widgets import DiffractionViewer
+
+    viewer = make_napari_viewer()
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    qtbot.wait(10)
+    slot = dif._canvas_slot
+    place = dif._layout.indexOf(slot)
+    dif._run_step()  # the canvas: made, not shown
+    assert not dif.qt_viewer.isVisibleTo(dif) and slot.isVisibleTo(dif)
+    dif._run_step()  # shown in the place kept for it
+    assert dif.qt_viewer.isVisibleTo(dif) and dif._layout.indexOf(slot) == -1
+    assert dif._layout.indexOf(dif.qt_viewer) == place
+    dif.finish_building()
+    qtbot.wait(50)
+    assert dif.qt_viewer.isVisibleTo(dif) and dif.qt_viewer.parent() is dif
+
+
+def test_glyphs_are_rendered_in_the_main_canvas_font_without_a_paint(make_napari_viewer):
+    from napari_stemcluster.widgets._diffraction import preload_glyphs
+
+    viewer = make_napari_viewer()
+    info = viewer.window._qt_viewer.canvas._font_info
+    font = info.font_manager.get_font(info.face)
+    new = "".join(c for c in "Åσ0µ" if c not in font._glyphs)
+    preload_glyphs(viewer, new)
+    assert set(new) <= set(font._glyphs)
+    glyph = font._glyphs[new[0]]
+    assert glyph["size"][0] > 0 and len(glyph["texcoords"]) == 4
+    preload_glyphs(object(), "x")  # not a viewer: nothing, no error

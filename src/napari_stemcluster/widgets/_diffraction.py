@@ -213,6 +213,8 @@ class DiffractionViewer(QWidget):
         reveal = partial(partial, self._reveal)
         return [
             self._make_canvas,
+            # the canvas shown (its first paint) in a turn after it is made
+            self._show_canvas,
             # a layer's visual is made hidden and shown in the next turn: the
             # layer and its visual made in one turn, its shaders compiled by
             # the paint after the other (the two together were the longest
@@ -230,6 +232,9 @@ class DiffractionViewer(QWidget):
             *[partial(self._load_glyphs, chars) for chars in _glyph_chunks()],
             self._make_axes,
             self._make_scale_bars,
+            # the main canvas has glyphs of its own (its scale bar, the
+            # cluster marker's caption)
+            *[partial(self._load_main_glyphs, chars) for chars in _glyph_chunks() if chars],
             self._make_main_scale_bar,
             self._make_virtual_detector,
             self._make_average_q_mask,
@@ -329,9 +334,18 @@ class DiffractionViewer(QWidget):
         """napari's QtViewer (the vispy canvas), in the place kept for it."""
         from napari.qt import QtViewer
 
-        self.qt_viewer = QtViewer(self._model, show_welcome_screen=False)
-        self._layout.replaceWidget(self._canvas_slot, self.qt_viewer)
+        qt_viewer = QtViewer(self._model, show_welcome_screen=False)
+        # hidden until the next turn: making it and its first paint (the
+        # OpenGL context and the canvas's first shaders) were one pause
+        qt_viewer.hide()
+        self._layout.insertWidget(self._layout.indexOf(self._canvas_slot), qt_viewer, stretch=1)
+        self.qt_viewer = qt_viewer
+
+    def _show_canvas(self):
+        """The canvas in the place kept for it, shown: its first paint follows."""
+        self._layout.removeWidget(self._canvas_slot)
         self._canvas_slot.deleteLater()
+        self.qt_viewer.show()
 
     def _make_pattern(self):
         # The grid first: enabled over existing layers, it rebuilds a view per
@@ -401,6 +415,15 @@ class DiffractionViewer(QWidget):
         overlay = self.text_overlay
         overlay.color = (0.0, 0.0, 0.0, 0.0) if chars else "white"
         overlay.text = chars
+
+    def _load_main_glyphs(self, chars: str):
+        """Render ``chars``' glyphs in the main canvas's font, without drawing.
+
+        Each canvas has its own font atlas: the main view's scale bar and
+        the cluster marker's caption would render theirs in the paint that
+        first shows them. A few characters per turn here instead.
+        """
+        preload_glyphs(self._viewer, chars)
 
     def _make_axes(self):
         axes = _axes(self._model)
@@ -1157,6 +1180,27 @@ def _glyph_chunks(size: int = 12) -> list[str]:
     """The characters of the captions in chunks (then "" to end), see ``_load_glyphs``."""
     chars = "".join(ch for ch in string.printable if not ch.isspace()) + "…–×·°Åσ"
     return [chars[i : i + size] for i in range(0, len(chars), size)] + [""]
+
+
+def preload_glyphs(viewer, chars: str) -> None:
+    """Render the glyphs of ``chars`` in the font of ``viewer``'s canvas.
+
+    vispy renders a character's glyph (a signed-distance texture, a few
+    milliseconds each) the first time a text of the canvas draws it, inside
+    the paint. Rendered here, the paint finds them; napari's private font
+    objects are used, so any failure only leaves the glyphs to the paint.
+
+    Examples
+    --------
+    >>> preload_glyphs(viewer, "0123456789 nm")  # doctest: +SKIP
+    """
+    with contextlib.suppress(Exception):
+        qt_viewer = getattr(viewer, "window", None)
+        qt_viewer = getattr(qt_viewer, "_qt_viewer", None) or viewer
+        info = qt_viewer.canvas._font_info
+        font = info.font_manager.get_font(info.face)
+        for ch in chars:
+            font[ch]  # renders the glyph once
 
 
 def _none():

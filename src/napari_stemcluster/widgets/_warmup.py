@@ -35,6 +35,7 @@ def warm_up_kernels() -> None:
     from ..core.prefilter import correlative_prefilter
     from ..core.regions import grow_regions
     from ..core.similarity import mean_similarity, neighbor_similarity
+    from ..core.threshold import auto_threshold
     from ..core.virtual import BinnedCube, virtual_detector
 
     for dtype in (np.uint16, np.float32):
@@ -42,6 +43,9 @@ def warm_up_kernels() -> None:
         sim = neighbor_similarity(cube)
         ms = mean_similarity(sim)
         labels, _ = grow_regions(sim, 0.5, mean_similarity=ms)
+        # the Clustering widget's automatic threshold, computed on the GUI
+        # thread when a new similarity map arrives
+        auto_threshold(sim)
         cluster_sums(cube, labels, int(labels.max()))
         virtual_detector(cube, np.ones((6, 6), bool))
         update_sums(np.zeros((2, 6, 6)), np.zeros(2, np.int64), cube[0, :2], [1, 1], [2, 2])
