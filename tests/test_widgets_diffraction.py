@@ -17,7 +17,7 @@ from napari_stemcluster.widgets import (
 from napari_stemcluster.widgets._bragg import bragg_display
 from napari_stemcluster.widgets._common import stem_meta
 from napari_stemcluster.widgets._diffraction import MARKER_NAME, scale_pattern
-from napari_stemcluster.widgets._link import link_for
+from napari_stemcluster.widgets._link import link_for, seed_points
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("widget_settings")]
 
@@ -409,3 +409,98 @@ def test_docked_workflow_screenshot_is_not_blank(make_napari_viewer, qtbot, scan
     assert region_std(dif.qt_viewer.canvas.native) > 5
     assert region_std(dif.controls.native) > 5
     assert region_std(clu.native) > 5
+
+
+def _held_jobs(runner):
+    """Jobs of ``runner`` wait for the returned event before computing."""
+    import threading
+
+    gate = threading.Event()
+    start = runner.start
+
+    def held(fn, **kwargs):
+        def work(progress):
+            gate.wait(WAIT / 1000)
+            return fn(progress)
+
+        return start(work, **kwargs)
+
+    runner.start = held
+    return gate
+
+
+def _sample_with_similarity(make_napari_viewer, qtbot, scan4d):
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in sample_to_layers(scan4d, "demo"):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    sim = SimilarityWidget(viewer)
+    sim._inner.value, sim._outer.value = 2.0, 14.0
+    sim.run()
+    qtbot.waitUntil(lambda: not sim.runner.running, timeout=WAIT)
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    dif.finish_building()
+    clu = ClusteringWidget(viewer)
+    clu._mode.value, clu._linkage.value = "manual", "pair"
+    clu._threshold.value, clu._min_size.value = 0.8, 3
+    return viewer, dif, clu
+
+
+def test_a_clustering_job_makes_its_seeds_and_marker_layers_while_it_computes(
+    make_napari_viewer, qtbot, scan4d
+):
+    viewer, dif, clu = _sample_with_similarity(make_napari_viewer, qtbot, scan4d)
+    data = viewer.layers["demo ADF"]
+    active = viewer.layers.selection.active
+    gate = _held_jobs(clu.runner)
+    clu.run()
+    qtbot.waitUntil(lambda: MARKER_NAME in viewer.layers, timeout=WAIT)
+    seeds, marker = viewer.layers["clusters seeds"], viewer.layers[MARKER_NAME]
+    assert clu.runner.worker is not None  # made while the job computes
+    for layer in (seeds, marker):  # hidden, empty, placed like the data
+        assert not layer.visible and len(layer.data) == 0
+        np.testing.assert_allclose(layer.scale, data.scale)
+    assert viewer.layers.selection.active is active  # the user's layer stays active
+    gate.set()
+    qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
+    layer = viewer.layers["clusters"]
+    names = [x.name for x in viewer.layers]
+    assert names[-3:] == ["clusters", "clusters seeds", MARKER_NAME]
+    assert clu.labels_layer is layer and clu.seeds_layer is seeds and seeds.visible
+    state = link_for(layer).state
+    points, feats = seed_points(state)
+    np.testing.assert_allclose(seeds.data, points)
+    assert list(seeds.features["label"]) == list(feats["label"])
+    assert len(points) == int(layer.data.max()) > 1
+    # the marker made ahead serves the first cluster shown
+    labels = layer.data.copy()
+    label = _grain_cluster(labels, scan4d.grains)
+    _hover(qtbot, viewer, data, dif, tuple(np.argwhere(labels == label)[0]))
+    qtbot.waitUntil(lambda: len(marker.data) == 1 and marker.visible, timeout=WAIT)
+    table = cluster_table(labels, stem_meta(layer)["result"].mean_similarity)
+    np.testing.assert_allclose(marker.data, [table.seed[label - 1]])
+    assert viewer.layers[MARKER_NAME] is marker
+
+
+def test_a_cancelled_clustering_job_removes_the_layers_made_for_it(
+    make_napari_viewer, qtbot, scan4d
+):
+    viewer, dif, clu = _sample_with_similarity(make_napari_viewer, qtbot, scan4d)
+    before = [x.name for x in viewer.layers]
+    gate = _held_jobs(clu.runner)
+    clu.run()
+    qtbot.waitUntil(lambda: MARKER_NAME in viewer.layers, timeout=WAIT)
+    clu.runner.cancel(silent=True)
+    gate.set()
+    qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
+    qtbot.wait(100)
+    assert clu.runner.last_cancelled
+    assert [x.name for x in viewer.layers] == before
+    assert clu.seeds_layer is None and dif._marker is None
+    # the next job makes them again, and uses them
+    clu.runner.start = type(clu.runner).start.__get__(clu.runner)
+    clu.run()
+    qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
+    names = [x.name for x in viewer.layers]
+    assert names.index("clusters") + 1 == names.index("clusters seeds")
+    assert clu.seeds_layer.visible and len(clu.seeds_layer.data) > 1

@@ -101,8 +101,11 @@ def test_new_result_layers_arrive_in_separate_turns(make_napari_viewer, qtbot, s
     clu._threshold.value, clu._min_size.value = 0.8, 3
     clu.run()
     qtbot.waitUntil(lambda: not clu.runner.running, timeout=WAIT)
-    assert [name for name, _ in inserted] == ["clusters", "clusters seeds"]
+    # the seeds layer may be made while the job computes (before the clusters)
+    assert sorted(name for name, _ in inserted) == ["clusters", "clusters seeds"]
     assert inserted[1][1] > inserted[0][1]
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("clusters") + 1 == names.index("clusters seeds")
     # applied completely once the job ends
     assert clu.labels_layer is viewer.layers["clusters"]
     assert clu.seeds_layer is viewer.layers["clusters seeds"]

@@ -18,8 +18,10 @@ from ._common import (
     is_similarity_layer,
     layer_choices,
     layer_step,
+    not_activated,
     param_widget,
     remember,
+    session,
     spatial_kwargs,
     stem_meta,
     step_progress,
@@ -167,6 +169,7 @@ class ClusteringWidget(Container):
         self.labels_layer = None
         self.seeds_layer = None
         self._hidden_seeds = None  # a seeds layer made hidden, shown a turn later
+        self._prepared_seeds = None  # made hidden and empty while the job computes
         self.preview_count: int | None = None
         #: Automatic threshold of every time step of the similarity layer.
         self.auto_thresholds: list[float] = []
@@ -497,7 +500,62 @@ class ClusteringWidget(Container):
             self._apply(layer, meta, value, sim, ms, mask, cube, params, mode, target)
 
         self._status.value = ""
-        return self.runner.start(work, description="Clustering", on_returned=done)
+        worker = self.runner.start(work, description="Clustering", on_returned=done)
+        seeds = self.seeds_layer
+        if target is None and (seeds is None or seeds not in self._viewer.layers):
+            self._prepare_layers(layer, ms.shape, worker)
+        return worker
+
+    def _prepare_layers(self, sim_layer, shape, worker) -> None:
+        """Make the new clusters' seeds layer and marker now, hidden and empty.
+
+        The event loop is idle while the job computes; made when it ends,
+        each new layer (napari's layer controls and visuals, 0.1-0.2 s) was
+        one of the job's longest pauses. The seeds layer, then the
+        diffraction viewers' cluster marker (through the session), in turns
+        of their own; both are removed again if the job fails or is
+        cancelled.
+        """
+        ndim = len(shape)
+        sk = {k: v for k, v in spatial_kwargs(sim_layer, ndim).items() if k != "axis_labels"}
+        runner = self.runner
+
+        def failed():
+            return runner.worker is None and (
+                runner.last_error is not None or runner.last_cancelled
+            )
+
+        def seeds():
+            if failed():
+                return
+            with not_activated(self._viewer):
+                self._prepared_seeds = self._viewer.add_points(
+                    np.empty((0, ndim)),
+                    name="clusters seeds",
+                    size=max(1.0, 0.02 * max(shape[-2:])),
+                    face_color="white",
+                    border_color="black",
+                    border_width=0.15,
+                    symbol="disc",
+                    visible=False,
+                    **sk,
+                )
+
+        def marker():
+            if not failed():
+                session(self._viewer).clusters_expected.emit(sim_layer, ndim)
+
+        def drop_if_failed():
+            if not failed():
+                return
+            prepared, self._prepared_seeds = self._prepared_seeds, None
+            if prepared is not None and prepared in self._viewer.layers:
+                self._viewer.layers.remove(prepared)
+            session(self._viewer).clusters_expected.emit(None, 0)
+
+        runner.later(seeds, "Clustering")
+        runner.later(marker, "Clustering")
+        worker.finished.connect(drop_if_failed)
 
     def _show_seeds(self) -> None:
         """Show the seeds layer made hidden in the previous turn."""
@@ -540,15 +598,31 @@ class ClusteringWidget(Container):
             target.metadata = {**target.metadata, "stemcluster": new_meta}
             layer = target
         else:
-            layer = self._viewer.add_labels(
-                labels, name="clusters", metadata={"stemcluster": new_meta}, **sk
-            )
+            from napari.layers import Labels
+
+            layer = Labels(labels, name="clusters", metadata={"stemcluster": new_meta}, **sk)
+            layers = self._viewer.layers
+            prepared = self._prepared_seeds
+            # below the seeds layer made ahead (and the marker above it)
+            index = layers.index(prepared) if prepared in layers else len(layers)
+            layers.insert(index, layer)
         new_layer = layer is not target
 
         def seeds_and_link():
             points, feats = seed_points(state)
             seeds = self.seeds_layer
-            if seeds is None or seeds not in self._viewer.layers or seeds.ndim != points.shape[1]:
+            prepared, self._prepared_seeds = self._prepared_seeds, None
+            if (
+                prepared is not None
+                and prepared in self._viewer.layers
+                and prepared.ndim == points.shape[1]
+            ):
+                # made while the job computed: only its data now, shown a turn later
+                seeds = prepared
+                seeds.name = f"{layer.name} seeds"
+                seeds.data, seeds.features = points, feats
+                self._hidden_seeds = seeds
+            elif seeds is None or seeds not in self._viewer.layers or seeds.ndim != points.shape[1]:
                 seeds = self._viewer.add_points(
                     points,
                     name=f"{layer.name} seeds",

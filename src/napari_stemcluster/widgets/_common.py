@@ -573,6 +573,10 @@ class Session:
 
     #: Emitted with the q-mask dict (``inner``, ``outer``, ``center``) or None.
     q_mask_changed = Signal(object)
+    #: Emitted when a job starts that will add a clusters layer: ``(layer, ndim)``,
+    #: a layer whose scale and translation it will have and its number of
+    #: dimensions; ``(None, 0)`` when that job failed or was cancelled.
+    clusters_expected = Signal(object, int)
 
     def __init__(self):
         self.q_mask: dict | None = None
@@ -594,6 +598,29 @@ class Session:
 
 
 _SESSIONS: dict[int, Session] = {}
+
+
+@contextlib.contextmanager
+def not_activated(viewer):
+    """Layers added inside leave the active layer as it is (napari activates a new one).
+
+    Each change of the active layer rebuilds the layer controls shown; a layer
+    made ahead, hidden, has no reason to take the selection.
+
+    Examples
+    --------
+    >>> with not_activated(viewer):  # doctest: +SKIP
+    ...     viewer.add_points(visible=False)
+    """
+    layers = viewer.layers
+    before = getattr(layers, "_activate_on_insert", None)
+    if before is not None:
+        layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            layers._activate_on_insert = before
 
 
 def session(viewer) -> Session:

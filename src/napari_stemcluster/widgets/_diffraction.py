@@ -166,6 +166,7 @@ class DiffractionViewer(QWidget):
         self._watched = _none
         self._marker = None
         self._marker_next = None  # (point, label, size) for a marker made this turn
+        self._marker_prepared = False  # made ahead (hidden, empty), not shown yet
         self._pick_layers()
         # A control used before the canvas is complete completes it (its
         # handlers use the layers).
@@ -194,6 +195,7 @@ class DiffractionViewer(QWidget):
                 (viewer.layers.events.inserted, self._on_layers_changed),
                 (viewer.layers.events.removed, self._on_layers_changed),
                 (self._session.q_mask_changed, self._when_built("_draw_q_mask")),
+                (self._session.clusters_expected, self._weak("_prepare_marker")),
             ],
         )
         # the first step (the canvas) after the window has laid out and
@@ -527,6 +529,16 @@ class DiffractionViewer(QWidget):
                 return None
             dif.finish_building()
             return getattr(dif, name)(*args)
+
+        return handle
+
+    def _weak(self, name: str):
+        """The handler ``name``, holding the widget weakly."""
+        me = weakref.ref(self)
+
+        def handle(*args):
+            dif = me()
+            return None if dif is None else getattr(dif, name)(*args)
 
         return handle
 
@@ -987,36 +999,16 @@ class DiffractionViewer(QWidget):
         if state.time_series:
             point = [float(t)] + point
         marker = self._marker
-        if marker is None or marker not in self._viewer.layers or marker.ndim != len(point):
-            active = self._viewer.layers.selection.active
-            sk = spatial_kwargs(layer, len(point))
-            sk.pop("axis_labels", None)
-            marker = self._viewer.add_points(
-                np.empty((0, len(point))),
-                name=MARKER_NAME,
-                symbol="square",
-                face_color="transparent",
-                border_color="yellow",
-                border_width=0.2,
-                size=max(2.0, 0.04 * max(layer.data.shape[-2:])),
-                text={
-                    "string": "cluster {label}: {size} positions",
-                    "color": "yellow",
-                    "size": 10,
-                    "anchor": "upper_left",
-                    "translation": [0.0] * (len(point) - 2) + [-1.5, 1.5],
-                },
-                features={"label": np.empty(0, int), "size": np.empty(0, int)},
-                visible=False,
-                **sk,
-            )
-            self._marker = marker
-            if active is not None:
-                self._viewer.layers.selection.active = active
-            # Shown a turn later, and its first point and caption a turn after
-            # that: making the layer, the paint that compiles its shaders and the
-            # one that renders the caption's glyphs were one of the longest
-            # pauses of a clustering job.
+        usable = marker is not None and marker in self._viewer.layers
+        if not usable or marker.ndim != len(point) or self._marker_prepared:
+            if not usable or marker.ndim != len(point):
+                self._marker = self._new_marker(layer, len(point))
+            # made ahead (while the clustering job computed) or just now:
+            # shown a turn later, and its first point and caption a turn
+            # after that: making the layer, the paint that compiles its
+            # shaders and the one that renders the caption's glyphs were one
+            # of the longest pauses of a clustering job.
+            self._marker_prepared = False
             self._marker_next = (point, int(label), size)
             self._show_marker_soon(reveal=True)
             return
@@ -1025,6 +1017,55 @@ class DiffractionViewer(QWidget):
             return
         marker.data = np.array([point])
         marker.features = {"label": [int(label)], "size": [size]}
+
+    def _new_marker(self, like, ndim: int):
+        """The cluster marker, hidden and empty, with ``like``'s scale and translation.
+
+        Added without taking the selection (the user's layer stays active).
+        """
+        from ._common import not_activated
+
+        sk = spatial_kwargs(like, ndim)
+        sk.pop("axis_labels", None)
+        with not_activated(self._viewer):
+            return self._viewer.add_points(
+                np.empty((0, ndim)),
+                name=MARKER_NAME,
+                symbol="square",
+                face_color="transparent",
+                border_color="yellow",
+                border_width=0.2,
+                size=max(2.0, 0.04 * max(like.data.shape[-2:])),
+                text={
+                    "string": "cluster {label}: {size} positions",
+                    "color": "yellow",
+                    "size": 10,
+                    "anchor": "upper_left",
+                    "translation": [0.0] * (ndim - 2) + [-1.5, 1.5],
+                },
+                features={"label": np.empty(0, int), "size": np.empty(0, int)},
+                visible=False,
+                **sk,
+            )
+
+    def _prepare_marker(self, like, ndim: int) -> None:
+        """Make the marker ahead for a clustering job (``like`` None: the job failed).
+
+        A marker made ahead and never shown is removed again when the job
+        fails or is cancelled.
+        """
+        marker = self._marker
+        usable = marker is not None and marker in self._viewer.layers
+        if like is None:
+            if usable and self._marker_prepared:
+                self._viewer.layers.remove(marker)
+                self._marker = None
+            self._marker_prepared = False
+            return
+        if usable and marker.ndim == ndim:
+            return  # the one there serves
+        self._marker = self._new_marker(like, ndim)
+        self._marker_prepared = True
 
     def _show_marker_soon(self, reveal: bool = False) -> None:
         """Show the new marker layer (``reveal``), then give it its point, a turn each."""
