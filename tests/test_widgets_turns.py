@@ -227,3 +227,47 @@ def test_glyphs_are_rendered_in_the_main_canvas_font_without_a_paint(make_napari
     glyph = font._glyphs[new[0]]
     assert glyph["size"][0] > 0 and len(glyph["texcoords"]) == 4
     preload_glyphs(object(), "x")  # not a viewer: nothing, no error
+
+
+def _overlay_visuals(qt_viewer, overlay):
+    return qt_viewer.canvas._viewer_overlay_to_visual.get(overlay, [])
+
+
+def _run_until(dif, name):
+    """Run the diffraction viewer's steps up to and including the step ``name``."""
+    while dif._pending:
+        step = dif._pending[0]
+        dif._run_step()
+        if getattr(step, "__name__", "") == name:
+            return
+    raise AssertionError(f"no step {name}")
+
+
+def test_the_overlay_visuals_are_made_hidden_and_shown_one_per_turn(make_napari_viewer, qtbot):
+    from napari_stemcluster.widgets import DiffractionViewer
+    from napari_stemcluster.widgets._diffraction import _axes, _scale_bar
+
+    viewer = make_napari_viewer()
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    for make, which in (("_make_axes", _axes), ("_make_scale_bars", _scale_bar)):
+        _run_until(dif, make)
+        overlay = which(dif._model)
+        visuals = _overlay_visuals(dif.qt_viewer, overlay)
+        assert overlay.visible and len(visuals) == 2  # one per panel
+        assert [v.node.visible for v in visuals] == [False, False]
+        dif._run_step()
+        assert [v.node.visible for v in visuals] == [True, False]
+        dif._run_step()
+        assert [v.node.visible for v in visuals] == [True, True]
+    main = viewer.window._qt_viewer
+    _run_until(dif, "_make_main_scale_bar")
+    visuals = _overlay_visuals(main, _scale_bar(viewer))
+    assert _scale_bar(viewer).visible and len(visuals) == 1 and not visuals[0].node.visible
+    dif._run_step()
+    assert visuals[0].node.visible
+    dif.finish_building()
+    for qt_viewer, model in ((dif.qt_viewer, dif._model), (main, viewer)):
+        for overlay in (_axes(model), _scale_bar(model)):  # every visual as its overlay says
+            for visual in _overlay_visuals(qt_viewer, overlay):
+                assert visual.node.visible == overlay.visible

@@ -232,12 +232,20 @@ class DiffractionViewer(QWidget):
             self._make_text,
             # before the axes and scale bars: their labels find their glyphs made
             *[partial(self._load_glyphs, chars) for chars in _glyph_chunks()],
+            # an overlay's visuals (one per panel) are made hidden, and shown
+            # one per turn: each first paint compiles a line's, a box's and a
+            # text's shaders
             self._make_axes,
+            partial(self._reveal_overlay, _axes, 0),
+            partial(self._reveal_overlay, _axes, 1),
             self._make_scale_bars,
+            partial(self._reveal_overlay, _scale_bar, 0),
+            partial(self._reveal_overlay, _scale_bar, 1),
             # the main canvas has glyphs of its own (its scale bar, the
             # cluster marker's caption)
             *[partial(self._load_main_glyphs, chars) for chars in _glyph_chunks() if chars],
             self._make_main_scale_bar,
+            self._reveal_main_scale_bar,
             self._make_virtual_detector,
             self._make_average_q_mask,
             reveal("average_q_mask_layer"),
@@ -429,19 +437,35 @@ class DiffractionViewer(QWidget):
 
     def _make_axes(self):
         axes = _axes(self._model)
-        axes.visible = True
         axes.labels = True
+        axes.visible = True
+        _show_overlay_visuals(self.qt_viewer, axes, False)
 
     def _make_scale_bars(self):
         scale_bar = _scale_bar(self._model)
-        scale_bar.visible = True
+        # placed first: made visible last, its visuals are made once, where they stay
         if hasattr(scale_bar, "gridded"):
             scale_bar.gridded = True  # one per panel
         scale_bar.position = "top_right"  # the text overlay is at the bottom
+        scale_bar.visible = True
+        _show_overlay_visuals(self.qt_viewer, scale_bar, False)
+
+    def _reveal_overlay(self, which, index: int):
+        """Show the ``index``-th visual of an overlay made hidden: the next paint compiles it."""
+        overlay = which(self._model)
+        _show_overlay_visuals(self.qt_viewer, overlay, overlay.visible, index)
 
     def _make_main_scale_bar(self):
-        # a turn of its own: the main canvas paints (and compiles) it
-        _scale_bar(self._viewer).visible = True
+        # turns of its own: the main canvas makes it, then paints (and compiles) it
+        main = getattr(self._viewer, "window", None)
+        scale_bar = _scale_bar(self._viewer)
+        scale_bar.visible = True
+        _show_overlay_visuals(getattr(main, "_qt_viewer", None), scale_bar, False)
+
+    def _reveal_main_scale_bar(self):
+        main = getattr(self._viewer, "window", None)
+        scale_bar = _scale_bar(self._viewer)
+        _show_overlay_visuals(getattr(main, "_qt_viewer", None), scale_bar, scale_bar.visible)
 
     def _make_virtual_detector(self):
         self.virtual = VirtualDetector(self)  # its ROI layer joins the pattern panel
@@ -1276,6 +1300,22 @@ def _read(source, t, rx, ry) -> np.ndarray:
     if hasattr(pattern, "compute"):
         pattern = pattern.compute()
     return np.asarray(pattern)
+
+
+def _show_overlay_visuals(qt_viewer, overlay, visible: bool, index: int | None = None) -> None:
+    """Show or hide the vispy visuals of an overlay (all, or the ``index``-th).
+
+    napari makes one visual per grid panel when the overlay becomes visible;
+    hiding them (not the overlay) until a later turn keeps their first paint,
+    which compiles their shaders, out of the turn that made them. napari's
+    private canvas mapping is used: if it is missing, the visuals show at once.
+    """
+    canvas = getattr(qt_viewer, "canvas", None)
+    visuals = getattr(canvas, "_viewer_overlay_to_visual", {}).get(overlay, [])
+    chosen = visuals if index is None else visuals[index : index + 1]
+    for visual in chosen:
+        with contextlib.suppress(Exception):
+            visual.node.visible = visible
 
 
 def _axes(model):
