@@ -271,3 +271,33 @@ def test_the_overlay_visuals_are_made_hidden_and_shown_one_per_turn(make_napari_
         for overlay in (_axes(model), _scale_bar(model)):  # every visual as its overlay says
             for visual in _overlay_visuals(qt_viewer, overlay):
                 assert visual.node.visible == overlay.visible
+
+
+def test_making_the_diffraction_canvas_leaves_the_shortcuts_and_tooltips_as_they_were(
+    make_napari_viewer, qtbot
+):
+    from napari.utils.action_manager import action_manager
+
+    from napari_stemcluster.widgets import DiffractionViewer
+
+    viewer = make_napari_viewer()
+    before = {name: list(keys) for name, keys in action_manager._shortcuts.items()}
+    seen = []
+
+    def record(event):
+        seen.append(event.name)
+
+    action_manager.events.shortcut_changed.connect(record)
+    try:
+        dif = DiffractionViewer(viewer)
+        viewer.window.add_dock_widget(dif, name="Diffraction")
+        dif._run_step()  # the canvas (napari binds every shortcut again)
+    finally:
+        action_manager.events.shortcut_changed.disconnect(record)
+    assert seen == []  # nothing told to refresh
+    assert {name: list(keys) for name, keys in action_manager._shortcuts.items()} == before
+    main, new = viewer.window._qt_viewer.viewerButtons, dif.qt_viewer.viewerButtons
+    for button in ("resetViewButton", "gridViewButton", "ndisplayButton"):
+        tip = getattr(new, button).toolTip()
+        assert tip and tip == getattr(main, button).toolTip(), button
+    assert any("(" in getattr(new, b).toolTip() for b in ("resetViewButton", "gridViewButton"))

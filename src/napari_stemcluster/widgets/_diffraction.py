@@ -344,7 +344,8 @@ class DiffractionViewer(QWidget):
         """napari's QtViewer (the vispy canvas), in the place kept for it."""
         from napari.qt import QtViewer
 
-        qt_viewer = QtViewer(self._model, show_welcome_screen=False)
+        with _shortcut_events_blocked():
+            qt_viewer = QtViewer(self._model, show_welcome_screen=False)
         # hidden until the next turn: making it and its first paint (the
         # OpenGL context and the canvas's first shaders) were one pause
         qt_viewer.hide()
@@ -1300,6 +1301,27 @@ def _read(source, t, rx, ry) -> np.ndarray:
     if hasattr(pattern, "compute"):
         pattern = pattern.compute()
     return np.asarray(pattern)
+
+
+@contextlib.contextmanager
+def _shortcut_events_blocked():
+    """napari's "shortcut changed" events held back while a ``QtViewer`` is made.
+
+    A new ``QtViewer`` unbinds and binds again every keyboard shortcut of
+    the settings (the same ones, so nothing changes in the end), and each of
+    the 170-odd steps told every welcome screen and button of the
+    application to refresh: 60 % of making the canvas, and more with each
+    viewer open. The buttons of the new canvas take their tooltips when they
+    are bound, so nothing misses the final state.
+    """
+    try:
+        from napari.utils.action_manager import action_manager
+
+        blocker = action_manager.events.shortcut_changed.blocker()
+    except Exception:  # napari without them: the events go through
+        blocker = contextlib.nullcontext()
+    with blocker:
+        yield
 
 
 def _show_overlay_visuals(qt_viewer, overlay, visible: bool, index: int | None = None) -> None:
