@@ -301,3 +301,38 @@ def test_making_the_diffraction_canvas_leaves_the_shortcuts_and_tooltips_as_they
         tip = getattr(new, button).toolTip()
         assert tip and tip == getattr(main, button).toolTip(), button
     assert any("(" in getattr(new, b).toolTip() for b in ("resetViewButton", "gridViewButton"))
+
+
+def test_a_new_bragg_widget_refreshes_the_viewers_once_in_a_later_turn(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    from napari_stemcluster.widgets import BraggWidget, DiffractionViewer
+
+    viewer = make_napari_viewer()
+    cube = np.ones((8, 9, 6, 5), np.float32)
+    viewer.add_image(cube.sum(axis=(2, 3)), name="scan", metadata={"stemcluster": {"cube": cube}})
+    labels = np.zeros((8, 9), np.int32)
+    labels[2:5, 3:6] = 1
+    meta = {"stemcluster": {"kind": "segmentation", "cube": cube}}
+    layer = viewer.add_labels(labels, name="clusters", metadata=meta)
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    dif.finish_building()
+    first = BraggWidget(viewer)
+    first._w["radius"].value = 2.5  # remembered: the next widget restores it
+    first._w["max_count"].value = 3
+    qtbot.wait(100)
+    refreshes = []
+    monkeypatch.setattr(
+        DiffractionViewer, "_refresh_average", lambda self, *_: refreshes.append(id(self))
+    )
+    dif.bragg_params = None  # the viewer lacks the settings
+    w = BraggWidget(viewer)
+    assert w._w["radius"].value == 2.5 and w.cluster_layer is layer
+    assert refreshes == []  # nothing in the turn that made the widget
+    qtbot.waitUntil(lambda: refreshes == [id(dif)], timeout=WAIT)
+    qtbot.wait(100)
+    assert refreshes == [id(dif)]  # once
+    assert dif.bragg_params == w.params() and dif.bragg_params["probe_radius"] == 2.5
+    w._w["radius"].value = 3.0  # and the settings are followed at once afterwards
+    assert dif.bragg_params["probe_radius"] == 3.0 and len(refreshes) == 2

@@ -252,14 +252,11 @@ class BraggWidget(Container):
         self.strain_layers: dict = {}
         #: (key, template) of the last template taken from the data.
         self._template_cache: tuple = (None, None)
+        self._preview_scheduled = False  # a refresh of the viewers waits for a turn
         self._run.changed.connect(self.run_lattices)
         self._strain.changed.connect(self.run_strain)
         self._cancel.changed.connect(self.runner.cancel)
-        for key, widget in w.items():
-            if key not in ("clusters", "min_indexed", "reference"):
-                widget.changed.connect(self.update_preview)
         w["template"].changed.connect(self._on_template)
-        w["clusters"].changed.connect(self._on_clusters)
         connect_while_alive(
             self.native,
             [
@@ -274,8 +271,18 @@ class BraggWidget(Container):
         clusters = [x for x in viewer.layers if is_cluster_layer(x)]
         if clusters and w["clusters"].value is None:
             w["clusters"].value = clusters[-1]
+        # The preview follows the settings and the clusters from here on:
+        # connected before, each setting restored and the clusters chosen
+        # refreshed every diffraction viewer (their averages and disks) once
+        # more, all in the turn that made the widget (docking's longest).
+        for key, widget in w.items():
+            if key not in ("clusters", "min_indexed", "reference"):
+                widget.changed.connect(self.update_preview)
+        w["clusters"].changed.connect(self._on_clusters)
         self._on_template()
-        self._on_clusters()
+        self._take_up_stored()
+        # the viewers take these settings in a turn of their own
+        self._schedule_preview()
 
     # ---------------------------------------------------------------- inputs
     def _on_layers_changed(self, event=None):
@@ -290,11 +297,18 @@ class BraggWidget(Container):
             # The viewers' average and disks in a later event-loop turn: they
             # add a layer there, which must not add to the turn (and paint)
             # that draws the new clusters layer.
-            from qtpy.QtCore import QTimer
+            self._schedule_preview()
 
+    def _schedule_preview(self):
+        """Refresh the viewers in a later turn (once, however often asked meanwhile)."""
+        from qtpy.QtCore import QTimer
+
+        if not self._preview_scheduled:
+            self._preview_scheduled = True
             QTimer.singleShot(LATER_STEP_MS, self._preview_later)
 
     def _preview_later(self):
+        self._preview_scheduled = False
         try:
             self.native.objectName()
         except RuntimeError:  # the widget was closed and deleted meanwhile
