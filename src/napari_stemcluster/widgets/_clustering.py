@@ -64,6 +64,10 @@ THRESHOLD_MODES = ("auto", "manual")
 PREVIEW_DELAY_MS = 120
 
 
+#: Delay (ms) after a job starts before its new layers are made ahead.
+PREPARE_AFTER_MS = 300
+
+
 class ClusteringWidget(Container):
     """Grow clusters from the similarity map; preview the cluster count live.
 
@@ -507,7 +511,7 @@ class ClusteringWidget(Container):
         return worker
 
     def _prepare_layers(self, sim_layer, shape, worker) -> None:
-        """Make the new clusters' seeds layer and marker now, hidden and empty.
+        """Make the new clusters' seeds layer and marker while the job computes, hidden and empty.
 
         The event loop is idle while the job computes; made when it ends,
         each new layer (napari's layer controls and visuals, 0.1-0.2 s) was
@@ -526,8 +530,8 @@ class ClusteringWidget(Container):
             )
 
         def seeds():
-            if failed():
-                return
+            if runner.worker is None:
+                return  # the job has ended meanwhile: its result makes the layers
             with not_activated(self._viewer):
                 self._prepared_seeds = self._viewer.add_points(
                     np.empty((0, ndim)),
@@ -542,8 +546,13 @@ class ClusteringWidget(Container):
                 )
 
         def marker():
-            if not failed():
+            if runner.worker is not None:
                 session(self._viewer).clusters_expected.emit(sim_layer, ndim)
+
+        def begin():
+            if runner.worker is worker:
+                runner.later(seeds, "Clustering")
+                runner.later(marker, "Clustering")
 
         def drop_if_failed():
             if not failed():
@@ -553,9 +562,13 @@ class ClusteringWidget(Container):
                 self._viewer.layers.remove(prepared)
             session(self._viewer).clusters_expected.emit(None, 0)
 
-        runner.later(seeds, "Clustering")
-        runner.later(marker, "Clustering")
         worker.finished.connect(drop_if_failed)
+        # not at once: the turns just after Run often redraw the threshold
+        # plots (the preview of the threshold just set), and a layer made in
+        # the same pass of the event loop added to that pause
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(PREPARE_AFTER_MS, begin)
 
     def _show_seeds(self) -> None:
         """Show the seeds layer made hidden in the previous turn."""
