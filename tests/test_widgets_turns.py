@@ -336,3 +336,24 @@ def test_a_new_bragg_widget_refreshes_the_viewers_once_in_a_later_turn(
     assert dif.bragg_params == w.params() and dif.bragg_params["probe_radius"] == 2.5
     w._w["radius"].value = 3.0  # and the settings are followed at once afterwards
     assert dif.bragg_params["probe_radius"] == 3.0 and len(refreshes) == 2
+
+
+def test_the_diffraction_canvas_renders_its_glyphs_in_steps_outside_any_paint(
+    make_napari_viewer, qtbot
+):
+    from napari_stemcluster.widgets import DiffractionViewer
+    from napari_stemcluster.widgets._diffraction import _glyph_chunks
+
+    viewer = make_napari_viewer()
+    dif = DiffractionViewer(viewer)
+    viewer.window.add_dock_widget(dif, name="Diffraction")
+    _run_until(dif, "_make_text")
+    info = dif.qt_viewer.canvas._font_info
+    font = info.font_manager.get_font(info.face)
+    first = _glyph_chunks()[0]
+    assert not set(first) <= set(font._glyphs)
+    dif._run_step()  # the first chunk, rendered by the step itself
+    assert set(first) <= set(font._glyphs)
+    assert dif.text_overlay.text == ""  # nothing drawn for it
+    dif.finish_building()
+    assert set("".join(_glyph_chunks())) <= set(font._glyphs)

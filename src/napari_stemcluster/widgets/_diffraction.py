@@ -415,17 +415,16 @@ class DiffractionViewer(QWidget):
         self._model.layers.selection.active = self.pattern_layer
 
     def _load_glyphs(self, chars: str):
-        """Draw ``chars`` once, invisibly, so that their glyphs are rendered now.
+        """Render the glyphs of ``chars`` in the canvas's font now, without drawing.
 
         vispy renders each character's glyph the first time a text of the
         canvas shows it (a few milliseconds each); the axes' and scale bars'
         labels, and the first cluster's caption, would otherwise render
         dozens in one paint. A few characters per turn while the canvas is
-        made instead.
+        made instead, outside any paint (drawn invisibly, as before, they
+        were rendered by the paint after the step, in the same pause).
         """
-        overlay = self.text_overlay
-        overlay.color = (0.0, 0.0, 0.0, 0.0) if chars else "white"
-        overlay.text = chars
+        preload_glyphs(self.qt_viewer, chars)
 
     def _load_main_glyphs(self, chars: str):
         """Render ``chars``' glyphs in the main canvas's font, without drawing.
@@ -1249,7 +1248,7 @@ def _glyph_chunks(size: int = 12) -> list[str]:
 
 
 def preload_glyphs(viewer, chars: str) -> None:
-    """Render the glyphs of ``chars`` in the font of ``viewer``'s canvas.
+    """Render the glyphs of ``chars`` in the font of a canvas (napari viewer or ``QtViewer``).
 
     vispy renders a character's glyph (a signed-distance texture, a few
     milliseconds each) the first time a text of the canvas draws it, inside
@@ -1261,9 +1260,10 @@ def preload_glyphs(viewer, chars: str) -> None:
     >>> preload_glyphs(viewer, "0123456789 nm")  # doctest: +SKIP
     """
     with contextlib.suppress(Exception):
-        qt_viewer = getattr(viewer, "window", None)
-        qt_viewer = getattr(qt_viewer, "_qt_viewer", None) or viewer
-        info = qt_viewer.canvas._font_info
+        canvas = getattr(viewer, "canvas", None)
+        if not hasattr(canvas, "_font_info"):  # a napari viewer, not its QtViewer
+            canvas = viewer.window._qt_viewer.canvas
+        info = canvas._font_info
         font = info.font_manager.get_font(info.face)
         for ch in chars:
             font[ch]  # renders the glyph once
