@@ -311,3 +311,33 @@ def _alive(widget) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def test_progress_updates_run_no_nested_event_loop(make_napari_viewer, qtbot):
+    import contextlib
+
+    from napari.utils import progress
+    from qtpy.QtCore import QTimer
+
+    from napari_stemcluster.widgets._common import progress_without_events
+
+    make_napari_viewer()  # napari's progress bars live in a viewer's window
+
+    def waiting_work_runs_inside_an_update(quiet: bool) -> bool:
+        ran = []
+        bar = progress(total=10, desc="test")
+        qtbot.wait(50)
+        QTimer.singleShot(0, lambda: ran.append(1))
+        with progress_without_events() if quiet else contextlib.nullcontext():
+            bar.update(1)
+        inside = bool(ran)
+        bar.close()
+        qtbot.wait(50)
+        assert ran  # it runs in a turn of its own in any case
+        return inside
+
+    assert waiting_work_runs_inside_an_update(quiet=False)  # napari's bar nests a pass
+    assert not waiting_work_runs_inside_an_update(quiet=True)
+    from napari._qt.widgets import qt_progress_bar
+
+    assert qt_progress_bar.QApplication.__name__ == "QApplication"  # put back

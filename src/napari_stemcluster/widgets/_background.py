@@ -298,13 +298,16 @@ class BackgroundImage:
     def _on_progress(self, done, total):
         from napari.utils import progress
 
-        if self._pbar is None:
-            self._pbar = progress(total=total, desc=f"Computing {self.description}")
-        self._pbar.n = done
-        self._pbar.refresh()
-        if done >= total:
-            self._pbar.close()
-            self._pbar = None
+        from ._common import progress_without_events
+
+        with progress_without_events():  # no nested event loop inside the update
+            if self._pbar is None:
+                self._pbar = progress(total=total, desc=f"Computing {self.description}")
+            self._pbar.n = done
+            self._pbar.refresh()
+            if done >= total:
+                self._pbar.close()
+                self._pbar = None
 
     def _on_ready(self, t):
         if t < 0:

@@ -298,6 +298,45 @@ def prepare_visuals() -> None:
         DashAtlas()
 
 
+class _NoEvents:
+    """Stands in for ``QApplication`` in napari's progress bar module: no nested event loop."""
+
+    @staticmethod
+    def processEvents(*args, **kwargs) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def progress_without_events():
+    """Progress bar updates inside do not process events.
+
+    napari's progress bar calls ``QApplication.processEvents()`` at every
+    update and description: a nested pass of the event loop, in which
+    whatever was waiting (a job's next layer, a canvas's build step, the
+    paint after it) ran inside the update, and several of them made one
+    long pause. The bar is repainted in the next turn anyway.
+
+    Examples
+    --------
+    >>> with progress_without_events():  # doctest: +SKIP
+    ...     bar.update(10)
+    """
+    try:
+        from napari._qt.widgets import qt_progress_bar as module
+    except Exception:  # another napari: its bar as it is
+        yield
+        return
+    before = getattr(module, "QApplication", None)
+    if before is None:
+        yield
+        return
+    module.QApplication = _NoEvents
+    try:
+        yield
+    finally:
+        module.QApplication = before
+
+
 #: Delay (ms) between the steps of :meth:`JobRunner.later`, long enough for a paint.
 LATER_STEP_MS = 15
 
@@ -402,7 +441,8 @@ class JobRunner:
     def _open_bar(self, description):
         from napari.utils import progress
 
-        self._pbar = progress(total=1000, desc=description)
+        with progress_without_events():
+            self._pbar = progress(total=1000, desc=description)
         self._pbar_n = 0
 
     def _on_progress(self, value):
@@ -411,7 +451,8 @@ class JobRunner:
             return
         n = int(1000 * min(max(done / total, 0.0), 1.0))
         if n > self._pbar_n:
-            self._pbar.update(n - self._pbar_n)
+            with progress_without_events():
+                self._pbar.update(n - self._pbar_n)
             self._pbar_n = n
 
     def _on_outcome(self, out, description, on_returned):
