@@ -28,6 +28,8 @@ _TASK = 8
 _CHUNK = 1024
 #: Box rows per band of the blur.
 _BAND = 8
+#: Unsigned indices: no negative-index checks, loops vectorise.
+U = np.uint64
 
 
 # Filling of the padded box (the steps of ``_blur.blur_box`` for any tap
@@ -886,25 +888,6 @@ def _tap_add(src, w, n, dst):
 
 
 @numba.njit(cache=True, nogil=True)
-def _phases2(row, n_ph, stride, ph):
-    # _phases for step 2, with the step known to the compiler (vectorised).
-    n = row.shape[0]
-    m_in = n // 2
-    ev = ph[0:n_ph]
-    od = ph[stride : stride + n_ph]
-    for m in range(m_in):
-        ev[m] = row[2 * m]
-        od[m] = row[2 * m + 1]
-    if n % 2 == 1 and m_in < n_ph:
-        ev[m_in] = row[n - 1]
-        od[m_in] = 0.0
-        m_in += 1
-    for m in range(m_in, n_ph):
-        ev[m] = 0.0
-        od[m] = 0.0
-
-
-@numba.njit(cache=True, nogil=True)
 def _phases(row, step, n_ph, stride, ph):
     # ph[p * stride + m] = row[step * m + p] (beyond the row: 0, never used).
     n = row.shape[0]
@@ -1035,7 +1018,10 @@ def sub_scratch(bh, bw, nk, step):
     rpp = (bh + 2 * r + step - 1) // step
     nbh = (bh + step - 1) // step
     n_ph = (bw + step - 1) // step + (nk + step - 1) // step
-    return step * rpp * wd + 2 * r, nbh * wd, step * (nbh + 1) * n_ph, nbh * n_ph
+    n_pad = step * rpp * wd + 2 * r
+    if step == 2:  # the two planes of :func:`_blur_box_sub2`
+        n_pad = max(n_pad, 2 * 2 * rpp * n_ph)
+    return n_pad, nbh * wd, step * (nbh + 1) * n_ph, nbh * n_ph
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1062,6 +1048,9 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
     hi = min(qy, j1 + r)
     off = lo - (j0 - r)
     n_rows = bh + 2 * r
+    if step == 2:
+        _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out)
+        return
     rpp = (n_rows + step - 1) // step
     ends = off > 0 or hi < j1 + r
     cols = _reflected_columns(j0 - r, wd, qy) if ends else idx_x
@@ -1091,12 +1080,121 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
         for a in range(nbh):
             _copy_ends(vrows[a * wd : (a + 1) * wd], cols, off, hi - lo, wd, lo)
     for a in range(nbh):
-        if step == 2:
-            _phases2(vrows[a * wd : (a + 1) * wd], n_ph, stride, ph[a * n_ph :])
-        else:
-            _phases(vrows[a * wd : (a + 1) * wd], step, n_ph, stride, ph[a * n_ph :])
+        _phases(vrows[a * wd : (a + 1) * wd], step, n_ph, stride, ph[a * n_ph :])
     n = nbh * n_ph
     _phase_starts(nk, step, stride, 1, at)
+    _tap_set(ph, k[0], n, hb)
+    for t in range(1, nk):
+        _tap_add(ph[at[t] :], k[t], n, hb)
+    for a in range(nbh):
+        o = out[a * nbw : (a + 1) * nbw]
+        h = hb[a * n_ph : a * n_ph + nbw]
+        for b in range(nbw):
+            o[b] = h[b]
+
+
+# Step 2 (the default): the padded rows are split into their even and odd
+# columns while they are converted (two "planes"), so the pass along the
+# detector rows writes the phases of the pass along the columns directly;
+# a uint16 pattern is read as uint32 pairs (low half: the even column). The
+# values and their arithmetic are those of the general path above.
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _fill2_packed(src32, idx_x, i0, qy2, b2, n_rows, rpp, n_ph, m0, m1, pad, plane):
+    # Padded row p (slot (p % 2) rpp + p // 2) from source row idx_x[i0 + p]:
+    # columns 2m and 2m + 1 (m0 <= m < m1) from the uint32 at b2 + m.
+    n = U(m1 - m0)
+    for p in range(n_rows):
+        slot = (p % 2) * rpp + p // 2
+        s = U(idx_x[i0 + p] * qy2 + b2 + m0)
+        d = U(slot * n_ph + m0)
+        for m in range(U(0), n):
+            x = src32[s + m]
+            pad[d + m] = np.float32(x & U(0xFFFF))
+            pad[U(plane) + d + m] = np.float32(x >> U(16))
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, j_lo, j_hi, shift, pad, plane, scale):
+    # Padded columns j_lo <= j < j_hi of every padded row into the planes:
+    # column j of source column cols[j], or j + shift when cols is empty.
+    for p in range(n_rows):
+        slot = (p % 2) * rpp + p // 2
+        s0 = idx_x[i0 + p] * qy
+        for j in range(j_lo, j_hi):
+            c = j + shift if cols.shape[0] == 0 else cols[j]
+            x = src[s0 + c]
+            v = np.float32(x) if scale == 1.0 else np.float32(np.float64(x) * scale)
+            pad[(j % 2) * plane + slot * n_ph + j // 2] = v
+
+
+@numba.njit(cache=True, nogil=True)
+def _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out):
+    """:func:`_blur_box_sub` for ``step == 2``: same values, same arithmetic."""
+    nk = k.shape[0]
+    r = (nk - 1) // 2
+    i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
+    bh = i1 - i0
+    bw = j1 - j0
+    wd = bw + 2 * r
+    lo = max(0, j0 - r)
+    hi = min(qy, j1 + r)
+    off = lo - (j0 - r)
+    n_mid = hi - lo
+    n_rows = bh + 2 * r
+    rpp = (n_rows + 1) // 2
+    nbh = (bh + 1) // 2
+    nbw = (bw + 1) // 2
+    n_ph = nbw + (nk + 1) // 2
+    plane = 2 * rpp * n_ph
+    stride = nbh * n_ph + n_ph  # one phase plane of ``ph``, with a spare row
+    ends = off > 0 or hi < j1 + r
+    cols = _reflected_columns(j0 - r, wd, qy) if ends else idx_x[:0]
+    late = ends and _within(cols, off, n_mid, wd, lo, hi)
+    shift = lo - off  # source column of padded column j in the middle
+    if (
+        src.itemsize == 2  # the uint16 ring (scale 1)
+        and qy % 2 == 0
+        and shift % 2 == 0
+        and off % 2 == 0
+        and n_mid % 2 == 0
+        and src.shape[0] % 2 == 0
+    ):
+        _fill2_packed(
+            src.view(np.uint32), idx_x, i0, qy // 2, shift // 2, n_rows, rpp, n_ph,
+            off // 2, (off + n_mid) // 2, pad, plane,
+        )  # fmt: skip
+    else:
+        _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, idx_x[:0], off, off + n_mid, shift,
+               pad, plane, scale)  # fmt: skip
+    if ends and not late:
+        _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, 0, off, 0, pad, plane, scale)
+        _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, off + n_mid, wd, 0, pad, plane,
+               scale)  # fmt: skip
+    at = np.empty(nk, np.int64)
+    _phase_starts(nk, 2, rpp, n_ph, at)
+    _sampled_rows(pad, at, k, nbh * n_ph, ph)
+    _sampled_rows(pad[plane:], at, k, nbh * n_ph, ph[stride:])
+    if late:
+        # End columns copied from the (filled) columns they reflect, on the
+        # sampled rows only: the pass along the rows treats columns alike.
+        n_end = wd - n_mid
+        to = np.empty(n_end, np.int64)
+        frm = np.empty(n_end, np.int64)
+        e = 0
+        for j in range(wd):
+            if j < off or j >= off + n_mid:
+                f = off + cols[j] - lo
+                to[e] = (j % 2) * stride + j // 2
+                frm[e] = (f % 2) * stride + f // 2
+                e += 1
+        for a in range(nbh):
+            row = ph[a * n_ph :]
+            for e in range(n_end):
+                row[to[e]] = row[frm[e]]
+    n = nbh * n_ph
+    _phase_starts(nk, 2, stride, 1, at)
     _tap_set(ph, k[0], n, hb)
     for t in range(1, nk):
         _tap_add(ph[at[t] :], k[t], n, hb)
