@@ -478,31 +478,47 @@ def _divide(acc, o, norm):
 
 
 @numba.njit(cache=True, nogil=True)
-def _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, wrow):
+def _row_slots(r, rad, nx, cap, scale, slots):
+    """``slots[i] = ((r + i - rad) % cap) * scale``, -1 for rows outside the scan.
+
+    Ring slots of the rows around ``r``, worked out once per scan row: a
+    64-bit integer division per neighbour took about a fifth of the
+    averaging.
+    """
+    for i in range(2 * rad + 1):
+        rr = r + i - rad
+        slots[i] = (rr % cap) * scale if rr >= 0 and rr < nx else -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, wrow):
     """Fill ``wrow`` with the weight of every footprint offset at ``(r, c)``.
 
-    Returns ``1 + sum`` of the weights (float64, footprint order).
+    ``hrow[dr + rad]`` is the ``rh`` slot of scan row ``r + dr`` (-1 outside
+    the scan, see :func:`_row_slots`). Returns ``1 + sum`` of the weights
+    (float64, footprint order).
     """
     total = 1.0
+    own = hrow[rad]
     for j in range(offsets.shape[0]):
         dr = offsets[j, 0]
         dc = offsets[j, 1]
-        rr = r + dr
+        h = hrow[dr + rad]
         cc = c + dc
         if dr == 0 and dc == 0:
             wrow[j] = 1.0
-        elif rr < 0 or rr >= nx or cc < 0 or cc >= ny:
+        elif h < 0 or cc < 0 or cc >= ny:
             wrow[j] = 0.0
         else:
             # A forward pair's weight is stored at its first end.
-            wj = rh[r % rh_cap, c, pair[j]] if forward[j] else rh[rr % rh_cap, cc, pair[j]]
+            wj = rh[own, c, pair[j]] if forward[j] else rh[h, cc, pair[j]]
             wrow[j] = wj
             total += wj
     return total
 
 
 @numba.njit(cache=True, nogil=True)
-def _pair_sums(raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc, o0, o1, t0, t1):
+def _pair_sums(raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc, o0, o1, t0, t1):
     """Averages of ``(r, c)`` and ``(r, c + 1)`` in one sweep over their neighbours.
 
     Every neighbour with a nonzero weight for either output is converted
@@ -512,16 +528,16 @@ def _pair_sums(raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc, o0,
     nu = union.shape[0]
     n_sel = 0
     for m in range(nu):
-        rr = r + union[m, 0]
+        rb = rrow[union[m, 0] + rad]  # raw2 row of (r + dr, 0), -1 outside
         cc = c + union[m, 1]
-        if rr < 0 or rr >= nx or cc < 0 or cc >= ny:
+        if rb < 0 or cc < 0 or cc >= ny:
             continue
         j0 = union[m, 2]
         j1 = union[m, 3]
         x0 = w0[j0] if j0 >= 0 else np.float32(0.0)
         x1 = w1[j1] if j1 >= 0 else np.float32(0.0)
         if x0 > 0.0 or x1 > 0.0:
-            sel[n_sel] = (rr % raw_cap) * ny + cc
+            sel[n_sel] = rb + cc
             wa[n_sel] = x0
             wb[n_sel] = x1
             n_sel += 1
@@ -547,13 +563,13 @@ def _pair_sums(raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc, o0,
 
 
 @numba.njit(cache=True, nogil=True)
-def _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc, o0, t0):
+def _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc, o0, t0):
     """Average of ``(r, c)`` alone (the last column of an odd-width scan)."""
     q = raw2.shape[1]
     n_sel = 0
     for j in range(offsets.shape[0]):
         if w0[j] > 0.0:
-            sel[n_sel] = ((r + offsets[j, 0]) % raw_cap) * ny + c + offsets[j, 1]
+            sel[n_sel] = rrow[offsets[j, 0] + rad] + c + offsets[j, 1]
             wa[n_sel] = w0[j]
             n_sel += 1
     for g in range(n_sel, n_sel + 3):
@@ -595,26 +611,31 @@ def weighted_average(
     ny = raw.shape[1]
     nu = union.shape[0]
     q = raw.shape[2]
+    rad = -offsets[0, 0]  # sorted by row offset
     raw2 = raw.reshape(raw.shape[0] * ny, q)
     for s in numba.prange((ny + strip - 1) // strip):
         sel = np.empty(nu + 3, np.int64)
         acc = np.empty((2, q), np.float32)
         wa = np.zeros(nu + 3, np.float32)
         wb = np.zeros(nu + 3, np.float32)
+        rrow = np.empty(2 * rad + 1, np.int64)
+        hrow = np.empty(2 * rad + 1, np.int64)
         for r in range(r0, r1):
+            _row_slots(r, rad, nx, raw_cap, ny, rrow)
+            _row_slots(r, rad, nx, rh_cap, 1, hrow)
             for c in range(s * strip, min(ny, (s + 1) * strip), 2):
                 o0 = dst[r - r0, c]
                 w0 = wts[r - r0, c]
-                t0 = _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, w0)
+                t0 = _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, w0)
                 if c + 1 < ny:
                     w1 = wts[r - r0, c + 1]
-                    t1 = _weights_of(rh, rh_cap, r, c + 1, nx, ny, offsets, forward, pair, w1)
+                    t1 = _weights_of(rh, hrow, rad, c + 1, ny, offsets, forward, pair, w1)
                     _pair_sums(
-                        raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc,
+                        raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc,
                         o0, dst[r - r0, c + 1], t0, t1,
                     )  # fmt: skip
                 else:
-                    _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc[0], o0, t0)
+                    _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc[0], o0, t0)
 
 
 # Exact sums of integer patterns (uint16 or uint8 rings). With weights 0 and
@@ -672,12 +693,6 @@ def _isub1(acc, raw2, p0, p1, i0):
 
 
 @numba.njit(cache=True, nogil=True)
-def _icopy(dst, src, p0, p1):
-    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
-        dst[i] = src[i]
-
-
-@numba.njit(cache=True, nogil=True)
 def _idivide(acc, o, p0, p1, norm):
     for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
         o[i] = np.float32(acc[i]) / norm
@@ -713,14 +728,81 @@ def _iset(acc, raw2, p0, p1, idx, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def _ring_index(r, c, nx, ny, raw_cap):
-    if r < 0 or r >= nx or c < 0 or c >= ny:
-        return -1
-    return (r % raw_cap) * ny + c
+def _imove4(acc, raw2, p0, p1, i0, i1, i2, i3, j0, j1, j2, j3):
+    # acc += rows i - rows j: one read-modify-write of acc for eight rows.
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] += ((np.int32(raw2[i0, i]) + np.int32(raw2[i1, i])) + (
+            np.int32(raw2[i2, i]) + np.int32(raw2[i3, i])
+        )) - ((np.int32(raw2[j0, i]) + np.int32(raw2[j1, i])) + (
+            np.int32(raw2[j2, i]) + np.int32(raw2[j3, i])
+        ))  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
-def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, lists, tmp, o, t):
+def _imove1(acc, raw2, p0, p1, i0, j0):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] += np.int32(raw2[i0, i]) - np.int32(raw2[j0, i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _iminus4(dst, acc, raw2, p0, p1, i0, i1, i2, i3):
+    # dst = acc - rows i (a copy and a subtraction in one sweep).
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        dst[i] = acc[i] - ((np.int32(raw2[i0, i]) + np.int32(raw2[i1, i])) + (
+            np.int32(raw2[i2, i]) + np.int32(raw2[i3, i])
+        ))  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _iminus1(dst, acc, raw2, p0, p1, i0):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        dst[i] = acc[i] - np.int32(raw2[i0, i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _imove(acc, raw2, p0, p1, plus, n_plus, minus, n_minus):
+    """``acc[p0:p1] += sum of the rows plus[:n_plus] - sum of the rows minus[:n_minus]``.
+
+    Integer sums are exact in any order: an entering and a leaving row are
+    taken in the same sweep, so ``acc`` is read and written once per eight.
+    """
+    n = min(n_plus, n_minus)
+    g = 0
+    while g + 4 <= n:
+        _imove4(
+            acc, raw2, p0, p1, plus[g], plus[g + 1], plus[g + 2], plus[g + 3],
+            minus[g], minus[g + 1], minus[g + 2], minus[g + 3],
+        )  # fmt: skip
+        g += 4
+    while g < n:
+        _imove1(acc, raw2, p0, p1, plus[g], minus[g])
+        g += 1
+    _iapply(acc, raw2, p0, p1, plus[g:], n_plus - g, 1)
+    _iapply(acc, raw2, p0, p1, minus[g:], n_minus - g, -1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _iminus(dst, acc, raw2, p0, p1, idx, n):
+    """``dst[p0:p1] = acc[p0:p1] - sum of the rows idx[:n]`` (``n >= 1``)."""
+    if n >= 4:
+        _iminus4(dst, acc, raw2, p0, p1, idx[0], idx[1], idx[2], idx[3])
+        _iapply(dst, raw2, p0, p1, idx[4:], n - 4, -1)
+    else:
+        _iminus1(dst, acc, raw2, p0, p1, idx[0])
+        _iapply(dst, raw2, p0, p1, idx[1:], n - 1, -1)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ring_index(rrow, i, c, ny):
+    # raw2 row of (r + i - rad, c), -1 outside the scan (see _row_slots).
+    b = rrow[i]
+    if b < 0 or c < 0 or c >= ny:
+        return -1
+    return b + c
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_sums(raw2, rrow, c, ny, offsets, half, w, disk, state, lists, tmp, o, t):
     """Average of ``(r, c)`` whose weights are all 0 or 1, in int32.
 
     ``disk`` holds the sum of the in-scan footprint around ``(r,
@@ -737,7 +819,7 @@ def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, list
     n_one = 0
     n_zero = 0
     for j in range(nk):
-        k = _ring_index(r + offsets[j, 0], c + offsets[j, 1], nx, ny, raw_cap)
+        k = _ring_index(rrow, offsets[j, 0] + rad, c + offsets[j, 1], ny)
         if k < 0:
             continue
         if w[j] > 0.0:
@@ -770,11 +852,11 @@ def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, list
     else:
         for cc in range(at, c):
             for i in range(2 * rad + 1):
-                k = _ring_index(r + i - rad, cc + 1 + half[i], nx, ny, raw_cap)
+                k = _ring_index(rrow, i, cc + 1 + half[i], ny)
                 if k >= 0:
                     enter[n_in] = k
                     n_in += 1
-                k = _ring_index(r + i - rad, cc - half[i], nx, ny, raw_cap)
+                k = _ring_index(rrow, i, cc - half[i], ny)
                 if k >= 0:
                     leave[n_out] = k
                     n_out += 1
@@ -784,11 +866,9 @@ def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, list
         if init:
             _iset(disk, raw2, p0, p1, enter, n_in)
         else:
-            _iapply(disk, raw2, p0, p1, enter, n_in, 1)
-            _iapply(disk, raw2, p0, p1, leave, n_out, -1)
+            _imove(disk, raw2, p0, p1, enter, n_in, leave, n_out)
         if n_zero > 0:
-            _icopy(tmp, disk, p0, p1)
-            _iapply(tmp, raw2, p0, p1, zeros, n_zero, -1)
+            _iminus(tmp, disk, raw2, p0, p1, zeros, n_zero)
             _idivide(tmp, o, p0, p1, np.float32(t))
         else:
             _idivide(disk, o, p0, p1, np.float32(t))
@@ -829,37 +909,42 @@ def weighted_average_int(
         tmp = np.empty(q, np.int32)
         lists = np.empty(4 * nk, np.int64)
         state = np.empty(1, np.int64)
+        rad = (half.shape[0] - 1) // 2
+        rrow = np.empty(2 * rad + 1, np.int64)
+        hrow = np.empty(2 * rad + 1, np.int64)
         for r in range(r0, r1):
+            _row_slots(r, rad, nx, raw_cap, ny, rrow)
+            _row_slots(r, rad, nx, rh_cap, 1, hrow)
             state[0] = -1
             for c in range(s * strip, min(ny, (s + 1) * strip), 2):
                 o0 = dst[r - r0, c]
                 w0 = wts[r - r0, c]
-                t0 = _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, w0)
+                t0 = _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, w0)
                 if c + 1 < ny:
                     o1 = dst[r - r0, c + 1]
                     w1 = wts[r - r0, c + 1]
-                    t1 = _weights_of(rh, rh_cap, r, c + 1, nx, ny, offsets, forward, pair, w1)
+                    t1 = _weights_of(rh, hrow, rad, c + 1, ny, offsets, forward, pair, w1)
                     if _binary(w0) and _binary(w1):
                         _exact_sums(
-                            raw2, raw_cap, r, c, nx, ny, offsets, half, w0, disk, state,
-                            lists, tmp, o0, t0,
+                            raw2, rrow, c, ny, offsets, half, w0, disk, state, lists, tmp,
+                            o0, t0,
                         )  # fmt: skip
                         _exact_sums(
-                            raw2, raw_cap, r, c + 1, nx, ny, offsets, half, w1, disk, state,
-                            lists, tmp, o1, t1,
+                            raw2, rrow, c + 1, ny, offsets, half, w1, disk, state, lists,
+                            tmp, o1, t1,
                         )  # fmt: skip
                     else:
                         _pair_sums(
-                            raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc,
-                            o0, o1, t0, t1,
+                            raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc, o0, o1,
+                            t0, t1,
                         )  # fmt: skip
                 elif _binary(w0):
                     _exact_sums(
-                        raw2, raw_cap, r, c, nx, ny, offsets, half, w0, disk, state, lists,
-                        tmp, o0, t0,
+                        raw2, rrow, c, ny, offsets, half, w0, disk, state, lists, tmp, o0,
+                        t0,
                     )  # fmt: skip
                 else:
-                    _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc[0], o0, t0)
+                    _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc[0], o0, t0)
 
 
 # Subsampled correlation grid (``q_step > 1``): the blurred pattern is only
