@@ -745,21 +745,6 @@ def _imove1(acc, raw2, p0, p1, i0, j0):
 
 
 @numba.njit(cache=True, nogil=True)
-def _iminus4(dst, acc, raw2, p0, p1, i0, i1, i2, i3):
-    # dst = acc - rows i (a copy and a subtraction in one sweep).
-    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
-        dst[i] = acc[i] - ((np.int32(raw2[i0, i]) + np.int32(raw2[i1, i])) + (
-            np.int32(raw2[i2, i]) + np.int32(raw2[i3, i])
-        ))  # fmt: skip
-
-
-@numba.njit(cache=True, nogil=True)
-def _iminus1(dst, acc, raw2, p0, p1, i0):
-    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
-        dst[i] = acc[i] - np.int32(raw2[i0, i])
-
-
-@numba.njit(cache=True, nogil=True)
 def _imove(acc, raw2, p0, p1, plus, n_plus, minus, n_minus):
     """``acc[p0:p1] += sum of the rows plus[:n_plus] - sum of the rows minus[:n_minus]``.
 
@@ -781,17 +766,6 @@ def _imove(acc, raw2, p0, p1, plus, n_plus, minus, n_minus):
     _iapply(acc, raw2, p0, p1, minus[g:], n_minus - g, -1)
 
 
-@numba.njit(cache=True, nogil=True)
-def _iminus(dst, acc, raw2, p0, p1, idx, n):
-    """``dst[p0:p1] = acc[p0:p1] - sum of the rows idx[:n]`` (``n >= 1``)."""
-    if n >= 4:
-        _iminus4(dst, acc, raw2, p0, p1, idx[0], idx[1], idx[2], idx[3])
-        _iapply(dst, raw2, p0, p1, idx[4:], n - 4, -1)
-    else:
-        _iminus1(dst, acc, raw2, p0, p1, idx[0])
-        _iapply(dst, raw2, p0, p1, idx[1:], n - 1, -1)
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _ring_index(rrow, i, c, ny):
     # raw2 row of (r + i - rad, c), -1 outside the scan (see _row_slots).
@@ -799,6 +773,21 @@ def _ring_index(rrow, i, c, ny):
     if b < 0 or c < 0 or c >= ny:
         return -1
     return b + c
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _listed(idx, n, k):
+    # Whether k is among idx[:n] (short lists: a linear search).
+    j = 0
+    while j < n and idx[j] != k:
+        j += 1
+    return j < n
+
+
+@numba.njit(cache=True, nogil=True)
+def _idiff_divide(acc, sub, o, p0, p1, norm):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        o[i] = np.float32(acc[i] - sub[i]) / norm
 
 
 @numba.njit(cache=True, nogil=True)
@@ -809,7 +798,12 @@ def _exact_sums(raw2, rrow, c, ny, offsets, half, w, disk, state, lists, tmp, o,
     state[0])`` when ``state[0] >= 0``; when the neighbours of weight 0 are
     fewer than those of weight 1 it is moved to column ``c`` (or summed anew
     when that is cheaper) and the zeros are subtracted, else the ones are
-    summed directly. ``lists`` is int64 scratch of ``4 * len(offsets)``.
+    summed directly. The sum of the zeros, ``tmp[1]``, is kept for the
+    zeros listed in ``lists[4 nk : 5 nk]`` (``state[1]`` of them, none
+    valid when -1) and updated by the zeros that differ when that is cheaper
+    than summing them anew: along a grain boundary the zeros of neighbouring
+    positions are mostly the same. ``lists`` is int64 scratch of ``7 *
+    len(offsets)``, ``tmp`` int32 ``(2, q)``.
     """
     q = raw2.shape[1]
     nk = offsets.shape[0]
@@ -833,8 +827,8 @@ def _exact_sums(raw2, rrow, c, ny, offsets, half, w, disk, state, lists, tmp, o,
     if n_one <= n_zero:
         for p0 in range(0, q, _CHUNK):
             p1 = min(q, p0 + _CHUNK)
-            _iset(tmp, raw2, p0, p1, ones, n_one)
-            _idivide(tmp, o, p0, p1, np.float32(t))
+            _iset(tmp[0], raw2, p0, p1, ones, n_one)
+            _idivide(tmp[0], o, p0, p1, np.float32(t))
         return
     enter = lists[2 * nk : 3 * nk]
     leave = lists[3 * nk : 4 * nk]
@@ -861,6 +855,28 @@ def _exact_sums(raw2, rrow, c, ny, offsets, half, w, disk, state, lists, tmp, o,
                     leave[n_out] = k
                     n_out += 1
     state[0] = c
+    # Zeros: those new since the last sum of zeros and those gone from it.
+    prev = lists[4 * nk : 5 * nk]
+    new = lists[5 * nk : 6 * nk]
+    gone = lists[6 * nk : 7 * nk]
+    n_new = 0
+    n_gone = 0
+    n_prev = state[1]
+    if n_zero > 0 and n_prev >= 0:
+        for j in range(n_zero):
+            if not _listed(prev, n_prev, zeros[j]):
+                new[n_new] = zeros[j]
+                n_new += 1
+        for j in range(n_prev):
+            if not _listed(zeros, n_zero, prev[j]):
+                gone[n_gone] = prev[j]
+                n_gone += 1
+    update = n_zero > 0 and n_prev >= 0 and n_new + n_gone < n_zero
+    if n_zero > 0:
+        for j in range(n_zero):
+            prev[j] = zeros[j]
+        state[1] = n_zero
+    zsum = tmp[1]
     for p0 in range(0, q, _CHUNK):
         p1 = min(q, p0 + _CHUNK)
         if init:
@@ -868,8 +884,11 @@ def _exact_sums(raw2, rrow, c, ny, offsets, half, w, disk, state, lists, tmp, o,
         else:
             _imove(disk, raw2, p0, p1, enter, n_in, leave, n_out)
         if n_zero > 0:
-            _iminus(tmp, disk, raw2, p0, p1, zeros, n_zero)
-            _idivide(tmp, o, p0, p1, np.float32(t))
+            if update:
+                _imove(zsum, raw2, p0, p1, new, n_new, gone, n_gone)
+            else:
+                _iset(zsum, raw2, p0, p1, zeros, n_zero)
+            _idiff_divide(disk, zsum, o, p0, p1, np.float32(t))
         else:
             _idivide(disk, o, p0, p1, np.float32(t))
 
@@ -906,9 +925,9 @@ def weighted_average_int(
         wa = np.zeros(nu + 3, np.float32)
         wb = np.zeros(nu + 3, np.float32)
         disk = np.empty(q, np.int32)
-        tmp = np.empty(q, np.int32)
-        lists = np.empty(4 * nk, np.int64)
-        state = np.empty(1, np.int64)
+        tmp = np.empty((2, q), np.int32)
+        lists = np.empty(7 * nk, np.int64)
+        state = np.empty(2, np.int64)
         rad = (half.shape[0] - 1) // 2
         rrow = np.empty(2 * rad + 1, np.int64)
         hrow = np.empty(2 * rad + 1, np.int64)
@@ -916,6 +935,7 @@ def weighted_average_int(
             _row_slots(r, rad, nx, raw_cap, ny, rrow)
             _row_slots(r, rad, nx, rh_cap, 1, hrow)
             state[0] = -1
+            state[1] = -1
             for c in range(s * strip, min(ny, (s + 1) * strip), 2):
                 o0 = dst[r - r0, c]
                 w0 = wts[r - r0, c]
