@@ -298,11 +298,13 @@ def test_features_and_dark_field_of_converted_dtypes(dtype):
 
 @pytest.mark.parametrize("shape", [(1, 9), (7, 1), (5, 6), (12, 7), (33, 70)])
 @pytest.mark.parametrize("sigma", [0.6, 1.0, 3.0])
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
 def test_blur_runs_sum_is_blur_runs_plus_the_rectangle_sum(rng, shape, sigma, dtype):
     qx, qy = shape
     info = np.iinfo(dtype)
     src = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    # The kernel reads int16 cubes as float32 (kernel_dtype): the int64 path.
+    src = src.astype(kernel_dtype(src.dtype))
     k = gaussian_kernel1d(sigma)
     r = (len(k) - 1) // 2
     for mask in _masks(qx, qy):
