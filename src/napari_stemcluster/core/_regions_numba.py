@@ -200,8 +200,75 @@ def _slot_sums(labels, slot, feats, sums, width):
 
 
 @numba.njit(cache=True, nogil=True)
+def _slot_norms(sums, i, sq, tot):
+    """Squared norm and sum of row ``i`` of ``sums``, in column order."""
+    t = 0.0
+    u = 0.0
+    for j in range(sums.shape[1]):
+        t += sums[i, j] * sums[i, j]
+        u += sums[i, j]
+    sq[i] = t
+    tot[i] = u
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_slot(labels, slot, feats, sums, s, sq, tot, ready):
+    """Row ``s`` of ``sums`` from the members of its cluster, in raster order.
+
+    The same numbers as :func:`_slot_sums` (each column adds its members in
+    raster order from 0), and its norm and sum.
+    """
+    ry = labels.shape[1]
+    for j in range(sums.shape[1]):
+        sums[s, j] = 0.0
+    for x in range(labels.shape[0]):
+        for y in range(ry):
+            a = labels[x, y]
+            if a > 0 and slot[a] == s:
+                p = x * ry + y
+                for j in range(sums.shape[1]):
+                    sums[s, j] += feats[p, j]
+    _slot_norms(sums, s, sq, tot)
+    ready[s] = True
+
+
+@numba.njit(cache=True, nogil=True)
+def _contested(labels, sim, threshold, fixed, slot, dx, dy, involved):
+    """Mark the slots of the clusters on a border the refinement may move.
+
+    A movable position (clustered, not ``fixed``, in a cluster with a slot)
+    with an 8-neighbour in another cluster with a slot, their pair
+    similarity at least ``threshold``: both clusters' slots are marked in
+    ``involved``. Returns the number of such positions; with none, the
+    refinement has nothing to move.
+    """
+    rx, ry = labels.shape
+    count = 0
+    for x in range(rx):
+        for y in range(ry):
+            a = labels[x, y]
+            if a == 0 or fixed[x, y] or slot[a] < 0:
+                continue
+            hit = False
+            for k in range(8):
+                nx = x + dx[k]
+                ny = y + dy[k]
+                if nx < 0 or nx >= rx or ny < 0 or ny >= ry:
+                    continue
+                b = labels[nx, ny]
+                if b == 0 or b == a or slot[b] < 0 or not sim[x, y, k] >= threshold:
+                    continue
+                involved[slot[b]] = True
+                hit = True
+            if hit:
+                involved[slot[a]] = True
+                count += 1
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
 def _refine_boundaries(
-    labels, sim, threshold, link, feats, norms2, fixed, slot, sums, dx, dy, max_passes
+    labels, sim, threshold, link, feats, norms2, fixed, slot, sums, ready, dx, dy, max_passes
 ):
     """Move positions on the border of two clusters to the grain that dominates them.
 
@@ -226,6 +293,9 @@ def _refine_boundaries(
     passes. ``slot[a]`` is the row of ``sums`` of cluster ``a`` (-1 when it
     takes no part) and ``sums`` the float64 sums of their members' features
     in raster order (:func:`_slot_sums`); the sums are updated in place.
+    Only the rows with ``ready[slot]`` need to be filled on entry: any other
+    is summed here (in raster order, :func:`_fill_slot`) the first time a
+    border position needs it; until then its cluster has not changed.
     Returns the number of moves. Cost: O(K) per border position and
     candidate per pass; sums are kept for the clusters of ``min_size`` or
     more only (at most ``Rx*Ry/min_size`` vectors of K).
@@ -238,13 +308,8 @@ def _refine_boundaries(
     sq = np.zeros(m, np.float64)
     tot = np.zeros(m, np.float64)
     for i in range(m):
-        t = 0.0
-        u = 0.0
-        for j in range(k_dim):
-            t += sums[i, j] * sums[i, j]
-            u += sums[i, j]
-        sq[i] = t
-        tot[i] = u
+        if ready[i]:
+            _slot_norms(sums, i, sq, tot)
     cand = np.empty(8, np.int64)
     total = 0
     for _ in range(max_passes):
@@ -274,6 +339,11 @@ def _refine_boundaries(
                     continue
                 p = x * ry + y
                 sa = slot[a]
+                if not ready[sa]:
+                    _fill_slot(labels, slot, feats, sums, sa, sq, tot, ready)
+                for i in range(nc):
+                    if not ready[slot[cand[i]]]:
+                        _fill_slot(labels, slot, feats, sums, slot[cand[i]], sq, tot, ready)
                 fsum = 0.0
                 d = 0.0
                 # One candidate (the usual case): its two dot products in the

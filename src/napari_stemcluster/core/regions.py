@@ -5,7 +5,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._regions_numba import _COLUMNS, _DX, _DY, _grow, _grow_linked, _refine_boundaries, _slot_sums
+from ._regions_numba import (
+    _COLUMNS,
+    _DX,
+    _DY,
+    _contested,
+    _grow,
+    _grow_linked,
+    _refine_boundaries,
+    _slot_sums,
+)
 
 #: Largest number of passes of the boundary refinement of ``linkage="mean"``.
 REFINE_PASSES = 8
@@ -192,25 +201,34 @@ def grow_regions(
 def _refine(labels, sim32, t32, link, feats, norms2, seeds) -> None:
     """The boundary refinement of :func:`grow_regions` (``linkage="mean"``), in place.
 
-    The feature sums of the clusters that take part are made first, in
-    parallel over feature columns (each in raster order: the same numbers
-    for any thread count).
+    Only the clusters on a contested border (a movable position next to
+    another cluster that takes part, their pair similarity at least the
+    threshold) need their feature sums: those are made first, in parallel
+    over feature columns (each in raster order: the same numbers for any
+    thread count); with no contested border nothing can move, and no
+    feature is read. Any other cluster a move brings to a border is summed
+    when first needed, in the same order.
     """
     n = seeds.size
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     big = sizes >= REFINE_MIN_SIZE
     big[0] = False
-    if big.sum() < 2:
+    m = int(big.sum())
+    if m < 2:
         return
     slot = np.full(n + 1, -1, np.int64)
-    slot[big] = np.arange(int(big.sum()))
-    sums = np.zeros((int(big.sum()), feats.shape[1]), np.float64)
-    # One run of columns per thread: each reads a contiguous part of every row.
-    per = -(-feats.shape[1] // numba.get_num_threads())
-    _slot_sums(labels.ravel(), slot, feats, sums, max(_COLUMNS, -(-per // 16) * 16))
+    slot[big] = np.arange(m)
     fixed = np.zeros(labels.shape, bool)
     fixed.flat[seeds] = True
+    ready = np.zeros(m, bool)
+    if not _contested(labels, sim32, t32, fixed, slot, _DX, _DY, ready):
+        return
+    sums = np.zeros((m, feats.shape[1]), np.float64)
+    wanted = np.where(slot >= 0, np.where(ready[slot], slot, -1), -1)
+    # One run of columns per thread: each reads a contiguous part of every row.
+    per = -(-feats.shape[1] // numba.get_num_threads())
+    _slot_sums(labels.ravel(), wanted, feats, sums, max(_COLUMNS, -(-per // 16) * 16))
     # fmt: off
-    _refine_boundaries(labels, sim32, t32, link, feats, norms2, fixed, slot, sums,
+    _refine_boundaries(labels, sim32, t32, link, feats, norms2, fixed, slot, sums, ready,
                        _DX, _DY, REFINE_PASSES)
     # fmt: on
