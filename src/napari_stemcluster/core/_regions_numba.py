@@ -443,3 +443,52 @@ def _best_neighbours(sim, mask, out):
             out[m] = best
             m += 1
     return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _mean_sim(sim, out):
+    """:func:`~napari_stemcluster.core.similarity.mean_similarity` of ``sim`` (P, 8).
+
+    The same numbers: NaN (out-of-scan) values count as 0 and are left out
+    of the count, and the eight float64 values add in numpy's pairwise order
+    for eight ``((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))``.
+    """
+    r = np.zeros(8, np.float64)
+    for p in range(sim.shape[0]):
+        c = 0
+        for k in range(8):
+            v = sim[p, k]
+            if np.isnan(v):
+                r[k] = 0.0
+            else:
+                r[k] = np.float64(v)
+                c += 1
+        t = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        out[p] = np.float32(t / c) if c > 0 else np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _seed_keys(ms, bits, mask, keys):
+    """Sort keys of :func:`~napari_stemcluster.core.regions.seed_order` for float32 ``ms``.
+
+    ``bits`` is ``ms`` viewed as uint32. ``keys[i]`` (uint64) of the
+    ``i``-th allowed position ``p`` (raster order) is ``(rank << 32) | p``,
+    ``rank`` falling as ``ms[p]`` rises: +inf first, then the finite values
+    (-0 and +0 alike), -inf, NaN last; equal values keep raster order (the
+    keys are distinct). Returns how many were written.
+    """
+    m = 0
+    top = np.uint32(0x80000000)
+    for p in range(ms.shape[0]):
+        if not mask[p]:
+            continue
+        if np.isnan(ms[p]):
+            u = np.uint32(0)  # below -inf (0x007FFFFF)
+        else:
+            b = bits[p]
+            if b == top:
+                b = np.uint32(0)  # -0 as +0
+            u = ~b if b & top else b | top  # the float order as unsigned integers
+        keys[m] = (np.uint64(np.uint32(0xFFFFFFFF) - u) << np.uint64(32)) | np.uint64(p)
+        m += 1
+    return m

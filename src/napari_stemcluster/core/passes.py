@@ -34,6 +34,7 @@ from .averages import cluster_sums, cluster_table, means_from_sums
 from .clustering import cluster_scan
 from .linkage import FEATURE_DIMS, feature_slots
 from .masking import IMAGE_METHODS, _sample_mean, dark_field_image, direct_beam
+from .regions import mean_similarity_map
 from .result import SegmentationResult, StepResult
 from .similarity import mean_similarity, neighbor_similarity
 
@@ -346,7 +347,7 @@ def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None) 
     array([[1, 1, 1],
            [1, 1, 1]], dtype=int32)
     """
-    ms = mean_similarity(sim)
+    ms = mean_similarity_map(sim)
     use_raw = mask_map is not None and thresholds_a_map(real_mask)
     extras = {} if extras is None else extras
     labels, rmask, diag = cluster_scan(

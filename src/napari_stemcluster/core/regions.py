@@ -12,7 +12,9 @@ from ._regions_numba import (
     _contested,
     _grow,
     _grow_linked,
+    _mean_sim,
     _refine_boundaries,
+    _seed_keys,
     _slot_sums,
 )
 
@@ -25,6 +27,30 @@ REFINE_MIN_SIZE = 10
 LINKAGES = ("pair", "mean")
 
 
+def mean_similarity_map(similarity: np.ndarray) -> np.ndarray:
+    """:func:`~napari_stemcluster.core.similarity.mean_similarity`, in one compiled pass.
+
+    The same numbers (the same float64 sums in the same order) for a float32
+    ``(Rx, Ry, 8)`` similarity without the temporaries; other inputs go to
+    ``mean_similarity`` itself.
+
+    Examples
+    --------
+    >>> s = np.full((1, 2, 8), np.nan, np.float32)
+    >>> s[0, 0, 4] = s[0, 1, 3] = 0.5
+    >>> mean_similarity_map(s)
+    array([[0.5, 0.5]], dtype=float32)
+    """
+    sim = np.asarray(similarity)
+    if sim.dtype != np.float32 or sim.ndim != 3 or sim.shape[-1] != 8:
+        from .similarity import mean_similarity
+
+        return mean_similarity(sim)
+    out = np.empty(sim.shape[:2], np.float32)
+    _mean_sim(np.ascontiguousarray(sim).reshape(-1, 8), out.reshape(-1))
+    return out
+
+
 def seed_order(mean_similarity: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Flat indices of allowed positions by decreasing mean similarity.
 
@@ -35,6 +61,15 @@ def seed_order(mean_similarity: np.ndarray, mask: np.ndarray | None = None) -> n
     >>> seed_order(np.array([[0.2, 0.9], [0.9, 0.1]]))
     array([1, 2, 0, 3])
     """
+    ms = np.asarray(mean_similarity)
+    if ms.dtype == np.float32 and ms.size < 2**32 and (mask is None or np.size(mask) == ms.size):
+        # One pass to integer keys and a sort of those (no float64 copy, no
+        # stable argsort): the same order.
+        flat = np.ascontiguousarray(ms).ravel()
+        allowed = np.ones(flat.size, bool) if mask is None else np.asarray(mask, bool).ravel()
+        keys = np.empty(flat.size, np.uint64)
+        keys = np.sort(keys[: _seed_keys(flat, flat.view(np.uint32), allowed, keys)])
+        return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
     ms = np.asarray(mean_similarity, dtype=np.float64).ravel()
     idx = np.arange(ms.size) if mask is None else np.flatnonzero(np.asarray(mask).ravel())
     key = np.nan_to_num(ms[idx], nan=-np.inf)
@@ -136,9 +171,7 @@ def grow_regions(
         raise ValueError(f"similarity must have shape (Rx, Ry, 8); got {sim.shape}")
     shape = sim.shape[:2]
     if mean_similarity is None:
-        from .similarity import mean_similarity as _mean
-
-        mean_similarity = _mean(sim)
+        mean_similarity = mean_similarity_map(sim)
     allowed = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
     if allowed.shape != shape or np.shape(mean_similarity) != shape:
         raise ValueError(
