@@ -315,3 +315,68 @@ def test_refinement_without_a_contested_border_moves_nothing():
     assert _contested(grown, sim, np.float32(0.5), fixed, slot, _DX, _DY, involved) == 0
     refined, _ = grow_regions(sim, 0.5, features=feats, **kw)
     np.testing.assert_array_equal(refined, grown)
+
+
+def _grow_both(sim, order, allowed, t, link, feats):
+    from napari_stemcluster.core._regions_numba import (
+        _DX,
+        _DY,
+        _grow_linked,
+        _grow_linked_fast,
+    )
+
+    out = []
+    for kernel in (_grow_linked, _grow_linked_fast):
+        labels = np.zeros(allowed.shape, np.int32)
+        seeds = np.empty(order.size, np.int64)
+        norms2 = np.full(feats.shape[0], np.nan)
+        r = kernel(sim, order, allowed, np.float32(t), link, feats, norms2, _DX, _DY, labels, seeds)
+        n, regrown = (r, 0) if kernel is _grow_linked else r
+        out.append((labels, seeds[:n].copy(), regrown, norms2))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(17, 13), (1, 40), (40, 1), (1, 1)])
+@pytest.mark.parametrize("link", [0.3, 0.8, 0.95])
+def test_vectorised_growth_gives_the_exact_growth(rng, shape, link):
+    """The growth with vectorised linkage tests: labels and seeds of the
+    column-order growth, on features whose values span many magnitudes."""
+    from napari_stemcluster.core.regions import seed_order
+
+    sim = random_similarity(rng, shape, levels=10)
+    k = 37
+    feats = rng.random((shape[0] * shape[1], k)) * 10.0 ** rng.integers(-8, 8, (1, k))
+    feats = (feats + rng.random((shape[0] * shape[1], 1)) * 5).astype(np.float32)
+    allowed = rng.random(shape) > 0.1
+    order = seed_order(mean_similarity(sim), allowed)
+    (want, wseeds, _, _), (got, gseeds, _, _) = _grow_both(sim, order, allowed, 0.2, link, feats)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(gseeds, wseeds)
+
+
+def test_vectorised_growth_regrows_tests_too_close_to_call(rng):
+    """Identical features with link 1 (the squared cosine is 1 to the last bit),
+    all-zero and non-finite features: the bounds cannot decide, the cluster is
+    grown again in column order, and the labels are still the exact ones."""
+    from napari_stemcluster.core.regions import seed_order
+
+    shape = (9, 11)
+    sim = random_similarity(rng, shape, levels=10)
+    allowed = np.ones(shape, bool)
+    order = seed_order(mean_similarity(sim), allowed)
+    same = np.tile(rng.random(6).astype(np.float32), (shape[0] * shape[1], 1))
+    zeros = np.zeros_like(same)
+    odd = same.copy()
+    odd[5, 2] = np.inf
+    odd[40, 0] = np.nan
+    for feats, link in ((same, 1.0), (zeros, 0.5), (odd, 0.5)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            (want, wseeds, _, wn), (got, gseeds, regrown, gn) = _grow_both(
+                sim, order, allowed, 0.2, link, feats
+            )
+        assert regrown > 0
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(gseeds, wseeds)
+        known = ~np.isnan(gn)  # norms of regrown clusters: the column-order ones
+        assert known.any()
+        np.testing.assert_array_equal(gn[known], wn[known])

@@ -11,7 +11,7 @@ from ._regions_numba import (
     _DY,
     _contested,
     _grow,
-    _grow_linked,
+    _grow_linked_fast,
     _mean_sim,
     _refine_boundaries,
     _seed_keys,
@@ -201,23 +201,14 @@ def grow_regions(
         if feats.ndim != 3 or feats.shape[:2] != shape:
             raise ValueError(f"features must have shape {shape} + (K,); got {feats.shape}")
         feats = np.ascontiguousarray(feats.reshape(shape[0] * shape[1], -1), np.float32)
-        # Filled by the growth for every position it seeds or tests (the
-        # refinement needs those of clustered positions only).
+        # Squared norms of the features in column order, NaN until needed
+        # (the refinement computes those of the positions it weighs).
         norms2 = np.full(feats.shape[0], np.nan)
         link = float(threshold if link_threshold is None else link_threshold)
-        n = _grow_linked(
-            sim32,
-            order,
-            np.ascontiguousarray(allowed),
-            t32,
-            link,
-            feats,
-            norms2,
-            _DX,
-            _DY,
-            labels,
-            seeds,
-        )
+        # fmt: off
+        n, _ = _grow_linked_fast(sim32, order, np.ascontiguousarray(allowed), t32, link, feats,
+                                 norms2, _DX, _DY, labels, seeds)
+        # fmt: on
         if refine and n > 1:
             _refine(labels, sim32, t32, link, feats, norms2, seeds[:n])
     seeds = seeds[:n]
