@@ -27,7 +27,6 @@ for a 5D cube and without for 4D: the only place the two differ.
 from __future__ import annotations
 
 import numbers
-import threading
 
 import numpy as np
 
@@ -351,7 +350,6 @@ def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None) 
     ms = mean_similarity_map(sim)
     use_raw = mask_map is not None and thresholds_a_map(real_mask)
     extras = {} if extras is None else extras
-    features = [extras.pop("features", None)]
     labels, rmask, diag = cluster_scan(
         sim,
         ms,
@@ -363,25 +361,11 @@ def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None) 
         mask_min_size=grow["mask_min_size"],
         mask_hole_size=grow["mask_hole_size"],
         linkage=grow.get("linkage", "pair"),
-        features=features[0],
+        features=extras.pop("features", None),
     )
-    _release(features)
     extras["diagnostics"] = diag
     n = int(labels.max(initial=0))
     return labels, ms, rmask, cluster_table(labels, ms, n)
-
-
-def _release(holder: list) -> None:
-    """Drop the arrays in ``holder`` on another thread.
-
-    The binned patterns of a step (hundreds of MiB) are not needed after the
-    regions pass; returning their pages to the system takes milliseconds,
-    which then overlap the sums pass instead of preceding it.
-    """
-    if any(isinstance(a, np.ndarray) and a.nbytes >= 2**24 for a in holder):
-        threading.Thread(target=holder.clear, daemon=True).start()
-    else:
-        holder.clear()
 
 
 def sums_block(raw, read_ext, box, labels, spec, *, data=None, progress=None):
