@@ -208,7 +208,9 @@ def _grow_one(sim, allowed, threshold, link, feats, norms2, dx, dy, labels, s, n
 
 
 @numba.njit(cache=True, nogil=True)
-def _grow_linked_fast(sim, order, allowed, threshold, link, feats, norms2, dx, dy, labels, seeds):
+def _grow_linked_fast(
+    sim, order, allowed, threshold, link, feats, norms2, dx, dy, labels, seeds, run, members
+):
     """:func:`_grow_linked`'s labels and seeds, with vectorised linkage tests.
 
     The exact growth adds each dot product in column order, one dependent
@@ -222,16 +224,27 @@ def _grow_linked_fast(sim, order, allowed, threshold, link, feats, norms2, dx, d
     :func:`_grow_linked`. The running sum of the features is exact in both
     (each column adds the same values in the same order). ``norms2`` is only
     filled by exact regrowths (the refinement computes the others it needs).
-    Returns ``(clusters, regrown)``.
+
+    The growth can run in parts: ``run`` is ``[next index into order,
+    clusters so far, regrown so far, most positions, most clusters]``; a call
+    returns after the cluster that reaches either limit of this call (or at
+    the end of ``order``), with ``run`` updated and the positions of the
+    clusters it grew written to ``members`` in order of joining. Returns the
+    number of positions written.
     """
     rx, ry = allowed.shape
     k_dim = feats.shape[1]
     queue = np.empty(rx * ry, np.int64)
     acc = np.empty(k_dim, np.float64)
     g = 4.0 * (k_dim + 8) * _U
-    n = 0
-    regrown = 0
-    for s in order:
+    n = run[1]
+    regrown = run[2]
+    n_start = n
+    m = 0
+    i = run[0]
+    while i < order.size and m < run[3] and n - n_start < run[4]:
+        s = order[i]
+        i += 1
         x0 = s // ry
         y0 = s - x0 * ry
         if labels[x0, y0] != 0 or not allowed[x0, y0]:
@@ -270,8 +283,8 @@ def _grow_linked_fast(sim, order, allowed, threshold, link, feats, norms2, dx, d
                 e_n2 = g * n2
                 lhs = d * d
                 rhs = link * n2 * acc2
-                m = abs(d) + e_d
-                e_l = e_d * (2.0 * abs(d) + e_d) + 4.0 * _U * m * m
+                mag = abs(d) + e_d
+                e_l = e_d * (2.0 * abs(d) + e_d) + 4.0 * _U * mag * mag
                 e_r = abs(link) * (e_n2 * abs(acc2) + (n2 + e_n2) * e_acc2)
                 e_r += 6.0 * _U * abs(link) * (n2 + e_n2) * (abs(acc2) + e_acc2)
                 margin = 2.0 * (e_l + e_r)
@@ -291,11 +304,16 @@ def _grow_linked_fast(sim, order, allowed, threshold, link, feats, norms2, dx, d
             for i in range(tail):
                 labels[queue[i] // ry, queue[i] % ry] = 0
             # fmt: off
-            _grow_one(sim, allowed, threshold, link, feats, norms2, dx, dy, labels, s, n,
-                      queue, acc)
+            tail = _grow_one(sim, allowed, threshold, link, feats, norms2, dx, dy, labels, s, n,
+                             queue, acc)
             # fmt: on
             regrown += 1
-    return n, regrown
+        members[m : m + tail] = queue[:tail]
+        m += tail
+    run[0] = i
+    run[1] = n
+    run[2] = regrown
+    return m
 
 
 @numba.njit(cache=True, nogil=True)
