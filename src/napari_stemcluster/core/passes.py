@@ -653,16 +653,18 @@ class GrowthSums:
         lab = np.zeros(self.block.shape[0], np.int64)
         for members, labs, _, _ in rest:
             lab[members] = labs
-        sums = np.zeros((n, self.block.shape[1]), np.float64)
         if rest:
-            part, _ = cluster_sums(
+            sums, _ = cluster_sums(
                 self.block.reshape(*self.scan_shape, -1, 1), lab.reshape(self.scan_shape), n
             )
-            sums += part.reshape(n, -1)
+            sums = sums.reshape(n, -1)
+        else:
+            sums = np.zeros((n, self.block.shape[1]), np.float64)
         if self.worker is not None:
             self.todo.put(None)
             self.worker.join()
-        for n0, n1, out in self.done:
+        while self.done:
+            n0, n1, out = self.done.pop()
             sums[n0:n1] += out
         self.sums = sums
         self.grown_labels = labels.copy()
