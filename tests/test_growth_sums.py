@@ -125,3 +125,21 @@ def test_segment_gives_the_same_result_with_and_without(shape, dtype, monkeypatc
         np.testing.assert_array_equal(
             res.cluster_means, (sums / np.maximum(counts, 1)[:, None, None]).astype(np.float32)
         )
+
+
+def test_a_part_too_long_for_32_bit_sums_is_added_in_float64():
+    """One cluster of 70,000 positions at the largest uint16 value: the thread's
+    32-bit sums would overflow, so that part is added in float64."""
+    shape = (280, 250)
+    cube = np.full((*shape, 1, 2), 65535, np.uint16)
+    cube[::3, :, 0, 1] = 65534
+    sim = np.full((*shape, 8), 0.99, np.float32)
+    feats = np.ones((*shape, 2), np.float32)
+    acc = _AllWorker.of(cube, None, make_spec(None, None, 0.0), {"linkage": "mean"})
+    labels, _ = grow_regions(sim, 0.5, linkage="mean", features=feats, _sums=acc)
+    assert labels.max() == 1 and labels.size > 65537
+    assert acc.finish(labels, 1)[0].tolist() == [[65535.0 * labels.size, plain_last(cube)]]
+
+
+def plain_last(cube):
+    return float(cube[..., 0, 1].astype(np.float64).sum())

@@ -127,3 +127,14 @@ def _add_members(block, members, rows, out):
         src = block[members[i]]
         for k in range(src.shape[0]):
             dst[k] += np.float64(src[k])
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_members_narrow(block, members, rows, out):
+    """:func:`_add_members` into uint32 sums (the caller makes sure no sum can
+    overflow: half the bytes of float64 to add)."""
+    for i in range(members.shape[0]):
+        dst = out[rows[i]]
+        src = block[members[i]]
+        for k in range(src.shape[0]):
+            dst[k] += np.uint32(src[k])

@@ -624,12 +624,19 @@ class GrowthSums:
         return cls(data.reshape(data.shape[0] * data.shape[1], -1), data.shape[:2], data.shape[2:])
 
     def _work(self):
-        from ._averages_numba import _add_members
+        from ._averages_numba import _add_members, _add_members_narrow
 
+        # uint32 sums while no sum can overflow (at most 65,537 uint16 values)
+        fits = (2**32 - 1) // int(np.iinfo(self.block.dtype).max)
         while (item := self.todo.get()) is not None:
             members, labs, n0, n1 = item
-            out = np.zeros((n1 - n0, self.block.shape[1]), np.float64)
-            _add_members(self.block, members, labs - (n0 + 1), out)
+            q = self.block.shape[1]
+            if members.size <= fits:
+                out = np.zeros((n1 - n0, q), np.uint32)
+                _add_members_narrow(self.block, members, labs - (n0 + 1), out)
+            else:
+                out = np.zeros((n1 - n0, q), np.float64)
+                _add_members(self.block, members, labs - (n0 + 1), out)
             self.done.append((n0, n1, out))
 
     def add(self, members, labs, n0: int, n1: int) -> None:
