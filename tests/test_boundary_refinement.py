@@ -330,20 +330,8 @@ def _grow_both(sim, order, allowed, t, link, feats):
         labels = np.zeros(allowed.shape, np.int32)
         seeds = np.empty(order.size, np.int64)
         norms2 = np.full(feats.shape[0], np.nan)
-        args = (sim, order, allowed, np.float32(t), link, feats, norms2, _DX, _DY, labels, seeds)
-        if kernel is _grow_linked:
-            n, regrown = kernel(*args), 0
-        else:
-            # in parts of at most 5 positions or 2 clusters (the last one whole)
-            run = np.array([0, 0, 0, 5, 2], np.int64)
-            members = np.full(feats.shape[0], -1, np.int64)
-            grown = []
-            while run[0] < order.size:
-                grown.extend(members[: kernel(*args, run, members)])
-            n, regrown = int(run[1]), int(run[2])
-            # every clustered position once, in the parts' order of clusters
-            assert sorted(grown) == sorted(np.flatnonzero(labels.ravel() > 0))
-            assert np.all(np.diff(labels.ravel()[grown]) >= 0)
+        r = kernel(sim, order, allowed, np.float32(t), link, feats, norms2, _DX, _DY, labels, seeds)
+        n, regrown = (r, 0) if kernel is _grow_linked else r
         out.append((labels, seeds[:n].copy(), regrown, norms2))
     return out
 

@@ -113,28 +113,3 @@ def _table_sums(labels, ms, size, total, seed):
         if seed[a - 1] < 0 or key > best[a - 1]:
             best[a - 1] = key
             seed[a - 1] = p
-
-
-@numba.njit(cache=True, nogil=True)
-def _add_members(block, members, rows, out):
-    """``out[rows[i]] += block[members[i]]`` in float64, one thread.
-
-    For integer patterns (exact sums: the same numbers in any order), while
-    the region growing goes on (:class:`~napari_stemcluster.core.passes.GrowthSums`).
-    """
-    for i in range(members.shape[0]):
-        dst = out[rows[i]]
-        src = block[members[i]]
-        for k in range(src.shape[0]):
-            dst[k] += np.float64(src[k])
-
-
-@numba.njit(cache=True, nogil=True)
-def _add_members_narrow(block, members, rows, out):
-    """:func:`_add_members` into uint32 sums (the caller makes sure no sum can
-    overflow: half the bytes of float64 to add)."""
-    for i in range(members.shape[0]):
-        dst = out[rows[i]]
-        src = block[members[i]]
-        for k in range(src.shape[0]):
-            dst[k] += np.uint32(src[k])

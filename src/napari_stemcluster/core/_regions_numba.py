@@ -208,9 +208,7 @@ def _grow_one(sim, allowed, threshold, link, feats, norms2, dx, dy, labels, s, n
 
 
 @numba.njit(cache=True, nogil=True)
-def _grow_linked_fast(
-    sim, order, allowed, threshold, link, feats, norms2, dx, dy, labels, seeds, run, members
-):
+def _grow_linked_fast(sim, order, allowed, threshold, link, feats, norms2, dx, dy, labels, seeds):
     """:func:`_grow_linked`'s labels and seeds, with vectorised linkage tests.
 
     The exact growth adds each dot product in column order, one dependent
@@ -224,27 +222,16 @@ def _grow_linked_fast(
     :func:`_grow_linked`. The running sum of the features is exact in both
     (each column adds the same values in the same order). ``norms2`` is only
     filled by exact regrowths (the refinement computes the others it needs).
-
-    The growth can run in parts: ``run`` is ``[next index into order,
-    clusters so far, regrown so far, most positions, most clusters]``; a call
-    returns after the cluster that reaches either limit of this call (or at
-    the end of ``order``), with ``run`` updated and the positions of the
-    clusters it grew written to ``members`` in order of joining. Returns the
-    number of positions written.
+    Returns ``(clusters, regrown)``.
     """
     rx, ry = allowed.shape
     k_dim = feats.shape[1]
     queue = np.empty(rx * ry, np.int64)
     acc = np.empty(k_dim, np.float64)
     g = 4.0 * (k_dim + 8) * _U
-    n = run[1]
-    regrown = run[2]
-    n_start = n
-    m = 0
-    i = run[0]
-    while i < order.size and m < run[3] and n - n_start < run[4]:
-        s = order[i]
-        i += 1
+    n = 0
+    regrown = 0
+    for s in order:
         x0 = s // ry
         y0 = s - x0 * ry
         if labels[x0, y0] != 0 or not allowed[x0, y0]:
@@ -283,8 +270,8 @@ def _grow_linked_fast(
                 e_n2 = g * n2
                 lhs = d * d
                 rhs = link * n2 * acc2
-                mag = abs(d) + e_d
-                e_l = e_d * (2.0 * abs(d) + e_d) + 4.0 * _U * mag * mag
+                m = abs(d) + e_d
+                e_l = e_d * (2.0 * abs(d) + e_d) + 4.0 * _U * m * m
                 e_r = abs(link) * (e_n2 * abs(acc2) + (n2 + e_n2) * e_acc2)
                 e_r += 6.0 * _U * abs(link) * (n2 + e_n2) * (abs(acc2) + e_acc2)
                 margin = 2.0 * (e_l + e_r)
@@ -304,16 +291,11 @@ def _grow_linked_fast(
             for i in range(tail):
                 labels[queue[i] // ry, queue[i] % ry] = 0
             # fmt: off
-            tail = _grow_one(sim, allowed, threshold, link, feats, norms2, dx, dy, labels, s, n,
-                             queue, acc)
+            _grow_one(sim, allowed, threshold, link, feats, norms2, dx, dy, labels, s, n,
+                      queue, acc)
             # fmt: on
             regrown += 1
-        members[m : m + tail] = queue[:tail]
-        m += tail
-    run[0] = i
-    run[1] = n
-    run[2] = regrown
-    return m
+    return n, regrown
 
 
 @numba.njit(cache=True, nogil=True)

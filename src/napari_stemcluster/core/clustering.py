@@ -120,7 +120,6 @@ def cluster_scan(
     mask_hole_size: int = 0,
     linkage: str = "pair",
     features: np.ndarray | None = None,
-    _sums=None,
 ) -> tuple[np.ndarray, np.ndarray, Diagnostics]:
     """Real-space mask, threshold and clusters of one scan.
 
@@ -192,7 +191,6 @@ def cluster_scan(
         linkage=linkage,
         features=features,
         link_threshold=link_threshold(t),
-        _sums=_sums,
     )
     n = int(labels.max(initial=0))
     if min_cluster_size > 1 and n:

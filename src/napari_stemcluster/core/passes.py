@@ -27,7 +27,6 @@ for a 5D cube and without for 4D: the only place the two differ.
 from __future__ import annotations
 
 import numbers
-import threading
 
 import numpy as np
 
@@ -314,7 +313,7 @@ def _locate_bad_values(raw, origin, t, exc) -> None:
             ) from exc
 
 
-def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None, sums=None) -> tuple:
+def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None) -> tuple:
     """Real-space mask and regions of one time step (the regions pass).
 
     Parameters
@@ -334,9 +333,6 @@ def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None, 
         The step's gathered ``"signal"`` and ``"features"`` (see
         :func:`similarity_block`); receives ``"diagnostics"``
         (:class:`~napari_stemcluster.core.clustering.Diagnostics`).
-    sums : GrowthSums, optional
-        Makes the step's cluster sums while the regions grow
-        (:class:`GrowthSums`).
 
     Returns
     -------
@@ -366,7 +362,6 @@ def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None, 
         mask_hole_size=grow["mask_hole_size"],
         linkage=grow.get("linkage", "pair"),
         features=extras.pop("features", None),
-        _sums=sums,
     )
     extras["diagnostics"] = diag
     n = int(labels.max(initial=0))
@@ -545,166 +540,12 @@ def run_in_process(cube, steps, masks, spec, grow, raw_maps, progress=None) -> l
                 mask_map[box[0] : box[1], box[2] : box[3]] = m
             gather_extras(extras, part, box, scan)
             del raw, part  # the step's arrays hold what is kept
-        early = GrowthSums.of(cube, t, spec, grow)
-        try:
-            labels, ms, rmask, table = grow_step(sim, mask_map, mask, grow, extras, early)
-        finally:
-            if early is not None:
-                early.close()
-        if early is not None and early.ready:
-            sums = early.finish(labels, len(table))
-            if (report := track.stage()) is not None:
-                report(1, 1)
-        else:
-            data = None if kept is None else {boxes[0]: kept}
-            sums = step_sums(cube, t, labels, len(table), spec, boxes, data, track.stage())
+        labels, ms, rmask, table = grow_step(sim, mask_map, mask, grow, extras)
+        data = None if kept is None else {boxes[0]: kept}
+        sums = step_sums(cube, t, labels, len(table), spec, boxes, data, track.stage())
         kept = None
         results.append(finish_step(labels, ms, rmask, sim, table, sums, extras.get("diagnostics")))
     return results
-
-
-class GrowthSums:
-    """The sums pass of an in-memory 8- or 16-bit cube, made while the regions grow.
-
-    The ``"mean"``-linkage growth runs on one core; it hands every part of
-    finished clusters (:meth:`add`) to a thread that adds their patterns on
-    the other. When the growth ends (:meth:`grown`), the parts that thread
-    has not started are added on every core instead. Moves of the boundary
-    refinement are then taken out of one cluster's sum and put into the
-    other's (:meth:`refined`), and :meth:`finish` gives the sums of the final
-    labels. Integer sums are exact in float64 (while below 2**53), so these
-    are the same numbers as :func:`step_sums` gives.
-
-    Examples
-    --------
-    >>> cube = np.arange(16, dtype=np.uint16).reshape(2, 2, 2, 2)
-    >>> acc = GrowthSums.of(cube, None, make_spec(None, None, 0.0), {"linkage": "mean"})
-    >>> acc.add(np.array([0, 3]), np.array([1, 1]), 0, 1)
-    >>> labels = np.array([[1, 0], [0, 1]], np.int32)
-    >>> acc.grown(labels)
-    >>> acc.refined(labels)
-    >>> acc.finish(labels, 1)[0]
-    array([[12., 14.],
-           [16., 18.]])
-    """
-
-    #: Most positions and clusters per part of the growth.
-    PART_POSITIONS = 2048
-    PART_BYTES = 2**24
-
-    def __init__(self, block: np.ndarray, scan_shape, detector_shape):
-        import queue
-
-        self.block = block
-        self.scan_shape = tuple(scan_shape)
-        self.detector = tuple(detector_shape)
-        q = block.shape[1]
-        self.limits = (self.PART_POSITIONS, max(1, self.PART_BYTES // (8 * q)))
-        self.todo = queue.Queue()
-        self.done = []
-        self.worker = None
-        self.ready = False
-
-    @classmethod
-    def of(cls, cube, t, spec, grow):
-        """One for a step of ``cube``, or None where it does not apply.
-
-        It applies to a C-contiguous numpy cube of (native) uint8 or uint16,
-        averaged raw, grown with the ``"mean"`` linkage.
-        """
-        if not isinstance(cube, np.ndarray) or grow.get("linkage", "pair") != "mean":
-            return None
-        if spec["prefilter"] and spec["average"] == "prefiltered":
-            return None
-        data = cube if t is None else cube[t]
-        if data.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
-            return None
-        if not data.flags.c_contiguous or data.ndim != 4:
-            return None
-        return cls(data.reshape(data.shape[0] * data.shape[1], -1), data.shape[:2], data.shape[2:])
-
-    def _work(self):
-        from ._averages_numba import _add_members, _add_members_narrow
-
-        # uint32 sums while no sum can overflow (at most 65,537 uint16 values)
-        fits = (2**32 - 1) // int(np.iinfo(self.block.dtype).max)
-        while (item := self.todo.get()) is not None:
-            members, labs, n0, n1 = item
-            q = self.block.shape[1]
-            if members.size <= fits:
-                out = np.zeros((n1 - n0, q), np.uint32)
-                _add_members_narrow(self.block, members, labs - (n0 + 1), out)
-            else:
-                out = np.zeros((n1 - n0, q), np.float64)
-                _add_members(self.block, members, labs - (n0 + 1), out)
-            self.done.append((n0, n1, out))
-
-    def add(self, members, labs, n0: int, n1: int) -> None:
-        """Queue the positions ``members`` of the finished clusters ``n0 + 1..n1``."""
-        if self.worker is None:
-            self.worker = threading.Thread(target=self._work, daemon=True)
-            self.worker.start()
-        self.todo.put((members, np.asarray(labs, np.int64), n0, n1))
-
-    def grown(self, labels) -> None:
-        """The growth is over: add what is left, on every core."""
-        import queue
-
-        rest = []
-        while True:
-            try:
-                rest.append(self.todo.get_nowait())
-            except queue.Empty:
-                break
-        n = int(labels.max(initial=0))
-        lab = np.zeros(self.block.shape[0], np.int64)
-        for members, labs, _, _ in rest:
-            lab[members] = labs
-        if rest:
-            sums, _ = cluster_sums(
-                self.block.reshape(*self.scan_shape, -1, 1), lab.reshape(self.scan_shape), n
-            )
-            sums = sums.reshape(n, -1)
-        else:
-            sums = np.zeros((n, self.block.shape[1]), np.float64)
-        if self.worker is not None:
-            self.todo.put(None)
-            self.worker.join()
-        while self.done:
-            n0, n1, out = self.done.pop()
-            sums[n0:n1] += out
-        self.sums = sums
-        self.grown_labels = labels.copy()
-
-    def refined(self, labels) -> None:
-        """Move the patterns of the positions the refinement moved."""
-        before = self.grown_labels.ravel()
-        after = np.asarray(labels).ravel()
-        for p in np.flatnonzero(before != after):
-            if before[p] > 0:
-                self.sums[before[p] - 1] -= self.block[p]
-            if after[p] > 0:
-                self.sums[after[p] - 1] += self.block[p]
-        self.labels = after.copy()
-        self.ready = True
-
-    def finish(self, labels, n: int) -> np.ndarray:
-        """The sums ``(n, Qx, Qy)`` of the final ``labels`` (clusters renumbered
-        or dropped after the growth)."""
-        final = np.asarray(labels).ravel()
-        where = np.flatnonzero(final > 0)
-        grown = np.zeros(n + 1, np.int64)
-        grown[final[where]] = self.labels[where]
-        out = np.zeros((n, self.block.shape[1]), np.float64)
-        has = grown[1:] > 0
-        out[has] = self.sums[grown[1:][has] - 1]
-        return out.reshape(n, *self.detector)
-
-    def close(self) -> None:
-        """Stop the thread (after an error in the growth)."""
-        if self.worker is not None and self.worker.is_alive():
-            self.todo.put(None)
-            self.worker.join()
 
 
 def gather_extras(extras: dict, part: dict, box, scan_shape) -> None:

@@ -88,7 +88,6 @@ def grow_regions(
     link_threshold: float | None = None,
     seed_mask: np.ndarray | None = None,
     refine: bool = True,
-    _sums=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grow spatially contiguous clusters of similar diffraction patterns.
 
@@ -206,31 +205,12 @@ def grow_regions(
         # (the refinement computes those of the positions it weighs).
         norms2 = np.full(feats.shape[0], np.nan)
         link = float(threshold if link_threshold is None else link_threshold)
-        allowed_c = np.ascontiguousarray(allowed)
-        whole = feats.shape[0] + 1
-        run = np.array([0, 0, 0, whole, whole], np.int64)
-        members = np.empty(feats.shape[0], np.int64)
         # fmt: off
-        args = (sim32, order, allowed_c, t32, link, feats, norms2, _DX, _DY, labels, seeds, run,
-                members)
+        n, _ = _grow_linked_fast(sim32, order, np.ascontiguousarray(allowed), t32, link, feats,
+                                 norms2, _DX, _DY, labels, seeds)
         # fmt: on
-        if _sums is None:
-            _grow_linked_fast(*args)
-        else:
-            # In parts, handing each part's finished clusters to the sums.
-            run[3:] = _sums.limits
-            while run[0] < order.size:
-                n0 = int(run[1])
-                m = _grow_linked_fast(*args)
-                if m:
-                    part = members[:m].copy()
-                    _sums.add(part, labels.ravel()[part], n0, int(run[1]))
-            _sums.grown(labels)
-        n = int(run[1])
         if refine and n > 1:
             _refine(labels, sim32, t32, link, feats, norms2, seeds[:n])
-        if _sums is not None:
-            _sums.refined(labels)
     seeds = seeds[:n]
     if min_cluster_size > 1 and n:
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
