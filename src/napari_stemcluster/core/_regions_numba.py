@@ -270,8 +270,8 @@ def _grow_linked_fast(sim, order, allowed, threshold, link, feats, norms2, dx, d
                 e_n2 = g * n2
                 lhs = d * d
                 rhs = link * n2 * acc2
-                m = abs(d) + e_d
-                e_l = e_d * (2.0 * abs(d) + e_d) + 4.0 * _U * m * m
+                mag = abs(d) + e_d
+                e_l = e_d * (2.0 * abs(d) + e_d) + 4.0 * _U * mag * mag
                 e_r = abs(link) * (e_n2 * abs(acc2) + (n2 + e_n2) * e_acc2)
                 e_r += 6.0 * _U * abs(link) * (n2 + e_n2) * (abs(acc2) + e_acc2)
                 margin = 2.0 * (e_l + e_r)
