@@ -277,3 +277,30 @@ def test_lz4_corrupt_chunk_decoded_in_place_is_a_clear_error(tmp_path):
         np.testing.assert_array_equal(reader.read((0,)), values[0])
         with pytest.raises(OSError, match="not valid Bitshuffle-LZ4"):
             reader.read((1,))
+
+
+def test_read_buffers_are_reused_only_when_given_back():
+    from napari_stemcluster.io._chunks import _Buffers
+
+    pool = _Buffers(limit=2)
+    pool.MIN_BYTES = 1000
+    small = pool.empty((10,), np.uint16)  # under the threshold: a plain array
+    assert not pool.recycle(small)
+    a = pool.empty((4, 300), ">u2")
+    assert a.shape == (4, 300) and a.dtype == np.dtype(">u2") and a.flags.c_contiguous
+    assert not pool.recycle(np.zeros(1200, np.uint16))  # not made here
+    view = a[1:3]
+    assert pool.recycle(view)  # any view gives back the whole buffer
+    assert not pool.recycle(a)  # already given back
+    b = pool.empty((2, 600), np.uint16)  # same size: the same memory
+    assert np.shares_memory(a, b)
+    assert pool.recycle(b)
+    c = pool.empty((2, 900), np.uint16)  # 50 % larger: a new buffer
+    assert not np.shares_memory(b, c)
+    d = pool.empty((4, 250), np.uint16)  # a sixth smaller: still fits
+    assert np.shares_memory(b, d)
+    for arr in (c, d, pool.empty((5, 200), np.float32)):
+        pool.recycle(arr)
+    assert len(pool._free) == 2  # at most ``limit`` kept
+    pool.release()
+    assert not pool._free

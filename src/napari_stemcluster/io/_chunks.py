@@ -25,6 +25,7 @@ import ctypes
 import mmap
 import os
 import threading
+import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,6 +58,90 @@ def _decode_pool() -> ThreadPoolExecutor:
             _pool = ThreadPoolExecutor(max(1, cpus), thread_name_prefix="stemcluster-decode")
             _pool_pid = os.getpid()
         return _pool
+
+
+class _Buffers:
+    """Output buffers of large reads, given back when their block is done.
+
+    A fresh array of hundreds of MiB costs the kernel a page fault and a
+    zeroed page for every 4 KiB or 2 MiB of it when it is first written:
+    for a decoded Bitshuffle-LZ4 block that is as much CPU as the decoding.
+    The engine gives a block back (:func:`recycle`) when its last task is
+    done; the next read of about the same size reuses the memory. Only
+    buffers made here are taken back, at most a few, and :func:`release`
+    frees them (at the end of a run).
+    """
+
+    #: Reads smaller than this are allocated as usual.
+    MIN_BYTES = 16 * 2**20
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._free: list[np.ndarray] = []
+        self._made: dict[int, weakref.ref] = {}
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if n < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        buf = None
+        with self._lock:
+            fits = [b for b in self._free if n <= b.size <= n + n // 4]
+            if fits:
+                buf = min(fits, key=lambda b: b.size)
+                self._free = [b for b in self._free if b is not buf]
+        if buf is None:
+            buf = np.empty(n, np.uint8)
+            with self._lock:
+                self._made = {k: r for k, r in self._made.items() if r() is not None}
+                self._made[id(buf)] = weakref.ref(buf)
+        return buf[:n].view(dtype).reshape(shape)
+
+    def recycle(self, arr) -> bool:
+        owner = arr
+        while isinstance(getattr(owner, "base", None), np.ndarray):
+            owner = owner.base
+        with self._lock:
+            ref = self._made.get(id(owner))
+            if ref is None or ref() is not owner or any(b is owner for b in self._free):
+                return False
+            self._free.append(owner)
+            del self._free[: -self.limit]
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._free = []
+
+
+_buffers = _Buffers(limit=max(2, os.cpu_count() or 1))
+
+
+def recycle(arr) -> bool:
+    """Give back the memory of a block read here, once nothing uses it.
+
+    Returns True when ``arr`` was made by a read of this module (and is
+    kept for the next read of about its size). The caller promises that
+    ``arr`` and every view of it are never read or written again.
+
+    Examples
+    --------
+    >>> recycle(np.zeros(3))
+    False
+    """
+    return _buffers.recycle(arr)
+
+
+def release_buffers() -> None:
+    """Free the buffers kept for reuse (:func:`recycle`).
+
+    Examples
+    --------
+    >>> release_buffers()
+    """
+    _buffers.release()
 
 
 def _bitshuffle_lib():
@@ -164,7 +249,7 @@ class ChunkReader:
     def read(self, key) -> np.ndarray:
         """The selection ``key`` (ints and step-1 slices), in native byte order."""
         sel, squeeze = self._normalize(key)
-        out = np.empty(tuple(b - a for a, b in sel), self.dtype)
+        out = _buffers.empty(tuple(b - a for a, b in sel), self.dtype)
         if out.size == 0:
             return out.squeeze(axis=squeeze) if squeeze else out
         grids = [range(a // c * c, b, c) for (a, b), c in zip(sel, self.chunks, strict=True)]
