@@ -302,5 +302,8 @@ def test_read_buffers_are_reused_only_when_given_back():
     for arr in (c, d, pool.empty((5, 200), np.float32)):
         pool.recycle(arr)
     assert len(pool._free) == 2  # at most ``limit`` kept
+    pool.max_bytes = 2500
+    pool.recycle(pool.empty((4, 300), np.uint16))
+    assert [b.size for b in pool._free] == [2400]  # and at most ``max_bytes``, but one
     pool.release()
     assert not pool._free

@@ -68,15 +68,17 @@ class _Buffers:
     for a decoded Bitshuffle-LZ4 block that is as much CPU as the decoding.
     The engine gives a block back (:func:`recycle`) when its last task is
     done; the next read of about the same size reuses the memory. Only
-    buffers made here are taken back, at most a few, and :func:`release`
-    frees them (at the end of a run).
+    buffers made here are taken back, at most ``limit`` and ``max_bytes``
+    (but always the last one), and :func:`release` frees them (at the end
+    of a run).
     """
 
     #: Reads smaller than this are allocated as usual.
     MIN_BYTES = 16 * 2**20
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, max_bytes: int = 2**30):
         self.limit = limit
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._free: list[np.ndarray] = []
         self._made: dict[int, weakref.ref] = {}
@@ -109,6 +111,8 @@ class _Buffers:
                 return False
             self._free.append(owner)
             del self._free[: -self.limit]
+            while len(self._free) > 1 and sum(b.size for b in self._free) > self.max_bytes:
+                del self._free[0]  # the oldest first
         return True
 
     def release(self) -> None:
@@ -116,7 +120,8 @@ class _Buffers:
             self._free = []
 
 
-_buffers = _Buffers(limit=max(2, os.cpu_count() or 1))
+#: A few blocks (256 MiB at most each): what the next reads of a run take.
+_buffers = _Buffers(limit=4)
 
 
 def recycle(arr) -> bool:
