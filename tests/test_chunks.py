@@ -226,3 +226,84 @@ def test_reading_a_file_does_not_keep_it_mapped(tmp_path, compression):
     assert reader._mapped
     # 16 MiB read (less with gzip); about a chunk (512 KiB) per thread stays mapped
     assert grown < 4 * 2**20, grown
+
+
+@pytest.mark.parametrize("nelems", [0, 1024])  # the library's default block, and a small one
+def test_lz4_chunks_decode_into_place(tmp_path, monkeypatch, nelems):
+    # Patterns of whole Bitshuffle blocks: the runs of a chunk inside a
+    # selection are decoded straight into the output (halo rows included).
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 300, (2, 9, 10, 32, 64)).astype("<u2")
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "d",
+            data=values,
+            chunks=(1, 4, 4, 32, 64),
+            **hdf5plugin.Bitshuffle(nelems=nelems, cname="lz4"),
+        )
+    used = []
+    direct = ChunkReader._fill_direct
+    monkeypatch.setattr(
+        ChunkReader, "_fill_direct", lambda self, *a: used.append(direct(self, *a)) or used[-1]
+    )
+    keys = [
+        (slice(None),),
+        (1, slice(3, 8)),  # rows cutting chunks: leading blocks skipped
+        (0, slice(0, 9), slice(2, 7)),
+        (slice(0, 2), 3, slice(1, 10), slice(3, 30)),  # partial patterns: copied
+        (1, 4, 5),
+    ]
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+        for key in keys:
+            np.testing.assert_array_equal(reader.read(key), f["d"][key])
+    assert any(used) and not all(used)
+
+
+def test_lz4_corrupt_chunk_decoded_in_place_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.h5"
+    values = np.arange(2 * 4 * 32 * 64, dtype="<u2").reshape(2, 4, 32, 64)
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset(
+            "d", data=values, chunks=(1, 4, 32, 64), **hdf5plugin.Bitshuffle(cname="lz4")
+        )
+        good = bytearray(d.id.read_direct_chunk((1, 0, 0, 0))[1])
+    with h5py.File(path, "r+") as f:
+        # a valid header, then garbage where the LZ4 blocks should be
+        f["d"].id.write_direct_chunk((1, 0, 0, 0), bytes(good[:12]) + b"\xff" * 40)
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+        np.testing.assert_array_equal(reader.read((0,)), values[0])
+        with pytest.raises(OSError, match="not valid Bitshuffle-LZ4"):
+            reader.read((1,))
+
+
+def test_read_buffers_are_reused_only_when_given_back():
+    from napari_stemcluster.io._chunks import _Buffers
+
+    pool = _Buffers(limit=2)
+    pool.MIN_BYTES = 1000
+    small = pool.empty((10,), np.uint16)  # under the threshold: a plain array
+    assert not pool.recycle(small)
+    a = pool.empty((4, 300), ">u2")
+    assert a.shape == (4, 300) and a.dtype == np.dtype(">u2") and a.flags.c_contiguous
+    assert not pool.recycle(np.zeros(1200, np.uint16))  # not made here
+    view = a[1:3]
+    assert pool.recycle(view)  # any view gives back the whole buffer
+    assert not pool.recycle(a)  # already given back
+    b = pool.empty((2, 600), np.uint16)  # same size: the same memory
+    assert np.shares_memory(a, b)
+    assert pool.recycle(b)
+    c = pool.empty((2, 900), np.uint16)  # 50 % larger: a new buffer
+    assert not np.shares_memory(b, c)
+    d = pool.empty((4, 250), np.uint16)  # a sixth smaller: still fits
+    assert np.shares_memory(b, d)
+    for arr in (c, d, pool.empty((5, 200), np.float32)):
+        pool.recycle(arr)
+    assert len(pool._free) == 2  # at most ``limit`` kept
+    pool.max_bytes = 2500
+    pool.recycle(pool.empty((4, 300), np.uint16))
+    assert [b.size for b in pool._free] == [2400]  # and at most ``max_bytes``, but one
+    pool.release()
+    assert not pool._free

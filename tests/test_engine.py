@@ -577,3 +577,37 @@ def test_series_larger_than_the_budget_is_read_about_once():
     assert stats.bytes_reused > 0.5 * cube.nbytes
     # halos of small blocks included; a second read of the file would be >= 2x
     assert stats.bytes_read < 1.6 * cube.nbytes
+
+
+def test_block_memory_reused_between_reads(tmp_path, cube5, monkeypatch):
+    # Every block read through the chunk reader comes from (and goes back
+    # to) the reuse pool: same results, fewer fresh allocations.
+    import hdf5plugin
+
+    from napari_stemcluster.io import _chunks
+
+    buffers = _chunks._Buffers(limit=2)
+    monkeypatch.setattr(buffers, "MIN_BYTES", 0)
+    monkeypatch.setattr(_chunks, "_buffers", buffers)
+    made = []
+    empty = buffers.empty
+    monkeypatch.setattr(buffers, "empty", lambda *a: made.append(len(buffers._free)) or empty(*a))
+    path = tmp_path / "cube.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "data", data=cube5, chunks=(1, 3, 11, 16, 16), **hdf5plugin.Bitshuffle(cname="lz4")
+        )
+    ref = segment(cube5, threshold=0.85, min_cluster_size=2, q_mask=(1, 7), sigma=1.0)
+    for memory_limit in (None, "420kB"):  # blocks kept for the sums, or read twice
+        res = segment_chunked(
+            open_dataset(path),
+            threshold=0.85,
+            min_cluster_size=2,
+            q_mask=(1, 7),
+            sigma=1.0,
+            chunks=(3, 11),
+            memory_limit=memory_limit,
+        )
+        assert_same(res, ref)
+        assert not buffers._free  # given back at the end of the run
+    assert len(made) > 6 and any(made)  # some reads found a buffer to reuse

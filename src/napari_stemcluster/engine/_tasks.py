@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import passes
+from ..io._chunks import recycle, release_buffers
 
 
 class BlockSource:
@@ -204,6 +205,7 @@ def drop_kept(run: str) -> int:
         keys = [k for k in _kept if k[0] == run]
         for k in keys:
             del _kept[k]
+    release_buffers()
     return len(keys)
 
 
@@ -242,6 +244,8 @@ def similarity_task(source, t, box, spec, raw_map=False, keep=False):
             raw, read_ext, box, spec, raw_map=raw_map, t=t, extras=extras
         )
     kept = raw if keep else None
+    if not keep:
+        recycle(raw)  # nothing refers to the block any more
     if isinstance(keep, str):
         with _kept_lock:
             if keep not in _ended:
@@ -291,6 +295,9 @@ def sums_task(source, t, box, labels, spec, kept=None):
         else:
             ids, sums = passes.sums_block(raw, read_ext, box, labels, spec)
     reused = raw.nbytes if raw is kept else 0
+    recycle(raw)  # the block's last task: its memory serves the next read
+    if isinstance(kept, np.ndarray) and kept is not raw:
+        recycle(kept)  # kept, but the sums needed a wider read
     return ids, sums, (t1 - t0, time.perf_counter() - t1), reused
 
 

@@ -27,6 +27,7 @@ from ..core.passes import (
 from ..core.pipeline import _describe, _per_step_masks, grow_options, segment_params
 from ..core.result import SegmentationResult
 from ..core.similarity import neighbor_similarity
+from ..io._chunks import release_buffers
 from ._prefetch import Prefetcher
 from ._tasks import BlockSource, KeptOnWorker, drop_kept, similarity_task, sums_task
 from .executors import DistributedExecutor, Executor, ThreadExecutor
@@ -628,6 +629,7 @@ class _Run:
             if self.run_id is not None:
                 # blocks never summed (no label in them, or a run cut short)
                 ex.run_everywhere(drop_kept, self.run_id)
+            release_buffers()  # the blocks' memory kept for reuse
         for kind in ("similarity", "averages"):
             if kind in self.span and self.span[kind][1] is not None:
                 start, end = self.span[kind]

@@ -7,7 +7,9 @@ chunks of a selection itself (the file is memory-mapped; HDF5 only reports
 where each chunk lies) and decodes them in a thread pool with the filters'
 own C code (the Bitshuffle library that ships with hdf5plugin, called
 through ctypes, and zlib), which runs without the GIL; so chunks are read
-and decoded on every core.
+and decoded on every core. Bitshuffle-LZ4 chunks, the usual detector
+format, are decoded straight into the output where the selection takes
+whole runs of LZ4 blocks (whole patterns), saving a copy of every byte.
 
 Only what is common on 4D-STEM detectors is decoded here: no filter, gzip,
 shuffle and Bitshuffle (without compression or with LZ4). For any other
@@ -23,6 +25,7 @@ import ctypes
 import mmap
 import os
 import threading
+import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,6 +58,95 @@ def _decode_pool() -> ThreadPoolExecutor:
             _pool = ThreadPoolExecutor(max(1, cpus), thread_name_prefix="stemcluster-decode")
             _pool_pid = os.getpid()
         return _pool
+
+
+class _Buffers:
+    """Output buffers of large reads, given back when their block is done.
+
+    A fresh array of hundreds of MiB costs the kernel a page fault and a
+    zeroed page for every 4 KiB or 2 MiB of it when it is first written:
+    for a decoded Bitshuffle-LZ4 block that is as much CPU as the decoding.
+    The engine gives a block back (:func:`recycle`) when its last task is
+    done; the next read of about the same size reuses the memory. Only
+    buffers made here are taken back, at most ``limit`` and ``max_bytes``
+    (but always the last one), and :func:`release` frees them (at the end
+    of a run).
+    """
+
+    #: Reads smaller than this are allocated as usual.
+    MIN_BYTES = 16 * 2**20
+
+    def __init__(self, limit: int, max_bytes: int = 2**30):
+        self.limit = limit
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._free: list[np.ndarray] = []
+        self._made: dict[int, weakref.ref] = {}
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if n < self.MIN_BYTES:
+            return np.empty(shape, dtype)
+        buf = None
+        with self._lock:
+            fits = [b for b in self._free if n <= b.size <= n + n // 4]
+            if fits:
+                buf = min(fits, key=lambda b: b.size)
+                self._free = [b for b in self._free if b is not buf]
+        if buf is None:
+            buf = np.empty(n, np.uint8)
+            with self._lock:
+                self._made = {k: r for k, r in self._made.items() if r() is not None}
+                self._made[id(buf)] = weakref.ref(buf)
+        return buf[:n].view(dtype).reshape(shape)
+
+    def recycle(self, arr) -> bool:
+        owner = arr
+        while isinstance(getattr(owner, "base", None), np.ndarray):
+            owner = owner.base
+        with self._lock:
+            ref = self._made.get(id(owner))
+            if ref is None or ref() is not owner or any(b is owner for b in self._free):
+                return False
+            self._free.append(owner)
+            del self._free[: -self.limit]
+            while len(self._free) > 1 and sum(b.size for b in self._free) > self.max_bytes:
+                del self._free[0]  # the oldest first
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._free = []
+
+
+#: A few blocks (256 MiB at most each): what the next reads of a run take.
+_buffers = _Buffers(limit=4)
+
+
+def recycle(arr) -> bool:
+    """Give back the memory of a block read here, once nothing uses it.
+
+    Returns True when ``arr`` was made by a read of this module (and is
+    kept for the next read of about its size). The caller promises that
+    ``arr`` and every view of it are never read or written again.
+
+    Examples
+    --------
+    >>> recycle(np.zeros(3))
+    False
+    """
+    return _buffers.recycle(arr)
+
+
+def release_buffers() -> None:
+    """Free the buffers kept for reuse (:func:`recycle`).
+
+    Examples
+    --------
+    >>> release_buffers()
+    """
+    _buffers.release()
 
 
 def _bitshuffle_lib():
@@ -149,12 +241,20 @@ class ChunkReader:
         self._mapped = None  # whether the mapping is used (checked once)
         self._lock = threading.Lock()
         self._local = threading.local()
+        # Bitshuffle-LZ4 chunks in native byte order decode into place.
+        self._lz4_direct = (
+            len(filters) == 1
+            and filters[0][0] == BITSHUFFLE
+            and len(filters[0][1]) > 4
+            and filters[0][1][4] == _BSHUF_LZ4
+            and self.file_dtype.isnative
+        )
 
     # ------------------------------------------------------------------
     def read(self, key) -> np.ndarray:
         """The selection ``key`` (ints and step-1 slices), in native byte order."""
         sel, squeeze = self._normalize(key)
-        out = np.empty(tuple(b - a for a, b in sel), self.dtype)
+        out = _buffers.empty(tuple(b - a for a, b in sel), self.dtype)
         if out.size == 0:
             return out.squeeze(axis=squeeze) if squeeze else out
         grids = [range(a // c * c, b, c) for (a, b), c in zip(sel, self.chunks, strict=True)]
@@ -233,10 +333,94 @@ class ChunkReader:
             slice(max(a, o) - a, min(b, o + c) - a)
             for (a, b), o, c in zip(sel, off, self.chunks, strict=True)
         )
+        if self._lz4_direct and self._fill_direct(off, src, dst, out):
+            return
         chunk, span = self._chunk(off)
         out[dst] = chunk[src]
         if span is not None:
             self._unmap(*span)
+
+    def _fill_direct(self, off, src, dst, out) -> bool:
+        """Decode a Bitshuffle-LZ4 chunk straight into ``out`` (no copy).
+
+        A chunk's part of a selection is a few runs that are contiguous both
+        in the chunk and in ``out`` (whole trailing dimensions: e.g. the
+        patterns of one scan row). LZ4 blocks are independent, so each run
+        whose start and length are whole blocks is decoded by the library
+        into its place in ``out``; runs before it that are not wanted are
+        decoded into this thread's buffer and dropped. Returns False (and
+        writes nothing) when the layout does not allow it: the caller then
+        decodes the whole chunk and copies its part.
+        """
+        chunks = self.chunks
+        nd = len(chunks)
+        # k: the first dimension from which the chunk's runs are contiguous
+        # in out (every later dimension whole in the chunk and in out).
+        k = nd - 1
+        while k > 0:
+            j = k
+            if src[j] != slice(0, chunks[j]) or out.shape[j] != chunks[j]:
+                break
+            k -= 1
+        inner = int(np.prod(chunks[k + 1 :], dtype=np.int64))
+        run = (src[k].stop - src[k].start) * inner  # elements per run
+        lead = [range(s.start, s.stop) for s in src[:k]]
+        starts = []  # (element offset in the chunk, element offset in out)
+        for idx in np.ndindex(*(len(r) for r in lead)):
+            pos = [lead[i][v] for i, v in enumerate(idx)]
+            c = np.ravel_multi_index((*pos, src[k].start), chunks[: k + 1]) * inner
+            o = [dst[i].start + v for i, v in enumerate(idx)]
+            o = np.ravel_multi_index((*o, dst[k].start), out.shape[: k + 1])
+            starts.append((int(c), int(o) * int(np.prod(out.shape[k + 1 :], dtype=np.int64))))
+        with self._lock:
+            info = self.ds.id.get_chunk_info_by_coord(off)
+            addr, size = info.byte_offset, info.size
+            if addr is None or info.filter_mask != 0:
+                return False
+            if self._mapped is None:
+                self._check_map(off, addr, size)
+            data = None if self._mapped else self.ds.id.read_direct_chunk(off)[1]
+        raw = self._mm[addr : addr + size] if data is None else np.frombuffer(data, np.uint8)
+        if raw.size < 12:
+            return False
+        total = int.from_bytes(bytes(raw[:8]), "big")
+        block = int.from_bytes(bytes(raw[8:12]), "big") // self.file_dtype.itemsize
+        item = self.file_dtype.itemsize
+        if total != self.chunk_nbytes or block <= 0 or run % block:
+            return False
+        if any(c % block for c, _ in starts):
+            return False
+        fn = _bitshuffle_lib().bshuf_decompress_lz4
+        base = raw.ctypes.data + 12
+        end = raw.ctypes.data + raw.size
+        at = 0  # element of the chunk the stream is at
+        pos = base
+        dest = out.ctypes.data
+        try:
+            for c, o in starts:
+                if c > at:  # skip unwanted blocks: decode them into the scratch buffer
+                    scratch = self._buffer((c - at) * item)
+                    used = fn(pos, scratch.ctypes.data, c - at, item, block)
+                    if used < 0:
+                        raise OSError(used)
+                    pos += used
+                    at = c
+                if pos >= end:
+                    raise OSError(-1)
+                used = fn(pos, dest + o * item, run, item, block)
+                if used < 0 or pos + used > end:
+                    raise OSError(used)
+                pos += used
+                at = c + run
+        except OSError as e:
+            raise OSError(
+                f"{self.ds.file.filename}: a chunk of {self.ds.name} is not valid "
+                f"Bitshuffle-LZ4 data (error {e.args[0]})"
+            ) from None
+        finally:
+            if data is None:
+                self._unmap(addr, size)
+        return True
 
     def _unmap(self, addr: int, size: int) -> None:
         """Drop this process's mapping of the chunk's pages once copied out.
