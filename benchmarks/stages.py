@@ -294,11 +294,11 @@ SEGMENT_STEPS = [
     ("direct beam (sampled mean)", "pipeline", "dark_field_beam", 0),
     ("similarity pass", "passes", "similarity_block", 0),
     ("regions pass", "passes", "grow_step", 0),
-    ("mean similarity", "passes", "mean_similarity", 1),
+    ("mean similarity", "passes", "mean_similarity_map|mean_similarity", 1),
     ("real-space mask", "clustering", "real_space_mask", 1),
     ("auto threshold", "clustering", "auto_threshold", 1),
     ("seed order", "regions", "seed_order", 1),
-    ("growth, mean linkage", "regions", "_grow_linked", 1),
+    ("growth, mean linkage", "regions", "_grow_linked_fast|_grow_linked", 1),
     ("boundary refinement", "regions", "_refine|_refine_boundaries", 1),
     ("diagnostics", "clustering", "_explain", 1),
     ("cluster table", "passes", "cluster_table", 1),
@@ -376,6 +376,57 @@ def print_segment_steps(steps: dict, sim_seconds: float | None, bandwidth: float
         )
 
 
+# --- what the similarity pass of segment adds to the similarity ----------------------
+
+
+def similarity_extras(cube, ring, repeats=REPEATS) -> dict:
+    """Median wall and CPU seconds of the similarity alone and with segment's extras.
+
+    The extras are what the similarity pass of ``segment`` (defaults) asks
+    the same kernel sweep for: the binned patterns of the ``"mean"`` linkage
+    (only the bins that meet the q-mask) and the dark-field image; the
+    output arrays are made fresh each time, as in ``segment``. Interleaved.
+    """
+    from napari_stemcluster.core import neighbor_similarity
+    from napari_stemcluster.core.linkage import FEATURE_DIMS, feature_slots
+    from napari_stemcluster.core.masking import _sample_mean, direct_beam, resolve_q_mask
+
+    rx, ry, qx, qy = cube.shape
+    k = len(feature_slots((qx, qy), resolve_q_mask(ring, (qx, qy)), FEATURE_DIMS))
+    beam = direct_beam(_sample_mean(cube))
+
+    def run(feats, dark):
+        f = np.empty((rx, ry, k), np.float32) if feats else None
+        d = np.empty((rx, ry), np.float32) if dark else None
+        neighbor_similarity(
+            cube, ring, 1.0, features=f, feature_dims=FEATURE_DIMS, dark_field=d, beam=beam
+        )
+
+    cases = {
+        "alone": (False, False),
+        f"+ binned patterns (K={k})": (True, False),
+        "+ dark-field image": (False, True),
+        "+ both (segment's pass)": (True, True),
+    }
+    spent = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, args in cases.items():
+            t, c = time.perf_counter(), time.process_time()
+            run(*args)
+            spent[name].append((time.perf_counter() - t, time.process_time() - c))
+    return {
+        name: [float(np.median([v[i] for v in vals])) for i in (0, 1)]
+        for name, vals in spent.items()
+    }
+
+
+def print_similarity_extras(extras: dict) -> None:
+    """The figures of :func:`similarity_extras` as an indented table."""
+    print("  the similarity (annulus, σ 1) alone and with segment's extras (medians)")
+    for name, (wall, cpu) in extras.items():
+        print(f"    {name:<30}{wall * 1e3:>8.1f} ms{cpu * 1e3:>8.1f} ms CPU")
+
+
 # --- one configuration in this process ---------------------------------------------
 
 
@@ -448,6 +499,7 @@ def child(shape, path, only_segment=False) -> dict:
             "numpy_segment_seconds": float("nan"),
             "loop_seconds": {},
             "segment_steps": steps,
+            "similarity_extras": similarity_extras(cube, ring),
         }
     for qm, label in ((None, "no mask"), (ring, "annulus")):
         for sig in (0.0, 1.0):
@@ -588,6 +640,8 @@ def main(argv=None) -> int:
                 (x["seconds"] for x in r["rows"] if x["stage"] == "similarity, annulus, σ 1"), None
             )
             print_segment_steps(r["segment_steps"], sim, bw, r["cube_bytes"])
+            if "similarity_extras" in r:
+                print_similarity_extras(r["similarity_extras"])
     if not (args.no_grow or args.segment):
         shape = (256, 256) if args.quick else (512, 512)
         r = run_child("grow", list(shape))

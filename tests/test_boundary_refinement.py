@@ -203,3 +203,180 @@ def test_slot_sums_equal_a_raster_loop(shape, k):
         got = np.zeros((3, k))
         _slot_sums(labels, slot, feats, got, width)
         np.testing.assert_array_equal(got, want)
+
+
+def _contested_case(rng, shape):
+    """Grown labels of two contested feature families, as in the plain-Python test."""
+    sim = random_similarity(rng, shape, levels=10)
+    ms = mean_similarity(sim)
+    mask = rng.random(shape) > 0.05
+    base = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1.0]])
+    side = (np.arange(shape[1])[None, :] + rng.integers(-2, 3, shape)) > shape[1] // 2
+    feats = (base[side.astype(int)] + rng.random(shape + (6,))).astype(np.float32)
+    grown, seeds = grow_regions(
+        sim, 0.15, mean_similarity=ms, mask=mask, linkage="mean", features=feats,
+        link_threshold=0.5, refine=False,
+    )  # fmt: skip
+    return sim, grown, seeds, feats.reshape(shape[0] * shape[1], -1)
+
+
+def _slots(grown, seeds, shape):
+    n = int(grown.max())
+    big = np.bincount(grown.ravel(), minlength=n + 1) >= REFINE_MIN_SIZE
+    big[0] = False
+    slot = np.full(n + 1, -1, np.int64)
+    slot[big] = np.arange(int(big.sum()))
+    fixed = np.zeros(shape, bool)
+    fixed[seeds[:, 0], seeds[:, 1]] = True
+    return slot, fixed, int(big.sum())
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (24, 19), (1, 40), (40, 1)])
+def test_contested_marks_the_clusters_of_border_positions(rng, shape):
+    from napari_stemcluster.core._regions_numba import _DX, _DY, _contested
+
+    sim, grown, seeds, _ = _contested_case(rng, shape)
+    slot, fixed, m = _slots(grown, seeds, shape)
+    want = np.zeros(m, bool)
+    count = 0
+    for x in range(shape[0]):
+        for y in range(shape[1]):
+            a = grown[x, y]
+            if a == 0 or fixed[x, y] or slot[a] < 0:
+                continue
+            near = []
+            for k, (dx, dy) in enumerate(NEIGHBOR_OFFSETS):
+                u, v = x + dx, y + dy
+                if 0 <= u < shape[0] and 0 <= v < shape[1]:
+                    b = grown[u, v]
+                    if b and b != a and slot[b] >= 0 and sim[x, y, k] >= np.float32(0.15):
+                        near.append(b)
+            if near:
+                count += 1
+                want[slot[[a, *near]]] = True
+    got = np.zeros(m, bool)
+    assert _contested(grown, sim, np.float32(0.15), fixed, slot, _DX, _DY, got) == count
+    np.testing.assert_array_equal(got, want)
+    # a fixed position's border does not count; nor does a border below the threshold
+    none = np.zeros(m, bool)
+    assert _contested(grown, sim, np.float32(1.5), fixed, slot, _DX, _DY, none) == 0
+    assert not none.any()
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (24, 19), (13, 30)])
+def test_refinement_sums_made_when_needed_equal_those_made_first(rng, shape):
+    """Cluster sums summed by the refinement when a border first needs them give
+    the same moves, labels and sums as all sums made up front (raster order)."""
+    from napari_stemcluster.core._regions_numba import (
+        _DX,
+        _DY,
+        _refine_boundaries,
+        _slot_sums,
+    )
+
+    sim, grown, seeds, feats = _contested_case(rng, shape)
+    slot, fixed, m = _slots(grown, seeds, shape)
+    norms2 = np.einsum("ij,ij->i", feats.astype(np.float64), feats.astype(np.float64))
+    for p in range(feats.shape[0]):  # column order, as the growth's
+        t = 0.0
+        for f in feats[p].astype(np.float64):
+            t += f * f
+        norms2[p] = t
+    full = np.zeros((m, feats.shape[1]))
+    _slot_sums(grown.ravel(), slot, feats, full, 64)
+    args = (sim, np.float32(0.15), 0.5, feats, norms2, fixed, slot)
+    first, lazy = grown.copy(), grown.copy()
+    sums_first, sums_lazy = full.copy(), np.full_like(full, np.nan)
+    ready = np.zeros(m, bool)
+    moves = _refine_boundaries(first, *args, sums_first, np.ones(m, bool), _DX, _DY, 8)
+    assert _refine_boundaries(lazy, *args, sums_lazy, ready, _DX, _DY, 8) == moves
+    assert moves > 0  # the case exercises the moves
+    np.testing.assert_array_equal(lazy, first)
+    assert ready.any()
+    np.testing.assert_array_equal(sums_lazy[ready], sums_first[ready])
+
+
+def test_refinement_without_a_contested_border_moves_nothing():
+    """Two clusters apart (background between them): no contested border, so
+    the refinement returns before making any sum, and nothing moves."""
+    from napari_stemcluster.core._regions_numba import _DX, _DY, _contested
+
+    shape = (12, 12)
+    sim = np.full((*shape, 8), 0.9, np.float32)
+    mask = np.ones(shape, bool)
+    mask[:, 5:7] = False
+    feats = np.ones((*shape, 4), np.float32)
+    kw = dict(mask=mask, linkage="mean", link_threshold=0.5)
+    grown, _ = grow_regions(sim, 0.5, features=feats, refine=False, **kw)
+    assert grown.max() == 2
+    slot = np.array([-1, 0, 1], np.int64)
+    involved = np.zeros(2, bool)
+    fixed = np.zeros(shape, bool)
+    assert _contested(grown, sim, np.float32(0.5), fixed, slot, _DX, _DY, involved) == 0
+    refined, _ = grow_regions(sim, 0.5, features=feats, **kw)
+    np.testing.assert_array_equal(refined, grown)
+
+
+def _grow_both(sim, order, allowed, t, link, feats):
+    from napari_stemcluster.core._regions_numba import (
+        _DX,
+        _DY,
+        _grow_linked,
+        _grow_linked_fast,
+    )
+
+    out = []
+    for kernel in (_grow_linked, _grow_linked_fast):
+        labels = np.zeros(allowed.shape, np.int32)
+        seeds = np.empty(order.size, np.int64)
+        norms2 = np.full(feats.shape[0], np.nan)
+        r = kernel(sim, order, allowed, np.float32(t), link, feats, norms2, _DX, _DY, labels, seeds)
+        n, regrown = (r, 0) if kernel is _grow_linked else r
+        out.append((labels, seeds[:n].copy(), regrown, norms2))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(17, 13), (1, 40), (40, 1), (1, 1)])
+@pytest.mark.parametrize("link", [0.3, 0.8, 0.95])
+def test_vectorised_growth_gives_the_exact_growth(rng, shape, link):
+    """The growth with vectorised linkage tests: labels and seeds of the
+    column-order growth, on features whose values span many magnitudes."""
+    from napari_stemcluster.core.regions import seed_order
+
+    sim = random_similarity(rng, shape, levels=10)
+    k = 37
+    feats = rng.random((shape[0] * shape[1], k)) * 10.0 ** rng.integers(-8, 8, (1, k))
+    feats = (feats + rng.random((shape[0] * shape[1], 1)) * 5).astype(np.float32)
+    allowed = rng.random(shape) > 0.1
+    order = seed_order(mean_similarity(sim), allowed)
+    (want, wseeds, _, _), (got, gseeds, _, _) = _grow_both(sim, order, allowed, 0.2, link, feats)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(gseeds, wseeds)
+
+
+def test_vectorised_growth_regrows_tests_too_close_to_call(rng):
+    """Identical features with link 1 (the squared cosine is 1 to the last bit),
+    all-zero and non-finite features: the bounds cannot decide, the cluster is
+    grown again in column order, and the labels are still the exact ones."""
+    from napari_stemcluster.core.regions import seed_order
+
+    shape = (9, 11)
+    sim = random_similarity(rng, shape, levels=10)
+    allowed = np.ones(shape, bool)
+    order = seed_order(mean_similarity(sim), allowed)
+    same = np.tile(rng.random(6).astype(np.float32), (shape[0] * shape[1], 1))
+    zeros = np.zeros_like(same)
+    odd = same.copy()
+    odd[5, 2] = np.inf
+    odd[40, 0] = np.nan
+    for feats, link in ((same, 1.0), (zeros, 0.5), (odd, 0.5)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            (want, wseeds, _, wn), (got, gseeds, regrown, gn) = _grow_both(
+                sim, order, allowed, 0.2, link, feats
+            )
+        assert regrown > 0
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(gseeds, wseeds)
+        known = ~np.isnan(gn)  # norms of regrown clusters: the column-order ones
+        assert known.any()
+        np.testing.assert_array_equal(gn[known], wn[known])

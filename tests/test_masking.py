@@ -74,7 +74,9 @@ def test_bad_methods(bimodal, bad, match):
 @pytest.mark.parametrize(
     "dtype", [np.uint8, np.int16, np.uint16, ">u2", np.int32, np.uint32, np.float32]
 )
-@pytest.mark.parametrize("shape", [(70, 50, 5, 7), (1, 9, 4, 4), (9, 1, 3, 5)])
+@pytest.mark.parametrize(
+    "shape", [(70, 50, 5, 7), (1, 9, 4, 4), (9, 1, 3, 5), (130, 90, 3, 5), (1, 3000, 2, 1)]
+)
 def test_sample_mean_equals_float64_sums(dtype, shape):
     """The sampled mean pattern behind the direct beam: integers summed in
     int64 give the same numbers as float64 sums of a float64 copy."""
@@ -95,3 +97,21 @@ def test_sample_mean_equals_float64_sums(dtype, shape):
             total += cube[x, y].astype(np.float64)
             n += 1
     np.testing.assert_array_equal(_sample_mean(cube), total / n)
+
+
+def test_sample_mean_of_in_memory_cubes_longer_than_one_uint32_run():
+    """An in-memory uint16 cube's sampled patterns are added in uint32 runs of
+    at most 65,537 patterns: more patterns than that at the largest value
+    still give the exact mean, and views or zeros the plain one."""
+    from napari_stemcluster.core.masking import _sample_mean
+
+    cube = np.full((1, 5_000_000, 1, 1), 65535, np.uint16)
+    cube[0, ::7] = 65534
+    stride = int(np.sqrt(cube.shape[1] / 1024))
+    picked = cube[0, ::stride, 0, 0].astype(np.float64)
+    assert picked.size > 65537
+    np.testing.assert_array_equal(_sample_mean(cube), [[picked.sum() / picked.size]])
+    small = np.random.default_rng(0).integers(0, 9, (40, 30, 4, 6)).astype(np.uint16)
+    view = small[:, ::2]  # not C-contiguous: read row by row
+    np.testing.assert_array_equal(_sample_mean(view), _sample_mean(view.copy()))
+    np.testing.assert_array_equal(_sample_mean(np.zeros((5, 4, 3, 2), np.uint8)), 0.0)

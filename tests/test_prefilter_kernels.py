@@ -214,6 +214,41 @@ def test_integer_sums_are_the_float32_sweep_bit_for_bit(radius, scan, fractional
         np.testing.assert_array_equal(dst, expected[r0:])
 
 
+@pytest.mark.parametrize("radius", [2, 4])
+@pytest.mark.parametrize("scan", [(9, 23), (12, 4), (1, 17)])
+def test_integer_sums_along_grain_boundaries(radius, scan):
+    # Weight 1 inside a grain, 0 across its boundary (R_hat clipped at the
+    # ends of corr_range): the zeros of neighbouring positions along a
+    # boundary are mostly the same, and their sum is updated from one
+    # position to the next. Bit for bit the float32 sweep, and numpy.
+    nx, ny = scan
+    rng = np.random.default_rng(nx * ny + radius)
+    cube = rng.integers(0, 65536, (nx, ny, 4, 6), dtype=np.uint16)
+    cube[0, 0] = 65535
+    x, y = np.mgrid[0:nx, 0:ny]
+    grain = (2 * x + y > ny) + 2 * (x - y > 1) + 4 * (y % 11 > 7)  # oblique boundaries
+    offsets = prefilter_footprint(radius)
+    _, fwd, index, _, _, _ = kernel_inputs(offsets)
+    rh = np.zeros((nx, ny, len(fwd)), np.float32)
+    for i, (dx, dy) in enumerate(fwd.tolist()):
+        inside = (x + dx < nx) & (y + dy >= 0) & (y + dy < ny)
+        u, v = np.clip(x + dx, 0, nx - 1), np.clip(y + dy, 0, ny - 1)
+        rh[..., i] = inside & (grain[u, v] == grain)
+    expected, _ = run_weighted_average(cube.reshape(nx, ny, -1).astype(np.float32), rh, offsets, 2)
+    for strip in (2, 6, 100):
+        got, _ = run_weighted_average(cube.reshape(nx, ny, -1), rh, offsets, strip)
+        np.testing.assert_array_equal(got, expected)
+
+    def rhat_of(p, q):
+        d = (q[0] - p[0], q[1] - p[1])
+        if d in index:
+            return float(rh[p[0], p[1], index[d]])
+        return float(rh[q[0], q[1], index[(-d[0], -d[1])]])
+
+    ref = weighted_average_numpy(cube.astype(np.float64), offsets, rhat_of)
+    np.testing.assert_allclose(got.reshape(cube.shape), ref, rtol=1e-6)
+
+
 def test_ring_dtypes():
     # Three kernel dtypes only; each conversion keeps every value exactly as
     # the kernels would convert it.

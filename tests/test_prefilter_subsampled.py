@@ -137,6 +137,9 @@ def run_blur_sub(pattern, sigma, box, step):
         ((20, 11), 1.5, (2, 17, 3, 10)),  # non-square, odd box sizes
         ((12, 12), 0.0, (1, 11, 1, 11)),  # no blur
         ((10, 10), 1.0, (4, 5, 3, 9)),  # one box row
+        ((64, 64), 3.0, (4, 60, 4, 60)),  # the defaults at 64x64: uint16 read in pairs
+        ((24, 20), 1.0, (6, 18, 6, 14)),  # in pairs, no reflected columns
+        ((10, 14), 3.0, (0, 10, 0, 14)),  # in pairs, blur wider than the detector
     ],
 )
 @pytest.mark.parametrize("step", [2, 3])
@@ -151,6 +154,27 @@ def test_blur_box_sub_matches_scipy(shape, sigma, box, step, dtype):
     i0, i1, j0, j1 = box
     ref = b[i0:i1:step, j0:j1:step]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("shape", "sigma", "box"),
+    [
+        ((64, 64), 3.0, (4, 60, 4, 60)),
+        ((24, 20), 1.0, (6, 18, 6, 14)),
+        ((10, 14), 3.0, (0, 10, 0, 14)),
+        ((16, 18), 0.0, (2, 13, 4, 16)),  # no blur, odd box height
+    ],
+)
+def test_step_two_reads_uint16_in_pairs_with_the_same_bits(shape, sigma, box):
+    # uint16 patterns are converted two pixels per 32-bit load, float32
+    # ones pixel by pixel: the same values give the same bits.
+    rng = np.random.default_rng(3)
+    pattern = rng.integers(0, 65536, shape).astype(np.uint16)
+    pattern[0, 0] = 65535  # the high half of a pair
+    got = run_blur_sub(pattern, sigma, box, 2)
+    ref = run_blur_sub(pattern.astype(np.float32), sigma, box, 2)
+    assert not np.isnan(got).any()
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
 
 
 # ---------------------------------------------------------------------------

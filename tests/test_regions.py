@@ -136,3 +136,62 @@ def test_deterministic(rng):
     b = grow_regions(sim.copy(), 0.95)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def _odd_values(rng, shape):
+    """float32 values of every kind: wide exponents, ties, signed zeros, inf, NaN."""
+    v = rng.standard_normal(shape) * 10.0 ** rng.integers(-30, 4, shape)
+    v = v.astype(np.float32)
+    pick = rng.random(shape)
+    v[pick < 0.1] = np.float32(0.5)  # ties
+    v[(pick >= 0.1) & (pick < 0.15)] = np.nan
+    v[(pick >= 0.15) & (pick < 0.18)] = np.float32(-0.0)
+    v[(pick >= 0.18) & (pick < 0.21)] = np.float32(0.0)
+    v[(pick >= 0.21) & (pick < 0.23)] = np.inf
+    v[(pick >= 0.23) & (pick < 0.25)] = -np.inf
+    return v
+
+
+@pytest.mark.parametrize("shape", [(13, 17), (1, 40), (40, 1), (1, 1)])
+def test_mean_similarity_map_equals_mean_similarity_bit_for_bit(rng, shape):
+    from napari_stemcluster.core.regions import mean_similarity_map
+    from napari_stemcluster.core.similarity import mean_similarity as plain
+
+    sim = _odd_values(rng, (*shape, 8))
+    sim[..., ::3][sim[..., ::3] == np.inf] = 0.25  # a few infinities only
+    got = mean_similarity_map(sim)
+    assert got.dtype == np.float32
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN in both
+        want = plain(sim)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # numpy adds eight float64 values pairwise: this row rounds to 1 + 2**-23
+    # that way and to 1 added one after the other
+    row = np.array([8, 2**-21, 2**-50, 2**-50, 0, 0, 0, 0], np.float32).reshape(1, 1, 8)
+    assert mean_similarity_map(row)[0, 0] == plain(row)[0, 0] == np.float32(1 + 2**-23)
+    rand = random_similarity(rng, shape)
+    np.testing.assert_array_equal(mean_similarity_map(rand), plain(rand))
+    # other dtypes go to the plain function
+    np.testing.assert_array_equal(mean_similarity_map(rand.astype(">f4")), plain(rand))
+
+
+def _plain_seed_order(ms, mask):
+    ms = np.asarray(ms, np.float64).ravel()
+    idx = np.flatnonzero(np.asarray(mask).ravel()) if mask is not None else np.arange(ms.size)
+    out = sorted(idx, key=lambda p: (-np.nan_to_num(ms[p], nan=-np.inf), p))
+    return np.array(out, np.int64)
+
+
+@pytest.mark.parametrize("shape", [(13, 17), (1, 40), (40, 1), (1, 1)])
+def test_seed_order_of_float32_maps_equals_the_plain_sort(rng, shape):
+    from napari_stemcluster.core.regions import seed_order
+
+    ms = _odd_values(rng, shape)
+    mask = rng.random(shape) > 0.3
+    for m in (None, mask, np.zeros(shape, bool)):
+        got = seed_order(ms, m)
+        np.testing.assert_array_equal(got, _plain_seed_order(ms, m))
+        assert got.dtype == np.int64
+        # the float64 path (any other dtype) gives the same order
+        np.testing.assert_array_equal(seed_order(ms.astype(np.float64), m), got)
+    const = np.full(shape, 0.7, np.float32)  # all ties: raster order
+    np.testing.assert_array_equal(seed_order(const), np.arange(const.size))

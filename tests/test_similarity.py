@@ -315,3 +315,36 @@ def test_block_similarity_building_block(rng):
     assert sq.shape == (3, 4) and np.all(sq > 0)
     with pytest.raises(ValueError, match="detector shape"):
         block_similarity(cube[:, :, :6], 2, plan)
+
+
+def test_one_kernel_call_only_for_in_memory_cubes_of_the_kernel_dtype(tmp_path, monkeypatch):
+    # Without progress, an in-memory C-contiguous cube of the kernel's dtype
+    # is one call (no copy); memory maps, other dtypes (converted block by
+    # block), strided views and progress keep 64 MiB blocks. Same values.
+    from napari_stemcluster.core import similarity as sim_mod
+
+    calls = []
+    real = sim_mod.block_similarity
+
+    def counted(block, *a, **k):
+        calls.append(block.shape[0])
+        return real(block, *a, **k)
+
+    monkeypatch.setattr(sim_mod, "block_similarity", counted)
+    monkeypatch.setattr(sim_mod, "block_rows", lambda shape, size, *a: 2)
+    rng = np.random.default_rng(5)
+    cube = rng.integers(0, 50, (7, 3, 5, 4)).astype(np.uint16)
+    mm = np.lib.format.open_memmap(tmp_path / "c.npy", "w+", np.uint16, cube.shape)
+    mm[:] = cube
+    want = neighbor_similarity(cube, (0.5, 2), 1.0, _block_rows=2)
+    for arr, progress, n_calls in [
+        (cube, None, 1),
+        (cube, lambda done, total: None, 4),
+        (mm, None, 4),
+        (cube.astype(np.int16), None, 4),
+        (np.asfortranarray(cube), None, 4),
+    ]:
+        calls.clear()
+        got = neighbor_similarity(arr, (0.5, 2), 1.0, progress=progress)
+        assert len(calls) == n_calls
+        np.testing.assert_array_equal(got, want)

@@ -14,6 +14,8 @@ from scipy import ndimage
 
 from napari_stemcluster.core._blur import (
     blur_runs,
+    blur_runs_sum,
+    dark_rect,
     gaussian_kernel1d,
     padded_index,
     runs_scratch,
@@ -21,6 +23,7 @@ from napari_stemcluster.core._blur import (
 from napari_stemcluster.core._similarity_numba import bin_box, bin_runs, dot5
 from napari_stemcluster.core.masking import dark_field_keep, mask_runs
 from napari_stemcluster.core.similarity import (
+    block_similarity,
     kernel_dtype,
     neighbor_similarity,
     similarity_plan,
@@ -288,3 +291,92 @@ def test_features_and_dark_field_of_converted_dtypes(dtype):
             want += vals[..., p]
         want = want.astype(np.float32)
     np.testing.assert_array_equal(dark_field_image(cube, beam), want)
+
+
+# --- the dark field summed in the blur's conversion loop ------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 9), (7, 1), (5, 6), (12, 7), (33, 70)])
+@pytest.mark.parametrize("sigma", [0.6, 1.0, 3.0])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_blur_runs_sum_is_blur_runs_plus_the_rectangle_sum(rng, shape, sigma, dtype):
+    qx, qy = shape
+    info = np.iinfo(dtype)
+    src = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    # The kernel reads int16 cubes as float32 (kernel_dtype): the int64 path.
+    src = src.astype(kernel_dtype(src.dtype))
+    k = gaussian_kernel1d(sigma)
+    r = (len(k) - 1) // 2
+    for mask in _masks(qx, qy):
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        box = np.array([rows[0], rows[-1] + 1, cols[0], cols[-1] + 1], np.int64)
+        runs = mask_runs(mask[box[0] : box[1], box[2] : box[3]])
+        pad_n, tmp_n = runs_scratch(box, r)
+        n = int(mask.sum())
+        out = np.full(n + 8, np.nan, np.float32)
+        total = blur_runs_sum(
+            src.ravel(),
+            qx,
+            qy,
+            k,
+            padded_index(qx, r),
+            box,
+            runs,
+            np.full(pad_n, np.nan, np.float32),
+            np.full(tmp_n, np.nan, np.float32),
+            out,
+        )
+        np.testing.assert_array_equal(out[:n], _run_kernel(src, mask, sigma))
+        r0, r1, c0, c1 = dark_rect((qx, qy), box, r)
+        assert total == int(src[r0:r1, c0:c1].astype(np.int64).sum())
+
+
+def _dark_reference(cube, beam):
+    """Plain numpy: the exact integer sum of the kept pixels, as float32."""
+    keep = dark_field_keep(cube.shape[-2:], beam)
+    return (np.asarray(cube, np.int64) * keep).sum((-2, -1)).astype(np.float64).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "scan, det, q_mask, beam",
+    [
+        ((1, 6), (16, 16), (2, 5), (8.0, 8.0, 1.0)),  # 1xN scan, beam inside the rectangle
+        ((5, 1), (20, 13), None, (1.2, 11.5, 1.5)),  # whole detector, beam at a corner
+        ((3, 4), (24, 18), "corner", (20.0, 3.0, 1.2)),  # small box: most pixels outside
+        ((4, 3), (13, 29), "corner", (6.0, 14.0, 3.0)),  # disc across the rectangle's edge
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, ">u2", np.int16, np.int32])
+def test_fused_dark_field_matches_numpy_and_the_separate_sum(rng, scan, det, q_mask, beam, dtype):
+    if q_mask == "corner":
+        q_mask = np.zeros(det, bool)
+        q_mask[1:6, 2:7] = True  # the blur reads rows 0..9 and columns 0..10 only
+    info = np.iinfo(np.dtype(dtype))
+    cube = rng.integers(info.min, info.max, (*scan, *det), endpoint=True).astype(dtype)
+    cube[0, 0] = 0  # an all-zero pattern
+    if cube.shape[1] > 1:
+        cube[0, 1] = info.max  # a constant one at the top of the range
+    want = _dark_reference(cube, beam)
+    plan = similarity_plan(det, q_mask, 1.0, cube.dtype, beam=beam)
+    assert plan.dark_split is not None
+    for p in (plan, plan._replace(dark_split=None)):  # fused, and summed separately
+        dark = np.full(scan, np.nan, np.float32)
+        out = np.full((*scan, 4), np.nan, np.float32)
+        block_similarity(cube, scan[0], p, out, dark_field=dark)
+        np.testing.assert_array_equal(dark, want)
+    dark = np.full(scan, np.nan, np.float32)
+    neighbor_similarity(cube, q_mask, 1.0, dark_field=dark, beam=beam)
+    np.testing.assert_array_equal(dark, want)
+
+
+def test_dark_split_only_for_exact_input_with_a_blur():
+    beam = (4.0, 4.0, 1.0)
+    assert similarity_plan((9, 9), (1, 3), 1.0, np.uint16, beam=beam).dark_split is not None
+    assert similarity_plan((9, 9), (1, 3), 0.0, np.uint16, beam=beam).dark_split is None
+    assert similarity_plan((9, 9), (1, 3), 1.0, np.float32, beam=beam).dark_split is None
+    assert similarity_plan((9, 9), (1, 3), 1.0, np.uint16).dark_split is None
+    plus, minus = similarity_plan((30, 30), (1, 3), 1.0, np.uint16, beam=(2, 2, 1)).dark_split
+    # Rectangle rows 6..24 of 30: rows outside it are kept (plus); the
+    # beam's disc lies outside the rectangle, so nothing is taken off.
+    assert plus.shape[1] == 2 and len(plus) > 0 and len(minus) == 0

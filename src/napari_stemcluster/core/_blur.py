@@ -197,6 +197,50 @@ def _fill(src, qy, idx_x, i0, nr, c0, W, pad, scale):
         _fill_ends(src, qy, idx_x, i0, nr, c0, W, pad, scale, a, b)
 
 
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _fill_sum(src, qx, qy, idx_x, i0, r, nr, c0, W, pad):
+    """:func:`_fill` (scale 1) that also sums the integer pattern where it reads it.
+
+    Returns the exact int64 sum of the detector rectangle the pad is filled
+    from: rows ``max(0, i0 - r) .. min(qx, i0 - r + nr)`` (the rows read
+    directly; reflected rows are copies and not counted), columns ``max(0,
+    c0) .. min(qy, c0 + W)``. The sum rides on the conversion loop, which
+    has the value in a register anyway. 8- and 16-bit rows are summed in
+    int32 (exact for rows of up to 32767 pixels), wider ones in int64.
+    """
+    lo = max(0, c0)
+    hi = min(qy, c0 + W)
+    a = lo - c0
+    b = hi - c0
+    n = U(max(0, hi - lo))
+    small = src.itemsize <= 2 and hi - lo <= 32767
+    total = 0
+    for p in range(nr):
+        row = i0 - r + p
+        s = U(idx_x[i0 + p] * qy + lo)
+        d = U(p * W + a)
+        if row < 0 or row >= qx:
+            for j in range(n):
+                pad[d + j] = np.float32(src[s + j])
+        elif small:
+            part = np.int32(0)
+            for j in range(n):
+                x = src[s + j]
+                pad[d + j] = np.float32(x)
+                part = np.int32(part + np.int32(x))  # int32 lanes: twice int64's
+            total += np.int64(part)
+        else:
+            wide = 0
+            for j in range(n):
+                x = src[s + j]
+                pad[d + j] = np.float32(x)
+                wide += np.int64(x)
+            total += wide
+    if a > 0 or b < W:
+        _fill_ends(src, qy, idx_x, i0, nr, c0, W, pad, 1.0, a, b)
+    return total
+
+
 @numba.njit(cache=True, nogil=True)
 def _fill_ends(src, qy, idx_x, i0, nr, c0, W, pad, scale, a, b):
     # Columns beyond the detector edges (at most r each side), reflected: a
@@ -569,6 +613,47 @@ def _gather_runs(buf, W, runs, out):
         for j in range(runs[t, 2] - runs[t, 1]):
             out[o + j] = buf[b + j]
         o += runs[t, 2] - runs[t, 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def blur_runs_sum(src, qx, qy, k, idx_x, box, runs, pad, tmp, out):
+    """:func:`blur_runs` (scale 1, ``len(k) > 1``) of an integer pattern, plus a sum.
+
+    Returns the exact int64 sum of the raw values in the rectangle that
+    the blur reads directly (:func:`dark_rect`), taken in the conversion
+    loop, so a sum over (nearly) the whole pattern costs no second read.
+    """
+    r = (k.shape[0] - 1) // 2
+    i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
+    bh = i1 - i0
+    W = j1 - j0 + 2 * r
+    total = _fill_sum(src, qx, qy, idx_x, i0, r, bh + 2 * r, j0 - r, W, pad)
+    if k.shape[0] == 9:
+        _vertical9(pad, W, k, bh, tmp)
+        _horizontal9_runs(tmp, W, k, runs, out)
+        return total
+    m = (bh + 2 * r) * W
+    for j in range(m, m + 2 * r):
+        pad[j] = 0.0
+    taps_pass(pad, 1, k, m, tmp)
+    taps_pass(tmp, W, k, bh * W, pad)
+    _gather_runs(pad, W, runs, out)
+    return total
+
+
+def dark_rect(detector_shape, box, r: int) -> tuple[int, int, int, int]:
+    """Rows and columns ``(r0, r1, c0, c1)`` whose values :func:`blur_runs_sum` sums.
+
+    ``box`` grown by the blur radius ``r``, clipped to the detector.
+
+    Examples
+    --------
+    >>> dark_rect((8, 8), (2, 6, 1, 7), 4)
+    (0, 8, 0, 8)
+    """
+    qx, qy = (int(v) for v in detector_shape)
+    i0, i1, j0, j1 = (int(v) for v in box)
+    return max(0, i0 - r), min(qx, i1 + r), max(0, j0 - r), min(qy, j1 + r)
 
 
 @numba.njit(cache=True, nogil=True)

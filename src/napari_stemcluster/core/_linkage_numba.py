@@ -35,3 +35,29 @@ def _masked_sums(block, runs, exact, out):
         i = t // m
         j = t - i * m
         out[i, j] = np.float32(dark_sum(block[i, j], runs, exact))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sampled_sums(cube, stride, parts):
+    """Integer sums of the patterns ``cube[::stride, ::stride]`` (exact).
+
+    ``cube`` is ``(Rx, Ry, Q)``; run ``t`` of the sampled positions (raster
+    order) is added into ``parts[t]`` (uint32: the caller makes the runs
+    short enough not to overflow). Integer sums are exact, so
+    ``parts.sum(0)`` is the same for any split. One thread: the few MiB
+    sampled are read faster than a parallel launch wakes the others on a
+    busy machine.
+    """
+    rx, ry, q = cube.shape
+    nx = (rx + stride - 1) // stride
+    ny = (ry + stride - 1) // stride
+    n = nx * ny
+    n_tasks = parts.shape[0]
+    per = (n + n_tasks - 1) // n_tasks
+    for t in range(n_tasks):
+        dst = parts[t]
+        for i in range(t * per, min(n, (t + 1) * per)):
+            a = i // ny
+            src = cube[a * stride, (i - a * ny) * stride]
+            for k in range(q):
+                dst[k] += np.uint32(src[k])

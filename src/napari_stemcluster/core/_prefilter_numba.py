@@ -28,6 +28,8 @@ _TASK = 8
 _CHUNK = 1024
 #: Box rows per band of the blur.
 _BAND = 8
+#: Unsigned indices: no negative-index checks, loops vectorise.
+U = np.uint64
 
 
 # Filling of the padded box (the steps of ``_blur.blur_box`` for any tap
@@ -476,31 +478,47 @@ def _divide(acc, o, norm):
 
 
 @numba.njit(cache=True, nogil=True)
-def _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, wrow):
+def _row_slots(r, rad, nx, cap, scale, slots):
+    """``slots[i] = ((r + i - rad) % cap) * scale``, -1 for rows outside the scan.
+
+    Ring slots of the rows around ``r``, worked out once per scan row: a
+    64-bit integer division per neighbour took about a fifth of the
+    averaging.
+    """
+    for i in range(2 * rad + 1):
+        rr = r + i - rad
+        slots[i] = (rr % cap) * scale if rr >= 0 and rr < nx else -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, wrow):
     """Fill ``wrow`` with the weight of every footprint offset at ``(r, c)``.
 
-    Returns ``1 + sum`` of the weights (float64, footprint order).
+    ``hrow[dr + rad]`` is the ``rh`` slot of scan row ``r + dr`` (-1 outside
+    the scan, see :func:`_row_slots`). Returns ``1 + sum`` of the weights
+    (float64, footprint order).
     """
     total = 1.0
+    own = hrow[rad]
     for j in range(offsets.shape[0]):
         dr = offsets[j, 0]
         dc = offsets[j, 1]
-        rr = r + dr
+        h = hrow[dr + rad]
         cc = c + dc
         if dr == 0 and dc == 0:
             wrow[j] = 1.0
-        elif rr < 0 or rr >= nx or cc < 0 or cc >= ny:
+        elif h < 0 or cc < 0 or cc >= ny:
             wrow[j] = 0.0
         else:
             # A forward pair's weight is stored at its first end.
-            wj = rh[r % rh_cap, c, pair[j]] if forward[j] else rh[rr % rh_cap, cc, pair[j]]
+            wj = rh[own, c, pair[j]] if forward[j] else rh[h, cc, pair[j]]
             wrow[j] = wj
             total += wj
     return total
 
 
 @numba.njit(cache=True, nogil=True)
-def _pair_sums(raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc, o0, o1, t0, t1):
+def _pair_sums(raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc, o0, o1, t0, t1):
     """Averages of ``(r, c)`` and ``(r, c + 1)`` in one sweep over their neighbours.
 
     Every neighbour with a nonzero weight for either output is converted
@@ -510,16 +528,16 @@ def _pair_sums(raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc, o0,
     nu = union.shape[0]
     n_sel = 0
     for m in range(nu):
-        rr = r + union[m, 0]
+        rb = rrow[union[m, 0] + rad]  # raw2 row of (r + dr, 0), -1 outside
         cc = c + union[m, 1]
-        if rr < 0 or rr >= nx or cc < 0 or cc >= ny:
+        if rb < 0 or cc < 0 or cc >= ny:
             continue
         j0 = union[m, 2]
         j1 = union[m, 3]
         x0 = w0[j0] if j0 >= 0 else np.float32(0.0)
         x1 = w1[j1] if j1 >= 0 else np.float32(0.0)
         if x0 > 0.0 or x1 > 0.0:
-            sel[n_sel] = (rr % raw_cap) * ny + cc
+            sel[n_sel] = rb + cc
             wa[n_sel] = x0
             wb[n_sel] = x1
             n_sel += 1
@@ -545,13 +563,13 @@ def _pair_sums(raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc, o0,
 
 
 @numba.njit(cache=True, nogil=True)
-def _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc, o0, t0):
+def _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc, o0, t0):
     """Average of ``(r, c)`` alone (the last column of an odd-width scan)."""
     q = raw2.shape[1]
     n_sel = 0
     for j in range(offsets.shape[0]):
         if w0[j] > 0.0:
-            sel[n_sel] = ((r + offsets[j, 0]) % raw_cap) * ny + c + offsets[j, 1]
+            sel[n_sel] = rrow[offsets[j, 0] + rad] + c + offsets[j, 1]
             wa[n_sel] = w0[j]
             n_sel += 1
     for g in range(n_sel, n_sel + 3):
@@ -593,26 +611,31 @@ def weighted_average(
     ny = raw.shape[1]
     nu = union.shape[0]
     q = raw.shape[2]
+    rad = -offsets[0, 0]  # sorted by row offset
     raw2 = raw.reshape(raw.shape[0] * ny, q)
     for s in numba.prange((ny + strip - 1) // strip):
         sel = np.empty(nu + 3, np.int64)
         acc = np.empty((2, q), np.float32)
         wa = np.zeros(nu + 3, np.float32)
         wb = np.zeros(nu + 3, np.float32)
+        rrow = np.empty(2 * rad + 1, np.int64)
+        hrow = np.empty(2 * rad + 1, np.int64)
         for r in range(r0, r1):
+            _row_slots(r, rad, nx, raw_cap, ny, rrow)
+            _row_slots(r, rad, nx, rh_cap, 1, hrow)
             for c in range(s * strip, min(ny, (s + 1) * strip), 2):
                 o0 = dst[r - r0, c]
                 w0 = wts[r - r0, c]
-                t0 = _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, w0)
+                t0 = _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, w0)
                 if c + 1 < ny:
                     w1 = wts[r - r0, c + 1]
-                    t1 = _weights_of(rh, rh_cap, r, c + 1, nx, ny, offsets, forward, pair, w1)
+                    t1 = _weights_of(rh, hrow, rad, c + 1, ny, offsets, forward, pair, w1)
                     _pair_sums(
-                        raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc,
+                        raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc,
                         o0, dst[r - r0, c + 1], t0, t1,
                     )  # fmt: skip
                 else:
-                    _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc[0], o0, t0)
+                    _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc[0], o0, t0)
 
 
 # Exact sums of integer patterns (uint16 or uint8 rings). With weights 0 and
@@ -670,12 +693,6 @@ def _isub1(acc, raw2, p0, p1, i0):
 
 
 @numba.njit(cache=True, nogil=True)
-def _icopy(dst, src, p0, p1):
-    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
-        dst[i] = src[i]
-
-
-@numba.njit(cache=True, nogil=True)
 def _idivide(acc, o, p0, p1, norm):
     for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
         o[i] = np.float32(acc[i]) / norm
@@ -711,21 +728,82 @@ def _iset(acc, raw2, p0, p1, idx, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def _ring_index(r, c, nx, ny, raw_cap):
-    if r < 0 or r >= nx or c < 0 or c >= ny:
-        return -1
-    return (r % raw_cap) * ny + c
+def _imove4(acc, raw2, p0, p1, i0, i1, i2, i3, j0, j1, j2, j3):
+    # acc += rows i - rows j: one read-modify-write of acc for eight rows.
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] += ((np.int32(raw2[i0, i]) + np.int32(raw2[i1, i])) + (
+            np.int32(raw2[i2, i]) + np.int32(raw2[i3, i])
+        )) - ((np.int32(raw2[j0, i]) + np.int32(raw2[j1, i])) + (
+            np.int32(raw2[j2, i]) + np.int32(raw2[j3, i])
+        ))  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True)
-def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, lists, tmp, o, t):
+def _imove1(acc, raw2, p0, p1, i0, j0):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        acc[i] += np.int32(raw2[i0, i]) - np.int32(raw2[j0, i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _imove(acc, raw2, p0, p1, plus, n_plus, minus, n_minus):
+    """``acc[p0:p1] += sum of the rows plus[:n_plus] - sum of the rows minus[:n_minus]``.
+
+    Integer sums are exact in any order: an entering and a leaving row are
+    taken in the same sweep, so ``acc`` is read and written once per eight.
+    """
+    n = min(n_plus, n_minus)
+    g = 0
+    while g + 4 <= n:
+        _imove4(
+            acc, raw2, p0, p1, plus[g], plus[g + 1], plus[g + 2], plus[g + 3],
+            minus[g], minus[g + 1], minus[g + 2], minus[g + 3],
+        )  # fmt: skip
+        g += 4
+    while g < n:
+        _imove1(acc, raw2, p0, p1, plus[g], minus[g])
+        g += 1
+    _iapply(acc, raw2, p0, p1, plus[g:], n_plus - g, 1)
+    _iapply(acc, raw2, p0, p1, minus[g:], n_minus - g, -1)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _ring_index(rrow, i, c, ny):
+    # raw2 row of (r + i - rad, c), -1 outside the scan (see _row_slots).
+    b = rrow[i]
+    if b < 0 or c < 0 or c >= ny:
+        return -1
+    return b + c
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _listed(idx, n, k):
+    # Whether k is among idx[:n] (short lists: a linear search).
+    j = 0
+    while j < n and idx[j] != k:
+        j += 1
+    return j < n
+
+
+@numba.njit(cache=True, nogil=True)
+def _idiff_divide(acc, sub, o, p0, p1, norm):
+    for i in range(np.uint64(p0), np.uint64(p1)):  # unsigned: no wraparound code
+        o[i] = np.float32(acc[i] - sub[i]) / norm
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_sums(raw2, rrow, c, ny, offsets, half, w, disk, state, lists, tmp, o, t):
     """Average of ``(r, c)`` whose weights are all 0 or 1, in int32.
 
     ``disk`` holds the sum of the in-scan footprint around ``(r,
     state[0])`` when ``state[0] >= 0``; when the neighbours of weight 0 are
     fewer than those of weight 1 it is moved to column ``c`` (or summed anew
     when that is cheaper) and the zeros are subtracted, else the ones are
-    summed directly. ``lists`` is int64 scratch of ``4 * len(offsets)``.
+    summed directly. The sum of the zeros, ``tmp[1]``, is kept for the
+    zeros listed in ``lists[4 nk : 5 nk]`` (``state[1]`` of them, none
+    valid when -1) and updated by the zeros that differ when that is cheaper
+    than summing them anew: along a grain boundary the zeros of neighbouring
+    positions are mostly the same. ``lists`` is int64 scratch of ``7 *
+    len(offsets)``, ``tmp`` int32 ``(2, q)``.
     """
     q = raw2.shape[1]
     nk = offsets.shape[0]
@@ -735,7 +813,7 @@ def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, list
     n_one = 0
     n_zero = 0
     for j in range(nk):
-        k = _ring_index(r + offsets[j, 0], c + offsets[j, 1], nx, ny, raw_cap)
+        k = _ring_index(rrow, offsets[j, 0] + rad, c + offsets[j, 1], ny)
         if k < 0:
             continue
         if w[j] > 0.0:
@@ -749,8 +827,8 @@ def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, list
     if n_one <= n_zero:
         for p0 in range(0, q, _CHUNK):
             p1 = min(q, p0 + _CHUNK)
-            _iset(tmp, raw2, p0, p1, ones, n_one)
-            _idivide(tmp, o, p0, p1, np.float32(t))
+            _iset(tmp[0], raw2, p0, p1, ones, n_one)
+            _idivide(tmp[0], o, p0, p1, np.float32(t))
         return
     enter = lists[2 * nk : 3 * nk]
     leave = lists[3 * nk : 4 * nk]
@@ -768,26 +846,49 @@ def _exact_sums(raw2, raw_cap, r, c, nx, ny, offsets, half, w, disk, state, list
     else:
         for cc in range(at, c):
             for i in range(2 * rad + 1):
-                k = _ring_index(r + i - rad, cc + 1 + half[i], nx, ny, raw_cap)
+                k = _ring_index(rrow, i, cc + 1 + half[i], ny)
                 if k >= 0:
                     enter[n_in] = k
                     n_in += 1
-                k = _ring_index(r + i - rad, cc - half[i], nx, ny, raw_cap)
+                k = _ring_index(rrow, i, cc - half[i], ny)
                 if k >= 0:
                     leave[n_out] = k
                     n_out += 1
     state[0] = c
+    # Zeros: those new since the last sum of zeros and those gone from it.
+    prev = lists[4 * nk : 5 * nk]
+    new = lists[5 * nk : 6 * nk]
+    gone = lists[6 * nk : 7 * nk]
+    n_new = 0
+    n_gone = 0
+    n_prev = state[1]
+    if n_zero > 0 and n_prev >= 0:
+        for j in range(n_zero):
+            if not _listed(prev, n_prev, zeros[j]):
+                new[n_new] = zeros[j]
+                n_new += 1
+        for j in range(n_prev):
+            if not _listed(zeros, n_zero, prev[j]):
+                gone[n_gone] = prev[j]
+                n_gone += 1
+    update = n_zero > 0 and n_prev >= 0 and n_new + n_gone < n_zero
+    if n_zero > 0:
+        for j in range(n_zero):
+            prev[j] = zeros[j]
+        state[1] = n_zero
+    zsum = tmp[1]
     for p0 in range(0, q, _CHUNK):
         p1 = min(q, p0 + _CHUNK)
         if init:
             _iset(disk, raw2, p0, p1, enter, n_in)
         else:
-            _iapply(disk, raw2, p0, p1, enter, n_in, 1)
-            _iapply(disk, raw2, p0, p1, leave, n_out, -1)
+            _imove(disk, raw2, p0, p1, enter, n_in, leave, n_out)
         if n_zero > 0:
-            _icopy(tmp, disk, p0, p1)
-            _iapply(tmp, raw2, p0, p1, zeros, n_zero, -1)
-            _idivide(tmp, o, p0, p1, np.float32(t))
+            if update:
+                _imove(zsum, raw2, p0, p1, new, n_new, gone, n_gone)
+            else:
+                _iset(zsum, raw2, p0, p1, zeros, n_zero)
+            _idiff_divide(disk, zsum, o, p0, p1, np.float32(t))
         else:
             _idivide(disk, o, p0, p1, np.float32(t))
 
@@ -824,40 +925,46 @@ def weighted_average_int(
         wa = np.zeros(nu + 3, np.float32)
         wb = np.zeros(nu + 3, np.float32)
         disk = np.empty(q, np.int32)
-        tmp = np.empty(q, np.int32)
-        lists = np.empty(4 * nk, np.int64)
-        state = np.empty(1, np.int64)
+        tmp = np.empty((2, q), np.int32)
+        lists = np.empty(7 * nk, np.int64)
+        state = np.empty(2, np.int64)
+        rad = (half.shape[0] - 1) // 2
+        rrow = np.empty(2 * rad + 1, np.int64)
+        hrow = np.empty(2 * rad + 1, np.int64)
         for r in range(r0, r1):
+            _row_slots(r, rad, nx, raw_cap, ny, rrow)
+            _row_slots(r, rad, nx, rh_cap, 1, hrow)
             state[0] = -1
+            state[1] = -1
             for c in range(s * strip, min(ny, (s + 1) * strip), 2):
                 o0 = dst[r - r0, c]
                 w0 = wts[r - r0, c]
-                t0 = _weights_of(rh, rh_cap, r, c, nx, ny, offsets, forward, pair, w0)
+                t0 = _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, w0)
                 if c + 1 < ny:
                     o1 = dst[r - r0, c + 1]
                     w1 = wts[r - r0, c + 1]
-                    t1 = _weights_of(rh, rh_cap, r, c + 1, nx, ny, offsets, forward, pair, w1)
+                    t1 = _weights_of(rh, hrow, rad, c + 1, ny, offsets, forward, pair, w1)
                     if _binary(w0) and _binary(w1):
                         _exact_sums(
-                            raw2, raw_cap, r, c, nx, ny, offsets, half, w0, disk, state,
-                            lists, tmp, o0, t0,
+                            raw2, rrow, c, ny, offsets, half, w0, disk, state, lists, tmp,
+                            o0, t0,
                         )  # fmt: skip
                         _exact_sums(
-                            raw2, raw_cap, r, c + 1, nx, ny, offsets, half, w1, disk, state,
-                            lists, tmp, o1, t1,
+                            raw2, rrow, c + 1, ny, offsets, half, w1, disk, state, lists,
+                            tmp, o1, t1,
                         )  # fmt: skip
                     else:
                         _pair_sums(
-                            raw2, raw_cap, r, c, nx, ny, union, w0, w1, sel, wa, wb, acc,
-                            o0, o1, t0, t1,
+                            raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc, o0, o1,
+                            t0, t1,
                         )  # fmt: skip
                 elif _binary(w0):
                     _exact_sums(
-                        raw2, raw_cap, r, c, nx, ny, offsets, half, w0, disk, state, lists,
-                        tmp, o0, t0,
+                        raw2, rrow, c, ny, offsets, half, w0, disk, state, lists, tmp, o0,
+                        t0,
                     )  # fmt: skip
                 else:
-                    _single_sums(raw2, raw_cap, r, c, ny, offsets, w0, sel, wa, acc[0], o0, t0)
+                    _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc[0], o0, t0)
 
 
 # Subsampled correlation grid (``q_step > 1``): the blurred pattern is only
@@ -883,25 +990,6 @@ def _tap_add(src, w, n, dst):
     s = src[0:n]
     for j in range(n):
         d[j] += w * s[j]
-
-
-@numba.njit(cache=True, nogil=True)
-def _phases2(row, n_ph, stride, ph):
-    # _phases for step 2, with the step known to the compiler (vectorised).
-    n = row.shape[0]
-    m_in = n // 2
-    ev = ph[0:n_ph]
-    od = ph[stride : stride + n_ph]
-    for m in range(m_in):
-        ev[m] = row[2 * m]
-        od[m] = row[2 * m + 1]
-    if n % 2 == 1 and m_in < n_ph:
-        ev[m_in] = row[n - 1]
-        od[m_in] = 0.0
-        m_in += 1
-    for m in range(m_in, n_ph):
-        ev[m] = 0.0
-        od[m] = 0.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1035,7 +1123,10 @@ def sub_scratch(bh, bw, nk, step):
     rpp = (bh + 2 * r + step - 1) // step
     nbh = (bh + step - 1) // step
     n_ph = (bw + step - 1) // step + (nk + step - 1) // step
-    return step * rpp * wd + 2 * r, nbh * wd, step * (nbh + 1) * n_ph, nbh * n_ph
+    n_pad = step * rpp * wd + 2 * r
+    if step == 2:  # the two planes of :func:`_blur_box_sub2`
+        n_pad = max(n_pad, 2 * 2 * rpp * n_ph)
+    return n_pad, nbh * wd, step * (nbh + 1) * n_ph, nbh * n_ph
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1062,6 +1153,9 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
     hi = min(qy, j1 + r)
     off = lo - (j0 - r)
     n_rows = bh + 2 * r
+    if step == 2:
+        _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out)
+        return
     rpp = (n_rows + step - 1) // step
     ends = off > 0 or hi < j1 + r
     cols = _reflected_columns(j0 - r, wd, qy) if ends else idx_x
@@ -1091,12 +1185,121 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
         for a in range(nbh):
             _copy_ends(vrows[a * wd : (a + 1) * wd], cols, off, hi - lo, wd, lo)
     for a in range(nbh):
-        if step == 2:
-            _phases2(vrows[a * wd : (a + 1) * wd], n_ph, stride, ph[a * n_ph :])
-        else:
-            _phases(vrows[a * wd : (a + 1) * wd], step, n_ph, stride, ph[a * n_ph :])
+        _phases(vrows[a * wd : (a + 1) * wd], step, n_ph, stride, ph[a * n_ph :])
     n = nbh * n_ph
     _phase_starts(nk, step, stride, 1, at)
+    _tap_set(ph, k[0], n, hb)
+    for t in range(1, nk):
+        _tap_add(ph[at[t] :], k[t], n, hb)
+    for a in range(nbh):
+        o = out[a * nbw : (a + 1) * nbw]
+        h = hb[a * n_ph : a * n_ph + nbw]
+        for b in range(nbw):
+            o[b] = h[b]
+
+
+# Step 2 (the default): the padded rows are split into their even and odd
+# columns while they are converted (two "planes"), so the pass along the
+# detector rows writes the phases of the pass along the columns directly;
+# a uint16 pattern is read as uint32 pairs (low half: the even column). The
+# values and their arithmetic are those of the general path above.
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _fill2_packed(src32, idx_x, i0, qy2, b2, n_rows, rpp, n_ph, m0, m1, pad, plane):
+    # Padded row p (slot (p % 2) rpp + p // 2) from source row idx_x[i0 + p]:
+    # columns 2m and 2m + 1 (m0 <= m < m1) from the uint32 at b2 + m.
+    n = U(m1 - m0)
+    for p in range(n_rows):
+        slot = (p % 2) * rpp + p // 2
+        s = U(idx_x[i0 + p] * qy2 + b2 + m0)
+        d = U(slot * n_ph + m0)
+        for m in range(U(0), n):
+            x = src32[s + m]
+            pad[d + m] = np.float32(x & U(0xFFFF))
+            pad[U(plane) + d + m] = np.float32(x >> U(16))
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, j_lo, j_hi, shift, pad, plane, scale):
+    # Padded columns j_lo <= j < j_hi of every padded row into the planes:
+    # column j of source column cols[j], or j + shift when cols is empty.
+    for p in range(n_rows):
+        slot = (p % 2) * rpp + p // 2
+        s0 = idx_x[i0 + p] * qy
+        for j in range(j_lo, j_hi):
+            c = j + shift if cols.shape[0] == 0 else cols[j]
+            x = src[s0 + c]
+            v = np.float32(x) if scale == 1.0 else np.float32(np.float64(x) * scale)
+            pad[(j % 2) * plane + slot * n_ph + j // 2] = v
+
+
+@numba.njit(cache=True, nogil=True)
+def _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out):
+    """:func:`_blur_box_sub` for ``step == 2``: same values, same arithmetic."""
+    nk = k.shape[0]
+    r = (nk - 1) // 2
+    i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
+    bh = i1 - i0
+    bw = j1 - j0
+    wd = bw + 2 * r
+    lo = max(0, j0 - r)
+    hi = min(qy, j1 + r)
+    off = lo - (j0 - r)
+    n_mid = hi - lo
+    n_rows = bh + 2 * r
+    rpp = (n_rows + 1) // 2
+    nbh = (bh + 1) // 2
+    nbw = (bw + 1) // 2
+    n_ph = nbw + (nk + 1) // 2
+    plane = 2 * rpp * n_ph
+    stride = nbh * n_ph + n_ph  # one phase plane of ``ph``, with a spare row
+    ends = off > 0 or hi < j1 + r
+    cols = _reflected_columns(j0 - r, wd, qy) if ends else idx_x[:0]
+    late = ends and _within(cols, off, n_mid, wd, lo, hi)
+    shift = lo - off  # source column of padded column j in the middle
+    if (
+        src.itemsize == 2  # the uint16 ring (scale 1)
+        and qy % 2 == 0
+        and shift % 2 == 0
+        and off % 2 == 0
+        and n_mid % 2 == 0
+        and src.shape[0] % 2 == 0
+    ):
+        _fill2_packed(
+            src.view(np.uint32), idx_x, i0, qy // 2, shift // 2, n_rows, rpp, n_ph,
+            off // 2, (off + n_mid) // 2, pad, plane,
+        )  # fmt: skip
+    else:
+        _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, idx_x[:0], off, off + n_mid, shift,
+               pad, plane, scale)  # fmt: skip
+    if ends and not late:
+        _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, 0, off, 0, pad, plane, scale)
+        _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, off + n_mid, wd, 0, pad, plane,
+               scale)  # fmt: skip
+    at = np.empty(nk, np.int64)
+    _phase_starts(nk, 2, rpp, n_ph, at)
+    _sampled_rows(pad, at, k, nbh * n_ph, ph)
+    _sampled_rows(pad[plane:], at, k, nbh * n_ph, ph[stride:])
+    if late:
+        # End columns copied from the (filled) columns they reflect, on the
+        # sampled rows only: the pass along the rows treats columns alike.
+        n_end = wd - n_mid
+        to = np.empty(n_end, np.int64)
+        frm = np.empty(n_end, np.int64)
+        e = 0
+        for j in range(wd):
+            if j < off or j >= off + n_mid:
+                f = off + cols[j] - lo
+                to[e] = (j % 2) * stride + j // 2
+                frm[e] = (f % 2) * stride + f // 2
+                e += 1
+        for a in range(nbh):
+            row = ph[a * n_ph :]
+            for e in range(n_end):
+                row[to[e]] = row[frm[e]]
+    n = nbh * n_ph
+    _phase_starts(nk, 2, stride, 1, at)
     _tap_set(ph, k[0], n, hb)
     for t in range(1, nk):
         _tap_add(ph[at[t] :], k[t], n, hb)

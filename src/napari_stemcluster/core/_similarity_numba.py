@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._blur import blur_runs, padded_index, pattern_scale
+from ._blur import blur_runs, blur_runs_sum, padded_index, pattern_scale
 from ._reduce import FASTMATH, RUN
 
 
@@ -35,13 +35,33 @@ def _cosine(dot, na2, nb2):
 
 
 @numba.njit(cache=True, nogil=True)
-def _prepare(src, qx, qy, scale, k, idx_x, box, runs, line, tmp, out):
-    """Vector of one pattern into ``out``; False (and zeros) if it holds NaN or inf."""
+def _prepare(src, qx, qy, scale, k, idx_x, box, runs, line, tmp, out, with_sum):
+    """Vector of one pattern into ``out``; False (and zeros) if it holds NaN or inf.
+
+    With ``with_sum`` (integer patterns, a blur) also the int64 sum of the
+    raw values the blur reads directly (:func:`~napari_stemcluster.core._blur.blur_runs_sum`),
+    else 0.
+    """
     if scale == 0.0:  # NaN or inf in the pattern
         out[:] = 0.0
-        return False
+        return False, 0
+    if with_sum:
+        return True, blur_runs_sum(src, qx, qy, k, idx_x, box, runs, line, tmp, out)
     blur_runs(src, qx, qy, scale, k, idx_x, box, runs, line, tmp, out)
-    return True
+    return True, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def range_sum(src, ranges):
+    """Exact int64 sum of an integer raveled pattern over flat ``(start, stop)`` ranges."""
+    acc = 0
+    for t in range(ranges.shape[0]):
+        seg = src[ranges[t, 0] : ranges[t, 1]]
+        part = 0
+        for y in range(seg.shape[0]):
+            part += np.int64(seg[y])
+        acc += part
+    return acc
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -314,7 +334,8 @@ def dark_sum_flat(src, ranges, exact):
                     seg = src[a : min(b, a + 32767)]
                     p32 = np.int32(0)
                     for y in range(seg.shape[0]):
-                        p32 += np.int32(seg[y])
+                        # Kept int32 (numba widens int32 + int32 to int64).
+                        p32 = np.int32(p32 + np.int32(seg[y]))
                     acc += np.int64(p32)
                     a += 32767
             else:
@@ -350,6 +371,8 @@ def fused_similarity(
     exact,
     signal,
     slots,
+    dark_plus,
+    dark_minus,
 ):
     """Cosine similarity of each pattern with its 4 forward neighbours.
 
@@ -372,6 +395,13 @@ def fused_similarity(
     ``signal`` ``(n_out, Ry)`` the float32 :func:`dark_sum`
     of the raw patterns over the pixel ``runs`` of the kept mask (``exact`` for
     integers of up to 32 bits).
+
+    ``dark_plus`` and ``dark_minus`` (flat ``(start, stop)`` ranges, or
+    ``dark_plus`` with no column to leave it off) split that sum for exact
+    input with a blur: the rectangle the blur reads anyway
+    (:func:`~napari_stemcluster.core._blur.dark_rect`, summed in its
+    conversion loop), plus the kept pixels outside it, minus the pixels of
+    the rectangle that are not kept. Integer sums, so the same value.
     """
     n_rows, ry, _ = block.shape
     nk = k.shape[0]
@@ -393,6 +423,7 @@ def fused_similarity(
     n_slots = slots.shape[0]
     lay = bin_layout(qruns, box[0], box[2], b, by)
     franges = flat_ranges(runs, qy)
+    with_sum = want_signal and exact and not scaled and nk > 1 and dark_plus.shape[1] == 2
     if compact:
         # Bin straight into the kept bins: a run's whole bins meet the mask
         # and lie in one bin row, so their slots are consecutive too.
@@ -429,7 +460,9 @@ def fused_similarity(
                 v = vs[:n]
                 src = block[row, y]
                 scale = pattern_scale(src) if scaled else 1.0
-                good = _prepare(src, qx, qy, scale, k, idx_x, box, qruns, line, tmp, vs)
+                good, rect_sum = _prepare(
+                    src, qx, qy, scale, k, idx_x, box, qruns, line, tmp, vs, with_sum
+                )
                 # The new pattern meets its 4 earlier neighbours: the row above
                 # at y-1, y, y+1 (pairs owned by them) and the left one (owned
                 # by it). Missing partners are replaced by v and ignored.
@@ -449,7 +482,12 @@ def fused_similarity(
                         if want_feats:
                             inv = 1.0 / scale if scale != 0.0 else 1.0
                             bin_runs_laid(v, lay, b, inv, feats[row, y])
-                        if want_signal:
+                        if with_sum:
+                            total = (
+                                rect_sum + range_sum(src, dark_plus) - range_sum(src, dark_minus)
+                            )
+                            signal[row, y] = np.float32(np.float64(total))
+                        elif want_signal:
                             signal[row, y] = np.float32(dark_sum_flat(src, franges, exact))
                 if up:
                     if y - 1 >= c0 and y - 1 < c1:  # (r-1, y-1) -> (1, 1)

@@ -152,10 +152,15 @@ def _auto_threshold(ms: np.ndarray, method: str) -> np.ndarray:
             f"{THRESHOLD_METHODS + IMAGE_METHODS}, a float, a boolean array or None"
         )
     values = ms[np.isfinite(ms)]
-    if np.unique(values).size < 2:
+    if _fewer_than_two(values):
         return np.ones(ms.shape, bool)
     func = filters.threshold_triangle if method == "triangle" else filters.threshold_otsu
     return ms > func(values)
+
+
+def _fewer_than_two(values: np.ndarray) -> bool:
+    """True when finite ``values`` hold fewer than two distinct numbers (no sort)."""
+    return values.size == 0 or bool(values.min() == values.max())
 
 
 def _clean(mask: np.ndarray, min_size: int, hole_size: int) -> np.ndarray:
@@ -339,6 +344,22 @@ def _sample_mean(cube) -> np.ndarray:
     # A row of at most 65537 unsigned 8- or 16-bit patterns sums in uint32
     # without overflow (half the bytes of int64 to add: 1.5x faster).
     narrow = dtype.kind == "u" and dtype.itemsize <= 2 and -(-ry // stride) <= 65537
+    if (
+        isinstance(cube, np.ndarray)
+        and cube.dtype in (np.dtype(np.uint8), np.dtype(np.uint16))
+        and cube.flags.c_contiguous
+    ):
+        # An in-memory cube: the sampled patterns added in one compiled call,
+        # in exact integer sums (the same numbers).
+        from ._linkage_numba import _sampled_sums
+
+        n = -(-rx // stride) * -(-ry // stride)
+        # uint32 parts of at most 65,537 patterns each cannot overflow
+        tasks = max(1, -(-n // 65537))
+        parts = np.zeros((tasks, cube[0, 0].size), np.uint32)
+        _sampled_sums(cube.reshape(rx, ry, -1), stride, parts)
+        total = parts.sum(axis=0, dtype=np.int64).reshape(cube.shape[-2:])
+        return total.astype(np.float64) / n
     total = np.zeros(cube.shape[-2:], np.int64 if exact else np.float64)
     n = 0
     for x in range(0, rx, stride):
@@ -392,7 +413,7 @@ def signal_mask(image: np.ndarray, method: str = "dark_field") -> np.ndarray:
     lin = np.clip(np.asarray(image, np.float64), 0, None)
     img = np.log1p(lin)
     values = img[np.isfinite(img)]
-    if np.unique(values).size < 2:
+    if _fewer_than_two(values):
         return np.ones(img.shape, bool)
     mask = img > filters.threshold_otsu(values)
     low, high = lin[~mask], lin[mask]

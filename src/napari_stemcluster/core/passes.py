@@ -34,6 +34,7 @@ from .averages import cluster_sums, cluster_table, means_from_sums
 from .clustering import cluster_scan
 from .linkage import FEATURE_DIMS, feature_slots
 from .masking import IMAGE_METHODS, _sample_mean, dark_field_image, direct_beam
+from .regions import mean_similarity_map
 from .result import SegmentationResult, StepResult
 from .similarity import mean_similarity, neighbor_similarity
 
@@ -346,7 +347,7 @@ def grow_step(sim, mask_map, real_mask, grow: dict, extras: dict | None = None) 
     array([[1, 1, 1],
            [1, 1, 1]], dtype=int32)
     """
-    ms = mean_similarity(sim)
+    ms = mean_similarity_map(sim)
     use_raw = mask_map is not None and thresholds_a_map(real_mask)
     extras = {} if extras is None else extras
     labels, rmask, diag = cluster_scan(
@@ -538,7 +539,7 @@ def run_in_process(cube, steps, masks, spec, grow, raw_maps, progress=None) -> l
             if raw_map:
                 mask_map[box[0] : box[1], box[2] : box[3]] = m
             gather_extras(extras, part, box, scan)
-            del raw
+            del raw, part  # the step's arrays hold what is kept
         labels, ms, rmask, table = grow_step(sim, mask_map, mask, grow, extras)
         data = None if kept is None else {boxes[0]: kept}
         sums = step_sums(cube, t, labels, len(table), spec, boxes, data, track.stage())

@@ -561,10 +561,18 @@ def _strip(ny: int, n_offsets: int, radius: int, pattern_bytes: int, rows=None) 
     import numba
 
     rows = 2 * radius + 1 if rows is None else rows
+    threads = numba.get_num_threads()
     fit = STRIP_BYTES // max(1, rows * pattern_bytes) - 2 * radius
-    per_thread = max(1, -(-ny // (2 * numba.get_num_threads())))
+    per_thread = max(1, -(-ny // (2 * threads)))
     strip = int(max(1, min(max(fit, 8), per_thread)))
-    return strip + strip % 2  # even: column pairs (2k, 2k + 1) never split
+    strip += strip % 2  # even: column pairs (2k, 2k + 1) never split
+    # Each thread takes the same number of strips (13 strips of 20 columns
+    # left one thread 24 columns more work at 256 columns): narrower strips,
+    # down to half the width, when that gives a multiple of the threads.
+    for s in range(strip, max(1, strip // 2) - 1, -2):
+        if -(-ny // s) % threads == 0:
+            return s
+    return strip
 
 
 def _check_float32_range(rows: np.ndarray, first_row: int) -> None:

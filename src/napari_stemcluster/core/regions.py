@@ -5,7 +5,18 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._regions_numba import _COLUMNS, _DX, _DY, _grow, _grow_linked, _refine_boundaries, _slot_sums
+from ._regions_numba import (
+    _COLUMNS,
+    _DX,
+    _DY,
+    _contested,
+    _grow,
+    _grow_linked_fast,
+    _mean_sim,
+    _refine_boundaries,
+    _seed_keys,
+    _slot_sums,
+)
 
 #: Largest number of passes of the boundary refinement of ``linkage="mean"``.
 REFINE_PASSES = 8
@@ -14,6 +25,30 @@ REFINE_MIN_SIZE = 10
 
 #: Growth criteria of :func:`grow_regions`.
 LINKAGES = ("pair", "mean")
+
+
+def mean_similarity_map(similarity: np.ndarray) -> np.ndarray:
+    """:func:`~napari_stemcluster.core.similarity.mean_similarity`, in one compiled pass.
+
+    The same numbers (the same float64 sums in the same order) for a float32
+    ``(Rx, Ry, 8)`` similarity without the temporaries; other inputs go to
+    ``mean_similarity`` itself.
+
+    Examples
+    --------
+    >>> s = np.full((1, 2, 8), np.nan, np.float32)
+    >>> s[0, 0, 4] = s[0, 1, 3] = 0.5
+    >>> mean_similarity_map(s)
+    array([[0.5, 0.5]], dtype=float32)
+    """
+    sim = np.asarray(similarity)
+    if sim.dtype != np.float32 or sim.ndim != 3 or sim.shape[-1] != 8:
+        from .similarity import mean_similarity
+
+        return mean_similarity(sim)
+    out = np.empty(sim.shape[:2], np.float32)
+    _mean_sim(np.ascontiguousarray(sim).reshape(-1, 8), out.reshape(-1))
+    return out
 
 
 def seed_order(mean_similarity: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -26,6 +61,15 @@ def seed_order(mean_similarity: np.ndarray, mask: np.ndarray | None = None) -> n
     >>> seed_order(np.array([[0.2, 0.9], [0.9, 0.1]]))
     array([1, 2, 0, 3])
     """
+    ms = np.asarray(mean_similarity)
+    if ms.dtype == np.float32 and ms.size < 2**32 and (mask is None or np.size(mask) == ms.size):
+        # One pass to integer keys and a sort of those (no float64 copy, no
+        # stable argsort): the same order.
+        flat = np.ascontiguousarray(ms).ravel()
+        allowed = np.ones(flat.size, bool) if mask is None else np.asarray(mask, bool).ravel()
+        keys = np.empty(flat.size, np.uint64)
+        keys = np.sort(keys[: _seed_keys(flat, flat.view(np.uint32), allowed, keys)])
+        return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
     ms = np.asarray(mean_similarity, dtype=np.float64).ravel()
     idx = np.arange(ms.size) if mask is None else np.flatnonzero(np.asarray(mask).ravel())
     key = np.nan_to_num(ms[idx], nan=-np.inf)
@@ -127,9 +171,7 @@ def grow_regions(
         raise ValueError(f"similarity must have shape (Rx, Ry, 8); got {sim.shape}")
     shape = sim.shape[:2]
     if mean_similarity is None:
-        from .similarity import mean_similarity as _mean
-
-        mean_similarity = _mean(sim)
+        mean_similarity = mean_similarity_map(sim)
     allowed = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
     if allowed.shape != shape or np.shape(mean_similarity) != shape:
         raise ValueError(
@@ -159,23 +201,14 @@ def grow_regions(
         if feats.ndim != 3 or feats.shape[:2] != shape:
             raise ValueError(f"features must have shape {shape} + (K,); got {feats.shape}")
         feats = np.ascontiguousarray(feats.reshape(shape[0] * shape[1], -1), np.float32)
-        # Filled by the growth for every position it seeds or tests (the
-        # refinement needs those of clustered positions only).
+        # Squared norms of the features in column order, NaN until needed
+        # (the refinement computes those of the positions it weighs).
         norms2 = np.full(feats.shape[0], np.nan)
         link = float(threshold if link_threshold is None else link_threshold)
-        n = _grow_linked(
-            sim32,
-            order,
-            np.ascontiguousarray(allowed),
-            t32,
-            link,
-            feats,
-            norms2,
-            _DX,
-            _DY,
-            labels,
-            seeds,
-        )
+        # fmt: off
+        n, _ = _grow_linked_fast(sim32, order, np.ascontiguousarray(allowed), t32, link, feats,
+                                 norms2, _DX, _DY, labels, seeds)
+        # fmt: on
         if refine and n > 1:
             _refine(labels, sim32, t32, link, feats, norms2, seeds[:n])
     seeds = seeds[:n]
@@ -192,25 +225,34 @@ def grow_regions(
 def _refine(labels, sim32, t32, link, feats, norms2, seeds) -> None:
     """The boundary refinement of :func:`grow_regions` (``linkage="mean"``), in place.
 
-    The feature sums of the clusters that take part are made first, in
-    parallel over feature columns (each in raster order: the same numbers
-    for any thread count).
+    Only the clusters on a contested border (a movable position next to
+    another cluster that takes part, their pair similarity at least the
+    threshold) need their feature sums: those are made first, in parallel
+    over feature columns (each in raster order: the same numbers for any
+    thread count); with no contested border nothing can move, and no
+    feature is read. Any other cluster a move brings to a border is summed
+    when first needed, in the same order.
     """
     n = seeds.size
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     big = sizes >= REFINE_MIN_SIZE
     big[0] = False
-    if big.sum() < 2:
+    m = int(big.sum())
+    if m < 2:
         return
     slot = np.full(n + 1, -1, np.int64)
-    slot[big] = np.arange(int(big.sum()))
-    sums = np.zeros((int(big.sum()), feats.shape[1]), np.float64)
-    # One run of columns per thread: each reads a contiguous part of every row.
-    per = -(-feats.shape[1] // numba.get_num_threads())
-    _slot_sums(labels.ravel(), slot, feats, sums, max(_COLUMNS, -(-per // 16) * 16))
+    slot[big] = np.arange(m)
     fixed = np.zeros(labels.shape, bool)
     fixed.flat[seeds] = True
+    ready = np.zeros(m, bool)
+    if not _contested(labels, sim32, t32, fixed, slot, _DX, _DY, ready):
+        return
+    sums = np.zeros((m, feats.shape[1]), np.float64)
+    wanted = np.where(slot >= 0, np.where(ready[slot], slot, -1), -1)
+    # One run of columns per thread: each reads a contiguous part of every row.
+    per = -(-feats.shape[1] // numba.get_num_threads())
+    _slot_sums(labels.ravel(), wanted, feats, sums, max(_COLUMNS, -(-per // 16) * 16))
     # fmt: off
-    _refine_boundaries(labels, sim32, t32, link, feats, norms2, fixed, slot, sums,
+    _refine_boundaries(labels, sim32, t32, link, feats, norms2, fixed, slot, sums, ready,
                        _DX, _DY, REFINE_PASSES)
     # fmt: on
