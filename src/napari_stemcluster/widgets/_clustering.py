@@ -164,7 +164,7 @@ class ClusteringWidget(Container):
         self.native.layout().insertWidget(10, self.guidance.canvas)
         self.stats = None
         self._hist_key = None
-        self.runner = JobRunner(on_busy=self._on_busy)
+        self.runner = JobRunner(on_busy=self._on_busy, viewer=self._viewer)
         #: Called as ``confirm(parent, text)`` before replacing an edited
         #: layer; returns "replace", "new" or "cancel" (replaceable in tests).
         self.confirm = ask_replace

@@ -341,6 +341,60 @@ def progress_without_events():
 LATER_STEP_MS = 15
 
 
+class PaintHold:
+    """Keeps the main canvas from painting until a later event-loop turn.
+
+    Adding a layer makes its visual, and Qt sends the paint that draws it
+    (compiling its shaders, uploading its data) in the same pass of the
+    event loop: the window waited for the sum of both. Made before a step
+    of applying a result, :meth:`release_later` lets the canvas paint
+    ``LATER_STEP_MS`` after the step, in a turn of its own.
+
+    Examples
+    --------
+    >>> hold = PaintHold(None)  # no viewer: nothing held
+    >>> hold.release_later()
+    False
+    """
+
+    def __init__(self, viewer):
+        self.native = None
+        try:
+            native = viewer.window._qt_viewer.canvas._scene_canvas.native
+        except AttributeError:  # no viewer, no window, or another napari
+            return
+        try:
+            if native.updatesEnabled():
+                native.setUpdatesEnabled(False)
+                self.native = native
+        except RuntimeError:  # the canvas was deleted
+            pass
+
+    def release_later(self, then: Callable[[], None] | None = None) -> bool:
+        """Let the canvas paint in a later turn, and call ``then()`` after it.
+
+        Returns False (and calls nothing) when nothing was held. ``then``'s
+        timer starts when the paint is asked for, so it fires after the
+        paint, together with any other timer that came due meanwhile.
+        """
+        native, self.native = self.native, None
+        if native is None:
+            return False
+        from qtpy.QtCore import QTimer
+
+        def release():
+            try:
+                native.setUpdatesEnabled(True)
+                native.update()
+            except RuntimeError:  # the canvas was deleted meanwhile
+                pass
+            if then is not None:
+                QTimer.singleShot(LATER_STEP_MS, then)
+
+        QTimer.singleShot(LATER_STEP_MS, release)
+        return True
+
+
 class JobRunner:
     """Runs one background job at a time for a widget.
 
@@ -355,9 +409,12 @@ class JobRunner:
     running until they are done.
     """
 
-    def __init__(self, on_busy: Callable[[bool], None] | None = None):
+    def __init__(self, on_busy: Callable[[bool], None] | None = None, viewer=None):
         self._cancel = threading.Event()
         self._on_busy = on_busy
+        #: The viewer whose canvas paints each result step in a turn of its
+        #: own (see :class:`PaintHold`); None: paints come as Qt sends them.
+        self.viewer = viewer
         self.worker = None
         self.running = False
         self.last_error: BaseException | None = None
@@ -366,6 +423,7 @@ class JobRunner:
         self._pbar_n = 0
         self._silent = False
         self._later: list[tuple[Callable[[], None], str]] = []
+        self._applying = False
 
     def start(
         self,
@@ -468,11 +526,17 @@ class JobRunner:
             self.last_error = out.error
             show_error(f"{description} failed: {out.error}")
         else:
+            hold = PaintHold(self.viewer)
+            self._applying = True  # steps handed to later() wait for the paint
             try:
                 on_returned(out.value)
             except Exception as exc:  # applying the result must not crash the GUI
                 self.last_error = exc
                 show_error(f"{description} failed: {exc}")
+            finally:
+                self._applying = False
+                if not hold.release_later(then=self._start_later):
+                    self._start_later()
 
     def later(self, step: Callable[[], None], description: str = "") -> None:
         """Run ``step()`` in a later event-loop turn, after the steps queued before it.
@@ -483,7 +547,11 @@ class JobRunner:
         in a step is shown like a job's, and drops the steps after it.
         """
         self._later.append((step, description))
-        if len(self._later) == 1:
+        if len(self._later) == 1 and not self._applying:
+            self._next_later()
+
+    def _start_later(self):
+        if self._later:
             self._next_later()
 
     def _next_later(self):
@@ -498,6 +566,7 @@ class JobRunner:
         if not self._later:
             return
         step, description = self._later[0]
+        hold = PaintHold(self.viewer)
         try:
             step()
         except Exception as exc:  # applying the result must not crash the GUI
@@ -506,6 +575,11 @@ class JobRunner:
             self._later.clear()
         else:
             self._later.pop(0)
+        # the next step after the paint of this one (a turn apart)
+        if not hold.release_later(then=self._after_paint):
+            self._after_paint()
+
+    def _after_paint(self):
         if self._later:
             self._next_later()
         elif self.worker is None:

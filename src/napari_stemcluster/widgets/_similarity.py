@@ -139,7 +139,7 @@ class SimilarityWidget(Container):
                 self._status,
             ]
         )
-        self.runner = JobRunner(on_busy=self._on_busy)
+        self.runner = JobRunner(on_busy=self._on_busy, viewer=self._viewer)
         self.similarity_layer = None
         self.mask_layer = None
         self._syncing = False

@@ -264,7 +264,7 @@ class ThresholdPlot:
         else:
             self._ring.set_visible(False)
         if self._background is None:
-            self.canvas.draw_idle()
+            self.redraw()  # the whole figure, in a later turn (not draw_idle's next one)
         else:
             self.canvas.restore_region(self._background)
             self._draw_ring()
