@@ -1129,6 +1129,25 @@ def sub_scratch(bh, bw, nk, step):
     return n_pad, nbh * wd, step * (nbh + 1) * n_ph, nbh * n_ph
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _box_geometry(k, box, qy):
+    """The padded geometry of a blur of the q-mask's box ``(i0, i1, j0, j1)``.
+
+    ``(nk, r, i0, j0, j1, bh, bw, wd, lo, hi, off, n_rows)``: the taps and
+    their radius, the box's first row and columns, its size, the padded row
+    width, the detector columns read (``lo:hi``), where they start in a
+    padded row, and the padded rows.
+    """
+    nk = k.shape[0]
+    r = (nk - 1) // 2
+    i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
+    bh = i1 - i0
+    bw = j1 - j0
+    lo = max(0, j0 - r)
+    hi = min(qy, j1 + r)
+    return nk, r, i0, j0, j1, bh, bw, bw + 2 * r, lo, hi, lo - (j0 - r), bh + 2 * r
+
+
 @numba.njit(cache=True, nogil=True)
 def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, out):
     """The blurred ``box`` of one raveled pattern at every ``step``-th pixel.
@@ -1143,19 +1162,10 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
     runs each tap over them as one line; outputs straddling a row end land
     in unused columns of ``hb``. Scratch sizes: :func:`sub_scratch`.
     """
-    nk = k.shape[0]
-    r = (nk - 1) // 2
-    i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
-    bh = i1 - i0
-    bw = j1 - j0
-    wd = bw + 2 * r
-    lo = max(0, j0 - r)
-    hi = min(qy, j1 + r)
-    off = lo - (j0 - r)
-    n_rows = bh + 2 * r
     if step == 2:
         _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out)
         return
+    nk, r, i0, j0, j1, bh, bw, wd, lo, hi, off, n_rows = _box_geometry(k, box, qy)
     rpp = (n_rows + step - 1) // step
     ends = off > 0 or hi < j1 + r
     cols = _reflected_columns(j0 - r, wd, qy) if ends else idx_x
@@ -1237,17 +1247,8 @@ def _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, j_lo, j_hi, shift, pad, 
 @numba.njit(cache=True, nogil=True)
 def _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out):
     """:func:`_blur_box_sub` for ``step == 2``: same values, same arithmetic."""
-    nk = k.shape[0]
-    r = (nk - 1) // 2
-    i0, i1, j0, j1 = box[0], box[1], box[2], box[3]
-    bh = i1 - i0
-    bw = j1 - j0
-    wd = bw + 2 * r
-    lo = max(0, j0 - r)
-    hi = min(qy, j1 + r)
-    off = lo - (j0 - r)
+    nk, r, i0, j0, j1, bh, bw, wd, lo, hi, off, n_rows = _box_geometry(k, box, qy)
     n_mid = hi - lo
-    n_rows = bh + 2 * r
     rpp = (n_rows + 1) // 2
     nbh = (bh + 1) // 2
     nbw = (bw + 1) // 2

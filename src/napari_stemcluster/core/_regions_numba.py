@@ -78,9 +78,8 @@ def _grow_linked(sim, order, allowed, threshold, link, feats, norms2, dx, dy, la
     without a separate pass over the features.
     """
     rx, ry = allowed.shape
-    k_dim = feats.shape[1]
     queue = np.empty(rx * ry, np.int64)
-    acc = np.empty(k_dim, np.float64)
+    acc = np.empty(feats.shape[1], np.float64)
     n = 0
     for s in order:
         x0 = s // ry
@@ -89,49 +88,7 @@ def _grow_linked(sim, order, allowed, threshold, link, feats, norms2, dx, dy, la
             continue
         n += 1
         seeds[n - 1] = s
-        labels[x0, y0] = n
-        for j in range(k_dim):
-            acc[j] = feats[s, j]
-        if np.isnan(norms2[s]):
-            norms2[s] = _norm2(feats, s)
-        acc2 = norms2[s]
-        queue[0] = s
-        head = 0
-        tail = 1
-        while head < tail:
-            p = queue[head]
-            head += 1
-            x = p // ry
-            y = p - x * ry
-            for k in range(8):
-                nx = x + dx[k]
-                ny = y + dy[k]
-                if nx < 0 or nx >= rx or ny < 0 or ny >= ry:
-                    continue
-                if labels[nx, ny] != 0 or not allowed[nx, ny]:
-                    continue
-                if not sim[x, y, k] >= threshold:  # also rejects NaN
-                    continue
-                q = nx * ry + ny
-                d = 0.0
-                if np.isnan(norms2[q]):
-                    t = 0.0
-                    for j in range(k_dim):
-                        f = np.float64(feats[q, j])
-                        d += f * acc[j]
-                        t += f * f
-                    norms2[q] = t
-                else:
-                    for j in range(k_dim):
-                        d += feats[q, j] * acc[j]
-                if d <= 0.0 or d * d < link * norms2[q] * acc2:
-                    continue
-                labels[nx, ny] = n
-                queue[tail] = q
-                tail += 1
-                for j in range(k_dim):
-                    acc[j] += feats[q, j]
-                acc2 += 2.0 * d + norms2[q]
+        _grow_one(sim, allowed, threshold, link, feats, norms2, dx, dy, labels, s, n, queue, acc)
     return n
 
 
@@ -158,7 +115,8 @@ def _fast_dot(feats, q, acc):
 
 @numba.njit(cache=True, nogil=True)
 def _grow_one(sim, allowed, threshold, link, feats, norms2, dx, dy, labels, s, n, queue, acc):
-    """One cluster of :func:`_grow_linked` from seed ``s`` (label ``n``), exactly as it."""
+    """One cluster of :func:`_grow_linked` from seed ``s`` (label ``n``), its joins tested
+    in column order (``queue`` and ``acc`` are scratch). Returns the cluster's size."""
     rx, ry = allowed.shape
     k_dim = feats.shape[1]
     labels[s // ry, s % ry] = n
