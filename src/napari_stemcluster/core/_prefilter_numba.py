@@ -1130,6 +1130,28 @@ def sub_scratch(bh, bw, nk, step):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _column_taps(ph, k, step, stride, nbh, n_ph, nbw, at, hb, out):
+    """The pass along the detector columns of the subsampled blur, into ``out``.
+
+    ``ph`` holds the column phases of the sampled rows (row stride ``n_ph``,
+    phase planes ``stride`` apart); each tap runs over all of them as one
+    line into ``hb``, whose first ``nbw`` values per sampled row are the
+    output.
+    """
+    nk = k.shape[0]
+    n = nbh * n_ph
+    _phase_starts(nk, step, stride, 1, at)
+    _tap_set(ph, k[0], n, hb)
+    for t in range(1, nk):
+        _tap_add(ph[at[t] :], k[t], n, hb)
+    for a in range(nbh):
+        o = out[a * nbw : (a + 1) * nbw]
+        h = hb[a * n_ph : a * n_ph + nbw]
+        for b in range(nbw):
+            o[b] = h[b]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _box_geometry(k, box, qy):
     """The padded geometry of a blur of the q-mask's box ``(i0, i1, j0, j1)``.
 
@@ -1196,16 +1218,7 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
             _copy_ends(vrows[a * wd : (a + 1) * wd], cols, off, hi - lo, wd, lo)
     for a in range(nbh):
         _phases(vrows[a * wd : (a + 1) * wd], step, n_ph, stride, ph[a * n_ph :])
-    n = nbh * n_ph
-    _phase_starts(nk, step, stride, 1, at)
-    _tap_set(ph, k[0], n, hb)
-    for t in range(1, nk):
-        _tap_add(ph[at[t] :], k[t], n, hb)
-    for a in range(nbh):
-        o = out[a * nbw : (a + 1) * nbw]
-        h = hb[a * n_ph : a * n_ph + nbw]
-        for b in range(nbw):
-            o[b] = h[b]
+    _column_taps(ph, k, step, stride, nbh, n_ph, nbw, at, hb, out)
 
 
 # Step 2 (the default): the padded rows are split into their even and odd
@@ -1299,16 +1312,7 @@ def _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out):
             row = ph[a * n_ph :]
             for e in range(n_end):
                 row[to[e]] = row[frm[e]]
-    n = nbh * n_ph
-    _phase_starts(nk, 2, stride, 1, at)
-    _tap_set(ph, k[0], n, hb)
-    for t in range(1, nk):
-        _tap_add(ph[at[t] :], k[t], n, hb)
-    for a in range(nbh):
-        o = out[a * nbw : (a + 1) * nbw]
-        h = hb[a * n_ph : a * n_ph + nbw]
-        for b in range(nbw):
-            o[b] = h[b]
+    _column_taps(ph, k, 2, stride, nbh, n_ph, nbw, at, hb, out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
