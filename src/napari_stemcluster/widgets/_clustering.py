@@ -521,7 +521,7 @@ class ClusteringWidget(Container):
         cancelled.
         """
         ndim = len(shape)
-        sk = {k: v for k, v in spatial_kwargs(sim_layer, ndim).items() if k != "axis_labels"}
+        sk = spatial_kwargs(sim_layer, ndim)
         runner = self.runner
 
         def failed():
@@ -533,16 +533,8 @@ class ClusteringWidget(Container):
             if runner.worker is None:
                 return  # the job has ended meanwhile: its result makes the layers
             with not_activated(self._viewer):
-                self._prepared_seeds = self._viewer.add_points(
-                    np.empty((0, ndim)),
-                    name="clusters seeds",
-                    size=max(1.0, 0.02 * max(shape[-2:])),
-                    face_color="white",
-                    border_color="black",
-                    border_width=0.15,
-                    symbol="disc",
-                    visible=False,
-                    **sk,
+                self._prepared_seeds = self._add_seeds(
+                    np.empty((0, ndim)), "clusters seeds", shape, sk, visible=False
                 )
 
         def marker():
@@ -569,6 +561,21 @@ class ClusteringWidget(Container):
         from qtpy.QtCore import QTimer
 
         QTimer.singleShot(PREPARE_AFTER_MS, begin)
+
+    def _add_seeds(self, points, name, shape, sk, *, visible, features=None):
+        """A Points layer of cluster seeds, drawn as white discs sized to the scan."""
+        return self._viewer.add_points(
+            points,
+            name=name,
+            size=max(1.0, 0.02 * max(shape[-2:])),
+            face_color="white",
+            border_color="black",
+            border_width=0.15,
+            symbol="disc",
+            visible=visible,
+            features=features,
+            **{k: v for k, v in sk.items() if k != "axis_labels"},
+        )
 
     def _show_seeds(self) -> None:
         """Show the seeds layer made hidden in the previous turn."""
@@ -636,19 +643,15 @@ class ClusteringWidget(Container):
                 seeds.data, seeds.features = points, feats
                 self._hidden_seeds = seeds
             elif seeds is None or seeds not in self._viewer.layers or seeds.ndim != points.shape[1]:
-                seeds = self._viewer.add_points(
+                # shown in a turn of its own: making the layer and the paint
+                # that compiles its shaders together were too long a pause
+                seeds = self._add_seeds(
                     points,
-                    name=f"{layer.name} seeds",
-                    features=feats,
-                    size=max(1.0, 0.02 * max(labels.shape[-2:])),
-                    face_color="white",
-                    border_color="black",
-                    border_width=0.15,
-                    symbol="disc",
-                    # shown in a turn of its own: making the layer and the paint
-                    # that compiles its shaders together were too long a pause
+                    f"{layer.name} seeds",
+                    labels.shape,
+                    sk,
                     visible=not new_layer,
-                    **{k: v for k, v in sk.items() if k != "axis_labels"},
+                    features=feats,
                 )
                 self._hidden_seeds = None if seeds.visible else seeds
             else:

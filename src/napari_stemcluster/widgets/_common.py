@@ -535,8 +535,8 @@ class JobRunner:
                 show_error(f"{description} failed: {exc}")
             finally:
                 self._applying = False
-                if not hold.release_later(then=self._start_later):
-                    self._start_later()
+                if not hold.release_later(then=self._after_paint):
+                    self._after_paint()
 
     def later(self, step: Callable[[], None], description: str = "") -> None:
         """Run ``step()`` in a later event-loop turn, after the steps queued before it.
@@ -548,10 +548,6 @@ class JobRunner:
         """
         self._later.append((step, description))
         if len(self._later) == 1 and not self._applying:
-            self._next_later()
-
-    def _start_later(self):
-        if self._later:
             self._next_later()
 
     def _next_later(self):
@@ -580,6 +576,7 @@ class JobRunner:
             self._after_paint()
 
     def _after_paint(self):
+        # the next step, or the end of the job once its worker has finished
         if self._later:
             self._next_later()
         elif self.worker is None:
