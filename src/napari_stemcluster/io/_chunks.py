@@ -353,14 +353,10 @@ class ChunkReader:
         decodes the whole chunk and copies its part.
         """
         chunks = self.chunks
-        nd = len(chunks)
         # k: the first dimension from which the chunk's runs are contiguous
         # in out (every later dimension whole in the chunk and in out).
-        k = nd - 1
-        while k > 0:
-            j = k
-            if src[j] != slice(0, chunks[j]) or out.shape[j] != chunks[j]:
-                break
+        k = len(chunks) - 1
+        while k > 0 and src[k] == slice(0, chunks[k]) and out.shape[k] == chunks[k]:
             k -= 1
         inner = int(np.prod(chunks[k + 1 :], dtype=np.int64))
         run = (src[k].stop - src[k].start) * inner  # elements per run
@@ -372,20 +368,25 @@ class ChunkReader:
             o = [dst[i].start + v for i, v in enumerate(idx)]
             o = np.ravel_multi_index((*o, dst[k].start), out.shape[: k + 1])
             starts.append((int(c), int(o) * int(np.prod(out.shape[k + 1 :], dtype=np.int64))))
-        with self._lock:
-            info = self.ds.id.get_chunk_info_by_coord(off)
-            addr, size = info.byte_offset, info.size
-            if addr is None or info.filter_mask != 0:
-                return False
-            if self._mapped is None:
-                self._check_map(off, addr, size)
-            data = None if self._mapped else self.ds.id.read_direct_chunk(off)[1]
-        raw = self._mm[addr : addr + size] if data is None else np.frombuffer(data, np.uint8)
+        stored = self._stored(off)
+        if stored is None:
+            return False
+        raw, span = stored
+        try:
+            return self._decode_runs(raw, starts, run, out)
+        finally:
+            if span is not None:
+                self._unmap(*span)
+
+    def _decode_runs(self, raw, starts, run, out) -> bool:
+        """Decode the runs ``starts`` (chunk, out element offsets) of ``run``
+        elements of the stored Bitshuffle-LZ4 chunk ``raw`` into ``out``;
+        False (nothing written) when they are not whole LZ4 blocks."""
+        item = self.file_dtype.itemsize
         if raw.size < 12:
             return False
         total = int.from_bytes(bytes(raw[:8]), "big")
-        block = int.from_bytes(bytes(raw[8:12]), "big") // self.file_dtype.itemsize
-        item = self.file_dtype.itemsize
+        block = int.from_bytes(bytes(raw[8:12]), "big") // item
         if total != self.chunk_nbytes or block <= 0 or run % block:
             return False
         if any(c % block for c, _ in starts):
@@ -417,9 +418,6 @@ class ChunkReader:
                 f"{self.ds.file.filename}: a chunk of {self.ds.name} is not valid "
                 f"Bitshuffle-LZ4 data (error {e.args[0]})"
             ) from None
-        finally:
-            if data is None:
-                self._unmap(addr, size)
         return True
 
     def _unmap(self, addr: int, size: int) -> None:
@@ -445,36 +443,46 @@ class ChunkReader:
         May be a view of this thread's decoding buffer: copy it out before
         the next call in the same thread.
         """
+        stored = self._stored(off)
+        if stored is None:
+            # never written (fill value) or a filter skipped: h5py knows
+            shape = zip(off, self.chunks, self.shape, strict=True)
+            region = tuple(slice(o, min(o + c, n)) for o, c, n in shape)
+            with self._lock:  # h5py's calls are serialised anyway
+                part = np.asarray(self.ds[region])
+            full = np.zeros(self.chunks, self.file_dtype)
+            full[tuple(slice(0, s) for s in part.shape)] = part
+            return full, None
+        raw, span = stored
+        return self._decode(raw), span
+
+    def _stored(self, off) -> tuple[np.ndarray, tuple[int, int] | None] | None:
+        """The stored (filtered) bytes of the chunk at ``off``, and where they
+        lie in the mapped file (None if not read through the map).
+
+        None when the chunk is not stored filtered (never written, or a
+        filter skipped). A mapped chunk is a view of the page cache (read it
+        without a copy, then :meth:`_unmap` its span).
+        """
         with self._lock:  # h5py's calls are serialised anyway
             info = self.ds.id.get_chunk_info_by_coord(off)
             addr, size = info.byte_offset, info.size
             if addr is None or info.filter_mask != 0:
-                # never written (fill value) or a filter skipped: h5py knows
-                region = tuple(
-                    slice(o, min(o + c, n))
-                    for o, c, n in zip(off, self.chunks, self.shape, strict=True)
-                )
-                part = np.asarray(self.ds[region])
-                full = np.zeros(self.chunks, self.file_dtype)
-                full[tuple(slice(0, s) for s in part.shape)] = part
-                return full, None
+                return None
             if self._mapped is None:
                 self._check_map(off, addr, size)
             if not self._mapped:
-                data = np.frombuffer(self.ds.id.read_direct_chunk(off)[1], np.uint8)
-        if self._mapped:
-            mm = self._mm
+                return np.frombuffer(self.ds.id.read_direct_chunk(off)[1], np.uint8), None
+        mm = self._mm
+        if addr + size > mm.size:
+            with self._lock:  # the file grew since it was mapped (being written)
+                self._mm = mm = np.memmap(self.ds.file.filename, np.uint8, "r")
             if addr + size > mm.size:
-                with self._lock:  # the file grew since it was mapped (being written)
-                    self._mm = mm = np.memmap(self.ds.file.filename, np.uint8, "r")
-                if addr + size > mm.size:
-                    raise OSError(
-                        f"{self.ds.file.filename}: a chunk of {self.ds.name} lies past the "
-                        "end of the file; the file is truncated"
-                    )
-            # a view of the page cache: decoders read it without a copy
-            return self._decode(mm[addr : addr + size]), (addr, size)
-        return self._decode(data), None
+                raise OSError(
+                    f"{self.ds.file.filename}: a chunk of {self.ds.name} lies past the "
+                    "end of the file; the file is truncated"
+                )
+        return mm[addr : addr + size], (addr, size)
 
     def _check_map(self, off, addr, size) -> None:
         """Map the file only if the mapping gives HDF5's bytes (plain file driver)."""
