@@ -1,5 +1,6 @@
 """The prefilter's kernels, one at a time, against plain numpy versions."""
 
+import numba
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -312,3 +313,31 @@ def test_all_zero_cube_stays_zero():
     got = correlative_prefilter(cube)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, 0)
+
+
+# ---------------------------------------------------------------------------
+# Tasks handed out from a shared counter
+
+
+@numba.njit(parallel=True)
+def _claim_all(n_tasks, claims, owner):
+    counter = _k._task_counter()
+    for w in numba.prange(n_tasks):
+        while True:
+            t = _k._claim(counter)
+            if t >= n_tasks:
+                break
+            claims[t] += 1
+            owner[t] = w
+    return counter[0]
+
+
+@pytest.mark.parametrize("n_tasks", [0, 1, 2, 3, 1000])
+def test_every_task_is_claimed_once(n_tasks):
+    claims = np.zeros(n_tasks, np.int64)
+    owner = np.full(n_tasks, -1, np.int64)
+    final = _claim_all(n_tasks, claims, owner)
+    # Every prange iteration stops after one claim past the end.
+    assert final == 2 * n_tasks
+    np.testing.assert_array_equal(claims, 1)
+    assert np.all((owner >= 0) & (owner < n_tasks))

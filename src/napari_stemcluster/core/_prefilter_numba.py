@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from ._blur import _weigh, pattern_scale
 from ._reduce import FASTMATH as _FASTMATH
@@ -30,6 +33,35 @@ _CHUNK = 1024
 _BAND = 8
 #: Unsigned indices: no negative-index checks, loops vectorise.
 U = np.uint64
+
+
+# Tasks are handed out one at a time from a shared counter: a prange gives
+# each thread one equal share of the iterations up front, so a thread slowed
+# by other work on its core (or given the heavier strips) held up the whole
+# call. Each thread's first prange iteration claims tasks until none is left
+# (the others find none). Every task computes its values alone in a fixed
+# order, so results do not depend on which thread runs which task.
+
+
+@intrinsic
+def _claim(typingctx, counter):
+    """``counter[0]++`` as one atomic operation; returns the previous value."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", ary.data, one, "monotonic")
+
+    return types.int64(counter), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _task_counter():
+    # Made here, not in the parallel kernel: there numba takes an array that
+    # the loop does not visibly write for a private one of each thread.
+    return np.zeros(1, np.int64)
 
 
 # Filling of the padded box (the steps of ``_blur.blur_box`` for any tap
@@ -350,20 +382,26 @@ def normalised_vectors(
     bh = box[1] - box[0]
     bw = box[3] - box[2]
     n_items = rows.shape[0] * ny
-    for task in numba.prange((n_items + _TASK - 1) // _TASK):
-        pad = np.empty((bh + 2 * r) * (bw + 2 * r) + 2 * r, np.float32)
-        tmp = np.empty(max(bh + 2 * r, 2 * _BAND) * (bw + 2 * r), np.float32)
-        b = np.empty(bh * bw, np.float32)
-        for t in range(task * _TASK, min(n_items, (task + 1) * _TASK)):
-            row = rows[t // ny]
-            c = t % ny
-            src = raw[row % raw_cap, c]
-            v = vec[row % vec_cap, c]
-            scale = _item_scale(src, scaled, v, bad, row, c)
-            if scale == 0.0:
-                continue
-            _blur_box(src, qx, qy, scale, k, idx_x, box, ones, pad, tmp, b)
-            _unit_vector(b, w, wsum, w, v)
+    n_tasks = (n_items + _TASK - 1) // _TASK
+    counter = _task_counter()
+    for _ in numba.prange(n_tasks):  # each thread's first one does the work
+        while True:
+            task = _claim(counter)
+            if task >= n_tasks:
+                break
+            pad = np.empty((bh + 2 * r) * (bw + 2 * r) + 2 * r, np.float32)
+            tmp = np.empty(max(bh + 2 * r, 2 * _BAND) * (bw + 2 * r), np.float32)
+            b = np.empty(bh * bw, np.float32)
+            for t in range(task * _TASK, min(n_items, (task + 1) * _TASK)):
+                row = rows[t // ny]
+                c = t % ny
+                src = raw[row % raw_cap, c]
+                v = vec[row % vec_cap, c]
+                scale = _item_scale(src, scaled, v, bad, row, c)
+                if scale == 0.0:
+                    continue
+                _blur_box(src, qx, qy, scale, k, idx_x, box, ones, pad, tmp, b)
+                _unit_vector(b, w, wsum, w, v)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -382,21 +420,27 @@ def forward_weights(vec, vec_cap, r0, r1, nx, fwd, rmin, rmax, rh, rh_cap, strip
     ny = vec.shape[1]
     nk = fwd.shape[0]
     span = rmax - rmin
-    for s in numba.prange((ny + strip - 1) // strip):
-        for r in range(r0, r1):
-            for c in range(s * strip, min(ny, (s + 1) * strip)):
-                a = vec[r % vec_cap, c]
-                dst = rh[r % rh_cap, c]
-                for k0 in range(0, nk, 4):
-                    p0 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0, a)
-                    p1 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 1, a)
-                    p2 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 2, a)
-                    p3 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 3, a)
-                    d0, d1, d2, d3 = _dot4(a, p0, p1, p2, p3)
-                    _store(dst, k0, nk, nx, ny, r, c, fwd, d0, rmin, span)
-                    _store(dst, k0 + 1, nk, nx, ny, r, c, fwd, d1, rmin, span)
-                    _store(dst, k0 + 2, nk, nx, ny, r, c, fwd, d2, rmin, span)
-                    _store(dst, k0 + 3, nk, nx, ny, r, c, fwd, d3, rmin, span)
+    n_tasks = (ny + strip - 1) // strip
+    counter = _task_counter()
+    for _ in numba.prange(n_tasks):  # each thread's first one does the work
+        while True:
+            s = _claim(counter)
+            if s >= n_tasks:
+                break
+            for r in range(r0, r1):
+                for c in range(s * strip, min(ny, (s + 1) * strip)):
+                    a = vec[r % vec_cap, c]
+                    dst = rh[r % rh_cap, c]
+                    for k0 in range(0, nk, 4):
+                        p0 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0, a)
+                        p1 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 1, a)
+                        p2 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 2, a)
+                        p3 = _partner(vec, vec_cap, nx, ny, r, c, fwd, k0 + 3, a)
+                        d0, d1, d2, d3 = _dot4(a, p0, p1, p2, p3)
+                        _store(dst, k0, nk, nx, ny, r, c, fwd, d0, rmin, span)
+                        _store(dst, k0 + 1, nk, nx, ny, r, c, fwd, d1, rmin, span)
+                        _store(dst, k0 + 2, nk, nx, ny, r, c, fwd, d2, rmin, span)
+                        _store(dst, k0 + 3, nk, nx, ny, r, c, fwd, d3, rmin, span)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -613,29 +657,35 @@ def weighted_average(
     q = raw.shape[2]
     rad = -offsets[0, 0]  # sorted by row offset
     raw2 = raw.reshape(raw.shape[0] * ny, q)
-    for s in numba.prange((ny + strip - 1) // strip):
-        sel = np.empty(nu + 3, np.int64)
-        acc = np.empty((2, q), np.float32)
-        wa = np.zeros(nu + 3, np.float32)
-        wb = np.zeros(nu + 3, np.float32)
-        rrow = np.empty(2 * rad + 1, np.int64)
-        hrow = np.empty(2 * rad + 1, np.int64)
-        for r in range(r0, r1):
-            _row_slots(r, rad, nx, raw_cap, ny, rrow)
-            _row_slots(r, rad, nx, rh_cap, 1, hrow)
-            for c in range(s * strip, min(ny, (s + 1) * strip), 2):
-                o0 = dst[r - r0, c]
-                w0 = wts[r - r0, c]
-                t0 = _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, w0)
-                if c + 1 < ny:
-                    w1 = wts[r - r0, c + 1]
-                    t1 = _weights_of(rh, hrow, rad, c + 1, ny, offsets, forward, pair, w1)
-                    _pair_sums(
-                        raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc,
-                        o0, dst[r - r0, c + 1], t0, t1,
-                    )  # fmt: skip
-                else:
-                    _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc[0], o0, t0)
+    n_tasks = (ny + strip - 1) // strip
+    counter = _task_counter()
+    for _ in numba.prange(n_tasks):  # each thread's first one does the work
+        while True:
+            s = _claim(counter)
+            if s >= n_tasks:
+                break
+            sel = np.empty(nu + 3, np.int64)
+            acc = np.empty((2, q), np.float32)
+            wa = np.zeros(nu + 3, np.float32)
+            wb = np.zeros(nu + 3, np.float32)
+            rrow = np.empty(2 * rad + 1, np.int64)
+            hrow = np.empty(2 * rad + 1, np.int64)
+            for r in range(r0, r1):
+                _row_slots(r, rad, nx, raw_cap, ny, rrow)
+                _row_slots(r, rad, nx, rh_cap, 1, hrow)
+                for c in range(s * strip, min(ny, (s + 1) * strip), 2):
+                    o0 = dst[r - r0, c]
+                    w0 = wts[r - r0, c]
+                    t0 = _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, w0)
+                    if c + 1 < ny:
+                        w1 = wts[r - r0, c + 1]
+                        t1 = _weights_of(rh, hrow, rad, c + 1, ny, offsets, forward, pair, w1)
+                        _pair_sums(
+                            raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc,
+                            o0, dst[r - r0, c + 1], t0, t1,
+                        )  # fmt: skip
+                    else:
+                        _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc[0], o0, t0)
 
 
 # Exact sums of integer patterns (uint16 or uint8 rings). With weights 0 and
@@ -919,52 +969,58 @@ def weighted_average_int(
     nu = union.shape[0]
     q = raw.shape[2]
     raw2 = raw.reshape(raw.shape[0] * ny, q)
-    for s in numba.prange((ny + strip - 1) // strip):
-        sel = np.empty(nu + 3, np.int64)
-        acc = np.empty((2, q), np.float32)
-        wa = np.zeros(nu + 3, np.float32)
-        wb = np.zeros(nu + 3, np.float32)
-        disk = np.empty(q, np.int32)
-        tmp = np.empty((2, q), np.int32)
-        lists = np.empty(7 * nk, np.int64)
-        state = np.empty(2, np.int64)
-        rad = (half.shape[0] - 1) // 2
-        rrow = np.empty(2 * rad + 1, np.int64)
-        hrow = np.empty(2 * rad + 1, np.int64)
-        for r in range(r0, r1):
-            _row_slots(r, rad, nx, raw_cap, ny, rrow)
-            _row_slots(r, rad, nx, rh_cap, 1, hrow)
-            state[0] = -1
-            state[1] = -1
-            for c in range(s * strip, min(ny, (s + 1) * strip), 2):
-                o0 = dst[r - r0, c]
-                w0 = wts[r - r0, c]
-                t0 = _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, w0)
-                if c + 1 < ny:
-                    o1 = dst[r - r0, c + 1]
-                    w1 = wts[r - r0, c + 1]
-                    t1 = _weights_of(rh, hrow, rad, c + 1, ny, offsets, forward, pair, w1)
-                    if _binary(w0) and _binary(w1):
+    n_tasks = (ny + strip - 1) // strip
+    counter = _task_counter()
+    for _ in numba.prange(n_tasks):  # each thread's first one does the work
+        while True:
+            s = _claim(counter)
+            if s >= n_tasks:
+                break
+            sel = np.empty(nu + 3, np.int64)
+            acc = np.empty((2, q), np.float32)
+            wa = np.zeros(nu + 3, np.float32)
+            wb = np.zeros(nu + 3, np.float32)
+            disk = np.empty(q, np.int32)
+            tmp = np.empty((2, q), np.int32)
+            lists = np.empty(7 * nk, np.int64)
+            state = np.empty(2, np.int64)
+            rad = (half.shape[0] - 1) // 2
+            rrow = np.empty(2 * rad + 1, np.int64)
+            hrow = np.empty(2 * rad + 1, np.int64)
+            for r in range(r0, r1):
+                _row_slots(r, rad, nx, raw_cap, ny, rrow)
+                _row_slots(r, rad, nx, rh_cap, 1, hrow)
+                state[0] = -1
+                state[1] = -1
+                for c in range(s * strip, min(ny, (s + 1) * strip), 2):
+                    o0 = dst[r - r0, c]
+                    w0 = wts[r - r0, c]
+                    t0 = _weights_of(rh, hrow, rad, c, ny, offsets, forward, pair, w0)
+                    if c + 1 < ny:
+                        o1 = dst[r - r0, c + 1]
+                        w1 = wts[r - r0, c + 1]
+                        t1 = _weights_of(rh, hrow, rad, c + 1, ny, offsets, forward, pair, w1)
+                        if _binary(w0) and _binary(w1):
+                            _exact_sums(
+                                raw2, rrow, c, ny, offsets, half, w0, disk, state, lists, tmp,
+                                o0, t0,
+                            )  # fmt: skip
+                            _exact_sums(
+                                raw2, rrow, c + 1, ny, offsets, half, w1, disk, state, lists,
+                                tmp, o1, t1,
+                            )  # fmt: skip
+                        else:
+                            _pair_sums(
+                                raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc, o0, o1,
+                                t0, t1,
+                            )  # fmt: skip
+                    elif _binary(w0):
                         _exact_sums(
-                            raw2, rrow, c, ny, offsets, half, w0, disk, state, lists, tmp,
-                            o0, t0,
-                        )  # fmt: skip
-                        _exact_sums(
-                            raw2, rrow, c + 1, ny, offsets, half, w1, disk, state, lists,
-                            tmp, o1, t1,
+                            raw2, rrow, c, ny, offsets, half, w0, disk, state, lists, tmp, o0,
+                            t0,
                         )  # fmt: skip
                     else:
-                        _pair_sums(
-                            raw2, rrow, rad, c, ny, union, w0, w1, sel, wa, wb, acc, o0, o1,
-                            t0, t1,
-                        )  # fmt: skip
-                elif _binary(w0):
-                    _exact_sums(
-                        raw2, rrow, c, ny, offsets, half, w0, disk, state, lists, tmp, o0,
-                        t0,
-                    )  # fmt: skip
-                else:
-                    _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc[0], o0, t0)
+                        _single_sums(raw2, rrow, rad, c, offsets, w0, sel, wa, acc[0], o0, t0)
 
 
 # Subsampled correlation grid (``q_step > 1``): the blurred pattern is only
@@ -1330,19 +1386,25 @@ def normalised_vectors_sub(
     n_pad, n_rows, n_ph, n_hb = sub_scratch(box[1] - box[0], box[3] - box[2], nk, step)
     n_s = wm.shape[0]
     n_items = rows.shape[0] * ny
-    for task in numba.prange((n_items + _TASK - 1) // _TASK):
-        pad = np.zeros(n_pad, np.float32)  # end columns filled late stay 0
-        vrows = np.empty(n_rows, np.float32)
-        ph = np.zeros(n_ph, np.float32)
-        hb = np.empty(n_hb, np.float32)
-        b = np.empty(n_s, np.float32)
-        for t in range(task * _TASK, min(n_items, (task + 1) * _TASK)):
-            row = rows[t // ny]
-            c = t % ny
-            src = raw[row % raw_cap, c]
-            v = vec[row % vec_cap, c]
-            scale = _item_scale(src, scaled, v, bad, row, c)
-            if scale == 0.0:
-                continue
-            _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, b)
-            _unit_vector(b, wm, wmsum, wv, v)
+    n_tasks = (n_items + _TASK - 1) // _TASK
+    counter = _task_counter()
+    for _ in numba.prange(n_tasks):  # each thread's first one does the work
+        while True:
+            task = _claim(counter)
+            if task >= n_tasks:
+                break
+            pad = np.zeros(n_pad, np.float32)  # end columns filled late stay 0
+            vrows = np.empty(n_rows, np.float32)
+            ph = np.zeros(n_ph, np.float32)
+            hb = np.empty(n_hb, np.float32)
+            b = np.empty(n_s, np.float32)
+            for t in range(task * _TASK, min(n_items, (task + 1) * _TASK)):
+                row = rows[t // ny]
+                c = t % ny
+                src = raw[row % raw_cap, c]
+                v = vec[row % vec_cap, c]
+                scale = _item_scale(src, scaled, v, bad, row, c)
+                if scale == 0.0:
+                    continue
+                _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, b)
+                _unit_vector(b, wm, wmsum, wv, v)
