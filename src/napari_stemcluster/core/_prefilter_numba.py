@@ -1040,14 +1040,6 @@ def _tap_set(src, w, n, dst):
         d[j] = w * s[j]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _tap_add(src, w, n, dst):
-    d = dst[0:n]
-    s = src[0:n]
-    for j in range(n):
-        d[j] += w * s[j]
-
-
 @numba.njit(cache=True, nogil=True)
 def _phases(row, step, n_ph, stride, ph):
     # ph[p * stride + m] = row[step * m + p] (beyond the row: 0, never used).
@@ -1186,20 +1178,19 @@ def sub_scratch(bh, bw, nk, step):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _column_taps(ph, k, step, stride, nbh, n_ph, nbw, at, hb, out):
+def _column_taps(ph, k, nbh, n_ph, nbw, at, hb, out):
     """The pass along the detector columns of the subsampled blur, into ``out``.
 
     ``ph`` holds the column phases of the sampled rows (row stride ``n_ph``,
-    phase planes ``stride`` apart); each tap runs over all of them as one
+    phase planes ``stride`` apart; tap ``t`` starts at ``at[t]``, see
+    :func:`_phase_starts` with row 1); the taps run over all of them as one
     line into ``hb``, whose first ``nbw`` values per sampled row are the
-    output.
+    output. Mirror taps are added before they are multiplied, four pairs
+    a sweep (:func:`_sampled_rows`): a third of the loads and stores of
+    ``hb`` that one sweep per tap took.
     """
-    nk = k.shape[0]
     n = nbh * n_ph
-    _phase_starts(nk, step, stride, 1, at)
-    _tap_set(ph, k[0], n, hb)
-    for t in range(1, nk):
-        _tap_add(ph[at[t] :], k[t], n, hb)
+    _sampled_rows(ph, at, k, n, hb)
     for a in range(nbh):
         o = out[a * nbw : (a + 1) * nbw]
         h = hb[a * n_ph : a * n_ph + nbw]
@@ -1274,7 +1265,8 @@ def _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, o
             _copy_ends(vrows[a * wd : (a + 1) * wd], cols, off, hi - lo, wd, lo)
     for a in range(nbh):
         _phases(vrows[a * wd : (a + 1) * wd], step, n_ph, stride, ph[a * n_ph :])
-    _column_taps(ph, k, step, stride, nbh, n_ph, nbw, at, hb, out)
+    _phase_starts(nk, step, stride, 1, at)
+    _column_taps(ph, k, nbh, n_ph, nbw, at, hb, out)
 
 
 # Step 2 (the default): the padded rows are split into their even and odd
@@ -1314,9 +1306,49 @@ def _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, j_lo, j_hi, shift, pad, 
 
 
 @numba.njit(cache=True, nogil=True)
+def _sub2_plan(qy, k, idx_x, box):
+    """Index arrays of :func:`_blur_box_sub2`, the same for every pattern.
+
+    One int64 array: the tap starts of the pass along the rows (``nk``) and
+    along the columns (``nk``), the source column of every padded column
+    (``wd``, reflected at the detector's ends), and where each end column
+    is copied to and from in the phases (``n_end`` each).
+    """
+    nk, r, _i0, j0, _j1, bh, bw, wd, lo, hi, off, n_rows = _box_geometry(k, box, qy)
+    n_mid = hi - lo
+    rpp = (n_rows + 1) // 2
+    nbh = (bh + 1) // 2
+    n_ph = (bw + 1) // 2 + (nk + 1) // 2
+    stride = nbh * n_ph + n_ph
+    n_end = wd - n_mid
+    plan = np.zeros(2 * nk + wd + 2 * n_end, np.int64)
+    _phase_starts(nk, 2, rpp, n_ph, plan[:nk])
+    _phase_starts(nk, 2, stride, 1, plan[nk : 2 * nk])
+    cols = plan[2 * nk : 2 * nk + wd]
+    cols[:] = _reflected_columns(j0 - r, wd, qy)
+    to = plan[2 * nk + wd : 2 * nk + wd + n_end]
+    frm = plan[2 * nk + wd + n_end :]
+    e = 0
+    for j in range(wd):
+        if j < off or j >= off + n_mid:
+            f = off + cols[j] - lo
+            to[e] = (j % 2) * stride + j // 2
+            frm[e] = (f % 2) * stride + f // 2
+            e += 1
+    return plan
+
+
+@numba.njit(cache=True, nogil=True)
 def _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out):
     """:func:`_blur_box_sub` for ``step == 2``: same values, same arithmetic."""
-    nk, r, i0, j0, j1, bh, bw, wd, lo, hi, off, n_rows = _box_geometry(k, box, qy)
+    plan = _sub2_plan(qy, k, idx_x, box)
+    _blur_box_sub2_planned(src, qy, scale, k, idx_x, box, pad, ph, hb, out, plan)
+
+
+@numba.njit(cache=True, nogil=True)
+def _blur_box_sub2_planned(src, qy, scale, k, idx_x, box, pad, ph, hb, out, plan):
+    """:func:`_blur_box_sub2` with its index arrays made (:func:`_sub2_plan`)."""
+    nk, r, i0, _j0, j1, bh, bw, wd, lo, hi, off, n_rows = _box_geometry(k, box, qy)
     n_mid = hi - lo
     rpp = (n_rows + 1) // 2
     nbh = (bh + 1) // 2
@@ -1324,8 +1356,9 @@ def _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out):
     n_ph = nbw + (nk + 1) // 2
     plane = 2 * rpp * n_ph
     stride = nbh * n_ph + n_ph  # one phase plane of ``ph``, with a spare row
+    n_end = wd - n_mid
     ends = off > 0 or hi < j1 + r
-    cols = _reflected_columns(j0 - r, wd, qy) if ends else idx_x[:0]
+    cols = plan[2 * nk : 2 * nk + wd] if ends else idx_x[:0]
     late = ends and _within(cols, off, n_mid, wd, lo, hi)
     shift = lo - off  # source column of padded column j in the middle
     if (
@@ -1347,28 +1380,19 @@ def _blur_box_sub2(src, qy, scale, k, idx_x, box, pad, ph, hb, out):
         _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, 0, off, 0, pad, plane, scale)
         _fill2(src, qy, idx_x, i0, n_rows, rpp, n_ph, cols, off + n_mid, wd, 0, pad, plane,
                scale)  # fmt: skip
-    at = np.empty(nk, np.int64)
-    _phase_starts(nk, 2, rpp, n_ph, at)
+    at = plan[:nk]
     _sampled_rows(pad, at, k, nbh * n_ph, ph)
     _sampled_rows(pad[plane:], at, k, nbh * n_ph, ph[stride:])
     if late:
         # End columns copied from the (filled) columns they reflect, on the
         # sampled rows only: the pass along the rows treats columns alike.
-        n_end = wd - n_mid
-        to = np.empty(n_end, np.int64)
-        frm = np.empty(n_end, np.int64)
-        e = 0
-        for j in range(wd):
-            if j < off or j >= off + n_mid:
-                f = off + cols[j] - lo
-                to[e] = (j % 2) * stride + j // 2
-                frm[e] = (f % 2) * stride + f // 2
-                e += 1
+        to = plan[2 * nk + wd : 2 * nk + wd + n_end]
+        frm = plan[2 * nk + wd + n_end :]
         for a in range(nbh):
             row = ph[a * n_ph :]
             for e in range(n_end):
                 row[to[e]] = row[frm[e]]
-    _column_taps(ph, k, 2, stride, nbh, n_ph, nbw, at, hb, out)
+    _column_taps(ph, k, nbh, n_ph, nbw, plan[nk : 2 * nk], hb, out)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -1386,6 +1410,8 @@ def normalised_vectors_sub(
     n_pad, n_rows, n_ph, n_hb = sub_scratch(box[1] - box[0], box[3] - box[2], nk, step)
     n_s = wm.shape[0]
     n_items = rows.shape[0] * ny
+    # The step-2 blur's index arrays, made once for all patterns.
+    plan = _sub2_plan(qy, k, idx_x, box) if step == 2 else np.zeros(0, np.int64)
     n_tasks = (n_items + _TASK - 1) // _TASK
     counter = _task_counter()
     for _ in numba.prange(n_tasks):  # each thread's first one does the work
@@ -1406,5 +1432,8 @@ def normalised_vectors_sub(
                 scale = _item_scale(src, scaled, v, bad, row, c)
                 if scale == 0.0:
                     continue
-                _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, b)
+                if step == 2:
+                    _blur_box_sub2_planned(src, qy, scale, k, idx_x, box, pad, ph, hb, b, plan)
+                else:
+                    _blur_box_sub(src, qx, qy, scale, k, idx_x, box, step, pad, vrows, ph, hb, b)
                 _unit_vector(b, wm, wmsum, wv, v)
