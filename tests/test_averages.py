@@ -168,6 +168,35 @@ def test_narrow_integer_sums_equal_a_plain_loop(rng, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_narrow_sums_of_label_runs_equal_a_plain_loop(rng, dtype):
+    """Runs of one label (1 to 9 positions, across scan rows and the ends of
+    the parallel tasks' ranges, with background and out-of-range labels
+    between them) are added a few patterns at a time: still the plain loop's
+    numbers, extremes of the dtype included."""
+    from napari_stemcluster.core._averages_numba import _accumulate_narrow
+
+    info = np.iinfo(dtype)
+    shape = (7, 11, 3, 5)
+    cube = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    cube[2:4] = info.max
+    cube[4, :6] = info.min
+    lengths = rng.integers(1, 10, 40)
+    values = rng.integers(-1, 6, 40)
+    flat = np.repeat(values, lengths)[: shape[0] * shape[1]]
+    flat = np.pad(flat, (0, shape[0] * shape[1] - flat.size), constant_values=2)
+    labels = flat.reshape(shape[:2])
+    labels[5] = 3  # a whole scan row of one label
+    want = _plain_sums(cube, labels, 4)
+    np.testing.assert_array_equal(cluster_sums(cube, labels, 4)[0], want)
+    acc = np.uint32 if info.min == 0 else np.int32
+    for tasks in (1, 2, 3, 7):
+        got = np.zeros((4, 15))
+        parts = np.zeros((tasks, 4, 15), acc)
+        _accumulate_narrow(cube.reshape(-1, 15), labels.ravel().astype(np.int64), got, parts)
+        np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
 def test_narrow_sums_cannot_overflow(dtype):
     """More extreme values than one 32-bit sum can hold: split into more parts."""
     from napari_stemcluster.core.averages import _narrow_parts
