@@ -31,6 +31,31 @@ def _accumulate(block, labels, sums):
                 dst[k] += np.float64(src[k])
 
 
+@numba.njit(cache=True, nogil=True)
+def _task_bounds(labels, n_lab, n_tasks):
+    """Start of each task's run of positions, and the end: equal numbers of
+    labelled positions (labels ``1..n_lab``) per run, as far as they go."""
+    n_pos = labels.shape[0]
+    valid = 0
+    for p in range(n_pos):
+        if 0 < labels[p] <= n_lab:
+            valid += 1
+    per = (valid + n_tasks - 1) // n_tasks
+    bounds = np.full(n_tasks + 1, n_pos, np.int64)
+    bounds[0] = 0
+    seen = 0
+    t = 1
+    for p in range(n_pos):
+        if t >= n_tasks:
+            break
+        if 0 < labels[p] <= n_lab:
+            seen += 1
+            if seen == per * t:
+                bounds[t] = p + 1
+                t += 1
+    return bounds
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _accumulate_narrow(block, labels, sums, parts):
     """:func:`_accumulate` for integers, summed per task in exact partial sums.
@@ -38,7 +63,10 @@ def _accumulate_narrow(block, labels, sums, parts):
     Task ``t`` adds a contiguous run of positions (whole patterns, read
     sequentially) into ``parts[t]`` (zeros of a dtype whose sums over the run
     are exact: a 32-bit integer dtype that cannot overflow over the run, the
-    caller sizing the runs, or float64 below 2**53); the parts are then
+    caller sizing the runs, or float64 below 2**53). The runs hold equal
+    numbers of labelled positions (:func:`_task_bounds`), at most
+    ``ceil(n_positions / n_tasks)`` each, so the threads share the work
+    evenly whichever parts of the scan are labelled. The parts are then
     added to ``sums`` in float64. Every partial sum is an exact integer, so
     the result is the same number as :func:`_accumulate`'s. For small
     integers the 32-bit parts take half the bytes of float64 ones, and their
@@ -46,12 +74,12 @@ def _accumulate_narrow(block, labels, sums, parts):
     with the same label are added together before their part (a sum of at
     most four values, within the same bound).
     """
-    n_pos, q = block.shape
+    q = block.shape[1]
     n_tasks, n_lab = parts.shape[:2]
-    per = (n_pos + n_tasks - 1) // n_tasks
+    bounds = _task_bounds(labels, n_lab, n_tasks)
     for t in numba.prange(n_tasks):
-        p = t * per
-        end = min(n_pos, (t + 1) * per)
+        p = bounds[t]
+        end = bounds[t + 1]
         while p < end:
             lab = labels[p]
             if lab <= 0 or lab > n_lab:
