@@ -70,9 +70,9 @@ def _accumulate_narrow(block, labels, sums, parts):
     added to ``sums`` in float64. Every partial sum is an exact integer, so
     the result is the same number as :func:`_accumulate`'s. For small
     integers the 32-bit parts take half the bytes of float64 ones, and their
-    adds vectorise twice as wide. Runs of up to four consecutive positions
-    with the same label are added together before their part (a sum of at
-    most four values, within the same bound).
+    adds vectorise twice as wide. Four consecutive positions with the same
+    label are added together before their part (a sum of four values,
+    within the same bound).
     """
     q = block.shape[1]
     n_tasks, n_lab = parts.shape[:2]
@@ -86,27 +86,20 @@ def _accumulate_narrow(block, labels, sums, parts):
                 p += 1
                 continue
             dst = parts[t, lab - 1]
-            # Neighbours along a scan row mostly share a label: up to four
-            # patterns of one label are added together first, so the partial
-            # sum is read and written once per four patterns instead of once
-            # per pattern (exact integers: the same numbers in any order).
-            m = 1
-            while m < 4 and p + m < end and labels[p + m] == lab:
-                m += 1
-            if m == 4:
+            # Neighbours along a scan row mostly share a label: four patterns
+            # of one label are added together first, so the partial sum is
+            # read and written once per four patterns instead of once per
+            # pattern (exact integers: the same numbers in any order).
+            if p + 3 < end and labels[p + 1] == lab == labels[p + 2] == labels[p + 3]:
                 a, b, c, d = block[p], block[p + 1], block[p + 2], block[p + 3]
                 for k in range(q):
                     dst[k] += (a[k] + b[k]) + (c[k] + d[k])
-            elif m >= 2:
-                m = 2
-                a, b = block[p], block[p + 1]
-                for k in range(q):
-                    dst[k] += a[k] + b[k]
+                p += 4
             else:
                 src = block[p]
                 for k in range(q):
                     dst[k] += src[k]
-            p += m
+                p += 1
     n_chunks = (q + _CHUNK - 1) // _CHUNK
     for c in numba.prange(n_lab * n_chunks):
         lab = c // n_chunks
