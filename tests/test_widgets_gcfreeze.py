@@ -129,3 +129,26 @@ def test_a_job_runs_with_the_objects_frozen_and_freezes_its_result(
 def test_without_a_viewer_nothing_is_frozen(unfrozen):
     assert not freeze(None)
     assert gc.get_freeze_count() == 0
+
+
+def test_the_complete_workflow_dock_freezes_and_its_removal_unfreezes(
+    make_napari_viewer, qtbot, unfrozen
+):
+    from napari_stemcluster.widgets import WorkflowDock
+
+    viewer = make_napari_viewer()
+    before = _gcfreeze._State.freezes
+    dock = WorkflowDock(viewer)
+    viewer.window.add_dock_widget(dock, name="STEM cluster")
+    assert not is_frozen()  # not while it is being made
+
+    def complete():
+        dif = dock._diffraction
+        built = dif is not None and dif.built and len(dock.stages) == len(dock._specs)
+        # frozen when its canvas was complete, and again after the last tab
+        return built and _gcfreeze._State.freezes >= before + 2
+
+    qtbot.waitUntil(complete, timeout=60_000)
+    assert is_frozen()
+    viewer.window.remove_dock_widget(dock)
+    assert not is_frozen() and gc.get_freeze_count() == 0

@@ -26,7 +26,7 @@ from ._common import (
     stem_meta,
     unwrap,
 )
-from ._gcfreeze import follow_layers, freeze_later, watch
+from ._gcfreeze import follow_layers, freeze, watch
 from ._link import ensure_link
 from ._virtual import VirtualDetector, direct_source
 
@@ -265,8 +265,9 @@ class DiffractionViewer(QWidget):
     def _collect_garbage(self) -> None:
         """Garbage collection back on, the steps' short-lived garbage collected in a turn."""
         self._gc_hold.release(collect=True)
-        # the canvas is complete: kept out of full collections from the next turn
-        freeze_later(self._viewer, BUILD_STEP_MS)
+        # the canvas is complete: kept out of full collections at once (what
+        # the build made brings the next full collection near)
+        freeze(self._viewer)
 
     def _hide_visual(self, layer) -> None:
         """Hide a new layer's vispy visual (not the layer) until :meth:`_reveal`.
