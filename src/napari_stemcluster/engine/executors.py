@@ -99,6 +99,16 @@ class Executor:
     def run_everywhere(self, fn, *args) -> None:
         """Call ``fn(*args)`` once in every worker process (not in this one)."""
 
+    def lanes(self) -> list:
+        """Where each of the :attr:`slots` runs (for :meth:`submit_to`).
+
+        Examples
+        --------
+        >>> ThreadExecutor(2).lanes()
+        [None, None]
+        """
+        return [None] * self.slots
+
     def wait(self, futures, timeout: float):
         """Futures among ``futures`` that are done, after at most ``timeout`` s."""
         raise NotImplementedError
@@ -288,6 +298,14 @@ class DistributedExecutor(Executor):
 
     def run_everywhere(self, fn, *args) -> None:
         self.client.run(fn, *args)
+
+    def lanes(self) -> list:
+        # the workers' threads, one worker after the other in turn
+        workers = sorted(self.client.nthreads().items())
+        out = []
+        for k in range(max((n for _, n in workers), default=0)):
+            out += [addr for addr, n in workers if n > k]
+        return out or [None] * self.slots
 
     def wait(self, futures, timeout: float):
         from distributed import wait
