@@ -247,6 +247,12 @@ class DistributedExecutor(Executor):
                     # copy waits in the first one. The engine submits only a few
                     # tasks per worker at a time, so there is little to balance.
                     "distributed.scheduler.work-stealing": False,
+                    # The workers' statistical profiler samples the task thread's
+                    # stack every 10 ms and the system monitor runs psutil twice
+                    # a second, on the event loop that also moves the results:
+                    # CPU taken from the tasks on a machine the workers fill.
+                    "distributed.worker.profile.enabled": False,
+                    "distributed.admin.system-monitor.interval": "2s",
                 }
                 with dask.config.set(config), _workers_ignore_ctrl_c():
                     self._cluster = LocalCluster(
