@@ -88,11 +88,16 @@ def main(spec: dict) -> dict:
         from napari_stemcluster.engine._tasks import BlockSource
 
         BlockSource.can_prefetch = lambda self: False
-    if spec.get("read_ahead") is False:
-        # the comparator without blocks read into memory ahead of their task
-        from napari_stemcluster.engine._tasks import BlockSource
+    if spec.get("read_ahead") is not None:
+        # blocks read into memory ahead of their task, or not, whatever the
+        # executor's default (the comparator of that choice)
+        from napari_stemcluster.engine import DistributedExecutor, ThreadExecutor
 
-        BlockSource.reads_ahead = lambda self: False
+        DistributedExecutor.read_ahead = bool(spec["read_ahead"])
+        init = ThreadExecutor.__init__
+        ThreadExecutor.__init__ = lambda self, *a, **k: init(
+            self, *a, **{**k, "read_ahead": bool(spec["read_ahead"])}
+        )
     repeat = int(spec.get("repeat", 1))
     cold = bool(spec.get("cold"))
     if spec["mode"] == "disk":

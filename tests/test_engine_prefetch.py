@@ -248,7 +248,7 @@ def test_blocks_read_ahead_give_identical_results(tmp_path, monkeypatch, dtype):
         f.create_dataset("data", data=cube, chunks=(1, 2, 9, 8, 6))
     ref = segment(cube.astype(cube.dtype.newbyteorder("=")), threshold=0.9)
     stats = RunStats()
-    with ThreadExecutor(2) as ex:
+    with ThreadExecutor(2, read_ahead=True) as ex:
         res = segment_chunked(
             open_dataset(path), threshold=0.9, executor=ex, chunks=(4, 5), stats=stats
         )
@@ -261,25 +261,30 @@ def test_blocks_read_ahead_give_identical_results(tmp_path, monkeypatch, dtype):
     assert not [f for f in _tasks._ahead.values() if f is not None]  # none left
     # one slot: every task but the first finds its block read ahead
     stats = RunStats()
-    with ThreadExecutor(1) as ex:
+    with ThreadExecutor(1, read_ahead=True) as ex:
         res1 = segment_chunked(
             open_dataset(path), threshold=0.9, executor=ex, chunks=(4, 5), stats=stats
         )
     assert_same(res1, ref)
     first = 5 * 6 * 8 * 6 * cube.dtype.itemsize  # rows 0:5, columns 0:6 with the halo
     assert stats.bytes_read_ahead == stats.bytes_read - first
-    # without the read-ahead: the same result, nothing read ahead
-    monkeypatch.setattr(BlockSource, "reads_ahead", lambda self: False)
+    # without the read-ahead (threads by default): the same result
     stats = RunStats()
     res2 = segment_chunked(open_dataset(path), threshold=0.9, chunks=(4, 5), stats=stats)
     assert_same(res2, ref)
+    assert stats.bytes_read_ahead == 0
+    monkeypatch.setattr(BlockSource, "reads_ahead", lambda self: False)  # not a file
+    stats = RunStats()
+    with ThreadExecutor(2, read_ahead=True) as ex:
+        segment_chunked(open_dataset(path), threshold=0.9, executor=ex, chunks=(4, 5), stats=stats)
     assert stats.bytes_read_ahead == 0
 
 
 def test_in_memory_and_dask_cubes_are_not_read_ahead():
     cube = grains_cube(8, (6, 5), (4, 4), n_times=2)
     stats = RunStats()
-    segment_chunked(cube, threshold=0.9, chunks=(2, 5), stats=stats)
+    with ThreadExecutor(2, read_ahead=True) as ex:
+        segment_chunked(cube, threshold=0.9, chunks=(2, 5), stats=stats, executor=ex)
     assert stats.bytes_read_ahead == 0
     import dask.array as da
 
@@ -332,5 +337,9 @@ def test_errors_of_a_block_read_ahead_are_raised_by_its_task():
     drop_kept("r2")
 
 
-def test_thread_lanes():
+def test_thread_lanes_and_read_ahead_defaults():
     assert ThreadExecutor(3).lanes() == [None, None, None]
+    assert not ThreadExecutor().read_ahead and ThreadExecutor(read_ahead=True).read_ahead
+    from napari_stemcluster.engine import DistributedExecutor
+
+    assert DistributedExecutor.read_ahead

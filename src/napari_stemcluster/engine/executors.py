@@ -74,6 +74,9 @@ class Executor:
     same_machine : bool
         Every task runs on this machine (threads, or a local cluster), so
         they share its page cache: blocks read ahead here serve them.
+    read_ahead : bool
+        A similarity task reads the next block of its slot into memory while
+        it computes (HDF5 files; on by default for dask workers).
     """
 
     slots: int = 1
@@ -83,6 +86,7 @@ class Executor:
     in_process: bool = False
     keeps_on_workers: bool = False
     same_machine: bool = False
+    read_ahead: bool = False
 
     def share(self, obj):
         """Make ``obj`` available to every worker; returns what tasks receive."""
@@ -142,6 +146,10 @@ class ThreadExecutor(Executor):
     ----------
     n_threads : int, optional
         Default: the number of available CPUs.
+    read_ahead : bool
+        Each similarity task reads the next block of its thread into memory
+        while it computes (HDF5 files). Off by default: on a machine busy
+        with other work it made runs on threads slower, not faster.
 
     Examples
     --------
@@ -151,7 +159,8 @@ class ThreadExecutor(Executor):
     1024
     """
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, *, read_ahead: bool = False):
+        self.read_ahead = bool(read_ahead)
         cpus = available_cpus()
         n = cpus if n_threads is None else int(n_threads)
         if n < 1:
@@ -292,6 +301,7 @@ class DistributedExecutor(Executor):
         return fut
 
     keeps_on_workers = True
+    read_ahead = True
 
     def submit(self, fn, *args):
         return self.client.submit(fn, *args, pure=False)

@@ -582,7 +582,7 @@ class _Run:
         # one worker, which holds the block read ahead.
         self.lanes = []
         self.ahead_run = None
-        if source.reads_ahead():
+        if source.reads_ahead() and executor.read_ahead:
             self.lanes = executor.lanes()[: min(plan.concurrency, executor.slots)]
             self.ahead_run = self.run_id or uuid.uuid4().hex
         stats.plan = plan
