@@ -385,7 +385,9 @@ def similarity_extras(cube, ring, repeats=REPEATS) -> dict:
     The extras are what the similarity pass of ``segment`` (defaults) asks
     the same kernel sweep for: the binned patterns of the ``"mean"`` linkage
     (only the bins that meet the q-mask) and the dark-field image; the
-    output arrays are made fresh each time, as in ``segment``. Interleaved.
+    output arrays are made fresh each time, as in ``segment`` (and, to show
+    what the page faults of fresh memory cost, the binned patterns once more
+    into a buffer whose pages are already resident). Interleaved.
     """
     from napari_stemcluster.core import neighbor_similarity
     from napari_stemcluster.core.linkage import FEATURE_DIMS, feature_slots
@@ -395,8 +397,12 @@ def similarity_extras(cube, ring, repeats=REPEATS) -> dict:
     k = len(feature_slots((qx, qy), resolve_q_mask(ring, (qx, qy)), FEATURE_DIMS))
     beam = direct_beam(_sample_mean(cube))
 
+    # A buffer written once beforehand: its pages are resident, so the
+    # difference to fresh memory is the page faults (and the kernel's zeroing).
+    touched = np.ones((rx, ry, k), np.float32)
+
     def run(feats, dark):
-        f = np.empty((rx, ry, k), np.float32) if feats else None
+        f = (touched if feats == "reused" else np.empty((rx, ry, k), np.float32)) if feats else None
         d = np.empty((rx, ry), np.float32) if dark else None
         neighbor_similarity(
             cube, ring, 1.0, features=f, feature_dims=FEATURE_DIMS, dark_field=d, beam=beam
@@ -405,6 +411,7 @@ def similarity_extras(cube, ring, repeats=REPEATS) -> dict:
     cases = {
         "alone": (False, False),
         f"+ binned patterns (K={k})": (True, False),
+        "+ binned, into touched memory": ("reused", False),
         "+ dark-field image": (False, True),
         "+ both (segment's pass)": (True, True),
     }

@@ -168,6 +168,70 @@ def test_narrow_integer_sums_equal_a_plain_loop(rng, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_narrow_sums_of_label_runs_equal_a_plain_loop(rng, dtype):
+    """Runs of one label (1 to 9 positions, across scan rows and the ends of
+    the parallel tasks' ranges, with background and out-of-range labels
+    between them) are added a few patterns at a time: still the plain loop's
+    numbers, extremes of the dtype included."""
+    from napari_stemcluster.core._averages_numba import _accumulate_narrow
+
+    info = np.iinfo(dtype)
+    shape = (7, 11, 3, 5)
+    cube = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    cube[2:4] = info.max
+    cube[4, :6] = info.min
+    lengths = rng.integers(1, 10, 40)
+    values = rng.integers(-1, 6, 40)
+    flat = np.repeat(values, lengths)[: shape[0] * shape[1]]
+    flat = np.pad(flat, (0, shape[0] * shape[1] - flat.size), constant_values=2)
+    labels = flat.reshape(shape[:2])
+    labels[5] = 3  # a whole scan row of one label
+    want = _plain_sums(cube, labels, 4)
+    np.testing.assert_array_equal(cluster_sums(cube, labels, 4)[0], want)
+    acc = np.uint32 if info.min == 0 else np.int32
+    for tasks in (1, 2, 3, 7):
+        got = np.zeros((4, 15))
+        parts = np.zeros((tasks, 4, 15), acc)
+        _accumulate_narrow(cube.reshape(-1, 15), labels.ravel().astype(np.int64), got, parts)
+        np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+def test_sum_tasks_share_the_labelled_positions_evenly(rng):
+    """Each task's run of positions holds as many labelled positions as the
+    others (give or take the rounding), wherever the labels are."""
+    from napari_stemcluster.core._averages_numba import _task_bounds
+
+    for n_tasks in (1, 2, 3, 7):
+        for labels in (
+            np.r_[np.zeros(700, np.int64), rng.integers(1, 4, 300)],  # labels at the end only
+            rng.integers(-1, 6, 1001),  # background, labels beyond n_lab, negatives
+            np.zeros(50, np.int64),
+            np.ones(5, np.int64),
+        ):
+            b = _task_bounds(labels, 4, n_tasks)
+            assert b[0] == 0 and b[-1] == labels.size and np.all(np.diff(b) >= 0)
+            valid = (labels > 0) & (labels <= 4)
+            counts = [int(valid[b[t] : b[t + 1]].sum()) for t in range(n_tasks)]
+            per = -(-int(valid.sum()) // n_tasks)
+            assert sum(counts) == valid.sum() and max(counts) <= per
+            assert all(c == per for c in counts[: int(valid.sum()) // max(per, 1)])
+
+
+def test_narrow_sums_of_one_labelled_half_cannot_overflow():
+    """All labelled positions in the second half of the scan at the largest
+    value: the runs are cut by labelled positions, each within a 32-bit sum."""
+    n = 2 * 65_537 + 6
+    cube = np.full((n, 1, 2, 1), 65535, np.uint16)
+    labels = np.zeros((n, 1), np.int32)
+    labels[n // 3 :] = 1
+    labels[-7] = 2
+    sums, counts = cluster_sums(cube, labels)
+    m = n - n // 3 - 1
+    assert sums[0, 0, 0] == 65535.0 * m and sums[1, 1, 0] == 65535.0
+    assert counts.tolist() == [m, 1]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
 def test_narrow_sums_cannot_overflow(dtype):
     """More extreme values than one 32-bit sum can hold: split into more parts."""
     from napari_stemcluster.core.averages import _narrow_parts

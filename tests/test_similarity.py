@@ -303,6 +303,30 @@ def test_strip_width_does_not_change_results(rng, monkeypatch):
         np.testing.assert_array_equal(neighbor_similarity(cube, (1, 3.5), 1.0), whole)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_strips_split_evenly_between_threads(monkeypatch, threads):
+    """The kernel gives each thread an equal run of strips: strips of equal
+    width, as many for every thread, where the scan width allows it."""
+    from napari_stemcluster.core import similarity
+
+    monkeypatch.setattr(similarity.numba, "get_num_threads", lambda: threads)
+    plan = similarity.similarity_plan((128, 128), (8, 57.6), 1.0)
+    budget = similarity.STRIP_BYTES // (2 * 4 * int(np.count_nonzero(plan.weight))) - 2
+    for ry in (64, 128, 256, 512):
+        width = similarity._strip(ry, plan)
+        strips = -(-ry // width)
+        assert strips % threads == 0 and strips >= 2 * threads, (ry, width)
+        assert width <= budget
+    assert 128 % similarity._strip(128, plan) == 0  # the benchmark's scan: equal strips
+    for ry in range(1, 300):
+        width = similarity._strip(ry, plan)
+        assert 1 <= width <= max(4, budget)
+        # never fewer strips than the old rule (width capped by the budget
+        # and by two strips per thread) gave
+        old = max(1, min(max(4, budget), -(-ry // (2 * threads))))
+        assert -(-ry // width) >= -(-ry // old)
+
+
 def test_block_similarity_building_block(rng):
     from napari_stemcluster.core.similarity import block_similarity, similarity_plan
 
