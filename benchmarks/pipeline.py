@@ -104,9 +104,11 @@ def describe(r: dict) -> str:
         return "file readers' parallel chunk read"
     if s["mode"] == "memory":
         return "in-memory (h5py load + core.segment)"
+    ahead = s.get("read_ahead")
+    plain = "" if ahead is None else (" (blocks read ahead)" if ahead else " (no block read-ahead)")
     if s["workers"] is None:
-        return "engine, threads in one process"
-    return f"engine, {s['workers']} worker process{'es' if s['workers'] > 1 else ''}"
+        return f"engine, threads in one process{plain}"
+    return f"engine, {s['workers']} worker process{'es' if s['workers'] > 1 else ''}{plain}"
 
 
 def settings(spec: dict) -> str:
@@ -146,8 +148,8 @@ def pass_figures(r: dict, stage: str, base: float | None) -> dict | None:
     return {
         "rate": rate,
         "ratio": rate / base if base else None,
-        # under a millisecond: the pass took kept blocks, it read nothing
-        "read": r["bytes"] / (t_read / conc) if t_read > 1e-3 else math.inf,
+        # under 10 ms in all: the pass took kept blocks, it read nothing
+        "read": r["bytes"] / (t_read / conc) if t_read > 1e-2 else math.inf,
         "compute": r["bytes"] / (t_comp / conc) if t_comp else math.inf,
     }
 
@@ -163,9 +165,10 @@ def table(results: list[dict], budget: str) -> str:
     head = (
         "| file | path | settings | time (s) | GB/s | h5py read of the file, same run (GB/s) "
         "| vs read | similarity pass GB/s (vs read) | averages pass GB/s (vs read) "
-        "| file bytes read / input | CPU s per GB | peak RSS | load avg |"
+        "| file bytes read / input | read ahead / input | CPU s per GB | disk busy "
+        "| peak RSS | load avg |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     parts = [
         "| file | path | pass | pass GB/s | its reads alone GB/s | its compute alone GB/s "
         "| limited by |",
@@ -192,19 +195,25 @@ def table(results: list[dict], budget: str) -> str:
         reads = f"{r['bytes_read'] / r['bytes']:.2f}x" if "bytes_read" in r else "-"
         load = r.get("load")
         load = f"{load[0]:.1f}-{load[1]:.1f}" if load else "-"
+        ahead = f"{r['bytes_read_ahead'] / r['bytes']:.2f}" if "bytes_read_ahead" in r else "-"
         cpu = r.get("cpu_seconds")
         cpu = f"{cpu / (r['bytes'] / 1e9):.2f}" if cpu else "-"
+        busy = r.get("disk_busy")
+        busy = f"{100 * busy:.0f} %" if busy is not None else "-"
         lines.append(
             f"| {r['spec']['file']} | {describe(r)} | {settings(r['spec'])} "
             f"| {total_seconds(r):.2f} | {rate / 1e9:.3f} | {base / 1e9 if base else 0:.3f} "
-            f"| {ratio} | {cells[0]} | {cells[1]} | {reads} | {cpu} "
+            f"| {ratio} | {cells[0]} | {cells[1]} | {reads} | {ahead} | {cpu} | {busy} "
             f"| {format_bytes(r['peak_tree_rss'])} | {load} |"
         )
     lines.append(
         f"\nmemory limit of the engine runs: {budget}. Times are medians of the repeats "
         "in each process; a pass's time is its tasks' time (read + compute) summed and divided "
-        "by the tasks run at once. CPU s per GB: CPU time of the run's processes (workers "
-        "included) per GB of input, which a busy machine disturbs least. load avg: the "
+        "by the tasks run at once. read ahead: bytes of blocks a task read into memory for "
+        "the next task of its slot while computing. CPU s per GB: CPU time of the run's "
+        "processes (workers included) per GB of input, which a busy machine disturbs least. "
+        "disk busy: share of the run's time the file's disk had reads in flight "
+        "(/proc/diskstats; other processes' I/O included). load avg: the "
         "machine's 1-minute load average at the start and end of the run.\n\n"
         "Where each pass's time goes (same runs):\n"
     )
@@ -251,6 +260,12 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--repeat", type=int, default=3, help="timed repeats per process (median reported)"
+    )
+    p.add_argument(
+        "--read-ahead-comparators",
+        action="store_true",
+        help="also run every engine path with the opposite of its default for blocks "
+        "read into memory ahead of their task (threads: on; workers: off)",
     )
     p.add_argument("--json", help="also write all figures to this JSON file")
     args = p.parse_args(argv)
@@ -342,6 +357,12 @@ def main(argv=None) -> int:
                         workers = None if run_kind == "threads" else int(run_kind)
                         spec.update(mode="engine", workers=workers)
                     specs.append(spec)
+                if args.read_ahead_comparators:
+                    for run_kind in runs:
+                        if run_kind != "memory":
+                            workers = None if run_kind == "threads" else int(run_kind)
+                            spec = {**cfg, "memory_limit": budget, "mode": "engine"}
+                            specs.append(spec | {"workers": workers, "read_ahead": workers is None})
             specs.append({"mode": "read"})
             reads = []
             for spec in specs:

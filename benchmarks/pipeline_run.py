@@ -42,6 +42,22 @@ def disk_read(path: str) -> int:
     return total
 
 
+def disk_ticks(path: str) -> int | None:
+    """Milliseconds the disk holding ``path`` has spent with I/O in flight
+    (``/proc/diskstats``), or None where that is not known."""
+    try:
+        dev = os.stat(path).st_dev
+        want = (os.major(dev), os.minor(dev))
+        with open("/proc/diskstats") as f:
+            for line in f:
+                p = line.split()
+                if (int(p[0]), int(p[1])) == want:
+                    return int(p[12])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and its children alive now (dask workers)."""
     import psutil
@@ -72,6 +88,16 @@ def main(spec: dict) -> dict:
         from napari_stemcluster.engine._tasks import BlockSource
 
         BlockSource.can_prefetch = lambda self: False
+    if spec.get("read_ahead") is not None:
+        # blocks read into memory ahead of their task, or not, whatever the
+        # executor's default (the comparator of that choice)
+        from napari_stemcluster.engine import DistributedExecutor, ThreadExecutor
+
+        DistributedExecutor.read_ahead = bool(spec["read_ahead"])
+        init = ThreadExecutor.__init__
+        ThreadExecutor.__init__ = lambda self, *a, **k: init(
+            self, *a, **{**k, "read_ahead": bool(spec["read_ahead"])}
+        )
     repeat = int(spec.get("repeat", 1))
     cold = bool(spec.get("cold"))
     if spec["mode"] == "disk":
@@ -100,6 +126,7 @@ def main(spec: dict) -> dict:
             for _ in range(repeat):
                 if cold:
                     drop_cache(spec["path"])
+                d0 = disk_ticks(spec["path"])
                 t0, c0 = time.perf_counter(), cpu_seconds()
                 total = 0
                 for t in range(d.shape[0]):
@@ -107,9 +134,14 @@ def main(spec: dict) -> dict:
                         total += src[t, r : r + step].nbytes
                 times.append(time.perf_counter() - t0)
                 out.setdefault("all_cpu", []).append(cpu_seconds() - c0)
+                d1 = disk_ticks(spec["path"])
+                if d0 is not None and d1 is not None:
+                    out.setdefault("all_busy", []).append((d1 - d0) / 1000 / times[-1])
             out["all_seconds"] = times
             out["seconds"] = float(np.median(times))
             out["cpu_seconds"] = float(np.median(out["all_cpu"]))
+            if out.get("all_busy"):
+                out["disk_busy"] = float(np.median(out["all_busy"]))
             out["bytes"] = total
         return out
     kwargs = {"prefilter": bool(spec["prefilter"])}
@@ -145,15 +177,20 @@ def main(spec: dict) -> dict:
                 if cold:
                     drop_cache(spec["path"])
                 stats = RunStats()
+                d0 = disk_ticks(spec["path"])
                 t0, c0 = time.perf_counter(), cpu_seconds()
                 res = segment_chunked(
                     ds, **kwargs, executor=ex, memory_limit=spec["memory_limit"], stats=stats
                 )
-                runs.append((time.perf_counter() - t0, stats, cpu_seconds() - c0))
+                dt = time.perf_counter() - t0
+                d1 = disk_ticks(spec["path"])
+                busy = None if d0 is None or d1 is None else (d1 - d0) / 1000 / dt
+                runs.append((dt, stats, cpu_seconds() - c0, busy))
         # the median run (by total time) gives every figure
         runs.sort(key=lambda r: r[0])
-        seconds, stats, cpu = runs[len(runs) // 2]
+        seconds, stats, cpu, busy = runs[len(runs) // 2]
         out["cpu_seconds"] = cpu
+        out["disk_busy"] = busy
         out["all_seconds"] = [r[0] for r in runs]
         out["seconds"] = seconds
         out["bytes"] = ds.nbytes
@@ -165,6 +202,7 @@ def main(spec: dict) -> dict:
         out["bytes_read"] = stats.bytes_read
         out["bytes_reused"] = stats.bytes_reused
         out["bytes_prefetched"] = stats.bytes_prefetched
+        out["bytes_read_ahead"] = stats.bytes_read_ahead
     out["clusters"] = res.n_clusters
     out["labels_sha1"] = hashlib.sha1(np.ascontiguousarray(res.labels)).hexdigest()
     out["maxrss_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,5 +1,6 @@
 """Direct chunk reads decoded in parallel give exactly what h5py reads."""
 
+import os
 import threading
 
 import h5py
@@ -175,10 +176,13 @@ def test_covering_only_for_small_ranges():
     assert _covering((np.array([1, 2]),), (4,), 2) is None
 
 
-def test_file_growing_after_it_was_mapped(tmp_path, data):
+@pytest.mark.parametrize("name", ["shuffle", "none"])  # mapped; read with pread
+def test_file_growing_after_it_was_mapped(tmp_path, data, name):
     path = tmp_path / "c.h5"
     with h5py.File(path, "w", libver="latest") as f:
-        d = f.create_dataset("d", shape=(3, 7, 9, 5, 6), dtype="u2", chunks=(1, 7, 9, 5, 6))
+        d = f.create_dataset(
+            "d", shape=(3, 7, 9, 5, 6), dtype="u2", chunks=(1, 7, 9, 5, 6), **FILTERS[name]
+        )
         d[0] = data[0]
     reader_file = h5py.File(path, "r", swmr=False)
     try:
@@ -194,7 +198,10 @@ def test_file_growing_after_it_was_mapped(tmp_path, data):
         reader.read((0,))
         reader._mm = reader._mm[:size]  # as if mapped before the file grew
         np.testing.assert_array_equal(reader.read((slice(None),)), data)
-        assert reader._mm.size > size
+        if name == "none":  # unfiltered chunks are read with pread, not mapped
+            assert reader._pread and reader._mm.size == size
+        else:
+            assert reader._mm.size > size
 
 
 def _rss_file() -> int:
@@ -307,3 +314,56 @@ def test_read_buffers_are_reused_only_when_given_back():
     assert [b.size for b in pool._free] == [2400]  # and at most ``max_bytes``, but one
     pool.release()
     assert not pool._free
+
+
+def test_unfiltered_chunks_are_read_into_place(tmp_path, monkeypatch):
+    """pread of the runs of a chunk straight into the output, adjacent runs in
+    one call: the values h5py reads, for every kind of selection."""
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 65535, (2, 9, 10, 3, 5)).astype("<u2")  # non-square
+    path = tmp_path / "u.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=values, chunks=(1, 4, 4, 3, 5))
+        f.create_dataset("z", data=np.zeros((4, 4, 2, 2), "<f4"), chunks=(2, 1, 2, 2))
+    calls = []
+    preadv = os.preadv
+    monkeypatch.setattr(
+        os, "preadv", lambda fd, bufs, at: calls.append(len(bufs)) or preadv(fd, bufs, at)
+    )
+    keys = [
+        (slice(None),),
+        (1, slice(3, 8)),  # rows cutting chunks
+        (0, slice(0, 9), slice(2, 7)),  # halo-like block: columns cutting chunks
+        (slice(0, 2), 3, slice(1, 10), slice(1, 3), slice(2, 5)),  # partial patterns
+        (1, 4, 5),  # one pattern
+        (0, 8, slice(0, 10)),  # a 1xN row of the last, partial chunk
+        (1, slice(0, 9), 9),  # an Nx1 column
+    ]
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+        assert reader._pread
+        for key in keys:
+            np.testing.assert_array_equal(reader.read(key), f["d"][key])
+        assert calls and max(calls) > 1  # runs adjacent in the file: one call
+        z = chunk_reader(f["z"])  # all-zero float data
+        np.testing.assert_array_equal(z.read((slice(1, 4), slice(0, 3))), f["z"][1:4, 0:3])
+
+
+def test_short_reads_are_continued_and_a_truncated_file_is_a_clear_error(tmp_path, monkeypatch):
+    values = np.arange(2 * 4 * 4 * 6, dtype="<u2").reshape(2, 4, 4, 6)
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=values, chunks=(1, 4, 4, 6))
+    preadv = os.preadv
+
+    def short(fd, bufs, at):  # at most 10 bytes per call
+        head = bufs[0][:10]
+        return preadv(fd, [head], at)
+
+    with h5py.File(path, "r") as f:
+        reader = chunk_reader(f["d"])
+        monkeypatch.setattr(os, "preadv", short)
+        np.testing.assert_array_equal(reader.read((slice(None),)), values)
+        monkeypatch.setattr(os, "preadv", lambda fd, bufs, at: 0)  # end of file
+        with pytest.raises(OSError, match=r"s\.h5: a chunk of /d lies past the end"):
+            reader.read((1,))

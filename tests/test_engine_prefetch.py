@@ -227,3 +227,119 @@ def test_willneed_hints_in_pieces_covering_the_spans(tmp_path, monkeypatch):
     assert all(n <= 100 and a == _chunks.os.POSIX_FADV_WILLNEED for _, n, a in calls)
     assert merge_spans([(o, n) for o, n, _ in calls]) == merge_spans(spans)
     assert len(calls) == len(set(calls))
+
+
+# --------------------------------------------------------------------------
+# blocks read into memory ahead of their task (reading overlaps computing)
+
+
+def _pending(run):
+    from napari_stemcluster.engine import _tasks
+
+    return [k for k, f in _tasks._ahead.items() if k[0] == run and f is not None]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, ">f4"])
+def test_blocks_read_ahead_give_identical_results(tmp_path, monkeypatch, dtype):
+    # 5D, non-square detector, awkward blocks, a big-endian float file
+    cube = grains_cube(7, (11, 9), (8, 6), n_times=3).astype(dtype)
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=cube, chunks=(1, 2, 9, 8, 6))
+    ref = segment(cube.astype(cube.dtype.newbyteorder("=")), threshold=0.9)
+    stats = RunStats()
+    with ThreadExecutor(2, read_ahead=True) as ex:
+        res = segment_chunked(
+            open_dataset(path), threshold=0.9, executor=ex, chunks=(4, 5), stats=stats
+        )
+    assert_same(res, ref)
+    # a task may start before the one ahead of it in its slot asks for its
+    # block (it then reads it itself)
+    assert 0 < stats.bytes_read_ahead <= stats.bytes_read
+    from napari_stemcluster.engine import _tasks
+
+    assert not [f for f in _tasks._ahead.values() if f is not None]  # none left
+    # one slot: every task but the first finds its block read ahead
+    stats = RunStats()
+    with ThreadExecutor(1, read_ahead=True) as ex:
+        res1 = segment_chunked(
+            open_dataset(path), threshold=0.9, executor=ex, chunks=(4, 5), stats=stats
+        )
+    assert_same(res1, ref)
+    first = 5 * 6 * 8 * 6 * cube.dtype.itemsize  # rows 0:5, columns 0:6 with the halo
+    assert stats.bytes_read_ahead == stats.bytes_read - first
+    # without the read-ahead (threads by default): the same result
+    stats = RunStats()
+    res2 = segment_chunked(open_dataset(path), threshold=0.9, chunks=(4, 5), stats=stats)
+    assert_same(res2, ref)
+    assert stats.bytes_read_ahead == 0
+    monkeypatch.setattr(BlockSource, "reads_ahead", lambda self: False)  # not a file
+    stats = RunStats()
+    with ThreadExecutor(2, read_ahead=True) as ex:
+        segment_chunked(open_dataset(path), threshold=0.9, executor=ex, chunks=(4, 5), stats=stats)
+    assert stats.bytes_read_ahead == 0
+
+
+def test_in_memory_and_dask_cubes_are_not_read_ahead():
+    cube = grains_cube(8, (6, 5), (4, 4), n_times=2)
+    stats = RunStats()
+    with ThreadExecutor(2, read_ahead=True) as ex:
+        segment_chunked(cube, threshold=0.9, chunks=(2, 5), stats=stats, executor=ex)
+    assert stats.bytes_read_ahead == 0
+    import dask.array as da
+
+    assert not BlockSource(da.from_array(cube, chunks=(1, 2, 5, 4, 4))).reads_ahead()
+
+
+def test_read_ahead_is_taken_once_and_dropped_with_its_run(tmp_path):
+    from napari_stemcluster.engine._tasks import drop_kept, read_ahead, take_read_ahead
+
+    cube = grains_cube(9, (6, 7), (5, 3), n_times=2)  # non-square detector
+    path = tmp_path / "t.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=cube, chunks=(1, 2, 7, 5, 3))
+    src = BlockSource(open_dataset(path).source)
+    assert src.reads_ahead()
+    with h5py.File(path, "r") as f:
+        assert BlockSource(f["data"]).reads_ahead()
+    ext = (1, 4, 0, 7)
+    assert read_ahead(src, "r1", 1, ext)
+    assert not read_ahead(src, "r1", 1, ext)  # asked once
+    np.testing.assert_array_equal(take_read_ahead("r1", 1, ext), cube[1, 1:4, 0:7])
+    assert take_read_ahead("r1", 1, ext) is None  # taken
+    assert not read_ahead(src, "r1", 1, ext)  # its task has read it: never again
+    # a task that comes before the read-ahead of its block reads it itself,
+    # and the late request reads nothing
+    assert take_read_ahead("r1", 0, (0, 1, 0, 1)) is None
+    assert not read_ahead(src, "r1", 0, (0, 1, 0, 1))
+    assert take_read_ahead(None, 0, ext) is None  # no run: nothing read ahead
+    # blocks never taken are dropped with the run; the run then reads none
+    assert read_ahead(src, "r1", 0, (0, 6, 0, 1))  # a 6x1 column
+    assert _pending("r1")
+    drop_kept("r1")
+    assert not _pending("r1")
+    assert not read_ahead(src, "r1", 0, (0, 6, 0, 1))
+
+
+def test_errors_of_a_block_read_ahead_are_raised_by_its_task():
+    from napari_stemcluster.engine._tasks import drop_kept, read_ahead, take_read_ahead
+
+    class Broken:
+        shape, dtype = (4, 4, 2, 2), np.dtype(np.uint16)
+
+        def __getitem__(self, key):
+            raise OSError("chunk 3 is corrupt")
+
+    src = BlockSource(Broken())
+    assert read_ahead(src, "r2", None, (0, 2, 0, 4))
+    with pytest.raises(OSError, match="chunk 3 is corrupt"):
+        take_read_ahead("r2", None, (0, 2, 0, 4))
+    drop_kept("r2")
+
+
+def test_thread_lanes_and_read_ahead_defaults():
+    assert ThreadExecutor(3).lanes() == [None, None, None]
+    assert not ThreadExecutor().read_ahead and ThreadExecutor(read_ahead=True).read_ahead
+    from napari_stemcluster.engine import DistributedExecutor
+
+    assert DistributedExecutor.read_ahead

@@ -357,3 +357,47 @@ def test_the_diffraction_canvas_renders_its_glyphs_in_steps_outside_any_paint(
     assert dif.text_overlay.text == ""  # nothing drawn for it
     dif.finish_building()
     assert set("".join(_glyph_chunks())) <= set(font._glyphs)
+
+
+def test_the_threshold_plot_updates_its_artists_in_place(qtbot):
+    plot = ThresholdPlot()
+    qtbot.addWidget(plot.canvas)
+    rng = np.random.default_rng(2)
+    first = rng.uniform(0.5, 1.0, 5000)
+    plot.set_histogram(first)
+    lab = np.array([[1, 1, 2, 2, 2, 0], [3, 0, 0, 0, 0, 0]])
+    ms = np.linspace(0.8, 0.95, lab.size).reshape(lab.shape)
+    plot.set_clusters(threshold_stats(lab, ms, None, 0.9, 1), np.eye(4)[:3])
+    plot.canvas.draw()
+    stairs, points = plot._stairs, plot._points
+    ticks = list(plot.scatter_ax.xaxis.get_major_ticks())
+    # new data: the same artists (and tick objects), showing the new values
+    second = np.concatenate([rng.uniform(-0.2, 1.0, 300), np.full(50, 0.99)])
+    plot.set_histogram(second)
+    stats = threshold_stats(lab[:, :3], ms[:, :3], None, 0.9, 1)  # sizes 2, 1, 1
+    plot.set_clusters(stats, np.ones((3, 4)))
+    plot.canvas.draw()
+    assert plot._stairs is stairs and plot._points is points
+    assert plot.scatter_ax.xaxis.get_major_ticks()[: len(ticks)] == ticks
+    counts, edges = np.histogram(second, bins=100, range=(second.min(), 1.0))
+    got = stairs.get_data()
+    np.testing.assert_array_equal(got.values, counts)
+    np.testing.assert_allclose(got.edges, edges)
+    lo, hi = plot.hist_ax.get_xlim()
+    assert lo < second.min() and hi > 1.0
+    blo, bhi = plot.hist_ax.get_ylim()
+    assert 0 < blo < counts[counts > 0].min() and bhi > counts.max()
+    np.testing.assert_allclose(
+        points.get_offsets(), np.column_stack([[2, 1, 1], stats.mean_similarity])
+    )
+    xlo, xhi = plot.scatter_ax.get_xlim()
+    assert 0 < xlo < 1 and xhi > 2
+    assert plot.scatter_ax.get_title(loc="right") == stats.summary()
+    # nothing to show: hidden, the axes stay usable
+    plot.set_histogram(np.empty(0))
+    plot.set_clusters(
+        threshold_stats(np.zeros((2, 2), int), np.ones((2, 2)), None, 0.9, 1), np.empty((0, 4))
+    )
+    plot.canvas.draw()
+    assert not stairs.get_visible() and plot._hist is None
+    assert len(points.get_offsets()) == 0

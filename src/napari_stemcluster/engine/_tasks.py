@@ -7,6 +7,7 @@ everything they need as (picklable) arguments and return only small arrays.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import threading
 import time
@@ -97,6 +98,24 @@ class BlockSource:
             return self._h5_dataset() is not None
         except Exception:
             return False
+
+    def reads_ahead(self) -> bool:
+        """Whether a block is worth reading ahead into memory (an HDF5 file).
+
+        Reading an HDF5 dataset (through h5py or the file readers) fills one
+        new array; an in-memory array would only be copied, and a dask
+        array may concatenate pieces (twice the block in memory).
+
+        Examples
+        --------
+        >>> BlockSource(np.zeros((2, 2, 3, 3))).reads_ahead()
+        False
+        """
+        if self._kind == "h5py":
+            return True
+        from ..io._lazy import H5Array
+
+        return isinstance(self.data, H5Array)
 
     def _h5_dataset(self):
         """The h5py dataset behind the source in this process, or None."""
@@ -192,8 +211,70 @@ def _worker_address() -> str | None:
         return None
 
 
+#: Blocks read ahead in this process for the task that will read them:
+#: ``{(run, t, read_ext): Future}`` (a finished entry whose task came first
+#: holds None, so that the block is not read again).
+_ahead: dict = {}
+_ahead_pool: cf.ThreadPoolExecutor | None = None
+_ahead_pid: int | None = None
+
+
+def _reader_pool() -> cf.ThreadPoolExecutor:
+    """Threads that read blocks ahead (the chunks decode in the readers' pool)."""
+    global _ahead_pool, _ahead_pid
+    if _ahead_pool is None or _ahead_pid != os.getpid():
+        _ahead_pool = cf.ThreadPoolExecutor(4, thread_name_prefix="stemcluster-ahead")
+        _ahead_pid = os.getpid()
+    return _ahead_pool
+
+
+def read_ahead(source, run: str, t, read_ext) -> bool:
+    """Start reading the block ``read_ext`` of step ``t`` into memory now.
+
+    The task that reads that block later in this process (with the same
+    ``run``) takes it instead of reading (:func:`take_read_ahead`), so a
+    task slot reads its next block while it computes the current one.
+    Returns False when the block's task came first, or the run has ended.
+
+    Examples
+    --------
+    >>> src = BlockSource(np.arange(4).reshape(2, 2, 1, 1))
+    >>> read_ahead(src, "run", None, (0, 1, 0, 2))
+    True
+    >>> take_read_ahead("run", None, (0, 1, 0, 2))[..., 0, 0]
+    array([[0, 1]])
+    >>> drop_kept("run")
+    0
+    """
+    key = (run, t, tuple(int(v) for v in read_ext))
+    with _kept_lock:
+        if run in _ended or key in _ahead:
+            return False
+        _ahead[key] = _reader_pool().submit(source.read, t, *key[2])
+    return True
+
+
+def take_read_ahead(run: str | None, t, read_ext):
+    """The block read ahead for ``(run, t, read_ext)``, or None (then read it).
+
+    Waits for a read still under way; its errors are raised here, in the
+    task the block belongs to. A block not read ahead yet will not be.
+    """
+    if run is None:
+        return None
+    key = (run, t, tuple(int(v) for v in read_ext))
+    with _kept_lock:
+        fut = _ahead.get(key)
+        _ahead[key] = None  # taken, or never to be read ahead
+    return None if fut is None else fut.result()
+
+
 def drop_kept(run: str) -> int:
     """Forget the blocks this process keeps for ``run``; returns how many.
+
+    Blocks read ahead for the run and not taken are dropped too (after any
+    read still under way has finished, so no thread reads the file after
+    the run).
 
     Examples
     --------
@@ -205,11 +286,13 @@ def drop_kept(run: str) -> int:
         keys = [k for k in _kept if k[0] == run]
         for k in keys:
             del _kept[k]
+        ahead = [_ahead.pop(k) for k in [k for k in _ahead if k[0] == run]]
+    cf.wait([f for f in ahead if f is not None])
     release_buffers()
     return len(keys)
 
 
-def similarity_task(source, t, box, spec, raw_map=False, keep=False):
+def similarity_task(source, t, box, spec, raw_map=False, keep=False, ahead=None):
     """The similarity pass of one block (:func:`~napari_stemcluster.core.passes.similarity_block`).
 
     The block is read with the halo the pass needs, so values are
@@ -222,8 +305,9 @@ def similarity_task(source, t, box, spec, raw_map=False, keep=False):
     mask_map : ndarray of float32, shape (h, w), or None
         With ``raw_map``: the mean similarity of the raw (unprefiltered)
         patterns, which the real-space mask thresholds.
-    seconds : (float, float)
-        Time spent reading and computing.
+    seconds : (float, float, bool)
+        Time spent reading (or waiting for the block read ahead) and
+        computing, and whether the block had been read ahead.
     extras : dict
         The block's dark-field image and binned patterns when ``spec`` asks
         for them (for the regions pass).
@@ -232,11 +316,22 @@ def similarity_task(source, t, box, spec, raw_map=False, keep=False):
         for the sums pass of the same block without reading it again. When
         ``keep`` is a run id (a string), the patterns stay in this process
         and a :class:`KeptOnWorker` says where.
+
+    ``ahead`` is ``(run, next)``: the block may have been read ahead for
+    this task under ``run`` (:func:`read_ahead`), and ``next`` (``(t,
+    read_ext)`` or None) is the block of the next task this process will
+    run in the same slot, read ahead while this one computes.
     """
     scan = source.shape[-4:-2]
     read_ext = passes.extended(box, spec["halo"], scan)
+    run, nxt = ahead if ahead is not None else (None, None)
     t0 = time.perf_counter()
-    raw = source.read(t, *read_ext)
+    raw = take_read_ahead(run, t, read_ext)
+    was_ahead = raw is not None
+    if raw is None:
+        raw = source.read(t, *read_ext)
+    if nxt is not None:
+        read_ahead(source, run, *nxt)
     t1 = time.perf_counter()
     with _numba_threads(spec.get("numba_threads")):
         extras = {}
@@ -251,7 +346,7 @@ def similarity_task(source, t, box, spec, raw_map=False, keep=False):
             if keep not in _ended:
                 _kept[(keep, t, tuple(box))] = raw
         kept = KeptOnWorker(_worker_address(), raw.nbytes)
-    return sim, mask_map, (t1 - t0, time.perf_counter() - t1), extras, kept
+    return sim, mask_map, (t1 - t0, time.perf_counter() - t1, was_ahead), extras, kept
 
 
 def sums_task(source, t, box, labels, spec, kept=None):

@@ -74,6 +74,9 @@ class Executor:
     same_machine : bool
         Every task runs on this machine (threads, or a local cluster), so
         they share its page cache: blocks read ahead here serve them.
+    read_ahead : bool
+        A similarity task reads the next block of its slot into memory while
+        it computes (HDF5 files; on by default for dask workers).
     """
 
     slots: int = 1
@@ -83,6 +86,7 @@ class Executor:
     in_process: bool = False
     keeps_on_workers: bool = False
     same_machine: bool = False
+    read_ahead: bool = False
 
     def share(self, obj):
         """Make ``obj`` available to every worker; returns what tasks receive."""
@@ -98,6 +102,16 @@ class Executor:
 
     def run_everywhere(self, fn, *args) -> None:
         """Call ``fn(*args)`` once in every worker process (not in this one)."""
+
+    def lanes(self) -> list:
+        """Where each of the :attr:`slots` runs (for :meth:`submit_to`).
+
+        Examples
+        --------
+        >>> ThreadExecutor(2).lanes()
+        [None, None]
+        """
+        return [None] * self.slots
 
     def wait(self, futures, timeout: float):
         """Futures among ``futures`` that are done, after at most ``timeout`` s."""
@@ -132,6 +146,10 @@ class ThreadExecutor(Executor):
     ----------
     n_threads : int, optional
         Default: the number of available CPUs.
+    read_ahead : bool
+        Each similarity task reads the next block of its thread into memory
+        while it computes (HDF5 files). Off by default: on a machine busy
+        with other work it made runs on threads slower, not faster.
 
     Examples
     --------
@@ -141,7 +159,8 @@ class ThreadExecutor(Executor):
     1024
     """
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, *, read_ahead: bool = False):
+        self.read_ahead = bool(read_ahead)
         cpus = available_cpus()
         n = cpus if n_threads is None else int(n_threads)
         if n < 1:
@@ -237,6 +256,12 @@ class DistributedExecutor(Executor):
                     # copy waits in the first one. The engine submits only a few
                     # tasks per worker at a time, so there is little to balance.
                     "distributed.scheduler.work-stealing": False,
+                    # The workers' statistical profiler samples the task thread's
+                    # stack every 10 ms and the system monitor runs psutil twice
+                    # a second, on the event loop that also moves the results:
+                    # CPU taken from the tasks on a machine the workers fill.
+                    "distributed.worker.profile.enabled": False,
+                    "distributed.admin.system-monitor.interval": "2s",
                 }
                 with dask.config.set(config), _workers_ignore_ctrl_c():
                     self._cluster = LocalCluster(
@@ -276,6 +301,7 @@ class DistributedExecutor(Executor):
         return fut
 
     keeps_on_workers = True
+    read_ahead = True
 
     def submit(self, fn, *args):
         return self.client.submit(fn, *args, pure=False)
@@ -288,6 +314,14 @@ class DistributedExecutor(Executor):
 
     def run_everywhere(self, fn, *args) -> None:
         self.client.run(fn, *args)
+
+    def lanes(self) -> list:
+        # the workers' threads, one worker after the other in turn
+        workers = sorted(self.client.nthreads().items())
+        out = []
+        for k in range(max((n for _, n in workers), default=0)):
+            out += [addr for addr, n in workers if n > k]
+        return out or [None] * self.slots
 
     def wait(self, futures, timeout: float):
         from distributed import wait

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class RunStats:
     bytes_prefetched : int
         Bytes of the file the engine asked the disk for ahead of the tasks
         that read them (read-ahead of HDF5 files on this machine).
+    bytes_read_ahead : int
+        Bytes of blocks a task read into memory for the next task of its
+        slot while it computed (HDF5 files).
     input_bytes : int
         Size of the part of the cube segmented.
     seconds : float
@@ -77,6 +81,7 @@ class RunStats:
     bytes_read: int = 0
     bytes_reused: int = 0
     bytes_prefetched: int = 0
+    bytes_read_ahead: int = 0
     input_bytes: int = 0
     seconds: float = 0.0
 
@@ -568,10 +573,18 @@ class _Run:
         self.kept_bytes = 0  # kept or promised to running tasks
         self.run_id = None
         if keeps and not executor.in_process:
-            import uuid
-
             self.run_id = uuid.uuid4().hex
         self.prefetch = None  # a Prefetcher while blocks are read ahead
+        # Reading overlaps computing: each similarity task reads the block of
+        # the next task of its slot (``lanes`` places later in the queue)
+        # into memory before it computes. That block is the second raw copy
+        # the planner counts per task. On a cluster the tasks of a slot go to
+        # one worker, which holds the block read ahead.
+        self.lanes = []
+        self.ahead_run = None
+        if source.reads_ahead() and executor.read_ahead:
+            self.lanes = executor.lanes()[: min(plan.concurrency, executor.slots)]
+            self.ahead_run = self.run_id or uuid.uuid4().hex
         stats.plan = plan
         stats.executor = executor.describe()
         stats.task_seconds = {s: [0.0, 0.0] for s in ("similarity", "averages")}
@@ -626,9 +639,13 @@ class _Run:
             if self.prefetch is not None:
                 self.prefetch.close()
                 self.stats.bytes_prefetched += self.prefetch.hinted_bytes
-            if self.run_id is not None:
-                # blocks never summed (no label in them, or a run cut short)
-                ex.run_everywhere(drop_kept, self.run_id)
+            # blocks never summed (no label in them, or a run cut short), and
+            # blocks read ahead and not taken
+            for run in dict.fromkeys(r for r in (self.run_id, self.ahead_run) if r):
+                if ex.in_process:
+                    drop_kept(run)
+                else:
+                    ex.run_everywhere(drop_kept, run)
             release_buffers()  # the blocks' memory kept for reuse
         for kind in ("similarity", "averages"):
             if kind in self.span and self.span[kind][1] is not None:
@@ -659,7 +676,18 @@ class _Run:
             if keep:
                 self.kept_bytes += need
                 keep = self.run_id or True  # a run id: kept by the worker
-            return self.ex.submit(similarity_task, src, t, box, self.spec, self.raw_maps[i], keep)
+            args = (similarity_task, src, t, box, self.spec, self.raw_maps[i], keep)
+            if not self.lanes:
+                return self.ex.submit(*args)
+            k = i * len(self.boxes) + b  # place in the similarity queue
+            nk = k + len(self.lanes)
+            nxt = None
+            if nk < len(self.steps) * len(self.boxes):
+                ni, nb = divmod(nk, len(self.boxes))
+                scan = self.plan.scan_shape
+                nxt = (self.steps[ni], extended(self.boxes[nb], self.plan.halo, scan))
+            where = self.lanes[k % len(self.lanes)]
+            return self.ex.submit_to(where, *args, (self.ahead_run, nxt))
         kept = self.states[i].kept.pop(b, None)
         if isinstance(kept, KeptOnWorker):
             return self.ex.submit_to(
@@ -673,7 +701,9 @@ class _Run:
 
     # ------------------------------------------------------------------
     def _similarity_done(self, states, i, b, out, high):
-        sim, mask_map, (t_read, t_comp), extras, kept = out
+        sim, mask_map, (t_read, t_comp, *ahead), extras, kept = out
+        if ahead and ahead[0]:  # its block was read ahead by the task before it
+            self.stats.bytes_read_ahead += self._read_bytes(self.boxes[b], self.plan.halo)
         r0, r1, c0, c1 = self.boxes[b]
         st = states[i]
         if kept is not None:

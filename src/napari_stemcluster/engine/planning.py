@@ -125,7 +125,8 @@ def bytes_per_pattern(detector_shape: tuple[int, int], itemsize: int, prefilter:
     """Peak working-set bytes of one diffraction pattern inside a task.
 
     The raw pattern is counted twice (reading through dask may concatenate
-    pieces of several file chunks) and float32 twice (the blurred and the
+    pieces of several file chunks; a task reading an HDF5 file holds the
+    next block of its slot, read ahead while it computes) and float32 twice (the blurred and the
     masked copy the similarity works on); the prefilter adds its float32
     vectors, its output and the float32 copy of the similarity input.
     """

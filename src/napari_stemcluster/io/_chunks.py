@@ -249,6 +249,11 @@ class ChunkReader:
             and filters[0][1][4] == _BSHUF_LZ4
             and self.file_dtype.isnative
         )
+        # Unfiltered chunks in native byte order are read straight into
+        # place with pread: the kernel copies from the page cache into the
+        # output, with none of a mapping's page faults and unmapping.
+        self._pread = not filters and self.file_dtype.isnative and hasattr(os, "preadv")
+        self._fd = None  # (pid, descriptor) of the file, for pread
 
     # ------------------------------------------------------------------
     def read(self, key) -> np.ndarray:
@@ -335,6 +340,8 @@ class ChunkReader:
         )
         if self._lz4_direct and self._fill_direct(off, src, dst, out):
             return
+        if self._pread and self._fill_pread(off, src, dst, out):
+            return
         chunk, span = self._chunk(off)
         out[dst] = chunk[src]
         if span is not None:
@@ -352,6 +359,21 @@ class ChunkReader:
         writes nothing) when the layout does not allow it: the caller then
         decodes the whole chunk and copies its part.
         """
+        starts, run = self._runs(src, dst, out)
+        stored = self._stored(off)
+        if stored is None:
+            return False
+        raw, span = stored
+        try:
+            return self._decode_runs(raw, starts, run, out)
+        finally:
+            if span is not None:
+                self._unmap(*span)
+
+    def _runs(self, src, dst, out):
+        """The runs of the chunk part ``src`` that are contiguous in the chunk
+        and in ``out`` (at ``dst``): ``([(element offset in the chunk,
+        element offset in out)], elements per run)``."""
         chunks = self.chunks
         # k: the first dimension from which the chunk's runs are contiguous
         # in out (every later dimension whole in the chunk and in out).
@@ -368,15 +390,65 @@ class ChunkReader:
             o = [dst[i].start + v for i, v in enumerate(idx)]
             o = np.ravel_multi_index((*o, dst[k].start), out.shape[: k + 1])
             starts.append((int(c), int(o) * int(np.prod(out.shape[k + 1 :], dtype=np.int64))))
-        stored = self._stored(off)
-        if stored is None:
-            return False
-        raw, span = stored
-        try:
-            return self._decode_runs(raw, starts, run, out)
-        finally:
-            if span is not None:
-                self._unmap(*span)
+        return starts, run
+
+    def _fill_pread(self, off, src, dst, out) -> bool:
+        """Read the runs of an unfiltered chunk straight into ``out`` (pread).
+
+        Runs that follow each other in the file are read by one call
+        (``preadv`` into their places in ``out``). Returns False (nothing
+        written) when the chunk is not read through the file's own
+        descriptor: the caller then reads it as any other chunk.
+        """
+        with self._lock:  # h5py's calls are serialised anyway
+            info = self.ds.id.get_chunk_info_by_coord(off)
+            addr, size = info.byte_offset, info.size
+            if addr is None or info.filter_mask != 0 or size != self.chunk_nbytes:
+                return False
+            if self._mapped is None:
+                self._check_map(off, addr, size)
+            if not self._mapped:
+                return False
+            fd = self._file_descriptor()
+        starts, run = self._runs(src, dst, out)
+        item = self.file_dtype.itemsize
+        flat = out.reshape(-1)
+        groups = []  # [file offset, [buffers]] of runs adjacent in the file
+        for c, o in starts:
+            piece = flat[o : o + run].view(np.uint8)
+            at = addr + c * item
+            if groups and groups[-1][0] + groups[-1][1] == at and len(groups[-1][2]) < 512:
+                groups[-1][1] += piece.size
+                groups[-1][2].append(piece)
+            else:
+                groups.append([at, piece.size, [piece]])
+        for at, nbytes, pieces in groups:
+            done = os.preadv(fd, pieces, at)
+            while done < nbytes:  # a short read: continue where it stopped
+                rest, skip = [], done
+                for piece in pieces:
+                    if skip >= piece.size:
+                        skip -= piece.size
+                        continue
+                    rest.append(piece[skip:])
+                    skip = 0
+                got = os.preadv(fd, rest, at + done)
+                if got <= 0:
+                    raise OSError(
+                        f"{self.ds.file.filename}: a chunk of {self.ds.name} lies past the "
+                        "end of the file; the file is truncated"
+                    )
+                done += got
+        return True
+
+    def _file_descriptor(self) -> int:
+        """This process's read-only descriptor of the file (closed with the reader)."""
+        pid = os.getpid()
+        if self._fd is None or self._fd[0] != pid:
+            fd = os.open(self.ds.file.filename, os.O_RDONLY)
+            self._fd = (pid, fd)
+            weakref.finalize(self, _close_fd, pid, fd)
+        return self._fd[1]
 
     def _decode_runs(self, raw, starts, run, out) -> bool:
         """Decode the runs ``starts`` (chunk, out element offsets) of ``run``
@@ -528,6 +600,12 @@ class ChunkReader:
                 f"{data.size} bytes, expected {self.chunk_nbytes}"
             )
         return data.view(self.file_dtype).reshape(self.chunks)
+
+
+def _close_fd(pid: int, fd: int) -> None:
+    if os.getpid() == pid:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def prefetch(ds, key) -> int:

@@ -620,7 +620,11 @@ class ClusteringWidget(Container):
         else:
             from napari.layers import Labels
 
-            layer = Labels(labels, name="clusters", metadata={"stemcluster": new_meta}, **sk)
+            # inserted hidden, shown a turn later: a visible layer is sliced
+            # (and its thumbnail made) in the call that inserts it
+            layer = Labels(
+                labels, name="clusters", metadata={"stemcluster": new_meta}, visible=False, **sk
+            )
             layers = self._viewer.layers
             prepared = self._prepared_seeds
             # below the seeds layer made ahead (and the marker above it)
@@ -673,6 +677,7 @@ class ClusteringWidget(Container):
         if new_layer:
             # one new visual per event-loop turn (the canvas paints in between),
             # and the plots redrawn in a turn of their own
+            self.runner.later(lambda: setattr(layer, "visible", True), "Clustering")
             self.runner.later(seeds_and_link, "Clustering")
             self.runner.later(self._show_seeds, "Clustering")
             self.runner.later(report, "Clustering")

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
+from ._gcfreeze import freeze, freeze_later
+
 META = "stemcluster"
 #: Environment variable naming the JSON file where widget parameters persist.
 SETTINGS_ENV = "NAPARI_STEMCLUSTER_SETTINGS"
@@ -470,6 +472,8 @@ class JobRunner:
         worker.returned.connect(lambda out: self._on_outcome(out, description, on_returned))
         worker.finished.connect(self._on_finished)
         self._set_busy(True)
+        # the worker's full garbage collections walk only what is made from now on
+        freeze(self.viewer)
         worker.start()
         return worker
 
@@ -592,6 +596,8 @@ class JobRunner:
 
     def _set_busy(self, busy: bool):
         self.running = busy
+        if not busy:  # the result's layers and caches, frozen in a turn of their own
+            freeze_later(self.viewer, LATER_STEP_MS)
         if self._on_busy is not None:
             try:
                 self._on_busy(busy)

@@ -26,6 +26,7 @@ from ._common import (
     stem_meta,
     unwrap,
 )
+from ._gcfreeze import follow_layers, freeze, watch
 from ._link import ensure_link
 from ._virtual import VirtualDetector, direct_source
 
@@ -112,6 +113,8 @@ class DiffractionViewer(QWidget):
         self._viewer = viewer = unwrap(viewer)
         self._session = session(viewer)
         self._model = ViewerModel(title="diffraction")
+        follow_layers(self._model.layers)  # a frozen layer removed is collected
+        watch(self, viewer)  # closing it unfreezes what was frozen
         self.controls = _Controls(viewer)
         self._layout = layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -262,6 +265,9 @@ class DiffractionViewer(QWidget):
     def _collect_garbage(self) -> None:
         """Garbage collection back on, the steps' short-lived garbage collected in a turn."""
         self._gc_hold.release(collect=True)
+        # the canvas is complete: kept out of full collections at once (what
+        # the build made brings the next full collection near)
+        freeze(self._viewer)
 
     def _hide_visual(self, layer) -> None:
         """Hide a new layer's vispy visual (not the layer) until :meth:`_reveal`.

@@ -422,12 +422,16 @@ class SimilarityWidget(Container):
             old.contrast_limits = limits
             layer = old
         else:
+            # added hidden and shown a turn later: napari slices a visible
+            # layer and makes its thumbnail in the call that adds it, which
+            # then made one pause with its visual and controls
             layer = self._viewer.add_image(
                 ms,
                 name=f"{src.name} mean similarity",
                 colormap="viridis",
                 contrast_limits=limits,
                 metadata={"stemcluster": new_meta},
+                visible=False,
                 **sk,
             )
         self.similarity_layer = layer
@@ -442,6 +446,7 @@ class SimilarityWidget(Container):
         if same:
             mask_layer()
         else:  # a new mask layer in a later turn: the map's visual is drawn first
+            self.runner.later(lambda: setattr(layer, "visible", True), "Similarity")
             self.runner.later(mask_layer, "Similarity")
 
     def _make_mask_layer(self, src, ms, sk, signal=None):

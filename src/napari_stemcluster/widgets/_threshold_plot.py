@@ -132,6 +132,7 @@ class ThresholdPlot:
         self.colors = np.zeros((0, 4))
         self.highlighted: int | None = None
         self._points = None
+        self._stairs = None
         self._ring = None
         self._line = None
         self._auto_line = self._auto_text = None
@@ -156,20 +157,36 @@ class ThresholdPlot:
             spine.set_color("#888888")
 
     def set_histogram(self, values: np.ndarray) -> None:
-        """Histogram of the similarities (redrawn only when the data change)."""
+        """Histogram of the similarities (redrawn only when the data change).
+
+        The axes and their artists are made once and updated in place:
+        clearing the axes threw their tick objects away, and making them
+        again (a few dozen on log axes) was most of a redraw's time.
+        """
         ax = self.hist_ax
-        ax.clear()
-        self._style(ax)
+        if self._stairs is None:
+            self._stairs = ax.stairs([1.0], [0.0, 1.0], fill=True, color="#8fb3ff")
+            ax.set_ylim(0.5, 2.0)  # limits of our own (set with each histogram)
+            ax.set_yscale("log")
+            _plain_log_labels(ax.yaxis)
+            ax.set_xlabel("neighbour similarity (in mask)", color="white", fontsize=7, labelpad=1)
+            ax.set_ylabel("pairs", color="white", fontsize=7, labelpad=1)
         if values.size:
             lo = float(min(values.min(), 0.0)) if values.min() < 0 else float(values.min())
             counts, edges = np.histogram(values, bins=100, range=(lo, 1.0))
-            ax.stairs(counts, edges, fill=True, color="#8fb3ff")
-            ax.set_yscale("log")
-            _plain_log_labels(ax.yaxis)
+            # the counts' own range, as autoscaling showed it (filled down to its bottom)
+            filled = counts[counts > 0]
+            bottom = float(filled.min()) / 1.6 if filled.size else 0.5
+            self._stairs.set_data(counts, edges, baseline=bottom)
+            self._stairs.set_visible(True)
+            pad = 0.02 * max(1.0 - lo, 1e-6)
+            ax.set_xlim(lo - pad, 1.0 + pad)
+            ax.set_ylim(bottom, max(float(counts.max()), 1.0) * 1.6)
             self._hist = (counts, edges)
-        ax.set_xlabel("neighbour similarity (in mask)", color="white", fontsize=7, labelpad=1)
-        ax.set_ylabel("pairs", color="white", fontsize=7, labelpad=1)
-        self._line = self._auto_line = self._auto_text = None
+        else:
+            self._stairs.set_visible(False)
+            self._hist = None
+        self.redraw()
 
     def set_threshold(self, threshold: float, auto: float | None = None) -> None:
         """Draw the threshold used (yellow) and the automatic one (dashed, labelled)."""
@@ -198,25 +215,30 @@ class ThresholdPlot:
         self.stats = stats
         self.colors = np.asarray(colors, float).reshape(-1, 4)
         ax = self.scatter_ax
-        ax.clear()
-        self._style(ax)
-        self._ring = None
-        self._points = ax.scatter(
-            stats.sizes,
-            stats.mean_similarity,
-            c=self.colors if len(self.colors) == len(stats.sizes) else "#8fb3ff",
-            s=14,
-            picker=4,
-            edgecolors="none",
-        )
-        if len(stats.sizes):
+        if self._points is None:  # made once, updated in place (see set_histogram)
             from matplotlib.ticker import NullFormatter
 
+            self._points = ax.scatter(np.empty(0), np.empty(0), s=14, picker=4, edgecolors="none")
+            ax.set_xlim(0.7, 10.0)  # limits of our own (set with each scatter)
             ax.set_xscale("log")
             _plain_log_labels(ax.xaxis)
             ax.xaxis.set_minor_formatter(NullFormatter())  # they overlap on a short axis
-        ax.set_xlabel("cluster size (positions)", color="white", fontsize=7, labelpad=1)
-        ax.set_ylabel("mean similarity", color="white", fontsize=7, labelpad=1)
+            ax.set_xlabel("cluster size (positions)", color="white", fontsize=7, labelpad=1)
+            ax.set_ylabel("mean similarity", color="white", fontsize=7, labelpad=1)
+        sizes = np.asarray(stats.sizes, float)
+        means = np.asarray(stats.mean_similarity, float)
+        self._points.set_offsets(np.column_stack([sizes, means]).reshape(-1, 2))
+        self._points.set_facecolor(self.colors if len(self.colors) == len(sizes) else "#8fb3ff")
+        if len(sizes):
+            lo, hi = max(float(sizes.min()), 1.0), max(float(sizes.max()), 1.0)
+            ax.set_xlim(lo / 1.6, hi * 1.6)
+            finite = means[np.isfinite(means)]
+            mlo, mhi = (float(finite.min()), float(finite.max())) if finite.size else (0, 1)
+            pad = max(0.05 * (mhi - mlo), 0.01)
+            ax.set_ylim(mlo - pad, mhi + pad)
+        else:
+            ax.set_xlim(0.7, 10.0)
+            ax.set_ylim(0.0, 1.0)
         ax.set_title(stats.summary(), color="white", fontsize=7, loc="right", x=1.0, pad=3)
         self.highlight(self.highlighted)
         self.redraw()

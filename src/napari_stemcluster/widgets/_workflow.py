@@ -18,6 +18,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QLabel, QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from ._common import unwrap
+from ._gcfreeze import freeze, watch
 
 #: Pause (ms) between two pieces of the dock built in later turns.
 BUILD_STEP_MS = 15
@@ -194,6 +195,7 @@ class WorkflowDock(QWidget):
         layout.addWidget(self.splitter)
         self.setMinimumWidth(420)
         self._build_stage(self._specs[0].title)  # the tab on show
+        watch(self, viewer)  # its removal unfreezes what was frozen (see _gcfreeze)
         self._warm_up()
         self._build_later()
 
@@ -219,6 +221,10 @@ class WorkflowDock(QWidget):
                     missing = [t.title for t in dock._specs if t.title not in dock.stages]
                     if not missing:
                         dock._gc_hold.release(collect=True)  # young garbage, a turn of its own
+                        # napari, the dock and the file are up: kept out of full
+                        # collections at once (what the build made brings the next
+                        # full collection near, and it would walk everything)
+                        freeze(dock._viewer)
                         return
                     dock._build_stage(missing[0])
             except RuntimeError:  # the dock was closed meanwhile
