@@ -265,7 +265,7 @@ def main(argv=None) -> int:
         "--read-ahead-comparators",
         action="store_true",
         help="also run every engine path with the opposite of its default for blocks "
-        "read into memory ahead of their task (threads: on; workers: off)",
+        "read into memory ahead of their task (on; the default is off)",
     )
     p.add_argument("--json", help="also write all figures to this JSON file")
     args = p.parse_args(argv)
@@ -362,7 +362,7 @@ def main(argv=None) -> int:
                         if run_kind != "memory":
                             workers = None if run_kind == "threads" else int(run_kind)
                             spec = {**cfg, "memory_limit": budget, "mode": "engine"}
-                            specs.append(spec | {"workers": workers, "read_ahead": workers is None})
+                            specs.append(spec | {"workers": workers, "read_ahead": True})
             specs.append({"mode": "read"})
             reads = []
             for spec in specs:

@@ -13,6 +13,7 @@ the same slabs through the file readers (chunks decoded on all cores).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -93,11 +94,9 @@ def main(spec: dict) -> dict:
         # executor's default (the comparator of that choice)
         from napari_stemcluster.engine import DistributedExecutor, ThreadExecutor
 
-        DistributedExecutor.read_ahead = bool(spec["read_ahead"])
-        init = ThreadExecutor.__init__
-        ThreadExecutor.__init__ = lambda self, *a, **k: init(
-            self, *a, **{**k, "read_ahead": bool(spec["read_ahead"])}
-        )
+        ahead = bool(spec["read_ahead"])
+        for cls in (DistributedExecutor, ThreadExecutor):
+            cls.__init__ = functools.partialmethod(cls.__init__, read_ahead=ahead)
     repeat = int(spec.get("repeat", 1))
     cold = bool(spec.get("cold"))
     if spec["mode"] == "disk":

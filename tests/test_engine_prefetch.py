@@ -342,4 +342,4 @@ def test_thread_lanes_and_read_ahead_defaults():
     assert not ThreadExecutor().read_ahead and ThreadExecutor(read_ahead=True).read_ahead
     from napari_stemcluster.engine import DistributedExecutor
 
-    assert DistributedExecutor.read_ahead
+    assert not DistributedExecutor.read_ahead  # measured slower on the quiet machine

@@ -76,7 +76,8 @@ class Executor:
         they share its page cache: blocks read ahead here serve them.
     read_ahead : bool
         A similarity task reads the next block of its slot into memory while
-        it computes (HDF5 files; on by default for dask workers).
+        it computes (HDF5 files; off by default, see the README's out-of-core
+        figures).
     """
 
     slots: int = 1
@@ -215,8 +216,12 @@ class DistributedExecutor(Executor):
     1024
     """
 
-    def __init__(self, address: str | None = None, *, client=None, n_workers=None):
+    def __init__(
+        self, address: str | None = None, *, client=None, n_workers=None, read_ahead: bool = False
+    ):
         from distributed import Client
+
+        self.read_ahead = bool(read_ahead)
 
         given = sum(x is not None for x in (address, client, n_workers))
         if given != 1:
@@ -301,7 +306,6 @@ class DistributedExecutor(Executor):
         return fut
 
     keeps_on_workers = True
-    read_ahead = True
 
     def submit(self, fn, *args):
         return self.client.submit(fn, *args, pure=False)
