@@ -220,7 +220,7 @@ class WorkflowDock(QWidget):
                 else:
                     missing = [t.title for t in dock._specs if t.title not in dock.stages]
                     if not missing:
-                        dock._gc_hold.release(collect=True)  # young garbage, a turn of its own
+                        dock._gc_hold.release(collect=True)  # young garbage (also when not frozen)
                         # napari, the dock and the file are up: kept out of full
                         # collections at once (what the build made brings the next
                         # full collection near, and it would walk everything)
